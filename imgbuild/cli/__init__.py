@@ -1,0 +1,89 @@
+"""Command-line entry point: one module per verb in this package.
+
+Each verb module has ``add_arguments(parser)`` and ``run(args) -> int``.
+``imgbuild ARGS`` without a known verb means ``imgbuild build ARGS``, as
+``docker build`` users expect from a builder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from imgbuild.errors import ImgbuildError, UsageError
+
+# verb -> (module under imgbuild.cli, one-line help)
+VERBS: dict[str, tuple[str, str]] = {
+    "build": ("build", "build an image from a Dockerfile"),
+    "outline": ("outline", "show the stages, build args and steps a build would run"),
+}
+
+
+def default_root() -> str:
+    if os.environ.get("IMGBUILD_ROOT"):
+        return os.environ["IMGBUILD_ROOT"]
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(data, "imgbuild")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (exit 2) instead of exiting by itself."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="imgbuild", description="Build OCI images from Dockerfiles, no daemon.")
+    parser.add_argument("--root", default=None, help="store root (default $IMGBUILD_ROOT or ~/.local/share/imgbuild)")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="verb", parser_class=_Parser)
+    for verb, (module_name, help_text) in VERBS.items():
+        module = importlib.import_module(f"imgbuild.cli.{module_name}")
+        verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
+        module.add_arguments(verb_parser)
+        verb_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def _with_default_verb(argv: list[str]) -> list[str]:
+    """Insert ``build`` unless the first non-global word is a verb."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--root":
+            i += 2
+            continue
+        if word.startswith("--root=") or word in ("--version", "-h", "--help"):
+            i += 1
+            continue
+        break
+    if i < len(argv) and argv[i] in VERBS:
+        return argv
+    if i >= len(argv) and any(w in ("--version", "-h", "--help") for w in argv):
+        return argv
+    return argv[:i] + ["build"] + argv[i:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = make_parser().parse_args(_with_default_verb(argv))
+        if args.version:
+            from imgbuild import __version__
+
+            print(f"imgbuild {__version__}")
+            return 0
+        if args.root is None:
+            args.root = default_root()
+        return args._run(args)
+    except ImgbuildError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1

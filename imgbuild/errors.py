@@ -1,0 +1,120 @@
+"""The one exception hierarchy of imgbuild.
+
+Every error a user can cause or meet is an ``ImgbuildError``. Each class carries
+the exit code the CLI returns for it (CI users rely on these: 1 means the build
+or operation failed, 2 means the input was wrong), and its message says what
+went wrong and, where it can, what to do. The CLI prints ``str(error)`` and
+never a traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ImgbuildError(Exception):
+    """Base class. Exit code 1: the operation failed."""
+
+    exit_code = 1
+
+
+class UsageError(ImgbuildError):
+    """Bad command-line usage or a bad argument value. Exit code 2."""
+
+    exit_code = 2
+
+
+@dataclass
+class SourceLocation:
+    """Where in a Dockerfile something is: file name, 1-based line, the line's text."""
+
+    filename: str
+    line: int
+    text: str = ""
+
+
+class DockerfileError(ImgbuildError):
+    """The Dockerfile is wrong: syntax, an unknown instruction, a bad flag, ...
+
+    Printed as ``Dockerfile:LINE: message`` followed by the offending line, as
+    BuildKit does, so the user can jump straight to it. Exit code 2.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, location: SourceLocation | None = None):
+        self.message = message
+        self.location = location
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        if self.location is None:
+            return self.message
+        loc = self.location
+        text = f"{loc.filename}:{loc.line}: {self.message}"
+        if loc.text:
+            text += f"\n  {loc.line:>4} | {loc.text.rstrip()}"
+        return text
+
+
+class ExpansionError(DockerfileError):
+    """A word could not be expanded (``${x:?msg}`` unset, bad substitution, ...)."""
+
+
+class PlanError(DockerfileError):
+    """The stages do not form a buildable plan: unknown stage, cycle, bad target."""
+
+
+class ContextError(ImgbuildError):
+    """The build context is unusable: a source outside it, a missing file, ..."""
+
+
+class BuildError(ImgbuildError):
+    """A build step failed. Exit code 1."""
+
+
+class RunError(BuildError):
+    """A RUN step exited non-zero; the message carries the command and its output tail."""
+
+    def __init__(self, message: str, *, exit_status: int, output_tail: str = ""):
+        self.exit_status = exit_status
+        self.output_tail = output_tail
+        super().__init__(message)
+
+
+class SandboxError(BuildError):
+    """The sandbox could not be set up or torn down (mounts, runtime)."""
+
+
+class StoreError(ImgbuildError):
+    """The local store is damaged, locked, or missing something asked for."""
+
+
+class ImageNotFound(StoreError):
+    """No image by that name in the local store."""
+
+
+class DigestMismatch(StoreError):
+    """Content did not hash to the digest it was announced with."""
+
+
+class LayerError(ImgbuildError):
+    """A layer tar is malformed or unsafe (escapes its target, too big, truncated)."""
+
+
+class RegistryError(ImgbuildError):
+    """A registry refused or failed a request. Never carries credentials."""
+
+
+class AuthError(RegistryError):
+    """The registry wants credentials we do not have, or rejected the ones we sent."""
+
+
+class ManifestNotFound(RegistryError):
+    """The registry has no such repository, tag or digest."""
+
+
+class Interrupted(ImgbuildError):
+    """The user stopped the build (SIGINT/SIGTERM). Exit code 130, as shells use."""
+
+    exit_code = 130

@@ -1,0 +1,373 @@
+"""The local store: an OCI image layout, layer snapshots and an SQLite index.
+
+    ROOT/oci/            OCI image layout: oci-layout, index.json, blobs/sha256/<hex>
+    ROOT/snapshots/<id>  one extracted layer each (overlay lowerdirs)
+    ROOT/index.db        SQLite: layers, snapshots, cache keys, stat cache
+    ROOT/tmp/            temp files, on the same filesystem for atomic renames
+    ROOT/lock            flock'ed while index.json or snapshots change
+
+Every blob is written to tmp/, hashed while written, verified, fsync'ed and
+renamed into place, so a blob file under blobs/ always matches its name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from imgbuild.errors import DigestMismatch, ImageNotFound, StoreError
+from imgbuild.image import (
+    INDEX_TYPES,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    REF_NAME_ANNOTATION,
+    Descriptor,
+    Image,
+    Platform,
+    canonical_json,
+    check_digest,
+    make_manifest,
+    media_type_of,
+    parse_json_document,
+    select_platform,
+)
+from imgbuild.store.atomic import fsync_dir, write_file_atomic
+from imgbuild.store.index_db import IndexDB
+from imgbuild.store.lock import file_lock
+
+CHUNK = 1 << 20
+
+
+def normalise_tag(name: str) -> str:
+    """``app`` means ``app:latest``, as in Docker; a digest reference stays as it is."""
+    if "@" in name:
+        return name
+    last = name.rsplit("/", 1)[-1]
+    return name if ":" in last else f"{name}:latest"
+
+
+class BlobWriter:
+    """Streams bytes into a temp file while hashing them; ``commit`` verifies and publishes."""
+
+    def __init__(self, store: Store, expected_digest: str | None):
+        self.store = store
+        self.expected_digest = check_digest(expected_digest) if expected_digest else None
+        self._hash = hashlib.sha256()
+        fd, self._tmp_name = tempfile.mkstemp(dir=store.tmp_dir, prefix="blob-")
+        self._file = os.fdopen(fd, "wb")
+        self.size = 0
+        self.digest: str | None = None
+
+    def write(self, data: bytes) -> int:
+        self._file.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def commit(self) -> str:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        digest = "sha256:" + self._hash.hexdigest()
+        if self.expected_digest and digest != self.expected_digest:
+            self.discard()
+            raise DigestMismatch(f"blob content has digest {digest}, expected {self.expected_digest}")
+        target = self.store.blob_path(digest)
+        os.chmod(self._tmp_name, 0o644)
+        os.replace(self._tmp_name, target)
+        fsync_dir(target.parent)
+        self.digest = digest
+        return digest
+
+    def discard(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        try:
+            os.unlink(self._tmp_name)
+        except FileNotFoundError:
+            pass
+
+
+class Store:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).absolute()
+        self.layout = self.root / "oci"
+        self.blobs_dir = self.layout / "blobs" / "sha256"
+        self.tmp_dir = self.root / "tmp"
+        self.snapshots_dir = self.root / "snapshots"
+        self.lock_path = self.root / "lock"
+        self._init_layout()
+        self.db = IndexDB(self.root / "index.db")
+
+    def _init_layout(self) -> None:
+        for directory in (self.blobs_dir, self.tmp_dir, self.snapshots_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        layout_file = self.layout / "oci-layout"
+        index_file = self.layout / "index.json"
+        if layout_file.exists() and index_file.exists():
+            return
+        with file_lock(self.lock_path):
+            if not layout_file.exists():
+                write_file_atomic(layout_file, b'{"imageLayoutVersion":"1.0.0"}', self.tmp_dir)
+            if not index_file.exists():
+                empty = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+                write_file_atomic(index_file, canonical_json(empty), self.tmp_dir)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        with file_lock(self.lock_path):
+            yield
+
+    # --- blobs -----------------------------------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        return self.blobs_dir / check_digest(digest).split(":", 1)[1]
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        try:
+            return open(self.blob_path(digest), "rb")
+        except FileNotFoundError:
+            raise StoreError(f"blob {digest} is missing from the store at {self.root}") from None
+
+    def read_blob(self, digest: str) -> bytes:
+        with self.open_blob(digest) as handle:
+            data = handle.read()
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise DigestMismatch(f"blob {digest} in {self.root} is corrupt (content hashes to {actual}); run `imgbuild fsck`")
+        return data
+
+    @contextmanager
+    def blob_writer(self, expected_digest: str | None = None) -> Iterator[BlobWriter]:
+        """Write a blob in pieces: ``with store.blob_writer() as w: w.write(...)``.
+
+        The blob becomes visible only when the block ends without an error and
+        the content matches ``expected_digest`` (when given).
+        """
+        writer = BlobWriter(self, expected_digest)
+        try:
+            yield writer
+        except BaseException:
+            writer.discard()
+            raise
+        writer.commit()
+
+    def write_blob(self, data: bytes, expected_digest: str | None = None) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if expected_digest and digest != expected_digest:
+            raise DigestMismatch(f"blob content has digest {digest}, expected {expected_digest}")
+        if self.has_blob(digest):
+            return digest
+        with self.blob_writer(digest) as writer:
+            writer.write(data)
+        return digest
+
+    def copy_blob_from(self, source: BinaryIO, expected_digest: str | None = None) -> tuple[str, int]:
+        with self.blob_writer(expected_digest) as writer:
+            while chunk := source.read(CHUNK):
+                writer.write(chunk)
+        return writer.digest, writer.size
+
+    def put_json(self, document: dict, media_type: str, **descriptor_fields) -> Descriptor:
+        data = canonical_json(document)
+        self.write_blob(data)
+        return Descriptor.for_bytes(media_type, data, **descriptor_fields)
+
+    def read_json(self, digest: str, what: str = "document") -> dict:
+        return parse_json_document(self.read_blob(digest), f"{what} {digest}")
+
+    def all_blobs(self) -> list[str]:
+        return sorted("sha256:" + p.name for p in self.blobs_dir.iterdir() if not p.name.startswith("."))
+
+    # --- tags (index.json) -------------------------------------------------
+
+    def _read_index(self) -> dict:
+        data = (self.layout / "index.json").read_bytes()
+        return parse_json_document(data, f"{self.layout}/index.json")
+
+    def _write_index(self, index: dict) -> None:
+        write_file_atomic(self.layout / "index.json", canonical_json(index), self.tmp_dir)
+
+    def refs(self) -> list[tuple[str | None, Descriptor]]:
+        """Every entry of index.json: (tag or None for an untagged image, descriptor)."""
+        entries = []
+        for entry in self._read_index().get("manifests", []):
+            descriptor = Descriptor.from_json(entry)
+            entries.append((descriptor.annotations.get(REF_NAME_ANNOTATION), descriptor))
+        return entries
+
+    def tag(self, name: str, descriptor: Descriptor) -> None:
+        """Point ``name`` at ``descriptor`` (a manifest or index), replacing any old target."""
+        name = normalise_tag(name)
+        annotations = dict(descriptor.annotations)
+        annotations[REF_NAME_ANNOTATION] = name
+        with self.lock():
+            index = self._read_index()
+            manifests = [m for m in index.get("manifests", []) if _ref_name(m) != name]
+            manifests.append(descriptor.with_annotations(annotations).to_json())
+            index["manifests"] = manifests
+            self._write_index(index)
+
+    def keep_untagged(self, descriptor: Descriptor) -> None:
+        """Record an image built without ``-t`` so it is not garbage, as Docker keeps ``<none>``."""
+        with self.lock():
+            index = self._read_index()
+            manifests = index.get("manifests", [])
+            if not any(m.get("digest") == descriptor.digest for m in manifests):
+                manifests.append(descriptor.with_annotations({}).to_json())
+                index["manifests"] = manifests
+                self._write_index(index)
+
+    def untag(self, name: str) -> Descriptor:
+        """Remove a tag (or, given a digest, every entry for it); return what it pointed to."""
+        key = name if name.startswith("sha256:") else normalise_tag(name)
+        with self.lock():
+            index = self._read_index()
+            manifests = index.get("manifests", [])
+            removed = [m for m in manifests if _ref_name(m) == key or m.get("digest") == key]
+            if not removed:
+                raise ImageNotFound(f"no image named {name!r} in the store at {self.root}")
+            index["manifests"] = [m for m in manifests if m not in removed]
+            self._write_index(index)
+        return Descriptor.from_json(removed[0])
+
+    def resolve(self, name: str) -> Descriptor:
+        """The descriptor a tag (``app:1``), a digest or a unique digest prefix points at."""
+        key = normalise_tag(name)
+        entries = self.refs()
+        for ref, descriptor in entries:
+            if ref == key:
+                return descriptor
+        digest_like = name.removeprefix("sha256:")
+        if len(digest_like) >= 6 and all(c in "0123456789abcdef" for c in digest_like):
+            matches = {d.digest: d for _, d in entries if d.digest.split(":", 1)[1].startswith(digest_like)}
+            if len(matches) == 1:
+                return next(iter(matches.values()))
+            if len(digest_like) == 64 and self.has_blob("sha256:" + digest_like):
+                data = self.read_blob("sha256:" + digest_like)
+                document = parse_json_document(data, name)
+                return Descriptor.for_bytes(media_type_of(document, OCI_MANIFEST), data)
+        raise ImageNotFound(f"no image named {name!r} in the store at {self.root} (see `imgbuild images`)")
+
+    # --- images ----------------------------------------------------------
+
+    def load_image(self, name_or_descriptor: str | Descriptor, platform: Platform | None = None) -> Image:
+        """The single-platform image a name points at; an index picks ``platform`` (default: host)."""
+        descriptor = (
+            self.resolve(name_or_descriptor) if isinstance(name_or_descriptor, str) else name_or_descriptor
+        )
+        document = self.read_json(descriptor.digest, "manifest")
+        media_type = media_type_of(document, descriptor.media_type)
+        if media_type in INDEX_TYPES:
+            chosen = select_platform(document, platform or Platform.host())
+            return self.load_image(chosen, platform)
+        config_descriptor = Descriptor.from_json(document["config"])
+        config = self.read_json(config_descriptor.digest, "image config")
+        manifest_descriptor = Descriptor(media_type, descriptor.digest, descriptor.size, platform=descriptor.platform)
+        return Image(manifest_descriptor, document, config)
+
+    def write_image(self, config: dict, layers: list[Descriptor], annotations: dict | None = None) -> Image:
+        """Store a config and its manifest; the layer blobs must already be in the store."""
+        for layer in layers:
+            if not self.has_blob(layer.digest):
+                raise StoreError(f"cannot write image: layer blob {layer.digest} is not in the store")
+        config_descriptor = self.put_json(config, OCI_CONFIG)
+        manifest = make_manifest(config_descriptor, layers, annotations)
+        manifest_descriptor = self.put_json(manifest, OCI_MANIFEST)
+        return Image(manifest_descriptor, manifest, config)
+
+    # --- layers and snapshots -------------------------------------------------
+
+    def record_layer(self, digest: str, diff_id: str, media_type: str, size: int) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO layers(digest, diff_id, media_type, size) VALUES (?,?,?,?)",
+            (digest, diff_id, media_type, size),
+        )
+
+    def layer_for_diff_id(self, diff_id: str) -> Descriptor | None:
+        """A blob in the store whose uncompressed content is ``diff_id``, if any."""
+        for row in self.db.query("SELECT digest, media_type, size FROM layers WHERE diff_id=?", (diff_id,)):
+            if self.has_blob(row["digest"]):
+                return Descriptor(row["media_type"], row["digest"], row["size"])
+        return None
+
+    def diff_id_for_layer(self, digest: str) -> str | None:
+        rows = self.db.query("SELECT diff_id FROM layers WHERE digest=?", (digest,))
+        return rows[0]["diff_id"] if rows else None
+
+    def snapshot_path(self, diff_id: str) -> Path | None:
+        rows = self.db.query("SELECT id FROM snapshots WHERE diff_id=?", (diff_id,))
+        if not rows:
+            return None
+        path = self.snapshots_dir / str(rows[0]["id"])
+        return path if path.is_dir() else None
+
+    def ensure_snapshot(self, layer: Descriptor, diff_id: str) -> Path:
+        """The extracted directory of a layer, extracting the blob on first use."""
+        existing = self.snapshot_path(diff_id)
+        if existing is not None:
+            self._touch_snapshot(diff_id)
+            return existing
+        from imgbuild.layer.extract import apply_layer
+
+        staging = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="snap-"))
+        try:
+            with self.open_blob(layer.digest) as blob:
+                apply_layer(blob, staging)
+            return self.add_snapshot(diff_id, staging)
+        finally:
+            if staging.exists():
+                remove_tree(staging)
+
+    def add_snapshot(self, diff_id: str, directory: Path) -> Path:
+        """Adopt ``directory`` (on the store's filesystem) as the snapshot of ``diff_id``.
+
+        If another process got there first, ours is removed and theirs returned.
+        """
+        with self.lock():
+            existing = self.snapshot_path(diff_id)
+            if existing is not None:
+                remove_tree(directory)
+                return existing
+            now = time.time()
+            with self.db.transaction() as conn:
+                conn.execute("DELETE FROM snapshots WHERE diff_id=?", (diff_id,))
+                cursor = conn.execute(
+                    "INSERT INTO snapshots(diff_id, created, last_used) VALUES (?,?,?)", (diff_id, now, now)
+                )
+                snapshot_id = cursor.lastrowid
+            target = self.snapshots_dir / str(snapshot_id)
+            os.rename(directory, target)
+            return target
+
+    def _touch_snapshot(self, diff_id: str) -> None:
+        self.db.execute("UPDATE snapshots SET last_used=? WHERE diff_id=?", (time.time(), diff_id))
+
+    def make_temp_dir(self, prefix: str) -> Path:
+        return Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix=prefix))
+
+
+def _ref_name(entry: dict) -> str | None:
+    return (entry.get("annotations") or {}).get(REF_NAME_ANNOTATION)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory tree we created (snapshots hold whiteout devices and
+    read-only dirs; imgbuild runs as root, so plain rmtree copes with both)."""
+    shutil.rmtree(path, ignore_errors=False)
+
+
+def manifest_json(document: dict) -> str:
+    return json.dumps(document, indent=2, sort_keys=True)

@@ -1,0 +1,103 @@
+"""The store's SQLite index: layers, snapshots and build-cache keys.
+
+The blobs on disk are the truth; this index only says how they relate (which
+blob holds which diff_id, which snapshot directory holds which layer, which
+cache key produced which layer). Stdlib ``sqlite3`` in WAL mode, so readers
+never block the one writer, and a busy timeout so parallel imgbuild processes
+wait for each other instead of failing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS layers (
+    digest      TEXT PRIMARY KEY,   -- blob digest (compressed bytes)
+    diff_id     TEXT NOT NULL,      -- digest of the uncompressed tar
+    media_type  TEXT NOT NULL,
+    size        INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS layers_by_diff_id ON layers(diff_id);
+
+CREATE TABLE IF NOT EXISTS snapshots (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- short, so overlay option strings stay short
+    diff_id     TEXT NOT NULL UNIQUE,
+    created     REAL NOT NULL,
+    last_used   REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS cache (
+    key         TEXT PRIMARY KEY,   -- the step's cache key (docs/cache.md)
+    parent_key  TEXT,               -- the key of the step before it
+    diff_id     TEXT,               -- the layer it produced, NULL for no layer
+    layer_digest TEXT,
+    layer_media_type TEXT,
+    layer_size  INTEGER NOT NULL DEFAULT 0,
+    created_by  TEXT NOT NULL,      -- the instruction, as `docker history` shows it
+    created     REAL NOT NULL,
+    last_used   REAL NOT NULL,
+    hits        INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+class IndexDB:
+    """One SQLite connection per thread over the store's ``index.db``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._local = threading.local()
+        # executescript commits on its own; CREATE ... IF NOT EXISTS makes it
+        # safe for two processes opening a new store at once.
+        conn = self.connection()
+        conn.executescript(SCHEMA)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    def transaction(self):
+        return _Transaction(self.connection())
+
+    def query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        return self.connection().execute(sql, params).fetchall()
+
+    def execute(self, sql: str, params: tuple = ()) -> None:
+        with self.transaction() as conn:
+            conn.execute(sql, params)
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``: take the write lock up front, so two
+    processes never deadlock upgrading a read lock."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install what imgbuild needs on Debian 12 (as root) and create the project's
+# virtualenv in .venv with imgbuild installed in it (editable).
+#   bash scripts/install-deps.sh          runtime needs: runc, busybox, python venv
+#   bash scripts/install-deps.sh --test   plus what the test suite uses
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(runc busybox-static python3-venv python3-pip ca-certificates)
+extras="."
+if [[ "${1:-}" == "--test" ]]; then
+    # registry, skopeo, umoci and podman are the real consumers the tests check
+    # our images against; buildah is the peer the compat tests compare with.
+    packages+=(docker-registry skopeo umoci podman buildah zstd)
+    extras=".[test]"
+fi
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "imgbuild needs root (overlay mounts, runc): run this as root" >&2
+    exit 2
+fi
+
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if (( ${#missing[@]} )); then
+    echo "--- apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e "$extras"
+if [[ "${1:-}" == "--test" ]]; then
+    .venv/bin/python -m pip install -q ruff
+fi

@@ -1,0 +1,107 @@
+"""Fixtures shared by all tests: real registries on loopback, store roots, base images.
+
+The registries are Debian's ``docker-registry`` (CNCF Distribution). scripts/test.sh
+starts them once and exports IMGBUILD_TEST_REGISTRY / IMGBUILD_TEST_AUTH_REGISTRY;
+when those are unset (a developer running plain ``pytest``) the fixtures start
+their own on free ports and stop them, by PID, at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+PROJECT = Path(__file__).resolve().parent.parent
+TESTDATA = PROJECT / "testdata"
+AUTH_USER = "imgbuild"
+AUTH_PASSWORD = "imgbuild-test-password"
+
+
+@dataclass
+class Registry:
+    host: str  # "127.0.0.1:PORT"
+    username: str | None = None
+    password: str | None = None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_registry(host: str, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"docker-registry on {host} exited with {process.returncode}")
+        try:
+            requests.get(f"http://{host}/v2/", timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise RuntimeError(f"docker-registry on {host} did not answer within 30 s")
+
+
+def _start_registry(tmp_root: Path, config: str) -> tuple[subprocess.Popen, str]:
+    if shutil.which("docker-registry") is None:
+        pytest.fail("docker-registry is not installed; run scripts/test.sh (it installs the test dependencies)")
+    host = f"127.0.0.1:{_free_port()}"
+    env = dict(os.environ)
+    env["REGISTRY_HTTP_ADDR"] = host
+    env["REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY"] = str(tmp_root / "storage")
+    env["REGISTRY_AUTH_HTPASSWD_PATH"] = str(TESTDATA / "registry" / "htpasswd")
+    log = open(tmp_root / "registry.log", "wb")
+    process = subprocess.Popen(
+        ["docker-registry", "serve", str(TESTDATA / "registry" / config)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    _wait_for_registry(host, process)
+    return process, host
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory) -> Registry:
+    """A plain-HTTP registry without auth on 127.0.0.1."""
+    host = os.environ.get("IMGBUILD_TEST_REGISTRY")
+    if host:
+        _wait_for_registry(host)
+        yield Registry(host)
+        return
+    process, host = _start_registry(tmp_path_factory.mktemp("registry-plain"), "plain.yml")
+    yield Registry(host)
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory) -> Registry:
+    """A plain-HTTP registry on 127.0.0.1 that wants basic auth (htpasswd)."""
+    host = os.environ.get("IMGBUILD_TEST_AUTH_REGISTRY")
+    if host:
+        _wait_for_registry(host)
+        yield Registry(host, AUTH_USER, AUTH_PASSWORD)
+        return
+    process, host = _start_registry(tmp_path_factory.mktemp("registry-auth"), "auth.yml")
+    yield Registry(host, AUTH_USER, AUTH_PASSWORD)
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def store_root(tmp_path) -> Path:
+    """A fresh, empty imgbuild store root."""
+    root = tmp_path / "store"
+    root.mkdir()
+    return root
