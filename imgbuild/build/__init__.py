@@ -1,0 +1,1 @@
+"""The build engine: context, overlay, sandbox, copy, cache, progress."""

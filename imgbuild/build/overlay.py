@@ -1,0 +1,303 @@
+"""overlayfs mounts of snapshot stacks, and cleaning up mounts we own.
+
+A step's root filesystem is an overlay: the parent layers' extracted snapshots
+are the lowerdirs (top-most first, as overlayfs wants them) and a fresh, empty
+upperdir receives what the step changes.
+
+Deep images: the kernel takes mount options as one page (4096 bytes), so 120
+layers with absolute snapshot paths do not fit. Like Docker's overlay2 driver
+(its ``l/`` directory of short symlinks) we make a private directory of short
+symlinks ``0``, ``1``, ... pointing at the lowerdirs (and ``u``, ``w`` for the
+upper and work dirs) and run mount(8) with that directory as its working
+directory, passing only those relative names. overlayfs resolves the paths once
+at mount time, so this works on any kernel, needs no syscall numbers, keeps the
+calling process's working directory alone (builds run steps in threads), and
+avoids commas or colons in store paths breaking the option string. The newer
+``fsconfig(..., "lowerdir+", ...)`` API would avoid the symlinks but needs
+Linux 6.8 and raw syscalls through ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from imgbuild.errors import Interrupted, SandboxError
+
+MAX_LOWERDIRS = 500  # overlayfs's own limit on the depth of a stack (OVL_MAX_STACK)
+_MNT_DETACH = 2
+_OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+@contextmanager
+def mount_overlay(
+    lowerdirs: list[Path], upperdir: Path, workdir: Path, target: Path
+) -> Iterator[Path]:
+    """Mount an overlay of ``lowerdirs`` (top-most first) and ``upperdir`` on ``target``.
+
+    Yields the (absolute) mount point and always unmounts it on exit, also when
+    the body raises or is interrupted. No lowerdirs (``FROM scratch``) is fine:
+    overlayfs needs at least one, so an empty directory stands in.
+    ``upperdir``, ``workdir`` (same filesystem as ``upperdir``) and ``target``
+    are created if missing.
+    """
+    if len(lowerdirs) > MAX_LOWERDIRS:
+        raise SandboxError(
+            f"an image of {len(lowerdirs)} layers is too deep: overlayfs stacks at most "
+            f"{MAX_LOWERDIRS} layers; squash some of them"
+        )
+    for lowerdir in lowerdirs:
+        if not Path(lowerdir).is_dir():
+            raise SandboxError(f"snapshot directory {lowerdir} is missing; run `imgbuild fsck`")
+    for directory in (upperdir, workdir, target):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    target = Path(target).resolve()
+
+    links = Path(tempfile.mkdtemp(prefix="imgbuild-overlay-"))
+    mounts_before = _count_mounts_at(target)
+    try:
+        options = _make_short_links(links, lowerdirs, Path(upperdir), Path(workdir))
+        _run_mount(options, target, cwd=links)
+        yield target
+    except BaseException:
+        # Keep the original error; a busy mount is still detached.
+        finish_despite_interrupts(lambda: _release(target, mounts_before, links, report_busy=False))
+        raise
+    _release(target, mounts_before, links, report_busy=True)
+
+
+def finish_despite_interrupts(cleanup: Callable[[], None]) -> None:
+    """Run an idempotent cleanup to its end even if another interrupt arrives.
+
+    A second Ctrl-C (or SIGTERM turned into an exception) during the cleanup of
+    the first must not leave a mount or a container behind. Nothing is lost:
+    the caller is already propagating the first interrupt.
+    """
+    while True:
+        try:
+            cleanup()
+            return
+        except (KeyboardInterrupt, Interrupted):
+            continue
+
+
+def _release(target: Path, mounts_before: int, links: Path, *, report_busy: bool) -> None:
+    try:
+        # Counted rather than remembered: an interrupt may land after mount(8)
+        # mounted but before we knew it had.
+        if _count_mounts_at(target) > mounts_before:
+            _unmount(target)
+    except SandboxError:
+        if report_busy:
+            raise
+    finally:
+        shutil.rmtree(links, ignore_errors=True)
+
+
+def _make_short_links(links: Path, lowerdirs: list[Path], upperdir: Path, workdir: Path) -> str:
+    names = []
+    for index, lowerdir in enumerate(lowerdirs):
+        name = str(index)
+        os.symlink(Path(lowerdir).resolve(), links / name)
+        names.append(name)
+    if not names:
+        (links / "empty").mkdir()
+        names.append("empty")
+    os.symlink(upperdir.resolve(), links / "u")
+    os.symlink(workdir.resolve(), links / "w")
+    return f"lowerdir={':'.join(names)},upperdir=u,workdir=w"
+
+
+def _run_mount(options: str, target: Path, cwd: Path) -> None:
+    command = ["mount", "-t", "overlay", "overlay", "-o", options, str(target)]
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SandboxError(
+            f"cannot mount the overlay on {target}: {result.stderr.strip()} "
+            "(the kernel log, `dmesg | tail`, usually says why)"
+        )
+
+
+def _unmount(target: Path) -> None:
+    """Unmount ``target``; if it is busy, detach it lazily and report that."""
+    error = _umount2(target, 0)
+    if error == 0:
+        return
+    if error == errno.EBUSY and _umount2(target, _MNT_DETACH) == 0:
+        raise SandboxError(
+            f"{target} was still in use when the step ended; it was detached lazily "
+            "(a process of the build may have outlived its step)"
+        )
+    raise SandboxError(f"cannot unmount {target}: {os.strerror(error)}")
+
+
+def _umount2(target: Path, flags: int) -> int:
+    """umount2(2); returns 0 or the errno."""
+    if _libc.umount2(os.fsencode(target), flags) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path``, in the order /proc/self/mountinfo lists them."""
+    base = os.path.realpath(path)
+    prefix = base.rstrip("/") + "/"
+    return [point for point in _mount_points() if point == base or point.startswith(prefix)]
+
+
+def unmount_all_under(path: Path) -> list[str]:
+    """Unmount every mount at or below ``path`` (a directory we own), deepest first.
+
+    For cleanup after an interrupt or a crash. Busy mounts are detached lazily.
+    Returns the mount points unmounted; raises SandboxError if some remain.
+    """
+    unmounted = []
+    while True:
+        points = mounts_under(path)
+        if not points:
+            return unmounted
+        # Deepest first; among equal depths, the most recently mounted first
+        # (a later mount can be stacked on an earlier one at the same point).
+        order = sorted(enumerate(points), key=lambda item: (item[1].count("/"), item[0]))
+        progressed = False
+        for _, point in reversed(order):
+            error = _umount2(Path(point), 0)
+            if error == errno.EBUSY:
+                error = _umount2(Path(point), _MNT_DETACH)
+            if error == 0:
+                unmounted.append(point)
+                progressed = True
+        if not progressed:
+            raise SandboxError(f"cannot unmount {', '.join(points)}")
+
+
+def _count_mounts_at(target: Path) -> int:
+    point = os.path.realpath(target)
+    return sum(1 for mounted in _mount_points() if mounted == point)
+
+
+def _mount_points() -> list[str]:
+    with open("/proc/self/mountinfo", "rb") as file:
+        lines = file.read().splitlines()
+    # Field 5 is the mount point, with space, tab, newline and backslash
+    # written as octal escapes (\040 ...).
+    return [os.fsdecode(_unescape(line.split(b" ")[4])) for line in lines if line]
+
+
+def _unescape(field: bytes) -> bytes:
+    return re.sub(rb"\\([0-7]{3})", lambda match: bytes([int(match.group(1), 8)]), field)
+
+
+def prune_copied_up_dirs(upperdir: Path, lowerdirs: list[Path]) -> list[str]:
+    """Remove directories from ``upperdir`` that change nothing in the merged view.
+
+    overlayfs copies a lower directory up as soon as anything is created in it,
+    even if that is removed again, as the sandbox does with runtime mount
+    stubs (``/etc/hosts`` in an image without one). Such a directory, empty in
+    the upperdir, not opaque, and with the same mode, owner, mtime and xattrs as
+    the lower directory it shadows, would add a no-op entry to the layer.
+    BuildKit's differ skips these too. Call this after unmounting, before
+    turning the upperdir into a layer. Returns the removed paths (relative).
+    """
+    removed = []
+    for directory, _subdirs, _files in os.walk(upperdir, topdown=False):
+        path = Path(directory)
+        if path == Path(upperdir):
+            continue
+        relative = path.relative_to(upperdir).as_posix()
+        if any(path.iterdir()) or _is_opaque(path) or _is_redirected(path):
+            continue
+        if _opaque_ancestor(Path(upperdir), relative):
+            continue
+        shadowed = _lower_directory(lowerdirs, relative)
+        if shadowed is not None and _same_directory_metadata(path, shadowed):
+            _rmdir_keeping_parent_times(path)
+            removed.append(relative)
+    return removed
+
+
+def _rmdir_keeping_parent_times(path: Path) -> None:
+    # The parent may be a no-op copy too; removing an entry must not make it look changed.
+    parent = os.lstat(path.parent)
+    path.rmdir()
+    os.utime(path.parent, ns=(parent.st_atime_ns, parent.st_mtime_ns), follow_symlinks=False)
+
+
+def _lower_directory(lowerdirs: list[Path], relative: str) -> Path | None:
+    """The directory the merged view of the lower stack shows at ``relative``, if any.
+
+    Walks the path component by component as overlayfs does: a whiteout or a
+    non-directory hides everything below it, an opaque directory hides the
+    layers under its own layer.
+    """
+    layers = [Path(layer) for layer in lowerdirs]
+    parts = relative.split("/")
+    for depth in range(1, len(parts) + 1):
+        prefix = "/".join(parts[:depth])
+        visible = []
+        for layer in layers:
+            try:
+                info = os.lstat(layer / prefix)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if not stat.S_ISDIR(info.st_mode):
+                break  # a whiteout or a file hides this name in all layers below
+            visible.append(layer)
+            if _is_opaque(layer / prefix):
+                break
+        if not visible:
+            return None
+        layers = visible
+    return layers[0] / relative
+
+
+def _opaque_ancestor(upperdir: Path, relative: str) -> bool:
+    parts = relative.split("/")[:-1]
+    return any(_is_opaque(upperdir.joinpath(*parts[:depth])) for depth in range(1, len(parts) + 1))
+
+
+def _is_opaque(path: Path) -> bool:
+    return _xattr(path, "trusted.overlay.opaque") == b"y"
+
+
+def _is_redirected(path: Path) -> bool:
+    return _xattr(path, "trusted.overlay.redirect") is not None
+
+
+def _xattr(path: Path, name: str) -> bytes | None:
+    try:
+        return os.getxattr(path, name, follow_symlinks=False)
+    except OSError:
+        return None
+
+
+def _same_directory_metadata(upper: Path, lower: Path) -> bool:
+    a, b = os.lstat(upper), os.lstat(lower)
+    same_stat = (a.st_mode, a.st_uid, a.st_gid, a.st_mtime_ns) == (
+        b.st_mode,
+        b.st_uid,
+        b.st_gid,
+        b.st_mtime_ns,
+    )
+    return same_stat and _user_xattrs(upper) == _user_xattrs(lower)
+
+
+def _user_xattrs(path: Path) -> dict[str, bytes]:
+    """Extended attributes, without the ones overlayfs keeps for itself."""
+    values = {}
+    for name in os.listxattr(path, follow_symlinks=False):
+        if not name.startswith(_OVERLAY_XATTRS):
+            values[name] = os.getxattr(path, name, follow_symlinks=False)
+    return values
