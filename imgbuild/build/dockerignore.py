@@ -1,0 +1,450 @@
+""".dockerignore files and Docker's path patterns.
+
+Docker's rules, as moby/patternmatcher and its ``ignorefile.ReadAll`` apply them:
+
+- a line starting with ``#`` is a comment; blank lines are skipped; whitespace
+  around a pattern is trimmed; ``!`` makes an exception (re-include);
+- a pattern is cleaned like Go's ``filepath.Clean`` and a leading ``/`` is
+  dropped, so ``/foo`` and ``foo`` mean the same;
+- ``*``, ``?``, ``[...]`` and ``\\`` escapes work as in Go's ``filepath.Match``
+  (``*`` never crosses a ``/``); ``**`` matches any number of directories;
+- a pattern that matches a directory matches everything below it;
+- the last pattern that matches a path decides (so ``!`` exceptions only win
+  when they come after the pattern they undo).
+
+The same matcher serves ``COPY --exclude``. The Go-glob helpers here
+(``go_match``) are also what COPY/ADD wildcards use.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from imgbuild.errors import ContextError
+
+_UTF8_BOM = "\ufeff"
+
+# Characters that mean something in a regexp but nothing in filepath.Match;
+# moby escapes exactly these when it turns a pattern into a regexp.
+_REGEXP_ONLY_CHARS = set(".+()|{}$")
+
+# What BuildKit counts as "this pattern has wildcards" when deciding whether an
+# excluded directory must still be walked for exceptions (fsutil filter.go).
+_PATTERN_CHARS = set("*[]?^\\")
+
+
+# --- Go path and glob semantics ----------------------------------------------
+
+
+def go_clean(path: str) -> str:
+    """Go's ``path.Clean``: collapse ``//``, drop ``.``, resolve ``..`` lexically.
+
+    Unlike ``posixpath.normpath`` it turns ``//a`` into ``/a`` and ``""`` into
+    ``"."``, which matters for matching patterns exactly as Docker does.
+    """
+    if path == "":
+        return "."
+    rooted = path.startswith("/")
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts and parts[-1] != "..":
+                parts.pop()
+            elif not rooted:
+                parts.append("..")
+            continue
+        parts.append(part)
+    cleaned = "/".join(parts)
+    if rooted:
+        return "/" + cleaned
+    return cleaned or "."
+
+
+def go_dir(path: str) -> str:
+    """Go's ``filepath.Dir`` for slash paths: everything but the last element, cleaned."""
+    head, _, _ = path.rpartition("/")
+    if "/" not in path:
+        return "."
+    return go_clean(head if head else "/")
+
+
+def validate_go_pattern(pattern: str) -> None:
+    """Raise ValueError where Go's ``filepath.Match`` reports ``ErrBadPattern``.
+
+    Bad: a trailing ``\\``, an unclosed ``[``, an empty class ``[]``, a class
+    bound that is ``-`` or ``]`` unescaped (``[-x]``, ``[x-]``, ``[a-b-c]``).
+    """
+    i, n = 0, len(pattern)
+    while i < n:
+        char = pattern[i]
+        if char == "\\":
+            if i + 1 >= n:
+                raise ValueError("trailing backslash")
+            i += 2
+        elif char == "[":
+            i = _validate_class(pattern, i + 1)
+        else:
+            i += 1
+
+
+def _validate_class(pattern: str, i: int) -> int:
+    """Check a ``[...]`` class starting after its ``[``; return the index after ``]``."""
+    n = len(pattern)
+    if i < n and pattern[i] == "^":
+        i += 1
+    ranges = 0
+    while True:
+        if i < n and pattern[i] == "]" and ranges > 0:
+            return i + 1
+        i = _class_char(pattern, i)
+        if i < n and pattern[i] == "-":
+            i = _class_char(pattern, i + 1)
+        ranges += 1
+
+
+def _class_char(pattern: str, i: int) -> int:
+    n = len(pattern)
+    if i >= n or pattern[i] in "-]":
+        raise ValueError("bad character class")
+    if pattern[i] == "\\":
+        i += 1
+        if i >= n:
+            raise ValueError("trailing backslash in character class")
+    return i + 1
+
+
+def _glob_to_regexp(pattern: str) -> str:
+    """Translate one ``filepath.Match`` pattern (already validated) to a regexp body."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        char = pattern[i]
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "\\":
+            i += 1
+            out.append(re.escape(pattern[i]))
+        elif char == "[":
+            i, text = _class_to_regexp(pattern, i + 1)
+            out.append(text)
+            continue
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return "".join(out)
+
+
+def _class_to_regexp(pattern: str, i: int) -> tuple[int, str]:
+    parts = ["["]
+    if pattern[i] == "^":
+        parts.append("^")
+        i += 1
+    first = True
+    while first or pattern[i] != "]":
+        first = False
+        low, i = _class_literal(pattern, i)
+        if pattern[i] == "-":
+            high, i = _class_literal(pattern, i + 1)
+            parts.append(f"{re.escape(low)}-{re.escape(high)}")
+        else:
+            parts.append(re.escape(low))
+    parts.append("]")
+    return i + 1, "".join(parts)
+
+
+def _class_literal(pattern: str, i: int) -> tuple[str, int]:
+    if pattern[i] == "\\":
+        return pattern[i + 1], i + 2
+    return pattern[i], i + 1
+
+
+_match_cache: dict[str, re.Pattern[str]] = {}
+
+
+def go_match(pattern: str, name: str) -> bool:
+    """Go's ``filepath.Match``: True if ``name`` matches the shell pattern.
+
+    Raises ValueError for a malformed pattern (Go's ErrBadPattern).
+    """
+    compiled = _match_cache.get(pattern)
+    if compiled is None:
+        validate_go_pattern(pattern)
+        compiled = re.compile(_glob_to_regexp(pattern), re.DOTALL)
+        _match_cache[pattern] = compiled
+    return compiled.fullmatch(name) is not None
+
+
+def has_wildcards(component: str) -> bool:
+    """BuildKit's ``containsWildcards``: an unescaped ``*``, ``?`` or ``[``."""
+    i = 0
+    while i < len(component):
+        char = component[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char in "*?[":
+            return True
+        i += 1
+    return False
+
+
+# --- moby/patternmatcher -----------------------------------------------------
+
+
+@dataclass
+class Pattern:
+    """One cleaned pattern, compiled the way moby's ``Pattern.compile`` does.
+
+    moby sorts patterns into exact, prefix (``dir/**``), suffix (``**/name``)
+    and regexp matches. The kinds are not only an optimisation: a suffix
+    pattern such as ``**file`` matches ``dir/myfile``, which its regexp would
+    not. We keep the same kinds so results are the same as Docker's.
+    """
+
+    text: str  # cleaned, without the leading "!"
+    exclusion: bool
+
+    def __post_init__(self) -> None:
+        self.kind, self.regexp = _compile(self.text)
+
+    def match(self, path: str) -> bool:
+        if self.kind == "exact":
+            return path == self.text
+        if self.kind == "prefix":
+            return path.startswith(self.text[:-2])
+        if self.kind == "suffix":
+            suffix = self.text[2:]
+            if path.endswith(suffix):
+                return True
+            return suffix.startswith("/") and path == suffix[1:]
+        return self.regexp.fullmatch(path) is not None
+
+
+def _compile(pattern: str) -> tuple[str, re.Pattern[str] | None]:
+    """Port of moby's ``Pattern.compile``: returns (kind, regexp or None)."""
+    regexp: list[str] = []
+    kind = "exact"
+    i, n, step = 0, len(pattern), 0
+    while i < n:
+        char = pattern[i]
+        i += 1
+        if char == "*":
+            if i < n and pattern[i] == "*":
+                i += 1
+                if i < n and pattern[i] == "/":
+                    i += 1  # "**/" is treated like "**"
+                if i >= n:
+                    # "**" at the end accepts everything, as in .gitignore
+                    if kind == "exact":
+                        kind = "prefix"
+                    else:
+                        regexp.append(".*")
+                        kind = "regexp"
+                else:
+                    regexp.append("(.*/)?")  # any number of directories, even none
+                    kind = "regexp"
+                if step == 0:
+                    kind = "suffix"
+            else:
+                regexp.append("[^/]*")
+                kind = "regexp"
+        elif char == "?":
+            regexp.append("[^/]")
+            kind = "regexp"
+        elif char in _REGEXP_ONLY_CHARS:
+            regexp.append("\\" + char)
+        elif char == "\\":
+            if i < n:
+                # filepath.Match semantics: the next character is literal
+                regexp.append(re.escape(pattern[i]))
+                i += 1
+                kind = "regexp"
+            else:
+                regexp.append("\\\\")
+        elif char in "[]":
+            regexp.append(char)
+            kind = "regexp"
+        else:
+            regexp.append(char)
+        step += 1
+    if kind != "regexp":
+        return kind, None
+    try:
+        with warnings.catch_warnings():
+            # "[[" in a pattern is a literal "[" to Go; Python warns about it.
+            warnings.simplefilter("ignore", FutureWarning)
+            return kind, re.compile("".join(regexp))
+    except re.error as error:
+        raise ValueError(f"syntax error in pattern: {error}") from None
+
+
+def parse_pattern(raw: str) -> Pattern | None:
+    """moby's ``New`` for one pattern: trim, clean, split off ``!``, check the syntax.
+
+    Returns None for a blank pattern. Raises ValueError for a bad one.
+    """
+    text = raw.strip()
+    if not text:
+        return None
+    text = go_clean(text)
+    exclusion = text.startswith("!")
+    if exclusion:
+        if len(text) == 1:
+            raise ValueError('illegal exclusion pattern: "!"')
+        text = text[1:]
+    validate_go_pattern(text)
+    return Pattern(text, exclusion)
+
+
+class IgnoreMatcher:
+    """Decides which context paths a list of Docker patterns excludes.
+
+    ``IgnoreMatcher([])`` excludes nothing (COPY --from a stage or image).
+    Bad patterns raise ContextError naming the pattern and ``source`` (the
+    file or flag they came from).
+    """
+
+    def __init__(self, patterns: list[str] | tuple[str, ...], source: str = ".dockerignore"):
+        self.patterns: list[Pattern] = []
+        for raw in patterns:
+            try:
+                pattern = parse_pattern(raw)
+            except ValueError as error:
+                raise ContextError(f"{source}: invalid pattern {raw.strip()!r}: {error}") from None
+            if pattern is not None:
+                self.patterns.append(pattern)
+        self.has_exceptions = any(pattern.exclusion for pattern in self.patterns)
+        # BuildKit walks an excluded directory only if an exception could
+        # re-include something below it; with a wildcard in an exception it
+        # cannot tell, so it always walks.
+        self._exceptions_are_prefixes = not any(
+            pattern.exclusion and _PATTERN_CHARS & set(_without_trailing_glob(pattern.text))
+            for pattern in self.patterns
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def ignored(self, relpath: str, is_dir: bool = False) -> bool:
+        """True if the path (relative to the context, ``/``-separated) is excluded.
+
+        This is moby's ``MatchesOrParentMatches``: a pattern counts if it matches
+        the path or any of its parent directories, and the last pattern that
+        counts wins. ``is_dir`` does not change the answer (Docker patterns
+        have no directory-only form: ``docs/`` is cleaned to ``docs``); whether
+        a directory must still be walked is ``may_reinclude_below``'s job.
+        """
+        if not self.patterns:
+            return False
+        path = go_clean(relpath)
+        if path in (".", "/"):
+            return False  # Docker never lets a pattern exclude the whole context
+        return self.matches(path)
+
+    def matches(self, path: str) -> bool:
+        """moby's ``MatchesOrParentMatches`` on a path exactly as given."""
+        if not self.patterns:
+            return False
+        parent = go_dir(path)
+        parent_parts = parent.split("/") if parent != "." else []
+        matched = False
+        for pattern in self.patterns:
+            if pattern.exclusion != matched:
+                continue  # an exception only matters once something matched
+            hit = pattern.match(path)
+            if not hit:
+                for depth in range(1, len(parent_parts) + 1):
+                    if pattern.match("/".join(parent_parts[:depth])):
+                        hit = True
+                        break
+            if hit:
+                matched = not pattern.exclusion
+        return matched
+
+    def may_reinclude_below(self, dir_relpath: str) -> bool:
+        """True if an exception pattern could re-include something inside this
+        excluded directory, so it must still be walked (fsutil ``filter.go``)."""
+        if not self.has_exceptions:
+            return False
+        if not self._exceptions_are_prefixes:
+            return True
+        dir_slash = go_clean(dir_relpath) + "/"
+        return any(
+            pattern.exclusion and (_without_trailing_glob(pattern.text) + "/").startswith(dir_slash)
+            for pattern in self.patterns
+        )
+
+
+def _without_trailing_glob(text: str) -> str:
+    if text.endswith("/**"):
+        return text[:-3]
+    if text.endswith("/*"):
+        return text[:-2]
+    return text
+
+
+# --- the .dockerignore file --------------------------------------------------
+
+
+def read_ignore_file(text: str) -> list[str]:
+    """The patterns of a .dockerignore file, as moby's ``ignorefile.ReadAll`` returns them."""
+    patterns = []
+    # Split like Go's bufio.ScanLines: on "\n", dropping a "\r" before it.
+    for number, line in enumerate(text.split("\n")):
+        line = line.removesuffix("\r")
+        if number == 0:
+            line = line.removeprefix(_UTF8_BOM)
+        if line.startswith("#"):
+            continue  # only a "#" in the very first column starts a comment
+        pattern = line.strip()
+        if not pattern:
+            continue
+        invert = pattern.startswith("!")
+        if invert:
+            pattern = pattern[1:].strip()
+        if pattern:
+            pattern = go_clean(pattern)
+            if len(pattern) > 1 and pattern.startswith("/"):
+                pattern = pattern[1:]  # "/foo" means "foo": paths are relative to the context
+        patterns.append("!" + pattern if invert else pattern)
+    return patterns
+
+
+def ignore_file_for(context_dir: Path, dockerfile: Path | None) -> Path | None:
+    """The ignore file that applies: ``<Dockerfile>.dockerignore`` next to the
+    Dockerfile wins over ``CONTEXT/.dockerignore``; None if there is neither."""
+    if dockerfile is not None:
+        specific = dockerfile.parent / (dockerfile.name + ".dockerignore")
+        if specific.is_file():
+            return specific
+    general = Path(context_dir) / ".dockerignore"
+    if general.is_file():
+        return general
+    return None
+
+
+def load_ignore_patterns(context_dir: Path, dockerfile: Path | None) -> list[str]:
+    """Read the patterns of the ignore file that applies to this build ([] if none)."""
+    path = ignore_file_for(context_dir, dockerfile)
+    if path is None:
+        return []
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ContextError(f"cannot read {path}: {error.strerror}") from None
+    return read_ignore_file(data.decode("utf-8", errors="surrogateescape"))
+
+
+def load_ignore_matcher(context_dir: Path, dockerfile: Path | None) -> IgnoreMatcher:
+    """``IgnoreMatcher`` for the ignore file that applies, errors naming that file."""
+    path = ignore_file_for(context_dir, dockerfile)
+    return IgnoreMatcher(
+        load_ignore_patterns(context_dir, dockerfile), source=str(path or ".dockerignore")
+    )
