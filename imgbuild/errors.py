@@ -12,10 +12,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+@dataclass
+class SourceLocation:
+    """Where in a Dockerfile something is: file name, 1-based line, the line's text."""
+
+    filename: str
+    line: int
+    text: str = ""
+
+
+def format_located(location: SourceLocation, message: str) -> str:
+    """``Dockerfile:LINE: message`` and the offending line, as BuildKit prints errors."""
+    text = f"{location.filename}:{location.line}: {message}"
+    if location.text:
+        text += f"\n  {location.line:>4} | {location.text.splitlines()[0].rstrip()}"
+    return text
+
+
 class ImgbuildError(Exception):
     """Base class. Exit code 1: the operation failed."""
 
     exit_code = 1
+    location: SourceLocation | None = None
+
+    def located(self, location: SourceLocation) -> ImgbuildError:
+        """Prefix the message with the Dockerfile line it came from, once."""
+        if self.location is None:
+            self.location = location
+            self.args = (format_located(location, str(self)),)
+        return self
 
 
 class UsageError(ImgbuildError):
@@ -24,13 +49,6 @@ class UsageError(ImgbuildError):
     exit_code = 2
 
 
-@dataclass
-class SourceLocation:
-    """Where in a Dockerfile something is: file name, 1-based line, the line's text."""
-
-    filename: str
-    line: int
-    text: str = ""
 
 
 class DockerfileError(ImgbuildError):
@@ -50,11 +68,7 @@ class DockerfileError(ImgbuildError):
     def _format(self) -> str:
         if self.location is None:
             return self.message
-        loc = self.location
-        text = f"{loc.filename}:{loc.line}: {self.message}"
-        if loc.text:
-            text += f"\n  {loc.line:>4} | {loc.text.rstrip()}"
-        return text
+        return format_located(self.location, self.message)
 
 
 class ExpansionError(DockerfileError):
@@ -96,6 +110,10 @@ class ImageNotFound(StoreError):
 
 class DigestMismatch(StoreError):
     """Content did not hash to the digest it was announced with."""
+
+
+class ArchiveError(ImgbuildError):
+    """An image archive (OCI archive, docker-archive) is malformed or unsafe."""
 
 
 class LayerError(ImgbuildError):

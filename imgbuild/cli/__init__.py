@@ -18,6 +18,17 @@ from imgbuild.errors import ImgbuildError, UsageError
 VERBS: dict[str, tuple[str, str]] = {
     "build": ("build", "build an image from a Dockerfile"),
     "outline": ("outline", "show the stages, build args and steps a build would run"),
+    "run": ("run", "run an image once, attached, like docker run --rm"),
+    "images": ("images", "list the images in the local store"),
+    "tag": ("tag", "give an image another name"),
+    "rmi": ("rmi", "remove image names and the blobs only they used"),
+    "inspect": ("inspect", "show an image's manifest and config as JSON"),
+    "history": ("history", "show the steps an image was built with"),
+    "pull": ("pull", "pull an image from a registry"),
+    "push": ("push", "push an image to a registry"),
+    "save": ("save", "write images to an OCI or docker-archive tar"),
+    "load": ("load", "read images from an OCI or docker-archive tar"),
+    "fsck": ("fsck", "verify every blob and reference in the store"),
 }
 
 

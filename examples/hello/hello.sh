@@ -1,0 +1,3 @@
+#!/bin/sh
+echo "$GREETING!"
+echo "I am $(id -un) in $(pwd), $(cat build-info.txt)."

@@ -1,0 +1,160 @@
+"""COPY/ADD as a build step: sources, their cache-key digests, and the copy itself.
+
+What a copy does to the tree is ``imgbuild.build.copy``; what it reads is
+``imgbuild.build.context``. This module joins them to the instruction: it
+digests exactly the files the step will read (for the cache key), downloads
+ADD URLs, resolves ``--chown`` names in the image being built, and runs the
+copy in the step's root filesystem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgbuild.build.context import BuildContext
+from imgbuild.build.copy import HeredocFile, copy_into
+from imgbuild.build.fetch import Fetched, fetch_url, is_url
+from imgbuild.build.users import resolve_in_root
+from imgbuild.errors import BuildError
+
+
+@dataclass
+class CopyRequest:
+    is_add: bool
+    sources: list[str]
+    heredocs: list[HeredocFile]
+    dest: str
+    workdir: str
+    chown: str | None = None
+    chmod: int | None = None
+    exclude: list[str] = field(default_factory=list)
+    checksum: str | None = None
+    fetched: dict[str, Fetched] = field(default_factory=dict)  # URL -> download, once per step
+
+    @property
+    def name(self) -> str:
+        return "ADD" if self.is_add else "COPY"
+
+    @classmethod
+    def from_instruction(cls, instruction, *, is_add: bool, workdir: str) -> CopyRequest:
+        chmod = None
+        if instruction.chmod:
+            try:
+                chmod = int(instruction.chmod, 8)
+            except ValueError:
+                raise BuildError(
+                    f"invalid --chmod={instruction.chmod}: use an octal mode like 755"
+                ) from None
+        sources = list(instruction.sources)
+        checksum = getattr(instruction, "checksum", None)  # ADD only
+        if checksum:
+            if not is_add:
+                raise BuildError("checksum can't be specified for COPY")
+            if len(sources) != 1 or not is_url(sources[0]):
+                raise BuildError("--checksum needs exactly one http(s) URL source")
+        if not is_add:
+            for source in sources:
+                if is_url(source):
+                    raise BuildError(f"source can't be a URL for COPY: {source} (use ADD)")
+        heredocs = [HeredocFile(doc.name, doc.content) for doc in instruction.heredocs]
+        return cls(
+            is_add=is_add,
+            sources=sources,
+            heredocs=heredocs,
+            dest=instruction.dest,
+            workdir=workdir,
+            chown=instruction.chown or None,
+            chmod=chmod,
+            exclude=list(instruction.exclude or []),
+            checksum=checksum or None,
+        )
+
+    def source_digests(self, context: BuildContext, download_dir: Path) -> list:
+        """What the cache key needs to know about the sources: content digests, never mtimes.
+
+        A URL with ``--checksum`` is known by its checksum (no download on a
+        cache hit); without one it is downloaded now and known by its bytes.
+        """
+        digests: list = []
+        for source in self.sources:
+            if is_url(source):
+                if self.checksum:
+                    digests.append({"url": source, "checksum": self.checksum})
+                else:
+                    fetched = self.fetch(source, download_dir)
+                    digests.append({"url": source, "digest": fetched.digest})
+                continue
+            selected = context.select(source, self.exclude, instruction=self.name)
+            digests.append({"path": source, "digest": context.digest(selected)})
+        for doc in self.heredocs:
+            content = doc.content.encode() if isinstance(doc.content, str) else doc.content
+            digests.append({"heredoc": doc.name, "sha256": hashlib.sha256(content).hexdigest()})
+        return digests
+
+    def fetch(self, url: str, download_dir: Path) -> Fetched:
+        if url not in self.fetched:
+            self.fetched[url] = fetch_url(url, download_dir, checksum=self.checksum)
+        return self.fetched[url]
+
+
+def run_copy(request: CopyRequest, context: BuildContext, rootfs: Path, download_dir: Path) -> None:
+    """Copy the request's sources from ``context`` into ``rootfs``."""
+    items: list = []
+    for source in request.sources:
+        if is_url(source):
+            items.append(request.fetch(source, download_dir))
+        else:
+            items.extend(context.select(source, request.exclude, instruction=request.name))
+    items.extend(request.heredocs)
+    if not items:
+        return  # a wildcard that matched nothing copies nothing, as in BuildKit
+    copy_into(
+        rootfs,
+        items,
+        request.dest,
+        workdir=request.workdir,
+        chown=resolve_chown(rootfs, request.chown) if request.chown else None,
+        chmod=request.chmod,
+        is_add=request.is_add,
+    )
+
+
+def resolve_chown(rootfs: Path, chown: str) -> tuple[int, int]:
+    """``--chown=user[:group]`` by name or id, looked up in the image being built.
+
+    As Docker documents: a user without a group uses the same number as the
+    uid for the gid (not the user's primary group).
+    """
+    user, _, group = chown.partition(":")
+    uid = _lookup_id(rootfs, "/etc/passwd", user, "user", chown)
+    gid = _lookup_id(rootfs, "/etc/group", group, "group", chown) if group else uid
+    return uid, gid
+
+
+def _lookup_id(rootfs: Path, table: str, name: str, what: str, chown: str) -> int:
+    if name.isdigit():
+        return int(name)
+    if not name:
+        raise BuildError(f"invalid --chown={chown}: empty {what}")
+    path = resolve_in_root(rootfs, table)
+    try:
+        text = path.read_text(errors="replace") if path.is_file() else ""
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) > 2 and fields[0] == name and fields[2].isdigit():
+            return int(fields[2])
+    raise BuildError(f"unable to convert {what} {name!r} in --chown={chown}: no such {what} in {table} of the image")
+
+
+def scratch_download_dir(tmp_dir: Path) -> Path:
+    return Path(tempfile.mkdtemp(dir=tmp_dir, prefix="add-"))
+
+
+def remove_downloads(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)

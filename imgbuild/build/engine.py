@@ -1,0 +1,727 @@
+"""The build engine: walks the plan, stage by stage and step by step.
+
+For every step it computes the cache key (imgbuild.build.cache), reuses the
+layer on a hit, and otherwise runs the step in a workspace over the parent
+layers (imgbuild.build.rootfs): RUN in the sandbox, COPY/ADD with the copy
+rules, WORKDIR as a mkdir. Metadata instructions only change the config.
+Stages the target does not need are skipped; independent stages build in
+parallel threads (``--jobs``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgbuild import dockerfile as frontend
+from imgbuild.build import imageconfig as ic
+from imgbuild.build.cache import BuildCache, LayerRef, cache_key
+from imgbuild.build.context import BuildContext, StatCache
+from imgbuild.build.copystep import CopyRequest, run_copy
+from imgbuild.build.dockerignore import IgnoreMatcher, load_ignore_patterns
+from imgbuild.build.options import BuildOptions
+from imgbuild.build.outputs import write_outputs
+from imgbuild.build.progress import Progress, Step, Summary, make_progress
+from imgbuild.build.rootfs import mounted_layers, recompress, workspace
+from imgbuild.build.runstep import PIPES_DIR, prepared_mounts, script_mount
+from imgbuild.build.sandbox import RunSpec, run_container
+from imgbuild.build.users import resolve_in_root, resolve_user
+from imgbuild.errors import (
+    BuildError,
+    DockerfileError,
+    ImageNotFound,
+    ImgbuildError,
+    Interrupted,
+    RunError,
+    SourceLocation,
+)
+from imgbuild.image import Image, Platform, new_config
+from imgbuild.store import Store, normalise_tag, remove_tree
+
+OUTPUT_TAIL_LINES = 20
+
+
+@dataclass
+class StageState:
+    """Where a stage is: its config so far, its layers, and the key of the last step."""
+
+    config: dict
+    layers: list[LayerRef]
+    key: str
+    cmd_set: bool = False  # CMD given in this stage (ENTRYPOINT then keeps it)
+    base_name: str = ""
+    base_layers: int = 0  # how many of ``layers`` come from a base image (never rewritten)
+
+
+@dataclass
+class StageResult:
+    index: int
+    name: str | None
+    config: dict
+    layers: list[LayerRef]
+    key: str
+    base_layers: int = 0
+
+
+@dataclass
+class BuildResult:
+    image: Image
+    stages: dict[int, StageResult]
+    steps_cached: int
+    steps_run: int
+    seconds: float
+    tags: list[str] = field(default_factory=list)
+
+
+class Builder:
+    def __init__(self, store: Store, options: BuildOptions, progress: Progress | None = None):
+        self.store = store
+        self.options = options
+        self.progress = progress or make_progress(options.progress)
+        self.cache = BuildCache(store)
+        self.cancel = threading.Event()
+        self.results: dict[int, StageResult] = {}
+        self.counts_lock = threading.Lock()
+        self.steps_cached = 0
+        self.steps_run = 0
+        self.platform = Platform.parse(options.platform) if options.platform else Platform.host()
+        self.dockerfile_name = "Dockerfile"
+        self.context: BuildContext | None = None
+        self.secrets = {secret.id: secret for secret in options.secrets}
+
+    # --- the whole build ---------------------------------------------------------
+
+    def build(self) -> BuildResult:
+        started = time.monotonic()
+        text = self._read_dockerfile()
+        parsed = frontend.parse(text, self.dockerfile_name)
+        plan = frontend.plan(parsed, self.options.build_args, self.options.target, str(self.platform))
+        for name in plan.unused_build_args:
+            self.progress.warning(f"build arg {name} was given but no stage declares it (ARG {name})")
+        self.plan = plan
+        self.parsed = parsed
+        self.context = self._open_context()
+        try:
+            with self.store.writer_lease():
+                self._build_stages(plan)
+                target = self.results[plan.target]
+                image = self._write_final_image(target)
+                tags = self._tag(image)
+                write_outputs(self.store, self.options, image, target.layers, target.base_layers, self.progress)
+        finally:
+            self.context.stat_cache.close()
+        seconds = time.monotonic() - started
+        result = BuildResult(image, self.results, self.steps_cached, self.steps_run, seconds, tags)
+        self._write_result_files(result)
+        size = sum(layer.blob.size for layer in target.layers)
+        self.progress.finished(
+            Summary(image.digest, image.config_descriptor.digest, size, self.steps_cached, self.steps_run, seconds, tags)
+        )
+        return result
+
+    def _read_dockerfile(self) -> str:
+        if self.options.dockerfile_text is not None:
+            self.dockerfile_name = "Dockerfile"
+            return self.options.dockerfile_text
+        path = self.options.dockerfile or (self.options.context / "Dockerfile")
+        self.dockerfile_name = str(path) if self.options.dockerfile else "Dockerfile"
+        try:
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ImgbuildError(f"no Dockerfile at {path}: give one with -f FILE") from None
+        except UnicodeDecodeError as error:
+            raise DockerfileError(f"{path} is not UTF-8 text: {error}") from None
+
+    def _open_context(self) -> BuildContext:
+        dockerfile = None if self.options.dockerfile_text is not None else (
+            self.options.dockerfile or self.options.context / "Dockerfile"
+        )
+        patterns = load_ignore_patterns(self.options.context, dockerfile)
+        stat_cache = StatCache(self.store.root / "index.db")
+        return BuildContext(self.options.context, IgnoreMatcher(patterns), stat_cache)
+
+    def _build_stages(self, plan) -> None:
+        jobs = self.options.jobs or os.cpu_count() or 1
+        with _signals_raise_interrupt(), ThreadPoolExecutor(max_workers=jobs) as pool:
+            try:
+                for level in plan.levels:
+                    futures = [pool.submit(self._build_stage, plan.stages[index]) for index in level]
+                    done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                    for future in futures:
+                        if future.done() and future.exception() is not None:
+                            self.cancel.set()
+                            wait(futures)
+                            raise future.exception()
+                    for future in futures:
+                        result = future.result()
+                        self.results[result.index] = result
+            except KeyboardInterrupt:
+                self.cancel.set()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise Interrupted("build interrupted; everything it mounted was unmounted") from None
+            except Interrupted:
+                self.cancel.set()
+                raise
+
+    # --- one stage -------------------------------------------------------------
+
+    def _build_stage(self, stage) -> StageResult:
+        state = self._base_state(stage)
+        scope = self.plan.scope_for(stage.index, ic.env_list(state.config))
+        instructions = self._onbuild_triggers(state) + list(stage.instructions)
+        stage_label = stage.name or f"stage-{stage.index}"
+        counted = [i for i in instructions if type(i).__name__ in ("Run", "Copy", "Add", "Workdir")]
+        step_index = 0
+        for instruction in instructions:
+            if self.cancel.is_set():
+                raise Interrupted("build stopped")
+            step = None
+            if instruction in counted:
+                step_index += 1
+                step = self.progress.new_step(stage_label, step_index, len(counted), instruction.source.strip())
+            try:
+                self._step(stage, state, scope, instruction, step)
+            except ImgbuildError as error:
+                if step is not None and step.state != "failed":
+                    self.progress.failed(step, str(error))
+                raise _located(error, self.dockerfile_name, instruction) from None
+        return StageResult(stage.index, stage.name, state.config, state.layers, state.key, state.base_layers)
+
+    def _base_state(self, stage) -> StageState:
+        platform_key = str(self.platform)
+        if stage.base_stage is not None:
+            base = self.results[stage.base_stage]
+            config = json.loads(json.dumps(base.config))
+            return StageState(
+                config, list(base.layers), base.key, base_name=f"stage {stage.base_stage}", base_layers=base.base_layers
+            )
+        if stage.base.lower() == "scratch":
+            config = new_config(self.platform)
+            ic.ensure_path(config)
+            return StageState(config, [], cache_key({"base": "scratch", "platform": platform_key}), base_name="scratch")
+        image = self._resolve_image(stage.base, getattr(stage, "platform", None))
+        config = json.loads(json.dumps(image.config))
+        config.pop("created", None)
+        ic.ensure_path(config)
+        layers = [LayerRef(diff_id, blob) for diff_id, blob in zip(image.diff_ids, image.layers, strict=True)]
+        key = cache_key({"base": image.digest, "platform": platform_key})
+        return StageState(config, layers, key, base_name=stage.base, base_layers=len(layers))
+
+    def _resolve_image(self, name: str, platform_flag: str | None = None) -> Image:
+        """A base image: from the local store, or pulled (always with --pull)."""
+        platform = Platform.parse(platform_flag) if platform_flag else self.platform
+        if not self.options.pull:
+            for candidate in _local_names(name):
+                try:
+                    return self.store.load_image(candidate, platform)
+                except ImageNotFound:
+                    continue
+        from imgbuild.registry.pull import pull
+
+        self.progress.info(f"pulling {name}")
+        return pull(self.store, name, platform=platform, insecure=self.options.insecure_registries)
+
+    def _onbuild_triggers(self, state: StageState) -> list:
+        """A base image's ONBUILD triggers run first; they do not carry over further."""
+        triggers = ic.container_config(state.config).pop("OnBuild", None) or []
+        parsed = []
+        for expression in triggers:
+            try:
+                parsed.append(frontend.parse_onbuild_trigger(expression))
+            except DockerfileError as error:
+                raise BuildError(f"ONBUILD trigger {expression!r} of {state.base_name} is invalid: {error.message}") from None
+        return parsed
+
+    # --- one step ----------------------------------------------------------------
+
+    def _step(self, stage, state: StageState, scope, instruction, step: Step | None) -> None:
+        kind = type(instruction).__name__
+        created = ic.timestamp(self.options.source_date_epoch)
+        if kind == "Arg":
+            resolved = scope.apply(instruction)
+            words = [p.name if p.default is None else f"{p.name}={p.default}" for p in resolved.pairs]
+            ic.add_history(state.config, "ARG " + " ".join(words), empty_layer=True, created=created)
+            state.key = cache_key({"parent": state.key, "args": sorted(scope.args_in_scope().items())})
+            return
+        if kind == "Env":
+            self._do_env(stage, state, scope, scope.apply(instruction), step, created)
+            return
+        expanded = frontend.expanded(instruction, scope)
+        handler = getattr(self, f"_do_{kind.lower()}")
+        handler(stage, state, scope, expanded, step, created)
+
+    def _metadata_step(self, state: StageState, created_by: str, created: str, instruction) -> None:
+        ic.add_history(state.config, created_by, empty_layer=True, created=created)
+        state.key = cache_key({"parent": state.key, "meta": instruction_document(instruction)})
+
+    def _do_env(self, stage, state, scope, instruction, step, created) -> None:
+        for pair in instruction.pairs:
+            ic.set_env(state.config, pair.key, pair.value)
+        text = " ".join(f"{p.key}={p.value}" for p in instruction.pairs)
+        self._metadata_step(state, f"ENV {text}", created, instruction)
+
+    def _do_label(self, stage, state, scope, instruction, step, created) -> None:
+        ic.add_labels(state.config, {p.key: p.value for p in instruction.pairs})
+        text = " ".join(f"{p.key}={p.value}" for p in instruction.pairs)
+        self._metadata_step(state, f"LABEL {text}", created, instruction)
+
+    def _do_maintainer(self, stage, state, scope, instruction, step, created) -> None:
+        state.config["author"] = instruction.maintainer
+        self._metadata_step(state, f"MAINTAINER {instruction.maintainer}", created, instruction)
+
+    def _do_expose(self, stage, state, scope, instruction, step, created) -> None:
+        ports = ic.expose_ports(instruction.ports)
+        ic.add_ports(state.config, ports)
+        self._metadata_step(state, "EXPOSE " + " ".join(ports), created, instruction)
+
+    def _do_volume(self, stage, state, scope, instruction, step, created) -> None:
+        ic.add_volumes(state.config, instruction.paths)
+        self._metadata_step(state, f"VOLUME [{' '.join(instruction.paths)}]", created, instruction)
+
+    def _do_user(self, stage, state, scope, instruction, step, created) -> None:
+        ic.container_config(state.config)["User"] = instruction.user
+        self._metadata_step(state, f"USER {instruction.user}", created, instruction)
+
+    def _do_stopsignal(self, stage, state, scope, instruction, step, created) -> None:
+        ic.container_config(state.config)["StopSignal"] = ic.check_stop_signal(instruction.signal)
+        self._metadata_step(state, f"STOPSIGNAL {instruction.signal}", created, instruction)
+
+    def _do_shell(self, stage, state, scope, instruction, step, created) -> None:
+        ic.container_config(state.config)["Shell"] = list(instruction.shell)
+        self._metadata_step(state, f"SHELL [{' '.join(instruction.shell)}]", created, instruction)
+
+    def _do_cmd(self, stage, state, scope, instruction, step, created) -> None:
+        args = self._command_args(state, instruction)
+        ic.set_cmd(state.config, args)
+        state.cmd_set = True
+        self._metadata_step(state, f"CMD {ic.go_quote_list(args)}", created, instruction)
+
+    def _do_entrypoint(self, stage, state, scope, instruction, step, created) -> None:
+        args = self._command_args(state, instruction)
+        ic.set_entrypoint(state.config, args, state.cmd_set)
+        self._metadata_step(state, f"ENTRYPOINT {ic.go_quote_list(args)}", created, instruction)
+
+    def _do_healthcheck(self, stage, state, scope, instruction, step, created) -> None:
+        check = healthcheck_config(instruction)
+        ic.container_config(state.config)["Healthcheck"] = check
+        text = (
+            f"HEALTHCHECK &{{Test:[{' '.join(check['Test'])}] Interval:{ic.go_duration(check.get('Interval'))} "
+            f"Timeout:{ic.go_duration(check.get('Timeout'))} StartPeriod:{ic.go_duration(check.get('StartPeriod'))} "
+            f"StartInterval:{ic.go_duration(check.get('StartInterval'))} Retries:{check.get('Retries', 0)}}}"
+        )
+        self._metadata_step(state, text, created, instruction)
+
+    def _do_onbuild(self, stage, state, scope, instruction, step, created) -> None:
+        triggers = list(ic.container_config(state.config).get("OnBuild") or [])
+        triggers.append(instruction.expression)
+        ic.container_config(state.config)["OnBuild"] = triggers
+        # BuildKit adds no history entry for ONBUILD
+        state.key = cache_key({"parent": state.key, "meta": instruction_document(instruction)})
+
+    def _command_args(self, state: StageState, instruction) -> list[str]:
+        if instruction.exec_form:
+            return list(instruction.command)
+        return ic.with_shell(state.config, " ".join(instruction.command))
+
+    # --- steps that make layers -----------------------------------------------------
+
+    def _layer_step(
+        self,
+        stage,
+        state: StageState,
+        step: Step,
+        key_document: dict,
+        created_by: str,
+        created: str,
+        execute,
+        *,
+        independent: bool = False,
+    ) -> None:
+        """Reuse the cached layer for this key, or ``execute(workspace)`` and commit.
+
+        ``independent`` (COPY --link) makes the layer and its key not depend on
+        the layers below, so it survives a change of base image.
+        """
+        parent_key = "" if independent else state.key
+        key = cache_key({"parent": parent_key, **key_document})
+        if independent:
+            key = cache_key({"link": key, "parent": state.key})
+            content_key = cache_key({"parent": "", **key_document})
+        else:
+            content_key = key
+        entry = None if self._cache_disabled(stage) else self.cache.lookup(content_key if independent else key)
+        if entry is not None:
+            self.progress.cached(step)
+            with self.counts_lock:
+                self.steps_cached += 1
+            layer = entry.layer
+        else:
+            self.progress.started(step)
+            layers_below = [] if independent else state.layers
+            with workspace(self.store, layers_below) as space:
+                execute(space, state)
+                layer = space.commit(
+                    compression=self.options.compression,
+                    level=self.options.compression_level,
+                    source_date_epoch=self.options.source_date_epoch,
+                )
+            self.cache.record(content_key if independent else key, parent_key, layer, created_by)
+            self.progress.done(step)
+            with self.counts_lock:
+                self.steps_run += 1
+        if layer is not None:
+            layer = recompress(self.store, layer, self.options.compression, self.options.compression_level)
+            state.layers.append(layer)
+        ic.add_history(state.config, created_by, empty_layer=layer is None, created=created)
+        state.key = key
+
+    def _cache_disabled(self, stage) -> bool:
+        if self.options.no_cache:
+            return True
+        names = {str(stage.index)} | ({stage.name.lower()} if stage.name else set())
+        return any(item.lower() in names for item in self.options.no_cache_filter)
+
+    def _do_workdir(self, stage, state, scope, instruction, step, created) -> None:
+        path = ic.workdir_path(state.config, instruction.path)
+        ic.container_config(state.config)["WorkingDir"] = path
+        if path == "/":
+            self.progress.cached(step)
+            self._metadata_step(state, "WORKDIR /", created, instruction)
+            return
+        user = ic.container_config(state.config).get("User", "")
+
+        def make_directory(space, state):
+            with space.mounted() as merged:
+                target = resolve_in_root(merged, path)
+                if target.is_dir():
+                    return
+                owner = resolve_user(merged, user) if user else None
+                _mkdir_parents(merged, path, owner)
+
+        document = {"step": "WORKDIR", "path": path, "user": user}
+        self._layer_step(stage, state, step, document, f"WORKDIR {path}", created, make_directory)
+
+    def _do_run(self, stage, state, scope, instruction, step, created) -> None:
+        config = ic.container_config(state.config)
+        env = scope.env_for_run()
+        user = config.get("User", "")
+        cwd = config.get("WorkingDir") or "/"
+        script = instruction.inline_script()
+        if instruction.exec_form:
+            argv = list(instruction.command)
+        elif script is not None and script.script_name:
+            argv = [f"{PIPES_DIR}/{script.script_name}"]
+        elif script is not None:
+            argv = ic.with_shell(state.config, script.shell_command)
+        else:
+            argv = ic.with_shell(state.config, " ".join(instruction.command))
+        sources, source_keys = self._mount_sources(instruction, stage)
+        env.update(scope.proxy_env())  # reaches RUN, stays out of the key (as in BuildKit)
+        document = {
+            "step": "RUN",
+            "instruction": instruction_document(instruction),
+            "argv": argv,
+            "env": sorted(scope.env_for_run().items()),
+            "user": user,
+            "cwd": cwd,
+            "shell": ic.shell_of(state.config),
+            "mount_sources": source_keys,
+            "network": instruction.network or self.options.network,
+        }
+        history = ic.run_history(argv, sorted(scope.args_in_scope().items())) + " # imgbuild"
+
+        def execute(space, state):
+            with ExitStack() as stack, space.mounted() as merged:
+                roots = {origin: stack.enter_context(opener()) for origin, opener in sources.items()}
+                self._run_in(space, merged, instruction, argv, env, user, cwd, roots, step)
+
+        self._layer_step(stage, state, step, document, history, created, execute)
+
+    def _run_in(self, space, merged: Path, instruction, argv, env: dict, user: str, cwd: str, roots: dict, step) -> None:
+        resolved_user = resolve_user(merged, user)
+        script = instruction.inline_script()
+        with ExitStack() as stack:
+            if script is not None and script.script_name:
+                script_mounts = [stack.enter_context(script_mount(script.script_name, script.script, space.scratch))]
+            else:
+                script_mounts = []
+            self._run_container(space, merged, instruction, argv, env, resolved_user, cwd, roots, step, script_mounts)
+
+    def _run_container(self, space, merged, instruction, argv, env, resolved_user, cwd, roots, step, extra_mounts):
+        with prepared_mounts(
+            instruction.mounts,
+            store_root=self.store.root,
+            rootfs=merged,
+            workdir=cwd,
+            secrets=self.secrets,
+            sources=roots,
+            scratch=space.scratch,
+        ) as prepared:
+            run_env = dict(env)
+            run_env.update(prepared.env)
+            spec = RunSpec(
+                args=argv,
+                env=[f"{k}={v}" for k, v in run_env.items()],
+                cwd=cwd,
+                user=resolved_user,
+                network=instruction.network or self.options.network,
+                mounts=extra_mounts + prepared.mounts,
+            )
+            tail: list[str] = []
+
+            def on_output(data: bytes) -> None:
+                self.progress.output(step, data)
+                tail.extend(data.decode("utf-8", "replace").splitlines())
+                del tail[:-OUTPUT_TAIL_LINES]
+
+            status = run_container(
+                merged,
+                spec,
+                runtime=self.options.runtime,
+                workdir=space.scratch,
+                on_output=on_output,
+                cancel=self.cancel,
+            )
+        if status != 0:
+            command = " ".join(instruction.command) if not instruction.exec_form else json.dumps(instruction.command)
+            output = "\n".join(f"    {line}" for line in tail)
+            message = f"RUN {command} exited with code {status}"
+            if output:
+                message += f"\n  last {len(tail)} lines of its output:\n{output}"
+            self.progress.failed(step, message)
+            raise RunError(message, exit_status=status, output_tail="\n".join(tail))
+
+    def _mount_sources(self, instruction, stage) -> tuple[dict, dict]:
+        """For RUN --mount=type=bind: openers of the source roots, and their cache-key digests."""
+        openers: dict = {}
+        keys: dict = {}
+        for mount in instruction.mounts:
+            if mount.type != "bind":
+                continue
+            origin = mount.from_ or None
+            if origin is None:
+                openers[None] = self._context_root
+                selected = self.context.select(mount.source or ".", instruction="RUN --mount")
+                keys[f"context:{mount.source or '.'}"] = self.context.digest(selected)
+            else:
+                layers, identity = self._source_layers(origin, stage)
+                openers[origin] = _layers_opener(self.store, layers)
+                keys[f"from:{origin}"] = identity
+        return openers, keys
+
+    @contextmanager
+    def _context_root(self):
+        yield self.options.context
+
+    def _source_layers(self, origin: str, stage) -> tuple[list[LayerRef], str]:
+        """Layers of ``--from=origin`` (a stage name or index, or an image) and their identity."""
+        index = self._stage_index(origin)
+        if index is not None:
+            result = self.results[index]
+            return result.layers, cache_key({"layers": [layer.diff_id for layer in result.layers]})
+        image = self._resolve_image(origin)
+        layers = [LayerRef(diff_id, blob) for diff_id, blob in zip(image.diff_ids, image.layers, strict=True)]
+        return layers, image.digest
+
+    def _stage_index(self, origin: str) -> int | None:
+        """``--from=NAME``: a stage by name or index, else None (then it is an image)."""
+        if origin.isdigit():
+            return int(origin)
+        try:
+            return self.plan.stage(origin).index
+        except KeyError:
+            return None
+
+    def _do_copy(self, stage, state, scope, instruction, step, created, is_add: bool = False) -> None:
+        name = "ADD" if is_add else "COPY"
+        config = ic.container_config(state.config)
+        request = CopyRequest.from_instruction(instruction, is_add=is_add, workdir=config.get("WorkingDir") or "/")
+        origin = getattr(instruction, "from_stage", None)
+        download_dir = self.store.make_temp_dir("add-")
+        try:
+            if origin:
+                layers, identity = self._source_layers(origin, stage)
+                source_opener = _layers_opener(self.store, layers)
+                source_key = {"from": identity, "sources": instruction.sources}
+                context = None
+            else:
+                context = self.context
+                source_opener = self._context_root
+                source_key = request.source_digests(context, download_dir)
+            document = {
+                "step": name,
+                "instruction": instruction_document(instruction),
+                "workdir": request.workdir,
+                "sources": source_key,
+            }
+            words = [name] + list(instruction.sources) + [f"<<{doc.name}" for doc in instruction.heredocs]
+            history = " ".join(words + [instruction.dest]) + " # imgbuild"
+
+            def execute(space, state):
+                with space.mounted() as merged, source_opener() as source_root:
+                    source_context = context or BuildContext.for_rootfs(Path(source_root), f"stage {origin}")
+                    run_copy(request, source_context, merged, download_dir)
+
+            self._layer_step(
+                stage, state, step, document, history, created, execute, independent=bool(instruction.link)
+            )
+        finally:
+            remove_tree(download_dir)
+
+    def _do_add(self, stage, state, scope, instruction, step, created) -> None:
+        self._do_copy(stage, state, scope, instruction, step, created, is_add=True)
+
+    # --- the result ------------------------------------------------------------------
+
+    def _write_final_image(self, target: StageResult) -> Image:
+        config = json.loads(json.dumps(target.config))
+        if self.options.labels:
+            ic.add_labels(config, self.options.labels)
+        config["created"] = ic.timestamp(self.options.source_date_epoch)
+        config["rootfs"] = {"type": "layers", "diff_ids": [layer.diff_id for layer in target.layers]}
+        config["architecture"] = self.platform.architecture
+        config["os"] = self.platform.os
+        if self.platform.variant:
+            config["variant"] = self.platform.variant
+        else:
+            config.pop("variant", None)
+        return self.store.write_image(config, [layer.blob for layer in target.layers])
+
+    def _tag(self, image: Image) -> list[str]:
+        tags = [normalise_tag(tag) for tag in self.options.tags]
+        for tag in tags:
+            self.store.tag(tag, image.manifest_descriptor)
+        if not tags:
+            self.store.keep_untagged(image.manifest_descriptor)
+        return tags
+
+    def _write_result_files(self, result: BuildResult) -> None:
+        if self.options.iidfile:
+            self.options.iidfile.write_text(result.image.config_descriptor.digest)
+        if self.options.metadata_file:
+            metadata = {
+                "containerimage.digest": result.image.digest,
+                "containerimage.config.digest": result.image.config_descriptor.digest,
+                "containerimage.descriptor": result.image.manifest_descriptor.to_json(),
+                "image.name": ",".join(result.tags),
+                "imgbuild.steps.cached": result.steps_cached,
+                "imgbuild.steps.run": result.steps_run,
+            }
+            self.options.metadata_file.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+
+
+def build(store: Store, options: BuildOptions, progress: Progress | None = None) -> BuildResult:
+    """Build ``options.context`` as the options say; returns the image and step counts."""
+    builder = Builder(store, options, progress)
+    try:
+        return builder.build()
+    finally:
+        builder.progress.close()
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def instruction_document(instruction) -> dict:
+    """An instruction as data for cache keys: every field but where it stood in the file."""
+    document = {"kind": type(instruction).__name__}
+    for item in dataclasses.fields(instruction):
+        if item.name in ("line", "end_line", "source", "comments"):
+            continue
+        document[item.name] = _plain(getattr(instruction, item.name))
+    return document
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return instruction_document(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def healthcheck_config(instruction) -> dict:
+    if instruction.test is None:
+        return {"Test": ["NONE"]}
+    check: dict = {"Test": list(instruction.test)}
+    for field_name, key in (
+        ("interval", "Interval"),
+        ("timeout", "Timeout"),
+        ("start_period", "StartPeriod"),
+        ("start_interval", "StartInterval"),
+    ):
+        value = getattr(instruction, field_name, None)
+        if value:
+            check[key] = value
+    if getattr(instruction, "retries", None):
+        check["Retries"] = instruction.retries
+    return check
+
+
+def _local_names(name: str) -> list[str]:
+    """The names a base image may have in the local store: as written, and Docker's short/long forms."""
+    names = [name]
+    bare = name
+    for prefix in ("docker.io/library/", "docker.io/", "index.docker.io/library/"):
+        if name.startswith(prefix):
+            bare = name[len(prefix) :]
+            names.append(bare)
+    if "/" not in bare.split(":")[0]:
+        names.append("docker.io/library/" + bare)
+    return names
+
+
+def _layers_opener(store: Store, layers: list[LayerRef]):
+    @contextmanager
+    def opener():
+        with mounted_layers(store, layers) as merged:
+            yield merged
+
+    return opener
+
+
+def _mkdir_parents(root: Path, path: str, owner) -> None:
+    """mkdir -p inside ``root`` (symlinks resolved within it), new dirs 0755 and owned by ``owner``."""
+    current = "/"
+    for part in [p for p in path.split("/") if p]:
+        current = os.path.join(current, part)
+        target = resolve_in_root(root, current)
+        if not target.exists():
+            target.mkdir(mode=0o755)
+            os.chmod(target, 0o755)
+            if owner is not None:
+                os.chown(target, owner.uid, owner.gid)
+
+
+def _located(error: ImgbuildError, filename: str, instruction) -> ImgbuildError:
+    """Give a step's error the Dockerfile line it came from, unless it has one."""
+    if isinstance(error, Interrupted):
+        return error
+    return error.located(SourceLocation(filename, instruction.line, instruction.source))
+
+
+@contextmanager
+def _signals_raise_interrupt():
+    """SIGTERM behaves like Ctrl-C: the build stops and cleans up (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

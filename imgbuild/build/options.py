@@ -1,0 +1,167 @@
+"""What a build was asked to do: the options of ``imgbuild build`` as data.
+
+Parsing of the ``--output`` and ``--secret`` mini-languages lives here too, so
+the CLI and the Python API accept exactly the same strings as buildx does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgbuild.errors import UsageError
+
+OUTPUT_TYPES = ("image", "oci", "docker", "local", "registry", "tar")
+COMPRESSIONS = ("gzip", "zstd", "uncompressed")
+
+
+@dataclass
+class OutputSpec:
+    """One ``--output``: where the built image goes."""
+
+    type: str
+    dest: str | None = None
+    tar: bool = True
+    name: str | None = None  # registry / image name, overrides -t for this output
+    push: bool = False
+    compression: str | None = None
+    compression_level: int | None = None
+
+
+@dataclass
+class SecretSpec:
+    """One ``--secret id=X,src=FILE`` or ``id=X,env=VAR``: never stored anywhere."""
+
+    id: str
+    src: Path | None = None
+    env: str | None = None
+
+    def read(self) -> bytes:
+        if self.src is not None:
+            try:
+                return self.src.read_bytes()
+            except OSError as error:
+                raise UsageError(f"--secret id={self.id}: cannot read {self.src}: {error.strerror}") from None
+        value = os.environ.get(self.env or self.id)
+        if value is None:
+            raise UsageError(f"--secret id={self.id}: environment variable {self.env or self.id} is not set")
+        return value.encode()
+
+
+@dataclass
+class BuildOptions:
+    context: Path
+    dockerfile: Path | None = None  # default: CONTEXT/Dockerfile
+    dockerfile_text: str | None = None  # `-f -`: the Dockerfile came on stdin
+    tags: list[str] = field(default_factory=list)
+    build_args: dict[str, str] = field(default_factory=dict)
+    target: str | None = None
+    platform: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    no_cache: bool = False
+    no_cache_filter: list[str] = field(default_factory=list)
+    pull: bool = False
+    secrets: list[SecretSpec] = field(default_factory=list)
+    outputs: list[OutputSpec] = field(default_factory=list)
+    push: bool = False
+    progress: str = "auto"
+    iidfile: Path | None = None
+    metadata_file: Path | None = None
+    jobs: int = 0  # 0: the CPU count
+    runtime: str = "runc"
+    network: str = "host"  # RUN's default network
+    compression: str = "gzip"
+    compression_level: int | None = None
+    insecure_registries: list[str] = field(default_factory=list)
+    source_date_epoch: int | None = None
+
+
+def _key_values(text: str, what: str) -> dict[str, str]:
+    """``a=b,c=d`` as a dict; a bare word maps to ``""``."""
+    values: dict[str, str] = {}
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        values[key.strip().lower()] = value.strip() if sep else ""
+    if not values:
+        raise UsageError(f"empty {what} specification")
+    return values
+
+
+def _parse_bool(value: str, what: str) -> bool:
+    if value.lower() in ("", "true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise UsageError(f"{what}: expected true or false, not {value!r}")
+
+
+def parse_output(text: str) -> OutputSpec:
+    """Parse ``--output``: ``type=oci,dest=x.tar``, or a bare path (= ``type=local,dest=PATH``)."""
+    if "=" not in text:
+        return OutputSpec(type="local", dest=text)
+    values = _key_values(text, "--output")
+    kind = values.pop("type", "")
+    if kind not in OUTPUT_TYPES:
+        raise UsageError(f"--output {text!r}: type must be one of {', '.join(OUTPUT_TYPES)}")
+    spec = OutputSpec(type=kind)
+    spec.dest = values.pop("dest", None)
+    if "tar" in values:
+        spec.tar = _parse_bool(values.pop("tar"), "--output tar=")
+    spec.name = values.pop("name", None)
+    if "push" in values:
+        spec.push = _parse_bool(values.pop("push"), "--output push=")
+    if kind == "registry":
+        spec.push = True
+    if "compression" in values:
+        spec.compression = values.pop("compression")
+        if spec.compression not in COMPRESSIONS:
+            raise UsageError(f"--output compression must be one of {', '.join(COMPRESSIONS)}")
+    if "compression-level" in values:
+        try:
+            spec.compression_level = int(values.pop("compression-level"))
+        except ValueError:
+            raise UsageError("--output compression-level must be a number") from None
+    values.pop("force-compression", None)
+    values.pop("oci-mediatypes", None)  # we always write OCI media types
+    if values:
+        raise UsageError(f"--output {text!r}: unknown option(s) {', '.join(sorted(values))}")
+    if kind in ("oci", "docker", "local", "tar") and not spec.dest:
+        raise UsageError(f"--output type={kind} needs dest=PATH")
+    return spec
+
+
+def parse_secret(text: str) -> SecretSpec:
+    """Parse ``--secret id=X[,src=FILE|,env=VAR]`` as buildx does."""
+    values = _key_values(text, "--secret")
+    secret_id = values.pop("id", "")
+    if not secret_id:
+        raise UsageError(f"--secret {text!r}: id=NAME is required")
+    source = values.pop("src", None) or values.pop("source", None)
+    env = values.pop("env", None)
+    kind = values.pop("type", "file" if source else ("env" if env else ""))
+    if values:
+        raise UsageError(f"--secret {text!r}: unknown option(s) {', '.join(sorted(values))}")
+    if kind == "env" and not env:
+        env = source or secret_id
+        source = None
+    return SecretSpec(secret_id, Path(source) if source else None, env)
+
+
+def parse_key_value_list(items: list[str], what: str, environ: dict | None = None) -> dict[str, str]:
+    """``--build-arg K=V`` / ``--label K=V`` lists; a bare ``K`` takes ``$K`` as docker does."""
+    environ = os.environ if environ is None else environ
+    result: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise UsageError(f"{what} {item!r}: expected KEY=VALUE")
+        if not sep:
+            if key not in environ:
+                continue  # docker build ignores a bare build arg that is not in the environment
+            value = environ[key]
+        result[key] = value
+    return result

@@ -1,0 +1,114 @@
+"""A step's root filesystem: the parent layers' snapshots under a fresh overlay upperdir.
+
+A ``Workspace`` mounts the stack and gives the merged tree (where RUN and COPY
+work); its upperdir *is* the step's changeset. ``commit`` turns that changeset
+into a layer blob and adopts the upperdir as the new layer's snapshot, so
+nothing is extracted again on the next step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from imgbuild.build.cache import LayerRef
+from imgbuild.build.overlay import mount_overlay, prune_copied_up_dirs
+from imgbuild.image import Descriptor
+from imgbuild.layer.write import changeset_is_empty, write_layer
+from imgbuild.store import Store, remove_tree
+
+
+def snapshot_dirs(store: Store, layers: list[LayerRef]) -> list[Path]:
+    """The layers' snapshot directories, top-most first as overlayfs wants them."""
+    return [store.ensure_snapshot(layer.blob, layer.diff_id) for layer in reversed(layers)]
+
+
+class Workspace:
+    """Scratch space of one step: an upperdir over the parent layers, mounted on demand."""
+
+    def __init__(self, store: Store, layers: list[LayerRef], scratch: Path):
+        self.store = store
+        self.scratch = scratch
+        self.lowerdirs = snapshot_dirs(store, layers)
+        self.upper = scratch / "upper"
+        self.work = scratch / "work"
+        self.merged = scratch / "merged"
+        for directory in (self.upper, self.work, self.merged):
+            directory.mkdir()
+
+    @contextmanager
+    def mounted(self) -> Iterator[Path]:
+        with mount_overlay(self.lowerdirs, self.upper, self.work, self.merged) as merged:
+            yield merged
+
+    def commit(self, *, compression: str, level: int | None, source_date_epoch: int | None) -> LayerRef | None:
+        """After unmounting: the upperdir as a layer, or None when nothing changed."""
+        prune_copied_up_dirs(self.upper, self.lowerdirs)
+        return commit_directory(
+            self.store, self.upper, compression=compression, level=level, source_date_epoch=source_date_epoch
+        )
+
+
+@contextmanager
+def workspace(store: Store, layers: list[LayerRef], prefix: str = "step-") -> Iterator[Workspace]:
+    """A step's workspace, removed (never left mounted) when the block ends.
+
+    It lives in the store's tmp/ so the upperdir is on the snapshots'
+    filesystem and ``commit`` can rename it into place.
+    """
+    scratch = store.make_temp_dir(prefix)
+    try:
+        yield Workspace(store, layers, scratch)
+    finally:
+        remove_tree(scratch)
+
+
+@contextmanager
+def mounted_layers(store: Store, layers: list[LayerRef]) -> Iterator[Path]:
+    """The merged tree of ``layers`` for reading (COPY --from, type=local); writes are discarded."""
+    with workspace(store, layers, prefix="view-") as space, space.mounted() as merged:
+        yield merged
+
+
+def commit_directory(
+    store: Store,
+    changes: Path,
+    *,
+    compression: str,
+    level: int | None,
+    source_date_epoch: int | None,
+) -> LayerRef | None:
+    """Write ``changes`` (an unmounted upperdir) as a layer and adopt it as the snapshot."""
+    if changeset_is_empty(changes):
+        return None
+    with store.blob_writer() as blob:
+        digests = write_layer(
+            changes, blob, compression=compression, level=level, source_date_epoch=source_date_epoch
+        )
+    store.record_layer(digests.digest, digests.diff_id, digests.media_type, digests.size)
+    store.add_snapshot(digests.diff_id, changes)
+    return LayerRef(digests.diff_id, Descriptor(digests.media_type, digests.digest, digests.size))
+
+
+def recompress(store: Store, layer: LayerRef, compression: str, level: int | None) -> LayerRef:
+    """The same layer content as a blob with another compression (written once, then reused).
+
+    Snapshots hold exactly the layer's content, so writing the snapshot again
+    gives the same diff_id; only the blob bytes differ.
+    """
+    want = {"gzip": "+gzip", "zstd": "+zstd", "uncompressed": ""}[compression]
+    if layer.blob.media_type.endswith(want) if want else not layer.blob.media_type.endswith(("gzip", "zstd")):
+        return layer
+    for row in store.db.query("SELECT digest, media_type, size FROM layers WHERE diff_id=?", (layer.diff_id,)):
+        media_type = row["media_type"]
+        matches = media_type.endswith(want) if want else not media_type.endswith(("gzip", "zstd"))
+        if matches and store.has_blob(row["digest"]):
+            return LayerRef(layer.diff_id, Descriptor(media_type, row["digest"], row["size"]))
+    snapshot = store.ensure_snapshot(layer.blob, layer.diff_id)
+    with store.blob_writer() as blob:
+        digests = write_layer(snapshot, blob, compression=compression, level=level)
+    if digests.diff_id != layer.diff_id:
+        return layer  # the snapshot was not written by us; keep the original blob
+    store.record_layer(digests.digest, digests.diff_id, digests.media_type, digests.size)
+    return LayerRef(layer.diff_id, Descriptor(digests.media_type, digests.digest, digests.size))

@@ -1,0 +1,73 @@
+"""``imgbuild run``: run a built image once, attached, like ``docker run --rm``.
+
+The image's layers are mounted under a throwaway upperdir, and the process
+gets what a runtime derives from the image config: Entrypoint + Cmd (or the
+given command), Env (plus ``-e``), WorkingDir and User.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from imgbuild.build import imageconfig as ic
+from imgbuild.build.cache import LayerRef
+from imgbuild.build.rootfs import workspace
+from imgbuild.build.sandbox import RunSpec, run_container
+from imgbuild.build.users import resolve_user
+from imgbuild.errors import UsageError
+from imgbuild.store import Store
+
+
+@dataclass
+class RunOptions:
+    image: str
+    command: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)  # K=V, or K to take $K
+    network: str = "host"
+    user: str | None = None
+    workdir: str | None = None
+    entrypoint: str | None = None
+    runtime: str = "runc"
+
+
+def argv_for(config: dict, command: list[str], entrypoint: str | None) -> list[str]:
+    """Docker's rule: ENTRYPOINT + (command given, else CMD)."""
+    container = ic.container_config(config)
+    prefix = [entrypoint] if entrypoint else list(container.get("Entrypoint") or [])
+    args = list(command) if command else ([] if entrypoint else list(container.get("Cmd") or []))
+    argv = prefix + args
+    if not argv:
+        raise UsageError("the image has no ENTRYPOINT or CMD: give a command to run")
+    return argv
+
+
+def merged_env(config: dict, extra: list[str], environ: dict) -> list[str]:
+    env = ic.env_dict(config)
+    for item in extra:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise UsageError(f"-e {item!r}: expected KEY=VALUE")
+        if sep:
+            env[key] = value
+        elif key in environ:
+            env[key] = environ[key]
+    return [f"{k}={v}" for k, v in env.items()]
+
+
+def run_image(store: Store, options: RunOptions, environ: dict) -> int:
+    image = store.load_image(options.image)
+    config = image.config
+    container = ic.container_config(config)
+    argv = argv_for(config, options.command, options.entrypoint)
+    layers = [LayerRef(diff_id, blob) for diff_id, blob in zip(image.diff_ids, image.layers, strict=True)]
+    with workspace(store, layers, prefix="run-") as space, space.mounted() as merged:
+        spec = RunSpec(
+            args=argv,
+            env=merged_env(config, options.env, environ),
+            cwd=options.workdir or container.get("WorkingDir") or "/",
+            user=resolve_user(merged, options.user if options.user is not None else container.get("User", "")),
+            network=options.network,
+        )
+        sys.stdout.flush()
+        return run_container(merged, spec, runtime=options.runtime, workdir=space.scratch)

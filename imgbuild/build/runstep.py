@@ -1,0 +1,197 @@
+"""RUN: turn an instruction into a container run in the step's root filesystem.
+
+The argv (shell form, exec form, heredocs), the environment, the user and the
+extra ``--mount``s are worked out here; the container itself is
+``imgbuild.build.sandbox``'s job. Nothing a mount brings in (cache dirs,
+secrets, bind sources, tmpfs) ever reaches the layer: mounts are not part of
+the overlay upperdir, and the sandbox removes the mount-point stubs it had to
+create.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgbuild.build.options import SecretSpec
+from imgbuild.build.sandbox import Mount
+from imgbuild.build.users import resolve_in_root
+from imgbuild.errors import BuildError
+
+PIPES_DIR = "/dev/pipes"
+
+
+@dataclass
+class PreparedMounts:
+    """The sandbox mounts of one RUN plus the env vars secrets with ``env=`` add."""
+
+    mounts: list[Mount] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@contextmanager
+def script_mount(name: str, script: str, scratch: Path) -> Iterator[Mount]:
+    """A ``RUN <<EOF`` body with a ``#!`` line, as the executable /dev/pipes/NAME (BuildKit's place)."""
+    directory = Path(tempfile.mkdtemp(dir=scratch, prefix="pipes-"))
+    try:
+        path = directory / name
+        path.write_text(script)
+        os.chmod(path, 0o755)
+        yield Mount("bind", PIPES_DIR, str(directory), readonly=True)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def cache_mount_dir(root: Path, mount_id: str) -> Path:
+    """Cache mounts are keyed by their id (default: the target path)."""
+    name = hashlib.sha256(mount_id.encode()).hexdigest()[:24]
+    return root / "cache-mounts" / name
+
+
+@contextmanager
+def prepared_mounts(
+    specs: list,
+    *,
+    store_root: Path,
+    rootfs: Path,
+    workdir: str,
+    secrets: dict[str, SecretSpec],
+    sources: dict,
+    scratch: Path,
+) -> Iterator[PreparedMounts]:
+    """Make the host side of every ``RUN --mount`` and clean it up afterwards.
+
+    ``sources`` maps a bind mount's ``from`` (None for the build context) to
+    the directory it reads from; the engine mounts stages and images there.
+    """
+    prepared = PreparedMounts()
+    with ExitStack() as stack:
+        for spec in specs:
+            target = _absolute(spec.target, workdir) if spec.target else ""
+            if spec.type == "cache":
+                prepared.mounts.append(stack.enter_context(_cache_mount(spec, target, store_root)))
+            elif spec.type == "bind":
+                prepared.mounts.append(stack.enter_context(_bind_mount(spec, target, sources, scratch)))
+            elif spec.type == "secret":
+                mount = stack.enter_context(_secret_mount(spec, target, secrets, prepared.env))
+                if mount is not None:
+                    prepared.mounts.append(mount)
+            elif spec.type == "tmpfs":
+                options = [f"size={spec.size}"] if spec.size else []
+                prepared.mounts.append(Mount("tmpfs", target, options=options))
+            else:
+                raise BuildError(f"RUN --mount=type={spec.type} is not supported (use cache, bind, secret or tmpfs)")
+        yield prepared
+
+
+def _absolute(target: str, workdir: str) -> str:
+    return target if target.startswith("/") else os.path.normpath(os.path.join(workdir or "/", target))
+
+
+@contextmanager
+def _cache_mount(spec, target: str, store_root: Path) -> Iterator[Mount]:
+    if not target:
+        raise BuildError("RUN --mount=type=cache needs target=PATH")
+    if getattr(spec, "from_", None):
+        raise BuildError("RUN --mount=type=cache,from=... is not supported yet; seed the cache in a RUN instead")
+    directory = cache_mount_dir(store_root, spec.id or target)
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    if created:
+        os.chmod(directory, spec.mode if spec.mode is not None else 0o755)
+        os.chown(directory, spec.uid or 0, spec.gid or 0)
+    lock_path = directory.with_suffix(".lock")
+    sharing = spec.sharing or "shared"
+    if sharing not in ("shared", "private", "locked"):
+        raise BuildError(f"RUN --mount=type=cache: sharing must be shared, private or locked, not {sharing!r}")
+    if sharing == "shared":
+        yield Mount("bind", target, str(directory), readonly=bool(spec.readonly))
+        return
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if sharing == "locked":
+            fcntl.flock(fd, fcntl.LOCK_EX)  # wait for the other writer
+            yield Mount("bind", target, str(directory), readonly=bool(spec.readonly))
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # private: a concurrent user has it; this run gets a fresh, empty cache
+            private = Path(tempfile.mkdtemp(dir=directory.parent, prefix="private-"))
+            try:
+                yield Mount("bind", target, str(private), readonly=bool(spec.readonly))
+            finally:
+                shutil.rmtree(private, ignore_errors=True)
+            return
+        yield Mount("bind", target, str(directory), readonly=bool(spec.readonly))
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _bind_mount(spec, target: str, sources: dict, scratch: Path) -> Iterator[Mount]:
+    if not target:
+        raise BuildError("RUN --mount=type=bind needs target=PATH")
+    origin = getattr(spec, "from_", None)
+    root = sources.get(origin)
+    if root is None:
+        raise BuildError(f"RUN --mount=type=bind: source {origin or 'context'} is not available")
+    source = resolve_in_root(Path(root), spec.source or "/")
+    if not source.exists():
+        raise BuildError(f"RUN --mount=type=bind: {spec.source or '/'} not found in {origin or 'the build context'}")
+    if spec.readonly:
+        yield Mount("bind", target, str(source), readonly=True)
+        return
+    # rw: writes go to a throwaway overlay upperdir, never to the source
+    from imgbuild.build.overlay import mount_overlay
+
+    layer = Path(tempfile.mkdtemp(dir=scratch, prefix="bind-"))
+    lower = source if source.is_dir() else None
+    if lower is None:
+        copy_dir = layer / "file"
+        copy_dir.mkdir()
+        shutil.copy2(source, copy_dir / source.name)
+        yield Mount("bind", target, str(copy_dir / source.name), readonly=False)
+        return
+    with mount_overlay([lower], layer / "upper", layer / "work", layer / "merged") as merged:
+        yield Mount("bind", target, str(merged), readonly=False)
+
+
+@contextmanager
+def _secret_mount(spec, target: str, secrets: dict[str, SecretSpec], env: dict[str, str]) -> Iterator[Mount | None]:
+    secret_id = spec.id or (os.path.basename(spec.target) if spec.target else "")
+    if not secret_id:
+        raise BuildError("RUN --mount=type=secret needs id=NAME")
+    secret = secrets.get(secret_id)
+    if secret is None:
+        if spec.required:
+            raise BuildError(f"secret {secret_id} is required but was not given: add --secret id={secret_id},src=FILE")
+        yield None
+        return
+    value = secret.read()
+    if spec.env:
+        env[spec.env] = value.decode("utf-8", "replace")
+        if not spec.target:
+            yield None
+            return
+    # Secrets live in memory (/dev/shm) when possible, never in the store,
+    # and only for the length of the run.
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    directory = Path(tempfile.mkdtemp(dir=base, prefix="imgbuild-secret-"))
+    try:
+        path = directory / "secret"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(value)
+        os.chmod(path, spec.mode if spec.mode is not None else 0o400)
+        os.chown(path, spec.uid or 0, spec.gid or 0)
+        yield Mount("bind", target or f"/run/secrets/{secret_id}", str(path), readonly=True)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

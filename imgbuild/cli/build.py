@@ -1,0 +1,99 @@
+"""``imgbuild [build] [-f FILE|-] [-t NAME]... CONTEXT``: the flags of ``docker build``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from imgbuild.build.options import (
+    COMPRESSIONS,
+    BuildOptions,
+    parse_key_value_list,
+    parse_output,
+    parse_secret,
+)
+from imgbuild.errors import UsageError
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("context", metavar="CONTEXT", help="build context directory")
+    parser.add_argument("-f", "--file", help="Dockerfile (default CONTEXT/Dockerfile; - for stdin)")
+    parser.add_argument("-t", "--tag", action="append", default=[], help="name:tag for the image (repeatable)")
+    parser.add_argument("--build-arg", action="append", default=[], metavar="K[=V]", help="set a build arg")
+    parser.add_argument("--target", help="build this stage (default: the last)")
+    parser.add_argument("--platform", help="target platform os/arch[/variant] (default: the host)")
+    parser.add_argument("--label", action="append", default=[], metavar="K=V", help="add an image label")
+    parser.add_argument("--no-cache", action="store_true", help="run every step, ignore the cache")
+    parser.add_argument(
+        "--no-cache-filter", action="append", default=[], metavar="STAGE", help="do not use the cache for STAGE"
+    )
+    parser.add_argument("--pull", action="store_true", help="re-resolve base images from their registry")
+    parser.add_argument("--secret", action="append", default=[], metavar="id=X,src=F|env=V", help="a build secret")
+    parser.add_argument("-o", "--output", action="append", default=[], metavar="SPEC", help="type=oci|docker|local|registry,dest=...")
+    parser.add_argument("--push", action="store_true", help="push the image to its registry (needs -t)")
+    parser.add_argument("--progress", default="auto", help="auto, tty, plain or json")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
+    parser.add_argument("--iidfile", help="write the image digest to this file")
+    parser.add_argument("--metadata-file", help="write build results as JSON to this file")
+    parser.add_argument("--jobs", type=int, default=0, help="stages built at once (default: CPU count)")
+    parser.add_argument("--runtime", default=None, help="OCI runtime: runc (default) or crun")
+    parser.add_argument("--network", default="host", choices=("host", "none"), help="network for RUN (default host)")
+    parser.add_argument("--compression", default="gzip", choices=COMPRESSIONS, help="layer compression (default gzip)")
+    parser.add_argument("--compression-level", type=int, default=None, help="compression level")
+    parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST", help="use plain HTTP for HOST")
+
+
+def options_from_args(args) -> BuildOptions:
+    context = Path(args.context)
+    if not context.is_dir():
+        raise UsageError(f"build context {args.context!r} is not a directory")
+    dockerfile = None
+    dockerfile_text = None
+    if args.file == "-":
+        dockerfile_text = sys.stdin.read()
+    elif args.file:
+        dockerfile = Path(args.file)
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch is not None and not epoch.isdigit():
+        raise UsageError(f"SOURCE_DATE_EPOCH must be a whole number of seconds, not {epoch!r}")
+    outputs = [parse_output(text) for text in args.output]
+    if args.push and not args.tag:
+        raise UsageError("--push needs a name: add -t REGISTRY/NAME:TAG")
+    return BuildOptions(
+        context=context,
+        dockerfile=dockerfile,
+        dockerfile_text=dockerfile_text,
+        tags=list(args.tag),
+        build_args=parse_key_value_list(args.build_arg, "--build-arg"),
+        target=args.target,
+        platform=args.platform,
+        labels=parse_key_value_list(args.label, "--label", environ={}),
+        no_cache=args.no_cache,
+        no_cache_filter=list(args.no_cache_filter),
+        pull=args.pull,
+        secrets=[parse_secret(text) for text in args.secret],
+        outputs=outputs,
+        push=args.push,
+        progress="quiet" if args.quiet else args.progress,
+        iidfile=Path(args.iidfile) if args.iidfile else None,
+        metadata_file=Path(args.metadata_file) if args.metadata_file else None,
+        jobs=args.jobs,
+        runtime=args.runtime or os.environ.get("IMGBUILD_RUNTIME") or "runc",
+        network=args.network,
+        compression=args.compression,
+        compression_level=args.compression_level,
+        insecure_registries=list(args.insecure_registry),
+        source_date_epoch=int(epoch) if epoch is not None else None,
+    )
+
+
+def run(args) -> int:
+    from imgbuild.build.engine import build
+    from imgbuild.store import Store
+
+    options = options_from_args(args)
+    result = build(Store(args.root), options)
+    if args.quiet:
+        print(result.image.digest)
+    return 0

@@ -1,0 +1,34 @@
+"""``imgbuild run [-e K=V] [--network host|none] IMAGE [CMD...]``: run an image once."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
+    parser.add_argument("--network", default="host", choices=("host", "none"), help="network (default host)")
+    parser.add_argument("-u", "--user", help="user[:group] to run as (default: the image's USER)")
+    parser.add_argument("-w", "--workdir", help="working directory (default: the image's WORKDIR)")
+    parser.add_argument("--entrypoint", help="override the image's ENTRYPOINT")
+    parser.add_argument("--runtime", default=None, help="OCI runtime: runc (default) or crun")
+    parser.add_argument("image", metavar="IMAGE")
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD")
+
+
+def run(args) -> int:
+    from imgbuild.build.runimage import RunOptions, run_image
+    from imgbuild.store import Store
+
+    options = RunOptions(
+        image=args.image,
+        command=list(args.command),
+        env=list(args.env),
+        network=args.network,
+        user=args.user,
+        workdir=args.workdir,
+        entrypoint=args.entrypoint,
+        runtime=args.runtime or os.environ.get("IMGBUILD_RUNTIME") or "runc",
+    )
+    return run_image(Store(args.root), options, dict(os.environ))
