@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from imgbuild.errors import DigestMismatch, ImageNotFound, StoreError
+from imgbuild.errors import DigestMismatch, ImageNotFound, ImgbuildError, StoreError
 from imgbuild.image import (
     INDEX_TYPES,
     OCI_CONFIG,
@@ -105,6 +105,7 @@ class Store:
         self.tmp_dir = self.root / "tmp"
         self.snapshots_dir = self.root / "snapshots"
         self.lock_path = self.root / "lock"
+        self.lease_path = self.root / "gc.lock"
         self._init_layout()
         self.db = IndexDB(self.root / "index.db")
 
@@ -125,6 +126,18 @@ class Store:
     @contextmanager
     def lock(self) -> Iterator[None]:
         with file_lock(self.lock_path):
+            yield
+
+    @contextmanager
+    def writer_lease(self) -> Iterator[None]:
+        """Keep garbage collection (``imgbuild rmi``) away while this block runs.
+
+        Hold it from the first blob you write until the tag that references
+        them is in index.json; otherwise a concurrent ``rmi`` may prune blobs
+        nothing references yet. A shared flock: writers never wait for each
+        other, only for a running collection (see imgbuild.store.gc).
+        """
+        with file_lock(self.lease_path, shared=True):
             yield
 
     # --- blobs -----------------------------------------------------------
@@ -156,13 +169,14 @@ class Store:
         The blob becomes visible only when the block ends without an error and
         the content matches ``expected_digest`` (when given).
         """
-        writer = BlobWriter(self, expected_digest)
-        try:
-            yield writer
-        except BaseException:
-            writer.discard()
-            raise
-        writer.commit()
+        with self.writer_lease():
+            writer = BlobWriter(self, expected_digest)
+            try:
+                yield writer
+            except BaseException:
+                writer.discard()
+                raise
+            writer.commit()
 
     def write_blob(self, data: bytes, expected_digest: str | None = None) -> str:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -253,6 +267,10 @@ class Store:
         digest_like = name.removeprefix("sha256:")
         if len(digest_like) >= 6 and all(c in "0123456789abcdef" for c in digest_like):
             matches = {d.digest: d for _, d in entries if d.digest.split(":", 1)[1].startswith(digest_like)}
+            if not matches:  # Docker's IMAGE ID is the config digest
+                matches = {
+                    d.digest: d for _, d in entries if self.image_id(d).split(":", 1)[1].startswith(digest_like)
+                }
             if len(matches) == 1:
                 return next(iter(matches.values()))
             if len(digest_like) == 64 and self.has_blob("sha256:" + digest_like):
@@ -262,6 +280,13 @@ class Store:
         raise ImageNotFound(f"no image named {name!r} in the store at {self.root} (see `imgbuild images`)")
 
     # --- images ----------------------------------------------------------
+
+    def image_id(self, descriptor: Descriptor) -> str:
+        """Docker's IMAGE ID: the config digest (for an unreadable image, the manifest digest)."""
+        try:
+            return self.load_image(descriptor).config_descriptor.digest
+        except ImgbuildError:
+            return descriptor.digest
 
     def load_image(self, name_or_descriptor: str | Descriptor, platform: Platform | None = None) -> Image:
         """The single-platform image a name points at; an index picks ``platform`` (default: host)."""
@@ -325,7 +350,11 @@ class Store:
         staging = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="snap-"))
         try:
             with self.open_blob(layer.digest) as blob:
-                apply_layer(blob, staging)
+                stats = apply_layer(blob, staging, media_type=layer.media_type or None)
+            if stats.diff_id != diff_id:
+                raise DigestMismatch(
+                    f"layer {layer.digest} unpacks to {stats.diff_id}, but the image config says {diff_id}"
+                )
             return self.add_snapshot(diff_id, staging)
         finally:
             if staging.exists():

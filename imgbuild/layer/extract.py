@@ -1,0 +1,429 @@
+"""Apply a layer tar onto a snapshot directory that overlayfs will use as a lowerdir.
+
+Layer tars come from registries, so they are hostile until proven otherwise.
+Safety holds by construction, not by checking path strings: every file-system
+operation is relative to a directory file descriptor that was opened component
+by component from the target with O_NOFOLLOW, so no symlink, whether it was in
+the tar or already on disk, is ever followed. On top of that, names with ``..``
+components, absolute names, hardlinks that leave the layer, too many entries or
+bytes, and truncated or corrupt streams are refused with ``LayerError``. After a
+refusal the target is half-written; the caller discards it.
+
+OCI whiteouts become overlay whiteouts so that stacked snapshots show the right
+tree: ``.wh.NAME`` becomes a character device 0/0 named NAME, and
+``.wh..wh..opq`` sets ``trusted.overlay.opaque=y`` on its directory. As the OCI
+spec says, a whiteout only hides what lower layers have; an entry of the same
+layer at the same path stays (and, if it is a directory, becomes opaque).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from imgbuild.errors import LayerError
+from imgbuild.layer.decompress import Readable, open_tar_stream
+from imgbuild.layer.tarformat import (
+    BLOCK_DEVICE,
+    CHAR_DEVICE,
+    DIRECTORY,
+    FIFO,
+    HARDLINK,
+    OPAQUE_WHITEOUT,
+    REGULAR,
+    SYMLINK,
+    WHITEOUT_META_PREFIX,
+    WHITEOUT_PREFIX,
+    TarEntry,
+    TarReader,
+    show_name,
+)
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+_PATH_MAX = 4096
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_OVERLAY_OPAQUE = "trusted.overlay.opaque"
+# A layer may set these xattr namespaces. trusted.* (overlayfs internals such as
+# trusted.overlay.redirect) and user.overlay.* must never come from a download;
+# system.* (ACLs) is not supported.
+_ALLOWED_XATTR_PREFIXES = ("user.", "security.")
+_FORBIDDEN_XATTR_PREFIXES = ("user.overlay.",)
+
+
+@dataclass
+class ApplyStats:
+    """What applying a layer did.
+
+    ``bytes`` is the size of the uncompressed tar stream and ``diff_id`` its
+    sha256, to be checked against the image config's ``rootfs.diff_ids``.
+    """
+
+    entries: int
+    bytes: int
+    diff_id: str
+
+
+def apply_layer(
+    blob: BinaryIO,
+    target: Path,
+    *,
+    media_type: str | None = None,
+    max_entries: int = 1_000_000,
+    max_bytes: int | None = None,
+) -> ApplyStats:
+    """Extract the layer ``blob`` (gzip, zstd or plain tar) into the directory ``target``.
+
+    ``media_type`` is an optional hint: it must be a known OCI or Docker layer
+    type, but the compression is taken from the blob's magic bytes. ``max_entries``
+    and ``max_bytes`` (uncompressed tar bytes) bound what a hostile layer can
+    make us do. Raises ``LayerError`` for anything unsafe or malformed.
+    """
+    source = _CountingSource(open_tar_stream(blob, media_type), max_bytes)
+    reader = TarReader(source.read)
+    root_fd = os.open(target, _DIR_FLAGS)
+    try:
+        applier = _Applier(root_fd)
+        entries = 0
+        while (entry := reader.next_entry()) is not None:
+            entries += 1
+            if entries > max_entries:
+                raise LayerError(
+                    f"layer has more than {max_entries} entries; refusing it as a tar bomb"
+                )
+            applier.apply(entry, reader)
+        source.drain()
+        applier.set_directory_times()
+    finally:
+        os.close(root_fd)
+    return ApplyStats(entries=entries, bytes=source.total, diff_id=f"sha256:{source.hexdigest()}")
+
+
+class _CountingSource:
+    """The uncompressed tar stream, read in big chunks, hashed and counted."""
+
+    def __init__(self, stream: Readable, max_bytes: int | None):
+        self._stream = stream
+        self._max_bytes = max_bytes
+        self._sha256 = hashlib.sha256()
+        self._buffer = b""
+        self._position = 0
+        self.total = 0
+
+    def read(self, size: int) -> bytes:
+        if self._position == len(self._buffer):
+            self._buffer, self._position = self._fill(), 0
+        chunk = self._buffer[self._position : self._position + size]
+        self._position += len(chunk)
+        return chunk
+
+    def drain(self) -> None:
+        """Read (and hash) the rest: the diff_id covers the padding after the tar's end."""
+        self._buffer, self._position = b"", 0
+        while self._fill():
+            pass
+
+    def hexdigest(self) -> str:
+        return self._sha256.hexdigest()
+
+    def _fill(self) -> bytes:
+        chunk = self._stream.read(_CHUNK)
+        self._sha256.update(chunk)
+        self.total += len(chunk)
+        if self._max_bytes is not None and self.total > self._max_bytes:
+            raise LayerError(
+                f"layer is bigger than {self._max_bytes} bytes uncompressed; refusing it"
+            )
+        return chunk
+
+
+class _Applier:
+    """Creates entries under the directory ``root_fd``, never following a symlink."""
+
+    def __init__(self, root_fd: int):
+        self._root_fd = root_fd
+        self._directory_times: list[tuple[list[bytes], int]] = []
+
+    def apply(self, entry: TarEntry, reader: TarReader) -> None:
+        try:
+            self._apply(entry, reader)
+        except (OSError, ValueError, OverflowError) as error:
+            raise LayerError(
+                f"cannot apply layer entry {show_name(entry.name)}: {error}"
+            ) from error
+
+    def set_directory_times(self) -> None:
+        # Creating entries inside a directory changes its mtime, so directory
+        # times are set once everything is in place.
+        for parts, mtime_ns in self._directory_times:
+            try:
+                fd = self._open_directory(parts, create=False, entry_name=b"")
+            except (OSError, LayerError):
+                continue  # replaced by a later entry of the layer
+            try:
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+            finally:
+                os.close(fd)
+
+    def _apply(self, entry: TarEntry, reader: TarReader) -> None:
+        parts = _split_name(entry.name, entry.name, "name")
+        if not parts:
+            return  # the layer root ("./"): the snapshot directory is ours, leave it
+        name = parts[-1]
+        parent_fd = self._open_directory(parts[:-1], create=True, entry_name=entry.name)
+        try:
+            if name == OPAQUE_WHITEOUT:
+                os.setxattr(parent_fd, _OVERLAY_OPAQUE, b"y")
+            elif name.startswith(WHITEOUT_META_PREFIX):
+                log.debug("skipping AUFS metadata entry %s", show_name(entry.name))
+            elif name.startswith(WHITEOUT_PREFIX):
+                self._whiteout(parent_fd, name[len(WHITEOUT_PREFIX) :], entry)
+            elif entry.type == DIRECTORY:
+                self._directory(parent_fd, name, entry, parts)
+            elif entry.type == REGULAR:
+                self._regular_file(parent_fd, name, entry, reader)
+            elif entry.type == HARDLINK:
+                self._hardlink(parent_fd, name, entry)
+            else:
+                self._special_file(parent_fd, name, entry)
+        finally:
+            os.close(parent_fd)
+
+    # -- entry kinds ---------------------------------------------------------
+
+    def _whiteout(self, parent_fd: int, hidden: bytes, entry: TarEntry) -> None:
+        if hidden in (b"", b".", b".."):
+            raise LayerError(f"layer entry {show_name(entry.name)}: invalid whiteout name")
+        existing = _lstat(parent_fd, hidden)
+        if existing is None:
+            os.mknod(hidden, stat.S_IFCHR, 0, dir_fd=parent_fd)
+            os.chown(hidden, entry.uid, entry.gid, dir_fd=parent_fd, follow_symlinks=False)
+            # Invisible through overlayfs, but kept so the snapshot written back
+            # as a layer gives the same bytes.
+            times = (entry.mtime_ns, entry.mtime_ns)
+            os.utime(hidden, ns=times, dir_fd=parent_fd, follow_symlinks=False)
+        elif stat.S_ISDIR(existing.st_mode):
+            # This layer has its own directory there: it hides the lower one's content.
+            _set_opaque(parent_fd, hidden)
+        # Any other entry of this layer already hides whatever lower layers have.
+
+    def _directory(self, parent_fd: int, name: bytes, entry: TarEntry, parts: list[bytes]) -> None:
+        existing = _lstat(parent_fd, name)
+        replaces_whiteout = existing is not None and _is_whiteout(existing)
+        if existing is None or not stat.S_ISDIR(existing.st_mode):
+            _remove(parent_fd, name, existing)
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        try:
+            if replaces_whiteout:
+                os.setxattr(fd, _OVERLAY_OPAQUE, b"y")
+            os.fchown(fd, entry.uid, entry.gid)
+            os.fchmod(fd, entry.mode)
+            _set_xattrs(fd, entry)
+        finally:
+            os.close(fd)
+        self._directory_times.append((parts, entry.mtime_ns))
+
+    def _regular_file(
+        self, parent_fd: int, name: bytes, entry: TarEntry, reader: TarReader
+    ) -> None:
+        _remove(parent_fd, name, _lstat(parent_fd, name))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(name, flags, 0o600, dir_fd=parent_fd)
+        try:
+            while chunk := reader.read_data(_CHUNK):
+                _write_all(fd, chunk)
+            # chown clears setuid/setgid and security.capability, so it goes first.
+            os.fchown(fd, entry.uid, entry.gid)
+            os.fchmod(fd, entry.mode)
+            _set_xattrs(fd, entry)
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        finally:
+            os.close(fd)
+
+    def _hardlink(self, parent_fd: int, name: bytes, entry: TarEntry) -> None:
+        target_parts = _split_name(entry.linkname, entry.name, "hardlink target")
+        if not target_parts:
+            raise LayerError(f"layer entry {show_name(entry.name)}: hardlink to the layer root")
+        try:
+            source_fd = self._open_directory(target_parts[:-1], create=False, entry_name=entry.name)
+        except FileNotFoundError:
+            raise _missing_link_target(entry) from None
+        try:
+            source = _lstat(source_fd, target_parts[-1])
+            if source is None:
+                raise _missing_link_target(entry)
+            if stat.S_ISDIR(source.st_mode):
+                raise LayerError(f"layer entry {show_name(entry.name)}: hardlink to a directory")
+            _remove(parent_fd, name, _lstat(parent_fd, name))
+            # linkat without AT_SYMLINK_FOLLOW: a symlink target is linked, not followed.
+            os.link(
+                target_parts[-1],
+                name,
+                src_dir_fd=source_fd,
+                dst_dir_fd=parent_fd,
+                follow_symlinks=False,
+            )
+        finally:
+            os.close(source_fd)
+
+    def _special_file(self, parent_fd: int, name: bytes, entry: TarEntry) -> None:
+        _remove(parent_fd, name, _lstat(parent_fd, name))
+        if entry.type == SYMLINK:
+            if not entry.linkname:
+                raise LayerError(f"layer entry {show_name(entry.name)}: symlink with no target")
+            # The target is stored as is: we never follow it, overlayfs resolves
+            # it inside the container's root.
+            os.symlink(entry.linkname, name, dir_fd=parent_fd)
+        elif entry.type in (CHAR_DEVICE, BLOCK_DEVICE, FIFO):
+            kind = {CHAR_DEVICE: stat.S_IFCHR, BLOCK_DEVICE: stat.S_IFBLK, FIFO: stat.S_IFIFO}
+            device = os.makedev(entry.devmajor, entry.devminor)
+            os.mknod(name, kind[entry.type] | 0o600, device, dir_fd=parent_fd)
+        os.chown(name, entry.uid, entry.gid, dir_fd=parent_fd, follow_symlinks=False)
+        if entry.type != SYMLINK:
+            # We just created this node ourselves, so it is not a symlink.
+            os.chmod(name, entry.mode, dir_fd=parent_fd)
+        _set_xattrs(_proc_path(parent_fd, name), entry)
+        os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
+
+    # -- directories ---------------------------------------------------------
+
+    def _open_directory(self, parts: list[bytes], *, create: bool, entry_name: bytes) -> int:
+        """A descriptor for the directory root/parts[0]/..., walked with O_NOFOLLOW.
+
+        Missing directories are created (mode 0755, root-owned, as Docker does)
+        when ``create``; a symlink or non-directory on the way is refused.
+        """
+        fd = os.open(".", _DIR_FLAGS, dir_fd=self._root_fd)
+        try:
+            for depth, part in enumerate(parts):
+                try:
+                    next_fd = _open_component(fd, part, create)
+                except OSError as error:
+                    if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    on_the_way = show_name(b"/".join(parts[: depth + 1]))
+                    existing = _lstat(fd, part)
+                    is_link = existing is not None and stat.S_ISLNK(existing.st_mode)
+                    problem = "a symlink" if is_link else "not a directory"
+                    raise LayerError(
+                        f"layer entry {show_name(entry_name)}: {on_the_way} on its path is "
+                        f"{problem}; refusing to go through it"
+                    ) from None
+                os.close(fd)
+                fd = next_fd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+
+def _open_component(dir_fd: int, part: bytes, create: bool) -> int:
+    """Open (or create, then open) one directory below dir_fd; O_NOFOLLOW refuses symlinks."""
+    if part in (b"", b".", b"..") or b"/" in part:  # _split_name guarantees this; belt and braces
+        raise LayerError(f"invalid path component {show_name(part)} in a layer entry")
+    try:
+        return os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if not create:
+            raise
+    os.mkdir(part, 0o755, dir_fd=dir_fd)
+    return os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def _split_name(raw: bytes, entry_name: bytes, what: str) -> list[bytes]:
+    """The path components of a tar name; refuses anything that could leave the root."""
+    problem = None
+    if b"\x00" in raw:
+        problem = "contains a NUL byte"
+    elif raw.startswith(b"/"):
+        problem = "is absolute"
+    elif len(raw) > _PATH_MAX:
+        problem = f"is longer than {_PATH_MAX} bytes"
+    parts = [part for part in raw.split(b"/") if part not in (b"", b".")]
+    if problem is None and b".." in parts:
+        problem = "has a '..' component"
+    if problem is not None:
+        subject = "" if raw == entry_name else f" ({what} {show_name(raw)})"
+        raise LayerError(
+            f"unsafe layer entry {show_name(entry_name)}{subject}: the {what} {problem}; "
+            "refusing the layer"
+        )
+    return parts
+
+
+def _missing_link_target(entry: TarEntry) -> LayerError:
+    return LayerError(
+        f"layer entry {show_name(entry.name)}: hardlink target {show_name(entry.linkname)} "
+        "is not an earlier entry of the layer"
+    )
+
+
+def _lstat(dir_fd: int, name: bytes) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _is_whiteout(info: os.stat_result) -> bool:
+    return stat.S_ISCHR(info.st_mode) and info.st_rdev == 0
+
+
+def _remove(dir_fd: int, name: bytes, existing: os.stat_result | None) -> None:
+    """Make room for a new entry: tar semantics, a later entry replaces an earlier one."""
+    if existing is None:
+        return
+    if stat.S_ISDIR(existing.st_mode):
+        shutil.rmtree(name, dir_fd=dir_fd)  # fd-based, does not follow symlinks
+    else:
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def _set_opaque(parent_fd: int, name: bytes) -> None:
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    try:
+        os.setxattr(fd, _OVERLAY_OPAQUE, b"y")
+    finally:
+        os.close(fd)
+
+
+def _proc_path(dir_fd: int, name: bytes) -> bytes:
+    # The xattr calls have no dir_fd form; this path resolves the parent through
+    # its descriptor, and follow_symlinks=False keeps the last component as is.
+    return b"/proc/self/fd/%d/%s" % (dir_fd, name)
+
+
+def _set_xattrs(target: int | bytes, entry: TarEntry) -> None:
+    for key, value in sorted(entry.xattrs.items()):
+        if not key.startswith(_ALLOWED_XATTR_PREFIXES) or key.startswith(_FORBIDDEN_XATTR_PREFIXES):
+            log.warning("layer entry %s: ignoring xattr %s", show_name(entry.name), key)
+            continue
+        try:
+            if isinstance(target, int):
+                os.setxattr(target, key, value)
+            else:
+                os.setxattr(target, key, value, follow_symlinks=False)
+        except OSError as error:
+            # Like Docker: a file system that cannot hold the attribute (or
+            # user.* on a symlink) loses it with a warning, not the whole layer.
+            if error.errno not in (errno.EPERM, errno.ENOTSUP):
+                raise
+            log.warning(
+                "layer entry %s: cannot set xattr %s: %s", show_name(entry.name), key, error
+            )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

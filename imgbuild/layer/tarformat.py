@@ -1,0 +1,398 @@
+"""The tar format as image layers use it: POSIX ustar headers plus PAX records.
+
+Shared by the layer writer and the layer extractor. We encode and decode headers
+ourselves rather than through ``tarfile`` so that (a) the bytes we write are fully
+under our control (reproducible layers: no atime/ctime, no user names, raw binary
+xattr values as Go's archive/tar writes them) and (b) reading an untrusted layer
+has hard limits on everything it makes us buffer.
+
+Names, link targets and xattr values are ``bytes`` throughout: Linux file names
+are bytes, and a layer may carry names that are not valid UTF-8.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from imgbuild.errors import LayerError
+
+BLOCK_SIZE = 512
+END_OF_ARCHIVE = bytes(2 * BLOCK_SIZE)
+
+# OCI whiteouts (image-spec layer.md): ".wh.NAME" hides NAME of lower layers,
+# ".wh..wh..opq" hides everything the lower layers have in its directory.
+WHITEOUT_PREFIX = b".wh."
+OPAQUE_WHITEOUT = b".wh..wh..opq"
+# Other ".wh..wh.*" names are AUFS bookkeeping; Docker skips them and so do we.
+WHITEOUT_META_PREFIX = b".wh..wh."
+
+# Overlayfs marks an opaque directory with this xattr (the "user." form is used
+# by overlay mounts with the userxattr option, e.g. rootless ones).
+OVERLAY_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+
+# Typeflags (POSIX ustar, plus the GNU and PAX extensions we understand).
+REGULAR = b"0"
+REGULAR_OLD = b"\0"
+CONTIGUOUS = b"7"
+HARDLINK = b"1"
+SYMLINK = b"2"
+CHAR_DEVICE = b"3"
+BLOCK_DEVICE = b"4"
+DIRECTORY = b"5"
+FIFO = b"6"
+PAX_HEADER = b"x"
+PAX_GLOBAL_HEADER = b"g"
+GNU_LONG_NAME = b"L"
+GNU_LONG_LINK = b"K"
+GNU_VOLUME_LABEL = b"V"
+
+ENTRY_TYPES = (REGULAR, HARDLINK, SYMLINK, CHAR_DEVICE, BLOCK_DEVICE, DIRECTORY, FIFO)
+# Entries of these types never have data blocks, whatever their size field says
+# (as in Go's archive/tar, which wrote most layers in the wild).
+_HEADER_ONLY_TYPES = (HARDLINK, SYMLINK, CHAR_DEVICE, BLOCK_DEVICE, DIRECTORY, FIFO)
+
+# The most we buffer for one PAX or GNU long-name header (Go's limit too).
+MAX_META_SIZE = 1 << 20
+
+_XATTR_KEY_PREFIX = b"SCHILY.xattr."
+_USTAR_MAGIC = b"ustar\x0000"
+_GNU_MAGIC = b"ustar  \x00"
+
+
+@dataclass
+class TarEntry:
+    """One file-system entry of a tar stream (after PAX/GNU extensions are merged)."""
+
+    name: bytes
+    type: bytes
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    mtime_ns: int = 0
+    linkname: bytes = b""
+    devmajor: int = 0
+    devminor: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+
+
+def padding(size: int) -> bytes:
+    """The zero bytes that round ``size`` up to a whole block."""
+    return bytes(-size % BLOCK_SIZE)
+
+
+# ---------------------------------------------------------------------------
+# Writing
+
+
+def encode_header(entry: TarEntry) -> bytes:
+    """The header block(s) for ``entry``.
+
+    A field that does not fit ustar (long or non-ASCII name or link target, big
+    uid/size, sub-second or negative mtime) and every xattr go into one PAX
+    extended header in front of the ustar block, its records sorted by key.
+    """
+    records: dict[bytes, bytes] = {}
+    if len(entry.name) > 100 or not entry.name.isascii():
+        records[b"path"] = entry.name
+    if len(entry.linkname) > 100 or not entry.linkname.isascii():
+        records[b"linkpath"] = entry.linkname
+    for key, value, digits in (
+        (b"uid", entry.uid, 7),
+        (b"gid", entry.gid, 7),
+        (b"size", entry.size, 11),
+    ):
+        if not _fits_octal(value, digits):
+            records[key] = str(value).encode()
+    seconds, nanos = divmod(entry.mtime_ns, 1_000_000_000)
+    if nanos or not _fits_octal(seconds, 11):
+        records[b"mtime"] = _format_pax_time(entry.mtime_ns)
+    for name, value in entry.xattrs.items():
+        records[_XATTR_KEY_PREFIX + name.encode("utf-8", "surrogateescape")] = value
+
+    header = b""
+    if records:
+        payload = b"".join(_pax_record(key, records[key]) for key in sorted(records))
+        pax = TarEntry(name=_pax_header_name(entry.name), type=PAX_HEADER, size=len(payload))
+        header = _ustar_block(pax) + payload + padding(len(payload))
+    return header + _ustar_block(entry)
+
+
+def _fits_octal(value: int, digits: int) -> bool:
+    return 0 <= value < 8**digits
+
+
+def _format_pax_time(mtime_ns: int) -> bytes:
+    seconds, nanos = divmod(mtime_ns, 1_000_000_000)
+    if not nanos:
+        return str(seconds).encode()
+    if seconds < 0:  # PAX times are sign + seconds + fraction, not floor-based
+        seconds, nanos = seconds + 1, 1_000_000_000 - nanos
+        sign = "-" if seconds == 0 else ""
+        return f"{sign}{seconds}.{nanos:09d}".rstrip("0").encode()
+    return f"{seconds}.{nanos:09d}".rstrip("0").encode()
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    # "LEN KEY=VALUE\n" where LEN counts the whole record, its own digits included.
+    body = b" " + key + b"=" + value + b"\n"
+    length = len(body) + 1
+    while len(str(length)) + len(body) != length:
+        length = len(str(length)) + len(body)
+    return str(length).encode() + body
+
+
+def _pax_header_name(name: bytes) -> bytes:
+    # Like Go: readers without PAX support extract the header as a plain file,
+    # so give it a recognisable name. Deterministic (GNU tar puts its pid here).
+    base = name.rstrip(b"/").rsplit(b"/", 1)[-1]
+    return (b"PaxHeaders.0/" + base)[:100]
+
+
+def _ustar_block(entry: TarEntry) -> bytes:
+    block = bytearray(BLOCK_SIZE)
+
+    def put(offset: int, width: int, value: bytes) -> None:
+        block[offset : offset + len(value[:width])] = value[:width]
+
+    def put_octal(offset: int, width: int, value: int) -> None:
+        # Values that do not fit were moved to PAX records; ustar gets 0 then.
+        value = value if _fits_octal(value, width - 1) else 0
+        put(offset, width, b"%0*o\x00" % (width - 1, value))
+
+    put(0, 100, entry.name)
+    put_octal(100, 8, entry.mode & 0o7777)
+    put_octal(108, 8, entry.uid)
+    put_octal(116, 8, entry.gid)
+    put_octal(124, 12, entry.size)
+    put_octal(136, 12, entry.mtime_ns // 1_000_000_000)
+    put(156, 1, entry.type)
+    put(157, 100, entry.linkname)
+    put(257, 8, _USTAR_MAGIC)
+    # uname and gname (265, 297) stay empty: ids are numeric in layers.
+    put_octal(329, 8, entry.devmajor)
+    put_octal(337, 8, entry.devminor)
+    block[148:156] = b" " * 8
+    put(148, 8, b"%06o\x00 " % sum(block))
+    return bytes(block)
+
+
+# ---------------------------------------------------------------------------
+# Reading
+
+
+class TarReader:
+    """Reads entries from a tar stream, one block at a time; never seeks.
+
+    ``read`` is a function like ``file.read(n)``: up to n bytes, ``b""`` at the
+    end. Every inconsistency (bad checksum, bad number, truncation, oversized
+    extension header, sparse files) raises ``LayerError``.
+    """
+
+    def __init__(self, read: Callable[[int], bytes]):
+        self._read = read
+        self._data_left = 0  # data bytes of the current entry not yet read
+        self._padding_left = 0
+        self.offset = 0  # position in the stream, for error messages
+
+    def next_entry(self) -> TarEntry | None:
+        """The next entry, or None at the end-of-archive marker."""
+        self._skip(self._data_left + self._padding_left)
+        self._data_left = self._padding_left = 0
+        extensions: dict[bytes, bytes] = {}
+        long_name = long_link = None
+        while True:
+            block_offset = self.offset
+            block = self._read_exact(BLOCK_SIZE)
+            if block == bytes(BLOCK_SIZE):
+                if extensions or long_name is not None or long_link is not None:
+                    raise LayerError(
+                        f"layer tar: extension header at byte {block_offset} has no entry after it"
+                    )
+                return None
+            entry = _decode_ustar(block, block_offset)
+            if entry.type in (PAX_HEADER, GNU_LONG_NAME, GNU_LONG_LINK):
+                payload = self._read_meta(entry, block_offset)
+                if entry.type == PAX_HEADER:
+                    extensions.update(_parse_pax(payload, block_offset))
+                elif entry.type == GNU_LONG_NAME:
+                    long_name = payload.split(b"\x00", 1)[0]
+                else:
+                    long_link = payload.split(b"\x00", 1)[0]
+                continue
+            if entry.type in (PAX_GLOBAL_HEADER, GNU_VOLUME_LABEL):
+                # Global defaults are not used by layer writers; skip like Go does.
+                self._skip(entry.size + len(padding(entry.size)))
+                continue
+            break
+
+        if long_name is not None:
+            entry.name = long_name
+        if long_link is not None:
+            entry.linkname = long_link
+        _merge_pax(entry, extensions, block_offset)
+        if entry.type in (REGULAR_OLD, CONTIGUOUS):
+            entry.type = DIRECTORY if entry.name.endswith(b"/") else REGULAR
+        if entry.type not in ENTRY_TYPES:
+            raise LayerError(
+                f"layer tar entry {show_name(entry.name)}: unsupported entry type "
+                f"{entry.type!r} at byte {block_offset}"
+            )
+        if entry.type in _HEADER_ONLY_TYPES:
+            entry.size = 0
+        self._data_left = entry.size
+        self._padding_left = len(padding(entry.size))
+        return entry
+
+    def read_data(self, limit: int) -> bytes:
+        """Up to ``limit`` bytes of the current entry's data; b"" once all is read."""
+        wanted = min(limit, self._data_left)
+        if wanted <= 0:
+            return b""
+        chunk = self._read(wanted)
+        if not chunk:
+            raise _truncated(self.offset)
+        self.offset += len(chunk)
+        self._data_left -= len(chunk)
+        return chunk
+
+    def _read_meta(self, header: TarEntry, offset: int) -> bytes:
+        if header.size > MAX_META_SIZE:
+            raise LayerError(
+                f"layer tar: extension header at byte {offset} is {header.size} bytes, "
+                f"more than the {MAX_META_SIZE} allowed"
+            )
+        payload = self._read_exact(header.size)
+        self._skip(len(padding(header.size)))
+        return payload
+
+    def _read_exact(self, size: int) -> bytes:
+        parts = []
+        left = size
+        while left:
+            chunk = self._read(left)
+            if not chunk:
+                raise _truncated(self.offset)
+            parts.append(chunk)
+            left -= len(chunk)
+            self.offset += len(chunk)
+        return b"".join(parts)
+
+    def _skip(self, size: int) -> None:
+        while size:
+            chunk = self._read(min(size, 1 << 20))
+            if not chunk:
+                raise _truncated(self.offset)
+            size -= len(chunk)
+            self.offset += len(chunk)
+
+
+def show_name(name: bytes) -> str:
+    """A name as it should appear in a message (undecodable bytes escaped)."""
+    return repr(name.decode("utf-8", "backslashreplace"))
+
+
+def _truncated(offset: int) -> LayerError:
+    return LayerError(f"layer tar is truncated: the stream ends at byte {offset}, inside an entry")
+
+
+def _decode_ustar(block: bytes, offset: int) -> TarEntry:
+    unsigned = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
+    signed = unsigned - 256 * sum(1 for byte in block[:148] + block[156:] if byte > 127)
+    try:
+        stored = _parse_number(block[148:156], "checksum", offset)
+    except LayerError:
+        stored = None
+    if stored not in (unsigned, signed):
+        raise LayerError(
+            f"layer tar: invalid header at byte {offset} (bad checksum): "
+            "not a tar stream, or corrupt"
+        )
+    name = _nul_terminated(block[0:100])
+    if block[257:265] == _USTAR_MAGIC:  # POSIX ustar: names may be split into a prefix
+        prefix = _nul_terminated(block[345:500])
+        if prefix:
+            name = prefix + b"/" + name
+    return TarEntry(
+        name=name,
+        type=block[156:157],
+        mode=_parse_number(block[100:108], "mode", offset) & 0o7777,
+        uid=_parse_number(block[108:116], "uid", offset),
+        gid=_parse_number(block[116:124], "gid", offset),
+        size=_parse_number(block[124:136], "size", offset),
+        mtime_ns=_parse_number(block[136:148], "mtime", offset) * 1_000_000_000,
+        linkname=_nul_terminated(block[157:257]),
+        devmajor=_parse_number(block[329:337], "devmajor", offset),
+        devminor=_parse_number(block[337:345], "devminor", offset),
+    )
+
+
+def _nul_terminated(raw: bytes) -> bytes:
+    return raw.split(b"\x00", 1)[0]
+
+
+def _parse_number(raw: bytes, what: str, offset: int) -> int:
+    if raw[:1] == b"\xff":  # GNU base-256, negative
+        return int.from_bytes(raw, "big", signed=True)
+    if raw[:1] == b"\x80":  # GNU base-256, positive
+        return int.from_bytes(raw[1:], "big")
+    text = raw.split(b"\x00", 1)[0].strip(b" ")
+    if not text:
+        return 0
+    if not all(48 <= byte <= 55 for byte in text):
+        raise LayerError(f"layer tar: bad {what} field {raw!r} in the header at byte {offset}")
+    return int(text, 8)
+
+
+def _parse_pax(payload: bytes, offset: int) -> dict[bytes, bytes]:
+    records: dict[bytes, bytes] = {}
+    position = 0
+    while position < len(payload):
+        if payload[position] == 0:  # some writers pad the payload with NULs
+            break
+        space = payload.find(b" ", position, position + 20)
+        length_text = payload[position:space]
+        if space < 0 or not length_text.isdigit():
+            raise LayerError(f"layer tar: malformed PAX record in the header at byte {offset}")
+        end = position + int(length_text)
+        record = payload[space + 1 : end]
+        if end > len(payload) or not record.endswith(b"\n") or b"=" not in record:
+            raise LayerError(f"layer tar: malformed PAX record in the header at byte {offset}")
+        key, _, value = record[:-1].partition(b"=")
+        records[key] = value
+        position = end
+    return records
+
+
+def _merge_pax(entry: TarEntry, records: dict[bytes, bytes], offset: int) -> None:
+    for key, value in records.items():
+        if key == b"path":
+            entry.name = value
+        elif key == b"linkpath":
+            entry.linkname = value
+        elif key in (b"uid", b"gid", b"size"):
+            if not value.isdigit():
+                raise LayerError(f"layer tar: bad PAX {key.decode()} {value!r} at byte {offset}")
+            setattr(entry, key.decode(), int(value))
+        elif key == b"mtime":
+            entry.mtime_ns = _parse_pax_time(value, offset)
+        elif key.startswith(_XATTR_KEY_PREFIX):
+            name = key[len(_XATTR_KEY_PREFIX) :].decode("utf-8", "surrogateescape")
+            entry.xattrs[name] = value
+        elif key.startswith(b"GNU.sparse."):
+            raise LayerError(
+                f"layer tar entry {show_name(entry.name)}: GNU sparse files are not supported"
+            )
+        # Anything else (atime, ctime, uname, gname, comment, charset, ...) is
+        # either ignored on purpose (times, names) or informational.
+
+
+def _parse_pax_time(value: bytes, offset: int) -> int:
+    text = value.decode("ascii", "replace")
+    negative = text.startswith("-")
+    whole, _, fraction = text.lstrip("-").partition(".")
+    if not whole.isdigit() or (fraction and not fraction.isdigit()):
+        raise LayerError(f"layer tar: bad PAX mtime {value!r} at byte {offset}")
+    nanos = int(whole) * 1_000_000_000 + int((fraction + "000000000")[:9])
+    return -nanos if negative else nanos

@@ -1,0 +1,360 @@
+"""Write a changeset directory (an overlay upperdir) as a reproducible layer blob.
+
+One streaming pass: the tar bytes are hashed (the diff_id) on their way into the
+compressor, whose output is hashed (the blob digest) on its way to ``out``. File
+contents are copied in chunks, so memory does not grow with the layer.
+
+The tar is reproducible: entries in a depth-first walk with each directory's
+names sorted bytewise (parents before children, as Go's filepath.Walk, which
+Docker and BuildKit use), numeric uid/gid with empty user/group names, no
+atime/ctime, whole-second mtimes (clamped to SOURCE_DATE_EPOCH when given), and
+compressors with fixed parameters (gzip without name and with mtime 0).
+
+Overlay whiteouts (character device 0/0) become ``.wh.NAME`` entries and opaque
+directories (``trusted.overlay.opaque=y``) get a ``.wh..wh..opq`` entry, as
+Docker's overlay2 driver writes them. Reading ``trusted.*`` xattrs needs root
+(CAP_SYS_ADMIN); without it opaque directories cannot be seen.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import logging
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from imgbuild.errors import LayerError, UsageError
+from imgbuild.layer.tarformat import (
+    BLOCK_DEVICE,
+    CHAR_DEVICE,
+    DIRECTORY,
+    END_OF_ARCHIVE,
+    FIFO,
+    HARDLINK,
+    OPAQUE_WHITEOUT,
+    OVERLAY_OPAQUE_XATTRS,
+    REGULAR,
+    SYMLINK,
+    WHITEOUT_PREFIX,
+    TarEntry,
+    encode_header,
+    padding,
+)
+
+log = logging.getLogger(__name__)
+
+MEDIA_TYPES = {
+    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+    "uncompressed": "application/vnd.oci.image.layer.v1.tar",
+}
+DEFAULT_LEVELS = {"gzip": 6, "zstd": 3}
+_LEVEL_RANGES = {"gzip": range(0, 10), "zstd": range(1, 23)}
+_CHUNK = 1 << 20
+_SECOND = 1_000_000_000
+# xattrs a layer carries: user.* (minus overlayfs' own user.overlay.*) and
+# security.* (security.capability above all). trusted.* holds overlay internals.
+_KEPT_XATTR_PREFIXES = ("user.", "security.")
+_DROPPED_XATTR_PREFIXES = ("user.overlay.",)
+
+
+@dataclass(frozen=True)
+class LayerDigests:
+    """The identity of a written layer, as an image config and manifest need it."""
+
+    diff_id: str  # "sha256:..." of the uncompressed tar
+    digest: str  # "sha256:..." of the blob written to ``out``
+    size: int  # bytes of the blob
+    uncompressed_size: int
+    media_type: str
+
+
+def write_layer(
+    changeset: Path,
+    out: BinaryIO,
+    *,
+    compression: str = "gzip",
+    level: int | None = None,
+    source_date_epoch: int | None = None,
+) -> LayerDigests:
+    """Write the changeset directory as a layer blob to ``out`` and return its digests.
+
+    ``compression`` is "gzip", "zstd" or "uncompressed"; ``level`` defaults to 6
+    for gzip and 3 for zstd. With ``source_date_epoch``, mtimes newer than it are
+    clamped to it.
+    """
+    level = _check_options(compression, level, source_date_epoch)
+    root = os.fsencode(changeset)
+    if not os.path.isdir(root) or os.path.islink(root):
+        raise LayerError(f"changeset {changeset} is not a directory")
+    blob = _HashingWriter(out)
+    compressor = _open_compressor(compression, level, blob)
+    tar = _HashingWriter(compressor)
+    for entry, source in _layer_entries(root, source_date_epoch):
+        tar.write(encode_header(entry))
+        if source is not None:
+            _copy_contents(source, entry.size, tar)
+    tar.write(END_OF_ARCHIVE)
+    compressor.close()
+    return LayerDigests(
+        diff_id=tar.digest(),
+        digest=blob.digest(),
+        size=blob.size,
+        uncompressed_size=tar.size,
+        media_type=MEDIA_TYPES[compression],
+    )
+
+
+def changeset_is_empty(changeset: Path) -> bool:
+    """True when the changeset has no entries: the step changed nothing and adds no layer."""
+    with os.scandir(changeset) as entries:
+        return next(entries, None) is None
+
+
+def _check_options(compression: str, level: int | None, source_date_epoch: int | None) -> int:
+    if compression not in MEDIA_TYPES:
+        raise UsageError(
+            f"unknown layer compression {compression!r}; use gzip, zstd or uncompressed"
+        )
+    if source_date_epoch is not None and source_date_epoch < 0:
+        raise UsageError(f"SOURCE_DATE_EPOCH must not be negative, got {source_date_epoch}")
+    if compression == "uncompressed":
+        if level is not None:
+            raise UsageError("a compression level makes no sense for uncompressed layers")
+        return 0
+    if level is None:
+        return DEFAULT_LEVELS[compression]
+    allowed = _LEVEL_RANGES[compression]
+    if level not in allowed:
+        raise UsageError(
+            f"{compression} compression level must be {allowed.start}..{allowed.stop - 1}, "
+            f"not {level}"
+        )
+    return level
+
+
+class _HashingWriter:
+    """Passes bytes on to ``sink`` while counting and hashing them."""
+
+    def __init__(self, sink):
+        self._sink = sink
+        self._sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._sha256.update(data)
+        self.size += len(data)
+        self._sink.write(data)
+        return len(data)
+
+    def digest(self) -> str:
+        return f"sha256:{self._sha256.hexdigest()}"
+
+
+class _Uncompressed:
+    def __init__(self, sink: _HashingWriter):
+        self.write = sink.write
+
+    def close(self) -> None:
+        pass
+
+
+def _open_compressor(compression: str, level: int, blob: _HashingWriter):
+    if compression == "gzip":
+        # No file name and mtime 0 in the gzip header: the same tar gives the same bytes.
+        return gzip.GzipFile(filename="", mode="wb", compresslevel=level, fileobj=blob, mtime=0)
+    if compression == "zstd":
+        # Multi-threaded zstd gives the same bytes for any number of workers >= 1
+        # (threads=-1 is one worker on a 1-CPU machine), so blobs match across
+        # machines; memory is a few buffers per worker, not per layer size.
+        compressor = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
+        return compressor.stream_writer(blob, closefd=False)
+    return _Uncompressed(blob)
+
+
+# ---------------------------------------------------------------------------
+# Walking the changeset
+
+
+def _walk(root: bytes) -> Iterator[tuple[bytes, os.stat_result]]:
+    """(relative path, lstat) of everything under root, depth first, names sorted bytewise."""
+    pending = [name for name in sorted(os.listdir(root), reverse=True)]
+    while pending:
+        relative = pending.pop()
+        info = os.lstat(os.path.join(root, relative))
+        yield relative, info
+        if stat.S_ISDIR(info.st_mode):
+            children = sorted(os.listdir(os.path.join(root, relative)), reverse=True)
+            pending.extend(relative + b"/" + name for name in children)
+
+
+def _layer_entries(
+    root: bytes, source_date_epoch: int | None
+) -> Iterator[tuple[TarEntry, bytes | None]]:
+    """The tar entries for the changeset, each with the file to copy its data from."""
+    first_paths: dict[tuple[int, int], bytes] = {}  # (dev, ino) -> first path, for hardlinks
+    try:
+        for relative, info in _walk(root):
+            path = os.path.join(root, relative)
+            try:
+                yield from _entries_for(relative, path, info, first_paths, source_date_epoch)
+            except OSError as error:
+                raise LayerError(
+                    f"cannot read {os.fsdecode(path)} for the layer: {error}"
+                ) from error
+    except OSError as error:
+        raise LayerError(f"cannot read the changeset {os.fsdecode(root)}: {error}") from error
+
+
+def _entries_for(
+    relative: bytes,
+    path: bytes,
+    info: os.stat_result,
+    first_paths: dict[tuple[int, int], bytes],
+    source_date_epoch: int | None,
+) -> Iterator[tuple[TarEntry, bytes | None]]:
+    mode = info.st_mode
+    entry = TarEntry(
+        name=relative,
+        type=REGULAR,
+        mode=stat.S_IMODE(mode),
+        uid=info.st_uid,
+        gid=info.st_gid,
+        mtime_ns=_entry_mtime(info, source_date_epoch),
+    )
+    if stat.S_ISCHR(mode) and info.st_rdev == 0:
+        # An overlay whiteout. Overlayfs may hardlink whiteouts to one shared
+        # inode, so they never take part in hardlink detection.
+        parent, _, name = relative.rpartition(b"/")
+        entry.name = _join(parent, WHITEOUT_PREFIX + name)
+        entry.mode = 0o600
+        yield entry, None
+        return
+    if stat.S_ISSOCK(mode):
+        log.warning("skipping socket %s: sockets cannot be stored in a layer", os.fsdecode(path))
+        return
+    all_xattrs = _read_xattrs(path)
+    _refuse_overlay_references(path, all_xattrs)
+    if stat.S_ISDIR(mode):
+        entry.type = DIRECTORY
+        entry.name = relative + b"/"
+        entry.xattrs = _layer_xattrs(all_xattrs)
+        yield entry, None
+        if any(all_xattrs.get(key) == b"y" for key in OVERLAY_OPAQUE_XATTRS):
+            marker = TarEntry(
+                name=_join(relative, OPAQUE_WHITEOUT),
+                type=REGULAR,
+                mode=entry.mode,
+                uid=entry.uid,
+                gid=entry.gid,
+                mtime_ns=entry.mtime_ns,
+            )
+            yield marker, None
+        return
+    inode = (info.st_dev, info.st_ino)
+    if info.st_nlink > 1 and inode in first_paths:
+        entry.type = HARDLINK
+        entry.linkname = first_paths[inode]
+        yield entry, None
+        return
+    if info.st_nlink > 1:
+        first_paths[inode] = relative
+    entry.xattrs = _layer_xattrs(all_xattrs)
+    if stat.S_ISREG(mode):
+        entry.size = info.st_size
+        yield entry, path
+    elif stat.S_ISLNK(mode):
+        entry.type = SYMLINK
+        entry.linkname = os.readlink(path)
+        yield entry, None
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        entry.type = CHAR_DEVICE if stat.S_ISCHR(mode) else BLOCK_DEVICE
+        entry.devmajor = os.major(info.st_rdev)
+        entry.devminor = os.minor(info.st_rdev)
+        yield entry, None
+    elif stat.S_ISFIFO(mode):
+        entry.type = FIFO
+        yield entry, None
+
+
+def _join(parent: bytes, name: bytes) -> bytes:
+    return parent + b"/" + name if parent else name
+
+
+def _entry_mtime(info: os.stat_result, source_date_epoch: int | None) -> int:
+    seconds = info.st_mtime_ns // _SECOND
+    if source_date_epoch is not None:
+        seconds = min(seconds, source_date_epoch)
+    return seconds * _SECOND
+
+
+def _read_xattrs(path: bytes) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as error:
+        if error.errno in (errno.ENOTSUP, errno.EPERM):
+            return {}
+        raise
+    values = {}
+    for name in names:
+        try:
+            values[name] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError as error:
+            if error.errno != errno.ENODATA:  # removed since listxattr
+                raise
+    return values
+
+
+def _refuse_overlay_references(path: bytes, xattrs: dict[str, bytes]) -> None:
+    # With redirect_dir or metacopy, an upperdir entry points at lower-layer
+    # data instead of holding it, so the upperdir alone is not the diff.
+    for feature in ("redirect", "metacopy"):
+        if f"trusted.overlay.{feature}" in xattrs or f"user.overlay.{feature}" in xattrs:
+            raise LayerError(
+                f"{os.fsdecode(path)} is an overlayfs {feature} entry: its content lives in a "
+                "lower layer, so the changeset cannot be written as a layer; mount the "
+                "overlay with redirect_dir=off,metacopy=off"
+            )
+
+
+def _layer_xattrs(xattrs: dict[str, bytes]) -> dict[str, bytes]:
+    return {
+        name: value
+        for name, value in sorted(xattrs.items())
+        if name.startswith(_KEPT_XATTR_PREFIXES) and not name.startswith(_DROPPED_XATTR_PREFIXES)
+    }
+
+
+def _copy_contents(path: bytes, size: int, tar: _HashingWriter) -> None:
+    """Stream exactly ``size`` bytes of the file (the size its header announced)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        raise LayerError(f"cannot read {os.fsdecode(path)} for the layer: {error}") from error
+    try:
+        left = size
+        while left:
+            try:
+                chunk = os.read(fd, min(_CHUNK, left))
+            except OSError as error:
+                raise LayerError(
+                    f"cannot read {os.fsdecode(path)} for the layer: {error}"
+                ) from error
+            if not chunk:
+                raise LayerError(
+                    f"{os.fsdecode(path)} shrank while it was written into the layer; "
+                    "is something still changing the changeset?"
+                )
+            tar.write(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    tar.write(padding(size))
