@@ -117,7 +117,9 @@ def _make_short_links(links: Path, lowerdirs: list[Path], upperdir: Path, workdi
         names.append("empty")
     os.symlink(upperdir.resolve(), links / "u")
     os.symlink(workdir.resolve(), links / "w")
-    return f"lowerdir={':'.join(names)},upperdir=u,workdir=w"
+    # The upperdir must be the whole diff: redirects and metacopy-only entries
+    # point into lower layers and would make an incomplete layer tar.
+    return f"lowerdir={':'.join(names)},upperdir=u,workdir=w,redirect_dir=off,metacopy=off"
 
 
 def _run_mount(options: str, target: Path, cwd: Path) -> None:
