@@ -11,7 +11,7 @@ extras="."
 if [[ "${1:-}" == "--test" ]]; then
     # registry, skopeo, umoci and podman are the real consumers the tests check
     # our images against; buildah is the peer the compat tests compare with.
-    packages+=(docker-registry skopeo umoci podman buildah crun zstd)
+    packages+=(docker-registry skopeo umoci podman buildah crun zstd openssl)
     extras=".[test]"
 fi
 

@@ -17,11 +17,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_registry() {  # name config port
+start_registry() {  # name config port [htpasswd file]
     mkdir -p "$work/$1"
-    REGISTRY_HTTP_ADDR="127.0.0.1:$3" \
-    REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY="$work/$1/storage" \
-    REGISTRY_AUTH_HTPASSWD_PATH="$PWD/testdata/registry/htpasswd" \
+    # The htpasswd path only for the auth registry: Distribution panics on an
+    # htpasswd section without a realm.
+    env REGISTRY_HTTP_ADDR="127.0.0.1:$3" \
+        REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY="$work/$1/storage" \
+        ${4:+REGISTRY_AUTH_HTPASSWD_PATH="$4"} \
         setsid docker-registry serve "testdata/registry/$2" >"$work/$1/log" 2>&1 &
     pids+=($!)
     for _ in $(seq 100); do
@@ -35,7 +37,7 @@ start_registry() {  # name config port
 free_port() { .venv/bin/python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
 
 plain_port=$(free_port); start_registry plain plain.yml "$plain_port"
-auth_port=$(free_port); start_registry auth auth.yml "$auth_port"
+auth_port=$(free_port); start_registry auth auth.yml "$auth_port" "$PWD/testdata/registry/htpasswd"
 export IMGBUILD_TEST_REGISTRY="127.0.0.1:$plain_port"
 export IMGBUILD_TEST_AUTH_REGISTRY="127.0.0.1:$auth_port"
 echo "--- registries: $IMGBUILD_TEST_REGISTRY (plain), $IMGBUILD_TEST_AUTH_REGISTRY (htpasswd)"

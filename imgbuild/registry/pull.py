@@ -1,0 +1,165 @@
+"""Pull an image from a registry into the local store.
+
+Steps: resolve the reference to a manifest (HEAD first, so an image we already
+have costs no download); an index or Docker manifest list picks the platform
+(the host's unless asked otherwise); the config and the layers we lack download
+in parallel, each verified against its digest while it streams into the store;
+the layers are recorded with their diff_ids; then the manifest (and the index it
+came from) are stored and, last, the tag is set, so a tag never points at an
+image with missing blobs.
+
+The image is tagged in the store under Docker's familiar name of the reference,
+with the tag made explicit (``Reference.store_name``): ``busybox`` and
+``docker.io/library/busybox`` both become ``busybox:latest``,
+``127.0.0.1:5000/app:1`` stays as it is, ``app@sha256:...`` keeps its digest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+
+from imgbuild.errors import ImgbuildError, RegistryError
+from imgbuild.image import (
+    DOCKER_CONFIG,
+    INDEX_TYPES,
+    LAYER_TYPES,
+    OCI_CONFIG,
+    Descriptor,
+    Image,
+    Platform,
+    check_digest,
+    media_type_of,
+    parse_json_document,
+    select_platform,
+)
+from imgbuild.registry.client import (
+    Manifest,
+    Progress,
+    RegistryClient,
+    RegistryOptions,
+    TransferEvent,
+    run_in_parallel,
+)
+from imgbuild.registry.reference import parse_reference
+from imgbuild.registry.sources import remember_blobs
+from imgbuild.store import Store
+
+MAX_INDEX_DEPTH = 3  # an index may point at an index; this deep and no deeper
+
+
+def pull(
+    store: Store,
+    reference: str,
+    *,
+    platform: Platform | None = None,
+    insecure: Iterable[str] = (),
+    tag_as: str | None = None,
+    options: RegistryOptions | None = None,
+    progress: Progress | None = None,
+) -> Image:
+    """Pull ``reference`` into ``store``, tag it (``tag_as`` or its store name), return it."""
+    ref = parse_reference(reference)
+    options = options or RegistryOptions()
+    options = replace(options, insecure_registries=(*options.insecure_registries, *insecure))
+    client = RegistryClient(ref.registry, options=options)
+    report = progress or (lambda event: None)
+    want = platform or Platform.host()
+
+    manifest = fetch_manifest(client, store, ref.repository, ref.manifest_reference)
+    indexes: list[Manifest] = []
+    chosen_platform: Platform | None = None
+    while manifest.is_index:
+        if len(indexes) == MAX_INDEX_DEPTH:
+            raise RegistryError(f"{ref}: image indexes nested more than {MAX_INDEX_DEPTH} deep")
+        indexes.append(manifest)
+        chosen = select_platform(manifest.document, want)
+        chosen_platform = chosen.platform
+        manifest = fetch_manifest(client, store, ref.repository, chosen.digest)
+
+    config_descriptor, layers = image_blobs(manifest, str(ref))
+    download_blobs(client, store, ref.repository, [config_descriptor, *layers], options.workers, report)
+    config = store.read_json(config_descriptor.digest, "image config")
+    record_layers(store, layers, config, str(ref))
+    remember_blobs(store, ref.registry, ref.repository, [config_descriptor.digest, *(d.digest for d in layers)])
+
+    for document in (manifest, *indexes):
+        store.write_blob(document.data, document.descriptor.digest)
+    descriptor = Descriptor(
+        manifest.descriptor.media_type,
+        manifest.descriptor.digest,
+        manifest.descriptor.size,
+        platform=chosen_platform or Platform.from_json(config),
+    )
+    store.tag(tag_as or ref.store_name, descriptor)
+    return store.load_image(descriptor)
+
+
+def fetch_manifest(client: RegistryClient, store: Store, repository: str, reference: str) -> Manifest:
+    """A manifest by tag or digest, from the store when we already hold those bytes."""
+    if reference.startswith("sha256:"):
+        known: Descriptor | None = Descriptor("", reference, 0)
+    else:
+        known = client.head_manifest(repository, reference)
+    if known is not None and store.has_blob(known.digest):
+        data = store.read_blob(known.digest)
+        document = parse_json_document(data, f"manifest {known.digest}")
+        media_type = media_type_of(document, known.media_type)
+        if media_type in INDEX_TYPES or "layers" in document:
+            return Manifest(Descriptor(media_type, known.digest, len(data)), data, document)
+    return client.get_manifest(repository, reference)
+
+
+def image_blobs(manifest: Manifest, where: str) -> tuple[Descriptor, list[Descriptor]]:
+    """The config and layer descriptors of an image manifest, checked to be an image."""
+    try:
+        config = Descriptor.from_json(manifest.document["config"])
+        layers = [Descriptor.from_json(layer) for layer in manifest.document.get("layers") or []]
+    except (KeyError, TypeError) as error:
+        raise RegistryError(f"{where}: malformed manifest ({error})") from None
+    if config.media_type not in (OCI_CONFIG, DOCKER_CONFIG):
+        raise RegistryError(
+            f"{where} is not a container image: its config has media type {config.media_type!r}"
+        )
+    for layer in layers:
+        if layer.media_type not in LAYER_TYPES:
+            raise RegistryError(f"{where}: layer {layer.digest} has unsupported media type {layer.media_type!r}")
+    return config, layers
+
+
+def download_blobs(
+    client: RegistryClient,
+    store: Store,
+    repository: str,
+    blobs: list[Descriptor],
+    workers: int,
+    report: Progress,
+) -> None:
+    """Download the blobs the store lacks, a few at a time; stop at the first failure."""
+    unique = {blob.digest: blob for blob in blobs}
+    missing = []
+    for blob in unique.values():
+        if store.has_blob(blob.digest):
+            report(TransferEvent("exists", blob.digest, blob.size, blob.media_type))
+        else:
+            missing.append(blob)
+    if not missing:
+        return
+    def fetch(blob: Descriptor) -> None:
+        client.fetch_blob(repository, blob, store)
+
+    for blob, _ in run_in_parallel(fetch, missing, workers):
+        report(TransferEvent("downloaded", blob.digest, blob.size, blob.media_type))
+
+
+def record_layers(store: Store, layers: list[Descriptor], config: dict, where: str) -> None:
+    """Tell the store each layer's diff_id (the config lists them in layer order)."""
+    diff_ids = config.get("rootfs", {}).get("diff_ids") or []
+    if len(diff_ids) != len(layers):
+        raise ImgbuildError(
+            f"{where}: malformed image: the manifest has {len(layers)} layers but the config "
+            f"lists {len(diff_ids)} diff_ids"
+        )
+    for layer, diff_id in zip(layers, diff_ids, strict=True):
+        check_digest(diff_id)
+        store.record_layer(layer.digest, diff_id, layer.media_type, layer.size)
