@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
+from registrytools import die_with_parent, free_port, wait_for_registry
 
 PROJECT = Path(__file__).resolve().parent.parent
 TESTDATA = PROJECT / "testdata"
@@ -32,29 +30,10 @@ class Registry:
     password: str | None = None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_registry(host: str, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"docker-registry on {host} exited with {process.returncode}")
-        try:
-            requests.get(f"http://{host}/v2/", timeout=1)
-            return
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise RuntimeError(f"docker-registry on {host} did not answer within 30 s")
-
-
 def _start_registry(tmp_root: Path, config: str) -> tuple[subprocess.Popen, str]:
     if shutil.which("docker-registry") is None:
         pytest.fail("docker-registry is not installed; run scripts/test.sh (it installs the test dependencies)")
-    host = f"127.0.0.1:{_free_port()}"
+    host = f"127.0.0.1:{free_port()}"
     env = dict(os.environ)
     env["REGISTRY_HTTP_ADDR"] = host
     env["REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY"] = str(tmp_root / "storage")
@@ -68,8 +47,9 @@ def _start_registry(tmp_root: Path, config: str) -> tuple[subprocess.Popen, str]
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=die_with_parent,
     )
-    _wait_for_registry(host, process)
+    wait_for_registry(host, process)
     return process, host
 
 
@@ -78,7 +58,7 @@ def registry(tmp_path_factory) -> Registry:
     """A plain-HTTP registry without auth on 127.0.0.1."""
     host = os.environ.get("IMGBUILD_TEST_REGISTRY")
     if host:
-        _wait_for_registry(host)
+        wait_for_registry(host)
         yield Registry(host)
         return
     process, host = _start_registry(tmp_path_factory.mktemp("registry-plain"), "plain.yml")
@@ -92,7 +72,7 @@ def auth_registry(tmp_path_factory) -> Registry:
     """A plain-HTTP registry on 127.0.0.1 that wants basic auth (htpasswd)."""
     host = os.environ.get("IMGBUILD_TEST_AUTH_REGISTRY")
     if host:
-        _wait_for_registry(host)
+        wait_for_registry(host)
         yield Registry(host, AUTH_USER, AUTH_PASSWORD)
         return
     process, host = _start_registry(tmp_path_factory.mktemp("registry-auth"), "auth.yml")

@@ -13,11 +13,9 @@ with a certificate the registry trusts, as Docker Hub's auth service does.
 from __future__ import annotations
 
 import base64
-import ctypes
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,11 +29,10 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import requests
+from registrytools import die_with_parent, free_port, wait_for_registry
 
 from imgbuild.store import Store
 
-PR_SET_PDEATHSIG = 1  # prctl(2)
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 
@@ -327,12 +324,6 @@ def _token_handler(key: Path, cert_der: bytes, requests_seen: list[dict]):
     return Handler
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def token_registry(tmp_path_factory):
     """A real docker-registry that wants bearer tokens from our token service."""
@@ -355,7 +346,7 @@ def token_registry(tmp_path_factory):
     threading.Thread(target=token_server.serve_forever, daemon=True).start()
     realm = f"http://127.0.0.1:{token_server.server_address[1]}/token"
 
-    host = f"127.0.0.1:{_free_port()}"
+    host = f"127.0.0.1:{free_port()}"
     config = work / "config.yml"
     config.write_text(
         "version: 0.1\n"
@@ -370,10 +361,10 @@ def token_registry(tmp_path_factory):
     log = open(work / "registry.log", "wb")
     process = subprocess.Popen(
         ["docker-registry", "serve", str(config)], env=env, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True, preexec_fn=_die_with_parent,
+        start_new_session=True, preexec_fn=die_with_parent,
     )
     try:
-        _wait_for(host, process)
+        wait_for_registry(host, process)
         yield TokenRegistry(host, TOKEN_USER, TOKEN_PASSWORD, requests_seen)
     finally:
         process.terminate()
@@ -383,40 +374,13 @@ def token_registry(tmp_path_factory):
         token_server.server_close()
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when pytest dies, so a killed test run leaves no registry."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _wait_for(host: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"docker-registry on {host} exited with {process.returncode}")
-        try:
-            requests.get(f"http://{host}/v2/", timeout=1)
-            return
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise RuntimeError(f"docker-registry on {host} did not answer within 30 s")
-
-
 # --- the CLI ------------------------------------------------------------------------
-
-# Runs imgbuild's real main() with only our verbs registered: the verb table in
-# imgbuild/cli/__init__.py belongs to the CLI owner, who registers "pull" and "push".
-CLI_SHIM = (
-    "import sys; from imgbuild import cli; "
-    "cli.VERBS.clear(); "
-    "cli.VERBS.update(pull=('pull', 'pull an image'), push=('push', 'push an image')); "
-    "sys.exit(cli.main(sys.argv[1:]))"
-)
 
 
 def _run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
     project = Path(__file__).resolve().parents[2]
     return subprocess.run(
-        [sys.executable, "-c", CLI_SHIM, "--root", str(root), *args],
+        [sys.executable, "-m", "imgbuild", "--root", str(root), *args],
         capture_output=True, text=True, timeout=120, cwd=project,
     )
 
