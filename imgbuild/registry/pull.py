@@ -66,6 +66,12 @@ def pull(
     report = progress or (lambda event: None)
     want = platform or Platform.host()
 
+    # The lease keeps `imgbuild rmi` from collecting blobs we wrote until the tag names them.
+    with store.writer_lease():
+        return _pull_into(store, client, ref, want, tag_as, options, report)
+
+
+def _pull_into(store, client: RegistryClient, ref, want: Platform, tag_as, options, report) -> Image:
     manifest = fetch_manifest(client, store, ref.repository, ref.manifest_reference)
     indexes: list[Manifest] = []
     chosen_platform: Platform | None = None

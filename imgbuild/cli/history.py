@@ -1,0 +1,113 @@
+"""``imgbuild history NAME``: the steps that made an image, newest first, as ``docker history``.
+
+    IMAGE          CREATED        CREATED BY                                      SIZE      COMMENT
+    e10671464cbb   56 years ago   CMD ["sh"]                                      0B
+    <missing>      56 years ago   COPY rootfs / # buildkit                        1.04MB
+
+Only the top row has an ID (the image's config digest), as with pulled images
+in Docker. SIZE is the layer blob's size in the store (compressed), 0B for a
+step that made no layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+
+from imgbuild.cli.images import created_since, human_size, print_table, short_id
+from imgbuild.image import Platform
+from imgbuild.store import Store
+
+TRUNCATE_AT = 45  # docker history's width for CREATED BY
+
+
+@dataclass
+class HistoryRow:
+    image_id: str  # "sha256:..." for the newest row, "<missing>" for the others
+    created: str  # RFC 3339 or ""
+    created_by: str
+    size: int
+    comment: str
+    empty_layer: bool
+
+
+def image_history(store: Store, name: str, platform: Platform | None = None) -> list[HistoryRow]:
+    image = store.load_image(name, platform)
+    layers = image.layers
+    rows = []
+    for entry in image.config.get("history") or []:
+        empty = bool(entry.get("empty_layer"))
+        size = 0
+        if not empty and layers:
+            size = layers.pop(0).size
+        rows.append(
+            HistoryRow(
+                "<missing>",
+                str(entry.get("created") or ""),
+                str(entry.get("created_by") or ""),
+                size,
+                str(entry.get("comment") or ""),
+                empty,
+            )
+        )
+    # Layers the history does not account for (images made without history) still show.
+    rows.extend(HistoryRow("<missing>", "", "", layer.size, "", False) for layer in layers)
+    rows.reverse()
+    if rows:
+        rows[0].image_id = image.config_descriptor.digest
+    return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="a tag, image ID or digest")
+    parser.add_argument(
+        "--no-trunc", action="store_true", help="do not truncate IDs and CREATED BY"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only show the image ID")
+    parser.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="table (default) or one JSON object per line",
+    )
+    parser.add_argument(
+        "--platform", help="for a multi-platform image: os/arch[/variant] (default: this host)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    platform = Platform.parse(args.platform) if args.platform else None
+    rows = image_history(Store(args.root), args.name, platform)
+    if args.quiet:
+        for row in rows:
+            print(
+                row.image_id
+                if row.image_id == "<missing>"
+                else short_id(row.image_id, args.no_trunc)
+            )
+        return 0
+    if args.format == "json":
+        for row in rows:
+            print(json.dumps(asdict(row), sort_keys=True))
+        return 0
+    table = [
+        [
+            row.image_id if row.image_id == "<missing>" else short_id(row.image_id, args.no_trunc),
+            created_since(row.created),
+            _created_by(row.created_by, args.no_trunc),
+            human_size(row.size),
+            row.comment,
+        ]
+        for row in rows
+    ]
+    print_table(["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"], table)
+    return 0
+
+
+def _created_by(text: str, no_trunc: bool) -> str:
+    text = text.replace("\t", " ")
+    if no_trunc:
+        return text
+    text = text.replace("\n", " ")
+    return text if len(text) <= TRUNCATE_AT else text[: TRUNCATE_AT - 1] + "…"
