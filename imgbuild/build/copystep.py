@@ -10,6 +10,7 @@ copy in the step's root filesystem.
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class CopyRequest:
     chmod: int | None = None
     exclude: list[str] = field(default_factory=list)
     checksum: str | None = None
+    parents: bool = False  # COPY --parents: keep each source's directories under dest
     fetched: dict[str, Fetched] = field(default_factory=dict)  # URL -> download, once per step
 
     @property
@@ -49,6 +51,10 @@ class CopyRequest:
                 raise BuildError(
                     f"invalid --chmod={instruction.chmod}: use an octal mode like 755"
                 ) from None
+        if getattr(instruction, "unpack", None) is not None:
+            raise BuildError("ADD --unpack is not supported yet: local archives are always unpacked, URLs never")
+        if getattr(instruction, "keep_git_dir", False):
+            raise BuildError("ADD --keep-git-dir: git sources are not supported")
         sources = list(instruction.sources)
         checksum = getattr(instruction, "checksum", None)  # ADD only
         if checksum:
@@ -71,6 +77,7 @@ class CopyRequest:
             chmod=chmod,
             exclude=list(instruction.exclude or []),
             checksum=checksum or None,
+            parents=bool(getattr(instruction, "parents", False)),
         )
 
     def source_digests(self, context: BuildContext, download_dir: Path) -> list:
@@ -103,6 +110,10 @@ class CopyRequest:
 
 def run_copy(request: CopyRequest, context: BuildContext, rootfs: Path, download_dir: Path) -> None:
     """Copy the request's sources from ``context`` into ``rootfs``."""
+    chown = resolve_chown(rootfs, request.chown) if request.chown else None
+    if request.parents:
+        _copy_with_parents(request, context, rootfs, chown)
+        return
     items: list = []
     for source in request.sources:
         if is_url(source):
@@ -117,27 +128,73 @@ def run_copy(request: CopyRequest, context: BuildContext, rootfs: Path, download
         items,
         request.dest,
         workdir=request.workdir,
-        chown=resolve_chown(rootfs, request.chown) if request.chown else None,
+        chown=chown,
         chmod=request.chmod,
         is_add=request.is_add,
     )
 
 
+def _copy_with_parents(request: CopyRequest, context: BuildContext, rootfs: Path, chown) -> None:
+    """``COPY --parents``: each match lands at dest/<its path in the context>.
+
+    As in BuildKit, a ``/./`` in a source is a pivot: only the part after it
+    is kept (``COPY --parents ./x/./y/*.txt /d/`` gives ``/d/y/a.txt``).
+    """
+    destination = request.dest.rstrip("/") or "/"
+    for source in request.sources:
+        pivot = _pivot_prefix(source)
+        for item in context.select(source, request.exclude, instruction=request.name):
+            relative = item.relpath
+            if pivot and (relative == pivot or relative.startswith(pivot + "/")):
+                relative = relative[len(pivot) :].lstrip("/")
+            where = relative if item.is_dir else posixpath.dirname(relative)
+            copy_into(
+                rootfs,
+                [item],
+                posixpath.join(destination, where) + "/",
+                workdir=request.workdir,
+                chown=chown,
+                chmod=request.chmod,
+            )
+
+
+def _pivot_prefix(source: str) -> str:
+    """The context path before a ``/./`` pivot in a --parents source, or ""."""
+    if "/./" not in source:
+        return ""
+    head = source.split("/./", 1)[0]
+    return posixpath.normpath(head.lstrip("/")) if head.strip("/.") else ""
+
+
 def resolve_chown(rootfs: Path, chown: str) -> tuple[int, int]:
     """``--chown=user[:group]`` by name or id, looked up in the image being built.
 
-    As Docker documents: a user without a group uses the same number as the
-    uid for the gid (not the user's primary group).
+    Without a group, as BuildKit's file op does: a user name takes the user's
+    primary group from /etc/passwd, a bare uid is used as the gid too.
     """
     user, _, group = chown.partition(":")
-    uid = _lookup_id(rootfs, "/etc/passwd", user, "user", chown)
-    gid = _lookup_id(rootfs, "/etc/group", group, "group", chown) if group else uid
+    uid, primary_gid = _lookup_user(rootfs, user, chown)
+    gid = _lookup_id(rootfs, "/etc/group", group, "group", chown) if group else primary_gid
     return uid, gid
+
+
+def _lookup_user(rootfs: Path, user: str, chown: str) -> tuple[int, int]:
+    """(uid, primary gid) of a user name in the image; a number stands for both."""
+    if user.isdigit():
+        return int(user), int(user)
+    fields = _lookup_entry(rootfs, "/etc/passwd", user, "user", chown)
+    uid = int(fields[2])
+    return uid, int(fields[3]) if len(fields) > 3 and fields[3].isdigit() else uid
 
 
 def _lookup_id(rootfs: Path, table: str, name: str, what: str, chown: str) -> int:
     if name.isdigit():
         return int(name)
+    return int(_lookup_entry(rootfs, table, name, what, chown)[2])
+
+
+def _lookup_entry(rootfs: Path, table: str, name: str, what: str, chown: str) -> list[str]:
+    """The fields of ``name``'s line in /etc/passwd or /etc/group of the image."""
     if not name:
         raise BuildError(f"invalid --chown={chown}: empty {what}")
     path = resolve_in_root(rootfs, table)
@@ -148,7 +205,7 @@ def _lookup_id(rootfs: Path, table: str, name: str, what: str, chown: str) -> in
     for line in text.splitlines():
         fields = line.split(":")
         if len(fields) > 2 and fields[0] == name and fields[2].isdigit():
-            return int(fields[2])
+            return fields
     raise BuildError(f"unable to convert {what} {name!r} in --chown={chown}: no such {what} in {table} of the image")
 
 

@@ -22,7 +22,8 @@ Mount stubs. The runtime creates a missing mount point (``/etc/hosts`` in an
 image without one, ``/proc`` in a ``FROM scratch`` image, a RUN --mount target)
 as an empty file or directory in the root filesystem, i.e. in the step's
 upperdir. Before the run we record which mount points (and their parents) do
-not exist; after it we delete those that are still empty, through the merged
+not exist, except ``/proc``, ``/dev`` and ``/sys``, which BuildKit keeps;
+after it we delete those that are still empty, through the merged
 overlay (an upper-only entry is removed without leaving a whiteout), and put
 back the mtime of the directory they were in, as BuildKit does. A mount point
 the image already has is not copied up: mounting over a file does not write to
@@ -166,7 +167,7 @@ def run_container(
     try:
         config = _make_config(rootfs, spec, bundle)
         _make_cwd(rootfs, spec.cwd, spec.user)
-        stubs = _MountStubs.record(rootfs, [m["destination"] for m in config["mounts"]])
+        stubs = _MountStubs.record(rootfs, _stub_candidates(config["mounts"]))
         (bundle / "config.json").write_text(json.dumps(config, indent=2))
         try:
             status = _run(runtime, container_id, bundle, on_output, cancel)
@@ -397,6 +398,25 @@ def _make_cwd(rootfs: Path, cwd: str, user: ResolvedUser) -> None:
 
 
 # --- mount stubs -----------------------------------------------------------------
+
+_SYSTEM_MOUNT_POINTS = ("/proc", "/dev", "/sys")
+
+
+def _stub_candidates(mounts: list[dict]) -> list[str]:
+    """Mount points whose runtime-made stubs are removed after the run.
+
+    BuildKit keeps the empty /proc, /dev and /sys runc creates in a rootfs
+    that lacks them (moby/buildkit#3455) and removes only the stubs of
+    /etc/hosts, /etc/resolv.conf, /etc/hostname and RUN --mount targets; so do we.
+    """
+    candidates = []
+    for mount in mounts:
+        destination = mount["destination"]
+        if any(destination == top or destination.startswith(top + "/") for top in _SYSTEM_MOUNT_POINTS):
+            continue
+        candidates.append(destination)
+    return candidates
+
 
 
 @dataclass

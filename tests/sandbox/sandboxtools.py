@@ -30,7 +30,8 @@ app:x:1000:
 
 
 def make_busybox_rootfs(root: Path, *, with_etc: bool = True) -> Path:
-    """A minimal busybox system in ``root``: /bin, and with_etc /etc/passwd and /etc/group."""
+    """A minimal busybox system in ``root``: /bin, and with_etc /etc/passwd, /etc/group
+    and the /dev, /proc, /sys mount points real images have."""
     (root / "bin").mkdir(parents=True)
     shutil.copy2(BUSYBOX, root / "bin" / "busybox")
     for applet in APPLETS:
@@ -39,6 +40,8 @@ def make_busybox_rootfs(root: Path, *, with_etc: bool = True) -> Path:
         (root / "etc").mkdir()
         (root / "etc" / "passwd").write_text(PASSWD)
         (root / "etc" / "group").write_text(GROUP)
+        for mount_point in ("dev", "proc", "sys"):
+            (root / mount_point).mkdir()
     return root
 
 
