@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
+import stat
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -26,7 +28,7 @@ from imgbuild.build import imageconfig as ic
 from imgbuild.build.cache import BuildCache, LayerRef, cache_key
 from imgbuild.build.context import BuildContext, StatCache
 from imgbuild.build.copystep import CopyRequest, run_copy
-from imgbuild.build.dockerignore import IgnoreMatcher, load_ignore_patterns
+from imgbuild.build.dockerignore import IgnoreMatcher, go_clean, load_ignore_patterns
 from imgbuild.build.options import BuildOptions
 from imgbuild.build.outputs import write_outputs
 from imgbuild.build.progress import Progress, Step, Summary, make_progress
@@ -110,12 +112,16 @@ class Builder:
         self.parsed = parsed
         self.context = self._open_context()
         try:
-            with self.store.writer_lease():
+            # SIGTERM must clean up like Ctrl-C for the whole build, outputs
+            # included: a type=local output copies from a mounted overlay.
+            with signals_raise_interrupt(), self.store.writer_lease():
                 self._build_stages(plan)
                 target = self.results[plan.target]
                 image = self._write_final_image(target)
                 tags = self._tag(image)
                 write_outputs(self.store, self.options, image, target.layers, target.base_layers, self.progress)
+        except KeyboardInterrupt:
+            raise Interrupted("build interrupted; everything it mounted was unmounted") from None
         finally:
             self.context.stat_cache.close()
         seconds = time.monotonic() - started
@@ -137,6 +143,8 @@ class Builder:
             return path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ImgbuildError(f"no Dockerfile at {path}: give one with -f FILE") from None
+        except OSError as error:  # a directory, unreadable, ...
+            raise ImgbuildError(f"cannot read the Dockerfile {path}: {error.strerror}") from None
         except UnicodeDecodeError as error:
             raise DockerfileError(f"{path} is not UTF-8 text: {error}") from None
 
@@ -150,7 +158,7 @@ class Builder:
 
     def _build_stages(self, plan) -> None:
         jobs = self.options.jobs or os.cpu_count() or 1
-        with _signals_raise_interrupt(), ThreadPoolExecutor(max_workers=jobs) as pool:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
             try:
                 for level in plan.levels:
                     futures = [pool.submit(self._build_stage, plan.stages[index]) for index in level]
@@ -174,10 +182,14 @@ class Builder:
     # --- one stage -------------------------------------------------------------
 
     def _build_stage(self, stage) -> StageResult:
-        state = self._base_state(stage)
+        try:
+            state = self._base_state(stage)
+        except ImgbuildError as error:  # a base image missing or of another platform
+            raise _located(error, self.dockerfile_name, stage.from_instruction) from None
         scope = self.plan.scope_for(stage.index, ic.env_list(state.config))
         instructions = self._onbuild_triggers(state) + list(stage.instructions)
-        stage_label = stage.name or f"stage-{stage.index}"
+        # BuildKit names steps "[name 2/5]", and just "[2/5]" in a one-stage Dockerfile
+        stage_label = "" if len(self.plan.stages) == 1 else stage.name or f"stage-{stage.index}"
         counted = [i for i in instructions if type(i).__name__ in ("Run", "Copy", "Add", "Workdir")]
         step_index = 0
         for instruction in instructions:
@@ -206,6 +218,7 @@ class Builder:
         if stage.base.lower() == "scratch":
             config = new_config(self.platform)
             ic.ensure_path(config)
+            ic.container_config(config)["WorkingDir"] = "/"  # BuildKit's empty image has it
             return StageState(config, [], cache_key({"base": "scratch", "platform": platform_key}), base_name="scratch")
         image = self._resolve_image(stage.base, getattr(stage, "platform", None))
         config = json.loads(json.dumps(image.config))
@@ -216,8 +229,14 @@ class Builder:
         return StageState(config, layers, key, base_name=stage.base, base_layers=len(layers))
 
     def _resolve_image(self, name: str, platform_flag: str | None = None) -> Image:
-        """A base image: from the local store, or pulled (always with --pull)."""
+        """A base image for ``platform_flag`` (default: the build's platform)."""
         platform = Platform.parse(platform_flag) if platform_flag else self.platform
+        image = self._find_image(name, platform)
+        _check_platform(name, image, platform)
+        return image
+
+    def _find_image(self, name: str, platform: Platform) -> Image:
+        """From the local store, or pulled (always with --pull)."""
         if not self.options.pull:
             for candidate in _local_names(name):
                 try:
@@ -410,6 +429,8 @@ class Builder:
         self._layer_step(stage, state, step, document, f"WORKDIR {path}", created, make_directory)
 
     def _do_run(self, stage, state, scope, instruction, step, created) -> None:
+        if instruction.security == "insecure":
+            raise BuildError("RUN --security=insecure is not allowed: imgbuild always runs steps sandboxed")
         config = ic.container_config(state.config)
         env = scope.env_for_run()
         user = config.get("User", "")
@@ -434,7 +455,7 @@ class Builder:
             "cwd": cwd,
             "shell": ic.shell_of(state.config),
             "mount_sources": source_keys,
-            "network": instruction.network or self.options.network,
+            "network": self._run_network(instruction),
         }
         history = ic.run_history(argv, sorted(scope.args_in_scope().items())) + " # imgbuild"
 
@@ -464,6 +485,7 @@ class Builder:
             secrets=self.secrets,
             sources=roots,
             scratch=space.scratch,
+            cancel=self.cancel,
         ) as prepared:
             run_env = dict(env)
             run_env.update(prepared.env)
@@ -472,7 +494,7 @@ class Builder:
                 env=[f"{k}={v}" for k, v in run_env.items()],
                 cwd=cwd,
                 user=resolved_user,
-                network=instruction.network or self.options.network,
+                network=self._run_network(instruction),
                 mounts=extra_mounts + prepared.mounts,
             )
             tail: list[str] = []
@@ -499,37 +521,73 @@ class Builder:
             self.progress.failed(step, message)
             raise RunError(message, exit_status=status, output_tail="\n".join(tail))
 
+    def _run_network(self, instruction) -> str:
+        """``RUN --network=none|host``; ``default`` or no flag means the build's --network."""
+        if instruction.network in (None, "", "default"):
+            return self.options.network
+        return instruction.network
+
     def _mount_sources(self, instruction, stage) -> tuple[dict, dict]:
         """For RUN --mount=type=bind: openers of the source roots, and their cache-key digests."""
         openers: dict = {}
         keys: dict = {}
+        context_sources: dict[str, list] = {}
         for mount in instruction.mounts:
             if mount.type != "bind":
                 continue
             origin = mount.from_ or None
             if origin is None:
-                openers[None] = self._context_root
-                selected = self.context.select(mount.source or ".", instruction="RUN --mount")
-                keys[f"context:{mount.source or '.'}"] = self.context.digest(selected)
+                source = mount.source or "."
+                selected = self.context.select(source, instruction="RUN --mount")
+                context_sources[source] = selected
+                keys[f"context:{source}"] = self.context.digest(selected)
             else:
-                layers, identity = self._source_layers(origin, stage)
+                layers = self._source_layers(origin, stage)
                 openers[origin] = _layers_opener(self.store, layers)
-                keys[f"from:{origin}"] = identity
+                source = mount.source or "/"
+                keys[f"from:{origin}:{source}"] = _stage_files_key(openers[origin], origin, source)
+        if context_sources:
+            openers[None] = self._context_view_opener(context_sources)
         return openers, keys
 
     @contextmanager
     def _context_root(self):
         yield self.options.context
 
-    def _source_layers(self, origin: str, stage) -> tuple[list[LayerRef], str]:
-        """Layers of ``--from=origin`` (a stage name or index, or an image) and their identity."""
+    def _context_view_opener(self, sources: dict[str, list]):
+        """The context as a bind mount must show it: without what .dockerignore excludes.
+
+        BuildKit never transfers ignored files, so a RUN must not see them (they
+        are not in the cache key either). Without ignore patterns the context
+        directory itself is that view; with them, a tree of hard links (copies
+        across file systems) of exactly the selected entries, each source at
+        its path as written, which is where the bind mount looks for it.
+        """
+
+        @contextmanager
+        def opener():
+            if not self.context.ignore:
+                yield self.options.context
+                return
+            view = self.store.make_temp_dir("context-")
+            try:
+                for source, selections in sources.items():
+                    target = view / go_clean("/" + source).lstrip("/")
+                    for selected in selections:
+                        _link_entries(selected.entries(), target)
+                yield view
+            finally:
+                remove_tree(view)
+
+        return opener
+
+    def _source_layers(self, origin: str, stage) -> list[LayerRef]:
+        """Layers of ``--from=origin``: a stage name or index, or an image."""
         index = self._stage_index(origin)
         if index is not None:
-            result = self.results[index]
-            return result.layers, cache_key({"layers": [layer.diff_id for layer in result.layers]})
+            return self.results[index].layers
         image = self._resolve_image(origin)
-        layers = [LayerRef(diff_id, blob) for diff_id, blob in zip(image.diff_ids, image.layers, strict=True)]
-        return layers, image.digest
+        return [LayerRef(diff_id, blob) for diff_id, blob in zip(image.diff_ids, image.layers, strict=True)]
 
     def _stage_index(self, origin: str) -> int | None:
         """``--from=NAME``: a stage by name or index, else None (then it is an image)."""
@@ -548,9 +606,9 @@ class Builder:
         download_dir = self.store.make_temp_dir("add-")
         try:
             if origin:
-                layers, identity = self._source_layers(origin, stage)
+                layers = self._source_layers(origin, stage)
                 source_opener = _layers_opener(self.store, layers)
-                source_key = {"from": identity, "sources": instruction.sources}
+                source_key = _copied_files_key(request, source_opener, origin, download_dir)
                 context = None
             else:
                 context = self.context
@@ -604,6 +662,12 @@ class Builder:
         return tags
 
     def _write_result_files(self, result: BuildResult) -> None:
+        try:
+            self._write_iidfile_and_metadata(result)
+        except OSError as error:  # a path the user gave that cannot be written
+            raise BuildError(f"cannot write {error.filename}: {error.strerror or error}") from None
+
+    def _write_iidfile_and_metadata(self, result: BuildResult) -> None:
         if self.options.iidfile:
             self.options.iidfile.write_text(result.image.config_descriptor.digest)
         if self.options.metadata_file:
@@ -668,6 +732,23 @@ def healthcheck_config(instruction) -> dict:
     return check
 
 
+def _check_platform(name: str, image: Image, want: Platform) -> None:
+    """Use a single-platform image only for its own platform, as BuildKit does.
+
+    An index has already given the manifest for ``want``; a plain manifest's
+    config says its platform, and building on it for another would run its
+    binaries anyway and label the result with a platform its layers are not.
+    """
+    if not image.config.get("architecture") or not image.config.get("os"):
+        return
+    have = Platform.from_json(image.config)
+    if not want.matches(have):
+        raise BuildError(
+            f"image {name} is for {have}, not {want}: build with --platform {have}, "
+            f"or use an image made for {want}"
+        )
+
+
 def _local_names(name: str) -> list[str]:
     """The names a base image may have in the local store: as written, and Docker's short/long forms."""
     names = [name]
@@ -688,6 +769,45 @@ def _layers_opener(store: Store, layers: list[LayerRef]):
             yield merged
 
     return opener
+
+
+def _copied_files_key(request: CopyRequest, source_opener, origin: str, download_dir: Path) -> list:
+    """COPY --from: digests of exactly the files the copy reads, as for the build context.
+
+    Keying on the whole stage would miss whenever any other file in it changed
+    (a log, a timestamp) although what is copied is the same.
+    """
+    with source_opener() as source_root:
+        source_context = BuildContext.for_rootfs(Path(source_root), f"stage {origin}")
+        return request.source_digests(source_context, download_dir)
+
+
+def _stage_files_key(source_opener, origin: str, source: str) -> str:
+    """RUN --mount=type=bind,from=...: a digest of the files the mount shows (see above)."""
+    with source_opener() as source_root:
+        source_context = BuildContext.for_rootfs(Path(source_root), f"stage {origin}")
+        return source_context.digest(source_context.select(source, instruction="RUN --mount"))
+
+
+def _link_entries(entries, target: Path) -> None:
+    """Recreate context entries under ``target``: dirs, symlinks, files as hard links."""
+    for entry in entries:
+        path = target / entry.rel if entry.rel else target
+        mode = entry.st.st_mode
+        if stat.S_ISDIR(mode):
+            path.mkdir(parents=True, exist_ok=True)
+            os.chmod(path, stat.S_IMODE(mode))
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(path):
+            continue  # two bind mounts of overlapping sources: linked once
+        if stat.S_ISLNK(mode):
+            os.symlink(os.readlink(entry.path), path)
+        elif stat.S_ISREG(mode):
+            try:
+                os.link(entry.path, path)
+            except OSError:  # another file system
+                shutil.copy2(entry.path, path)
 
 
 def _mkdir_parents(root: Path, path: str, owner) -> None:
@@ -711,7 +831,7 @@ def _located(error: ImgbuildError, filename: str, instruction) -> ImgbuildError:
 
 
 @contextmanager
-def _signals_raise_interrupt():
+def signals_raise_interrupt():
     """SIGTERM behaves like Ctrl-C: the build stops and cleans up (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield

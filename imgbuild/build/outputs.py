@@ -32,23 +32,33 @@ def output_specs(options) -> list[OutputSpec]:
 
 def write_outputs(store: Store, options, image: Image, layers: list[LayerRef], base_layers: int, progress) -> None:
     for spec in output_specs(options):
-        names = [normalise_tag(name) for name in spec.name.split(",")] if spec.name else list(options.tags)
-        chosen = image_with_compression(store, image, layers, base_layers, spec)
-        if spec.type == "image":
-            for name in names:
-                store.tag(name, chosen.manifest_descriptor)
-            if spec.push:
-                _push(store, chosen, names, options, progress)
-        elif spec.type in ("oci", "docker"):
-            _write_archive_output(store, chosen, names, spec)
-            progress.info(f"wrote {spec.type} image to {spec.dest}")
-        elif spec.type in ("local", "tar"):
-            _write_rootfs(store, layers, spec)
-            progress.info(f"wrote the root filesystem to {spec.dest}")
-        elif spec.type == "registry":
+        try:
+            _write_output(store, options, image, layers, base_layers, progress, spec)
+        except OSError as error:  # a dest the user gave that cannot be written
+            reason = f"{error.filename}: {error.strerror}" if error.filename else str(error)
+            raise BuildError(f"cannot write the {spec.type} output to {spec.dest} ({reason})") from None
+
+
+def _write_output(
+    store: Store, options, image: Image, layers: list[LayerRef], base_layers: int, progress, spec: OutputSpec
+) -> None:
+    names = [normalise_tag(name) for name in spec.name.split(",")] if spec.name else list(options.tags)
+    chosen = image_with_compression(store, image, layers, base_layers, spec)
+    if spec.type == "image":
+        for name in names:
+            store.tag(name, chosen.manifest_descriptor)
+        if spec.push:
             _push(store, chosen, names, options, progress)
-        else:
-            raise UsageError(f"unknown output type {spec.type!r}")
+    elif spec.type in ("oci", "docker"):
+        _write_archive_output(store, chosen, names, spec)
+        progress.info(f"wrote {spec.type} image to {spec.dest}")
+    elif spec.type in ("local", "tar"):
+        _write_rootfs(store, layers, spec)
+        progress.info(f"wrote the root filesystem to {spec.dest}")
+    elif spec.type == "registry":
+        _push(store, chosen, names, options, progress)
+    else:
+        raise UsageError(f"unknown output type {spec.type!r}")
 
 
 def image_with_compression(

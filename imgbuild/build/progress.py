@@ -37,7 +37,8 @@ class Step:
 
     @property
     def label(self) -> str:
-        return f"[{self.stage} {self.index}/{self.count}] {self.text}"
+        prefix = f"{self.stage} " if self.stage else ""
+        return f"[{prefix}{self.index}/{self.count}] {self.text}"
 
 
 @dataclass

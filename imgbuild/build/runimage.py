@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 from imgbuild.build import imageconfig as ic
 from imgbuild.build.cache import LayerRef
+from imgbuild.build.engine import signals_raise_interrupt
 from imgbuild.build.rootfs import workspace
 from imgbuild.build.sandbox import RunSpec, run_container
 from imgbuild.build.users import resolve_user
-from imgbuild.errors import UsageError
+from imgbuild.errors import Interrupted, UsageError
 from imgbuild.store import Store
 
 
@@ -58,10 +59,24 @@ def merged_env(config: dict, extra: list[str], environ: dict) -> list[str]:
 def run_image(store: Store, options: RunOptions, environ: dict) -> int:
     image = store.load_image(options.image)
     config = image.config
-    container = ic.container_config(config)
     argv = argv_for(config, options.command, options.entrypoint)
     layers = [LayerRef(diff_id, blob) for diff_id, blob in zip(image.diff_ids, image.layers, strict=True)]
-    with workspace(store, layers, prefix="run-") as space, space.mounted() as merged:
+    try:
+        return _run_in_workspace(store, layers, config, argv, options, environ)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted; the container was stopped and its mounts removed") from None
+
+
+def _run_in_workspace(
+    store: Store, layers: list[LayerRef], config: dict, argv: list[str], options, environ
+) -> int:
+    """Mount the image under a throwaway upperdir and run ``argv``; SIGTERM cleans up as Ctrl-C."""
+    container = ic.container_config(config)
+    with (
+        signals_raise_interrupt(),
+        workspace(store, layers, prefix="run-") as space,
+        space.mounted() as merged,
+    ):
         spec = RunSpec(
             args=argv,
             env=merged_env(config, options.env, environ),

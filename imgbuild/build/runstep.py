@@ -15,6 +15,8 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -23,9 +25,10 @@ from pathlib import Path
 from imgbuild.build.options import SecretSpec
 from imgbuild.build.sandbox import Mount
 from imgbuild.build.users import resolve_in_root
-from imgbuild.errors import BuildError
+from imgbuild.errors import BuildError, Interrupted
 
 PIPES_DIR = "/dev/pipes"
+LOCK_POLL_SECONDS = 0.1  # how often a wait for a locked cache mount looks at ``cancel``
 
 
 @dataclass
@@ -65,18 +68,21 @@ def prepared_mounts(
     secrets: dict[str, SecretSpec],
     sources: dict,
     scratch: Path,
+    cancel: threading.Event | None = None,
 ) -> Iterator[PreparedMounts]:
     """Make the host side of every ``RUN --mount`` and clean it up afterwards.
 
     ``sources`` maps a bind mount's ``from`` (None for the build context) to
     the directory it reads from; the engine mounts stages and images there.
+    ``cancel`` set while waiting for a ``sharing=locked`` cache stops the wait.
     """
     prepared = PreparedMounts()
     with ExitStack() as stack:
         for spec in specs:
             target = _absolute(spec.target, workdir) if spec.target else ""
             if spec.type == "cache":
-                prepared.mounts.append(stack.enter_context(_cache_mount(spec, target, store_root)))
+                mount = stack.enter_context(_cache_mount(spec, target, store_root, cancel))
+                prepared.mounts.append(mount)
             elif spec.type == "bind":
                 prepared.mounts.append(stack.enter_context(_bind_mount(spec, target, sources, scratch)))
             elif spec.type == "secret":
@@ -96,7 +102,9 @@ def _absolute(target: str, workdir: str) -> str:
 
 
 @contextmanager
-def _cache_mount(spec, target: str, store_root: Path) -> Iterator[Mount]:
+def _cache_mount(
+    spec, target: str, store_root: Path, cancel: threading.Event | None
+) -> Iterator[Mount]:
     if not target:
         raise BuildError("RUN --mount=type=cache needs target=PATH")
     if getattr(spec, "from_", None):
@@ -117,7 +125,7 @@ def _cache_mount(spec, target: str, store_root: Path) -> Iterator[Mount]:
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         if sharing == "locked":
-            fcntl.flock(fd, fcntl.LOCK_EX)  # wait for the other writer
+            _wait_for_lock(fd, cancel)  # the other writer may be another build
             yield Mount("bind", target, str(directory), readonly=bool(spec.readonly))
             return
         try:
@@ -133,6 +141,24 @@ def _cache_mount(spec, target: str, store_root: Path) -> Iterator[Mount]:
         yield Mount("bind", target, str(directory), readonly=bool(spec.readonly))
     finally:
         os.close(fd)
+
+
+def _wait_for_lock(fd: int, cancel: threading.Event | None) -> None:
+    """flock(LOCK_EX), but give up when the build is cancelled.
+
+    A blocking flock cannot be interrupted from another thread, and the lock
+    may be held for a long time by another build: poll instead.
+    """
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if cancel is not None and cancel.is_set():
+                raise Interrupted(
+                    "the build was interrupted while waiting for a locked cache mount"
+                ) from None
+            time.sleep(LOCK_POLL_SECONDS)
 
 
 @contextmanager

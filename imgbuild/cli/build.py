@@ -60,6 +60,8 @@ def options_from_args(args) -> BuildOptions:
     outputs = [parse_output(text) for text in args.output]
     if args.push and not args.tag:
         raise UsageError("--push needs a name: add -t REGISTRY/NAME:TAG")
+    if args.jobs < 0:
+        raise UsageError(f"--jobs must be 0 (the CPU count) or more, not {args.jobs}")
     return BuildOptions(
         context=context,
         dockerfile=dockerfile,

@@ -1,0 +1,316 @@
+"""RUN --mount: cache, bind, secret and tmpfs, checked in the image and the store."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+
+import pytest
+import zstandard
+
+from imgbuild.build.options import parse_secret
+
+pytestmark = pytest.mark.root
+
+
+def _mounted_paths(tree, *prefixes):
+    return sorted(name for name in tree if name.split("/")[0] in prefixes)
+
+
+# --- type=cache ---------------------------------------------------------------------
+
+
+def test_cache_mount_persists_across_builds_and_stays_out_of_the_layer(
+    build_df, store, layer_names
+):
+    dockerfile = (
+        "FROM busybox\n"
+        "RUN --mount=type=cache,target=/var/cache/app "
+        "echo run >> /var/cache/app/log && cp /var/cache/app/log /seen\n"
+    )
+    first = build_df(dockerfile, store=store)
+    assert first.tree()["seen"].data == b"run\n"
+    second = build_df(dockerfile, store=store, no_cache=True)
+    assert second.tree()["seen"].data == b"run\nrun\n"
+    assert layer_names(store, second.image.layers[-1]) - {"proc", "sys", "dev"} == {"seen"}
+    assert "var/cache" not in second.tree()
+
+
+def test_cache_mount_id_shares_one_directory_between_targets(build_df, store):
+    built = build_df(
+        "FROM busybox\n"
+        "RUN --mount=type=cache,id=shared-id,target=/one echo from-one > /one/file\n"
+        "RUN --mount=type=cache,id=shared-id,target=/two cp /two/file /copied\n"
+        "RUN --mount=type=cache,target=/three ls -A /three > /other-id\n",
+        store=store,
+    )
+    tree = built.tree()
+    assert tree["copied"].data == b"from-one\n"
+    assert tree["other-id"].data == b""
+    assert _mounted_paths(tree, "one", "two", "three") == []
+
+
+def test_cache_mount_uid_gid_mode(build_df, store):
+    built = build_df(
+        "FROM busybox\n"
+        "RUN --mount=type=cache,target=/c,uid=1000,gid=50,mode=0750 "
+        "stat -c '%u %g %a' /c > /cache-owner\n",
+        store=store,
+    )
+    assert built.tree()["cache-owner"].data == b"1000 50 750\n"
+
+
+WAIT_FOR = "i=0; while [ ! -e {path} ] && [ $i -lt {tries} ]; do sleep 0.1; i=$((i+1)); done; "
+
+
+def test_cache_mount_sharing_private_gives_a_busy_cache_to_one_user_only(build_df, store):
+    """Stage a holds the private cache while b runs: b must get a fresh, empty one."""
+    private = "--mount=type=cache,id=priv,target=/p,sharing=private"
+    rendezvous = "--mount=type=cache,id=rv-private,target=/rv,sharing=shared"
+    built = build_df(
+        "FROM busybox AS a\n"
+        f"RUN {private} {rendezvous} echo a > /p/owner-a; touch /rv/a-holds; "
+        + WAIT_FOR.format(path="/rv/b-done", tries=200)
+        + "ls /p > /seen-a\n"
+        "FROM busybox AS b\n"
+        f"RUN {private} {rendezvous} "
+        + WAIT_FOR.format(path="/rv/a-holds", tries=200)
+        + "ls /p > /seen-b; touch /rv/b-done\n"
+        "FROM scratch\nCOPY --from=a /seen-a /\nCOPY --from=b /seen-b /\n",
+        store=store,
+        jobs=2,
+    )
+    tree = built.tree()
+    assert tree["seen-a"].data == b"owner-a\n"
+    assert tree["seen-b"].data == b""
+
+
+def test_cache_mount_sharing_locked_lets_one_run_in_at_a_time(build_df, store):
+    """Each stage announces itself and looks for the other for 1.5 s: locked never overlaps."""
+    locked = "--mount=type=cache,id=lk,target=/l,sharing=locked"
+    rendezvous = "--mount=type=cache,id=rv-locked,target=/rv,sharing=shared"
+
+    def stage(me, other):
+        return (
+            f"FROM busybox AS {me}\n"
+            f"RUN {locked} {rendezvous} touch /rv/{me}-in; "
+            + WAIT_FOR.format(path=f"/rv/{other}-in", tries=15)
+            + f"if [ -e /rv/{other}-in ]; then echo overlap; else echo alone; fi > /{me}; "
+            + f"rm /rv/{me}-in\n"
+        )
+
+    built = build_df(
+        stage("a", "b")
+        + stage("b", "a")
+        + "FROM scratch\nCOPY --from=a /a /\nCOPY --from=b /b /\n",
+        store=store,
+        jobs=2,
+    )
+    tree = built.tree()
+    assert (tree["a"].data, tree["b"].data) == (b"alone\n", b"alone\n")
+
+
+def test_cache_mount_sharing_shared_is_used_concurrently(build_df, store):
+    """The same rendezvous with sharing=shared: both runs are inside at once."""
+    shared = "--mount=type=cache,id=sh,target=/s,sharing=shared"
+
+    def stage(me, other):
+        return (
+            f"FROM busybox AS {me}\n"
+            f"RUN {shared} touch /s/{me}-in; "
+            + WAIT_FOR.format(path=f"/s/{other}-in", tries=200)
+            + f"if [ -e /s/{other}-in ]; then echo together; else echo alone; fi > /{me}\n"
+        )
+
+    built = build_df(
+        stage("a", "b")
+        + stage("b", "a")
+        + "FROM scratch\nCOPY --from=a /a /\nCOPY --from=b /b /\n",
+        store=store,
+        jobs=2,
+    )
+    tree = built.tree()
+    assert (tree["a"].data, tree["b"].data) == (b"together\n", b"together\n")
+
+
+# --- type=bind --------------------------------------------------------------------------
+
+
+def test_bind_mount_from_context_read_only_by_default(build_df, layer_names):
+    built = build_df(
+        "FROM busybox\n"
+        "RUN --mount=type=bind,source=src,target=/src cat /src/data > /from-bind "
+        "&& (touch /src/new 2>/dev/null && echo writable || echo readonly) > /bind-mode\n"
+        "RUN --mount=type=bind,target=/whole cat /whole/src/data > /whole-context\n",
+        {"src/data": "context data\n"},
+    )
+    tree = built.tree()
+    assert tree["from-bind"].data == b"context data\n"
+    assert tree["bind-mode"].data == b"readonly\n"
+    assert tree["whole-context"].data == b"context data\n"
+    assert _mounted_paths(tree, "src", "whole") == []
+    assert not (built.context / "src" / "new").exists()
+
+
+def test_bind_mount_from_context_hides_dockerignored_files(build_df, write_files):
+    """The context a bind mount shows is the one COPY sees (BuildKit sends no ignored file)."""
+    files = {
+        ".dockerignore": "secret.txt\nsub/hidden\n",
+        "secret.txt": "do not show\n",
+        "sub/hidden": "hidden\n",
+        "sub/visible": "visible\n",
+    }
+    dockerfile = (
+        "FROM busybox\n"
+        "RUN --mount=type=bind,target=/ctx --mount=type=bind,source=sub,target=/sub,rw "
+        "cd /ctx && find . | sort > /listing "
+        "&& cd /sub && find . | sort > /sub-listing && echo w > /sub/new\n"
+    )
+    built = build_df(dockerfile, files)
+    tree = built.tree()
+    assert tree["listing"].data.split() == [
+        b".",
+        b"./.dockerignore",
+        b"./Dockerfile",
+        b"./sub",
+        b"./sub/visible",
+    ]
+    assert tree["sub-listing"].data.split() == [b".", b"./visible"]
+    assert not (built.context / "sub" / "new").exists()
+    # an ignored file is not in the key either: changing it hits the cache
+    write_files(built.context, {"sub/hidden": "changed\n"})
+    assert build_df(dockerfile, context=built.context).result.steps_run == 0
+
+
+def test_bind_mount_rw_writes_are_discarded(build_df):
+    built = build_df(
+        "FROM busybox\n"
+        "RUN --mount=type=bind,source=src,target=/src,rw "
+        "echo changed > /src/data && echo new > /src/new && cat /src/data > /rw-seen\n",
+        {"src/data": "original\n"},
+    )
+    tree = built.tree()
+    assert tree["rw-seen"].data == b"changed\n"
+    assert (built.context / "src" / "data").read_text() == "original\n"
+    assert not (built.context / "src" / "new").exists()
+    assert _mounted_paths(tree, "src") == []
+
+
+def test_bind_mount_from_stage(build_df):
+    built = build_df(
+        "FROM busybox AS builder\nRUN mkdir /out && echo artifact > /out/thing\n"
+        "FROM busybox\n"
+        "RUN --mount=type=bind,from=builder,source=/out,target=/mnt/out cp /mnt/out/thing /got "
+        "&& (touch /mnt/out/x 2>/dev/null && echo writable || echo readonly) > /mode\n",
+    )
+    tree = built.tree()
+    assert tree["got"].data == b"artifact\n"
+    assert tree["mode"].data == b"readonly\n"
+    assert "out" not in tree
+    assert "mnt/out" not in tree
+
+
+# --- type=secret -------------------------------------------------------------------------
+
+
+SECRET = "s3cr3t-value-that-must-not-leak-7f1d2c"
+ENV_SECRET = "env-secret-value-that-must-not-leak-99ab"
+
+
+def _files_containing(root, needles: list[bytes]) -> list[str]:
+    """Every file under ``root`` (blobs decompressed) that holds one of ``needles``."""
+    found = []
+    for directory, _, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(directory, name)
+            if os.path.islink(path) or not os.path.isfile(path):
+                continue
+            with open(path, "rb") as handle:
+                data = handle.read()
+            variants = [data]
+            if data[:2] == b"\x1f\x8b":
+                variants.append(gzip.decompress(data))
+            elif data[:4] == b"\x28\xb5\x2f\xfd":
+                variants.append(zstandard.ZstdDecompressor().decompressobj().decompress(data))
+            if any(needle in variant for needle in needles for variant in variants):
+                found.append(path)
+    return found
+
+
+def test_secrets_are_readable_in_run_and_stored_nowhere(build_df, store, tmp_path, monkeypatch):
+    secret_file = tmp_path / "token.txt"
+    secret_file.write_text(SECRET)
+    monkeypatch.setenv("HOST_SECRET_VAR", ENV_SECRET)
+    secrets = [
+        parse_secret(f"id=token,src={secret_file}"),
+        parse_secret("id=fromenv,env=HOST_SECRET_VAR"),
+    ]
+    built = build_df(
+        "FROM busybox\n"
+        "RUN --mount=type=secret,id=token "
+        "sha256sum /run/secrets/token | cut -d' ' -f1 > /token.sha "
+        "&& stat -c '%a %u' /run/secrets/token > /token.mode\n"
+        "RUN --mount=type=secret,id=token,target=/etc/app/token.conf sha256sum /etc/app/token.conf "
+        "| cut -d' ' -f1 > /custom.sha\n"
+        'RUN --mount=type=secret,id=fromenv,env=APP_TOKEN printf %s "$APP_TOKEN" | sha256sum '
+        "| cut -d' ' -f1 > /env.sha\n"
+        "RUN --mount=type=secret,id=fromenv "
+        "cat /run/secrets/fromenv | sha256sum | cut -d' ' -f1 > /envfile.sha\n",
+        store=store,
+        secrets=secrets,
+        tags=["secrets:1"],
+    )
+    tree = built.tree()
+    secret_sha = hashlib.sha256(SECRET.encode()).hexdigest().encode() + b"\n"
+    env_sha = hashlib.sha256(ENV_SECRET.encode()).hexdigest().encode() + b"\n"
+    assert tree["token.sha"].data == secret_sha
+    assert tree["token.mode"].data == b"400 0\n"
+    assert tree["custom.sha"].data == secret_sha
+    assert tree["env.sha"].data == env_sha
+    assert tree["envfile.sha"].data == env_sha
+    assert not any(name.startswith(("run/secrets", "etc/app")) for name in tree)
+    assert _files_containing(store.root, [SECRET.encode(), ENV_SECRET.encode()]) == []
+
+
+def test_missing_required_secret_fails_and_optional_is_skipped(build_df):
+    from imgbuild.errors import BuildError
+
+    built = build_df(
+        "FROM busybox\nRUN --mount=type=secret,id=absent ls /run/secrets > /listing 2>&1 || true\n"
+    )
+    assert b"absent" not in built.tree()["listing"].data
+    with pytest.raises(BuildError, match="--secret id=absent"):
+        build_df("FROM busybox\nRUN --mount=type=secret,id=absent,required=true true\n")
+
+
+# --- type=tmpfs -----------------------------------------------------------------------------
+
+
+def test_tmpfs_mount(build_df):
+    built = build_df(
+        "FROM busybox\n"
+        "RUN --mount=type=tmpfs,target=/scratch echo x > /scratch/f "
+        "&& grep ' /scratch ' /proc/mounts | cut -d' ' -f3 > /tmpfs-type\n"
+    )
+    tree = built.tree()
+    assert tree["tmpfs-type"].data == b"tmpfs\n"
+    assert _mounted_paths(tree, "scratch") == []
+
+
+def test_secret_value_is_not_in_the_cache_key(build_df, store, tmp_path):
+    """As in BuildKit: a changed secret does not rerun a step (its value is in no key)."""
+    secret_file = tmp_path / "value"
+    secret_file.write_text("first")
+    dockerfile = (
+        "FROM busybox\nRUN --mount=type=secret,id=s cat /run/secrets/s > /s-was-seen-at-build\n"
+    )
+    first = build_df(dockerfile, store=store, secrets=[parse_secret(f"id=s,src={secret_file}")])
+    secret_file.write_text("second")
+    second = build_df(
+        dockerfile,
+        context=first.context,
+        store=store,
+        secrets=[parse_secret(f"id=s,src={secret_file}")],
+    )
+    assert second.result.steps_run == 0
