@@ -3,16 +3,27 @@
 The command-line tool is a thin layer over this package. Entry points for
 programs and tests:
 
+- ``imgbuild.build(store, options)``: build a Dockerfile into an image;
 - ``imgbuild.dockerfile.parse`` / ``imgbuild.dockerfile.plan``: the front end;
-- ``imgbuild.store.Store``: the local content-addressed store (an OCI layout);
-- ``imgbuild.build``: build a Dockerfile into an image.
+- ``imgbuild.store.Store``: the local content-addressed store (an OCI layout).
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from imgbuild.builder.engine import BuildResult
+    from imgbuild.builder.options import BuildOptions
+    from imgbuild.builder.progress import Progress
+    from imgbuild.store import Store
 
 __version__ = "0.1.0"
 
 
-def build(*args, **kwargs):
-    """Build a Dockerfile; see ``imgbuild.build.engine.build`` for the parameters."""
-    from imgbuild.build.engine import build as _build
+def build(store: Store, options: BuildOptions, progress: Progress | None = None) -> BuildResult:
+    """Build ``options.context`` into ``store`` as ``options`` say (see BuildOptions)."""
+    # imported here so that `import imgbuild` stays cheap for the CLI's other verbs
+    from imgbuild.builder.engine import build as build_image
 
-    return _build(*args, **kwargs)
+    return build_image(store, options, progress)

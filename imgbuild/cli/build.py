@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from imgbuild.build.options import (
+from imgbuild.builder.options import (
     COMPRESSIONS,
     BuildOptions,
     parse_key_value_list,
@@ -91,7 +91,7 @@ def options_from_args(args) -> BuildOptions:
 
 
 def run(args) -> int:
-    from imgbuild.build.engine import build
+    from imgbuild.builder.engine import build
     from imgbuild.store import Store
 
     options = options_from_args(args)

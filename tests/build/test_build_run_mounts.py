@@ -9,7 +9,7 @@ import os
 import pytest
 import zstandard
 
-from imgbuild.build.options import parse_secret
+from imgbuild.builder.options import parse_secret
 
 pytestmark = pytest.mark.root
 

@@ -19,10 +19,10 @@ import time
 import pytest
 import zstandard
 
-from imgbuild.build.context import BuildContext
-from imgbuild.build.copy import archive_compression, copy_into
-from imgbuild.build.dockerignore import IgnoreMatcher
-from imgbuild.build.fetch import fetch_url, url_filename
+from imgbuild.builder.context import BuildContext
+from imgbuild.builder.copy import archive_compression, copy_into
+from imgbuild.builder.dockerignore import IgnoreMatcher
+from imgbuild.builder.fetch import fetch_url, url_filename
 from imgbuild.errors import BuildError
 
 MTIME = 1_234_567_890

@@ -7,9 +7,9 @@ import stat
 
 import pytest
 
-from imgbuild.build.context import BuildContext
-from imgbuild.build.copy import HeredocFile, copy_heredoc, copy_into
-from imgbuild.build.dockerignore import IgnoreMatcher
+from imgbuild.builder.context import BuildContext
+from imgbuild.builder.copy import HeredocFile, copy_heredoc, copy_into
+from imgbuild.builder.dockerignore import IgnoreMatcher
 from imgbuild.errors import BuildError
 
 OLD = 1_000_000_000  # a fixed mtime (2001) the copies must keep

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from imgbuild.build.context import BuildContext, StatCache
-from imgbuild.build.dockerignore import IgnoreMatcher
+from imgbuild.builder.context import BuildContext, StatCache
+from imgbuild.builder.dockerignore import IgnoreMatcher
 
 
 def make_tree(root, files):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from imgbuild.build.context import BuildContext
-from imgbuild.build.dockerignore import (
+from imgbuild.builder.context import BuildContext
+from imgbuild.builder.dockerignore import (
     IgnoreMatcher,
     go_clean,
     go_match,

@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from imgbuild.build.context import BuildContext
-from imgbuild.build.dockerignore import IgnoreMatcher
+from imgbuild.builder.context import BuildContext
+from imgbuild.builder.dockerignore import IgnoreMatcher
 from imgbuild.errors import ContextError
 
 

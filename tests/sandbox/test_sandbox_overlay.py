@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild.build.overlay import (
+from imgbuild.builder.overlay import (
     mount_overlay,
     mounts_under,
     prune_copied_up_dirs,

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from sandbox.sandboxtools import containers_under, make_busybox_rootfs, needs_root_and_runc
 
-from imgbuild.build.overlay import mount_overlay, mounts_under, prune_copied_up_dirs
-from imgbuild.build.sandbox import Mount, RunSpec, run_container
-from imgbuild.build.users import resolve_user
+from imgbuild.builder.overlay import mount_overlay, mounts_under, prune_copied_up_dirs
+from imgbuild.builder.sandbox import Mount, RunSpec, run_container
+from imgbuild.builder.users import resolve_user
 from imgbuild.errors import Interrupted, SandboxError
 
 pytestmark = pytest.mark.root
@@ -398,8 +398,8 @@ def test_cancel_from_another_thread_kills_the_container(tmp_path, step):
 INTERRUPTED_BUILD = """
 import signal, sys
 from pathlib import Path
-from imgbuild.build.overlay import mount_overlay
-from imgbuild.build.sandbox import RunSpec, run_container
+from imgbuild.builder.overlay import mount_overlay
+from imgbuild.builder.sandbox import RunSpec, run_container
 
 def stop(signum, frame):  # what the CLI does with SIGTERM
     raise KeyboardInterrupt

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild.build.users import ResolvedUser, resolve_in_root, resolve_user
+from imgbuild.builder.users import ResolvedUser, resolve_in_root, resolve_user
 from imgbuild.errors import BuildError
 
 PASSWD = """root:x:0:0:root:/root:/bin/sh

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from imgbuild.build.cache import LayerRef
-from imgbuild.build.overlay import mount_overlay, prune_copied_up_dirs
+from imgbuild.builder.cache import LayerRef
+from imgbuild.builder.overlay import mount_overlay, prune_copied_up_dirs
 from imgbuild.image import Descriptor
 from imgbuild.layer.write import changeset_is_empty, write_layer
 from imgbuild.store import Store, remove_tree

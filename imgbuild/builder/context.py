@@ -38,7 +38,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgbuild.build.dockerignore import IgnoreMatcher, go_clean, go_match, has_wildcards
+from imgbuild.builder.dockerignore import IgnoreMatcher, go_clean, go_match, has_wildcards
 from imgbuild.errors import ContextError
 
 MAX_SYMLINKS = 40  # what Linux allows in one path walk

@@ -1,8 +1,8 @@
 """The build engine: walks the plan, stage by stage and step by step.
 
-For every step it computes the cache key (imgbuild.build.cache), reuses the
+For every step it computes the cache key (imgbuild.builder.cache), reuses the
 layer on a hit, and otherwise runs the step in a workspace over the parent
-layers (imgbuild.build.rootfs): RUN in the sandbox, COPY/ADD with the copy
+layers (imgbuild.builder.rootfs): RUN in the sandbox, COPY/ADD with the copy
 rules, WORKDIR as a mkdir. Metadata instructions only change the config.
 Stages the target does not need are skipped; independent stages build in
 parallel threads (``--jobs``).
@@ -24,18 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgbuild import dockerfile as frontend
-from imgbuild.build import imageconfig as ic
-from imgbuild.build.cache import BuildCache, LayerRef, cache_key
-from imgbuild.build.context import BuildContext, StatCache
-from imgbuild.build.copystep import CopyRequest, run_copy
-from imgbuild.build.dockerignore import IgnoreMatcher, go_clean, load_ignore_patterns
-from imgbuild.build.options import BuildOptions
-from imgbuild.build.outputs import write_outputs
-from imgbuild.build.progress import Progress, Step, Summary, make_progress
-from imgbuild.build.rootfs import mounted_layers, recompress, workspace
-from imgbuild.build.runstep import PIPES_DIR, prepared_mounts, script_mount
-from imgbuild.build.sandbox import RunSpec, run_container
-from imgbuild.build.users import resolve_in_root, resolve_user
+from imgbuild.builder import imageconfig as ic
+from imgbuild.builder.cache import BuildCache, LayerRef, cache_key
+from imgbuild.builder.context import BuildContext, StatCache
+from imgbuild.builder.copystep import CopyRequest, run_copy
+from imgbuild.builder.dockerignore import IgnoreMatcher, go_clean, load_ignore_patterns
+from imgbuild.builder.options import BuildOptions
+from imgbuild.builder.outputs import write_outputs
+from imgbuild.builder.progress import Progress, Step, Summary, make_progress
+from imgbuild.builder.rootfs import mounted_layers, recompress, workspace
+from imgbuild.builder.runstep import PIPES_DIR, prepared_mounts, script_mount
+from imgbuild.builder.sandbox import RunSpec, run_container
+from imgbuild.builder.users import resolve_in_root, resolve_user
 from imgbuild.errors import (
     BuildError,
     DockerfileError,

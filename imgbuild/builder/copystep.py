@@ -1,7 +1,7 @@
 """COPY/ADD as a build step: sources, their cache-key digests, and the copy itself.
 
-What a copy does to the tree is ``imgbuild.build.copy``; what it reads is
-``imgbuild.build.context``. This module joins them to the instruction: it
+What a copy does to the tree is ``imgbuild.builder.copy``; what it reads is
+``imgbuild.builder.context``. This module joins them to the instruction: it
 digests exactly the files the step will read (for the cache key), downloads
 ADD URLs, resolves ``--chown`` names in the image being built, and runs the
 copy in the step's root filesystem.
@@ -16,10 +16,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgbuild.build.context import BuildContext
-from imgbuild.build.copy import HeredocFile, copy_into
-from imgbuild.build.fetch import Fetched, fetch_url, is_url
-from imgbuild.build.users import resolve_in_root
+from imgbuild.builder.context import BuildContext
+from imgbuild.builder.copy import HeredocFile, copy_into
+from imgbuild.builder.fetch import Fetched, fetch_url, is_url
+from imgbuild.builder.users import resolve_in_root
 from imgbuild.errors import BuildError
 
 

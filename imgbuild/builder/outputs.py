@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 
 from imgbuild.archive import ArchivedImage, write_archive
-from imgbuild.build.cache import LayerRef
-from imgbuild.build.options import OutputSpec
-from imgbuild.build.rootfs import mounted_layers, recompress
+from imgbuild.builder.cache import LayerRef
+from imgbuild.builder.options import OutputSpec
+from imgbuild.builder.rootfs import mounted_layers, recompress
 from imgbuild.errors import BuildError, UsageError
 from imgbuild.image import OCI_INDEX, Image, canonical_json
 from imgbuild.store import Store, normalise_tag

@@ -2,7 +2,7 @@
 
 The argv (shell form, exec form, heredocs), the environment, the user and the
 extra ``--mount``s are worked out here; the container itself is
-``imgbuild.build.sandbox``'s job. Nothing a mount brings in (cache dirs,
+``imgbuild.builder.sandbox``'s job. Nothing a mount brings in (cache dirs,
 secrets, bind sources, tmpfs) ever reaches the layer: mounts are not part of
 the overlay upperdir, and the sandbox removes the mount-point stubs it had to
 create.
@@ -22,9 +22,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgbuild.build.options import SecretSpec
-from imgbuild.build.sandbox import Mount
-from imgbuild.build.users import resolve_in_root
+from imgbuild.builder.options import SecretSpec
+from imgbuild.builder.sandbox import Mount
+from imgbuild.builder.users import resolve_in_root
 from imgbuild.errors import BuildError, Interrupted
 
 PIPES_DIR = "/dev/pipes"
@@ -176,7 +176,7 @@ def _bind_mount(spec, target: str, sources: dict, scratch: Path) -> Iterator[Mou
         yield Mount("bind", target, str(source), readonly=True)
         return
     # rw: writes go to a throwaway overlay upperdir, never to the source
-    from imgbuild.build.overlay import mount_overlay
+    from imgbuild.builder.overlay import mount_overlay
 
     layer = Path(tempfile.mkdtemp(dir=scratch, prefix="bind-"))
     lower = source if source.is_dir() else None

@@ -10,12 +10,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from imgbuild.build import imageconfig as ic
-from imgbuild.build.cache import LayerRef
-from imgbuild.build.engine import signals_raise_interrupt
-from imgbuild.build.rootfs import workspace
-from imgbuild.build.sandbox import RunSpec, run_container
-from imgbuild.build.users import resolve_user
+from imgbuild.builder import imageconfig as ic
+from imgbuild.builder.cache import LayerRef
+from imgbuild.builder.engine import signals_raise_interrupt
+from imgbuild.builder.rootfs import workspace
+from imgbuild.builder.sandbox import RunSpec, run_container
+from imgbuild.builder.users import resolve_user
 from imgbuild.errors import Interrupted, UsageError
 from imgbuild.store import Store
 

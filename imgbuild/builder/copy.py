@@ -44,10 +44,10 @@ from typing import BinaryIO
 
 import zstandard
 
-from imgbuild.build.context import Entry, Selected, read_xattrs
-from imgbuild.build.dockerignore import go_clean, go_dir
-from imgbuild.build.fetch import Fetched
-from imgbuild.build.users import resolve_in_root
+from imgbuild.builder.context import Entry, Selected, read_xattrs
+from imgbuild.builder.dockerignore import go_clean, go_dir
+from imgbuild.builder.fetch import Fetched
+from imgbuild.builder.users import resolve_in_root
 from imgbuild.errors import BuildError
 
 COPY_CHUNK = 1 << 20

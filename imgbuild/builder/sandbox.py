@@ -55,8 +55,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgbuild.build.overlay import finish_despite_interrupts
-from imgbuild.build.users import ROOT, ResolvedUser, resolve_in_root
+from imgbuild.builder.overlay import finish_despite_interrupts
+from imgbuild.builder.users import ROOT, ResolvedUser, resolve_in_root
 from imgbuild.errors import Interrupted, SandboxError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
