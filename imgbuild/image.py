@@ -84,8 +84,8 @@ class Platform:
 
     @classmethod
     def host(cls) -> Platform:
-        arch = normalise_arch(host_platform.machine())
-        return cls("linux", arch, "v7" if arch == "arm" else "")
+        arch, variant = HOST_MACHINES.get(host_platform.machine(), (normalise_arch(host_platform.machine()), ""))
+        return cls("linux", arch, variant)
 
     @classmethod
     def from_json(cls, document: dict) -> Platform:
@@ -109,6 +109,20 @@ class Platform:
     def __str__(self) -> str:
         text = f"{self.os}/{self.architecture}"
         return f"{text}/{self.variant}" if self.variant else text
+
+
+# uname -m -> (OCI architecture, variant)
+HOST_MACHINES = {
+    "x86_64": ("amd64", ""),
+    "aarch64": ("arm64", ""),
+    "armv7l": ("arm", "v7"),
+    "armv6l": ("arm", "v6"),
+    "i386": ("386", ""),
+    "i686": ("386", ""),
+    "ppc64le": ("ppc64le", ""),
+    "s390x": ("s390x", ""),
+    "riscv64": ("riscv64", ""),
+}
 
 
 def normalise_arch(machine: str) -> str:

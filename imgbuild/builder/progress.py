@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from imgbuild.errors import UsageError
+from imgbuild.units import human_size
 
 MODES = ("auto", "tty", "plain", "json", "quiet")
 
@@ -142,14 +143,6 @@ class Progress:
     def _show_info(self, message: str) -> None: ...
     def _show_warning(self, message: str) -> None: ...
     def _show_summary(self, summary: Summary) -> None: ...
-
-
-def human_size(size: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
-        size /= 1000
-    return f"{size:.1f}GB"
 
 
 def summary_lines(summary: Summary) -> list[str]:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from imgbuild.archive import split_tag
 from imgbuild.errors import ImgbuildError
 from imgbuild.store import Store
+from imgbuild.units import human_size
 
 
 @dataclass
@@ -131,16 +132,6 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
     for row in [headers, *rows]:
         cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
         print(("".join(cells) + row[-1]).rstrip())
-
-
-def human_size(size: int) -> str:
-    """go-units HumanSize as docker uses it: decimal units, 3 significant digits (``1.04MB``)."""
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
-        if value < 1000 or unit == "PB":
-            return f"{value:.3g}{unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
 
 
 def created_since(created: str, now: datetime | None = None) -> str:

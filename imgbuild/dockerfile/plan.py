@@ -16,7 +16,6 @@ BuildKit's rules, which we follow:
 
 from __future__ import annotations
 
-import platform as host
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ from imgbuild.dockerfile.instructions import Arg, Copy, Env, From, Instruction, 
 from imgbuild.dockerfile.scope import PROXY_ARGS, StageScope
 from imgbuild.dockerfile.shell import Lexer, go_quote, is_unset_variable_error
 from imgbuild.errors import DockerfileError, ExpansionError, PlanError, SourceLocation
+from imgbuild.image import Platform
 
 if TYPE_CHECKING:
     from imgbuild.dockerfile import Dockerfile
@@ -106,25 +106,9 @@ class Plan:
 
 # -- platforms --------------------------------------------------------------------
 
-_MACHINES = {
-    "x86_64": ("amd64", ""),
-    "amd64": ("amd64", ""),
-    "aarch64": ("arm64", ""),
-    "arm64": ("arm64", ""),
-    "armv7l": ("arm", "v7"),
-    "armv6l": ("arm", "v6"),
-    "i386": ("386", ""),
-    "i686": ("386", ""),
-    "ppc64le": ("ppc64le", ""),
-    "s390x": ("s390x", ""),
-    "riscv64": ("riscv64", ""),
-}
-
-
 def host_platform() -> str:
     """The machine we run on, as an OCI platform string (``linux/amd64``)."""
-    arch, variant = _MACHINES.get(host.machine(), (host.machine(), ""))
-    return f"linux/{arch}/{variant}" if variant else f"linux/{arch}"
+    return str(Platform.host())
 
 
 def platform_args(target: str | None = None, build: str | None = None) -> dict[str, str]:
