@@ -29,6 +29,7 @@ from imgbuild.builder.cache import BuildCache, LayerRef, cache_key
 from imgbuild.builder.context import BuildContext, StatCache
 from imgbuild.builder.copystep import CopyRequest, run_copy
 from imgbuild.builder.dockerignore import IgnoreMatcher, go_clean, load_ignore_patterns
+from imgbuild.builder.metadata import apply_metadata
 from imgbuild.builder.options import BuildOptions
 from imgbuild.builder.outputs import write_outputs
 from imgbuild.builder.progress import Progress, Step, Summary, make_progress
@@ -36,6 +37,7 @@ from imgbuild.builder.rootfs import mounted_layers, recompress, workspace
 from imgbuild.builder.runstep import PIPES_DIR, prepared_mounts, script_mount
 from imgbuild.builder.sandbox import RunSpec, run_container
 from imgbuild.builder.users import resolve_in_root, resolve_user
+from imgbuild.dockerfile import Add, Arg, Cmd, Copy, Env, Run, Workdir
 from imgbuild.errors import (
     BuildError,
     DockerfileError,
@@ -190,7 +192,7 @@ class Builder:
         instructions = self._onbuild_triggers(state) + list(stage.instructions)
         # BuildKit names steps "[name 2/5]", and just "[2/5]" in a one-stage Dockerfile
         stage_label = "" if len(self.plan.stages) == 1 else stage.name or f"stage-{stage.index}"
-        counted = [i for i in instructions if type(i).__name__ in ("Run", "Copy", "Add", "Workdir")]
+        counted = [i for i in instructions if isinstance(i, (Run, Copy, Add, Workdir))]
         step_index = 0
         for instruction in instructions:
             if self.cancel.is_set():
@@ -262,93 +264,27 @@ class Builder:
     # --- one step ----------------------------------------------------------------
 
     def _step(self, stage, state: StageState, scope, instruction, step: Step | None) -> None:
-        kind = type(instruction).__name__
         created = ic.timestamp(self.options.source_date_epoch)
-        if kind == "Arg":
+        if isinstance(instruction, Arg):
             resolved = scope.apply(instruction)
             words = [p.name if p.default is None else f"{p.name}={p.default}" for p in resolved.pairs]
             ic.add_history(state.config, "ARG " + " ".join(words), empty_layer=True, created=created)
             state.key = cache_key({"parent": state.key, "args": sorted(scope.args_in_scope().items())})
             return
-        if kind == "Env":
-            self._do_env(stage, state, scope, scope.apply(instruction), step, created)
-            return
-        expanded = frontend.expanded(instruction, scope)
-        handler = getattr(self, f"_do_{kind.lower()}")
-        handler(stage, state, scope, expanded, step, created)
-
-    def _metadata_step(self, state: StageState, created_by: str, created: str, instruction) -> None:
-        ic.add_history(state.config, created_by, empty_layer=True, created=created)
-        state.key = cache_key({"parent": state.key, "meta": instruction_document(instruction)})
-
-    def _do_env(self, stage, state, scope, instruction, step, created) -> None:
-        for pair in instruction.pairs:
-            ic.set_env(state.config, pair.key, pair.value)
-        text = " ".join(f"{p.key}={p.value}" for p in instruction.pairs)
-        self._metadata_step(state, f"ENV {text}", created, instruction)
-
-    def _do_label(self, stage, state, scope, instruction, step, created) -> None:
-        ic.add_labels(state.config, {p.key: p.value for p in instruction.pairs})
-        text = " ".join(f"{p.key}={p.value}" for p in instruction.pairs)
-        self._metadata_step(state, f"LABEL {text}", created, instruction)
-
-    def _do_maintainer(self, stage, state, scope, instruction, step, created) -> None:
-        state.config["author"] = instruction.maintainer
-        self._metadata_step(state, f"MAINTAINER {instruction.maintainer}", created, instruction)
-
-    def _do_expose(self, stage, state, scope, instruction, step, created) -> None:
-        ports = ic.expose_ports(instruction.ports)
-        ic.add_ports(state.config, ports)
-        self._metadata_step(state, "EXPOSE " + " ".join(ports), created, instruction)
-
-    def _do_volume(self, stage, state, scope, instruction, step, created) -> None:
-        ic.add_volumes(state.config, instruction.paths)
-        self._metadata_step(state, f"VOLUME [{' '.join(instruction.paths)}]", created, instruction)
-
-    def _do_user(self, stage, state, scope, instruction, step, created) -> None:
-        ic.container_config(state.config)["User"] = instruction.user
-        self._metadata_step(state, f"USER {instruction.user}", created, instruction)
-
-    def _do_stopsignal(self, stage, state, scope, instruction, step, created) -> None:
-        ic.container_config(state.config)["StopSignal"] = ic.check_stop_signal(instruction.signal)
-        self._metadata_step(state, f"STOPSIGNAL {instruction.signal}", created, instruction)
-
-    def _do_shell(self, stage, state, scope, instruction, step, created) -> None:
-        ic.container_config(state.config)["Shell"] = list(instruction.shell)
-        self._metadata_step(state, f"SHELL [{' '.join(instruction.shell)}]", created, instruction)
-
-    def _do_cmd(self, stage, state, scope, instruction, step, created) -> None:
-        args = self._command_args(state, instruction)
-        ic.set_cmd(state.config, args)
-        state.cmd_set = True
-        self._metadata_step(state, f"CMD {ic.go_quote_list(args)}", created, instruction)
-
-    def _do_entrypoint(self, stage, state, scope, instruction, step, created) -> None:
-        args = self._command_args(state, instruction)
-        ic.set_entrypoint(state.config, args, state.cmd_set)
-        self._metadata_step(state, f"ENTRYPOINT {ic.go_quote_list(args)}", created, instruction)
-
-    def _do_healthcheck(self, stage, state, scope, instruction, step, created) -> None:
-        check = healthcheck_config(instruction)
-        ic.container_config(state.config)["Healthcheck"] = check
-        text = (
-            f"HEALTHCHECK &{{Test:[{' '.join(check['Test'])}] Interval:{ic.go_duration(check.get('Interval'))} "
-            f"Timeout:{ic.go_duration(check.get('Timeout'))} StartPeriod:{ic.go_duration(check.get('StartPeriod'))} "
-            f"StartInterval:{ic.go_duration(check.get('StartInterval'))} Retries:{check.get('Retries', 0)}}}"
-        )
-        self._metadata_step(state, text, created, instruction)
-
-    def _do_onbuild(self, stage, state, scope, instruction, step, created) -> None:
-        triggers = list(ic.container_config(state.config).get("OnBuild") or [])
-        triggers.append(instruction.expression)
-        ic.container_config(state.config)["OnBuild"] = triggers
-        # BuildKit adds no history entry for ONBUILD
-        state.key = cache_key({"parent": state.key, "meta": instruction_document(instruction)})
-
-    def _command_args(self, state: StageState, instruction) -> list[str]:
-        if instruction.exec_form:
-            return list(instruction.command)
-        return ic.with_shell(state.config, " ".join(instruction.command))
+        # ARG and ENV change the scope; every other instruction is only expanded by it
+        expanded = scope.apply(instruction) if isinstance(instruction, Env) else frontend.expanded(instruction, scope)
+        if isinstance(expanded, Run):
+            self._do_run(stage, state, scope, expanded, step, created)
+        elif isinstance(expanded, (Copy, Add)):
+            self._do_copy(stage, state, expanded, step, created, is_add=isinstance(expanded, Add))
+        elif isinstance(expanded, Workdir):
+            self._do_workdir(stage, state, expanded, step, created)
+        else:
+            created_by = apply_metadata(state.config, expanded, cmd_set=state.cmd_set)
+            state.cmd_set = state.cmd_set or isinstance(expanded, Cmd)
+            if created_by is not None:
+                ic.add_history(state.config, created_by, empty_layer=True, created=created)
+            state.key = cache_key({"parent": state.key, "meta": instruction_document(expanded)})
 
     # --- steps that make layers -----------------------------------------------------
 
@@ -408,12 +344,13 @@ class Builder:
         names = {str(stage.index)} | ({stage.name.lower()} if stage.name else set())
         return any(item.lower() in names for item in self.options.no_cache_filter)
 
-    def _do_workdir(self, stage, state, scope, instruction, step, created) -> None:
+    def _do_workdir(self, stage, state, instruction, step, created) -> None:
         path = ic.workdir_path(state.config, instruction.path)
         ic.container_config(state.config)["WorkingDir"] = path
         if path == "/":
             self.progress.cached(step)
-            self._metadata_step(state, "WORKDIR /", created, instruction)
+            ic.add_history(state.config, "WORKDIR /", empty_layer=True, created=created)
+            state.key = cache_key({"parent": state.key, "meta": instruction_document(instruction)})
             return
         user = ic.container_config(state.config).get("User", "")
 
@@ -598,7 +535,7 @@ class Builder:
         except KeyError:
             return None
 
-    def _do_copy(self, stage, state, scope, instruction, step, created, is_add: bool = False) -> None:
+    def _do_copy(self, stage, state, instruction, step, created, is_add: bool) -> None:
         name = "ADD" if is_add else "COPY"
         config = ic.container_config(state.config)
         request = CopyRequest.from_instruction(instruction, is_add=is_add, workdir=config.get("WorkingDir") or "/")
@@ -633,9 +570,6 @@ class Builder:
             )
         finally:
             remove_tree(download_dir)
-
-    def _do_add(self, stage, state, scope, instruction, step, created) -> None:
-        self._do_copy(stage, state, scope, instruction, step, created, is_add=True)
 
     # --- the result ------------------------------------------------------------------
 
@@ -712,24 +646,6 @@ def _plain(value):
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     return value
-
-
-def healthcheck_config(instruction) -> dict:
-    if instruction.test is None:
-        return {"Test": ["NONE"]}
-    check: dict = {"Test": list(instruction.test)}
-    for field_name, key in (
-        ("interval", "Interval"),
-        ("timeout", "Timeout"),
-        ("start_period", "StartPeriod"),
-        ("start_interval", "StartInterval"),
-    ):
-        value = getattr(instruction, field_name, None)
-        if value:
-            check[key] = value
-    if getattr(instruction, "retries", None):
-        check["Retries"] = instruction.retries
-    return check
 
 
 def _check_platform(name: str, image: Image, want: Platform) -> None:

@@ -21,8 +21,6 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
 from imgbuild.errors import BuildError
 
 UNNAMED = "__unnamed__"
@@ -77,6 +75,8 @@ def fetch_url(
     A network failure, an HTTP error status or a checksum mismatch is a
     BuildError naming the URL; nothing is left behind in that case.
     """
+    import requests  # only ADD <URL> needs it; keep it out of every build's start-up
+
     expected = parse_checksum(checksum) if checksum else None
     download_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="add-", dir=download_dir)

@@ -46,17 +46,28 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI; with ``only``, just that verb's module is imported.
+
+    Importing every verb would load what only some need (requests for pull
+    and push, ...); that start-up time is most of a warm no-op rebuild.
+    """
     parser = _Parser(prog="imgbuild", description="Build OCI images from Dockerfiles, no daemon.")
     parser.add_argument("--root", default=None, help="store root (default $IMGBUILD_ROOT or ~/.local/share/imgbuild)")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="verb", parser_class=_Parser)
     for verb, (module_name, help_text) in VERBS.items():
-        module = importlib.import_module(f"imgbuild.cli.{module_name}")
         verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
-        module.add_arguments(verb_parser)
-        verb_parser.set_defaults(_run=module.run)
+        if only is None or verb == only:
+            module = importlib.import_module(f"imgbuild.cli.{module_name}")
+            module.add_arguments(verb_parser)
+            verb_parser.set_defaults(_run=module.run)
     return parser
+
+
+def _verb_of(argv: list[str]) -> str | None:
+    """The verb in an argv that ``_with_default_verb`` has completed."""
+    return next((word for word in argv if word in VERBS), None)
 
 
 def _with_default_verb(argv: list[str]) -> list[str]:
@@ -81,7 +92,8 @@ def _with_default_verb(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = make_parser().parse_args(_with_default_verb(argv))
+        argv = _with_default_verb(argv)
+        args = make_parser(only=_verb_of(argv)).parse_args(argv)
         if args.version:
             from imgbuild import __version__
 

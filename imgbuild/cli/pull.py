@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from imgbuild.image import LAYER_TYPES, Platform
-from imgbuild.registry import TransferEvent, parse_reference, pull
+from imgbuild.registry.client import TransferEvent
+from imgbuild.registry.pull import pull
+from imgbuild.registry.reference import parse_reference
 from imgbuild.store import Store
 
 

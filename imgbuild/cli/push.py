@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from imgbuild.cli.pull import short_id
 from imgbuild.image import LAYER_TYPES
-from imgbuild.registry import TransferEvent, parse_reference, push
+from imgbuild.registry.client import TransferEvent
+from imgbuild.registry.push import push
+from imgbuild.registry.reference import parse_reference
 from imgbuild.store import Store
 
 

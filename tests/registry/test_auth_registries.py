@@ -10,7 +10,8 @@ import logging
 import pytest
 
 from imgbuild.errors import AuthError
-from imgbuild.registry import pull, push
+from imgbuild.registry.pull import pull
+from imgbuild.registry.push import push
 
 
 @pytest.fixture(params=["basic", "bearer"])

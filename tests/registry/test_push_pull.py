@@ -17,7 +17,9 @@ from imgbuild.image import (
     Platform,
     canonical_json,
 )
-from imgbuild.registry import RegistryOptions, pull, push
+from imgbuild.registry.client import RegistryOptions
+from imgbuild.registry.pull import pull
+from imgbuild.registry.push import push
 
 
 def sha256(data: bytes) -> str:

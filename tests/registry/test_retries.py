@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 from imgbuild.errors import DigestMismatch, RegistryError
-from imgbuild.registry import RegistryOptions, pull, push
+from imgbuild.registry.client import RegistryOptions
+from imgbuild.registry.pull import pull
+from imgbuild.registry.push import push
 
 # Short pauses between tries keep the tests quick; the schedule is the real one.
 FAST = RegistryOptions(backoff=0.05)
