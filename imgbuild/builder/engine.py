@@ -111,7 +111,6 @@ class Builder:
         for name in plan.unused_build_args:
             self.progress.warning(f"build arg {name} was given but no stage declares it (ARG {name})")
         self.plan = plan
-        self.parsed = parsed
         self.context = self._open_context()
         try:
             # SIGTERM must clean up like Ctrl-C for the whole build, outputs
@@ -164,7 +163,7 @@ class Builder:
             try:
                 for level in plan.levels:
                     futures = [pool.submit(self._build_stage, plan.stages[index]) for index in level]
-                    done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                    wait(futures, return_when=FIRST_EXCEPTION)
                     for future in futures:
                         if future.done() and future.exception() is not None:
                             self.cancel.set()
@@ -192,15 +191,16 @@ class Builder:
         instructions = self._onbuild_triggers(state) + list(stage.instructions)
         # BuildKit names steps "[name 2/5]", and just "[2/5]" in a one-stage Dockerfile
         stage_label = "" if len(self.plan.stages) == 1 else stage.name or f"stage-{stage.index}"
-        counted = [i for i in instructions if isinstance(i, (Run, Copy, Add, Workdir))]
+        layer_kinds = (Run, Copy, Add, Workdir)  # the steps BuildKit numbers
+        step_count = sum(isinstance(i, layer_kinds) for i in instructions)
         step_index = 0
         for instruction in instructions:
             if self.cancel.is_set():
                 raise Interrupted("build stopped")
             step = None
-            if instruction in counted:
+            if isinstance(instruction, layer_kinds):
                 step_index += 1
-                step = self.progress.new_step(stage_label, step_index, len(counted), instruction.source.strip())
+                step = self.progress.new_step(stage_label, step_index, step_count, instruction.source.strip())
             try:
                 self._step(stage, state, scope, instruction, step)
             except ImgbuildError as error:
@@ -222,7 +222,7 @@ class Builder:
             ic.ensure_path(config)
             ic.container_config(config)["WorkingDir"] = "/"  # BuildKit's empty image has it
             return StageState(config, [], cache_key({"base": "scratch", "platform": platform_key}), base_name="scratch")
-        image = self._resolve_image(stage.base, getattr(stage, "platform", None))
+        image = self._resolve_image(stage.base, stage.platform)
         config = json.loads(json.dumps(image.config))
         config.pop("created", None)
         ic.ensure_path(config)
@@ -305,14 +305,16 @@ class Builder:
         ``independent`` (COPY --link) makes the layer and its key not depend on
         the layers below, so it survives a change of base image.
         """
-        parent_key = "" if independent else state.key
-        key = cache_key({"parent": parent_key, **key_document})
         if independent:
-            key = cache_key({"link": key, "parent": state.key})
-            content_key = cache_key({"parent": "", **key_document})
+            # The layer is looked up without the layers below; the chain of
+            # keys still goes on from the parent for the steps after it.
+            parent_key = ""
+            lookup_key = cache_key({"parent": "", **key_document})
+            key = cache_key({"link": lookup_key, "parent": state.key})
         else:
-            content_key = key
-        entry = None if self._cache_disabled(stage) else self.cache.lookup(content_key if independent else key)
+            parent_key = state.key
+            lookup_key = key = cache_key({"parent": state.key, **key_document})
+        entry = None if self._cache_disabled(stage) else self.cache.lookup(lookup_key)
         if entry is not None:
             self.progress.cached(step)
             with self.counts_lock:
@@ -328,7 +330,7 @@ class Builder:
                     level=self.options.compression_level,
                     source_date_epoch=self.options.source_date_epoch,
                 )
-            self.cache.record(content_key if independent else key, parent_key, layer, created_by)
+            self.cache.record(lookup_key, parent_key, layer, created_by)
             self.progress.done(step)
             with self.counts_lock:
                 self.steps_run += 1
