@@ -28,7 +28,7 @@ if (( ${#missing[@]} )); then
     echo "--- apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
+    apt-get install -y -q "${missing[@]}"
 fi
 
 if [[ ! -x .venv/bin/python ]]; then
