@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from imgbuild.dockerfile.heredoc import Heredoc, chomp, parse_heredoc_word
-from imgbuild.dockerfile.lines import InstructionLine
+from imgbuild.dockerfile.lines import InstructionLine, go_trim_space
 from imgbuild.dockerfile.mounts import MountError, MountSpec, parse_mount
-from imgbuild.dockerfile.shell import expand_word, go_quote, is_space
+from imgbuild.dockerfile.shell import expand_word, go_quote
 from imgbuild.errors import DockerfileError, ExpansionError, SourceLocation
 
 NETWORK_MODES = ("default", "none", "host")
@@ -312,7 +312,7 @@ def _convert(node: InstructionLine, escape: str) -> Instruction:
         line=node.line,
         end_line=node.end_line,
         source=node.source,
-        text=_trim(node.original),
+        text=go_trim_space(node.original),
         comments=list(node.comments),
     )
     return converter(node, common, escape)
@@ -614,7 +614,7 @@ def _expose(node: InstructionLine, common: dict, escape: str) -> Expose:
 def _volume(node: InstructionLine, common: dict, escape: str) -> Volume:
     _at_least_one(node)
     _flags(node)
-    paths = [_trim(path) for path in node.args]
+    paths = [go_trim_space(path) for path in node.args]
     if "" in paths:
         raise _InstructionError("VOLUME specified can not be an empty string")
     return Volume(paths=paths, exec_form=node.json, **common)
@@ -774,15 +774,6 @@ _CONVERTERS = {
     "ONBUILD": _onbuild,
     "MAINTAINER": _maintainer,
 }
-
-
-def _trim(text: str) -> str:
-    start, end = 0, len(text)
-    while start < end and is_space(text[start]):
-        start += 1
-    while end > start and is_space(text[end - 1]):
-        end -= 1
-    return text[start:end]
 
 
 # -- Go's time.ParseDuration -----------------------------------------------------

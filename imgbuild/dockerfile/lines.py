@@ -140,7 +140,7 @@ class _LineReader:
             if _is_comment(raw):
                 # BuildKit drops the first character of the raw line, which is
                 # the '#' unless the comment is indented.
-                comment = _go_trim_space(raw[1:])
+                comment = go_trim_space(raw[1:])
                 comments = (comments + [comment]) if comment else []
             stripped = _lstrip_space(_strip_newline(raw))
             if self._directive(stripped, self.pos):
@@ -263,11 +263,11 @@ def split_instruction(logical: str, escape: str, depth: int = 0) -> InstructionL
 
 
 def _split_command(line: str) -> tuple[str, list[str], str]:
-    parts = _WHITESPACE.split(_go_trim_space(line), maxsplit=1)
+    parts = _WHITESPACE.split(go_trim_space(line), maxsplit=1)
     if len(parts) < 2:
         return parts[0], [], ""
     rest, flags = _extract_flags(parts[1])
-    return parts[0], flags, _go_trim_space(rest)
+    return parts[0], flags, go_trim_space(rest)
 
 
 def _extract_flags(line: str) -> tuple[str, list[str]]:
@@ -521,7 +521,8 @@ def _lstrip_space(text: str) -> str:
     return text[i:]
 
 
-def _go_trim_space(text: str) -> str:
+def go_trim_space(text: str) -> str:
+    """Go's strings.TrimSpace: strip Unicode white space at both ends."""
     start, end = 0, len(text)
     while start < end and is_space(text[start]):
         start += 1
