@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,11 +205,3 @@ def _lookup_entry(rootfs: Path, table: str, name: str, what: str, chown: str) ->
         if len(fields) > 2 and fields[0] == name and fields[2].isdigit():
             return fields
     raise BuildError(f"unable to convert {what} {name!r} in --chown={chown}: no such {what} in {table} of the image")
-
-
-def scratch_download_dir(tmp_dir: Path) -> Path:
-    return Path(tempfile.mkdtemp(dir=tmp_dir, prefix="add-"))
-
-
-def remove_downloads(directory: Path) -> None:
-    shutil.rmtree(directory, ignore_errors=True)

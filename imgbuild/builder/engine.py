@@ -419,7 +419,6 @@ class Builder:
         with prepared_mounts(
             instruction.mounts,
             store_root=self.store.root,
-            rootfs=merged,
             workdir=cwd,
             secrets=self.secrets,
             sources=roots,

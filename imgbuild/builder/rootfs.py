@@ -97,13 +97,11 @@ def recompress(store: Store, layer: LayerRef, compression: str, level: int | Non
     Snapshots hold exactly the layer's content, so writing the snapshot again
     gives the same diff_id; only the blob bytes differ.
     """
-    want = {"gzip": "+gzip", "zstd": "+zstd", "uncompressed": ""}[compression]
-    if layer.blob.media_type.endswith(want) if want else not layer.blob.media_type.endswith(("gzip", "zstd")):
+    if compressed_as(layer.blob.media_type, compression):
         return layer
     for row in store.db.query("SELECT digest, media_type, size FROM layers WHERE diff_id=?", (layer.diff_id,)):
         media_type = row["media_type"]
-        matches = media_type.endswith(want) if want else not media_type.endswith(("gzip", "zstd"))
-        if matches and store.has_blob(row["digest"]):
+        if compressed_as(media_type, compression) and store.has_blob(row["digest"]):
             return LayerRef(layer.diff_id, Descriptor(media_type, row["digest"], row["size"]))
     snapshot = store.ensure_snapshot(layer.blob, layer.diff_id)
     with store.blob_writer() as blob:
@@ -112,3 +110,10 @@ def recompress(store: Store, layer: LayerRef, compression: str, level: int | Non
         return layer  # the snapshot was not written by us; keep the original blob
     store.record_layer(digests.digest, digests.diff_id, digests.media_type, digests.size)
     return LayerRef(layer.diff_id, Descriptor(digests.media_type, digests.digest, digests.size))
+
+
+def compressed_as(media_type: str, compression: str) -> bool:
+    """Does a layer media type name this compression (gzip, zstd, uncompressed)?"""
+    if compression == "uncompressed":
+        return not media_type.endswith(("gzip", "zstd"))
+    return media_type.endswith(compression)

@@ -63,7 +63,6 @@ def prepared_mounts(
     specs: list,
     *,
     store_root: Path,
-    rootfs: Path,
     workdir: str,
     secrets: dict[str, SecretSpec],
     sources: dict,

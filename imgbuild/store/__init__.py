@@ -13,7 +13,6 @@ renamed into place, so a blob file under blobs/ always matches its name.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -396,7 +395,3 @@ def remove_tree(path: Path) -> None:
     """Remove a directory tree we created (snapshots hold whiteout devices and
     read-only dirs; imgbuild runs as root, so plain rmtree copes with both)."""
     shutil.rmtree(path, ignore_errors=False)
-
-
-def manifest_json(document: dict) -> str:
-    return json.dumps(document, indent=2, sort_keys=True)
