@@ -1,6 +1,6 @@
 """Every good testdata/Dockerfiles case built by imgbuild and by buildah 1.28: same image.
 
-Compared: the image config fields in conftest.CONFIG_FIELDS plus architecture
+Compared: the image config fields in comparetools.CONFIG_FIELDS plus architecture
 and os, and the flattened root filesystem (path, type, mode, uid, gid, size,
 sha256, symlink target; never mtimes), both images read by skopeo and umoci.
 
@@ -10,7 +10,7 @@ case has a hand-written ``compat.json``:
     why             what buildah does differently (required)
     config          {FIELD: value or null}: BuildKit's value of these fields
     tree            {PATH: node or null}: BuildKit's node at these paths (null: absent),
-                    a node as {"type", "mode", "uid", "gid", "content"} (see conftest.Node)
+                    a node as {"type", "mode", "uid", "gid", "content"} (see comparetools.Node)
     buildah_fails   buildah cannot build the case; this text is in its error output.
                     Then "config" lists every expected non-empty field and the
                     expected tree is "base" ("busybox" or "scratch") plus "tree".
@@ -21,44 +21,21 @@ Every other difference fails the test.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from comparetools import EMPTY_DIR, Built, differences, drop_known_leftovers, report
 
 from imgbuild.errors import ImgbuildError
 
 CASES_DIR = Path(__file__).resolve().parents[2] / "testdata" / "Dockerfiles"
 GOOD_CASES = sorted(p.parent.name for p in CASES_DIR.glob("*/outline.json"))
 
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-EMPTY_EXECUTABLE = {"type": "file", "mode": "0755", "size": 0, "sha256": EMPTY_SHA256}
-EMPTY_DIR = {"type": "dir", "mode": "0755"}
-
-# buildah 1.28 leaves the mount points of every RUN in the image: the empty
-# files it bind-mounts /etc/hosts, /etc/hostname and /etc/resolv.conf over, and
-# /run. BuildKit and imgbuild leave none of them (a known buildah difference).
-BUILDAH_RUN_LEFTOVERS = {
-    "etc/hosts": EMPTY_EXECUTABLE,
-    "etc/hostname": EMPTY_EXECUTABLE,
-    "etc/resolv.conf": EMPTY_EXECUTABLE,
-    "run": EMPTY_DIR,
-}
 # runc creates /dev, /proc and /sys when the image has none (our busybox has
 # none). buildah, BuildKit and imgbuild all keep these empty directories, so
 # the per-case comparisons include them.
 RUNC_MOUNT_POINTS = {"dev": EMPTY_DIR, "proc": EMPTY_DIR, "sys": EMPTY_DIR}
-
-
-@dataclass
-class Built:
-    """What the comparison looks at: compared config fields and the file tree."""
-
-    config: dict
-    tree: dict  # path -> conftest.Node
 
 
 # --- building with each tool ----------------------------------------------------------
@@ -110,14 +87,6 @@ def busybox_base(imgbuild_store, unpack_tree, inspect_config, compared_config, t
 # --- expectations ------------------------------------------------------------------------
 
 
-def drop_known_leftovers(tree: dict, node_from_json) -> None:
-    """Remove buildah's RUN mount points from ``tree`` where they are exactly the empty stubs."""
-    for path, node in BUILDAH_RUN_LEFTOVERS.items():
-        nested = any(other.startswith(path + "/") for other in tree)
-        if tree.get(path) == node_from_json(node) and not nested:
-            del tree[path]
-
-
 def apply_hand_written(expected: Built, compat: dict, node_from_json) -> list[str]:
     """Put compat.json's values into ``expected``; returns the stale ones."""
     stale = []
@@ -154,26 +123,6 @@ def hand_written_image(compat: dict, busybox: Built, node_from_json) -> Built:
         else:
             tree[path] = node_from_json(data)
     return Built(config, tree)
-
-
-def differences(expected: Built, actual: Built) -> list[str]:
-    lines = []
-    for field in sorted(set(expected.config) | set(actual.config)):
-        want, got = expected.config.get(field), actual.config.get(field)
-        if want != got:
-            lines.append(f"config {field}: expected {json.dumps(want)}, imgbuild {json.dumps(got)}")
-    for path in sorted(set(expected.tree) | set(actual.tree)):
-        want, got = expected.tree.get(path), actual.tree.get(path)
-        if want != got:
-            want_text = want.describe() if want else "absent"
-            got_text = got.describe() if got else "absent"
-            lines.append(f"/{path}: expected {want_text}, imgbuild {got_text}")
-    return lines
-
-
-def _report(name: str, lines: list[str], limit: int = 40) -> str:
-    shown = lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
-    return f"{name}: imgbuild's image differs from the expected one:\n  " + "\n  ".join(shown)
 
 
 # --- the cases ---------------------------------------------------------------------------
@@ -223,14 +172,14 @@ def test_case_matches_buildah(
         expected = hand_written_image(compat, busybox_base, node_from_json)
     else:
         assert theirs is not None, f"buildah could not build {name}:\n{output[-3000:]}"
-        drop_known_leftovers(theirs.tree, node_from_json)
+        drop_known_leftovers(theirs.tree)
         expected = theirs
         stale = apply_hand_written(expected, compat, node_from_json)
         assert not stale, (
             f"{name}/compat.json: buildah now agrees with BuildKit on {stale}; remove them"
         )
     lines = differences(expected, ours)
-    assert not lines, _report(name, lines)
+    assert not lines, report(name, lines)
 
 
 # --- known buildah differences no testdata case shows ----------------------------------------
