@@ -4,10 +4,11 @@ Layer tars come from registries, so they are hostile until proven otherwise.
 Safety holds by construction, not by checking path strings: every file-system
 operation is relative to a directory file descriptor that was opened component
 by component from the target with O_NOFOLLOW, so no symlink, whether it was in
-the tar or already on disk, is ever followed. On top of that, names with ``..``
-components, absolute names, hardlinks that leave the layer, too many entries or
-bytes, and truncated or corrupt streams are refused with ``LayerError``. After a
-refusal the target is half-written; the caller discards it.
+the tar or already on disk, is ever followed. On top of that, names that climb
+above the root with ``..``, hardlinks that leave the layer, too many entries or
+bytes, and truncated or corrupt streams are refused with ``LayerError``; what
+Go's archive/tar and containerd accept is accepted (docs/store.md lists the
+rules). After a refusal the target is half-written; the caller discards it.
 
 OCI whiteouts become overlay whiteouts so that stacked snapshots show the right
 tree: ``.wh.NAME`` becomes a character device 0/0 named NAME, and
@@ -176,7 +177,9 @@ class _Applier:
     def _apply(self, entry: TarEntry, reader: TarReader) -> None:
         parts = _split_name(entry.name, entry.name, "name")
         if not parts:
-            return  # the layer root ("./"): the snapshot directory is ours, leave it
+            # The root entry ("/", "./"): containerd skips it, and the snapshot
+            # directory is ours, so its mode and owner stay ours.
+            return
         name = parts[-1]
         parent_fd = self._open_directory(parts[:-1], create=True, entry_name=entry.name)
         try:
@@ -340,17 +343,28 @@ def _open_component(dir_fd: int, part: bytes, create: bool) -> int:
 
 
 def _split_name(raw: bytes, entry_name: bytes, what: str) -> list[bytes]:
-    """The path components of a tar name; refuses anything that could leave the root."""
+    """The path components of a tar name, cleaned and taken relative to the root.
+
+    As containerd does (Go's filepath.Clean, then relative to the root):
+    ``/x``, ``./x`` and ``x`` are one entry, ``a/../b`` is ``b``, and ``/`` or
+    ``./`` is the root itself (no components). A name that climbs above the
+    root is refused rather than clamped: no honest producer writes one.
+    """
     problem = None
     if b"\x00" in raw:
         problem = "contains a NUL byte"
-    elif raw.startswith(b"/"):
-        problem = "is absolute"
     elif len(raw) > _PATH_MAX:
         problem = f"is longer than {_PATH_MAX} bytes"
-    parts = [part for part in raw.split(b"/") if part not in (b"", b".")]
-    if problem is None and b".." in parts:
-        problem = "has a '..' component"
+    parts: list[bytes] = []
+    for part in raw.split(b"/"):
+        if part in (b"", b"."):
+            continue
+        if part != b"..":
+            parts.append(part)
+        elif parts:
+            parts.pop()
+        elif problem is None:
+            problem = "has a '..' component that climbs above the root"
     if problem is not None:
         subject = "" if raw == entry_name else f" ({what} {show_name(raw)})"
         raise LayerError(

@@ -197,19 +197,29 @@ class TarReader:
         self.offset = 0  # position in the stream, for error messages
 
     def next_entry(self) -> TarEntry | None:
-        """The next entry, or None at the end-of-archive marker."""
-        self._skip(self._data_left + self._padding_left)
-        self._data_left = self._padding_left = 0
+        """The next entry, or None at the end of the archive.
+
+        The end is what Go's archive/tar (which containerd and Docker use)
+        takes for one: the two zero blocks, one zero block then the end of the
+        stream, or the end of the stream where a header or the last entry's
+        padding would start. umoci, for one, writes no end blocks at all.
+        """
+        self._skip(self._data_left)
+        self._data_left = 0
+        if not self._skip_padding():
+            return None
         extensions: dict[bytes, bytes] = {}
         long_name = long_link = None
         while True:
             block_offset = self.offset
-            block = self._read_exact(BLOCK_SIZE)
-            if block == bytes(BLOCK_SIZE):
+            block = self._read_block()
+            if block is None or block == bytes(BLOCK_SIZE):
                 if extensions or long_name is not None or long_link is not None:
                     raise LayerError(
                         f"layer tar: extension header at byte {block_offset} has no entry after it"
                     )
+                if block is not None:
+                    self._check_second_end_block()
                 return None
             entry = _decode_ustar(block, block_offset)
             if entry.type in (PAX_HEADER, GNU_LONG_NAME, GNU_LONG_LINK):
@@ -266,6 +276,38 @@ class TarReader:
         payload = self._read_exact(header.size)
         self._skip(len(padding(header.size)))
         return payload
+
+    def _skip_padding(self) -> bool:
+        """Skip the current entry's padding; False if the stream ends inside it (a clean end)."""
+        left, self._padding_left = self._padding_left, 0
+        while left:
+            chunk = self._read(left)
+            if not chunk:
+                return False
+            left -= len(chunk)
+            self.offset += len(chunk)
+        return True
+
+    def _read_block(self) -> bytes | None:
+        """The next header block, or None if the stream ends exactly here."""
+        first = self._read(BLOCK_SIZE)
+        if not first:
+            return None
+        self.offset += len(first)
+        if len(first) == BLOCK_SIZE:
+            return first
+        return first + self._read_exact(BLOCK_SIZE - len(first))
+
+    def _check_second_end_block(self) -> None:
+        # After one zero block, Go accepts the end of the stream or a second
+        # zero block, and refuses anything else as a corrupt header.
+        offset = self.offset
+        block = self._read_block()
+        if block is not None and block != bytes(BLOCK_SIZE):
+            raise LayerError(
+                f"layer tar: invalid header at byte {offset}: a header after a zero block "
+                "(the end-of-archive marker); the tar is corrupt"
+            )
 
     def _read_exact(self, size: int) -> bytes:
         parts = []
