@@ -12,6 +12,10 @@ if [[ "${1:-}" == "--test" ]]; then
     # registry, skopeo, umoci and podman are the real consumers the tests check
     # our images against; buildah is the peer the compat tests compare with.
     packages+=(docker-registry skopeo umoci podman buildah crun zstd openssl)
+    # tests/interop builds on base images other tools make: Docker 20.10
+    # (docker build/import/save), bsdtar layers, and a Debian root filesystem
+    # from debootstrap (cached in /var/cache/imgbuild-tests).
+    packages+=(docker.io libarchive-tools debootstrap)
     extras=".[test]"
 fi
 

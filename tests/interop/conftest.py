@@ -55,8 +55,12 @@ def _needs_root():
 
 @pytest.fixture(scope="session")
 def buildah(tmp_path_factory):
-    """buildah with empty vfs storage: it pulls each base from the test registry."""
-    tool = make_buildah(tmp_path_factory.mktemp("buildah"))
+    """buildah with empty storage: it pulls each base from the test registry.
+
+    The overlay driver, not vfs: vfs copies a Debian tree for every layer and
+    container. It is also what buildah and podman use on most machines.
+    """
+    tool = make_buildah(tmp_path_factory.mktemp("buildah"), driver="overlay")
     yield tool
     problems = remove_buildah(tool)
     if problems:

@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import tarfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,9 +124,11 @@ def make_base_rootfs(root: Path, producer: str) -> Path:
     os.chown(root / "home/app/.profile", 1000, 1000)
     os.chown(root / "srv", 0, 50)
     os.chmod(root / "srv", 0o2775)
-    # Linked to a file nothing changes: a RUN that writes to a hard-linked file
-    # breaks the link under overlayfs (Docker, imgbuild), not under buildah's vfs.
     os.link(root / "etc/producer", root / "usr/producer-hardlink")
+    # The Dockerfile appends to /etc/motd: under overlayfs (Docker, imgbuild,
+    # buildah's overlay driver) that copy-up breaks the link, where the base
+    # still has it (single-layer producers).
+    os.link(root / "etc/motd", root / "usr/motd-hardlink")
     (root / "var/spool").mkdir(parents=True)
     os.mkfifo(root / "var/spool/fifo", 0o620)
     return root
@@ -524,7 +527,8 @@ def build_context(tmp_path_factory) -> Path:
 
 
 def build_with_imgbuild(dockerfile: Path, context: Path, tag: str, work: Path) -> Built:
-    store = Store(work / "imgbuild-store")  # a fresh store: nothing of another base is reused
+    work.mkdir()
+    store = Store(work / "store")  # a fresh store: nothing of another base is reused
     options = BuildOptions(
         context=context, dockerfile=dockerfile, tags=[tag], progress="quiet", network="none"
     )
@@ -574,6 +578,28 @@ def build_with_buildah(
 
 PRODUCER_NAMES = sorted(PRODUCERS)
 
+# Producers whose images show an imgbuild defect another change fixes: strict,
+# so the mark goes as soon as the defect does.
+DOCKER_LAYER_TYPES = (
+    "imgbuild's OCI manifest keeps the base's Docker layer media types "
+    "(application/vnd.docker.image.rootfs.diff.tar.gzip) and umoci unpack refuses it: "
+    "'blob is not correct mediatype' (issue 7, section 2)"
+)
+KNOWN_DEFECTS = {
+    "docker": DOCKER_LAYER_TYPES,
+    "docker-import": DOCKER_LAYER_TYPES,
+    "skopeo-docker-archive": DOCKER_LAYER_TYPES,
+}
+
+
+def producer_params() -> list:
+    return [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_DEFECTS[name]))
+        if name in KNOWN_DEFECTS
+        else name
+        for name in PRODUCER_NAMES
+    ]
+
 
 def test_every_producer_the_issue_names_is_here():
     assert len(PRODUCER_NAMES) >= 20
@@ -582,15 +608,23 @@ def test_every_producer_the_issue_names_is_here():
         assert any(kind in name for name in PRODUCER_NAMES), kind
 
 
-@pytest.mark.parametrize("producer_name", PRODUCER_NAMES)
+@pytest.mark.parametrize("producer_name", producer_params())
 def test_build_on_base_image_from(producer_name, workshop, buildah, build_context, tmp_path):
     base = PRODUCERS[producer_name](workshop, producer_name)
     template = DEBIAN_DOCKERFILE if producer_name.startswith("debian") else BUSYBOX_DOCKERFILE
     dockerfile = tmp_path / "Dockerfile"
     dockerfile.write_text(template.format(base=base))
     tag = f"interop-{producer_name}"
-    ours = build_with_imgbuild(dockerfile, build_context, tag, tmp_path)
-    theirs = build_with_buildah(buildah, base, dockerfile, build_context, tag, tmp_path)
+    # buildah works in a thread while imgbuild builds here (it wants the main
+    # thread for its signal handlers); leaving the block waits for buildah.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        work = tmp_path / "buildah"
+        work.mkdir()
+        theirs_later = pool.submit(
+            build_with_buildah, buildah, base, dockerfile, build_context, tag, work
+        )
+        ours = build_with_imgbuild(dockerfile, build_context, tag, tmp_path / "imgbuild")
+        theirs = theirs_later.result()
     lines = differences(theirs, ours)
     assert not lines, report(producer_name, lines)
     assert ours.tree["home/appuser/id.txt"].uid == 1234  # the last RUN ran as the new user
