@@ -76,9 +76,11 @@ class Docker:
 
     socket: Path
 
-    def run(self, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, buildkit: bool = True, timeout: int = 300
+    ) -> subprocess.CompletedProcess:
         env = dict(os.environ)
-        env["DOCKER_BUILDKIT"] = "1"
+        env["DOCKER_BUILDKIT"] = "1" if buildkit else "0"
         return run_tool(
             DOCKER_CLIENT, "-H", f"unix://{self.socket}", *args, env=env, timeout=timeout
         )

@@ -171,8 +171,11 @@ class Workshop:
     work: Path
     request: pytest.FixtureRequest
 
+    def repository(self, producer: str) -> str:
+        return f"{self.namespace}/{producer}"
+
     def reference(self, producer: str) -> str:
-        return f"{self.registry}/{self.namespace}/{producer}:1"
+        return f"{self.registry}/{self.repository(producer)}:1"
 
     def directory(self, producer: str) -> Path:
         path = self.work / producer
@@ -237,9 +240,11 @@ def python_tarfile(root: Path) -> bytes:
 
 
 def go_style(padded: bool) -> Callable[[Path], bytes]:
-    """A stream as Go's archive/tar writes it when the writer is never closed: no two
-    zero blocks at the end. ``padded``: Flush was called, so the stream ends at a block
-    boundary; otherwise it ends right after the last file's data, as umoci 0.4.7's do."""
+    """Python's tarfile stream, cut where Go's archive/tar stops when the writer is never
+    closed: no two zero blocks at the end. ``padded``: Flush was called, so the stream
+    ends at a block boundary; otherwise it ends right after the last file's data, with
+    no padding, as umoci 0.4.7's layers do when the last file's size is not a multiple
+    of 512. Go's reader takes both as a clean end."""
 
     def make(root: Path) -> bytes:
         whole = python_tarfile(root)
@@ -252,6 +257,20 @@ def go_style(padded: bool) -> Callable[[Path], bytes]:
     return make
 
 
+def two_layer_layout(
+    workshop: Workshop, name: str, make_tar: Callable[[Path], bytes], compression: str
+) -> tuple[Path, dict]:
+    """The base tree and the delta as layers made by ``make_tar``, in an OCI layout
+    (tagged 1) we write ourselves; returns the layout and its manifest."""
+    work = workshop.directory(name)
+    layers = [
+        compress_layer(make_tar(make_base_rootfs(work / "base", name)), compression),
+        compress_layer(make_tar(make_delta(work / "delta")), compression),
+    ]
+    layout = work / "layout"
+    return layout, write_layout(layout, "1", layers, f"interop test: {name}")
+
+
 def hand_made(
     make_tar: Callable[[Path], bytes], compression: str, push: str = "skopeo"
 ) -> Producer:
@@ -259,18 +278,10 @@ def hand_made(
     by skopeo (compressed blobs pass unchanged) or by the registry API (``raw``)."""
 
     def produce(workshop: Workshop, name: str) -> str:
-        work = workshop.directory(name)
-        layers = [
-            compress_layer(make_tar(make_base_rootfs(work / "base", name)), compression),
-            compress_layer(make_tar(make_delta(work / "delta")), compression),
-        ]
-        layout = work / "layout"
-        manifest = write_layout(layout, "1", layers, f"interop test: {name}")
+        layout, manifest = two_layer_layout(workshop, name, make_tar, compression)
         reference = workshop.reference(name)
         if push == "raw":
-            registry, rest = reference.split("/", 1)
-            repository, tag = rest.rsplit(":", 1)
-            push_layout_raw(layout, manifest, registry, repository, tag)
+            push_layout_raw(layout, manifest, workshop.registry, workshop.repository(name), "1")
         else:
             workshop.skopeo_push(f"oci:{layout}:1", reference)
         # The registry must hold our blobs byte for byte, or this tests skopeo's output.
@@ -299,55 +310,57 @@ PRODUCERS.update(HAND_MADE)
 # ... skopeo's conversions ...
 
 
-def _hand_made_layout(workshop: Workshop, name: str) -> Path:
-    """A two-layer gzip image by GNU tar in an OCI layout, tagged 1."""
-    work = workshop.directory(name)
-    make = gnu_tar(dot_slash=True)
-    layers = [
-        compress_layer(make(make_base_rootfs(work / "base", name)), "gzip"),
-        compress_layer(make(make_delta(work / "delta")), "gzip"),
-    ]
-    write_layout(work / "layout", "1", layers, f"interop test: {name}")
-    return work
+def _docker_archive(workshop: Workshop, name: str) -> Path:
+    """Our two-layer OCI image through skopeo: oci-archive, then docker-archive."""
+    layout, _ = two_layer_layout(workshop, name, gnu_tar(dot_slash=True), "gzip")
+    oci_archive, docker_archive = layout.parent / "oci.tar", layout.parent / "docker.tar"
+    run_tool("skopeo", "copy", "--quiet", f"oci:{layout}:1", f"oci-archive:{oci_archive}")
+    run_tool("skopeo", "copy", "--quiet", f"oci-archive:{oci_archive}",
+             f"docker-archive:{docker_archive}:{name}:1")  # fmt: skip
+    return docker_archive
+
+
+def _pushed_layer_types(workshop: Workshop, reference: str) -> set[str]:
+    return {layer["mediaType"] for layer in workshop.pushed_manifest(reference)["layers"]}
 
 
 @producer("skopeo-docker-archive")
 def skopeo_docker_archive(workshop: Workshop, name: str) -> str:
     """oci-archive -> docker-archive -> registry: Docker media types, skopeo's gzip."""
-    work = _hand_made_layout(workshop, name)
-    run_tool("skopeo", "copy", "--quiet", f"oci:{work}/layout:1", f"oci-archive:{work}/oci.tar")
-    run_tool("skopeo", "copy", "--quiet", f"oci-archive:{work}/oci.tar",
-             f"docker-archive:{work}/docker.tar:{name}:1")  # fmt: skip
+    docker_archive = _docker_archive(workshop, name)
     reference = workshop.reference(name)
-    workshop.skopeo_push(f"docker-archive:{work}/docker.tar", reference)
-    types = {layer["mediaType"] for layer in workshop.pushed_manifest(reference)["layers"]}
-    assert types == {"application/vnd.docker.image.rootfs.diff.tar.gzip"}
+    workshop.skopeo_push(f"docker-archive:{docker_archive}", reference)
+    assert _pushed_layer_types(workshop, reference) == {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    }
     return reference
 
 
 @producer("skopeo-archive-roundtrip")
 def skopeo_archive_roundtrip(workshop: Workshop, name: str) -> str:
     """oci-archive -> docker-archive -> oci-archive -> registry."""
-    work = _hand_made_layout(workshop, name)
-    run_tool("skopeo", "copy", "--quiet", f"oci:{work}/layout:1", f"oci-archive:{work}/oci.tar")
-    run_tool("skopeo", "copy", "--quiet", f"oci-archive:{work}/oci.tar",
-             f"docker-archive:{work}/docker.tar:{name}:1")  # fmt: skip
-    run_tool("skopeo", "copy", "--quiet", "--format", "oci", f"docker-archive:{work}/docker.tar",
-             f"oci-archive:{work}/back.tar")  # fmt: skip
+    docker_archive = _docker_archive(workshop, name)
+    back = docker_archive.parent / "back.tar"
+    run_tool("skopeo", "copy", "--quiet", "--format", "oci", f"docker-archive:{docker_archive}",
+             f"oci-archive:{back}")  # fmt: skip
     reference = workshop.reference(name)
-    workshop.skopeo_push(f"oci-archive:{work}/back.tar", reference)
+    workshop.skopeo_push(f"oci-archive:{back}", reference)
+    assert _pushed_layer_types(workshop, reference) == {
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    }
     return reference
 
 
 @producer("skopeo-zstd")
 def skopeo_zstd(workshop: Workshop, name: str) -> str:
     """gzip layers recompressed to zstd by skopeo on the way to the registry."""
-    work = _hand_made_layout(workshop, name)
+    layout, _ = two_layer_layout(workshop, name, gnu_tar(dot_slash=True), "gzip")
     reference = workshop.reference(name)
-    workshop.skopeo_push(f"oci:{work}/layout:1", reference, "--dest-compress",
+    workshop.skopeo_push(f"oci:{layout}:1", reference, "--dest-compress",
                          "--dest-compress-format", "zstd")  # fmt: skip
-    types = {layer["mediaType"] for layer in workshop.pushed_manifest(reference)["layers"]}
-    assert types == {"application/vnd.oci.image.layer.v1.tar+zstd"}
+    assert _pushed_layer_types(workshop, reference) == {
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    }
     return reference
 
 
@@ -474,19 +487,27 @@ CMD ["sh"]
 """
 
 
-@producer("docker")
-def docker_build(workshop: Workshop, name: str) -> str:
-    """Docker 20.10 (BuildKit) ``docker build``, ``docker save``, ``skopeo copy docker-archive:``."""
-    docker = workshop.fixture("dockerd")
-    work = workshop.directory(name)
-    make_base_rootfs(work / "rootfs", name)
-    (work / "Dockerfile").write_text(DOCKER_PRODUCER_DOCKERFILE)
-    tag = f"interop/{name}:1"
-    docker.run("build", "--network", "none", "-t", tag, str(work))
-    docker.run("save", "-o", str(work / "saved.tar"), tag)
-    reference = workshop.reference(name)
-    workshop.skopeo_push(f"docker-archive:{work}/saved.tar", reference)
-    return reference
+def docker_build(buildkit: bool) -> Producer:
+    """Docker 20.10 ``docker build`` (BuildKit or the classic builder), ``docker save``,
+    ``skopeo copy docker-archive:``."""
+
+    def produce(workshop: Workshop, name: str) -> str:
+        docker = workshop.fixture("dockerd")
+        work = workshop.directory(name)
+        make_base_rootfs(work / "rootfs", name)
+        (work / "Dockerfile").write_text(DOCKER_PRODUCER_DOCKERFILE)
+        tag = f"interop/{name}:1"
+        docker.run("build", "--network", "none", "-t", tag, str(work), buildkit=buildkit)
+        docker.run("save", "-o", str(work / "saved.tar"), tag)
+        reference = workshop.reference(name)
+        workshop.skopeo_push(f"docker-archive:{work}/saved.tar", reference)
+        return reference
+
+    return produce
+
+
+PRODUCERS["docker"] = docker_build(buildkit=True)
+PRODUCERS["docker-classic-builder"] = docker_build(buildkit=False)
 
 
 @producer("docker-import")
@@ -588,6 +609,7 @@ DOCKER_LAYER_TYPES = (
 KNOWN_DEFECTS = {
     "docker": DOCKER_LAYER_TYPES,
     "docker-import": DOCKER_LAYER_TYPES,
+    "docker-classic-builder": DOCKER_LAYER_TYPES,
     "skopeo-docker-archive": DOCKER_LAYER_TYPES,
 }
 
