@@ -529,12 +529,7 @@ class Builder:
 
     def _stage_index(self, origin: str) -> int | None:
         """``--from=NAME``: a stage by name or index, else None (then it is an image)."""
-        if origin.isdigit():
-            return int(origin)
-        try:
-            return self.plan.stage(origin).index
-        except KeyError:
-            return None
+        return self.plan.source_stage(origin)
 
     def _do_copy(self, stage, state, instruction, step, created, is_add: bool) -> None:
         name = "ADD" if is_add else "COPY"
