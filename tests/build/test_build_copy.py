@@ -83,6 +83,17 @@ def test_missing_parents_are_created(build_df):
     assert tree["x/y/z/file"].data == b"a\n"
 
 
+@pytest.mark.parametrize(
+    "dest,source",
+    [("/a/b/c", "a.txt"), ("/a/b", "a.txt"), ("/a/", "a.txt"), ("/a/", "dir"), ("/link/b", "dir")],
+)
+def test_destination_below_a_file_is_a_clear_error(build_df, dest, source):
+    with pytest.raises(BuildError) as caught:
+        build_df(f"FROM busybox\nRUN touch /a && ln -s /a /link\nCOPY {source} {dest}\n", FILES)
+    assert caught.value.location.line == 3
+    assert f"{source} to {dest}: /a is not a directory (it is a regular file)" in str(caught.value)
+
+
 def test_relative_destination_follows_workdir(build_df):
     tree = build_df("FROM scratch\nWORKDIR /app\nCOPY a.txt rel/\nCOPY b.txt ./\n", FILES).tree()
     assert tree["app/rel/a.txt"].data == b"a\n"
@@ -253,6 +264,18 @@ def test_add_extracts_local_archives(build_df):
     assert tree["x/not-an-archive.gz/not-an-archive.gz"].data == b"plain text, named .gz\n"
     copied = build_df("FROM scratch\nCOPY a.tar.gz /copied/\n", archives).tree()
     assert copied["copied/a.tar.gz"].data == archives["a.tar.gz"]  # COPY never extracts
+
+
+def test_add_archive_through_a_file_is_a_clear_error(build_df):
+    """pkg/readme cannot be extracted where pkg is a file: say so, relative to the destination."""
+    with pytest.raises(BuildError) as caught:
+        build_df("FROM busybox\nRUN mkdir /x && touch /x/pkg\nADD t.tar /x/\n", {"t.tar": _tar_bytes()})
+    assert caught.value.location.line == 3
+    assert "t.tar: cannot extract pkg/readme: pkg below the destination is not a directory" in str(
+        caught.value
+    )
+    with pytest.raises(BuildError, match="t.tar to /a/x/: /a is not a directory"):
+        build_df("FROM busybox\nRUN touch /a\nADD t.tar /a/x/\n", {"t.tar": _tar_bytes()})
 
 
 @pytest.fixture
