@@ -27,6 +27,7 @@ from imgbuild import dockerfile as frontend
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.cache import BuildCache, LayerRef, cache_key
 from imgbuild.builder.context import BuildContext, StatCache
+from imgbuild.builder.copy import NotADirectory, mkdir_all
 from imgbuild.builder.copystep import CopyRequest, run_copy
 from imgbuild.builder.dockerignore import IgnoreMatcher, go_clean, load_ignore_patterns
 from imgbuild.builder.metadata import apply_metadata
@@ -362,7 +363,12 @@ class Builder:
                 if target.is_dir():
                     return
                 owner = resolve_user(merged, user) if user else None
-                _mkdir_parents(merged, path, owner)
+                try:
+                    mkdir_all(merged, path, (owner.uid, owner.gid) if owner else None)
+                except NotADirectory as problem:
+                    raise BuildError(
+                        f"WORKDIR {path}: {problem}; remove it in an earlier step or choose another WORKDIR"
+                    ) from None
 
         document = {"step": "WORKDIR", "path": path, "user": user}
         self._layer_step(stage, state, step, document, f"WORKDIR {path}", created, make_directory)
@@ -529,12 +535,7 @@ class Builder:
 
     def _stage_index(self, origin: str) -> int | None:
         """``--from=NAME``: a stage by name or index, else None (then it is an image)."""
-        if origin.isdigit():
-            return int(origin)
-        try:
-            return self.plan.stage(origin).index
-        except KeyError:
-            return None
+        return self.plan.source_stage(origin)
 
     def _do_copy(self, stage, state, instruction, step, created, is_add: bool) -> None:
         name = "ADD" if is_add else "COPY"
@@ -725,19 +726,6 @@ def _link_entries(entries, target: Path) -> None:
                 os.link(entry.path, path)
             except OSError:  # another file system
                 shutil.copy2(entry.path, path)
-
-
-def _mkdir_parents(root: Path, path: str, owner) -> None:
-    """mkdir -p inside ``root`` (symlinks resolved within it), new dirs 0755 and owned by ``owner``."""
-    current = "/"
-    for part in [p for p in path.split("/") if p]:
-        current = os.path.join(current, part)
-        target = resolve_in_root(root, current)
-        if not target.exists():
-            target.mkdir(mode=0o755)
-            os.chmod(target, 0o755)
-            if owner is not None:
-                os.chown(target, owner.uid, owner.gid)
 
 
 def _located(error: ImgbuildError, filename: str, instruction) -> ImgbuildError:

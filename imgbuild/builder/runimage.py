@@ -33,11 +33,22 @@ class RunOptions:
 
 
 def argv_for(config: dict, command: list[str], entrypoint: str | None) -> list[str]:
-    """Docker's rule: ENTRYPOINT + (command given, else CMD)."""
+    """Docker's rule: ENTRYPOINT + (command given, else CMD).
+
+    ``entrypoint`` None means not given; given, it replaces the image's
+    ENTRYPOINT and drops its CMD, and ``""`` clears the ENTRYPOINT (as
+    ``docker run --entrypoint ''``).
+    """
     container = ic.container_config(config)
-    prefix = [entrypoint] if entrypoint else list(container.get("Entrypoint") or [])
-    args = list(command) if command else ([] if entrypoint else list(container.get("Cmd") or []))
+    if entrypoint is None:
+        prefix = list(container.get("Entrypoint") or [])
+        args = list(command) if command else list(container.get("Cmd") or [])
+    else:
+        prefix = [entrypoint] if entrypoint else []
+        args = list(command)
     argv = prefix + args
+    if not argv and entrypoint is not None:
+        raise UsageError("--entrypoint '' clears the image's ENTRYPOINT and CMD: give a command to run")
     if not argv:
         raise UsageError("the image has no ENTRYPOINT or CMD: give a command to run")
     return argv

@@ -211,6 +211,17 @@ def test_bind_mount_from_stage(build_df):
     assert "mnt/out" not in tree
 
 
+def test_bind_mount_from_stage_index(build_df):
+    """from=0 is stage 0, as in COPY --from=0 (it used to end in a KeyError)."""
+    built = build_df(
+        "FROM busybox\nRUN mkdir /out && echo artifact > /out/thing\n"
+        "FROM busybox\n"
+        "RUN --mount=type=bind,from=0,source=/out,target=/mnt/out cp /mnt/out/thing /got\n",
+    )
+    assert built.tree()["got"].data == b"artifact\n"
+    assert "out" not in built.tree()
+
+
 # --- type=secret -------------------------------------------------------------------------
 
 
