@@ -207,7 +207,7 @@ def _check_snapshots(store: Store, report: FsckReport) -> None:
                 True,
             )
     for path in sorted(store.snapshots_dir.iterdir()):
-        if path.name not in known:
+        if path.name not in known and not _noted_if_mounted(report, path):
             report.add("snapshot-orphan", str(path), "not listed in index.db", True)
 
 
@@ -223,16 +223,24 @@ def _check_tmp(store: Store, report: FsckReport) -> None:
             )
             return
         for path in entries:
-            mounted = mounts_under(path)
-            if mounted:
-                # No lease, yet mounted: a process that does not take the lease
-                # (an older imgbuild), or a mount left by a killed one.
-                report.notes.append(
-                    f"{path} not checked: {', '.join(mounted)} is mounted there; "
-                    "unmount it if no imgbuild is running"
-                )
-                continue
-            report.add("leftover-temp", str(path), "left behind by an interrupted imgbuild", True)
+            if not _noted_if_mounted(report, path):
+                report.add("leftover-temp", str(path), "left behind by an interrupted imgbuild", True)
+
+
+def _noted_if_mounted(report: FsckReport, path: Path) -> bool:
+    """Note a directory with a live mount in it (never a problem to repair): True if so.
+
+    With no writer lease held, a mount in tmp/ is from a process that takes no
+    lease (an older imgbuild) or was left by a killed one; removing through
+    it would delete files of a running container or of the host.
+    """
+    mounted = mounts_under(path)
+    if mounted:
+        report.notes.append(
+            f"{path} left alone: {', '.join(mounted)} is mounted there; "
+            "unmount it if no imgbuild is running, then run fsck again"
+        )
+    return bool(mounted)
 
 
 def _check_database(store: Store, report: FsckReport) -> None:
