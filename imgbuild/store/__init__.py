@@ -452,5 +452,5 @@ def _diff_id_mismatch(image: str, digest: str, claimed: str, actual: str) -> str
     return (
         f"{where}: layer {digest} does not match the image config: the config claims diff_id "
         f"{claimed}, but the layer's content is {actual}. The image is broken (or was tampered "
-        "with); nothing of it was used. Rebuild or re-push it."
+        "with); the layer was not used. Rebuild the image or push it again."
     )
