@@ -34,7 +34,7 @@ from imgbuild.builder.metadata import apply_metadata
 from imgbuild.builder.options import BuildOptions
 from imgbuild.builder.outputs import write_outputs
 from imgbuild.builder.progress import Progress, Step, Summary, make_progress
-from imgbuild.builder.rootfs import mounted_layers, recompress, workspace
+from imgbuild.builder.rootfs import image_layers, mounted_layers, recompress, workspace
 from imgbuild.builder.runstep import PIPES_DIR, prepared_mounts, script_mount
 from imgbuild.builder.sandbox import RunSpec, run_container
 from imgbuild.builder.users import resolve_in_root, resolve_user
@@ -227,7 +227,7 @@ class Builder:
         config = json.loads(json.dumps(image.config))
         config.pop("created", None)
         ic.ensure_path(config)
-        layers = [LayerRef(diff_id, blob) for diff_id, blob in zip(image.diff_ids, image.layers, strict=True)]
+        layers = image_layers(image, stage.base)
         key = cache_key({"base": image.digest, "platform": platform_key})
         return StageState(config, layers, key, base_name=stage.base, base_layers=len(layers))
 
@@ -530,8 +530,7 @@ class Builder:
         index = self._stage_index(origin)
         if index is not None:
             return self.results[index].layers
-        image = self._resolve_image(origin)
-        return [LayerRef(diff_id, blob) for diff_id, blob in zip(image.diff_ids, image.layers, strict=True)]
+        return image_layers(self._resolve_image(origin), origin)
 
     def _stage_index(self, origin: str) -> int | None:
         """``--from=NAME``: a stage by name or index, else None (then it is an image)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.cache import LayerRef
 from imgbuild.builder.engine import signals_raise_interrupt
-from imgbuild.builder.rootfs import workspace
+from imgbuild.builder.rootfs import image_layers, workspace
 from imgbuild.builder.sandbox import RunSpec, run_container
 from imgbuild.builder.users import resolve_user
 from imgbuild.errors import Interrupted, UsageError
@@ -71,9 +71,12 @@ def run_image(store: Store, options: RunOptions, environ: dict) -> int:
     image = store.load_image(options.image)
     config = image.config
     argv = argv_for(config, options.command, options.entrypoint)
-    layers = [LayerRef(diff_id, blob) for diff_id, blob in zip(image.diff_ids, image.layers, strict=True)]
+    layers = image_layers(image, options.image)
     try:
-        return _run_in_workspace(store, layers, config, argv, options, environ)
+        # The lease tells `imgbuild rmi` and `fsck --repair` that the store is
+        # in use: the container's root is mounted from a directory in tmp/.
+        with store.writer_lease():
+            return _run_in_workspace(store, layers, config, argv, options, environ)
     except KeyboardInterrupt:
         raise Interrupted("interrupted; the container was stopped and its mounts removed") from None
 
