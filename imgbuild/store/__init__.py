@@ -370,6 +370,9 @@ class Store:
 
         staging = self.make_temp_dir("snap-")
         try:
+            # A layer without a root entry says nothing of "/": give it the mode
+            # Docker's layers have (mkdtemp's is 0700), whatever our umask.
+            os.chmod(staging, 0o755)
             with self.open_blob(layer.digest) as blob:
                 stats = apply_layer(blob, staging, media_type=layer.media_type or None)
             if stats.diff_id != diff_id:
