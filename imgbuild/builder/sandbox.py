@@ -8,8 +8,9 @@ RUN step gets:
   ``network="none"`` a network namespace of its own holding only ``lo``;
 - Docker's default capability set (bounding, effective, permitted; nothing
   inheritable or ambient), Docker's default seccomp profile
-  (``imgbuild.builder.seccomp``), ``noNewPrivileges``, ``RLIMIT_NOFILE``
-  1048576 (or our own hard limit if that is lower);
+  (``imgbuild.builder.seccomp``), setuid programs working (no
+  ``noNewPrivileges``, as in Docker), ``RLIMIT_NOFILE`` 1048576 (or our own
+  hard limit if that is lower);
 - the user's uid, gid and supplementary groups, the primary group among them;
   the env, with Docker's default PATH if it has none; the working directory,
   created (owned by the user, and kept in the layer) if missing;
@@ -281,7 +282,10 @@ def _make_config(rootfs: Path, spec: RunSpec, bundle: Path, files: _BundleFiles)
                 "ambient": [],
             },
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
-            "noNewPrivileges": True,
+            # Off, as in Docker and BuildKit: a setuid program (sudo, su) run by
+            # a non-root USER gains its owner's rights, within the container's
+            # capabilities and seccomp filter, as root in a RUN has them anyway.
+            "noNewPrivileges": False,
         },
         "mounts": _system_mounts()
         + _etc_mounts(spec, bundle, files)

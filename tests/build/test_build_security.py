@@ -100,16 +100,30 @@ DOCKER_RESULTS = {
 @pytest.fixture(scope="session")
 def syscall_probe(tmp_path_factory) -> bytes:
     """The probe program, compiled static so that it runs in a busybox image."""
+    return _compile_static(tmp_path_factory.mktemp("probe"), "probe", PROBE_SOURCE)
+
+
+SHOW_IDS_SOURCE = r"""
+#include <stdio.h>
+#include <unistd.h>
+
+int main(void) {
+    printf("uid %d euid %d\n", (int)getuid(), (int)geteuid());
+    return 0;
+}
+"""
+
+
+def _compile_static(work, name: str, source: str) -> bytes:
     if shutil.which("gcc") is None:
         pytest.fail("gcc is not installed (scripts/install-deps.sh --test installs it)")
-    work = tmp_path_factory.mktemp("probe")
-    (work / "probe.c").write_text(PROBE_SOURCE)
+    (work / f"{name}.c").write_text(source)
     subprocess.run(
-        ["gcc", "-static", "-O1", "-o", str(work / "probe"), str(work / "probe.c")],
+        ["gcc", "-static", "-O1", "-o", str(work / name), str(work / f"{name}.c")],
         check=True,
         capture_output=True,
     )
-    return (work / "probe").read_bytes()
+    return (work / name).read_bytes()
 
 
 def _results(data: bytes) -> dict[str, str]:
@@ -217,3 +231,14 @@ def test_a_heredoc_script_runs_as_a_non_root_user(build_df):
         "FROM busybox\nUSER nobody\nRUN <<EOF\n#!/bin/sh\nid -u > /tmp/script-user\nEOF\n"
     )
     assert built.tree()["tmp/script-user"].data == b"65534\n"
+
+
+def test_setuid_programs_work_for_a_non_root_user_as_under_docker(build_df, tmp_path):
+    """Docker and BuildKit leave no_new_privs off: ``USER app`` + ``RUN sudo ...`` works."""
+    show_ids = _compile_static(tmp_path, "show-ids", SHOW_IDS_SOURCE)
+    built = build_df(
+        "FROM busybox\nCOPY show-ids /show-ids\nRUN chmod 4755 /show-ids\n"
+        "USER app\nRUN /show-ids > /tmp/ids\n",
+        {"show-ids": show_ids},
+    )
+    assert built.tree()["tmp/ids"].data == b"uid 1000 euid 0\n"
