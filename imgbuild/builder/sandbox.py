@@ -584,7 +584,8 @@ def _run(
         if process.stdout is not None:
             process.stdout.close()
     if launch_error.exists():
-        reason = launch_error.read_text(errors="replace")[:_CHUNK].strip()
+        with open(launch_error, "rb") as handle:
+            reason = handle.read(_CHUNK).decode(errors="replace").strip()
         raise SandboxError(f"cannot start {runtime} with a private bundle: {reason}")
     runtime_errors = _runtime_errors(log)
     if returncode != 0 and runtime_errors:
