@@ -12,9 +12,9 @@ if [[ "${1:-}" == "--test" ]]; then
     # registry, skopeo, umoci and podman are the real consumers the tests check
     # our images against; buildah is the peer the compat tests compare with.
     packages+=(docker-registry skopeo umoci podman buildah crun zstd openssl)
+    extras=".[test]"
     # the sandbox tests compile a small static program that probes syscalls
     packages+=(gcc libc6-dev)
-    extras=".[test]"
 fi
 
 if [[ $(id -u) -ne 0 ]]; then
