@@ -13,6 +13,8 @@ if [[ "${1:-}" == "--test" ]]; then
     # our images against; buildah is the peer the compat tests compare with.
     packages+=(docker-registry skopeo umoci podman buildah crun zstd openssl)
     extras=".[test]"
+    # the sandbox tests compile a small static program that probes syscalls
+    packages+=(gcc libc6-dev)
 fi
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -56,6 +56,9 @@ class Workspace:
         self.merged = scratch / "merged"
         for directory in (self.upper, self.work, self.merged):
             directory.mkdir()
+            # The upperdir's mode is the mode of the container's /: 0755, as
+            # Docker's overlay2 makes it, whatever the caller's umask.
+            directory.chmod(0o755)
 
     @contextmanager
     def mounted(self) -> Iterator[Path]:
