@@ -112,6 +112,10 @@ class DigestMismatch(StoreError):
     """Content did not hash to the digest it was announced with."""
 
 
+class MountedError(StoreError):
+    """A directory to remove is, or holds, a mount point; nothing was removed through it."""
+
+
 class ArchiveError(ImgbuildError):
     """An image archive (OCI archive, docker-archive) is malformed or unsafe."""
 

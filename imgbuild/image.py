@@ -26,7 +26,9 @@ OCI_LAYER_NONDIST_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.ta
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_LAYER_ZSTD = "application/vnd.docker.image.rootfs.diff.tar.zstd"
 DOCKER_LAYER_FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 
 INDEX_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
@@ -36,7 +38,9 @@ LAYER_TYPES = (
     OCI_LAYER_GZIP,
     OCI_LAYER_ZSTD,
     OCI_LAYER_NONDIST_GZIP,
+    DOCKER_LAYER,
     DOCKER_LAYER_GZIP,
+    DOCKER_LAYER_ZSTD,
     DOCKER_LAYER_FOREIGN,
 )
 
@@ -271,11 +275,19 @@ def new_config(platform: Platform | None = None) -> dict:
 
 
 def make_manifest(config_descriptor: Descriptor, layers: list[Descriptor], annotations: dict | None = None) -> dict:
+    """An OCI manifest. Layers keep their bytes but take OCI media types: a base
+    image pushed by Docker names its layers with Docker types, which OCI
+    consumers (umoci) refuse in an OCI manifest; BuildKit and buildah rename
+    them too."""
+    oci_layers = [
+        Descriptor(normalise_layer_media_type(layer.media_type), layer.digest, layer.size, layer.annotations)
+        for layer in layers
+    ]
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": config_descriptor.to_json(),
-        "layers": [layer.to_json() for layer in layers],
+        "layers": [layer.to_json() for layer in oci_layers],
     }
     if annotations:
         manifest["annotations"] = dict(annotations)
@@ -283,9 +295,27 @@ def make_manifest(config_descriptor: Descriptor, layers: list[Descriptor], annot
 
 
 def normalise_layer_media_type(media_type: str) -> str:
-    """Docker layer types mapped to their OCI twins (same bytes, other name)."""
+    """Docker layer types mapped to their OCI twins (same bytes, other name).
+
+    A foreign (non-distributable) Docker layer stays non-distributable, so a
+    push still leaves it out.
+    """
     return {
+        DOCKER_LAYER: OCI_LAYER,
         DOCKER_LAYER_GZIP: OCI_LAYER_GZIP,
-        DOCKER_LAYER_FOREIGN: OCI_LAYER_GZIP,
-        OCI_LAYER_NONDIST_GZIP: OCI_LAYER_GZIP,
+        DOCKER_LAYER_ZSTD: OCI_LAYER_ZSTD,
+        DOCKER_LAYER_FOREIGN: OCI_LAYER_NONDIST_GZIP,
     }.get(media_type, media_type)
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """containerd's chain IDs of a layer stack, bottom first.
+
+    chainID(L0) = diffID(L0); chainID(Ln) = sha256(chainID(Ln-1) + " " + diffID(Ln)).
+    A chain ID names a layer *and everything below it*, so the same layer at two
+    places in one image gets two chain IDs (snapshots are keyed by them).
+    """
+    chain: list[str] = []
+    for diff_id in diff_ids:
+        chain.append(sha256_digest(f"{chain[-1]} {diff_id}".encode()) if chain else diff_id)
+    return chain

@@ -17,6 +17,8 @@ if [[ "${1:-}" == "--test" ]]; then
     # from debootstrap (cached in /var/cache/imgbuild-tests).
     packages+=(docker.io libarchive-tools debootstrap)
     extras=".[test]"
+    # the sandbox tests compile a small static program that probes syscalls
+    packages+=(gcc libc6-dev)
 fi
 
 if [[ $(id -u) -ne 0 ]]; then

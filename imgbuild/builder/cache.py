@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from imgbuild.image import Descriptor
 from imgbuild.store import Store
@@ -30,6 +30,7 @@ class LayerRef:
 
     diff_id: str
     blob: Descriptor
+    origin: str = field(default="", compare=False)  # the image it came from, for error messages
 
 
 @dataclass

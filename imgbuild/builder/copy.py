@@ -71,6 +71,22 @@ class _Refused(Exception):
     """A copy cannot be done as asked; ``copy_into`` reports it as a BuildError."""
 
 
+class NotADirectory(BuildError):
+    """Something must be created below a path that is not a directory in the image."""
+
+    def __init__(self, path: str, mode: int):
+        self.path = path
+        super().__init__(f"{path} is not a directory (it is {_kind_of(mode)})")
+
+
+def _kind_of(mode: int) -> str:
+    kinds = {
+        stat.S_IFREG: "a regular file", stat.S_IFLNK: "a symbolic link", stat.S_IFCHR: "a character device",
+        stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+    }  # fmt: skip
+    return kinds.get(stat.S_IFMT(mode), "not a directory")
+
+
 @dataclass(frozen=True)
 class _Destination:
     text: str  # as written, for messages
@@ -124,6 +140,11 @@ def copy_into(
                 raise TypeError(f"not a copy source: {item!r}")
         except _Refused as problem:
             raise BuildError(f"{instruction} failed: {problem}") from None
+        except NotADirectory as problem:
+            raise BuildError(
+                f"{instruction} failed: {_source_text(item)} to {dest}: {problem}; "
+                "remove it in an earlier step or copy to another destination"
+            ) from None
         except OSError as error:
             raise BuildError(
                 f"{instruction} failed: {_source_text(item)} to {dest}: {error}"
@@ -193,11 +214,15 @@ def _mkdir_below(rootfs: Path, host_path: Path, chown: tuple[int, int] | None) -
             _set_owner(current, chown or (0, 0))
             continue
         if not stat.S_ISDIR(st.st_mode):
-            raise NotADirectoryError(20, "not a directory", str(current.relative_to(rootfs)))
+            raise NotADirectory("/" + str(current.relative_to(rootfs)), st.st_mode)
 
 
-def _mkdir_all(rootfs: Path, path: str, chown: tuple[int, int] | None) -> Path:
-    """mkdir -p of an image path, resolving existing symlinks like a chroot."""
+def mkdir_all(rootfs: Path, path: str, chown: tuple[int, int] | None) -> Path:
+    """mkdir -p of an image path, resolving existing symlinks like a chroot.
+
+    Raises NotADirectory (naming the image path) if a component exists and is
+    not a directory, as Go's MkdirAll fails with ENOTDIR in BuildKit.
+    """
     host_path = resolve_in_root(rootfs, path)
     _mkdir_below(rootfs, host_path, chown)
     return host_path
@@ -209,7 +234,7 @@ def _prepare(rootfs: Path, target: _Destination, chown: tuple[int, int] | None) 
     As fsutil's Copy: a directory destination is created itself, otherwise
     only its parent.
     """
-    _mkdir_all(rootfs, target.path if target.is_dir else posixpath.dirname(target.path), chown)
+    mkdir_all(rootfs, target.path if target.is_dir else posixpath.dirname(target.path), chown)
     return resolve_in_root(rootfs, target.path)
 
 
@@ -526,7 +551,14 @@ class _Untar:
             return  # the destination itself: Docker leaves it alone
         parent_rel, leaf = go_dir(rel), posixpath.basename(rel)
         parent = resolve_in_root(self.dest, parent_rel)
-        _mkdir_below(self.dest, parent, self.chown)  # Docker's createImpliedDirectories
+        try:
+            _mkdir_below(self.dest, parent, self.chown)  # Docker's createImpliedDirectories
+        except NotADirectory as problem:
+            # its path is relative to the destination, not to the image's root
+            raise _Refused(
+                f"{self.source}: cannot extract {member.name}: "
+                f"{problem.path.lstrip('/')} below the destination is not a directory"
+            ) from None
         path = parent / leaf
         existing = _lstat(path)
         if existing is not None and not (stat.S_ISDIR(existing.st_mode) and member.isdir()):

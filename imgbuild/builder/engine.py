@@ -27,13 +27,14 @@ from imgbuild import dockerfile as frontend
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.cache import BuildCache, LayerRef, cache_key
 from imgbuild.builder.context import BuildContext, StatCache
+from imgbuild.builder.copy import NotADirectory, mkdir_all
 from imgbuild.builder.copystep import CopyRequest, run_copy
 from imgbuild.builder.dockerignore import IgnoreMatcher, go_clean, load_ignore_patterns
 from imgbuild.builder.metadata import apply_metadata
 from imgbuild.builder.options import BuildOptions
 from imgbuild.builder.outputs import write_outputs
 from imgbuild.builder.progress import Progress, Step, Summary, make_progress
-from imgbuild.builder.rootfs import mounted_layers, recompress, workspace
+from imgbuild.builder.rootfs import image_layers, mounted_layers, recompress, workspace
 from imgbuild.builder.runstep import PIPES_DIR, prepared_mounts, script_mount
 from imgbuild.builder.sandbox import RunSpec, run_container
 from imgbuild.builder.users import resolve_in_root, resolve_user
@@ -226,7 +227,7 @@ class Builder:
         config = json.loads(json.dumps(image.config))
         config.pop("created", None)
         ic.ensure_path(config)
-        layers = [LayerRef(diff_id, blob) for diff_id, blob in zip(image.diff_ids, image.layers, strict=True)]
+        layers = image_layers(image, stage.base)
         key = cache_key({"base": image.digest, "platform": platform_key})
         return StageState(config, layers, key, base_name=stage.base, base_layers=len(layers))
 
@@ -362,7 +363,12 @@ class Builder:
                 if target.is_dir():
                     return
                 owner = resolve_user(merged, user) if user else None
-                _mkdir_parents(merged, path, owner)
+                try:
+                    mkdir_all(merged, path, (owner.uid, owner.gid) if owner else None)
+                except NotADirectory as problem:
+                    raise BuildError(
+                        f"WORKDIR {path}: {problem}; remove it in an earlier step or choose another WORKDIR"
+                    ) from None
 
         document = {"step": "WORKDIR", "path": path, "user": user}
         self._layer_step(stage, state, step, document, f"WORKDIR {path}", created, make_directory)
@@ -524,17 +530,11 @@ class Builder:
         index = self._stage_index(origin)
         if index is not None:
             return self.results[index].layers
-        image = self._resolve_image(origin)
-        return [LayerRef(diff_id, blob) for diff_id, blob in zip(image.diff_ids, image.layers, strict=True)]
+        return image_layers(self._resolve_image(origin), origin)
 
     def _stage_index(self, origin: str) -> int | None:
         """``--from=NAME``: a stage by name or index, else None (then it is an image)."""
-        if origin.isdigit():
-            return int(origin)
-        try:
-            return self.plan.stage(origin).index
-        except KeyError:
-            return None
+        return self.plan.source_stage(origin)
 
     def _do_copy(self, stage, state, instruction, step, created, is_add: bool) -> None:
         name = "ADD" if is_add else "COPY"
@@ -725,19 +725,6 @@ def _link_entries(entries, target: Path) -> None:
                 os.link(entry.path, path)
             except OSError:  # another file system
                 shutil.copy2(entry.path, path)
-
-
-def _mkdir_parents(root: Path, path: str, owner) -> None:
-    """mkdir -p inside ``root`` (symlinks resolved within it), new dirs 0755 and owned by ``owner``."""
-    current = "/"
-    for part in [p for p in path.split("/") if p]:
-        current = os.path.join(current, part)
-        target = resolve_in_root(root, current)
-        if not target.exists():
-            target.mkdir(mode=0o755)
-            os.chmod(target, 0o755)
-            if owner is not None:
-                os.chown(target, owner.uid, owner.gid)
 
 
 def _located(error: ImgbuildError, filename: str, instruction) -> ImgbuildError:

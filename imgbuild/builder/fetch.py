@@ -75,7 +75,10 @@ def fetch_url(
     A network failure, an HTTP error status or a checksum mismatch is a
     BuildError naming the URL; nothing is left behind in that case.
     """
-    import requests  # only ADD <URL> needs it; keep it out of every build's start-up
+    # only ADD <URL> needs requests; keep it out of every build's start-up
+    import requests
+
+    from imgbuild.http_session import Session
 
     expected = parse_checksum(checksum) if checksum else None
     download_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +90,8 @@ def fetch_url(
         size = 0
         with os.fdopen(fd, "wb") as out:
             try:
-                with requests.get(url, stream=True, timeout=timeout) as response:
+                # environment proxies and CA bundle, but never ~/.netrc logins (see http_session)
+                with Session() as session, session.get(url, stream=True, timeout=timeout) as response:
                     if response.status_code >= 400:
                         raise BuildError(
                             f"ADD failed: {url}: HTTP {response.status_code} {response.reason}"

@@ -22,7 +22,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import re
 import shutil
 import stat
 import subprocess
@@ -32,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from imgbuild.errors import Interrupted, SandboxError
+from imgbuild.store.mounts import mount_points, mounts_under
 
 MAX_LOWERDIRS = 500  # overlayfs's own limit on the depth of a stack (OVL_MAX_STACK)
 _MNT_DETACH = 2
@@ -152,13 +152,6 @@ def _umount2(target: Path, flags: int) -> int:
     return ctypes.get_errno()
 
 
-def mounts_under(path: Path) -> list[str]:
-    """Mount points at or below ``path``, in the order /proc/self/mountinfo lists them."""
-    base = os.path.realpath(path)
-    prefix = base.rstrip("/") + "/"
-    return [point for point in _mount_points() if point == base or point.startswith(prefix)]
-
-
 def unmount_all_under(path: Path) -> list[str]:
     """Unmount every mount at or below ``path`` (a directory we own), deepest first.
 
@@ -187,19 +180,7 @@ def unmount_all_under(path: Path) -> list[str]:
 
 def _count_mounts_at(target: Path) -> int:
     point = os.path.realpath(target)
-    return sum(1 for mounted in _mount_points() if mounted == point)
-
-
-def _mount_points() -> list[str]:
-    with open("/proc/self/mountinfo", "rb") as file:
-        lines = file.read().splitlines()
-    # Field 5 is the mount point, with space, tab, newline and backslash
-    # written as octal escapes (\040 ...).
-    return [os.fsdecode(_unescape(line.split(b" ")[4])) for line in lines if line]
-
-
-def _unescape(field: bytes) -> bytes:
-    return re.sub(rb"\\([0-7]{3})", lambda match: bytes([int(match.group(1), 8)]), field)
+    return sum(1 for mounted in mount_points() if mounted == point)
 
 
 def prune_copied_up_dirs(upperdir: Path, lowerdirs: list[Path]) -> list[str]:

@@ -146,9 +146,10 @@ class Progress:
 
 
 def summary_lines(summary: Summary) -> list[str]:
+    # "image ID" is Docker's: the config digest (what -q and --iidfile give)
     lines = [
-        f"image {summary.image_digest}",
-        f"  config {summary.config_digest}, size {human_size(summary.size)}",
+        f"image ID {summary.config_digest}",
+        f"  manifest {summary.image_digest}, size {human_size(summary.size)}",
         f"  steps: {summary.steps_cached} cached, {summary.steps_run} run, {summary.seconds:.1f}s",
     ]
     lines += [f"  tagged {tag}" for tag in summary.tags]

@@ -14,14 +14,33 @@ from pathlib import Path
 
 from imgbuild.builder.cache import LayerRef
 from imgbuild.builder.overlay import mount_overlay, prune_copied_up_dirs
-from imgbuild.image import Descriptor
-from imgbuild.layer.write import changeset_is_empty, write_layer
+from imgbuild.errors import DigestMismatch
+from imgbuild.image import Descriptor, Image, chain_ids
+from imgbuild.layer.decompress import open_tar_stream
+from imgbuild.layer.write import changeset_is_empty, compress_tar, write_layer
 from imgbuild.store import Store, remove_tree
 
 
+def image_layers(image: Image, name: str) -> list[LayerRef]:
+    """The layers of a stored image, each knowing the image's name for error messages."""
+    return [
+        LayerRef(diff_id, blob, origin=name)
+        for diff_id, blob in zip(image.diff_ids, image.layers, strict=True)
+    ]
+
+
 def snapshot_dirs(store: Store, layers: list[LayerRef]) -> list[Path]:
-    """The layers' snapshot directories, top-most first as overlayfs wants them."""
-    return [store.ensure_snapshot(layer.blob, layer.diff_id) for layer in reversed(layers)]
+    """The layers' snapshot directories, top-most first as overlayfs wants them.
+
+    One directory per chain ID, so a stack with two identical layers still
+    names every directory once (overlayfs refuses it otherwise, with ELOOP).
+    """
+    chain = chain_ids([layer.diff_id for layer in layers])
+    directories = [
+        store.ensure_snapshot(layer.blob, layer.diff_id, chain_id, layer.origin)
+        for layer, chain_id in zip(layers, chain, strict=True)
+    ]
+    return directories[::-1]
 
 
 class Workspace:
@@ -30,12 +49,16 @@ class Workspace:
     def __init__(self, store: Store, layers: list[LayerRef], scratch: Path):
         self.store = store
         self.scratch = scratch
+        self.parent_chain_id = chain_ids([layer.diff_id for layer in layers])[-1] if layers else None
         self.lowerdirs = snapshot_dirs(store, layers)
         self.upper = scratch / "upper"
         self.work = scratch / "work"
         self.merged = scratch / "merged"
         for directory in (self.upper, self.work, self.merged):
             directory.mkdir()
+            # The upperdir's mode is the mode of the container's /: 0755, as
+            # Docker's overlay2 makes it, whatever the caller's umask.
+            directory.chmod(0o755)
 
     @contextmanager
     def mounted(self) -> Iterator[Path]:
@@ -46,7 +69,12 @@ class Workspace:
         """After unmounting: the upperdir as a layer, or None when nothing changed."""
         prune_copied_up_dirs(self.upper, self.lowerdirs)
         return commit_directory(
-            self.store, self.upper, compression=compression, level=level, source_date_epoch=source_date_epoch
+            self.store,
+            self.upper,
+            parent_chain_id=self.parent_chain_id,
+            compression=compression,
+            level=level,
+            source_date_epoch=source_date_epoch,
         )
 
 
@@ -75,11 +103,13 @@ def commit_directory(
     store: Store,
     changes: Path,
     *,
+    parent_chain_id: str | None,
     compression: str,
     level: int | None,
     source_date_epoch: int | None,
 ) -> LayerRef | None:
-    """Write ``changes`` (an unmounted upperdir) as a layer and adopt it as the snapshot."""
+    """Write ``changes`` (an unmounted upperdir) as a layer and adopt it as the
+    snapshot of that layer on top of ``parent_chain_id`` (None: at the bottom)."""
     if changeset_is_empty(changes):
         return None
     with store.blob_writer() as blob:
@@ -87,29 +117,35 @@ def commit_directory(
             changes, blob, compression=compression, level=level, source_date_epoch=source_date_epoch
         )
     store.record_layer(digests.digest, digests.diff_id, digests.media_type, digests.size)
-    store.add_snapshot(digests.diff_id, changes)
+    parent = [parent_chain_id] if parent_chain_id else []
+    store.add_snapshot(chain_ids([*parent, digests.diff_id])[-1], digests.diff_id, changes)
     return LayerRef(digests.diff_id, Descriptor(digests.media_type, digests.digest, digests.size))
 
 
 def recompress(store: Store, layer: LayerRef, compression: str, level: int | None) -> LayerRef:
     """The same layer content as a blob with another compression (written once, then reused).
 
-    Snapshots hold exactly the layer's content, so writing the snapshot again
-    gives the same diff_id; only the blob bytes differ.
+    The layer's own tar is decompressed and compressed again, so the diff_id
+    stays what it was whatever SOURCE_DATE_EPOCH or layer writer made it; the
+    blob is kept only if it does (otherwise it fails, and nothing is left).
+    The ``layers`` table holds only verified diff_ids, so a blob found there
+    is the same content.
     """
     if compressed_as(layer.blob.media_type, compression):
         return layer
     for row in store.db.query("SELECT digest, media_type, size FROM layers WHERE diff_id=?", (layer.diff_id,)):
         media_type = row["media_type"]
         if compressed_as(media_type, compression) and store.has_blob(row["digest"]):
-            return LayerRef(layer.diff_id, Descriptor(media_type, row["digest"], row["size"]))
-    snapshot = store.ensure_snapshot(layer.blob, layer.diff_id)
-    with store.blob_writer() as blob:
-        digests = write_layer(snapshot, blob, compression=compression, level=level)
-    if digests.diff_id != layer.diff_id:
-        return layer  # the snapshot was not written by us; keep the original blob
+            return LayerRef(layer.diff_id, Descriptor(media_type, row["digest"], row["size"]), layer.origin)
+    with store.open_blob(layer.blob.digest) as source, store.blob_writer() as blob:
+        digests = compress_tar(open_tar_stream(source, layer.blob.media_type or None), blob, compression, level)
+        if digests.diff_id != layer.diff_id:
+            raise DigestMismatch(
+                f"cannot recompress layer {layer.blob.digest}: its content is {digests.diff_id}, "
+                f"but the image says {layer.diff_id}; run `imgbuild fsck`"
+            )
     store.record_layer(digests.digest, digests.diff_id, digests.media_type, digests.size)
-    return LayerRef(layer.diff_id, Descriptor(digests.media_type, digests.digest, digests.size))
+    return LayerRef(layer.diff_id, Descriptor(digests.media_type, digests.digest, digests.size), layer.origin)
 
 
 def compressed_as(media_type: str, compression: str) -> bool:

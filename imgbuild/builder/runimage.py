@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.cache import LayerRef
 from imgbuild.builder.engine import signals_raise_interrupt
-from imgbuild.builder.rootfs import workspace
+from imgbuild.builder.rootfs import image_layers, workspace
 from imgbuild.builder.sandbox import RunSpec, run_container
 from imgbuild.builder.users import resolve_user
 from imgbuild.errors import Interrupted, UsageError
@@ -33,11 +33,22 @@ class RunOptions:
 
 
 def argv_for(config: dict, command: list[str], entrypoint: str | None) -> list[str]:
-    """Docker's rule: ENTRYPOINT + (command given, else CMD)."""
+    """Docker's rule: ENTRYPOINT + (command given, else CMD).
+
+    ``entrypoint`` None means not given; given, it replaces the image's
+    ENTRYPOINT and drops its CMD, and ``""`` clears the ENTRYPOINT (as
+    ``docker run --entrypoint ''``).
+    """
     container = ic.container_config(config)
-    prefix = [entrypoint] if entrypoint else list(container.get("Entrypoint") or [])
-    args = list(command) if command else ([] if entrypoint else list(container.get("Cmd") or []))
+    if entrypoint is None:
+        prefix = list(container.get("Entrypoint") or [])
+        args = list(command) if command else list(container.get("Cmd") or [])
+    else:
+        prefix = [entrypoint] if entrypoint else []
+        args = list(command)
     argv = prefix + args
+    if not argv and entrypoint is not None:
+        raise UsageError("--entrypoint '' clears the image's ENTRYPOINT and CMD: give a command to run")
     if not argv:
         raise UsageError("the image has no ENTRYPOINT or CMD: give a command to run")
     return argv
@@ -60,9 +71,12 @@ def run_image(store: Store, options: RunOptions, environ: dict) -> int:
     image = store.load_image(options.image)
     config = image.config
     argv = argv_for(config, options.command, options.entrypoint)
-    layers = [LayerRef(diff_id, blob) for diff_id, blob in zip(image.diff_ids, image.layers, strict=True)]
+    layers = image_layers(image, options.image)
     try:
-        return _run_in_workspace(store, layers, config, argv, options, environ)
+        # The lease tells `imgbuild rmi` and `fsck --repair` that the store is
+        # in use: the container's root is mounted from a directory in tmp/.
+        with store.writer_lease():
+            return _run_in_workspace(store, layers, config, argv, options, environ)
     except KeyboardInterrupt:
         raise Interrupted("interrupted; the container was stopped and its mounts removed") from None
 

@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -23,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgbuild.builder.options import SecretSpec
-from imgbuild.builder.sandbox import Mount
+from imgbuild.builder.sandbox import Mount, PrivateFile
 from imgbuild.builder.users import resolve_in_root
 from imgbuild.errors import BuildError, Interrupted
 
 PIPES_DIR = "/dev/pipes"
+MAX_SECRET_SIZE = 500 * 1024  # BuildKit's limit; secrets live in memory
 LOCK_POLL_SECONDS = 0.1  # how often a wait for a locked cache mount looks at ``cancel``
 
 
@@ -43,6 +45,7 @@ class PreparedMounts:
 def script_mount(name: str, script: str, scratch: Path) -> Iterator[Mount]:
     """A ``RUN <<EOF`` body with a ``#!`` line, as the executable /dev/pipes/NAME (BuildKit's place)."""
     directory = Path(tempfile.mkdtemp(dir=scratch, prefix="pipes-"))
+    os.chmod(directory, 0o755)  # mkdtemp makes it 0700: a USER other than root must reach it
     try:
         path = directory / name
         path.write_text(script)
@@ -185,7 +188,13 @@ def _bind_mount(spec, target: str, sources: dict, scratch: Path) -> Iterator[Mou
         shutil.copy2(source, copy_dir / source.name)
         yield Mount("bind", target, str(copy_dir / source.name), readonly=False)
         return
-    with mount_overlay([lower], layer / "upper", layer / "work", layer / "merged") as merged:
+    # The upperdir's mode and owner are those of the mount's root: the source's.
+    upper = layer / "upper"
+    upper.mkdir()
+    info = os.stat(lower)
+    os.chmod(upper, stat.S_IMODE(info.st_mode))
+    os.chown(upper, info.st_uid, info.st_gid)
+    with mount_overlay([lower], upper, layer / "work", layer / "merged") as merged:
         yield Mount("bind", target, str(merged), readonly=False)
 
 
@@ -201,22 +210,22 @@ def _secret_mount(spec, target: str, secrets: dict[str, SecretSpec], env: dict[s
         yield None
         return
     value = secret.read()
+    if len(value) > MAX_SECRET_SIZE:
+        raise BuildError(
+            f"secret {secret_id} is {len(value)} bytes; secrets are limited to "
+            f"{MAX_SECRET_SIZE // 1024} KiB, as in BuildKit"
+        )
     if spec.env:
         env[spec.env] = value.decode("utf-8", "replace")
         if not spec.target:
             yield None
             return
-    # Secrets live in memory (/dev/shm) when possible, never in the store,
-    # and only for the length of the run.
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    directory = Path(tempfile.mkdtemp(dir=base, prefix="imgbuild-secret-"))
-    try:
-        path = directory / "secret"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(value)
-        os.chmod(path, spec.mode if spec.mode is not None else 0o400)
-        os.chown(path, spec.uid or 0, spec.gid or 0)
-        yield Mount("bind", target or f"/run/secrets/{secret_id}", str(path), readonly=True)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    # The file exists only in the container's private bundle, a tmpfs the
+    # sandbox mounts where no other process sees it (see sandbox.py).
+    private = PrivateFile(
+        value,
+        mode=spec.mode if spec.mode is not None else 0o400,
+        uid=spec.uid or 0,
+        gid=spec.gid or 0,
+    )
+    yield Mount("bind", target or f"/run/secrets/{secret_id}", readonly=True, private=private)

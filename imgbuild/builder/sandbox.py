@@ -7,8 +7,10 @@ RUN step gets:
 - its own mount, PID, IPC and UTS namespaces; the host network, or with
   ``network="none"`` a network namespace of its own holding only ``lo``;
 - Docker's default capability set (bounding, effective, permitted; nothing
-  inheritable or ambient), ``noNewPrivileges``, ``RLIMIT_NOFILE`` 1048576 (or
-  our own hard limit if that is lower);
+  inheritable or ambient), Docker's default seccomp profile
+  (``imgbuild.builder.seccomp``), setuid programs working (no
+  ``noNewPrivileges``, as in Docker), ``RLIMIT_NOFILE`` 1048576 (or our own
+  hard limit if that is lower);
 - the user's uid, gid and supplementary groups, the primary group among them;
   the env, with Docker's default PATH if it has none; the working directory,
   created (owned by the user, and kept in the layer) if missing;
@@ -17,6 +19,15 @@ RUN step gets:
   a read-only ``/sys``; the paths Docker masks or makes read-only;
 - ``/etc/hosts``, ``/etc/resolv.conf`` and ``/etc/hostname`` as read-only bind
   mounts of files written into the bundle, so they never reach the layer.
+
+The bundle is private. ``config.json`` holds the environment, with the values
+of ``--secret env=``, and secret files are bound from the bundle too; none of
+it may reach a disk. The runtime is started by ``privatebundle.py``, which
+enters a mount namespace of its own, mounts a tmpfs on the bundle directory
+there, writes the bundle into it and execs the runtime. On the host the
+bundle directory stays empty; the tmpfs goes away with the runtime, also when
+imgbuild is killed. That program also gives the runtime the umask 022: the
+mount points it creates in the root filesystem do not depend on ours.
 
 Mount stubs. The runtime creates a missing mount point (``/etc/hosts`` in an
 image without one, ``/proc`` in a ``FROM scratch`` image, a RUN --mount target)
@@ -40,6 +51,8 @@ the exception propagates. ``RUNTIME delete -f ID`` always runs at the end.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
 import resource
@@ -48,6 +61,7 @@ import select
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -56,6 +70,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgbuild.builder.overlay import finish_despite_interrupts
+from imgbuild.builder.seccomp import default_profile
 from imgbuild.builder.users import ROOT, ResolvedUser, resolve_in_root
 from imgbuild.errors import Interrupted, SandboxError
 
@@ -98,17 +113,31 @@ NOFILE_LIMIT = 1048576
 _POLL_SECONDS = 0.2  # how often a waiting run looks at ``cancel``
 _KILL_GRACE_SECONDS = 10  # after this the runtime process itself is killed
 _CHUNK = 65536
+_PAGE = 4096
+_LAUNCHER = Path(__file__).with_name("privatebundle.py")
+
+
+@dataclass
+class PrivateFile:
+    """A file that exists only in the container's private bundle (a secret): never on disk."""
+
+    data: bytes
+    mode: int = 0o400
+    uid: int = 0
+    gid: int = 0
 
 
 @dataclass
 class Mount:
-    """An extra mount for the container: a bind mount of a host path, or a tmpfs."""
+    """An extra mount for the container: a bind mount of a host path (or of a
+    private file), or a tmpfs."""
 
     type: str  # "bind" | "tmpfs"
     destination: str  # absolute path in the container
-    source: str = ""  # host path, for "bind"
+    source: str = ""  # host path, for "bind" without ``private``
     readonly: bool = False
     options: list[str] = field(default_factory=list)  # e.g. ["size=64m"], ["mode=0700"]
+    private: PrivateFile | None = None  # for "bind": bind this file, made in the bundle
 
 
 @dataclass
@@ -163,14 +192,18 @@ def run_container(
     rootfs = Path(rootfs).resolve()
     container_id = f"imgbuild-{secrets.token_hex(8)}"
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    bundle = Path(tempfile.mkdtemp(prefix="bundle-", dir=workdir))
+    # On disk: the runtime's log and the empty mount point of the private bundle.
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=workdir))
+    bundle = run_dir / "bundle"
+    bundle.mkdir(mode=0o700)
     try:
-        config = _make_config(rootfs, spec, bundle)
+        files = _BundleFiles()
+        config = _make_config(rootfs, spec, bundle, files)
+        files.add("config.json", json.dumps(config, indent=2).encode())
         _make_cwd(rootfs, spec.cwd, spec.user)
         stubs = _MountStubs.record(rootfs, _stub_candidates(config["mounts"]))
-        (bundle / "config.json").write_text(json.dumps(config, indent=2))
         try:
-            status = _run(runtime, container_id, bundle, on_output, cancel)
+            status = _run(runtime, container_id, run_dir, files, on_output, cancel)
         except BaseException:
             finish_despite_interrupts(
                 lambda: _delete_container(runtime, container_id, report_errors=False)
@@ -180,7 +213,7 @@ def run_container(
         stubs.remove()
         return status
     finally:
-        shutil.rmtree(bundle, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _check_spec(spec: RunSpec) -> None:
@@ -195,14 +228,34 @@ def _check_spec(spec: RunSpec) -> None:
             raise SandboxError(f"unsupported mount type {mount.type!r}: use bind or tmpfs")
         if not mount.destination.startswith("/"):
             raise SandboxError(f"mount target must be absolute, got {mount.destination!r}")
-        if mount.type == "bind" and not os.path.exists(mount.source):
+        if mount.type == "bind" and mount.private is None and not os.path.exists(mount.source):
             raise SandboxError(f"bind mount source {mount.source} does not exist")
 
 
 # --- config.json -------------------------------------------------------------------
 
 
-def _make_config(rootfs: Path, spec: RunSpec, bundle: Path) -> dict:
+@dataclass
+class _BundleFiles:
+    """The files of the private bundle, written there by ``privatebundle.py``."""
+
+    entries: list[dict] = field(default_factory=list)
+
+    def add(self, path: str, data: bytes, mode: int = 0o600, uid: int = 0, gid: int = 0) -> str:
+        encoded = base64.b64encode(data).decode("ascii")
+        self.entries.append({"path": path, "data": encoded, "mode": mode, "uid": uid, "gid": gid})
+        return path
+
+    def size(self) -> int:
+        """Bytes of tmpfs they need, with a page per file and room for the directories."""
+        pages = sum(len(entry["data"]) * 3 // 4 // _PAGE + 1 for entry in self.entries)
+        return (pages + 16) * _PAGE
+
+    def payload(self) -> bytes:
+        return json.dumps({"files": self.entries}).encode()
+
+
+def _make_config(rootfs: Path, spec: RunSpec, bundle: Path, files: _BundleFiles) -> dict:
     namespaces = [{"type": kind} for kind in ("pid", "ipc", "uts", "mount")]
     if spec.network == "none":
         namespaces.append({"type": "network"})
@@ -229,9 +282,14 @@ def _make_config(rootfs: Path, spec: RunSpec, bundle: Path) -> dict:
                 "ambient": [],
             },
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
-            "noNewPrivileges": True,
+            # Off, as in Docker and BuildKit: a setuid program (sudo, su) run by
+            # a non-root USER gains its owner's rights, within the container's
+            # capabilities and seccomp filter, as root in a RUN has them anyway.
+            "noNewPrivileges": False,
         },
-        "mounts": _system_mounts() + _etc_mounts(spec, bundle) + _extra_mounts(spec.mounts),
+        "mounts": _system_mounts()
+        + _etc_mounts(spec, bundle, files)
+        + _extra_mounts(spec.mounts, bundle, files),
         "linux": {
             "namespaces": namespaces,
             # Deny all devices; the runtime adds its defaults (null, zero, full,
@@ -239,6 +297,7 @@ def _make_config(rootfs: Path, spec: RunSpec, bundle: Path) -> dict:
             "resources": {"devices": [{"allow": False, "access": "rwm"}]},
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
+            "seccomp": default_profile(DEFAULT_CAPABILITIES),
         },
     }
 
@@ -311,18 +370,16 @@ def _system_mounts() -> list[dict]:
     ]
 
 
-def _etc_mounts(spec: RunSpec, bundle: Path) -> list[dict]:
+def _etc_mounts(spec: RunSpec, bundle: Path, files: _BundleFiles) -> list[dict]:
     hosts = spec.hosts if spec.hosts is not None else _default_hosts(spec.hostname)
     resolv_conf = spec.resolv_conf
     if resolv_conf is None:
         resolv_conf = _host_resolv_conf(keep_loopback=spec.network == "host")
-    files = {"hosts": hosts, "resolv.conf": resolv_conf, "hostname": spec.hostname + "\n"}
+    contents = {"hosts": hosts, "resolv.conf": resolv_conf, "hostname": spec.hostname + "\n"}
     mounts = []
-    for name, content in files.items():
-        path = bundle / name
-        path.write_text(content)
-        path.chmod(0o644)
-        mounts.append(_read_only_bind(str(path), f"/etc/{name}"))
+    for name, content in contents.items():
+        path = files.add(f"etc/{name}", content.encode(), 0o644)
+        mounts.append(_read_only_bind(str(bundle / path), f"/etc/{name}"))
     return mounts
 
 
@@ -360,11 +417,15 @@ def _is_loopback_nameserver(line: str) -> bool:
     return words[1].startswith("127.") or words[1] == "::1"
 
 
-def _extra_mounts(mounts: list[Mount]) -> list[dict]:
+def _extra_mounts(mounts: list[Mount], bundle: Path, files: _BundleFiles) -> list[dict]:
     result = []
-    for mount in mounts:
+    for index, mount in enumerate(mounts):
         access = "ro" if mount.readonly else "rw"
-        if mount.type == "bind":
+        if mount.type == "bind" and mount.private is not None:
+            private = mount.private
+            path = files.add(f"files/{index}", private.data, private.mode, private.uid, private.gid)
+            source, options = str(bundle / path), ["rbind", access, *mount.options]
+        elif mount.type == "bind":
             source, options = mount.source, ["rbind", access, *mount.options]
         else:
             source, options = "tmpfs", ["nosuid", "nodev", access, *mount.options]
@@ -394,6 +455,7 @@ def _make_cwd(rootfs: Path, cwd: str, user: ResolvedUser) -> None:
             raise SandboxError(
                 f"cannot create the working directory {cwd}: {error.strerror}"
             ) from error
+        os.chmod(directory, 0o755)  # not subject to our umask
         os.chown(directory, user.uid, user.gid, follow_symlinks=False)
 
 
@@ -492,23 +554,28 @@ def _is_plain_path(rootfs: Path, relative: str) -> bool:
 def _run(
     runtime: str,
     container_id: str,
-    bundle: Path,
+    run_dir: Path,
+    files: _BundleFiles,
     on_output: Callable[[bytes], None] | None,
     cancel: threading.Event | None,
 ) -> int:
-    log = bundle / "runtime.log"
+    log = run_dir / "runtime.log"
+    launch_error = run_dir / "launch-error"
+    bundle = run_dir / "bundle"
     command = [runtime, "--log", _log_destination(runtime, log), "--log-format", "json"]
     command += ["run", "--bundle", str(bundle), container_id]
+    launcher = [sys.executable, "-I", "-S", str(_LAUNCHER), str(bundle), str(files.size())]
     output = subprocess.PIPE if on_output is not None else None
     error_output = subprocess.STDOUT if on_output is not None else None
     process = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
+        [*launcher, str(launch_error), "--", *command],
+        stdin=subprocess.PIPE,
         stdout=output,
         stderr=error_output,
         start_new_session=True,
     )
     try:
+        _send_bundle(process, files)
         returncode = _wait(process, on_output, cancel)
     except BaseException:
         finish_despite_interrupts(lambda: _kill_container(runtime, container_id, process))
@@ -516,10 +583,23 @@ def _run(
     finally:
         if process.stdout is not None:
             process.stdout.close()
+    if launch_error.exists():
+        with open(launch_error, "rb") as handle:
+            reason = handle.read(_CHUNK).decode(errors="replace").strip()
+        raise SandboxError(f"cannot start {runtime} with a private bundle: {reason}")
     runtime_errors = _runtime_errors(log)
     if returncode != 0 and runtime_errors:
         raise SandboxError(f"{runtime} could not run the container: {'; '.join(runtime_errors)}")
     return returncode if returncode >= 0 else 128 - returncode
+
+
+def _send_bundle(process: subprocess.Popen, files: _BundleFiles) -> None:
+    """Hand the bundle's files to the launcher, which reads them all before anything else."""
+    # A broken pipe means it failed to start; its error file or exit status says why.
+    with contextlib.suppress(BrokenPipeError):
+        process.stdin.write(files.payload())
+    with contextlib.suppress(BrokenPipeError):
+        process.stdin.close()
 
 
 def _log_destination(runtime: str, log: Path) -> str:

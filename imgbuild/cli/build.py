@@ -33,8 +33,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("-o", "--output", action="append", default=[], metavar="SPEC", help="type=oci|docker|local|registry,dest=...")
     parser.add_argument("--push", action="store_true", help="push the image to its registry (needs -t)")
     parser.add_argument("--progress", default="auto", help="auto, tty, plain or json")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
-    parser.add_argument("--iidfile", help="write the image digest to this file")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="print only the image ID (the config digest, as docker build -q)"
+    )
+    parser.add_argument("--iidfile", help="write the image ID (the config digest) to this file")
     parser.add_argument("--metadata-file", help="write build results as JSON to this file")
     parser.add_argument("--jobs", type=int, default=0, help="stages built at once (default: CPU count)")
     parser.add_argument("--runtime", default=None, help="OCI runtime: runc (default) or crun")
@@ -97,5 +99,6 @@ def run(args) -> int:
     options = options_from_args(args)
     result = build(Store(args.root), options)
     if args.quiet:
-        print(result.image.digest)
+        # the image ID, as docker build -q prints and --iidfile holds; not the manifest digest
+        print(result.image.config_descriptor.digest)
     return 0

@@ -11,7 +11,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--network", default="host", choices=("host", "none"), help="network (default host)")
     parser.add_argument("-u", "--user", help="user[:group] to run as (default: the image's USER)")
     parser.add_argument("-w", "--workdir", help="working directory (default: the image's WORKDIR)")
-    parser.add_argument("--entrypoint", help="override the image's ENTRYPOINT")
+    parser.add_argument("--entrypoint", help="override the image's ENTRYPOINT and drop its CMD ('' clears the ENTRYPOINT)")
     parser.add_argument("--runtime", default=None, help="OCI runtime: runc (default) or crun")
     parser.add_argument("image", metavar="IMAGE")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD")

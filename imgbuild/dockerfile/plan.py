@@ -6,8 +6,10 @@ BuildKit's rules, which we follow:
   case-insensitively). The image of a FROM is expanded with the global ARGs;
   if the result is the name of an *earlier* stage, the stage builds on it.
 - ``COPY --from=X`` and ``RUN --mount=...,from=X``: X is a stage name (any
-  stage, as long as no cycle results) or, for COPY only, a stage index (an
-  earlier stage); anything else is an image reference.
+  stage, as long as no cycle results) or a stage index (an earlier stage);
+  anything else is an image reference. (BuildKit looks a numeric mount
+  ``from`` up as an image name, which no registry serves; buildah and we
+  take it as a stage index, as for COPY.)
 - ``--target NAME`` picks the stage to build (default: the last one). Only
   the stages it needs are built; stages whose dependencies are all built can
   be built in parallel (``Plan.levels``).
@@ -94,6 +96,20 @@ class Plan:
             escape=self.dockerfile.directives.escape,
             filename=self.dockerfile.filename,
         )
+
+    def source_stage(self, reference: str) -> int | None:
+        """``COPY --from=X`` / ``RUN --mount=from=X``: the stage X names, or None for an image.
+
+        A number is a stage index (the planner has checked it), anything else a
+        stage name if one matches.
+        """
+        index = _as_int(reference)
+        if index is not None:
+            return index
+        try:
+            return self.stage(reference).index
+        except KeyError:
+            return None
 
     def stage(self, name_or_index: str | int) -> Stage:
         if isinstance(name_or_index, int):
@@ -287,32 +303,26 @@ class _Planner:
         for stage in self.stages:
             for instruction in stage.instructions:
                 if isinstance(instruction, Copy) and instruction.from_stage is not None:
-                    self._add_copy_source(stage, instruction, instruction.from_stage)
+                    self._add_source(stage, instruction, instruction.from_stage, "COPY --from")
                 if isinstance(instruction, Run):
                     for mount in instruction.mounts:
                         if mount.from_ and mount.type != "tmpfs":
-                            self._add_mount_source(stage, mount.from_)
+                            self._add_source(stage, instruction, mount.from_, "RUN --mount=from")
 
-    def _add_copy_source(self, stage: Stage, instruction: Copy, reference: str) -> None:
+    def _add_source(self, stage: Stage, instruction: Instruction, reference: str, flag: str) -> None:
+        """A stage (by name or index) or an image that ``instruction`` reads from."""
         index = _as_int(reference)
         if index is not None:
             if index < 0:
                 raise self._error(f"invalid stage index {index}", instruction)
             if index >= stage.index:
                 raise self._error(
-                    f"COPY --from={reference}: a stage index must refer to an earlier stage "
+                    f"{flag}={reference}: a stage index must refer to an earlier stage "
                     f"(this is stage {stage.index}); name the stage with FROM ... AS name instead",
                     instruction,
                 )
             stage.deps.add(index)
             return
-        by_name = self._stage_by_name(reference)
-        if by_name is not None:
-            stage.deps.add(by_name)
-        elif reference not in stage.images:
-            stage.images.append(reference)
-
-    def _add_mount_source(self, stage: Stage, reference: str) -> None:
         by_name = self._stage_by_name(reference)
         if by_name is not None:
             stage.deps.add(by_name)
@@ -353,7 +363,8 @@ class _Planner:
                 if instruction.from_stage.lower() == name or _as_int(instruction.from_stage) == dep:
                     return instruction
             if isinstance(instruction, Run) and any(
-                m.from_ and m.from_.lower() == name for m in instruction.mounts
+                m.from_ and (m.from_.lower() == name or _as_int(m.from_) == dep)
+                for m in instruction.mounts
             ):
                 return instruction
         return stage.from_instruction

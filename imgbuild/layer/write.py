@@ -113,6 +113,28 @@ def write_layer(
     )
 
 
+def compress_tar(tar_stream, out: BinaryIO, compression: str, level: int | None = None) -> LayerDigests:
+    """Compress an uncompressed layer tar (anything with ``read(size)``) into ``out``.
+
+    The tar bytes pass through unchanged, so the diff_id is that of the stream;
+    only the blob differs. For giving an existing layer another compression.
+    """
+    level = _check_options(compression, level, None)
+    blob = _HashingWriter(out)
+    compressor = _open_compressor(compression, level, blob)
+    tar = _HashingWriter(compressor)
+    while chunk := tar_stream.read(_CHUNK):
+        tar.write(chunk)
+    compressor.close()
+    return LayerDigests(
+        diff_id=tar.digest(),
+        digest=blob.digest(),
+        size=blob.size,
+        uncompressed_size=tar.size,
+        media_type=MEDIA_TYPES[compression],
+    )
+
+
 def changeset_is_empty(changeset: Path) -> bool:
     """True when the changeset has no entries: the step changed nothing and adds no layer."""
     with os.scandir(changeset) as entries:

@@ -11,6 +11,12 @@ the credentials with every request. ``Bearer realm=...,service=...,scope=...``
 means: ask the realm for a token for those scopes (with basic credentials if we
 have any, anonymously otherwise) and send ``Authorization: Bearer <token>``.
 
+The credentials go to a token realm only where they cannot be read on the way
+(``realm_may_get_credentials``): over https, or over plain HTTP to the host of a
+registry that is itself reached over plain HTTP (a loopback or
+``--insecure-registry`` registry, which gets them in clear text with Basic auth
+anyway). Docker and containers/image send them to any realm the registry names.
+
 Secrets never appear in messages or logs: errors name the registry and the file
 the credentials came from, never the username, password or token.
 """
@@ -31,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from imgbuild.errors import AuthError, RegistryError
 
@@ -177,6 +184,26 @@ def parse_challenges(header: str) -> list[Challenge]:
 
 # --- the handshake ---------------------------------------------------------------
 
+
+def realm_may_get_credentials(realm: str, registry_url: str) -> bool:
+    """May the basic credentials for the registry at ``registry_url`` go to ``realm``?
+
+    Over https, yes. Over plain HTTP only to the registry's own host, and only
+    when the registry itself is plain HTTP: then they take no path in clear text
+    that the registry's own traffic does not already take. A plain-HTTP realm of
+    an https registry, or on another host, would hand them to anyone on the way.
+    """
+    realm_parts, registry_parts = urlsplit(realm), urlsplit(registry_url)
+    if realm_parts.scheme == "https":
+        return True
+    return (
+        realm_parts.scheme == "http"
+        and registry_parts.scheme == "http"
+        and realm_parts.hostname is not None
+        and realm_parts.hostname == registry_parts.hostname
+    )
+
+
 # (url, params, headers) -> requests.Response; the client supplies it, with its retries.
 TokenGetter = Callable[[str, dict, dict], Any]
 
@@ -184,8 +211,9 @@ TokenGetter = Callable[[str, dict, dict], Any]
 class Authenticator:
     """The authentication state for one registry, shared by the client's threads."""
 
-    def __init__(self, registry: str, config_path: Path):
+    def __init__(self, registry: str, config_path: Path, registry_url: str | None = None):
         self.registry = registry
+        self.registry_url = registry_url or f"https://{registry}"  # scheme and host the API is reached at
         self.config_path = config_path
         self.config_source = str(config_path)  # where we look, for "no credentials" messages
         self._credentials: Credentials | None = None
@@ -195,6 +223,7 @@ class Authenticator:
         self._bearer: dict[str, str] = {}  # realm, service
         self._tokens: dict[tuple[str, ...], tuple[str, float]] = {}
         self._token_lock = threading.Lock()
+        self._withheld_from: str | None = None  # a realm that got no credentials (plain HTTP)
 
     @property
     def credentials(self) -> Credentials | None:
@@ -261,9 +290,15 @@ class Authenticator:
         if self._bearer.get("service"):
             params["service"] = self._bearer["service"]
         headers = {}
-        if self.credentials:
+        if self.credentials and realm_may_get_credentials(realm, self.registry_url):
             params["account"] = self.credentials.username
             headers["Authorization"] = _basic_header(self.credentials)
+        elif self.credentials and self._withheld_from != realm:
+            self._withheld_from = realm
+            log.warning(
+                "registry %s names the plain-HTTP token service %s; asking it for an anonymous "
+                "token, without the credentials from %s", self.registry, realm, self.credentials.source,
+            )
         response = get_token(realm, params, headers)
         if response.status_code in (401, 403):
             raise self._refused(repository) if self.credentials else self._missing(repository)
@@ -291,7 +326,18 @@ class Authenticator:
             "DOCKER_CONFIG selects another config directory"
         )
 
+    def _withheld(self, repository: str) -> AuthError:
+        return AuthError(
+            f"registry {self.registry} refused anonymous access to repository {repository}, and "
+            f"imgbuild did not send the credentials from {self.credentials.source} to its token "
+            f"service {self._withheld_from}: that is plain HTTP on another host than the registry "
+            "(or the registry is https), where anyone on the way could read them; configure the "
+            "registry's token realm with https"
+        )
+
     def _denied(self, repository: str, scope: str) -> AuthError:
+        if self._withheld_from:
+            return self._withheld(repository)
         whose = f"the credentials from {self.credentials.source}" if self.credentials else "anonymous access"
         return AuthError(
             f"registry {self.registry} denied {scope or 'access'} for repository {repository} "
@@ -302,6 +348,8 @@ class Authenticator:
     def _refused(self, repository: str) -> AuthError:
         if self.credentials is None:
             return self._missing(repository)
+        if self._withheld_from:
+            return self._withheld(repository)
         return AuthError(
             f"registry {self.registry} rejected the credentials from {self.credentials.source} "
             f"for repository {repository}: check the username and password for {self.registry} "

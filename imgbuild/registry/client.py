@@ -35,6 +35,7 @@ import urllib3
 
 from imgbuild import __version__
 from imgbuild.errors import AuthError, DigestMismatch, ManifestNotFound, RegistryError
+from imgbuild.http_session import Session
 from imgbuild.image import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -194,7 +195,7 @@ class RegistryClient:
         self.api_host = DOCKER_HUB_API_HOST if registry == DOCKER_HUB else registry
         insecure = insecure_registries(self.options.insecure_registries)
         self.scheme = "http" if is_insecure(self.api_host, insecure) else "https"
-        self.auth = Authenticator(registry, docker_config_path())
+        self.auth = Authenticator(registry, docker_config_path(), f"{self.scheme}://{self.api_host}")
         self._local = threading.local()
 
     # --- manifests ------------------------------------------------------------
@@ -445,7 +446,7 @@ class RegistryClient:
         # documented as thread-safe.
         session = getattr(self._local, "session", None)
         if session is None:
-            session = requests.Session()
+            session = Session()  # never sends ~/.netrc logins (see imgbuild.http_session)
             session.headers["User-Agent"] = f"imgbuild/{__version__}"
             self._local.session = session
         return session

@@ -4,7 +4,8 @@ Steps: resolve the reference to a manifest (HEAD first, so an image we already
 have costs no download); an index or Docker manifest list picks the platform
 (the host's unless asked otherwise); the config and the layers we lack download
 in parallel, each verified against its digest while it streams into the store;
-the layers are recorded with their diff_ids; then the manifest (and the index it
+the config's diff_ids are checked for form (their content is verified when a
+layer is first extracted); then the manifest (and the index it
 came from) are stored and, last, the tag is set, so a tag never points at an
 image with missing blobs.
 
@@ -86,7 +87,7 @@ def _pull_into(store, client: RegistryClient, ref, want: Platform, tag_as, optio
     config_descriptor, layers = image_blobs(manifest, str(ref))
     download_blobs(client, store, ref.repository, [config_descriptor, *layers], options.workers, report)
     config = store.read_json(config_descriptor.digest, "image config")
-    record_layers(store, layers, config, str(ref))
+    check_diff_ids(layers, config, str(ref))
     remember_blobs(store, ref.registry, ref.repository, [config_descriptor.digest, *(d.digest for d in layers)])
 
     for document in (manifest, *indexes):
@@ -158,14 +159,17 @@ def download_blobs(
         report(TransferEvent("downloaded", blob.digest, blob.size, blob.media_type))
 
 
-def record_layers(store: Store, layers: list[Descriptor], config: dict, where: str) -> None:
-    """Tell the store each layer's diff_id (the config lists them in layer order)."""
+def check_diff_ids(layers: list[Descriptor], config: dict, where: str) -> None:
+    """The config lists one well-formed diff_id per layer.
+
+    They are only claims: the store records a layer's diff_id when extracting
+    it has proved it (``Store.ensure_snapshot``), never before.
+    """
     diff_ids = config.get("rootfs", {}).get("diff_ids") or []
     if len(diff_ids) != len(layers):
         raise ImgbuildError(
             f"{where}: malformed image: the manifest has {len(layers)} layers but the config "
             f"lists {len(diff_ids)} diff_ids"
         )
-    for layer, diff_id in zip(layers, diff_ids, strict=True):
+    for diff_id in diff_ids:
         check_digest(diff_id)
-        store.record_layer(layer.digest, diff_id, layer.media_type, layer.size)

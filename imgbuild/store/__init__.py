@@ -1,20 +1,25 @@
 """The local store: an OCI image layout, layer snapshots and an SQLite index.
 
     ROOT/oci/            OCI image layout: oci-layout, index.json, blobs/sha256/<hex>
-    ROOT/snapshots/<id>  one extracted layer each (overlay lowerdirs)
+    ROOT/snapshots/<id>  one extracted layer each (overlay lowerdirs), keyed by chain ID
     ROOT/index.db        SQLite: layers, snapshots, cache keys, stat cache
     ROOT/tmp/            temp files, on the same filesystem for atomic renames
+    ROOT/cache-mounts/   RUN --mount=type=cache directories
     ROOT/lock            flock'ed while index.json or snapshots change
 
 Every blob is written to tmp/, hashed while written, verified, fsync'ed and
 renamed into place, so a blob file under blobs/ always matches its name.
+
+The root is 0700: snapshots and mounted step roots hold files of any image,
+setuid-root binaries among them, and no other user may reach them (Docker's
+CVE-2021-41091). Root's tools (skopeo, umoci) still read the OCI layout.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from imgbuild.errors import DigestMismatch, ImageNotFound, ImgbuildError, StoreError
+from imgbuild.errors import DigestMismatch, ImageNotFound, ImgbuildError, MountedError, StoreError
 from imgbuild.image import (
     INDEX_TYPES,
     OCI_CONFIG,
@@ -42,8 +47,12 @@ from imgbuild.image import (
 from imgbuild.store.atomic import fsync_dir, write_file_atomic
 from imgbuild.store.index_db import IndexDB
 from imgbuild.store.lock import file_lock
+from imgbuild.store.mounts import remove_tree
+
+__all__ = ["BlobWriter", "Store", "normalise_tag", "remove_tree"]
 
 CHUNK = 1 << 20
+PRIVATE_MODE = 0o700  # the root and the directories that hold image files
 
 
 def normalise_tag(name: str) -> str:
@@ -103,14 +112,19 @@ class Store:
         self.blobs_dir = self.layout / "blobs" / "sha256"
         self.tmp_dir = self.root / "tmp"
         self.snapshots_dir = self.root / "snapshots"
+        self.cache_mounts_dir = self.root / "cache-mounts"
         self.lock_path = self.root / "lock"
         self.lease_path = self.root / "gc.lock"
         self._init_layout()
         self.db = IndexDB(self.root / "index.db")
+        if self.db.has_legacy_snapshots():
+            self._drop_legacy_snapshots()
 
     def _init_layout(self) -> None:
-        for directory in (self.blobs_dir, self.tmp_dir, self.snapshots_dir):
-            directory.mkdir(parents=True, exist_ok=True)
+        # Also for a store made before the root was private: fixed on every open.
+        for directory in (self.root, self.tmp_dir, self.snapshots_dir, self.cache_mounts_dir):
+            _private_directory(directory)
+        self.blobs_dir.mkdir(parents=True, exist_ok=True)
         layout_file = self.layout / "oci-layout"
         index_file = self.layout / "index.json"
         if layout_file.exists() and index_file.exists():
@@ -331,57 +345,95 @@ class Store:
         rows = self.db.query("SELECT diff_id FROM layers WHERE digest=?", (digest,))
         return rows[0]["diff_id"] if rows else None
 
-    def snapshot_path(self, diff_id: str) -> Path | None:
-        rows = self.db.query("SELECT id FROM snapshots WHERE diff_id=?", (diff_id,))
+    def snapshot_path(self, chain_id: str) -> Path | None:
+        """The snapshot directory of a layer at the top of the stack ``chain_id`` names."""
+        rows = self.db.query("SELECT id FROM snapshots WHERE chain_id=?", (chain_id,))
         if not rows:
             return None
         path = self.snapshots_dir / str(rows[0]["id"])
         return path if path.is_dir() else None
 
-    def ensure_snapshot(self, layer: Descriptor, diff_id: str) -> Path:
-        """The extracted directory of a layer, extracting the blob on first use."""
-        existing = self.snapshot_path(diff_id)
+    def ensure_snapshot(self, layer: Descriptor, diff_id: str, chain_id: str, image: str = "") -> Path:
+        """The extracted directory of a layer, extracting the blob on first use.
+
+        Snapshots are keyed by chain ID, not diff_id: overlayfs refuses a stack
+        that names one directory twice, and images with two identical layers
+        exist. ``diff_id`` is what the image config claims; the extraction
+        checks it (``image`` names the image in the error) and only then is it
+        recorded for the blob.
+        """
+        existing = self.snapshot_path(chain_id)
         if existing is not None:
-            self._touch_snapshot(diff_id)
+            self._touch_snapshot(chain_id)
             return existing
         from imgbuild.layer.extract import apply_layer
 
-        staging = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="snap-"))
+        staging = self.make_temp_dir("snap-")
         try:
+            # A layer without a root entry says nothing of "/": give it the mode
+            # Docker's layers have (mkdtemp's is 0700), whatever our umask.
+            os.chmod(staging, 0o755)
             with self.open_blob(layer.digest) as blob:
                 stats = apply_layer(blob, staging, media_type=layer.media_type or None)
             if stats.diff_id != diff_id:
-                raise DigestMismatch(
-                    f"layer {layer.digest} unpacks to {stats.diff_id}, but the image config says {diff_id}"
-                )
-            return self.add_snapshot(diff_id, staging)
+                raise DigestMismatch(_diff_id_mismatch(image, layer.digest, diff_id, stats.diff_id))
+            self.record_layer(layer.digest, diff_id, layer.media_type, layer.size)
+            return self.add_snapshot(chain_id, diff_id, staging)
         finally:
             if staging.exists():
                 remove_tree(staging)
 
-    def add_snapshot(self, diff_id: str, directory: Path) -> Path:
-        """Adopt ``directory`` (on the store's filesystem) as the snapshot of ``diff_id``.
+    def add_snapshot(self, chain_id: str, diff_id: str, directory: Path) -> Path:
+        """Adopt ``directory`` (on the store's filesystem, holding layer ``diff_id``) as
+        the snapshot of ``chain_id``.
 
         If another process got there first, ours is removed and theirs returned.
         """
         with self.lock():
-            existing = self.snapshot_path(diff_id)
+            existing = self.snapshot_path(chain_id)
             if existing is not None:
                 remove_tree(directory)
                 return existing
             now = time.time()
             with self.db.transaction() as conn:
-                conn.execute("DELETE FROM snapshots WHERE diff_id=?", (diff_id,))
+                conn.execute("DELETE FROM snapshots WHERE chain_id=?", (chain_id,))
                 cursor = conn.execute(
-                    "INSERT INTO snapshots(diff_id, created, last_used) VALUES (?,?,?)", (diff_id, now, now)
+                    "INSERT INTO snapshots(chain_id, diff_id, created, last_used) VALUES (?,?,?,?)",
+                    (chain_id, diff_id, now, now),
                 )
                 snapshot_id = cursor.lastrowid
             target = self.snapshots_dir / str(snapshot_id)
             os.rename(directory, target)
             return target
 
-    def _touch_snapshot(self, diff_id: str) -> None:
-        self.db.execute("UPDATE snapshots SET last_used=? WHERE diff_id=?", (time.time(), diff_id))
+    def _touch_snapshot(self, chain_id: str) -> None:
+        self.db.execute("UPDATE snapshots SET last_used=? WHERE chain_id=?", (time.time(), chain_id))
+
+    def _drop_legacy_snapshots(self) -> None:
+        """Upgrade a store whose snapshots were keyed by diff_id (index.db version 1).
+
+        Their directories move to tmp/ and are removed; layers are extracted
+        again, under their chain IDs, when a build first needs them. A
+        directory that cannot be removed (still mounted by an older imgbuild)
+        stays in tmp/ for ``imgbuild fsck --repair``.
+        """
+        moved: list[Path] = []
+
+        def move(snapshot_id: int) -> None:
+            holder = self.make_temp_dir("legacy-snapshot-")
+            try:
+                os.rename(self.snapshots_dir / str(snapshot_id), holder / "tree")
+            except FileNotFoundError:
+                pass
+            moved.append(holder)
+
+        with self.lock():
+            self.db.drop_legacy_snapshots(move)
+        for holder in moved:
+            try:
+                remove_tree(holder)
+            except (MountedError, OSError):
+                pass
 
     def make_temp_dir(self, prefix: str) -> Path:
         return Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix=prefix))
@@ -391,7 +443,17 @@ def _ref_name(entry: dict) -> str | None:
     return (entry.get("annotations") or {}).get(REF_NAME_ANNOTATION)
 
 
-def remove_tree(path: Path) -> None:
-    """Remove a directory tree we created (snapshots hold whiteout devices and
-    read-only dirs; imgbuild runs as root, so plain rmtree copes with both)."""
-    shutil.rmtree(path, ignore_errors=False)
+def _private_directory(path: Path) -> None:
+    """Create ``path`` as 0700, or take group and other access away from it."""
+    path.mkdir(mode=PRIVATE_MODE, parents=True, exist_ok=True)
+    if stat.S_IMODE(os.stat(path).st_mode) & 0o077:
+        os.chmod(path, PRIVATE_MODE)
+
+
+def _diff_id_mismatch(image: str, digest: str, claimed: str, actual: str) -> str:
+    where = f"image {image}" if image else "an image"
+    return (
+        f"{where}: layer {digest} does not match the image config: the config claims diff_id "
+        f"{claimed}, but the layer's content is {actual}. The image is broken (or was tampered "
+        "with); the layer was not used. Rebuild the image or push it again."
+    )

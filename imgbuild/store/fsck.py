@@ -14,7 +14,8 @@ Checks, in order:
 Repairs (``repair=True``) only ever delete things that are already useless:
 corrupt blobs and stray files under blobs/, snapshot rows without a directory
 and directories without a row, cache rows whose layer is gone, and leftover
-temp files. A tag whose blobs are missing stays; the report says so, and
+temp files. Nothing is removed through a mount point: a temp directory with a
+live mount in it (a running container's root) is left alone and noted. A tag whose blobs are missing stays; the report says so, and
 ``imgbuild pull``/``build`` or ``imgbuild rmi`` is the user's fix.
 
 Blobs are hashed without holding the store lock (blob files never change once
@@ -29,10 +30,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgbuild.errors import ImgbuildError
+from imgbuild.errors import ImgbuildError, MountedError
 from imgbuild.image import Descriptor, parse_json_document
 from imgbuild.store import Store, remove_tree
 from imgbuild.store.gc import child_descriptors, exclusive_lease, is_digest_name
+from imgbuild.store.mounts import mounts_under
 
 
 @dataclass
@@ -194,18 +196,18 @@ def _check_cache(store: Store, report: FsckReport) -> None:
 
 
 def _check_snapshots(store: Store, report: FsckReport) -> None:
-    rows = store.db.query("SELECT id, diff_id FROM snapshots")
+    rows = store.db.query("SELECT id, chain_id, diff_id FROM snapshots")
     known = {str(row["id"]) for row in rows}
     for row in rows:
         if not (store.snapshots_dir / str(row["id"])).is_dir():
             report.add(
                 "snapshot-missing",
                 f"snapshot {row['id']}",
-                f"index.db lists it (layer {row['diff_id']}) but the directory is gone",
+                f"index.db lists it (layer {row['diff_id']}, chain {row['chain_id']}) but the directory is gone",
                 True,
             )
     for path in sorted(store.snapshots_dir.iterdir()):
-        if path.name not in known:
+        if path.name not in known and not _noted_if_mounted(report, path):
             report.add("snapshot-orphan", str(path), "not listed in index.db", True)
 
 
@@ -221,7 +223,24 @@ def _check_tmp(store: Store, report: FsckReport) -> None:
             )
             return
         for path in entries:
-            report.add("leftover-temp", str(path), "left behind by an interrupted imgbuild", True)
+            if not _noted_if_mounted(report, path):
+                report.add("leftover-temp", str(path), "left behind by an interrupted imgbuild", True)
+
+
+def _noted_if_mounted(report: FsckReport, path: Path) -> bool:
+    """Note a directory with a live mount in it (never a problem to repair): True if so.
+
+    With no writer lease held, a mount in tmp/ is from a process that takes no
+    lease (an older imgbuild) or was left by a killed one; removing through
+    it would delete files of a running container or of the host.
+    """
+    mounted = mounts_under(path)
+    if mounted:
+        report.notes.append(
+            f"{path} left alone: {', '.join(mounted)} is mounted there; "
+            "unmount it if no imgbuild is running, then run fsck again"
+        )
+    return bool(mounted)
 
 
 def _check_database(store: Store, report: FsckReport) -> None:
@@ -281,11 +300,15 @@ def _repair_snapshots(store: Store, report: FsckReport) -> list[str]:
 
 
 def _remove(path: Path) -> bool:
+    """Remove a file or tree; never through a mount point (then it stays, and the
+    check after the repair reports it again)."""
     try:
         if path.is_dir() and not path.is_symlink():
             remove_tree(path)
-        else:
+        elif not mounts_under(path):
             os.unlink(path)
-    except FileNotFoundError:
+        else:
+            return False
+    except (FileNotFoundError, MountedError):
         return False
     return True

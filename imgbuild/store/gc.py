@@ -25,6 +25,7 @@ from imgbuild.errors import ImgbuildError, StoreError
 from imgbuild.image import INDEX_TYPES, MANIFEST_TYPES, Descriptor, media_type_of
 from imgbuild.store import Store
 from imgbuild.store.atomic import fsync_dir
+from imgbuild.store.mounts import mounts_under
 
 HEX = frozenset("0123456789abcdef")
 
@@ -128,9 +129,10 @@ def collect_garbage(store: Store) -> GcResult:
 
 def _sweep(store: Store, keep: set[str]) -> GcResult:
     result = GcResult()
+    mounted = set(mounts_under(store.blobs_dir))  # never unlink a mount point
     for path in sorted(store.blobs_dir.iterdir()):
         digest = "sha256:" + path.name
-        if not is_digest_name(path.name) or digest in keep or not path.is_file():
+        if not is_digest_name(path.name) or digest in keep or not path.is_file() or os.path.realpath(path) in mounted:
             continue  # names that are not digests are fsck's business
         size = path.stat().st_size
         path.unlink()

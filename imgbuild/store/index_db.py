@@ -13,7 +13,9 @@ import sqlite3
 import threading
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+# 1: snapshots keyed by diff_id. 2: snapshots keyed by chain ID (see
+# imgbuild.image.chain_ids); Store upgrades a version-1 database on open.
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS layers (
@@ -26,10 +28,12 @@ CREATE INDEX IF NOT EXISTS layers_by_diff_id ON layers(diff_id);
 
 CREATE TABLE IF NOT EXISTS snapshots (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- short, so overlay option strings stay short
-    diff_id     TEXT NOT NULL UNIQUE,
+    chain_id    TEXT NOT NULL UNIQUE,  -- the layer and every layer below it
+    diff_id     TEXT NOT NULL,         -- the layer the directory holds
     created     REAL NOT NULL,
     last_used   REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS snapshots_by_diff_id ON snapshots(diff_id);
 
 CREATE TABLE IF NOT EXISTS cache (
     key         TEXT PRIMARY KEY,   -- the step's cache key (docs/cache.md)
@@ -56,7 +60,8 @@ class IndexDB:
         # safe for two processes opening a new store at once.
         conn = self.connection()
         conn.executescript(SCHEMA)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if not self.has_legacy_snapshots():
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -77,6 +82,38 @@ class IndexDB:
     def execute(self, sql: str, params: tuple = ()) -> None:
         with self.transaction() as conn:
             conn.execute(sql, params)
+
+    def has_legacy_snapshots(self) -> bool:
+        """True for a version-1 database: its snapshots table is keyed by diff_id."""
+        columns = {row["name"] for row in self.query("PRAGMA table_info(snapshots)")}
+        return "chain_id" not in columns
+
+    def drop_legacy_snapshots(self, move_directory) -> list[int]:
+        """Upgrade a version-1 ``snapshots`` table; returns the ids of its rows.
+
+        A diff_id-keyed snapshot is right only at the bottom of a stack, and the
+        table cannot tell where each was used, so the rows go and the layers are
+        extracted again on first use. ``move_directory(id)`` is called for each
+        row before the table is replaced (the caller holds the store lock).
+        Also forgets layer rows whose diff_id nothing verified: version 1
+        recorded the diff_ids a pulled config claimed; only layers built here
+        (referenced by the build cache) were written by us.
+        """
+        with self.transaction() as conn:
+            columns = {row["name"] for row in conn.execute("PRAGMA table_info(snapshots)")}
+            if "chain_id" in columns:
+                return []  # another process upgraded it first
+            ids = [row["id"] for row in conn.execute("SELECT id FROM snapshots")]
+            for snapshot_id in ids:
+                move_directory(snapshot_id)
+            conn.execute("DROP TABLE snapshots")
+            conn.execute(
+                "DELETE FROM layers WHERE digest NOT IN"
+                " (SELECT layer_digest FROM cache WHERE layer_digest IS NOT NULL)"
+            )
+        self.connection().executescript(SCHEMA)
+        self.connection().execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        return ids
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -133,6 +133,24 @@ def test_dockerfile_from_stdin_and_default_verb_equal_build(store, context, imgb
     assert len(names) == 1
 
 
+def test_quiet_iidfile_and_metadata_name_the_same_image_id(store, context, imgbuild_cli, tmp_path):
+    """-q printed the manifest digest while --iidfile held the config digest; both are the image ID."""
+    (context / "Dockerfile").write_text("FROM busybox\nCOPY data.txt /\n")
+    iidfile, metadata_file = tmp_path / "iid", tmp_path / "metadata.json"
+    completed = imgbuild_cli(
+        store.root, "-q", "-t", "iid:1", "--iidfile", str(iidfile), "--metadata-file", str(metadata_file),
+        str(context),
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    image = Store(store.root).load_image("iid:1")
+    image_id = image.config_descriptor.digest
+    assert completed.stdout == image_id + "\n"
+    assert iidfile.read_text() == image_id
+    metadata = json.loads(metadata_file.read_text())
+    assert metadata["containerimage.config.digest"] == image_id
+    assert metadata["containerimage.digest"] == image.digest != image_id
+
+
 # --- progress ----------------------------------------------------------------------------------
 
 
@@ -147,7 +165,9 @@ def test_progress_plain(store, context, imgbuild_cli):
     assert "#1 plain-output-line" in lines
     assert any(line.startswith("#1 DONE ") for line in lines)
     assert "#2 [2/2] COPY data.txt /" in lines
-    assert any(line.startswith("image sha256:") for line in lines)
+    image = Store(store.root).load_image("plain:1")
+    assert f"image ID {image.config_descriptor.digest}" in lines
+    assert any(line.startswith(f"  manifest {image.digest}, size ") for line in lines)
     again = imgbuild_cli(store.root, "--progress", "plain", "-t", "plain:1", str(context))
     assert "#1 CACHED" in again.stderr.splitlines()
     assert "steps: 2 cached, 0 run" in again.stderr

@@ -11,7 +11,7 @@ import os
 import tarfile
 import threading
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import zstandard
@@ -81,6 +81,17 @@ def test_missing_parents_are_created(build_df):
     for parent in ("x", "x/y", "x/y/z"):
         assert _summary(tree[parent])[:4] == ("dir", "0o755", 0, 0)
     assert tree["x/y/z/file"].data == b"a\n"
+
+
+@pytest.mark.parametrize(
+    "dest,source",
+    [("/a/b/c", "a.txt"), ("/a/b", "a.txt"), ("/a/", "a.txt"), ("/a/", "dir"), ("/link/b", "dir")],
+)
+def test_destination_below_a_file_is_a_clear_error(build_df, dest, source):
+    with pytest.raises(BuildError) as caught:
+        build_df(f"FROM busybox\nRUN touch /a && ln -s /a /link\nCOPY {source} {dest}\n", FILES)
+    assert caught.value.location.line == 3
+    assert f"{source} to {dest}: /a is not a directory (it is a regular file)" in str(caught.value)
 
 
 def test_relative_destination_follows_workdir(build_df):
@@ -255,6 +266,18 @@ def test_add_extracts_local_archives(build_df):
     assert copied["copied/a.tar.gz"].data == archives["a.tar.gz"]  # COPY never extracts
 
 
+def test_add_archive_through_a_file_is_a_clear_error(build_df):
+    """pkg/readme cannot be extracted where pkg is a file: say so, relative to the destination."""
+    with pytest.raises(BuildError) as caught:
+        build_df("FROM busybox\nRUN mkdir /x && touch /x/pkg\nADD t.tar /x/\n", {"t.tar": _tar_bytes()})
+    assert caught.value.location.line == 3
+    assert "t.tar: cannot extract pkg/readme: pkg below the destination is not a directory" in str(
+        caught.value
+    )
+    with pytest.raises(BuildError, match="t.tar to /a/x/: /a is not a directory"):
+        build_df("FROM busybox\nRUN touch /a\nADD t.tar /a/x/\n", {"t.tar": _tar_bytes()})
+
+
 @pytest.fixture
 def http_files(tmp_path):
     """A loopback http.server serving a directory; yields (directory, base URL)."""
@@ -284,6 +307,70 @@ def test_add_url_with_checksum(build_df, http_files):
     with pytest.raises(BuildError) as caught:
         build_df(f"FROM scratch\nADD --checksum={bad} {base}/tool.sh /dl/\n")
     assert "checksum" in str(caught.value).lower()
+
+
+class _RecordingHandler(BaseHTTPRequestHandler):
+    """Serves /file (and /redirect to it), and as a proxy any absolute URL; records
+    the request line and Authorization header of every request in ``seen``."""
+
+    seen: list[tuple[str, str | None]] = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.seen.append((self.path, self.headers.get("Authorization")))
+        if self.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", "/file")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = b"served\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def recording_server():
+    handler = type("Handler", (_RecordingHandler,), {"seen": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield handler.seen, server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_add_url_never_sends_netrc_logins_but_uses_the_proxy(
+    build_df, recording_server, tmp_path, monkeypatch
+):
+    """requests sends ~/.netrc logins by default (and again after a redirect)."""
+    seen, port = recording_server
+    home = tmp_path / "home"
+    home.mkdir()
+    netrc = home / ".netrc"
+    netrc.write_text(
+        "machine 127.0.0.1 login netrc-user password netrc-secret\n"
+        "machine files.invalid login netrc-user password netrc-secret\n"
+    )
+    netrc.chmod(0o600)
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("NETRC", "NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+    base = f"http://127.0.0.1:{port}"
+    tree = build_df(f"FROM scratch\nADD {base}/file /direct\nADD {base}/redirect /redirected\n").tree()
+    assert tree["direct"].data == tree["redirected"].data == b"served\n"
+    assert [path for path, _ in seen] == ["/file", "/redirect", "/file"]
+
+    # the environment's proxy is still used: the proxy gets the absolute URL
+    monkeypatch.setenv("http_proxy", base)
+    tree = build_df("FROM scratch\nADD http://files.invalid/proxied /proxied\n").tree()
+    assert tree["proxied"].data == b"served\n"
+    assert seen[-1][0] == "http://files.invalid/proxied"
+    assert [authorization for _, authorization in seen] == [None] * 4
 
 
 def test_copy_heredoc_files(build_df):

@@ -286,6 +286,26 @@ def test_workdir_created_relative_and_owned_by_user(build_df):
     assert (tree["owned/deep"].uid, tree["owned/deep"].gid) == (1000, 1000)
 
 
+@pytest.mark.parametrize("workdir", ["/a/b", "/a", "/link/b"])
+def test_workdir_through_a_file_is_a_located_error(build_df, workdir):
+    """Was a NotADirectoryError traceback (or, for /a itself, a file as WorkingDir)."""
+    from imgbuild.errors import BuildError
+
+    with pytest.raises(BuildError) as caught:
+        build_df(f"FROM busybox\nRUN touch /a && ln -s /a /link\nWORKDIR {workdir}\n")
+    message = str(caught.value)
+    assert caught.value.location.line == 3
+    assert f"WORKDIR {workdir}: /a is not a directory (it is a regular file)" in message
+
+
+def test_workdir_through_a_file_on_the_command_line(store, tmp_path, imgbuild_cli, no_traceback):
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nRUN touch /a\nWORKDIR /a/b\n")
+    completed = imgbuild_cli(store.root, str(tmp_path))
+    no_traceback(completed)
+    assert completed.returncode == 1
+    assert "Dockerfile:3: WORKDIR /a/b: /a is not a directory" in completed.stderr
+
+
 def test_user_by_name_and_by_ids(build_df):
     built = build_df(
         "FROM busybox\nUSER app\nRUN id > /tmp/id-name\nUSER 1234:50\nRUN id > /tmp/id-num\n"

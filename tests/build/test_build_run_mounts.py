@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
 import os
+import signal
+import time
+from secrets import token_hex
 
 import pytest
 import zstandard
@@ -211,6 +215,17 @@ def test_bind_mount_from_stage(build_df):
     assert "mnt/out" not in tree
 
 
+def test_bind_mount_from_stage_index(build_df):
+    """from=0 is stage 0, as in COPY --from=0 (it used to end in a KeyError)."""
+    built = build_df(
+        "FROM busybox\nRUN mkdir /out && echo artifact > /out/thing\n"
+        "FROM busybox\n"
+        "RUN --mount=type=bind,from=0,source=/out,target=/mnt/out cp /mnt/out/thing /got\n",
+    )
+    assert built.tree()["got"].data == b"artifact\n"
+    assert "out" not in built.tree()
+
+
 # --- type=secret -------------------------------------------------------------------------
 
 
@@ -271,6 +286,68 @@ def test_secrets_are_readable_in_run_and_stored_nowhere(build_df, store, tmp_pat
     assert tree["envfile.sha"].data == env_sha
     assert not any(name.startswith(("run/secrets", "etc/app")) for name in tree)
     assert _files_containing(store.root, [SECRET.encode(), ENV_SECRET.encode()]) == []
+
+
+def _secrets_on_disk(store_root, needles: list[bytes]) -> list[str]:
+    """Files holding a secret in the store, or in /dev/shm and /tmp where secrets once went."""
+    places = [store_root, "/dev/shm"]
+    found = [path for place in places for path in _files_containing(place, needles)]
+    return found + [
+        os.path.join("/tmp", name)
+        for name in os.listdir("/tmp")
+        if name.startswith("imgbuild-secret-")
+    ]
+
+
+def _wait_for(path_pattern: str, process, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not glob.glob(path_pattern):
+        if process.poll() is not None:
+            raise AssertionError(f"the build ended early: {process.communicate()[1].decode()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path_pattern} never appeared")
+        time.sleep(0.05)
+
+
+def test_secrets_are_on_no_disk_while_the_step_runs_nor_after_a_kill(
+    store, tmp_path, start_cli, kill_group, clear_leftovers
+):
+    """The secret values are in no file under the store while RUN runs, and a SIGKILL of
+    imgbuild (which cannot clean up) leaves none behind either."""
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        "FROM busybox\n"
+        "RUN --mount=type=secret,id=token --mount=type=secret,id=fromenv,env=APP_TOKEN "
+        "--mount=type=secret,id=fromenv,target=/run/env-token "
+        "--mount=type=cache,id=signal,target=/signal "
+        'test "$APP_TOKEN" = "$(cat /run/env-token)" && test -s /run/secrets/token '
+        "&& touch /signal/running && sleep 60\n"
+    )
+    # Values of this run only: other builds on the machine may use the module's constants.
+    file_value, env_value = f"file-{token_hex(16)}", f"env-{token_hex(16)}"
+    secret_file = tmp_path / "token.txt"
+    secret_file.write_text(file_value)
+    needles = [file_value.encode(), env_value.encode()]
+    process = start_cli(
+        store.root,
+        "--progress", "plain",
+        "--secret", f"id=token,src={secret_file}",
+        "--secret", "id=fromenv,env=HOST_SECRET_VAR",
+        str(context),
+        env={"HOST_SECRET_VAR": env_value},
+    )  # fmt: skip
+    try:
+        _wait_for(f"{store.root}/cache-mounts/*/running", process)  # the step is running
+        assert _secrets_on_disk(store.root, needles) == []
+        assert b"imgbuild-bundle" not in open("/proc/self/mountinfo", "rb").read()
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        assert _secrets_on_disk(store.root, needles) == []
+    finally:
+        kill_group(process)
+        clear_leftovers(store.root)
+    assert _secrets_on_disk(store.root, needles) == []
 
 
 def test_missing_required_secret_fails_and_optional_is_skipped(build_df):

@@ -93,6 +93,18 @@ def test_user_workdir_and_entrypoint_flags(shared_root, images, run_image):
     )
 
 
+def test_empty_entrypoint_clears_the_images_entrypoint(shared_root, images, run_image, no_traceback):
+    """docker run --entrypoint '' IMAGE CMD runs CMD alone (it used to keep the ENTRYPOINT)."""
+    completed = run_image(shared_root, "--entrypoint", "", "run-verb:entry", "echo", "alone")
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == "alone\n"
+    # the image's CMD goes with it, as in Docker: there is nothing left to run
+    bare = run_image(shared_root, "--entrypoint", "", "run-verb:entry")
+    no_traceback(bare)
+    assert bare.returncode == 2
+    assert "--entrypoint '' clears" in bare.stderr
+
+
 def test_network_none(shared_root, images, run_image):
     assert run_image(
         shared_root, "--network", "none", "run-verb:app", "ls", "/sys/class/net"

@@ -67,6 +67,18 @@ def test_copy_from_index_image_and_later_stage():
     assert make(text, target="a").needed == [2, 0]
 
 
+def test_mount_from_index_is_a_stage_like_copy_from():
+    result = make(
+        "FROM busybox\nRUN true\n"
+        "FROM busybox\nRUN --mount=type=bind,from=0,target=/m true\n"
+        "RUN --mount=type=cache,from=0,target=/c true\n"
+    )
+    assert result.stages[1].deps == {0}
+    assert result.stages[1].images == []
+    assert result.needed == [0, 1]
+    assert result.source_stage("0") == 0
+
+
 def test_from_a_later_stage_name_is_an_image():
     result = make("FROM later AS first\nFROM busybox AS later\n")
     assert result.stages[0].base_stage is None and result.stages[0].base == "later"
@@ -153,6 +165,13 @@ def test_stage_args_that_need_the_base_image_are_reported_not_fatal():
         ),
         ("FROM a\nCOPY --from=0 /a /a\n", {}, 2, "a stage index must refer to an earlier stage"),
         ("FROM a\nCOPY --from=-1 /a /a\n", {}, 2, "invalid stage index -1"),
+        (
+            "FROM a\nRUN --mount=from=0,target=/x true\n",
+            {},
+            2,
+            "RUN --mount=from=0: a stage index must refer to an earlier stage",
+        ),
+        ("FROM a\nRUN --mount=from=-1,target=/x true\n", {}, 2, "invalid stage index -1"),
         ("ARG B\nFROM $B\n", {}, 2, "base name ($B) should not be blank"),
         ('FROM "a\n', {}, 1, "failed to process"),
     ],

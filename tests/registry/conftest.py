@@ -272,6 +272,7 @@ class TokenRegistry:
     username: str
     password: str
     token_requests: list[dict]  # query parameters of every token request
+    token_authorizations: list[str | None]  # the Authorization header of every token request
 
 
 def _b64url(data: bytes) -> str:
@@ -288,7 +289,7 @@ def _sign_jwt(claims: dict, key: Path, cert_der: bytes) -> str:
     return f"{signing_input}.{_b64url(signature)}"
 
 
-def _token_handler(key: Path, cert_der: bytes, requests_seen: list[dict]):
+def _token_handler(key: Path, cert_der: bytes, requests_seen: list[dict], authorizations: list[str | None]):
     expected = "Basic " + base64.b64encode(f"{TOKEN_USER}:{TOKEN_PASSWORD}".encode()).decode()
 
     class Handler(BaseHTTPRequestHandler):
@@ -298,6 +299,7 @@ def _token_handler(key: Path, cert_der: bytes, requests_seen: list[dict]):
         def do_GET(self):
             query = parse_qs(urlsplit(self.path).query)
             requests_seen.append(query)
+            authorizations.append(self.headers.get("Authorization"))
             if self.headers.get("Authorization") != expected:
                 self.send_response(401)
                 self.send_header("Content-Length", "0")
@@ -327,6 +329,17 @@ def _token_handler(key: Path, cert_der: bytes, requests_seen: list[dict]):
 @pytest.fixture(scope="session")
 def token_registry(tmp_path_factory):
     """A real docker-registry that wants bearer tokens from our token service."""
+    yield from _token_registry(tmp_path_factory, realm_host="127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def foreign_realm_registry(tmp_path_factory):
+    """The same, but the registry (on 127.0.0.1) names its plain-HTTP token realm
+    as ``localhost``: another host, as a realm elsewhere on the network would be."""
+    yield from _token_registry(tmp_path_factory, realm_host="localhost")
+
+
+def _token_registry(tmp_path_factory, realm_host: str):
     if shutil.which("docker-registry") is None or shutil.which("openssl") is None:
         pytest.fail("docker-registry and openssl are needed; run scripts/test.sh")
     work = tmp_path_factory.mktemp("token-registry")
@@ -341,10 +354,12 @@ def token_registry(tmp_path_factory):
     ).stdout
 
     requests_seen: list[dict] = []
-    token_server = ThreadingHTTPServer(("127.0.0.1", 0), _token_handler(key, cert_der, requests_seen))
+    authorizations: list[str | None] = []
+    handler = _token_handler(key, cert_der, requests_seen, authorizations)
+    token_server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     token_server.daemon_threads = True
     threading.Thread(target=token_server.serve_forever, daemon=True).start()
-    realm = f"http://127.0.0.1:{token_server.server_address[1]}/token"
+    realm = f"http://{realm_host}:{token_server.server_address[1]}/token"
 
     host = f"127.0.0.1:{free_port()}"
     config = work / "config.yml"
@@ -365,7 +380,7 @@ def token_registry(tmp_path_factory):
     )
     try:
         wait_for_registry(host, process)
-        yield TokenRegistry(host, TOKEN_USER, TOKEN_PASSWORD, requests_seen)
+        yield TokenRegistry(host, TOKEN_USER, TOKEN_PASSWORD, requests_seen, authorizations)
     finally:
         process.terminate()
         process.wait(timeout=10)

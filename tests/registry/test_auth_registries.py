@@ -122,6 +122,45 @@ def test_bearer_cross_repository_mount(token_registry, login, busybox_store, new
     assert f"repository:{first}:pull" in scopes
 
 
+def test_bearer_credentials_reach_a_plain_http_realm_on_the_registrys_own_host(
+    token_registry, login, busybox_store, new_repo
+):
+    login(token_registry.host, token_registry.username, token_registry.password)
+    token_registry.token_authorizations.clear()
+    push(busybox_store, "busybox:latest", f"{token_registry.host}/{new_repo('own-host')}:1")
+    basic = "Basic " + base64.b64encode(f"{token_registry.username}:{token_registry.password}".encode()).decode()
+    assert token_registry.token_authorizations and set(token_registry.token_authorizations) == {basic}
+
+
+def test_credentials_never_go_to_a_plain_http_realm_on_another_host(
+    foreign_realm_registry, login, busybox_store, make_store, docker_config, new_repo, tmp_path, monkeypatch
+):
+    """Neither config.json's credentials nor ~/.netrc's reach the token service."""
+    registry = foreign_realm_registry
+    login(registry.host, registry.username, registry.password)
+    home = tmp_path / "home"
+    home.mkdir()
+    netrc = home / ".netrc"
+    netrc.write_text("machine localhost login netrc-user password netrc-secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("NETRC", raising=False)
+    registry.token_authorizations.clear()
+    target = f"{registry.host}/{new_repo('foreign-realm')}:1"
+
+    with pytest.raises(AuthError) as push_error:
+        push(busybox_store, "busybox:latest", target)
+    with pytest.raises(AuthError) as pull_error:
+        pull(make_store("pulled"), target)
+
+    assert registry.token_authorizations and set(registry.token_authorizations) == {None}
+    for error in (push_error.value, pull_error.value):
+        message = str(error)
+        assert "did not send the credentials" in message
+        assert str(docker_config / "config.json") in message and "localhost" in message
+        assert_no_secret(message, registry.password, registry.username)
+
+
 def test_registry_without_auth_never_reads_credentials(registry, busybox_store, make_store, docker_config, new_repo):
     """Credentials are read only when a registry asks, so a broken config.json does not
     stop pulls from registries that need none (its error shows once one does)."""

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from imgbuild.errors import AuthError
-from imgbuild.registry.auth import load_credentials, parse_challenges
+from imgbuild.registry.auth import load_credentials, parse_challenges, realm_may_get_credentials
 from imgbuild.registry.client import RegistryClient, RegistryOptions, is_insecure
 
 
@@ -147,6 +147,24 @@ def test_parse_challenges(header, expected):
 )
 def test_insecure_hosts(host, insecure_list, expected):
     assert is_insecure(host, insecure_list) is expected
+
+
+@pytest.mark.parametrize(
+    "realm,registry_url,expected",
+    [
+        ("https://auth.example/token", "https://reg.example", True),
+        ("https://auth.example/token", "http://127.0.0.1:5000", True),
+        ("http://127.0.0.1:5001/token", "http://127.0.0.1:5000", True),  # the registry's own host
+        ("http://REG.example:81/t", "http://reg.example:5000", True),
+        ("http://localhost:5001/token", "http://127.0.0.1:5000", False),  # another host name
+        ("http://auth.example/token", "http://reg.example:5000", False),
+        ("http://reg.example/token", "https://reg.example", False),  # a downgrade from https
+        ("ftp://reg.example/token", "http://reg.example", False),
+        ("http:///token", "http://reg.example", False),
+    ],
+)
+def test_which_token_realms_get_credentials(realm, registry_url, expected):
+    assert realm_may_get_credentials(realm, registry_url) is expected
 
 
 def test_client_scheme(monkeypatch):

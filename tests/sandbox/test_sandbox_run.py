@@ -18,7 +18,7 @@ import pytest
 from sandbox.sandboxtools import containers_under, make_busybox_rootfs, needs_root_and_runc
 
 from imgbuild.builder.overlay import mount_overlay, mounts_under, prune_copied_up_dirs
-from imgbuild.builder.sandbox import Mount, RunSpec, run_container
+from imgbuild.builder.sandbox import Mount, PrivateFile, RunSpec, run_container
 from imgbuild.builder.users import resolve_user
 from imgbuild.errors import Interrupted, SandboxError
 
@@ -140,7 +140,7 @@ def interfaces(proc_net_dev: str) -> list[str]:
     return sorted(line.split(":")[0].strip() for line in proc_net_dev.splitlines()[2:])
 
 
-def test_capabilities_and_no_new_privileges(step):
+def test_capabilities_and_privileges_as_in_docker(step):
     status, output = step.run(["grep", "-E", "^(Cap|NoNewPrivs)", "/proc/self/status"])
     assert status == 0
     fields = dict(line.split(":\t") for line in output.splitlines())
@@ -150,7 +150,7 @@ def test_capabilities_and_no_new_privileges(step):
         "CapEff": "00000000a80425fb",
         "CapBnd": "00000000a80425fb",
         "CapAmb": "0000000000000000",
-        "NoNewPrivs": "1",
+        "NoNewPrivs": "0",  # setuid programs work, as in Docker
     }
     status, output = step.run(["grep", "-E", "^Cap(Eff|Bnd)", "/proc/self/status"], user="app")
     assert output == "CapEff:\t0000000000000000\nCapBnd:\t00000000a80425fb\n"
@@ -312,6 +312,44 @@ def test_output_is_streamed_while_the_command_runs(tmp_path, step):
     assert status == 0
     assert b"".join(seen) == b"first\nsecond\n"
     assert len(seen) >= 2
+
+
+def test_private_files_and_env_live_only_in_the_runtimes_namespace(tmp_path, step):
+    """Secrets (a private file, an env value) reach the process but no directory the
+    host sees: while the command runs, the bundle directory on disk is empty and
+    no tmpfs of ours shows in our mount table."""
+    seen_on_host = []
+
+    def on_output(chunk: bytes) -> None:
+        if b"ready" in chunk:
+            bundles = list((tmp_path / "scratch").glob("run-*/bundle"))
+            seen_on_host.append([sorted(p.name for p in bundle.iterdir()) for bundle in bundles])
+            seen_on_host.append(b"imgbuild-bundle" in Path("/proc/self/mountinfo").read_bytes())
+            (tmp_path / "handshake" / "go").touch()
+
+    (tmp_path / "handshake").mkdir()
+    secret = PrivateFile(b"file-s3cret", mode=0o440, uid=0, gid=50)
+    mounts = [
+        Mount("bind", "/run/secrets/token", readonly=True, private=secret),
+        Mount("bind", "/hs", str(tmp_path / "handshake")),
+    ]
+    script = (
+        'cat /run/secrets/token; echo " $(stat -c \'%a %u %g\' /run/secrets/token) $TOKEN"; '
+        "echo ready; i=0; while [ ! -e /hs/go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done"
+    )
+    with mount_overlay(step.lowerdirs, step.upper, tmp_path / "work", tmp_path / "merged") as root:
+        spec = RunSpec(args=["sh", "-c", script], env=["TOKEN=env-s3cret"], mounts=mounts)
+        chunks = []
+        status = run_container(
+            root,
+            spec,
+            workdir=tmp_path / "scratch",
+            on_output=lambda chunk: (chunks.append(chunk), on_output(chunk)),
+        )
+    assert status == 0
+    assert b"".join(chunks) == b"file-s3cret 440 0 50 env-s3cret\nready\n"
+    assert seen_on_host == [[[]], False]
+    assert not any((tmp_path / "scratch").iterdir())
 
 
 def test_signal_exit_status_is_128_plus_n(tmp_path, step):

@@ -86,8 +86,8 @@ def test_a_manifest_that_is_not_json_is_reported(store_root):
 
 def test_snapshot_table_and_directory_disagreements_are_repaired(store_root):
     store = Store(store_root)
-    kept = store.add_snapshot("sha256:" + "a" * 64, store.make_temp_dir("snap-"))
-    gone = store.add_snapshot("sha256:" + "b" * 64, store.make_temp_dir("snap-"))
+    kept = store.add_snapshot("sha256:" + "a" * 64, "sha256:" + "a" * 64, store.make_temp_dir("snap-"))
+    gone = store.add_snapshot("sha256:" + "b" * 64, "sha256:" + "b" * 64, store.make_temp_dir("snap-"))
     gone.rmdir()
     orphan = store.snapshots_dir / "999"
     (orphan / "etc").mkdir(parents=True)

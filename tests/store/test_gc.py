@@ -64,7 +64,7 @@ def test_build_cache_and_snapshots_pin_layer_blobs(store_root):
         ("sha256:" + "1" * 64, cached_layer.digest, "RUN true", now, now),
     )
     snapshot_dir = store.make_temp_dir("snap-")
-    store.add_snapshot(snapshotted.diff_ids[0], snapshot_dir)
+    store.add_snapshot(snapshotted.diff_ids[0], snapshotted.diff_ids[0], snapshot_dir)
 
     store.untag("cached:1")
     store.untag("snap:1")

@@ -1,0 +1,128 @@
+"""Start the OCI runtime with its bundle on a tmpfs that only it can see.
+
+Run as a program, not imported (``sandbox.py`` starts it; standard library only,
+so it runs under ``python -I -S``)::
+
+    python3 -I -S privatebundle.py MOUNT_POINT SIZE ERROR_FILE -- RUNTIME ARG...
+
+It reads the bundle's files as JSON on stdin (``{"files": [{"path", "data"
+(base64), "mode", "uid", "gid"}]}``), then:
+
+1. enters a new mount namespace, with every mount a slave of the host's (mounts
+   made on the host still show; nothing made here leaks back);
+2. mounts a tmpfs (mode 0700, ``SIZE`` bytes) on ``MOUNT_POINT`` in that
+   namespace and writes the files into it;
+3. sets the umask to 022, so that the mount points the runtime creates in the
+   root filesystem (``/proc`` in a ``FROM scratch`` image) do not depend on the
+   umask of whoever runs imgbuild, and replaces itself with the runtime, whose
+   stdin is /dev/null.
+
+The bundle holds ``config.json`` (with the values of ``--secret env=``) and the
+secret files. The tmpfs exists in no other namespace: on the host the mount
+point stays an empty directory on disk. When the runtime exits, whether
+imgbuild ended normally or was killed, the namespace and its tmpfs go with it,
+and the kernel frees the pages. No secret is ever written to disk, and nothing
+is left to clean up.
+
+On failure before the runtime starts, the reason goes to ERROR_FILE and the
+exit status is 125.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import json
+import os
+import sys
+
+CLONE_NEWNS = 0x00020000
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_REC = 0x4000
+MS_SLAVE = 0x80000
+MAX_PAYLOAD = 64 * 1024 * 1024  # the bundle's files: config.json and secrets
+LAUNCH_FAILED = 125
+
+
+class LaunchError(Exception):
+    pass
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 6 or argv[4] != "--":
+        print("usage: privatebundle.py MOUNT_POINT SIZE ERROR_FILE -- RUNTIME ARG...", file=sys.stderr)
+        return 2
+    mount_point, size, error_file, command = argv[1], int(argv[2]), argv[3], argv[5:]
+    try:
+        files = _read_payload(sys.stdin.buffer)
+        libc = ctypes.CDLL(None, use_errno=True)
+        _call(libc.unshare(CLONE_NEWNS), "unshare the mount namespace")
+        _call(libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None), "make / a slave mount")
+        options = f"mode=0700,size={size}".encode()
+        flags = MS_NOSUID | MS_NODEV
+        _call(
+            libc.mount(b"imgbuild-bundle", os.fsencode(mount_point), b"tmpfs", flags, options),
+            f"mount a tmpfs on {mount_point}",
+        )
+        for entry in files:
+            _write_file(mount_point, entry)
+        os.umask(0o022)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.execvp(command[0], command)
+    except (LaunchError, OSError, ValueError, KeyError) as error:
+        _report(error_file, str(error))
+    except BaseException as error:  # noqa: BLE001 - the parent must get a reason, whatever it is
+        _report(error_file, f"{type(error).__name__}: {error}")
+    return LAUNCH_FAILED
+
+
+def _read_payload(stream) -> list[dict]:
+    data = stream.read(MAX_PAYLOAD + 1)
+    if len(data) > MAX_PAYLOAD:
+        raise LaunchError(f"the bundle is larger than {MAX_PAYLOAD} bytes")
+    return json.loads(data)["files"]
+
+
+def _call(result: int, what: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise LaunchError(f"cannot {what}: {os.strerror(code)}")
+
+
+def _write_file(root: str, entry: dict) -> None:
+    """Write one file below ``root``; its parent directories are made 0700."""
+    relative = entry["path"]
+    parts = relative.split("/")
+    if relative.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise LaunchError(f"bad bundle path {relative!r}")
+    directory = root
+    for part in parts[:-1]:
+        directory = os.path.join(directory, part)
+        if not os.path.isdir(directory):
+            os.mkdir(directory, 0o700)
+    path = os.path.join(root, relative)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    try:
+        data = memoryview(base64.b64decode(entry["data"]))
+        while data:
+            data = data[os.write(fd, data) :]
+        os.fchown(fd, int(entry["uid"]), int(entry["gid"]))
+        os.fchmod(fd, int(entry["mode"]))
+    finally:
+        os.close(fd)
+
+
+def _report(error_file: str, message: str) -> None:
+    try:
+        with open(error_file, "w") as handle:
+            handle.write(message)
+    except OSError:
+        print(message, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
