@@ -599,29 +599,6 @@ def build_with_buildah(
 
 PRODUCER_NAMES = sorted(PRODUCERS)
 
-# Producers whose images show an imgbuild defect another change fixes: strict,
-# so the mark goes as soon as the defect does.
-DOCKER_LAYER_TYPES = (
-    "imgbuild's OCI manifest keeps the base's Docker layer media types "
-    "(application/vnd.docker.image.rootfs.diff.tar.gzip) and umoci unpack refuses it: "
-    "'blob is not correct mediatype' (issue 7, section 2)"
-)
-KNOWN_DEFECTS = {
-    "docker": DOCKER_LAYER_TYPES,
-    "docker-import": DOCKER_LAYER_TYPES,
-    "docker-classic-builder": DOCKER_LAYER_TYPES,
-    "skopeo-docker-archive": DOCKER_LAYER_TYPES,
-}
-
-
-def producer_params() -> list:
-    return [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_DEFECTS[name]))
-        if name in KNOWN_DEFECTS
-        else name
-        for name in PRODUCER_NAMES
-    ]
-
 
 def test_every_producer_the_issue_names_is_here():
     assert len(PRODUCER_NAMES) >= 20
@@ -630,7 +607,7 @@ def test_every_producer_the_issue_names_is_here():
         assert any(kind in name for name in PRODUCER_NAMES), kind
 
 
-@pytest.mark.parametrize("producer_name", producer_params())
+@pytest.mark.parametrize("producer_name", PRODUCER_NAMES)
 def test_build_on_base_image_from(producer_name, workshop, buildah, build_context, tmp_path):
     base = PRODUCERS[producer_name](workshop, producer_name)
     template = DEBIAN_DOCKERFILE if producer_name.startswith("debian") else BUSYBOX_DOCKERFILE
