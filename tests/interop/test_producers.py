@@ -271,6 +271,23 @@ def two_layer_layout(
     return layout, write_layout(layout, "1", layers, f"interop test: {name}")
 
 
+def with_sparse_file(make_tar: Callable[[Path], bytes]) -> Callable[[Path], bytes]:
+    """``make_tar`` over the tree plus a sparse file: a 1 MiB hole between two lines."""
+
+    def make(root: Path) -> bytes:
+        path = root / "var/lib/sparse.img"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as file:
+            file.write(b"start\n")
+            file.seek(1 << 20)
+            file.write(b"end\n")
+        tar = make_tar(root)
+        assert b"GNU.sparse" in tar, "GNU tar wrote no sparse entry"
+        return tar
+
+    return make
+
+
 def hand_made(
     make_tar: Callable[[Path], bytes], compression: str, push: str = "skopeo"
 ) -> Producer:
@@ -296,6 +313,12 @@ HAND_MADE = {
     "gnutar-gnu-names": hand_made(gnu_tar("--format=gnu", dot_slash=False), "gzip"),
     "gnutar-posix-dotslash": hand_made(gnu_tar("--format=posix", dot_slash=True), "gzip"),
     "gnutar-ustar-names": hand_made(gnu_tar("--format=ustar", dot_slash=False), "gzip"),
+    # PAX sparse entries (GNU.sparse.* records): Go's reader, so containerd,
+    # Docker and buildah, read them as the whole file. (GNU tar's old 'S' entries
+    # are refused by all of those, so they are not here.)
+    "gnutar-posix-sparse": hand_made(
+        with_sparse_file(gnu_tar("--format=posix", "--sparse", dot_slash=True)), "gzip"
+    ),
     "bsdtar": hand_made(bsdtar, "gzip"),
     "python-tarfile": hand_made(python_tarfile, "gzip"),
     "go-no-end-blocks": hand_made(go_style(padded=True), "gzip"),
@@ -602,6 +625,25 @@ def build_with_buildah(
 
 PRODUCER_NAMES = sorted(PRODUCERS)
 
+# Producers whose images show an imgbuild defect: strict, so the mark goes as
+# soon as the defect does.
+KNOWN_DEFECTS = {
+    "gnutar-posix-sparse": (
+        "imgbuild's tar reader refuses PAX sparse entries ('GNU sparse files are not "
+        "supported', imgbuild/layer/tarformat.py _merge_pax); Go's archive/tar, containerd, "
+        "Docker and buildah read them"
+    ),
+}
+
+
+def producer_params() -> list:
+    return [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_DEFECTS[name]))
+        if name in KNOWN_DEFECTS
+        else name
+        for name in PRODUCER_NAMES
+    ]
+
 
 def test_every_producer_the_issue_names_is_here():
     assert len(PRODUCER_NAMES) >= 20
@@ -610,7 +652,7 @@ def test_every_producer_the_issue_names_is_here():
         assert any(kind in name for name in PRODUCER_NAMES), kind
 
 
-@pytest.mark.parametrize("producer_name", PRODUCER_NAMES)
+@pytest.mark.parametrize("producer_name", producer_params())
 def test_build_on_base_image_from(producer_name, workshop, buildah, build_context, tmp_path):
     base = PRODUCERS[producer_name](workshop, producer_name)
     template = DEBIAN_DOCKERFILE if producer_name.startswith("debian") else BUSYBOX_DOCKERFILE
