@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import subprocess
 import tarfile
 from collections.abc import Callable
@@ -239,6 +240,25 @@ def python_tarfile(root: Path) -> bytes:
     return buffer.getvalue()
 
 
+def files_first(root: Path) -> bytes:
+    """Entries as image tools that write files straight into a tar do (Bazel's
+    rules_pkg, Jib and ko write no directory entries): every non-directory first,
+    parents left implicit; then entries only for the directories whose mode or
+    owner differ from what a reader creates (0755 root), after their contents."""
+    paths = sorted(p.relative_to(root) for p in root.rglob("*"))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for relative in paths:
+            if not (root / relative).is_dir() or (root / relative).is_symlink():
+                archive.add(root / relative, arcname=str(relative), recursive=False)
+        for relative in paths:
+            info = (root / relative).lstat()
+            plain = stat.S_IMODE(info.st_mode) == 0o755 and info.st_uid == info.st_gid == 0
+            if stat.S_ISDIR(info.st_mode) and not plain:
+                archive.add(root / relative, arcname=str(relative), recursive=False)
+    return buffer.getvalue()
+
+
 def go_style(padded: bool) -> Callable[[Path], bytes]:
     """Python's tarfile stream, cut where Go's archive/tar stops when the writer is never
     closed: no two zero blocks at the end. ``padded``: Flush was called, so the stream
@@ -320,6 +340,7 @@ HAND_MADE = {
         with_sparse_file(gnu_tar("--format=posix", "--sparse", dot_slash=True)), "gzip"
     ),
     "bsdtar": hand_made(bsdtar, "gzip"),
+    "files-first-implicit-dirs": hand_made(files_first, "gzip"),
     "python-tarfile": hand_made(python_tarfile, "gzip"),
     "go-no-end-blocks": hand_made(go_style(padded=True), "gzip"),
     "go-no-end-blocks-unpadded": hand_made(go_style(padded=False), "gzip"),
