@@ -69,6 +69,7 @@ class Node:
     size: int | None = None  # files only
     sha256: str | None = None  # files only
     target: str | None = None  # symlinks only
+    xattrs: str | None = None  # "name=hex value;..." sorted, when the path has any
 
     @classmethod
     def from_json(cls, data: dict) -> Node:
@@ -119,8 +120,15 @@ def read_tree(root: Path) -> dict[str, Node]:
                 size=info.st_size if kind == "file" else None,
                 sha256=_file_digest(path) if kind == "file" else None,
                 target=os.readlink(path) if kind == "symlink" else None,
+                xattrs=_xattrs(path),
             )
     return tree
+
+
+def _xattrs(path: str) -> str | None:
+    names = sorted(os.listxattr(path, follow_symlinks=False))
+    values = [f"{n}={os.getxattr(path, n, follow_symlinks=False).hex()}" for n in names]
+    return ";".join(values) or None
 
 
 def unpack_tree(layout: Path, ref: str, work: Path) -> dict[str, Node]:

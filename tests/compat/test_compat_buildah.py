@@ -2,7 +2,7 @@
 
 Compared: the image config fields in comparetools.CONFIG_FIELDS plus architecture
 and os, and the flattened root filesystem (path, type, mode, uid, gid, size,
-sha256, symlink target; never mtimes), both images read by skopeo and umoci.
+sha256, symlink target, xattrs; never mtimes), both images read by skopeo and umoci.
 
 Where buildah 1.28 differs from BuildKit, imgbuild follows BuildKit and the
 case has a hand-written ``compat.json``:

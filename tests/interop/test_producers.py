@@ -9,7 +9,8 @@ two results must agree on the flattened root filesystem and the image config
 (tests/comparetools.py; both read by umoci and skopeo).
 
 The busybox bases carry what layer readers trip on: a long path, a non-ASCII
-name, a hard link, a fifo, setuid and sticky modes, files of other owners.
+name, a hard link, a fifo, setuid and sticky modes, files of other owners, a
+file capability and a user xattr (compared where the producer stores xattrs).
 Each producer also makes deletions of its own where it can (whiteouts as that
 tool writes them: a file, and an opaque directory), so the base has at least
 two layers. The summary line at the end says how many producers passed
@@ -125,6 +126,10 @@ def make_base_rootfs(root: Path, producer: str) -> Path:
     os.chown(root / "home/app/.profile", 1000, 1000)
     os.chown(root / "srv", 0, 50)
     os.chmod(root / "srv", 0o2775)
+    # A file capability (as Debian's ping has) and a user xattr: producers that
+    # store xattrs (GNU tar --xattrs, bsdtar, umoci, Docker) carry them.
+    run_tool("setcap", "cap_net_raw+ep", str(root / "srv/setuid-tool"))
+    os.setxattr(root / "etc/motd", "user.interop", b"kept")
     os.link(root / "etc/producer", root / "usr/producer-hardlink")
     # The Dockerfile appends to /etc/motd: under overlayfs (Docker, imgbuild,
     # buildah's overlay driver) that copy-up breaks the link, where the base
@@ -331,7 +336,9 @@ def hand_made(
 HAND_MADE = {
     "gnutar-gnu-dotslash": hand_made(gnu_tar("--format=gnu", dot_slash=True), "gzip"),
     "gnutar-gnu-names": hand_made(gnu_tar("--format=gnu", dot_slash=False), "gzip"),
-    "gnutar-posix-dotslash": hand_made(gnu_tar("--format=posix", dot_slash=True), "gzip"),
+    "gnutar-posix-dotslash-xattrs": hand_made(
+        gnu_tar("--format=posix", "--xattrs", "--xattrs-include=*", dot_slash=True), "gzip"
+    ),
     "gnutar-ustar-names": hand_made(gnu_tar("--format=ustar", dot_slash=False), "gzip"),
     # PAX sparse entries (GNU.sparse.* records): Go's reader, so containerd,
     # Docker and buildah, read them as the whole file. (GNU tar's old 'S' entries
