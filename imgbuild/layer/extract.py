@@ -242,8 +242,11 @@ class _Applier:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(name, flags, 0o600, dir_fd=parent_fd)
         try:
-            while chunk := reader.read_data(_CHUNK):
-                _write_all(fd, chunk)
+            if entry.sparse is None:
+                while chunk := reader.read_data(_CHUNK):
+                    _write_all(fd, chunk)
+            else:
+                _write_sparse(fd, entry, reader)
             # chown clears setuid/setgid and security.capability, so it goes first.
             os.fchown(fd, entry.uid, entry.gid)
             os.fchmod(fd, entry.mode)
@@ -434,6 +437,20 @@ def _set_xattrs(target: int | bytes, entry: TarEntry) -> None:
             log.warning(
                 "layer entry %s: cannot set xattr %s: %s", show_name(entry.name), key, error
             )
+
+
+def _write_sparse(fd: int, entry: TarEntry, reader: TarReader) -> None:
+    """Write each data region at its offset; the rest stays a hole, which costs
+    no disk (so a huge sparse size is no bomb)."""
+    for offset, length in entry.sparse:
+        position = offset
+        while position < offset + length:
+            chunk = reader.read_data(min(_CHUNK, offset + length - position))
+            view = memoryview(chunk)
+            while view:
+                written = os.pwrite(fd, view, position)
+                view, position = view[written:], position + written
+    os.ftruncate(fd, entry.size)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -46,6 +46,7 @@ PAX_GLOBAL_HEADER = b"g"
 GNU_LONG_NAME = b"L"
 GNU_LONG_LINK = b"K"
 GNU_VOLUME_LABEL = b"V"
+GNU_SPARSE = b"S"  # old GNU sparse file: the map is in the header blocks
 
 ENTRY_TYPES = (REGULAR, HARDLINK, SYMLINK, CHAR_DEVICE, BLOCK_DEVICE, DIRECTORY, FIFO)
 # Entries of these types never have data blocks, whatever their size field says
@@ -54,6 +55,8 @@ _HEADER_ONLY_TYPES = (HARDLINK, SYMLINK, CHAR_DEVICE, BLOCK_DEVICE, DIRECTORY, F
 
 # The most we buffer for one PAX or GNU long-name header (Go's limit too).
 MAX_META_SIZE = 1 << 20
+# The most data regions one sparse file may list (each costs a Python tuple).
+MAX_SPARSE_REGIONS = 1 << 18
 
 _XATTR_KEY_PREFIX = b"SCHILY.xattr."
 _USTAR_MAGIC = b"ustar\x0000"
@@ -75,6 +78,10 @@ class TarEntry:
     devmajor: int = 0
     devminor: int = 0
     xattrs: dict[str, bytes] = field(default_factory=dict)
+    # A GNU sparse file: its data regions (offset, length) in the file of
+    # ``size`` bytes; the data read for the entry is theirs, in order, and
+    # everything between them is a hole.
+    sparse: list[tuple[int, int]] | None = None
 
 
 def padding(size: int) -> bytes:
@@ -187,7 +194,9 @@ class TarReader:
 
     ``read`` is a function like ``file.read(n)``: up to n bytes, ``b""`` at the
     end. Every inconsistency (bad checksum, bad number, truncation, oversized
-    extension header, sparse files) raises ``LayerError``.
+    extension header, a sparse map that does not add up) raises ``LayerError``.
+    GNU sparse files are read in all the forms GNU tar writes (old GNU, PAX
+    0.0, 0.1 and 1.0), as Go's reader reads them.
     """
 
     def __init__(self, read: Callable[[int], bytes]):
@@ -242,6 +251,10 @@ class TarReader:
         if long_link is not None:
             entry.linkname = long_link
         _merge_pax(entry, extensions, block_offset)
+        old_sparse = None
+        if entry.type == GNU_SPARSE:
+            old_sparse = self._old_gnu_sparse_map(block, block_offset)
+            entry.type = REGULAR
         if entry.type in (REGULAR_OLD, CONTIGUOUS):
             entry.type = DIRECTORY if entry.name.endswith(b"/") else REGULAR
         if entry.type not in ENTRY_TYPES:
@@ -251,9 +264,72 @@ class TarReader:
             )
         if entry.type in _HEADER_ONLY_TYPES:
             entry.size = 0
-        self._data_left = entry.size
+        self._data_left = entry.size  # what the stream holds for the entry
         self._padding_left = len(padding(entry.size))
+        if old_sparse is not None:
+            entry.sparse, entry.size = old_sparse
+        elif entry.type == REGULAR:
+            self._pax_sparse(entry, extensions, block_offset)
+        if entry.sparse is not None:
+            _check_sparse(entry, self._data_left, block_offset)
         return entry
+
+    def _old_gnu_sparse_map(self, block: bytes, offset: int) -> tuple[list[tuple[int, int]], int]:
+        """The map and real size of an old GNU sparse entry ('S'), its extension blocks read.
+
+        The header holds 4 regions (offset and length, 12 bytes each) from byte
+        386, an "extended" flag at 482 and the real size at 483; each
+        extension block holds 21 more regions and its own flag at byte 504.
+        """
+        regions = _sparse_regions(block[386:482], 4, offset)
+        extended = block[482]
+        while extended:
+            if len(regions) > MAX_SPARSE_REGIONS:
+                raise _too_many_regions(offset)
+            extension = self._read_exact(BLOCK_SIZE)
+            regions += _sparse_regions(extension[:504], 21, offset)
+            extended = extension[504]
+        return regions, _parse_number(block[483:495], "sparse real size", offset)
+
+    def _pax_sparse(self, entry: TarEntry, records: dict[bytes, bytes], offset: int) -> None:
+        """Apply the GNU.sparse.* PAX records (formats 0.0, 0.1 and 1.0) to ``entry``."""
+        version = (records.get(b"GNU.sparse.major"), records.get(b"GNU.sparse.minor"))
+        if version == (b"1", b"0"):
+            in_data = True
+        elif version in ((b"0", b"0"), (b"0", b"1")) or (version == (None, None) and b"GNU.sparse.map" in records):
+            in_data = False
+        else:
+            return  # not a sparse entry (or a version Go does not know either)
+        if records.get(b"GNU.sparse.name"):
+            entry.name = records[b"GNU.sparse.name"]
+        size = records.get(b"GNU.sparse.size") or records.get(b"GNU.sparse.realsize")
+        if size is not None:
+            if not size.isdigit():
+                raise LayerError(f"layer tar: bad GNU sparse size {size!r} at byte {offset}")
+            entry.size = int(size)
+        if in_data:
+            entry.sparse = self._sparse_map_in_data(offset)
+        else:
+            entry.sparse = _pairs(records.get(b"GNU.sparse.map", b"").split(b","), offset)
+
+    def _sparse_map_in_data(self, offset: int) -> list[tuple[int, int]]:
+        """Format 1.0: the map opens the entry's data, as decimal lines padded to a block:
+        the number of regions, then each region's offset and length."""
+        text = b""
+        numbers: list[bytes] = []
+        wanted = None
+        while wanted is None or len(numbers) < wanted:
+            if len(text) >= MAX_META_SIZE or self._data_left < BLOCK_SIZE:
+                raise LayerError(f"layer tar: bad GNU sparse map in the entry at byte {offset}")
+            text += self._read_exact(BLOCK_SIZE)
+            self._data_left -= BLOCK_SIZE
+            *complete, text = text.split(b"\n")
+            numbers += complete
+            if wanted is None and numbers:
+                if not numbers[0].isdigit() or int(numbers[0]) > MAX_SPARSE_REGIONS:
+                    raise LayerError(f"layer tar: bad GNU sparse map in the entry at byte {offset}")
+                wanted = 1 + 2 * int(numbers[0])
+        return _pairs(numbers[1:wanted], offset)
 
     def read_data(self, limit: int) -> bytes:
         """Up to ``limit`` bytes of the current entry's data; b"" once all is read."""
@@ -387,8 +463,56 @@ def _parse_number(raw: bytes, what: str, offset: int) -> int:
     return int(text, 8)
 
 
+def _sparse_regions(raw: bytes, count: int, offset: int) -> list[tuple[int, int]]:
+    """Old GNU sparse regions: ``count`` (offset, length) fields of 12 bytes; a
+    region whose offset field starts with NUL ends the list (as in Go)."""
+    regions = []
+    for index in range(count):
+        field_start = index * 24
+        if raw[field_start] == 0:
+            break
+        region_offset = _parse_number(raw[field_start : field_start + 12], "sparse offset", offset)
+        length = _parse_number(raw[field_start + 12 : field_start + 24], "sparse length", offset)
+        regions.append((region_offset, length))
+    return regions
+
+
+def _pairs(numbers: list[bytes], offset: int) -> list[tuple[int, int]]:
+    if len(numbers) % 2 or len(numbers) > 2 * MAX_SPARSE_REGIONS or not all(n.isdigit() for n in numbers):
+        raise LayerError(f"layer tar: bad GNU sparse map in the entry at byte {offset}")
+    values = [int(n) for n in numbers]
+    return list(zip(values[::2], values[1::2], strict=True))
+
+
+def _check_sparse(entry: TarEntry, stored: int, offset: int) -> None:
+    """Go's rules: regions in order, not overlapping, inside the file; and the
+    stream holds exactly their data."""
+    end = 0
+    for region_offset, length in entry.sparse:
+        if region_offset < end or region_offset + length > entry.size:
+            raise LayerError(
+                f"layer tar entry {show_name(entry.name)}: bad GNU sparse map at byte {offset} "
+                "(regions overlap, are out of order or lie beyond the file's size)"
+            )
+        end = region_offset + length
+    if sum(length for _, length in entry.sparse) != stored:
+        raise LayerError(
+            f"layer tar entry {show_name(entry.name)}: its GNU sparse map lists other data "
+            f"than the entry holds (at byte {offset})"
+        )
+
+
+def _too_many_regions(offset: int) -> LayerError:
+    return LayerError(
+        f"layer tar: the sparse file at byte {offset} lists more than {MAX_SPARSE_REGIONS} regions"
+    )
+
+
 def _parse_pax(payload: bytes, offset: int) -> dict[bytes, bytes]:
+    """The records of a PAX header. As in Go, the repeated GNU.sparse.offset and
+    GNU.sparse.numbytes records of sparse format 0.0 become one GNU.sparse.map."""
     records: dict[bytes, bytes] = {}
+    sparse_map: list[bytes] = []
     position = 0
     while position < len(payload):
         if payload[position] == 0:  # some writers pad the payload with NULs
@@ -402,8 +526,16 @@ def _parse_pax(payload: bytes, offset: int) -> dict[bytes, bytes]:
         if end > len(payload) or not record.endswith(b"\n") or b"=" not in record:
             raise LayerError(f"layer tar: malformed PAX record in the header at byte {offset}")
         key, _, value = record[:-1].partition(b"=")
-        records[key] = value
+        if key in (b"GNU.sparse.offset", b"GNU.sparse.numbytes"):
+            expected = b"GNU.sparse.offset" if len(sparse_map) % 2 == 0 else b"GNU.sparse.numbytes"
+            if key != expected or len(sparse_map) >= 2 * MAX_SPARSE_REGIONS:
+                raise LayerError(f"layer tar: malformed GNU sparse records in the header at byte {offset}")
+            sparse_map.append(value)
+        else:
+            records[key] = value
         position = end
+    if sparse_map:
+        records[b"GNU.sparse.map"] = b",".join(sparse_map)
     return records
 
 
@@ -422,12 +554,9 @@ def _merge_pax(entry: TarEntry, records: dict[bytes, bytes], offset: int) -> Non
         elif key.startswith(_XATTR_KEY_PREFIX):
             name = key[len(_XATTR_KEY_PREFIX) :].decode("utf-8", "surrogateescape")
             entry.xattrs[name] = value
-        elif key.startswith(b"GNU.sparse."):
-            raise LayerError(
-                f"layer tar entry {show_name(entry.name)}: GNU sparse files are not supported"
-            )
-        # Anything else (atime, ctime, uname, gname, comment, charset, ...) is
-        # either ignored on purpose (times, names) or informational.
+        # GNU.sparse.* records are read by TarReader._pax_sparse. Anything else
+        # (atime, ctime, uname, gname, comment, charset, ...) is either ignored
+        # on purpose (times, names) or informational.
 
 
 def _parse_pax_time(value: bytes, offset: int) -> int:

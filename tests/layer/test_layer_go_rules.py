@@ -23,6 +23,8 @@ import pytest
 import zstandard
 from layer.layer_support import apply_blob, member, read_tree, set_times, tar_bytes
 
+from imgbuild.errors import LayerError
+
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for chown and devices"),
@@ -227,3 +229,89 @@ def test_python_tarfile_gnu_format(tmp_path: Path):
         archive.add(source, arcname="/")
     apply_blob(out, tmp_path / "t")
     assert read_tree(tmp_path / "t") == read_tree(source)
+
+
+# -- GNU sparse files -----------------------------------------------------------
+
+
+def sparse_tree(root: Path) -> Path:
+    """A file with data, a 3 MiB hole, more data and a trailing hole; and a plain file."""
+    root.mkdir()
+    with open(root / "disk.img", "wb") as image:
+        image.write(b"start" * 1000)
+        image.seek(3 << 20)
+        image.write(b"middle")
+        image.truncate(5 << 20)
+    (root / "plain").write_bytes(b"plain")
+    return root
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--format=gnu", "--sparse"],  # old GNU 'S' entries, the map in the header
+        ["--format=posix", "--sparse", "--sparse-version=0.0"],
+        ["--format=posix", "--sparse", "--sparse-version=0.1"],
+        ["--format=posix", "--sparse", "--sparse-version=1.0"],
+    ],
+    ids=["gnu", "pax-0.0", "pax-0.1", "pax-1.0"],
+)
+def test_gnu_tar_sparse_files(tmp_path: Path, options: list[str]):
+    source = sparse_tree(tmp_path / "src")
+    out = tmp_path / "layer.tar"
+    subprocess.run(["tar", *options, "-C", source, "-cf", out, "."], check=True)
+    written = out.read_bytes()
+    assert b"GNU.sparse" in written or options[0] == "--format=gnu"  # really sparse entries
+    target = tmp_path / "t"
+    target.mkdir()
+    apply_blob(out, target)
+    assert read_tree(target) == read_tree(source)
+    assert (target / "disk.img").stat().st_blocks * 512 < 1 << 20  # the hole stayed a hole
+
+
+def test_bsdtar_sparse_file(tmp_path: Path):
+    source = sparse_tree(tmp_path / "src")
+    out = tmp_path / "layer.tar"
+    subprocess.run(["bsdtar", "--format", "pax", "-C", source, "-cf", out, "."], check=True)
+    target = tmp_path / "t"
+    target.mkdir()
+    apply_blob(out, target)
+    assert read_tree(target) == read_tree(source)
+
+
+def sparse_member(regions: list[tuple[int, int]], size: int, data: bytes):
+    info, _ = member("sparse", data=data)
+    info.pax_headers = {
+        "GNU.sparse.major": "0",
+        "GNU.sparse.minor": "1",
+        "GNU.sparse.size": str(size),
+        "GNU.sparse.map": ",".join(f"{offset},{length}" for offset, length in regions),
+    }
+    return info, data
+
+
+def test_a_huge_hole_costs_no_disk(tmp_path: Path):
+    blob = tar_bytes(sparse_member([(0, 2), (1 << 40, 2)], (1 << 40) + 2, b"abcd"))
+    apply_blob(blob, tmp_path / "t")
+    info = (tmp_path / "t" / "sparse").stat()
+    assert info.st_size == (1 << 40) + 2 and info.st_blocks * 512 < 1 << 20
+    with open(tmp_path / "t" / "sparse", "rb") as file:
+        assert file.read(4) == b"ab\0\0"
+        file.seek(1 << 40)
+        assert file.read() == b"cd"
+
+
+@pytest.mark.parametrize(
+    "regions, size, match",
+    [
+        ([(0, 4), (2, 4)], 100, "overlap"),
+        ([(10, 4), (0, 4)], 100, "overlap"),
+        ([(0, 4), (98, 4)], 100, "beyond"),
+        ([(0, 3)], 100, "other data"),
+    ],
+    ids=["overlapping", "out-of-order", "beyond-the-size", "data-not-listed"],
+)
+def test_bad_sparse_maps_are_refused(tmp_path: Path, regions, size, match):
+    data = b"x" * 8 if match != "other data" else b"x" * 4
+    with pytest.raises(LayerError, match=match):
+        apply_blob(tar_bytes(sparse_member(regions, size, data)), tmp_path / "t")
