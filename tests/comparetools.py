@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 import subprocess
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -275,17 +276,25 @@ class Buildah:
 
     def paths_in_image(self, image: str, paths) -> set[str]:
         """Those of ``paths`` (relative) that exist in the root filesystem of ``image``."""
+        with self.mounted(image) as root:
+            return {path for path in paths if os.path.lexists(root / path)}
+
+    def tree(self, image: str) -> dict[str, Node]:
+        """The root filesystem of ``image`` as buildah's storage holds it."""
+        with self.mounted(image) as root:
+            return read_tree(root)
+
+    @contextmanager
+    def mounted(self, image: str):
+        """A working container of ``image``, mounted; removed afterwards."""
         container = self.run("from", "--quiet", "--pull=never", image).stdout.strip()
         try:
-            root = Path(self.run("mount", container).stdout.strip())
-            return {path for path in paths if os.path.lexists(root / path)}
+            yield Path(self.run("mount", container).stdout.strip())
         finally:
             self.run("rm", container)
 
-    def push_oci(self, tag: str, layout: Path, ref: str, compress: bool = True) -> None:
-        """Write ``tag`` into the OCI layout; uncompressed layers save time on big images."""
-        options = [] if compress else ["--disable-compression"]
-        self.run("push", *options, f"localhost/{tag}", f"oci:{layout}:{ref}")
+    def push_oci(self, tag: str, layout: Path, ref: str) -> None:
+        self.run("push", f"localhost/{tag}", f"oci:{layout}:{ref}")
 
 
 def make_buildah(work: Path, driver: str = "vfs") -> Buildah:
