@@ -385,7 +385,8 @@ HAND_MADE = {
     "gnutar-ustar-names": hand_made(gnu_tar("--format=ustar", dot_slash=False), "gzip"),
     # PAX sparse entries (GNU.sparse.* records): Go's reader, so containerd,
     # Docker and buildah, read them as the whole file. (GNU tar's old 'S' entries
-    # are refused by all of those, so they are not here.)
+    # are not here: Docker, buildah and umoci refuse them, "unhandled tar header
+    # type 83", so nothing could read the result.)
     "gnutar-posix-sparse": hand_made(
         with_sparse_file(gnu_tar("--format=posix", "--sparse", dot_slash=True)), "gzip"
     ),
