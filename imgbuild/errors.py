@@ -96,6 +96,14 @@ class RunError(BuildError):
         super().__init__(message)
 
 
+class NotADirectory(BuildError):
+    """Something must be created below a path that is not a directory in the image."""
+
+    def __init__(self, path: str, kind: str):
+        self.path = path
+        super().__init__(f"{path} is not a directory (it is {kind})")
+
+
 class SandboxError(BuildError):
     """The sandbox could not be set up or torn down (mounts, runtime)."""
 

@@ -27,7 +27,7 @@ from imgbuild import dockerfile as frontend
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.cache import BuildCache, LayerRef, cache_key
 from imgbuild.builder.context import BuildContext, StatCache
-from imgbuild.builder.copy import NotADirectory, mkdir_all
+from imgbuild.builder.copy import mkdir_all
 from imgbuild.builder.copystep import CopyRequest, run_copy
 from imgbuild.builder.dockerignore import IgnoreMatcher, go_clean, load_ignore_patterns
 from imgbuild.builder.metadata import apply_metadata
@@ -45,6 +45,7 @@ from imgbuild.errors import (
     ImageNotFound,
     ImgbuildError,
     Interrupted,
+    NotADirectory,
     RunError,
     SourceLocation,
 )

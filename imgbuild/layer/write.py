@@ -104,13 +104,7 @@ def write_layer(
             _copy_contents(source, entry.size, tar)
     tar.write(END_OF_ARCHIVE)
     compressor.close()
-    return LayerDigests(
-        diff_id=tar.digest(),
-        digest=blob.digest(),
-        size=blob.size,
-        uncompressed_size=tar.size,
-        media_type=MEDIA_TYPES[compression],
-    )
+    return _digests(tar, blob, compression)
 
 
 def compress_tar(tar_stream, out: BinaryIO, compression: str, level: int | None = None) -> LayerDigests:
@@ -126,6 +120,10 @@ def compress_tar(tar_stream, out: BinaryIO, compression: str, level: int | None 
     while chunk := tar_stream.read(_CHUNK):
         tar.write(chunk)
     compressor.close()
+    return _digests(tar, blob, compression)
+
+
+def _digests(tar: _HashingWriter, blob: _HashingWriter, compression: str) -> LayerDigests:
     return LayerDigests(
         diff_id=tar.digest(),
         digest=blob.digest(),
