@@ -200,6 +200,19 @@ def test_a_symlink_in_the_destination_is_replaced_not_followed(store, context, i
     assert (dest / "kept").read_text() == "the user's own file\n"  # merged, not wiped
 
 
+def test_the_destination_named_through_a_symlink_of_the_user_is_followed(
+    store, context, imgbuild_cli, tmp_path
+):
+    """DIR itself is the user's path, resolved as named (docs/security.md, "Exports")."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "named").symlink_to(real)
+    (context / "Dockerfile").write_text("FROM busybox\nRUN echo here > /here\n")
+    _export(imgbuild_cli, store, context, f"type=local,dest={tmp_path / 'named'}")
+    assert (real / "here").read_text() == "here\n"
+    assert os.path.islink(tmp_path / "named")
+
+
 def test_a_second_export_replaces_the_symlinks_of_the_first(store, context, imgbuild_cli, tmp_path):
     """The first image leaves a symlink out to a host file; the second has a file at that path."""
     sentinel = _sentinel(tmp_path)
