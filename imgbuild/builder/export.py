@@ -147,16 +147,15 @@ class _Exporter:
     def copy_tree(self, source_fd: int, *, root_metadata: bool) -> None:
         """Depth-first with an explicit stack: image trees can be deeper than Python's recursion."""
         info = os.fstat(source_fd)
-        root = _Directory(
-            os.dup(source_fd), os.dup(self._root_fd), (), info, os.scandir(source_fd), root_metadata
-        )
+        names = os.scandir(source_fd)
+        root = _Directory(os.dup(source_fd), os.dup(self._root_fd), (), info, names, root_metadata)
         stack = [root]
         try:
             if root_metadata:
                 self._guard((), self._set_directory_metadata, root.source, root.target, info, ())
             while stack:
                 current = stack[-1]
-                entry = next(current.names, None)
+                entry = self._guard(current.parts, next, current.names, None)
                 if entry is None:
                     stack.pop()
                     try:

@@ -254,6 +254,22 @@ def test_a_directory_in_the_way_of_a_file_is_replaced(store, context, imgbuild_c
     assert _tree_digest(sentinel) == before
 
 
+def test_an_entry_that_cannot_be_replaced_is_an_error_naming_it(store, context, imgbuild_cli, tmp_path):
+    dest = tmp_path / "rootfs"
+    (dest / "etc").mkdir(parents=True)
+    (dest / "etc" / "passwd").write_text("immutable\n")
+    subprocess.run(["chattr", "+i", str(dest / "etc" / "passwd")], check=True)
+    try:
+        (context / "Dockerfile").write_text("FROM busybox\nRUN echo image > /etc/passwd\n")
+        completed = imgbuild_cli(store.root, "--output", f"type=local,dest={dest}", str(context))
+    finally:
+        subprocess.run(["chattr", "-i", str(dest / "etc" / "passwd")], check=True)
+    assert completed.returncode == 1, completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert f"cannot write the local output to {dest}: /etc/passwd: Operation not permitted" in completed.stderr
+    assert (dest / "etc" / "passwd").read_text() == "immutable\n"
+
+
 # --- what cp -a kept is kept -----------------------------------------------------------------
 
 
