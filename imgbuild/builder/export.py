@@ -92,8 +92,8 @@ def export_tree(source: Path, destination: Path, *, unsafe: bool = False) -> Exp
 
     ``destination`` is the user's path and is resolved as named (a symlink
     the user gave as the destination itself is followed); it is created if
-    missing, and then takes the mode, owner and times of the image's root.
-    Below it, nothing is followed.
+    missing, and then takes the mode and owner of the view's root (0755,
+    root, as a container's ``/``). Below it, nothing is followed.
     """
     _raise_open_files_limit()
     created = not destination.exists()
