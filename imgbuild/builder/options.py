@@ -27,6 +27,9 @@ class OutputSpec:
     push: bool = False
     compression: str | None = None
     compression_level: int | None = None
+    # type=local: make device nodes, setuid/setgid bits and file capabilities
+    # on the host as the image has them (docs/security.md, "Exports").
+    unsafe_special_files: bool = False
 
 
 @dataclass
@@ -125,6 +128,10 @@ def parse_output(text: str) -> OutputSpec:
             spec.compression_level = int(values.pop("compression-level"))
         except ValueError:
             raise UsageError("--output compression-level must be a number") from None
+    if "unsafe-special-files" in values:
+        if kind != "local":
+            raise UsageError(f"--output {text!r}: unsafe-special-files= is only for type=local")
+        spec.unsafe_special_files = _parse_bool(values.pop("unsafe-special-files"), "--output unsafe-special-files=")
     values.pop("force-compression", None)
     values.pop("oci-mediatypes", None)  # we always write OCI media types
     if values:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from imgbuild.archive import ArchivedImage, write_archive
 from imgbuild.builder.cache import LayerRef
+from imgbuild.builder.export import export_tree
 from imgbuild.builder.options import OutputSpec
 from imgbuild.builder.rootfs import mounted_layers, recompress
 from imgbuild.errors import BuildError, UsageError
@@ -53,7 +54,7 @@ def _write_output(
         _write_archive_output(store, chosen, names, spec)
         progress.info(f"wrote {spec.type} image to {spec.dest}")
     elif spec.type in ("local", "tar"):
-        _write_rootfs(store, layers, spec)
+        _write_rootfs(store, layers, spec, progress)
         progress.info(f"wrote the root filesystem to {spec.dest}")
     elif spec.type == "registry":
         _push(store, chosen, names, options, progress)
@@ -141,16 +142,19 @@ def _place_blob(store: Store, digest: str, target: Path) -> None:
         os.replace(tmp, target)
 
 
-def _write_rootfs(store: Store, layers: list[LayerRef], spec: OutputSpec) -> None:
+def _write_rootfs(store: Store, layers: list[LayerRef], spec: OutputSpec, progress) -> None:
     """``type=local``: the final root filesystem as a directory; ``type=tar``: as a tar file."""
     destination = Path(spec.dest)
     with mounted_layers(store, layers) as merged:
         if spec.type == "local":
-            destination.mkdir(parents=True, exist_ok=True)
-            command = ["cp", "-a", "--", f"{merged}/.", str(destination)]
-        else:
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            command = ["tar", "--numeric-owner", "--xattrs", "-C", str(merged), "-cf", str(destination), "."]
+            report = export_tree(merged, destination, unsafe=spec.unsafe_special_files)
+            for line in report.warnings(str(destination)):
+                progress.warning(line)
+            return
+        # A tar file makes nothing special on the host: devices and set-id
+        # bits are entries in it, created only by whoever extracts it.
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        command = ["tar", "--numeric-owner", "--xattrs", "-C", str(merged), "-cf", str(destination), "."]
         result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise BuildError(f"writing {spec.type} output to {destination} failed: {result.stderr.strip()}")
