@@ -519,7 +519,7 @@ class Builder:
                 for source, selections in sources.items():
                     target = view / go_clean("/" + source).lstrip("/")
                     for selected in selections:
-                        _link_entries(selected.entries(), target)
+                        _link_entries(selected.context, selected.entries(), target)
                 yield view
             finally:
                 remove_tree(view)
@@ -707,8 +707,11 @@ def _stage_files_key(source_opener, origin: str, source: str) -> str:
         return source_context.digest(source_context.select(source, instruction="RUN --mount"))
 
 
-def _link_entries(entries, target: Path) -> None:
-    """Recreate context entries under ``target``: dirs, symlinks, files as hard links."""
+def _link_entries(context: BuildContext, entries, target: Path) -> None:
+    """Recreate context entries under ``target``: dirs, symlinks, files as hard links.
+
+    A file is linked through the descriptor the context opened and checked
+    (never by its path string, which a swapped directory could redirect)."""
     for entry in entries:
         path = target / entry.rel if entry.rel else target
         mode = entry.st.st_mode
@@ -720,12 +723,23 @@ def _link_entries(entries, target: Path) -> None:
         if os.path.lexists(path):
             continue  # two bind mounts of overlapping sources: linked once
         if stat.S_ISLNK(mode):
-            os.symlink(os.readlink(entry.path), path)
+            os.symlink(entry.link or "", path)
         elif stat.S_ISREG(mode):
-            try:
-                os.link(entry.path, path)
-            except OSError:  # another file system
-                shutil.copy2(entry.path, path)
+            with context.open_path(entry) as path_fd:
+                try:
+                    os.link(f"/proc/self/fd/{path_fd}", path, follow_symlinks=True)
+                    continue
+                except OSError:  # another file system
+                    pass
+            _copy_entry_file(context, entry, path)
+
+
+def _copy_entry_file(context: BuildContext, entry, path: Path) -> None:
+    with context.open_for_reading(entry) as src_fd, open(path, "xb") as out:
+        with os.fdopen(os.dup(src_fd), "rb") as source:
+            shutil.copyfileobj(source, out)
+    os.chmod(path, stat.S_IMODE(entry.st.st_mode))
+    os.utime(path, ns=(entry.st.st_atime_ns, entry.st.st_mtime_ns))
 
 
 def _located(error: ImgbuildError, filename: str, instruction) -> ImgbuildError:
