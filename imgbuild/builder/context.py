@@ -33,16 +33,18 @@ import hashlib
 import os
 import sqlite3
 import stat
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from imgbuild.builder import safeopen
 from imgbuild.builder.dockerignore import IgnoreMatcher, go_clean, go_match, has_wildcards
-from imgbuild.errors import ContextError
+from imgbuild.errors import ContextError, UsageError
 
 MAX_SYMLINKS = 40  # what Linux allows in one path walk
 READ_CHUNK = 1 << 20
@@ -56,6 +58,15 @@ RACY_WINDOW_NS = 50_000_000
 _SKIPPED_XATTR_PREFIXES = ("trusted.overlay.",)
 
 _NO_EXCLUDES = IgnoreMatcher([])
+
+# The most imgbuild reads of a Dockerfile or an ignore file: 16 MiB, the
+# largest gRPC message BuildKit's client takes by default (containerd's
+# DefaultMaxRecvMsgSize), which a Dockerfile BuildKit reads must fit in.
+MAX_BUILD_FILE = 16 << 20
+
+
+class _Missing(ContextError):
+    """A source that is not in the context (or is ignored)."""
 
 
 # --- the stat cache ----------------------------------------------------------
@@ -390,8 +401,8 @@ class BuildContext:
 
     def _not_found(self, source: str, instruction: str) -> ContextError:
         if self.rootfs:
-            return ContextError(f"{instruction} failed: {source}: not found in {self.label}")
-        return ContextError(
+            return _Missing(f"{instruction} failed: {source}: not found in {self.label}")
+        return _Missing(
             f"{instruction} failed: file not found in build context"
             f" or excluded by .dockerignore: {source}"
         )
@@ -709,3 +720,74 @@ def _join(head: str, tail: str) -> str:
 
 def _split(path: str) -> list[str]:
     return [part for part in path.split("/") if part]
+
+
+# --- the files the build itself reads: Dockerfile, ignore files ----------------
+
+
+def read_build_file(context_dir: Path, path: Path, what: str) -> bytes:
+    """The bytes of the Dockerfile or an ignore file, read safely.
+
+    Inside the build context it is hostile like any context file: symlinks
+    are followed only while they stay inside the context, and the file is
+    opened without following anything (``safeopen``). Outside the context
+    (``-f /elsewhere/Dockerfile``) the user named it, so its path is
+    followed. Either way it must be a regular file (a FIFO would block, a
+    device feed bytes forever) of at most ``MAX_BUILD_FILE`` bytes.
+
+    FileNotFoundError if there is nothing there; UsageError (exit 2) if it
+    is refused.
+    """
+    rel = _relative_inside(context_dir, path)
+    try:
+        if rel is None:
+            return safeopen.read_user_file(path, MAX_BUILD_FILE)
+        context = BuildContext(context_dir, _NO_EXCLUDES, label="build context")
+        relpath = context._resolve(rel, _split(rel), f"reading the {what}")
+        fd = context.open_item(relpath)
+        try:
+            return safeopen.read_capped(fd, MAX_BUILD_FILE)
+        finally:
+            os.close(fd)
+    except (_Missing, FileNotFoundError):
+        raise FileNotFoundError(2, "not found", str(path)) from None
+    except safeopen.NotRegularFile as error:
+        raise UsageError(
+            f"the {what} {path} is {error.kind}, not a regular file: imgbuild reads only"
+            " regular files (a FIFO or device could block or never end); replace it with a file"
+        ) from None
+    except safeopen.TooLarge:
+        raise UsageError(
+            f"the {what} {path} is larger than {MAX_BUILD_FILE >> 20} MiB, the most imgbuild"
+            " reads (BuildKit's limit too): shorten it"
+        ) from None
+    except ContextError as error:
+        reason = str(error).split(" failed: ", 1)[-1]
+        raise UsageError(
+            f"refusing to read the {what} {path}: {reason}; inside the build context it must be"
+            " a regular file reached without leaving the context: replace the symlink with the"
+            " file itself (a Dockerfile kept elsewhere can be given with -f PATH)"
+        ) from None
+
+
+def _relative_inside(context_dir: Path, path: Path) -> str | None:
+    """``path`` relative to the context if it lies inside it (by name, no
+    symlink resolved), else None."""
+    root = os.path.abspath(context_dir)
+    full = os.path.abspath(path)
+    if full == root:
+        return ""
+    if full.startswith(root.rstrip("/") + "/"):
+        return full[len(root.rstrip("/")) + 1 :]
+    return None
+
+
+def read_dockerfile_stdin(stream: BinaryIO | None = None) -> bytes:
+    """``-f -``: the Dockerfile from standard input, at most ``MAX_BUILD_FILE`` bytes."""
+    data = (stream or sys.stdin.buffer).read(MAX_BUILD_FILE + 1)
+    if len(data) > MAX_BUILD_FILE:
+        raise UsageError(
+            f"the Dockerfile on standard input (-f -) is larger than {MAX_BUILD_FILE >> 20} MiB,"
+            " the most imgbuild reads: shorten it"
+        )
+    return data

@@ -26,7 +26,7 @@ from pathlib import Path
 from imgbuild import dockerfile as frontend
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.cache import BuildCache, LayerRef, cache_key
-from imgbuild.builder.context import BuildContext, StatCache
+from imgbuild.builder.context import BuildContext, StatCache, read_build_file
 from imgbuild.builder.copy import mkdir_all
 from imgbuild.builder.copystep import CopyRequest, run_copy
 from imgbuild.builder.dockerignore import IgnoreMatcher, go_clean, load_ignore_patterns
@@ -143,7 +143,7 @@ class Builder:
         path = self.options.dockerfile or (self.options.context / "Dockerfile")
         self.dockerfile_name = str(path) if self.options.dockerfile else "Dockerfile"
         try:
-            return path.read_text(encoding="utf-8")
+            return read_build_file(self.options.context, path, "Dockerfile").decode("utf-8")
         except FileNotFoundError:
             raise ImgbuildError(f"no Dockerfile at {path}: give one with -f FILE") from None
         except OSError as error:  # a directory, unreadable, ...
