@@ -153,3 +153,10 @@ def test_a_dockerfile_on_stdin_is_capped(store_root, context):
 def test_a_dockerfile_on_stdin_within_the_cap_builds(store_root, context):
     completed = _cli(store_root, "-f", "-", "-t", "stdin:1", str(context), stdin=b"FROM scratch\nLABEL a=b\n")
     assert completed.returncode == 0, completed.stderr.decode()
+
+
+@pytest.mark.parametrize("kind", ["symlink-out", "fifo", "dev-zero"])
+def test_outline_reads_the_dockerfile_as_safely_as_build(store_root, context, host_file, kind):
+    _plant(context / "Dockerfile", kind, host_file)
+    completed = _cli(store_root, "outline", str(context))
+    _assert_refused(completed, "Dockerfile", kind)
