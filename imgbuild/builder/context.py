@@ -436,7 +436,7 @@ class BuildContext:
                 raise self._changed(relpath, "it was removed") from None
             raise
         except OSError as error:
-            raise self._changed(relpath, _why_refused(error)) from None
+            raise self._unreadable(relpath, error) from None
         finally:
             os.close(root)
         try:
@@ -476,6 +476,11 @@ class BuildContext:
             f" nothing outside the {self.label} is read: do not change it during a build"
         )
 
+    def _unreadable(self, relpath: str, error: OSError) -> ContextError:
+        if error.errno in (errno.ELOOP, errno.EXDEV, errno.EAGAIN):
+            return self._changed(relpath, _why_refused(error))
+        return ContextError(f"cannot read {relpath or '.'} in the {self.label}: {error.strerror}")
+
     def _list(self, ctx_rel: str, details: bool = False) -> list[tuple[str, os.stat_result]]:
         """(name, lstat) of a directory's children in byte order, read through
         one descriptor; with ``details`` also each symlink's target and xattrs."""
@@ -485,7 +490,7 @@ class BuildContext:
         except (FileNotFoundError, NotADirectoryError):
             raise self._changed(ctx_rel, "it is no longer a directory") from None
         except OSError as error:
-            raise self._changed(ctx_rel, _why_refused(error)) from None
+            raise self._unreadable(ctx_rel, error) from None
         finally:
             os.close(root)
         try:

@@ -143,3 +143,9 @@ def test_a_parent_swapped_for_a_symlink_after_the_listing_is_not_followed(tree):
             pass
     with pytest.raises(ContextError, match="outside the build context"):
         context.select("a/b/file")  # a new selection sees the symlink and refuses it
+
+
+def test_a_source_name_too_long_is_a_context_error_not_a_traceback(tree):
+    context = BuildContext(tree, IgnoreMatcher([]))
+    with pytest.raises(ContextError, match="File name too long"):
+        context.select("x" * 300)
