@@ -500,6 +500,9 @@ class BuildContext:
             if not details:
                 return children
             return [(name, st, *_details(dir_fd, name, st)) for name, st in children]
+        except OSError as error:
+            # an entry went away or changed its type between the listing and its stat
+            raise self._changed(_join(ctx_rel, os.fsdecode(error.filename or "")), error.strerror) from None
         finally:
             os.close(dir_fd)
 
