@@ -447,6 +447,16 @@ class BuildContext:
             os.close(fd)
 
     @contextmanager
+    def object_at(self, relpath: str) -> Iterator[tuple[int, os.stat_result]]:
+        """``relpath``'s O_PATH descriptor and stat, no symlink followed (a
+        ContextError if one is now on the way)."""
+        try:
+            with self._object(relpath) as pinned:
+                yield pinned
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._changed(relpath, "it was removed") from None
+
+    @contextmanager
     def open_for_reading(self, entry: Entry) -> Iterator[int]:
         """A read descriptor of a regular file entry, checked to be the inode
         the listing saw; never a FIFO, device or socket."""

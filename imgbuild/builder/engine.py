@@ -33,6 +33,7 @@ from imgbuild.builder.dockerignore import IgnoreMatcher, go_clean, load_ignore_p
 from imgbuild.builder.metadata import apply_metadata
 from imgbuild.builder.options import BuildOptions
 from imgbuild.builder.outputs import write_outputs
+from imgbuild.builder.overlay import bind_mounted
 from imgbuild.builder.progress import Progress, Step, Summary, make_progress
 from imgbuild.builder.rootfs import image_layers, mounted_layers, recompress, workspace
 from imgbuild.builder.runstep import PIPES_DIR, prepared_mounts, script_mount
@@ -503,19 +504,22 @@ class Builder:
         """The context as a bind mount must show it: without what .dockerignore excludes.
 
         BuildKit never transfers ignored files, so a RUN must not see them (they
-        are not in the cache key either). Without ignore patterns the context
-        directory itself is that view; with them, a tree of hard links (copies
-        across file systems) of exactly the selected entries, each source at
-        its path as written, which is where the bind mount looks for it.
+        are not in the cache key either). Without ignore patterns each source
+        is bind-mounted into the view from the descriptor the context opened
+        without following symlinks, so a directory swapped for a symlink after
+        the check cannot redirect the mount; with them, a tree of hard links
+        (copies across file systems) of exactly the selected entries. Either
+        way each source is at its path as written, where the bind mount looks.
         """
 
         @contextmanager
         def opener():
-            if not self.context.ignore:
-                yield self.options.context
-                return
             view = self.store.make_temp_dir("context-")
             try:
+                if not self.context.ignore:
+                    with _pinned_sources(self.context, sources, view):
+                        yield view
+                    return
                 for source, selections in sources.items():
                     target = view / go_clean("/" + source).lstrip("/")
                     for selected in selections:
@@ -705,6 +709,23 @@ def _stage_files_key(source_opener, origin: str, source: str) -> str:
     with source_opener() as source_root:
         source_context = BuildContext.for_rootfs(Path(source_root), f"stage {origin}")
         return source_context.digest(source_context.select(source, instruction="RUN --mount"))
+
+
+@contextmanager
+def _pinned_sources(context: BuildContext, sources: dict[str, list], view: Path):
+    """Bind each context source onto its path in ``view`` (see the opener above)."""
+    with ExitStack() as mounts:
+        for source, selections in sources.items():
+            target = view / go_clean("/" + source).lstrip("/")
+            for selected in selections:
+                with context.object_at(selected.relpath) as (fd, st):
+                    if stat.S_ISDIR(st.st_mode):
+                        target.mkdir(parents=True, exist_ok=True)
+                    elif not target.exists():
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.touch()
+                    mounts.enter_context(bind_mounted(f"/proc/self/fd/{fd}", target))
+        yield
 
 
 def _link_entries(context: BuildContext, entries, target: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from imgbuild.builder import copy as copy_module
+from imgbuild.builder import runstep as runstep_module
 from imgbuild.builder import safeopen
 from imgbuild.builder.engine import build
 from imgbuild.builder.options import BuildOptions
@@ -161,3 +162,29 @@ def test_racing_directory_swaps_never_put_a_host_file_in_a_layer(
         thread.join()
     assert leaks == [], f"host file in {len(leaks)} of {built} images ({refused} refused)"
     assert built > 0, f"no build got through the race ({refused} refused)"
+
+
+def test_a_run_bind_mount_of_a_swapped_context_directory_shows_the_checked_one(
+    tmp_path, store, monkeypatch, resolver
+):
+    # RUN --mount=type=bind from the context without an ignore file: the
+    # attacker swaps the source directory right after imgbuild resolved the
+    # mount's source and before runc mounts it.
+    dockerfile = "FROM busybox\nRUN --mount=type=bind,source=a,target=/m cat /m/sub/secret.txt > /seen\n"
+    context, host = _make_context(tmp_path, dockerfile)
+    original = runstep_module.resolve_in_root
+    swapped = []
+
+    def resolve_then_attack(root, path):
+        resolved = original(root, path)
+        if not swapped:
+            _swap_to_host(context, host)
+            swapped.append(True)
+        return resolved
+
+    monkeypatch.setattr(runstep_module, "resolve_in_root", resolve_then_attack)
+    result = _build(store, context)
+    assert swapped
+    layers = _layers_bytes(store, result)
+    assert SENTINEL not in layers
+    assert INSIDE in layers
