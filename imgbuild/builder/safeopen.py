@@ -41,6 +41,7 @@ _RESOLVE_BENEATH = 0x08
 _EAGAIN_RETRIES = 16  # openat2 asks for a retry when a rename raced the walk
 
 _AT_FDCWD = -100
+_SYSCALL = _SYS_OPENAT2.get(platform.machine())
 
 # None until probed; a test may set it to False to run the fallback walk.
 openat2_works: bool | None = None
@@ -75,7 +76,7 @@ def kind_of(mode: int) -> str:
 def _openat2(dir_fd: int, path: str, flags: int, resolve: int) -> int:
     how = _OpenHow(flags, 0, resolve)
     fd = _libc.syscall(
-        ctypes.c_long(_SYS_OPENAT2[platform.machine()]),
+        ctypes.c_long(_SYSCALL),
         ctypes.c_int(dir_fd),
         ctypes.c_char_p(os.fsencode(path)),
         ctypes.byref(how),
@@ -93,7 +94,7 @@ def _openat2_available() -> bool:
     with _probe_lock:
         if openat2_works is None:
             openat2_works = False
-            if platform.machine() in _SYS_OPENAT2:
+            if _SYSCALL is not None:
                 try:
                     os.close(_openat2(_AT_FDCWD, "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0))
                     openat2_works = True
