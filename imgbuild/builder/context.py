@@ -28,18 +28,23 @@ rebuild of a large context reads (almost) nothing.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import sqlite3
 import stat
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
+from imgbuild.builder import safeopen
 from imgbuild.builder.dockerignore import IgnoreMatcher, go_clean, go_match, has_wildcards
-from imgbuild.errors import ContextError
+from imgbuild.errors import ContextError, UsageError
 
 MAX_SYMLINKS = 40  # what Linux allows in one path walk
 READ_CHUNK = 1 << 20
@@ -53,6 +58,15 @@ RACY_WINDOW_NS = 50_000_000
 _SKIPPED_XATTR_PREFIXES = ("trusted.overlay.",)
 
 _NO_EXCLUDES = IgnoreMatcher([])
+
+# The most imgbuild reads of a Dockerfile or an ignore file: 16 MiB, the
+# largest gRPC message BuildKit's client takes by default (containerd's
+# DefaultMaxRecvMsgSize), which a Dockerfile BuildKit reads must fit in.
+MAX_BUILD_FILE = 16 << 20
+
+
+class _Missing(ContextError):
+    """A source that is not in the context (or is ignored)."""
 
 
 # --- the stat cache ----------------------------------------------------------
@@ -176,11 +190,19 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 @dataclass(frozen=True)
 class Entry:
-    """One filesystem object a copy of a Selected reads."""
+    """One filesystem object a copy of a Selected reads.
+
+    Everything but a regular file's bytes is read with the listing, through
+    descriptors (never by path string); the bytes are read later through
+    ``BuildContext.open_for_reading``, which checks it is still this inode.
+    """
 
     rel: str  # below the selected item, "/"-separated; "" is the item itself
-    path: str  # where it is on disk (a str: building Path objects for 20,000 files is slow)
+    path: str  # where it is on disk, for messages and the stat cache's key only
     st: os.stat_result  # lstat of it
+    relpath: str = ""  # below the context root: how it is opened
+    link: str | None = None  # a symlink's target
+    xattrs: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -207,6 +229,11 @@ class Selected:
         """The item and, for a directory, everything below it that the copy
         reads, in sorted order (ignored and --exclude'd paths left out)."""
         return self.context.entries(self)
+
+    def open_file(self) -> int:
+        """A read descriptor of this item, reached without following symlinks;
+        ``safeopen.NotRegularFile`` (an OSError) if it is not a regular file."""
+        return self.context.open_item(self.relpath)
 
 
 class BuildContext:
@@ -304,10 +331,11 @@ class BuildContext:
                 continue
             candidate = _join("/".join(resolved), part)
             try:
-                st = os.lstat(self.root / candidate)
+                with self._object(candidate) as (fd, st):
+                    target = safeopen.read_link(fd) if stat.S_ISLNK(st.st_mode) else None
             except (FileNotFoundError, NotADirectoryError):
                 raise self._not_found(source, instruction) from None
-            if not stat.S_ISLNK(st.st_mode):
+            if target is None:
                 resolved.append(part)
                 continue
             if self.ignore.ignored(candidate):
@@ -317,7 +345,6 @@ class BuildContext:
                 raise ContextError(
                     f"{instruction} failed: too many levels of symbolic links in {source}"
                 )
-            target = os.readlink(self.root / candidate)
             last_link = (candidate, target)
             if target.startswith("/"):
                 if not self.rootfs:
@@ -328,7 +355,8 @@ class BuildContext:
 
     def _lstat_visible(self, source: str, relpath: str, instruction: str) -> os.stat_result:
         try:
-            st = os.lstat(self.root / relpath if relpath else self.root)
+            with self._object(relpath) as (_, st):
+                pass
         except (FileNotFoundError, NotADirectoryError):
             raise self._not_found(source, instruction) from None
         if not self._visible(relpath, st):
@@ -342,7 +370,7 @@ class BuildContext:
         if not stat.S_ISDIR(st.st_mode) or not self.ignore.may_reinclude_below(relpath):
             return False
         # An excluded directory is there if something below it is re-included.
-        below = self._walk(str(self.root / relpath), relpath, "", _NO_EXCLUDES)
+        below = self._walk(relpath, "", _NO_EXCLUDES)
         return next(below, None) is not None
 
     def _glob(self, base: str, patterns: list[str]) -> list[str]:
@@ -356,15 +384,13 @@ class BuildContext:
             last = depth == len(patterns) - 1
             matches = []
             for directory in level:
-                dir_path = self.root / _join(base, directory)
-                for name in _sorted_names(dir_path):
+                for name, st in self._list(_join(base, directory)):
                     try:
                         if not go_match(pattern, name):
                             continue
                     except ValueError:
                         continue  # BuildKit ignores filepath.Match errors: no match
                     relpath = _join(base, _join(directory, name))
-                    st = os.lstat(dir_path / name)
                     if last:
                         if self._visible(relpath, st):
                             matches.append(_join(directory, name))
@@ -375,8 +401,8 @@ class BuildContext:
 
     def _not_found(self, source: str, instruction: str) -> ContextError:
         if self.rootfs:
-            return ContextError(f"{instruction} failed: {source}: not found in {self.label}")
-        return ContextError(
+            return _Missing(f"{instruction} failed: {source}: not found in {self.label}")
+        return _Missing(
             f"{instruction} failed: file not found in build context"
             f" or excluded by .dockerignore: {source}"
         )
@@ -389,39 +415,140 @@ class BuildContext:
             message += f" (symlink {link[0]} -> {link[1]})"
         return ContextError(message)
 
+    # -- reading the tree, fd-relative (see safeopen) --
+
+    @contextmanager
+    def _object(
+        self, relpath: str, expect: os.stat_result | None = None
+    ) -> Iterator[tuple[int, os.stat_result]]:
+        """An O_PATH descriptor of ``relpath`` and its stat, reached from the
+        root without following any symlink (a symlink itself is fine).
+
+        ``expect`` is the stat the caller checked earlier: a different object
+        there now is a ContextError, so what was checked is what is read.
+        FileNotFoundError/NotADirectoryError pass through for "not found".
+        """
+        root = safeopen.open_root(self.root)
+        try:
+            fd, st = safeopen.open_object(root, relpath)
+        except (FileNotFoundError, NotADirectoryError):
+            if expect is not None:
+                raise self._changed(relpath, "it was removed") from None
+            raise
+        except OSError as error:
+            raise self._unreadable(relpath, error) from None
+        finally:
+            os.close(root)
+        try:
+            if expect is not None and _identity_of(st) != _identity_of(expect):
+                raise self._changed(relpath, "another file took its place")
+            yield fd, st
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def object_at(self, relpath: str) -> Iterator[tuple[int, os.stat_result]]:
+        """``relpath``'s O_PATH descriptor and stat, no symlink followed (a
+        ContextError if one is now on the way)."""
+        try:
+            with self._object(relpath) as pinned:
+                yield pinned
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._changed(relpath, "it was removed") from None
+
+    @contextmanager
+    def open_for_reading(self, entry: Entry) -> Iterator[int]:
+        """A read descriptor of a regular file entry, checked to be the inode
+        the listing saw; never a FIFO, device or socket."""
+        with self._object(entry.relpath, entry.st) as (path_fd, st):
+            try:
+                fd = safeopen.reopen_for_reading(path_fd, st)
+            except safeopen.NotRegularFile as error:
+                raise self._changed(entry.relpath, f"it is now {error.kind}") from None
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def open_path(self, entry: Entry) -> Iterator[int]:
+        """The entry's O_PATH descriptor, checked to be the inode the listing saw."""
+        with self._object(entry.relpath, entry.st) as (path_fd, _):
+            yield path_fd
+
+    def open_item(self, relpath: str) -> int:
+        with self._object(relpath) as (path_fd, st):
+            return safeopen.reopen_for_reading(path_fd, st)
+
+    def _changed(self, relpath: str, why: str) -> ContextError:
+        return ContextError(
+            f"{relpath or '.'} in the {self.label} changed while the build read it ({why});"
+            f" nothing outside the {self.label} is read: do not change it during a build"
+        )
+
+    def _unreadable(self, relpath: str, error: OSError) -> ContextError:
+        if error.errno in (errno.ELOOP, errno.EXDEV, errno.EAGAIN):
+            return self._changed(relpath, _why_refused(error))
+        return ContextError(f"cannot read {relpath or '.'} in the {self.label}: {error.strerror}")
+
+    def _list(self, ctx_rel: str, details: bool = False) -> list[tuple[str, os.stat_result]]:
+        """(name, lstat) of a directory's children in byte order, read through
+        one descriptor; with ``details`` also each symlink's target and xattrs."""
+        root = safeopen.open_root(self.root)
+        try:
+            dir_fd = safeopen.open_beneath(root, ctx_rel, os.O_RDONLY | os.O_DIRECTORY)
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._changed(ctx_rel, "it is no longer a directory") from None
+        except OSError as error:
+            raise self._unreadable(ctx_rel, error) from None
+        finally:
+            os.close(root)
+        try:
+            with os.scandir(dir_fd) as listing:
+                children = [(child.name, child.stat(follow_symlinks=False)) for child in listing]
+            children.sort(key=lambda child: os.fsencode(child[0]))
+            if not details:
+                return children
+            return [(name, st, *_details(dir_fd, name, st)) for name, st in children]
+        except OSError as error:
+            # an entry went away or changed its type between the listing and its stat
+            raise self._changed(_join(ctx_rel, os.fsdecode(error.filename or "")), error.strerror) from None
+        finally:
+            os.close(dir_fd)
+
     # -- walking a selection --
 
     def entries(self, selected: Selected) -> list[Entry]:
-        top = selected.path
-        st = os.lstat(top)
-        result = [Entry("", top, st)]
+        relpath = selected.relpath
+        try:
+            with self._object(relpath) as (fd, st):
+                link = safeopen.read_link(fd) if stat.S_ISLNK(st.st_mode) else None
+                xattrs = read_xattrs(safeopen.xattr_path(fd), follow=True)
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._changed(relpath, "it was removed") from None
+        result = [Entry("", str(selected.path), st, relpath, link, tuple(xattrs))]
         if stat.S_ISDIR(st.st_mode):
-            result.extend(self._walk(top, selected.relpath, "", selected.exclude))
+            result.extend(self._walk(relpath, "", selected.exclude))
         return result
 
-    def _walk(
-        self, dir_path: str, ctx_rel: str, rel: str, exclude: IgnoreMatcher
-    ) -> Iterator[Entry]:
+    def _walk(self, ctx_rel: str, rel: str, exclude: IgnoreMatcher) -> Iterator[Entry]:
         """Entries below a directory in sorted order, skipping ignored and excluded
         paths; an excluded directory appears only if something below it is
         re-included by an exception (then it must be walked, as BuildKit does)."""
-        with os.scandir(dir_path) as listing:
-            children = sorted(listing, key=lambda child: os.fsencode(child.name))
-        for child in children:
-            name, path = child.name, child.path
-            st = child.stat(follow_symlinks=False)
+        dir_path = str(self.root / ctx_rel) if ctx_rel else str(self.root)
+        for name, st, link, xattrs in self._list(ctx_rel, details=True):
             if stat.S_ISSOCK(st.st_mode):
                 continue  # sockets are not copied
             child_ctx = _join(ctx_rel, name)
             child_rel = _join(rel, name)
             ignored = self.ignore.ignored(child_ctx)
             excluded = exclude.ignored(child_rel)
-            entry = Entry(child_rel, path, st)
+            entry = Entry(child_rel, f"{dir_path}/{name}", st, child_ctx, link, xattrs)
             is_dir = stat.S_ISDIR(st.st_mode)
             if not ignored and not excluded:
                 yield entry
                 if is_dir:
-                    yield from self._walk(path, child_ctx, child_rel, exclude)
+                    yield from self._walk(child_ctx, child_rel, exclude)
                 continue
             if not is_dir:
                 continue
@@ -430,7 +557,7 @@ class BuildContext:
             if excluded and not exclude.may_reinclude_below(child_rel):
                 continue
             shown = False
-            for below in self._walk(path, child_ctx, child_rel, exclude):
+            for below in self._walk(child_ctx, child_rel, exclude):
                 if not shown:
                     yield entry
                     shown = True
@@ -476,32 +603,34 @@ class BuildContext:
                 fields += ["hardlink", seen_inodes[inode]]
             else:
                 seen_inodes[inode] = entry.rel
-                fields += [str(st.st_size), self.content_sha256(entry.path, st)]
+                fields += [str(st.st_size), self.content_sha256(entry)]
         elif stat.S_ISLNK(st.st_mode):
-            fields.append(os.readlink(entry.path))
+            fields.append(entry.link or "")
         elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
             fields += [str(os.major(st.st_rdev)), str(os.minor(st.st_rdev))]
         # None of these fields can hold a NUL (paths, numbers, link targets);
         # xattr values can, so they are length-prefixed.
         record = os.fsencode("\0".join(fields))
-        for name, value in read_xattrs(entry.path):
+        for name, value in entry.xattrs:
             record += b"\0xattr\0" + os.fsencode(name) + b"\0%d:" % len(value) + value
         return b"%d:" % len(record) + record + b"\n"
 
-    def content_sha256(self, path: str, st: os.stat_result) -> str:
+    def content_sha256(self, entry: Entry) -> str:
         """sha256 of a regular file's bytes, from the caches when its stat is unchanged."""
+        st = entry.st
         identity = _identity(st)
         known = self._memo.get(identity)
         if known is not None:
             return known
-        key = _cache_key(path)
+        key = _cache_key(entry.path)
         if self.stat_cache is not None and key is not None:
             known = self.stat_cache.lookup(key, st)
             if known is not None:
                 self._memo[identity] = known
                 return known
         hashed_at = time.time_ns()
-        digest, size, opened_st = _hash_file(path)
+        with self.open_for_reading(entry) as fd:
+            digest, size, opened_st = _hash_file(fd)
         with self._stats_lock:
             self.read_stats.files += 1
             self.read_stats.bytes += size
@@ -513,18 +642,33 @@ class BuildContext:
         return digest
 
 
-def _hash_file(path: str) -> tuple[str, int, os.stat_result]:
+def _hash_file(fd: int) -> tuple[str, int, os.stat_result]:
     hasher = hashlib.sha256()
     size = 0
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        while chunk := os.read(fd, READ_CHUNK):
-            hasher.update(chunk)
-            size += len(chunk)
-        opened_st = os.fstat(fd)
-    finally:
-        os.close(fd)
-    return hasher.hexdigest(), size, opened_st
+    while chunk := os.read(fd, READ_CHUNK):
+        hasher.update(chunk)
+        size += len(chunk)
+    return hasher.hexdigest(), size, os.fstat(fd)
+
+
+def _identity_of(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode))
+
+
+def _why_refused(error: OSError) -> str:
+    if error.errno == errno.ELOOP:
+        return "a symlink is now on its path"
+    if error.errno == errno.EXDEV:
+        return "its path leads outside"
+    return error.strerror or str(error)
+
+
+def _details(dir_fd: int, name: str, st: os.stat_result) -> tuple[str | None, tuple]:
+    """A child's symlink target and xattrs, read through its directory's
+    descriptor (the /proc path names that very directory; ``name`` itself is
+    not followed)."""
+    link = os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else None
+    return link, tuple(read_xattrs(f"/proc/self/fd/{dir_fd}/{name}"))
 
 
 def _cache_key(path: str) -> str | None:
@@ -537,10 +681,13 @@ def _cache_key(path: str) -> str | None:
     return text
 
 
-def read_xattrs(path: str | Path) -> list[tuple[str, bytes]]:
-    """Extended attributes of a path (not following a symlink), sorted, minus overlayfs's own."""
+def read_xattrs(path: str | Path, *, follow: bool = False) -> list[tuple[str, bytes]]:
+    """Extended attributes of a path, sorted, minus overlayfs's own.
+
+    The last component is not followed unless ``follow`` (for a
+    ``/proc/self/fd/N`` path, which must be followed to reach the object)."""
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        names = os.listxattr(path, follow_symlinks=follow)
     except OSError:
         return []
     result = []
@@ -548,7 +695,7 @@ def read_xattrs(path: str | Path) -> list[tuple[str, bytes]]:
         if name.startswith(_SKIPPED_XATTR_PREFIXES):
             continue
         try:
-            result.append((name, os.getxattr(path, name, follow_symlinks=False)))
+            result.append((name, os.getxattr(path, name, follow_symlinks=follow)))
         except OSError:
             continue
     return result
@@ -581,11 +728,6 @@ def _climbs_out(source: str) -> bool:
     return False
 
 
-def _sorted_names(dir_path: Path) -> list[str]:
-    # Byte order, as Go sorts directory entries.
-    return sorted(os.listdir(dir_path), key=os.fsencode)
-
-
 def _join(head: str, tail: str) -> str:
     if not head:
         return tail
@@ -596,3 +738,74 @@ def _join(head: str, tail: str) -> str:
 
 def _split(path: str) -> list[str]:
     return [part for part in path.split("/") if part]
+
+
+# --- the files the build itself reads: Dockerfile, ignore files ----------------
+
+
+def read_build_file(context_dir: Path, path: Path, what: str) -> bytes:
+    """The bytes of the Dockerfile or an ignore file, read safely.
+
+    Inside the build context it is hostile like any context file: symlinks
+    are followed only while they stay inside the context, and the file is
+    opened without following anything (``safeopen``). Outside the context
+    (``-f /elsewhere/Dockerfile``) the user named it, so its path is
+    followed. Either way it must be a regular file (a FIFO would block, a
+    device feed bytes forever) of at most ``MAX_BUILD_FILE`` bytes.
+
+    FileNotFoundError if there is nothing there; UsageError (exit 2) if it
+    is refused.
+    """
+    rel = _relative_inside(context_dir, path)
+    try:
+        if rel is None:
+            return safeopen.read_user_file(path, MAX_BUILD_FILE)
+        context = BuildContext(context_dir, _NO_EXCLUDES, label="build context")
+        relpath = context._resolve(rel, _split(rel), f"reading the {what}")
+        fd = context.open_item(relpath)
+        try:
+            return safeopen.read_capped(fd, MAX_BUILD_FILE)
+        finally:
+            os.close(fd)
+    except (_Missing, FileNotFoundError):
+        raise FileNotFoundError(2, "not found", str(path)) from None
+    except safeopen.NotRegularFile as error:
+        raise UsageError(
+            f"the {what} {path} is {error.kind}, not a regular file: imgbuild reads only"
+            " regular files (a FIFO or device could block or never end); replace it with a file"
+        ) from None
+    except safeopen.TooLarge:
+        raise UsageError(
+            f"the {what} {path} is larger than {MAX_BUILD_FILE >> 20} MiB, the most imgbuild"
+            " reads (BuildKit's limit too): shorten it"
+        ) from None
+    except ContextError as error:
+        reason = str(error).split(" failed: ", 1)[-1]
+        raise UsageError(
+            f"refusing to read the {what} {path}: {reason}; inside the build context it must be"
+            " a regular file reached without leaving the context: replace the symlink with the"
+            " file itself (a Dockerfile kept elsewhere can be given with -f PATH)"
+        ) from None
+
+
+def _relative_inside(context_dir: Path, path: Path) -> str | None:
+    """``path`` relative to the context if it lies inside it (by name, no
+    symlink resolved), else None."""
+    root = os.path.abspath(context_dir)
+    full = os.path.abspath(path)
+    if full == root:
+        return ""
+    if full.startswith(root.rstrip("/") + "/"):
+        return full[len(root.rstrip("/")) + 1 :]
+    return None
+
+
+def read_dockerfile_stdin(stream: BinaryIO | None = None) -> bytes:
+    """``-f -``: the Dockerfile from standard input, at most ``MAX_BUILD_FILE`` bytes."""
+    data = (stream or sys.stdin.buffer).read(MAX_BUILD_FILE + 1)
+    if len(data) > MAX_BUILD_FILE:
+        raise UsageError(
+            f"the Dockerfile on standard input (-f -) is larger than {MAX_BUILD_FILE >> 20} MiB,"
+            " the most imgbuild reads: shorten it"
+        )
+    return data

@@ -44,7 +44,7 @@ from typing import BinaryIO
 
 import zstandard
 
-from imgbuild.builder.context import Entry, Selected, read_xattrs
+from imgbuild.builder.context import Entry, Selected
 from imgbuild.builder.dockerignore import go_clean, go_dir
 from imgbuild.builder.fetch import Fetched
 from imgbuild.builder.users import resolve_in_root
@@ -109,7 +109,7 @@ def copy_into(
     for item in selected:
         try:
             if isinstance(item, Selected):
-                if is_add and not item.is_dir and archive_compression(item.path) is not None:
+                if is_add and not item.is_dir and archive_compression(item) is not None:
                     _extract_archive(rootfs, item, target, chown)
                 else:
                     _copy_selected(rootfs, item, target, chown, chmod)
@@ -326,11 +326,12 @@ class _TreeCopier:
             if earlier is not None:
                 os.link(earlier, dest, follow_symlinks=False)
             else:
-                _copy_file_data(entry.path, dest)
+                with self.item.context.open_for_reading(entry) as src_fd:
+                    _copy_fd_data(src_fd, dest)
                 if st.st_nlink > 1:
                     self.first_link[inode] = dest
         elif stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(entry.path), dest)
+            os.symlink(entry.link or "", dest)
         elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
             os.mknod(dest, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev)
         else:
@@ -348,7 +349,7 @@ class _TreeCopier:
                 mode = (mode & ~0o777) | (self.chmod & 0o777)
             os.chmod(dest, mode)  # after chown, which clears setuid/setgid
         os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-        for name, value in read_xattrs(entry.path):
+        for name, value in entry.xattrs:
             try:
                 os.setxattr(dest, name, value, follow_symlinks=False)
             except OSError:
@@ -362,23 +363,28 @@ class _TreeCopier:
 
 
 def _copy_file_data(source: Path, dest: Path) -> None:
+    """Copy a file of imgbuild's own (a download) to a new file ``dest``."""
     src_fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        dst_fd = os.open(
-            dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
-        try:
-            size = os.fstat(src_fd).st_size
-            offset = 0
-            while offset < size:
-                sent = os.sendfile(dst_fd, src_fd, offset, min(size - offset, 1 << 30))
-                if sent == 0:
-                    break
-                offset += sent
-        finally:
-            os.close(dst_fd)
+        _copy_fd_data(src_fd, dest)
     finally:
         os.close(src_fd)
+
+
+def _copy_fd_data(src_fd: int, dest: Path) -> None:
+    dst_fd = os.open(
+        dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+    )
+    try:
+        size = os.fstat(src_fd).st_size
+        offset = 0
+        while offset < size:
+            sent = os.sendfile(dst_fd, src_fd, offset, min(size - offset, 1 << 30))
+            if sent == 0:
+                break
+            offset += sent
+    finally:
+        os.close(dst_fd)
 
 
 # --- single files: URLs and heredocs --------------------------------------------
@@ -449,8 +455,16 @@ def _compression_of(head: bytes) -> str:
     return "none"
 
 
-def _open_decompressed(path: Path) -> BinaryIO:
-    raw = open(path, "rb")  # closed by the stream returned below
+def _open_raw(source: Path | Selected) -> BinaryIO:
+    """A context source is opened through its context (no symlink followed,
+    regular files only); a plain path is one of the caller's own."""
+    if isinstance(source, Selected):
+        return os.fdopen(source.open_file(), "rb")
+    return open(source, "rb")
+
+
+def _open_decompressed(source: Path | Selected) -> BinaryIO:
+    raw = _open_raw(source)  # closed by the stream returned below
     kind = _compression_of(raw.read(6))
     raw.seek(0)
     if kind == "gzip":
@@ -466,7 +480,7 @@ def _open_decompressed(path: Path) -> BinaryIO:
     return raw
 
 
-def archive_compression(path: Path) -> str | None:
+def archive_compression(path: Path | Selected) -> str | None:
     """If ``path`` is a tar archive ADD would extract, its compression
     ("none", "gzip", "bzip2", "xz", "zstd"); else None.
 
@@ -474,9 +488,9 @@ def archive_compression(path: Path) -> str | None:
     is a valid tar header. An empty archive does not count.
     """
     try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
+        if isinstance(path, Path) and not stat.S_ISREG(os.lstat(path).st_mode):
             return None
-        with open(path, "rb") as raw:
+        with _open_raw(path) as raw:
             kind = _compression_of(raw.read(6))
         with _open_decompressed(path) as stream:
             block = _read_exactly(stream, tarfile.BLOCKSIZE)
@@ -508,7 +522,7 @@ def _extract_archive(
         raise _Refused(f"cannot extract {item.source} into non-directory {target.text}")
     try:
         with (
-            _open_decompressed(item.path) as stream,
+            _open_decompressed(item) as stream,
             tarfile.open(fileobj=stream, mode="r|") as archive,
         ):
             _Untar(dest, chown, item.source).run(archive)

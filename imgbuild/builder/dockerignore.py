@@ -417,34 +417,52 @@ def read_ignore_file(text: str) -> list[str]:
     return patterns
 
 
-def ignore_file_for(context_dir: Path, dockerfile: Path | None) -> Path | None:
-    """The ignore file that applies: ``<Dockerfile>.dockerignore`` next to the
-    Dockerfile wins over ``CONTEXT/.dockerignore``; None if there is neither."""
+def _candidates(context_dir: Path, dockerfile: Path | None) -> list[Path]:
+    """The ignore files that may apply, the winner first: ``<Dockerfile>.dockerignore``
+    next to the Dockerfile wins over ``CONTEXT/.dockerignore``."""
+    candidates = []
     if dockerfile is not None:
-        specific = dockerfile.parent / (dockerfile.name + ".dockerignore")
-        if specific.is_file():
-            return specific
-    general = Path(context_dir) / ".dockerignore"
-    if general.is_file():
-        return general
+        candidates.append(dockerfile.parent / (dockerfile.name + ".dockerignore"))
+    candidates.append(Path(context_dir) / ".dockerignore")
+    return candidates
+
+
+def _read_ignore_file(context_dir: Path, dockerfile: Path | None) -> tuple[Path, bytes] | None:
+    """The ignore file that applies and its bytes, None if there is none.
+
+    Read like the Dockerfile (``read_build_file``): inside the context only
+    as a regular file reached without leaving it, at most 16 MiB.
+    """
+    from imgbuild.builder.context import read_build_file  # context imports this module
+
+    for path in _candidates(context_dir, dockerfile):
+        try:
+            return path, read_build_file(Path(context_dir), path, "ignore file")
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            raise ContextError(f"cannot read {path}: {error.strerror}") from None
     return None
+
+
+def ignore_file_for(context_dir: Path, dockerfile: Path | None) -> Path | None:
+    """The ignore file that applies (see ``_candidates``); None if there is neither."""
+    found = _read_ignore_file(context_dir, dockerfile)
+    return None if found is None else found[0]
 
 
 def load_ignore_patterns(context_dir: Path, dockerfile: Path | None) -> list[str]:
     """Read the patterns of the ignore file that applies to this build ([] if none)."""
-    path = ignore_file_for(context_dir, dockerfile)
-    if path is None:
+    found = _read_ignore_file(context_dir, dockerfile)
+    if found is None:
         return []
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise ContextError(f"cannot read {path}: {error.strerror}") from None
-    return read_ignore_file(data.decode("utf-8", errors="surrogateescape"))
+    return read_ignore_file(found[1].decode("utf-8", errors="surrogateescape"))
 
 
 def load_ignore_matcher(context_dir: Path, dockerfile: Path | None) -> IgnoreMatcher:
     """``IgnoreMatcher`` for the ignore file that applies, errors naming that file."""
-    path = ignore_file_for(context_dir, dockerfile)
-    return IgnoreMatcher(
-        load_ignore_patterns(context_dir, dockerfile), source=str(path or ".dockerignore")
-    )
+    found = _read_ignore_file(context_dir, dockerfile)
+    if found is None:
+        return IgnoreMatcher([], source=".dockerignore")
+    path, data = found
+    return IgnoreMatcher(read_ignore_file(data.decode("utf-8", errors="surrogateescape")), source=str(path))

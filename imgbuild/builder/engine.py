@@ -26,13 +26,14 @@ from pathlib import Path
 from imgbuild import dockerfile as frontend
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.cache import BuildCache, LayerRef, cache_key
-from imgbuild.builder.context import BuildContext, StatCache
+from imgbuild.builder.context import BuildContext, StatCache, read_build_file
 from imgbuild.builder.copy import mkdir_all
 from imgbuild.builder.copystep import CopyRequest, run_copy
 from imgbuild.builder.dockerignore import IgnoreMatcher, go_clean, load_ignore_patterns
 from imgbuild.builder.metadata import apply_metadata
 from imgbuild.builder.options import BuildOptions
 from imgbuild.builder.outputs import write_outputs
+from imgbuild.builder.overlay import bind_mounted
 from imgbuild.builder.progress import Progress, Step, Summary, make_progress
 from imgbuild.builder.rootfs import image_layers, mounted_layers, recompress, workspace
 from imgbuild.builder.runstep import PIPES_DIR, prepared_mounts, script_mount
@@ -143,7 +144,7 @@ class Builder:
         path = self.options.dockerfile or (self.options.context / "Dockerfile")
         self.dockerfile_name = str(path) if self.options.dockerfile else "Dockerfile"
         try:
-            return path.read_text(encoding="utf-8")
+            return read_build_file(self.options.context, path, "Dockerfile").decode("utf-8")
         except FileNotFoundError:
             raise ImgbuildError(f"no Dockerfile at {path}: give one with -f FILE") from None
         except OSError as error:  # a directory, unreadable, ...
@@ -503,23 +504,26 @@ class Builder:
         """The context as a bind mount must show it: without what .dockerignore excludes.
 
         BuildKit never transfers ignored files, so a RUN must not see them (they
-        are not in the cache key either). Without ignore patterns the context
-        directory itself is that view; with them, a tree of hard links (copies
-        across file systems) of exactly the selected entries, each source at
-        its path as written, which is where the bind mount looks for it.
+        are not in the cache key either). Without ignore patterns each source
+        is bind-mounted into the view from the descriptor the context opened
+        without following symlinks, so a directory swapped for a symlink after
+        the check cannot redirect the mount; with them, a tree of hard links
+        (copies across file systems) of exactly the selected entries. Either
+        way each source is at its path as written, where the bind mount looks.
         """
 
         @contextmanager
         def opener():
-            if not self.context.ignore:
-                yield self.options.context
-                return
             view = self.store.make_temp_dir("context-")
             try:
+                if not self.context.ignore:
+                    with _pinned_sources(self.context, sources, view):
+                        yield view
+                    return
                 for source, selections in sources.items():
                     target = view / go_clean("/" + source).lstrip("/")
                     for selected in selections:
-                        _link_entries(selected.entries(), target)
+                        _link_entries(selected.context, selected.entries(), target)
                 yield view
             finally:
                 remove_tree(view)
@@ -707,8 +711,28 @@ def _stage_files_key(source_opener, origin: str, source: str) -> str:
         return source_context.digest(source_context.select(source, instruction="RUN --mount"))
 
 
-def _link_entries(entries, target: Path) -> None:
-    """Recreate context entries under ``target``: dirs, symlinks, files as hard links."""
+@contextmanager
+def _pinned_sources(context: BuildContext, sources: dict[str, list], view: Path):
+    """Bind each context source onto its path in ``view`` (see the opener above)."""
+    with ExitStack() as mounts:
+        for source, selections in sources.items():
+            target = view / go_clean("/" + source).lstrip("/")
+            for selected in selections:
+                with context.object_at(selected.relpath) as (fd, st):
+                    if stat.S_ISDIR(st.st_mode):
+                        target.mkdir(parents=True, exist_ok=True)
+                    elif not target.exists():
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.touch()
+                    mounts.enter_context(bind_mounted(f"/proc/self/fd/{fd}", target))
+        yield
+
+
+def _link_entries(context: BuildContext, entries, target: Path) -> None:
+    """Recreate context entries under ``target``: dirs, symlinks, files as hard links.
+
+    A file is linked through the descriptor the context opened and checked
+    (never by its path string, which a swapped directory could redirect)."""
     for entry in entries:
         path = target / entry.rel if entry.rel else target
         mode = entry.st.st_mode
@@ -720,12 +744,23 @@ def _link_entries(entries, target: Path) -> None:
         if os.path.lexists(path):
             continue  # two bind mounts of overlapping sources: linked once
         if stat.S_ISLNK(mode):
-            os.symlink(os.readlink(entry.path), path)
+            os.symlink(entry.link or "", path)
         elif stat.S_ISREG(mode):
-            try:
-                os.link(entry.path, path)
-            except OSError:  # another file system
-                shutil.copy2(entry.path, path)
+            with context.open_path(entry) as path_fd:
+                try:
+                    os.link(f"/proc/self/fd/{path_fd}", path, follow_symlinks=True)
+                    continue
+                except OSError:  # another file system
+                    pass
+            _copy_entry_file(context, entry, path)
+
+
+def _copy_entry_file(context: BuildContext, entry, path: Path) -> None:
+    with context.open_for_reading(entry) as src_fd, open(path, "xb") as out:
+        with os.fdopen(os.dup(src_fd), "rb") as source:
+            shutil.copyfileobj(source, out)
+    os.chmod(path, stat.S_IMODE(entry.st.st_mode))
+    os.utime(path, ns=(entry.st.st_atime_ns, entry.st.st_mtime_ns))
 
 
 def _located(error: ImgbuildError, filename: str, instruction) -> ImgbuildError:

@@ -78,6 +78,28 @@ def mount_overlay(
     _release(target, mounts_before, links, report_busy=True)
 
 
+_MS_BIND = 0x1000
+_MS_REC = 0x4000
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+
+
+@contextmanager
+def bind_mounted(source: str, target: Path) -> Iterator[Path]:
+    """Bind ``source`` (recursively) onto ``target``, from this process.
+
+    mount(2) is called here rather than by mount(8) so that ``source`` may
+    be ``/proc/self/fd/N``: the mount then shows exactly the object that
+    descriptor holds, whatever its path has become since it was opened.
+    """
+    if _libc.mount(os.fsencode(source), os.fsencode(target), None, _MS_BIND | _MS_REC, None) != 0:
+        error = ctypes.get_errno()
+        raise SandboxError(f"cannot bind-mount {source} on {target}: {os.strerror(error)}")
+    try:
+        yield target
+    finally:
+        finish_despite_interrupts(lambda: _unmount(target))
+
+
 def finish_despite_interrupts(cleanup: Callable[[], None]) -> None:
     """Run an idempotent cleanup to its end even if another interrupt arrives.
 

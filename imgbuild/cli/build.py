@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
+from imgbuild.builder.context import read_dockerfile_stdin
 from imgbuild.builder.options import (
     COMPRESSIONS,
     BuildOptions,
@@ -13,7 +13,7 @@ from imgbuild.builder.options import (
     parse_output,
     parse_secret,
 )
-from imgbuild.errors import UsageError
+from imgbuild.errors import DockerfileError, UsageError
 
 
 def add_arguments(parser) -> None:
@@ -53,7 +53,10 @@ def options_from_args(args) -> BuildOptions:
     dockerfile = None
     dockerfile_text = None
     if args.file == "-":
-        dockerfile_text = sys.stdin.read()
+        try:
+            dockerfile_text = read_dockerfile_stdin().decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DockerfileError(f"the Dockerfile on standard input is not UTF-8 text: {error}") from None
     elif args.file:
         dockerfile = Path(args.file)
     epoch = os.environ.get("SOURCE_DATE_EPOCH")

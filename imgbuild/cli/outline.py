@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
+from imgbuild.builder.context import read_build_file, read_dockerfile_stdin
 from imgbuild.dockerfile import parse, plan
 from imgbuild.dockerfile.outline import render_json, render_text
 from imgbuild.errors import UsageError
@@ -94,13 +96,12 @@ def parse_build_args(values: list[str], environ=None) -> dict[str, str]:
 
 def _read_dockerfile(path: str | None, context: str) -> tuple[str, str]:
     if path == "-":
-        data = sys.stdin.buffer.read()
+        data = read_dockerfile_stdin()
         filename = "Dockerfile"
     else:
         filename = path if path is not None else os.path.join(context, "Dockerfile")
         try:
-            with open(filename, "rb") as handle:
-                data = handle.read()
+            data = read_build_file(Path(context), Path(filename), "Dockerfile")
         except OSError as error:
             raise UsageError(f"cannot read Dockerfile {filename}: {error.strerror}") from None
     # Invalid UTF-8 becomes U+FFFD rather than an error, so any file can be shown.
