@@ -156,3 +156,17 @@ def test_a_fifo_as_passwd_is_refused_without_waiting(imgbuild_cli, store, tmp_pa
     completed, elapsed = _build(imgbuild_cli, store, tmp_path, dockerfile, {"f": "x"}, timeout=60)
     _failed_at(completed, line, "/etc/passwd in the image is not a regular file")
     assert elapsed < 30
+
+
+# --- expansion -------------------------------------------------------------------------------
+
+
+def test_an_exponential_env_chain_fails_fast_in_little_memory(cli_env, store, tmp_path):
+    """``ENV a=${a}${a}`` forty times would be 2**40 characters; memory used to climb until killed."""
+    dockerfile = "FROM busybox\nENV a=x\n" + "ENV a=${a}${a}\n" * 40 + "RUN true\n"
+    completed, elapsed, peak = _build_measured(cli_env, store, tmp_path, dockerfile, timeout=60)
+    assert "Traceback" not in completed.stderr, completed.stderr
+    assert completed.returncode == 2, completed.stderr
+    assert "Dockerfile:23: the value of a grows beyond 1 MiB" in completed.stderr
+    assert peak < PEAK_RSS_LIMIT_KB, f"peak RSS {peak} KiB"
+    assert elapsed < 20
