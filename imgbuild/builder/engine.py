@@ -708,7 +708,7 @@ def _stage_files_key(source_opener, origin: str, source: str) -> str:
 
 
 def _link_entries(entries, target: Path) -> None:
-    """Recreate context entries under ``target``: dirs, symlinks, files as hard links."""
+    """Recreate context entries under ``target``: dirs, symlinks, other files as hard links."""
     for entry in entries:
         path = target / entry.rel if entry.rel else target
         mode = entry.st.st_mode
@@ -726,6 +726,13 @@ def _link_entries(entries, target: Path) -> None:
                 os.link(entry.path, path)
             except OSError:  # another file system
                 shutil.copy2(entry.path, path)
+        else:
+            # A FIFO or device node: linked or made again, never opened, so the
+            # view shows it as the context does and only the step opens it.
+            try:
+                os.link(entry.path, path, follow_symlinks=False)
+            except OSError:
+                os.mknod(path, mode, entry.st.st_rdev)
 
 
 def _located(error: ImgbuildError, filename: str, instruction) -> ImgbuildError:

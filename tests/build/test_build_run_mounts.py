@@ -188,6 +188,20 @@ def test_bind_mount_from_context_hides_dockerignored_files(build_df, write_files
     assert build_df(dockerfile, context=built.context).result.steps_run == 0
 
 
+def test_bind_mount_from_context_shows_a_fifo_also_with_dockerignore(build_df, tmp_path):
+    """The filtered context view used to drop FIFOs the unfiltered context shows."""
+    context = tmp_path / "fifo-context"
+    context.mkdir()
+    os.mkfifo(context / "fifo")
+    built = build_df(
+        "FROM busybox\n"
+        "RUN --mount=type=bind,target=/ctx (test -p /ctx/fifo && echo fifo || echo missing) > /kind\n",
+        {".dockerignore": "ignored\n"},
+        context=context,
+    )
+    assert built.tree()["kind"].data == b"fifo\n"
+
+
 def test_bind_mount_rw_writes_are_discarded(build_df):
     built = build_df(
         "FROM busybox\n"
