@@ -17,7 +17,7 @@ from pathlib import Path
 from imgbuild.builder.context import BuildContext
 from imgbuild.builder.copy import HeredocFile, copy_into
 from imgbuild.builder.fetch import Fetched, fetch_url, is_url
-from imgbuild.builder.users import resolve_in_root
+from imgbuild.builder.users import MAX_ID, image_table
 from imgbuild.errors import BuildError
 
 
@@ -178,30 +178,37 @@ def resolve_chown(rootfs: Path, chown: str) -> tuple[int, int]:
 
 def _lookup_user(rootfs: Path, user: str, chown: str) -> tuple[int, int]:
     """(uid, primary gid) of a user name in the image; a number stands for both."""
-    if user.isdigit():
-        return int(user), int(user)
+    if _is_number(user):
+        uid = _checked_id(int(user), chown)
+        return uid, uid
     fields = _lookup_entry(rootfs, "/etc/passwd", user, "user", chown)
-    uid = int(fields[2])
-    return uid, int(fields[3]) if len(fields) > 3 and fields[3].isdigit() else uid
+    uid = _checked_id(int(fields[2]), chown)
+    return uid, _checked_id(int(fields[3]), chown) if len(fields) > 3 and _is_number(fields[3]) else uid
 
 
 def _lookup_id(rootfs: Path, table: str, name: str, what: str, chown: str) -> int:
-    if name.isdigit():
-        return int(name)
-    return int(_lookup_entry(rootfs, table, name, what, chown)[2])
+    if _is_number(name):
+        return _checked_id(int(name), chown)
+    return _checked_id(int(_lookup_entry(rootfs, table, name, what, chown)[2]), chown)
+
+
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # "²".isdigit() is true too
+
+
+def _checked_id(number: int, chown: str) -> int:
+    if number > MAX_ID:
+        raise BuildError(
+            f"invalid --chown={chown}: {number} is out of range; uids and gids must be in range 0-{MAX_ID}"
+        )
+    return number
 
 
 def _lookup_entry(rootfs: Path, table: str, name: str, what: str, chown: str) -> list[str]:
     """The fields of ``name``'s line in /etc/passwd or /etc/group of the image."""
     if not name:
         raise BuildError(f"invalid --chown={chown}: empty {what}")
-    path = resolve_in_root(rootfs, table)
-    try:
-        text = path.read_text(errors="replace") if path.is_file() else ""
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        fields = line.split(":")
-        if len(fields) > 2 and fields[0] == name and fields[2].isdigit():
+    for fields in image_table(rootfs, table):
+        if len(fields) > 2 and fields[0] == name and _is_number(fields[2]):
             return fields
     raise BuildError(f"unable to convert {what} {name!r} in --chown={chown}: no such {what} in {table} of the image")

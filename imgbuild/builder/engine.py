@@ -729,7 +729,7 @@ def _pinned_sources(context: BuildContext, sources: dict[str, list], view: Path)
 
 
 def _link_entries(context: BuildContext, entries, target: Path) -> None:
-    """Recreate context entries under ``target``: dirs, symlinks, files as hard links.
+    """Recreate context entries under ``target``: dirs, symlinks, other files as hard links.
 
     A file is linked through the descriptor the context opened and checked
     (never by its path string, which a swapped directory could redirect)."""
@@ -753,6 +753,15 @@ def _link_entries(context: BuildContext, entries, target: Path) -> None:
                 except OSError:  # another file system
                     pass
             _copy_entry_file(context, entry, path)
+        else:
+            # A FIFO or device node: linked (through the checked O_PATH
+            # descriptor, which does not open it) or made again, never opened,
+            # so the view shows it as the context does and only the step opens it.
+            with context.open_path(entry) as path_fd:
+                try:
+                    os.link(f"/proc/self/fd/{path_fd}", path, follow_symlinks=True)
+                except OSError:
+                    os.mknod(path, mode, entry.st.st_rdev)
 
 
 def _copy_entry_file(context: BuildContext, entry, path: Path) -> None:

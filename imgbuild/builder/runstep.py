@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgbuild.builder.options import SecretSpec
+from imgbuild.builder.overlay import mount_overlay
 from imgbuild.builder.sandbox import Mount, PrivateFile
 from imgbuild.builder.users import resolve_in_root
 from imgbuild.errors import BuildError, Interrupted
@@ -165,37 +166,43 @@ def _wait_for_lock(fd: int, cancel: threading.Event | None) -> None:
 
 @contextmanager
 def _bind_mount(spec, target: str, sources: dict, scratch: Path) -> Iterator[Mount]:
+    """A bind mount of a stage, image or context path; with ``rw`` over a throwaway overlay.
+
+    imgbuild never opens the source itself: a device node or FIFO from a
+    stage is bound like anything else, and only the container opens it,
+    under its device cgroup (as BuildKit, which binds a subpath of a
+    writable snapshot). Copying it as root here would read a host device.
+    """
     if not target:
         raise BuildError("RUN --mount=type=bind needs target=PATH")
     origin = getattr(spec, "from_", None)
     root = sources.get(origin)
     if root is None:
         raise BuildError(f"RUN --mount=type=bind: source {origin or 'context'} is not available")
-    source = resolve_in_root(Path(root), spec.source or "/")
-    if not source.exists():
-        raise BuildError(f"RUN --mount=type=bind: {spec.source or '/'} not found in {origin or 'the build context'}")
+    # runc resolves a relative source against its bundle, not our directory
+    source = resolve_in_root(Path(os.path.abspath(root)), spec.source or "/")
+    try:
+        info = os.lstat(source)
+    except (FileNotFoundError, NotADirectoryError):
+        raise BuildError(
+            f"RUN --mount=type=bind: {spec.source or '/'} not found in {origin or 'the build context'}"
+        ) from None
     if spec.readonly:
         yield Mount("bind", target, str(source), readonly=True)
         return
-    # rw: writes go to a throwaway overlay upperdir, never to the source
-    from imgbuild.builder.overlay import mount_overlay
-
+    # rw: writes go to a throwaway overlay upperdir, never to the source. A
+    # non-directory is bound from an overlay of its parent directory.
+    is_dir = stat.S_ISDIR(info.st_mode)
+    lower = source if is_dir else source.parent
     layer = Path(tempfile.mkdtemp(dir=scratch, prefix="bind-"))
-    lower = source if source.is_dir() else None
-    if lower is None:
-        copy_dir = layer / "file"
-        copy_dir.mkdir()
-        shutil.copy2(source, copy_dir / source.name)
-        yield Mount("bind", target, str(copy_dir / source.name), readonly=False)
-        return
-    # The upperdir's mode and owner are those of the mount's root: the source's.
+    # The upperdir's mode and owner are those of the overlay's root (its lowerdir's).
     upper = layer / "upper"
     upper.mkdir()
-    info = os.stat(lower)
-    os.chmod(upper, stat.S_IMODE(info.st_mode))
-    os.chown(upper, info.st_uid, info.st_gid)
+    lower_info = os.stat(lower)
+    os.chmod(upper, stat.S_IMODE(lower_info.st_mode))
+    os.chown(upper, lower_info.st_uid, lower_info.st_gid)
     with mount_overlay([lower], upper, layer / "work", layer / "merged") as merged:
-        yield Mount("bind", target, str(merged), readonly=False)
+        yield Mount("bind", target, str(merged if is_dir else merged / source.name), readonly=False)
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,12 @@ from imgbuild.errors import BuildError
 
 MAX_SYMLINKS = 40  # what Linux allows in one path walk (ELOOP beyond)
 MAX_ID = 2**31 - 1  # Docker's range for uids and gids
+# /etc/passwd and /etc/group are image content: read line by line, within
+# bounds. 64 KiB a line is the longest line Docker's parser (Go's
+# bufio.Scanner) takes; 64 MiB is far beyond any real user database.
+MAX_LINE_BYTES = 64 * 1024
+MAX_TABLE_BYTES = 64 * 1024 * 1024
+_READ_CHUNK = 1024 * 1024
 _NUMBER = re.compile(r"[+-]?[0-9]+")  # what Go's strconv.Atoi accepts
 
 
@@ -105,7 +112,7 @@ def resolve_user(rootfs: Path, user: str) -> ResolvedUser:
     also gets the supplementary groups that list the user in /etc/group.
     """
     user_part, _, group_part = user.partition(":")
-    passwd = _read_passwd(rootfs)
+    passwd = _passwd_entries(rootfs)  # read only as far as the first match
 
     uid, gid, home = 0, 0, "/"
     matched: _PasswdEntry | None = None
@@ -120,71 +127,151 @@ def resolve_user(rootfs: Path, user: str) -> ResolvedUser:
         if matched is None:
             raise BuildError(f"unable to find user {user_part}: no matching entries in passwd file")
     if matched is not None:
-        uid, gid, home = matched.uid, matched.gid, matched.home
+        # an id out of range in the file is an error, as in Docker (ErrRange)
+        uid, gid, home = _checked_id(matched.uid), _checked_id(matched.gid), matched.home
 
     if group_part:
         return ResolvedUser(uid, _explicit_gid(rootfs, group_part), [], home)
     if matched is None:
         return ResolvedUser(uid, gid, [], home)
-    supplementary = [group.gid for group in _read_group(rootfs) if matched.name in group.members]
+    supplementary = [_checked_id(group.gid) for group in _group_entries(rootfs) if matched.name in group.members]
     return ResolvedUser(uid, gid, supplementary, home)
 
 
 def _explicit_gid(rootfs: Path, group: str) -> int:
-    groups = _read_group(rootfs)
     if _NUMBER.fullmatch(group):
         return _checked_id(int(group))
-    for entry in groups:
+    for entry in _group_entries(rootfs):
         if entry.name == group:
-            return entry.gid
+            return _checked_id(entry.gid)
     raise BuildError(f"unable to find group {group}: no matching entries in group file")
 
 
 def _checked_id(number: int) -> int:
     if not 0 <= number <= MAX_ID:
-        raise BuildError(f"uids and gids must be in range 0-{MAX_ID}, got {number}")
+        raise BuildError(
+            f"uids and gids must be in range 0-{MAX_ID}, got {number}; "
+            "use an id in that range in USER and in the image's /etc/passwd and /etc/group"
+        )
     return number
 
 
-def _read_passwd(rootfs: Path) -> list[_PasswdEntry]:
-    entries = []
-    for fields in _colon_lines(_read_image_file(rootfs, "/etc/passwd")):
+def _passwd_entries(rootfs: Path) -> Iterator[_PasswdEntry]:
+    for fields in image_table(rootfs, "/etc/passwd"):
         # name:password:uid:gid:gecos:home:shell; lines with a non-numeric
         # uid or gid are malformed and skipped rather than read as uid 0.
         fields += [""] * (7 - len(fields))
         if _NUMBER.fullmatch(fields[2]) and _NUMBER.fullmatch(fields[3]):
-            entries.append(_PasswdEntry(fields[0], int(fields[2]), int(fields[3]), fields[5]))
-    return entries
+            yield _PasswdEntry(fields[0], int(fields[2]), int(fields[3]), fields[5])
 
 
-def _read_group(rootfs: Path) -> list[_GroupEntry]:
-    entries = []
-    for fields in _colon_lines(_read_image_file(rootfs, "/etc/group")):
+def _group_entries(rootfs: Path) -> Iterator[_GroupEntry]:
+    for fields in image_table(rootfs, "/etc/group"):
         # name:password:gid:member,member,...
         fields += [""] * (4 - len(fields))
         if _NUMBER.fullmatch(fields[2]):
             members = [name.strip() for name in fields[3].split(",") if name.strip()]
-            entries.append(_GroupEntry(fields[0], int(fields[2]), members))
-    return entries
+            yield _GroupEntry(fields[0], int(fields[2]), members)
 
 
-def _colon_lines(text: str) -> list[list[str]]:
-    return [line.strip().split(":") for line in text.splitlines() if line.strip()]
+def image_table(rootfs: Path, path: str) -> Iterator[list[str]]:
+    """The colon-separated fields of each non-empty line of /etc/passwd or /etc/group.
+
+    Streamed, so a huge file costs no memory, and bounded: a file larger
+    than MAX_TABLE_BYTES or a line longer than MAX_LINE_BYTES is an error,
+    not minutes of reading. A missing file has no lines.
+    """
+    fd = _open_image_file(rootfs, path)
+    if fd is None:
+        return
+    with os.fdopen(fd, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > MAX_TABLE_BYTES:
+            raise _too_big(path, size)
+        total = 0
+        pending = b""
+        # Chunks, split in C: a file of millions of empty lines stays fast.
+        while chunk := file.read(_READ_CHUNK):
+            total += len(chunk)
+            if total > MAX_TABLE_BYTES:
+                raise _too_big(path, total)
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            _check_line_lengths(path, [*lines, pending])
+            yield from _split_lines(lines)
+        yield from _split_lines([pending])
 
 
-def _read_image_file(rootfs: Path, path: str) -> str:
-    """Read a small text file of the image; "" if it does not exist."""
+def _check_line_lengths(path: str, lines: list[bytes]) -> None:
+    if max(map(len, lines), default=0) > MAX_LINE_BYTES:
+        raise BuildError(
+            f"{path} in the image has a line longer than {MAX_LINE_BYTES // 1024} KiB "
+            "(the most imgbuild reads, as Docker's parser); fix the file in an earlier step"
+        )
+
+
+def _split_lines(lines: list[bytes]) -> Iterator[list[str]]:
+    for line in filter(None, lines):
+        text = line.strip()
+        if text:
+            yield text.decode("utf-8", errors="replace").split(":")
+
+
+def _too_big(path: str, size: int) -> BuildError:
+    return BuildError(
+        f"{path} in the image is larger than {MAX_TABLE_BYTES // (1024 * 1024)} MiB "
+        f"({size} bytes), the most imgbuild reads to look up users and groups; "
+        "shrink it in an earlier step"
+    )
+
+
+def _open_image_file(rootfs: Path, path: str) -> int | None:
+    """A read-only descriptor of a regular file of the image, or None if there is none.
+
+    The path is resolved like a chroot would, then walked again component by
+    component from ``rootfs`` with O_NOFOLLOW, so nothing that changed since
+    is followed out of the root. Only a regular file is opened: a FIFO would
+    block, and a device would be a host device read by root.
+    """
     host_path = resolve_in_root(rootfs, path)
-    # O_NOFOLLOW: the path is already resolved, a symlink here would be a race.
-    # O_NONBLOCK: a FIFO planted at /etc/passwd must not hang the build.
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    parts = host_path.relative_to(rootfs).parts
+    if not parts:
+        raise BuildError(f"{path} in the image is not a regular file (it is the root directory)")
     try:
-        fd = os.open(host_path, flags)
+        parent = _open_directory_beneath(rootfs, parts[:-1])
     except (FileNotFoundError, NotADirectoryError):
-        return ""
+        return None
     except OSError as error:
         raise BuildError(f"cannot read {path} in the image: {error.strerror}") from error
-    with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-            raise BuildError(f"{path} in the image is not a regular file")
-        return file.read().decode("utf-8", errors="replace")
+    try:
+        try:
+            info = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            raise BuildError(f"{path} in the image is not a regular file; make it one in an earlier step")
+        # O_NONBLOCK: should it have become a FIFO since the check, open must not wait.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(parts[-1], flags, dir_fd=parent)
+        except OSError as error:
+            raise BuildError(f"cannot read {path} in the image: {error.strerror}") from error
+    finally:
+        os.close(parent)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BuildError(f"{path} in the image is not a regular file; make it one in an earlier step")
+    return fd
+
+
+def _open_directory_beneath(rootfs: Path, parts: tuple[str, ...]) -> int:
+    """A descriptor of rootfs/parts..., each component opened with O_NOFOLLOW."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(rootfs, flags)
+    for part in parts:
+        try:
+            child = os.open(part, flags, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = child
+    return fd

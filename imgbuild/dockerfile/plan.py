@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING
 
 from imgbuild.dockerfile.instructions import Arg, Copy, Env, From, Instruction, Run, description
 from imgbuild.dockerfile.scope import PROXY_ARGS, StageScope
-from imgbuild.dockerfile.shell import Lexer, go_quote, is_unset_variable_error
+from imgbuild.dockerfile.shell import (
+    MAX_VALUE,
+    Lexer,
+    go_quote,
+    is_too_big_error,
+    is_unset_variable_error,
+    value_too_big,
+)
 from imgbuild.errors import DockerfileError, ExpansionError, PlanError, SourceLocation
 from imgbuild.image import Platform
 
@@ -223,10 +230,16 @@ class _Planner:
         first = instruction.source.split("\n", 1)[0] if instruction.source else instruction.text
         return kind(message, SourceLocation(self.filename, instruction.line, first.rstrip("\r")))
 
-    def _expand_global(self, word: str, instruction: Instruction) -> tuple[str, set[str]]:
+    def _expand_global(
+        self, word: str, instruction: Instruction, value_of: str | None = None
+    ) -> tuple[str, set[str]]:
+        """Expand with the global ARGs; ``value_of`` names the ARG whose value this is."""
         try:
-            result = Lexer(self.escape).process(word, self.global_env)
+            max_size = MAX_VALUE if value_of is not None else None
+            result = Lexer(self.escape, max_size=max_size).process(word, self.global_env)
         except ExpansionError as error:
+            if value_of is not None and is_too_big_error(error):
+                error = value_too_big(value_of)
             raise self._error(error.message, instruction, ExpansionError) from None
         return result.result, result.matched
 
@@ -241,9 +254,11 @@ class _Planner:
                 if pair.name in self.build_args:
                     value: str | None = self.build_args[pair.name]
                 elif pair.default is not None:
-                    value, deps = self._expand_global(pair.default, arg)
+                    value, deps = self._expand_global(pair.default, arg, value_of=pair.name)
                 else:
                     value = None
+                if value is not None and len(value) > MAX_VALUE:
+                    raise self._error(value_too_big(pair.name).message, arg, ExpansionError)
                 if value is not None:
                     self.global_env[pair.name] = value
                 self.global_args[pair.name] = value

@@ -46,8 +46,13 @@ from imgbuild.dockerfile.instructions import (
     Workdir,
 )
 from imgbuild.dockerfile.mounts import MountError, parse_mount
-from imgbuild.dockerfile.shell import Lexer
+from imgbuild.dockerfile.shell import MAX_VALUE, Lexer, is_too_big_error, value_too_big
 from imgbuild.errors import DockerfileError, ExpansionError, SourceLocation
+
+# Bounds on what expansion can make (BuildKit has none; see docs/dockerfile.md):
+# all variables of a stage together, and what one instruction's expansions add.
+MAX_VARIABLES = 4 << 20  # characters of names and values
+MAX_INSTRUCTION_GROWTH = 4 << 20  # characters
 
 PROXY_ARGS = (
     "HTTP_PROXY",
@@ -99,6 +104,7 @@ class StageScope:
         self._args: dict[str, str | None] = {}  # ARGs declared in this stage
         self._from_arg: set[str] = set()  # names whose current value came from an ARG
         self._reads: set[str] = set()
+        self._growth = 0  # characters this instruction's expansions added so far
 
     # -- reading ------------------------------------------------------------
 
@@ -119,6 +125,7 @@ class StageScope:
         lexer = Lexer("\\", skip_quotes=True)
         result = lexer.process(text, self._env)
         self._reads |= result.matched
+        self._count_growth(text, result.result)
         return result.result
 
     def env_for_run(self) -> dict[str, str]:
@@ -174,6 +181,7 @@ class StageScope:
         """
         if not isinstance(instruction, (Arg, Env)):
             return expanded(instruction, self)
+        self._growth = 0
         try:
             return self._apply(instruction)
         except ExpansionError as error:
@@ -187,13 +195,24 @@ class StageScope:
                 if pair.default is not None:
                     self._env[pair.name] = pair.default
                     self._from_arg.add(pair.name)
+            self._check_variables_size()
             return resolved
         resolved = self._expand_env(instruction)
         for pair in resolved.pairs:
             self._env[pair.key] = pair.value
             self._image_env[pair.key] = pair.value
             self._from_arg.discard(pair.key)
+        self._check_variables_size()
         return resolved
+
+    def _check_variables_size(self) -> None:
+        # Each value is at most MAX_VALUE, but a thousand of them would still add up.
+        total = sum(len(name) + len(value) for name, value in self._env.items())
+        if total > MAX_VARIABLES:
+            raise ExpansionError(
+                f"the variables of this stage (ENV, ARG and the base image's Env) grow beyond "
+                f"{MAX_VARIABLES >> 20} MiB, the most imgbuild allows (see docs/dockerfile.md)"
+            )
 
     def _resolve_arg(self, instruction: Arg) -> Arg:
         """The ARG with each pair's ``default`` replaced by the value it takes."""
@@ -203,23 +222,48 @@ class StageScope:
             if pair.name in self.build_args:
                 value: str | None = self.build_args[pair.name]
             elif pair.default is not None:
-                value = self._process(pair.default, env).result
+                value = self._value(pair.name, pair.default, env)
             else:
                 value = self.global_env.get(pair.name)
             if value is not None:
+                if len(value) > MAX_VALUE:
+                    raise value_too_big(pair.name)
                 env[pair.name] = value
             pairs.append(ArgPair(pair.name, value, pair.description))
         return dataclasses.replace(instruction, pairs=pairs)
 
     def _expand_env(self, instruction: Env) -> Env:
         # All pairs see the environment from before the instruction.
-        pairs = [KeyValue(self.expand(p.key), self.expand(p.value)) for p in instruction.pairs]
+        pairs = []
+        for pair in instruction.pairs:
+            key = self.expand(pair.key)
+            pairs.append(KeyValue(key, self._value(key, pair.value, self._env)))
         return dataclasses.replace(instruction, pairs=pairs)
 
-    def _process(self, word: str, env: Mapping[str, str]):
-        result = Lexer(self.escape).process(word, env)
+    def _value(self, name: str, word: str, env: Mapping[str, str]) -> str:
+        """An ENV or ARG value: at most MAX_VALUE characters, or an error naming it."""
+        try:
+            return self._process(word, env, max_size=MAX_VALUE).result
+        except ExpansionError as error:
+            if is_too_big_error(error):
+                raise value_too_big(name) from None
+            raise
+
+    def _process(self, word: str, env: Mapping[str, str], max_size: int | None = None):
+        result = Lexer(self.escape, max_size=max_size).process(word, env)
         self._reads |= result.matched
+        self._count_growth(word, result.result)
         return result
+
+    def _count_growth(self, word: str, result: str) -> None:
+        """One instruction's expansions may add MAX_INSTRUCTION_GROWTH in all
+        (a LABEL with a thousand references to a large value, say)."""
+        self._growth += max(0, len(result) - len(word))
+        if self._growth > MAX_INSTRUCTION_GROWTH:
+            raise ExpansionError(
+                f"the expansions of this instruction grow beyond {MAX_INSTRUCTION_GROWTH >> 20} MiB, "
+                "the most imgbuild allows (see docs/dockerfile.md)"
+            )
 
 
 def expanded(instruction: Instruction, scope: StageScope) -> Instruction:
@@ -234,6 +278,7 @@ def expanded(instruction: Instruction, scope: StageScope) -> Instruction:
     SHELL, MAINTAINER, COPY --from and --exclude. Does not change the scope.
     Raises ExpansionError (with the instruction's location).
     """
+    scope._growth = 0
     try:
         return _expand(instruction, scope)
     except ExpansionError as error:

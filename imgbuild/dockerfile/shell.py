@@ -77,6 +77,15 @@ _GO_SHORT_ESCAPES = {
 
 _PLAIN_RUNS: dict[str, re.Pattern[str]] = {}
 MAX_NESTING = 64  # ${...} inside ${...}; far beyond any real Dockerfile
+# Expansion can grow a word exponentially (ENV a=$a$a, forty times over), and
+# BuildKit sets no limit. Ours: a word may grow by 1 MiB over its text as
+# written, and an ENV or ARG value (see scope.py) is at most 1 MiB.
+MAX_EXPANSION_GROWTH = 1 << 20  # characters
+MAX_VALUE = 1 << 20  # characters of one ENV or ARG value
+
+
+def _size_text(characters: int) -> str:
+    return f"{characters // (1 << 20)} MiB" if characters % (1 << 20) == 0 else f"{characters} characters"
 
 
 class _LexError(Exception):
@@ -89,6 +98,10 @@ class _LexError(Exception):
     def __init__(self, message: str, variable: str | None = None):
         super().__init__(message)
         self.variable = variable
+
+
+class _TooBig(_LexError):
+    """Internal: the result outgrew the lexer's limit."""
 
 
 @dataclass
@@ -179,6 +192,7 @@ class Lexer:
         raw_escapes: bool = False,
         skip_quotes: bool = False,
         skip_unset: bool = False,
+        max_size: int | None = None,
     ):
         if escape not in ("\\", "`"):
             raise ValueError(f"escape must be \\ or `, not {escape!r}")
@@ -187,6 +201,8 @@ class Lexer:
         self.raw_escapes = raw_escapes
         self.skip_quotes = skip_quotes
         self.skip_unset = skip_unset
+        self.max_size = max_size  # None: the text's length plus MAX_EXPANSION_GROWTH
+        self._limit = 0
         self._scanner = _Scanner("")
         self._env: Mapping[str, str] = {}
         self._raw_escapes_now = raw_escapes
@@ -195,7 +211,12 @@ class Lexer:
         self._depth = 0
 
     def process(self, text: str, env: Mapping[str, str]) -> ProcessResult:
-        """Expand ``text`` against ``env``; raise ExpansionError on bad syntax."""
+        """Expand ``text`` against ``env``; raise ExpansionError on bad syntax.
+
+        A result longer than ``max_size`` is an ExpansionError whose
+        ``too_big`` is true, raised as soon as it is, before the memory goes.
+        """
+        self._limit = self.max_size if self.max_size is not None else len(text) + MAX_EXPANSION_GROWTH
         self._scanner = _Scanner(text)
         self._env = env
         self._raw_escapes_now = self.raw_escapes
@@ -204,6 +225,11 @@ class Lexer:
         self._depth = 0
         try:
             result, words = self._process_until(None, self.raw_escapes)
+        except _TooBig as error:
+            shown = go_quote(text if len(text) <= 200 else text[:200] + "...")
+            wrapped = ExpansionError(f"failed to process {shown}: {error}")
+            wrapped.too_big = True
+            raise wrapped from None
         except _LexError as error:
             wrapped = ExpansionError(f"failed to process {go_quote(text)}: {error}")
             wrapped.unset_variable = error.variable  # see is_unset_variable_error
@@ -224,6 +250,7 @@ class Lexer:
     def _scan(self, stop: str | None) -> tuple[str, list[str]]:
         scanner = self._scanner
         result: list[str] = []
+        size = 0  # of the expanded values in ``result``; the rest is bounded by the text
         words = _Words()
         while scanner.peek() is not None:
             ch = scanner.peek()
@@ -232,11 +259,13 @@ class Lexer:
                 return "".join(result), words.finish()
             if ch == "$":
                 value = self._dollar()
+                size = self._grown(size, value)
                 result.append(value)
                 words.add_string(value)
                 continue
             if ch in ("'", '"') and not self.skip_quotes:
                 value = self._single_quoted() if ch == "'" else self._double_quoted()
+                size = self._grown(size, value)
                 result.append(value)
                 words.add_raw_string(value)
                 continue
@@ -262,6 +291,12 @@ class Lexer:
         if stop is not None:
             raise _LexError(f"unexpected end of statement while looking for matching {stop}")
         return "".join(result), words.finish()
+
+    def _grown(self, size: int, value: str) -> int:
+        size += len(value)
+        if size > self._limit:
+            raise _TooBig(f"the expansion grows beyond {_size_text(self._limit)}")
+        return size
 
     def _plain_run(self, stop: str | None) -> re.Pattern[str]:
         """Regex for characters that need no special handling (a speed-up only)."""
@@ -301,6 +336,7 @@ class Lexer:
         # only ", $ and itself; before anything else it stays as written.
         scanner = self._scanner
         out: list[str] = []
+        size = 0
         quote = scanner.next()
         if self.raw_quotes:
             out.append(quote)
@@ -316,7 +352,9 @@ class Lexer:
                     out.append(ch)
                 return "".join(out)
             if ch == "$":
-                out.append(self._dollar())
+                value = self._dollar()
+                size = self._grown(size, value)
+                out.append(value)
                 continue
             ch = scanner.next()
             if ch == self.escape:
@@ -436,7 +474,7 @@ class Lexer:
             return "${" + name + "/" + pattern + "/" + replacement + "}"
         regex = _pattern_regex(pattern, greedy=True, anchored=False)
         if replace_all:
-            return _go_replace_all(regex, value, replacement)
+            return _go_replace_all(regex, value, replacement, self._grown)
         match = regex.search(value)
         if match is None:
             return value
@@ -526,9 +564,15 @@ def _trim_suffix(pattern: str, value: str, greedy: bool) -> str:
     return trimmed[::-1]
 
 
-def _go_replace_all(regex: re.Pattern[str], value: str, replacement: str) -> str:
+def _go_replace_all(regex: re.Pattern[str], value: str, replacement: str, grown) -> str:
     """Go's Regexp.ReplaceAllString: empty matches right after a match are
-    skipped, and ``$name`` in the replacement refers to (absent) groups."""
+    skipped, and ``$name`` in the replacement refers to (absent) groups.
+
+    ``grown(size, piece)`` checks the size as the result grows: replacing
+    every character of a long value by a long replacement multiplies them.
+    """
+    replacement = _go_expand_template(replacement)
+    size = 0
     out: list[str] = []
     last_end = 0
     search_pos = 0
@@ -538,8 +582,10 @@ def _go_replace_all(regex: re.Pattern[str], value: str, replacement: str) -> str
             break
         start, end = match.span()
         out.append(value[last_end:start])
+        size = grown(size, out[-1])
         if end > last_end or start == 0:
-            out.append(_go_expand_template(replacement))
+            out.append(replacement)
+            size = grown(size, replacement)
         last_end = end
         search_pos = end if end > search_pos else search_pos + 1
     out.append(value[last_end:])
@@ -571,6 +617,21 @@ def _go_expand_template(template: str) -> str:
             continue
         i = match.end()
     return "".join(out)
+
+
+def is_too_big_error(error: Exception) -> bool:
+    """True for an expansion that outgrew its limit (see ``Lexer.process``)."""
+    return getattr(error, "too_big", False)
+
+
+def value_too_big(name: str) -> ExpansionError:
+    """The error for an ENV or ARG value longer than MAX_VALUE."""
+    error = ExpansionError(
+        f"the value of {name} grows beyond {_size_text(MAX_VALUE)}, the most imgbuild allows "
+        "for one ENV or ARG value (see docs/dockerfile.md); keep large data in files, not variables"
+    )
+    error.too_big = True
+    return error
 
 
 def is_unset_variable_error(error: Exception) -> bool:

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import os
 import signal
+import subprocess
 import time
 from secrets import token_hex
 
@@ -187,6 +188,20 @@ def test_bind_mount_from_context_hides_dockerignored_files(build_df, write_files
     assert build_df(dockerfile, context=built.context).result.steps_run == 0
 
 
+def test_bind_mount_from_context_shows_a_fifo_also_with_dockerignore(build_df, tmp_path):
+    """The filtered context view used to drop FIFOs the unfiltered context shows."""
+    context = tmp_path / "fifo-context"
+    context.mkdir()
+    os.mkfifo(context / "fifo")
+    built = build_df(
+        "FROM busybox\n"
+        "RUN --mount=type=bind,target=/ctx (test -p /ctx/fifo && echo fifo || echo missing) > /kind\n",
+        {".dockerignore": "ignored\n"},
+        context=context,
+    )
+    assert built.tree()["kind"].data == b"fifo\n"
+
+
 def test_bind_mount_rw_writes_are_discarded(build_df):
     built = build_df(
         "FROM busybox\n"
@@ -224,6 +239,94 @@ def test_bind_mount_from_stage_index(build_df):
     )
     assert built.tree()["got"].data == b"artifact\n"
     assert "out" not in built.tree()
+
+
+DEVICE_MARKER = b"host-block-device-content-5e2a9c41"
+
+
+@pytest.fixture
+def loop_device(tmp_path):
+    """A read-only host loop device over a file holding DEVICE_MARKER: (major, minor).
+
+    Reading it shows the marker, so a copy of the device made by imgbuild
+    (as host root, outside the container's device cgroup) would be visible.
+    """
+    backing = tmp_path / "disk.img"
+    backing.write_bytes(DEVICE_MARKER * 32 + bytes(4096))
+    device = subprocess.run(
+        ["losetup", "--find", "--show", "--read-only", str(backing)],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    try:
+        info = os.stat(device)
+        yield os.major(info.st_rdev), os.minor(info.st_rdev)
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=True)
+
+
+def test_bind_mount_of_a_device_node_is_opened_only_by_the_container(build_df, store, loop_device):
+    """A device node from a stage is bound, never read by imgbuild: the device cgroup refuses it.
+
+    imgbuild used to copy a rw-bound non-directory itself, as host root, and
+    so put a host block device's content where the step could read it.
+    """
+    major, minor = loop_device
+    probe = "(cat /x > /{name} 2>/{name}.err; echo $? > /{name}.status) || true"
+    built = build_df(
+        f"FROM busybox AS dev\nRUN mknod /node b {major} {minor}\n"
+        "FROM busybox\n"
+        f"RUN --mount=type=bind,from=dev,source=/node,target=/x,rw {probe.format(name='rw')}\n"
+        f"RUN --mount=type=bind,from=dev,source=/node,target=/x {probe.format(name='ro')}\n",
+        store=store,
+    )
+    tree = built.tree()
+    for name in ("rw", "ro"):
+        assert tree[name].data == b""
+        assert b"Operation not permitted" in tree[f"{name}.err"].data
+        assert tree[f"{name}.status"].data == b"1\n"
+    assert _files_containing(store.root, [DEVICE_MARKER]) == []
+    assert "x" not in tree
+
+
+def test_bind_mount_rw_of_a_fifo_binds_it(build_df):
+    """A FIFO bound rw is the FIFO itself (shutil.copy2 used to raise SpecialFileError)."""
+    built = build_df(
+        "FROM busybox AS pipe\nRUN mkfifo /fifo\n"
+        "FROM busybox\n"
+        "RUN --mount=type=bind,from=pipe,source=/fifo,target=/x,rw "
+        "(test -p /x && echo fifo || echo other) > /kind\n"
+    )
+    tree = built.tree()
+    assert tree["kind"].data == b"fifo\n"
+    assert "x" not in tree
+
+
+def test_bind_mount_rw_of_a_file_discards_writes(build_df):
+    built = build_df(
+        "FROM busybox AS src\nRUN echo original > /data\n"
+        "FROM busybox\n"
+        "RUN --mount=type=bind,from=src,source=/data,target=/d,rw "
+        "echo changed > /d && cat /d > /rw-seen\n"
+        "RUN --mount=type=bind,from=src,source=/data,target=/d cat /d > /after\n",
+    )
+    tree = built.tree()
+    assert tree["rw-seen"].data == b"changed\n"
+    assert tree["after"].data == b"original\n"
+    assert "d" not in tree
+
+
+def test_bind_mount_from_a_relative_context_path(imgbuild_cli, store, tmp_path, no_traceback):
+    """``imgbuild build DIR`` with a relative DIR: runc resolved the bind source against its bundle."""
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "data").write_text("from the context\n")
+    (context / "Dockerfile").write_text(
+        "FROM busybox\nRUN --mount=type=bind,source=data,target=/d cat /d\n"
+    )
+    completed = imgbuild_cli(store.root, "build", "--progress", "plain", "ctx", cwd=tmp_path)
+    no_traceback(completed)
+    assert completed.returncode == 0, completed.stderr
+    assert "from the context" in completed.stderr + completed.stdout
 
 
 # --- type=secret -------------------------------------------------------------------------

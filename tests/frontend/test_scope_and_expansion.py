@@ -196,3 +196,59 @@ def test_scope_can_be_built_by_hand():
     )
     assert scope.expand("`$A$A") == "$A1"
     assert scope.expand_global("$G-$TARGETOS-$UNSET") == "g-linux-"
+
+
+# --- bounds on expansion (docs/dockerfile.md, "Limits") ------------------------------
+
+
+def _doubling(instruction: str, times: int) -> str:
+    return "".join(f"{instruction} a=${{a}}${{a}}\n" for _ in range(times))
+
+
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        # 2**40 characters if nothing stopped it; 2**21 is the first over 1 MiB
+        ("FROM x\nENV a=x\n" + _doubling("ENV", 40), 23),
+        ("FROM x\nARG a=x\n" + _doubling("ARG", 40), 23),
+        ("ARG a=x\n" + _doubling("ARG", 40) + "FROM x\n", 22),
+    ],
+)
+def test_a_doubling_chain_stops_at_the_value_cap(text, line):
+    with pytest.raises(ExpansionError) as caught:
+        walk(text)
+    assert caught.value.location.line == line
+    assert "the value of a grows beyond 1 MiB" in str(caught.value)
+
+
+def test_replace_all_cannot_multiply_a_value_past_the_cap():
+    """``${a//?/$a}`` squares the length: stopped while it grows, not after."""
+    text = "FROM x\nARG a=" + "x" * 4096 + "\nENV b=${a//?/${a}}\n"
+    with pytest.raises(ExpansionError, match="the value of b grows beyond 1 MiB"):
+        walk(text)
+
+
+def test_one_instruction_cannot_expand_a_large_value_many_times():
+    big = "x" * 600_000
+    text = "FROM x\nARG big\nLABEL " + " ".join(f"k{i}=$big" for i in range(8)) + "\n"
+    with pytest.raises(ExpansionError, match="the expansions of this instruction grow beyond 4 MiB") as caught:
+        walk(text, {"big": big})
+    assert caught.value.location.line == 3
+
+
+def test_the_variables_of_a_stage_are_bounded_together():
+    big = "x" * 900_000
+    text = "FROM x\nARG big\n" + "".join(f"ENV c{i}=$big\n" for i in range(5))
+    with pytest.raises(ExpansionError, match="the variables of this stage .* grow beyond 4 MiB") as caught:
+        walk(text, {"big": big})
+    assert caught.value.location.line == 6  # big and c0..c3: 4.5 million characters
+
+
+def test_values_and_words_under_the_caps_expand():
+    big = "x" * 1_000_000
+    scope, done = walk("FROM x\nARG big\nENV copy=$big\nLABEL k=$big\n", {"big": big})
+    assert scope.env_for_run()["copy"] == big
+    assert done[-1].pairs[0].value == big
+    # text written in the Dockerfile itself does not count as growth
+    literal = "y" * 2_000_000
+    assert walk(f"FROM x\nLABEL k={literal}\n")[1][0].pairs[0].value == literal
