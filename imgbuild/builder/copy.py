@@ -47,6 +47,7 @@ import zstandard
 from imgbuild.builder.context import Entry, Selected
 from imgbuild.builder.dockerignore import go_clean, go_dir
 from imgbuild.builder.fetch import Fetched
+from imgbuild.builder.safeopen import kind_of
 from imgbuild.builder.users import resolve_in_root
 from imgbuild.errors import BuildError, NotADirectory
 
@@ -178,14 +179,6 @@ def _destination(dest: str, workdir: str, hint: bool) -> _Destination:
 # --- directories in the rootfs -------------------------------------------------
 
 
-def _kind_of(mode: int) -> str:
-    kinds = {
-        stat.S_IFREG: "a regular file", stat.S_IFLNK: "a symbolic link", stat.S_IFCHR: "a character device",
-        stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
-    }  # fmt: skip
-    return kinds.get(stat.S_IFMT(mode), "not a directory")
-
-
 def _set_owner(path: Path, owner: tuple[int, int]) -> None:
     st = os.lstat(path)
     if (st.st_uid, st.st_gid) != owner:
@@ -206,7 +199,7 @@ def _mkdir_below(rootfs: Path, host_path: Path, chown: tuple[int, int] | None) -
             _set_owner(current, chown or (0, 0))
             continue
         if not stat.S_ISDIR(st.st_mode):
-            raise NotADirectory("/" + str(current.relative_to(rootfs)), _kind_of(st.st_mode))
+            raise NotADirectory("/" + str(current.relative_to(rootfs)), kind_of(st.st_mode))
 
 
 def mkdir_all(rootfs: Path, path: str, chown: tuple[int, int] | None) -> Path:

@@ -208,14 +208,7 @@ def read_regular_file(dir_fd: int, relpath: str, limit: int) -> bytes:
     """The bytes of the regular file at ``relpath`` below ``dir_fd`` (no
     symlinks followed, nothing special opened, at most ``limit`` bytes)."""
     path_fd, st = open_object(dir_fd, relpath)
-    try:
-        fd = reopen_for_reading(path_fd, st)
-    finally:
-        os.close(path_fd)
-    try:
-        return read_capped(fd, limit)
-    finally:
-        os.close(fd)
+    return _read_and_close(path_fd, st, limit)
 
 
 def read_user_file(path: str | os.PathLike, limit: int) -> bytes:
@@ -223,8 +216,13 @@ def read_user_file(path: str | os.PathLike, limit: int) -> bytes:
     symlinks on its path are followed, as the user chose it, but it must be a
     regular file and at most ``limit`` bytes."""
     path_fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    return _read_and_close(path_fd, os.fstat(path_fd), limit)
+
+
+def _read_and_close(path_fd: int, st: os.stat_result, limit: int) -> bytes:
+    """Read the regular file behind an O_PATH descriptor (closed here) up to ``limit``."""
     try:
-        fd = reopen_for_reading(path_fd, os.fstat(path_fd))
+        fd = reopen_for_reading(path_fd, st)
     finally:
         os.close(path_fd)
     try:
