@@ -713,17 +713,21 @@ def _stage_files_key(source_opener, origin: str, source: str) -> str:
 
 @contextmanager
 def _pinned_sources(context: BuildContext, sources: dict[str, list], view: Path):
-    """Bind each context source onto its path in ``view`` (see the opener above)."""
+    """Bind each directory source onto its path in ``view`` (see the opener above);
+    link any other source there through its checked descriptor.
+
+    A file is linked, not bind-mounted: a `rw` bind of a file is an overlay of
+    its parent directory, and overlayfs does not see mounts inside a lowerdir.
+    """
     with ExitStack() as mounts:
         for source, selections in sources.items():
             target = view / go_clean("/" + source).lstrip("/")
             for selected in selections:
                 with context.object_at(selected.relpath) as (fd, st):
-                    if stat.S_ISDIR(st.st_mode):
-                        target.mkdir(parents=True, exist_ok=True)
-                    elif not target.exists():
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        target.touch()
+                    if not stat.S_ISDIR(st.st_mode):
+                        _link_entries(selected.context, selected.entries(), target)
+                        continue
+                    target.mkdir(parents=True, exist_ok=True)
                     mounts.enter_context(bind_mounted(f"/proc/self/fd/{fd}", target))
         yield
 
