@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 # 1: snapshots keyed by diff_id. 2: snapshots keyed by chain ID (see
@@ -67,7 +68,7 @@ class IndexDB:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.row_factory = sqlite3.Row
             self._local.conn = conn
@@ -138,3 +139,21 @@ class _Transaction:
             self.conn.execute("COMMIT")
         else:
             self.conn.execute("ROLLBACK")
+
+
+def _enable_wal(conn: sqlite3.Connection, deadline_seconds: float = 60.0) -> None:
+    """Switch to WAL, waiting for other processes that open the same new store.
+
+    SQLite answers a journal-mode change that meets another connection's lock
+    with "database is locked" at once, without its busy timeout, so two
+    processes opening a new store together need this retry (bounded).
+    """
+    deadline = time.monotonic() + deadline_seconds
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
