@@ -106,8 +106,21 @@ class Builder:
 
     # --- the whole build ---------------------------------------------------------
 
+    def _sweep_dead_work(self) -> None:
+        """Clean up after imgbuild processes that were killed (kill -9, a crash)
+        while they had containers, mounts or work directories in this store."""
+        swept = self.store.sweep_dead_work(self.options.runtime)
+        if swept.removed:
+            self.progress.info(
+                f"removed the work of {len(swept.removed)} killed imgbuild process(es) "
+                f"({len(swept.unmounted)} mounts, {len(swept.containers)} containers)"
+            )
+        for reason in swept.left:
+            self.progress.warning(f"could not clean up after a killed imgbuild: {reason}")
+
     def build(self) -> BuildResult:
         started = time.monotonic()
+        self._sweep_dead_work()
         text = self._read_dockerfile()
         parsed = frontend.parse(text, self.dockerfile_name)
         plan = frontend.plan(parsed, self.options.build_args, self.options.target, str(self.platform))

@@ -3,7 +3,8 @@
     ROOT/oci/            OCI image layout: oci-layout, index.json, blobs/sha256/<hex>
     ROOT/snapshots/<id>  one extracted layer each (overlay lowerdirs), keyed by chain ID
     ROOT/index.db        SQLite: layers, snapshots, cache keys, stat cache
-    ROOT/tmp/            temp files, on the same filesystem for atomic renames
+    ROOT/tmp/            temp files, on the same filesystem for atomic renames, in
+                         one owner-PID-TOKEN/ directory per process (store/owner.py)
     ROOT/cache-mounts/   RUN --mount=type=cache directories
     ROOT/lock            flock'ed while index.json or snapshots change
 
@@ -21,6 +22,7 @@ import hashlib
 import os
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +50,7 @@ from imgbuild.store.atomic import fsync_dir, write_file_atomic
 from imgbuild.store.index_db import IndexDB
 from imgbuild.store.lock import file_lock
 from imgbuild.store.mounts import remove_tree
+from imgbuild.store.owner import SweepResult, WorkOwner, sweep_dead_owners
 
 __all__ = ["BlobWriter", "Store", "normalise_tag", "remove_tree"]
 
@@ -70,7 +73,7 @@ class BlobWriter:
         self.store = store
         self.expected_digest = check_digest(expected_digest) if expected_digest else None
         self._hash = hashlib.sha256()
-        fd, self._tmp_name = tempfile.mkstemp(dir=store.tmp_dir, prefix="blob-")
+        fd, self._tmp_name = tempfile.mkstemp(dir=store.work_dir(), prefix="blob-")
         self._file = os.fdopen(fd, "wb")
         self.size = 0
         self.digest: str | None = None
@@ -115,6 +118,8 @@ class Store:
         self.cache_mounts_dir = self.root / "cache-mounts"
         self.lock_path = self.root / "lock"
         self.lease_path = self.root / "gc.lock"
+        self._owner: WorkOwner | None = None
+        self._owner_lock = threading.Lock()
         self._init_layout()
         self.db = IndexDB(self.root / "index.db")
         if self.db.has_legacy_snapshots():
@@ -225,7 +230,7 @@ class Store:
         return parse_json_document(data, f"{self.layout}/index.json")
 
     def _write_index(self, index: dict) -> None:
-        write_file_atomic(self.layout / "index.json", canonical_json(index), self.tmp_dir)
+        write_file_atomic(self.layout / "index.json", canonical_json(index), self.work_dir())
 
     def refs(self) -> list[tuple[str | None, Descriptor]]:
         """Every entry of index.json: (tag or None for an untagged image, descriptor)."""
@@ -436,7 +441,23 @@ class Store:
                 pass
 
     def make_temp_dir(self, prefix: str) -> Path:
-        return Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix=prefix))
+        return Path(tempfile.mkdtemp(dir=self.work_dir(), prefix=prefix))
+
+    def work_dir(self) -> Path:
+        """This process's own directory in tmp/, locked for its life (see imgbuild.store.owner).
+
+        Everything a process makes in tmp/ goes in here, so that after a
+        ``kill -9`` the next start can tell it from the work of live builds.
+        """
+        with self._owner_lock:  # steps run in threads
+            if self._owner is None:
+                self._owner = WorkOwner(self.tmp_dir)
+        return self._owner.path
+
+    def sweep_dead_work(self, runtime: str = "runc") -> SweepResult:
+        """Remove what killed imgbuild processes left in tmp/: their runc
+        containers, mounts and work directories (never a live process's)."""
+        return sweep_dead_owners(self.tmp_dir, runtime)
 
 
 def _ref_name(entry: dict) -> str | None:

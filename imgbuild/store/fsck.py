@@ -8,13 +8,17 @@ Checks, in order:
    its descriptor announces, and its manifests and indexes parse;
 4. every build-cache entry's layer blob exists;
 5. the ``snapshots`` table and the ``snapshots/`` directory agree;
-6. ``tmp/`` holds nothing left behind by a killed process;
+6. ``tmp/`` holds nothing left behind by a killed process (an owner directory
+   whose lock nobody holds, see imgbuild.store.owner, or anything else while
+   no writer is active);
 7. SQLite's own ``quick_check`` of ``index.db``.
 
 Repairs (``repair=True``) only ever delete things that are already useless:
 corrupt blobs and stray files under blobs/, snapshot rows without a directory
 and directories without a row, cache rows whose layer is gone, and leftover
-temp files. Nothing is removed through a mount point: a temp directory with a
+temp files. The work directory of a killed process is swept as the next build
+would: its runc containers deleted, its mounts unmounted, then removed.
+Otherwise nothing is removed through a mount point: a temp directory with a
 live mount in it (a running container's root) is left alone and noted. A tag whose blobs are missing stays; the report says so, and
 ``imgbuild pull``/``build`` or ``imgbuild rmi`` is the user's fix.
 
@@ -35,6 +39,7 @@ from imgbuild.image import Descriptor, parse_json_document
 from imgbuild.store import Store, remove_tree
 from imgbuild.store.gc import child_descriptors, exclusive_lease, is_digest_name
 from imgbuild.store.mounts import mounts_under
+from imgbuild.store.owner import dead_owners, is_owner_entry
 
 
 @dataclass
@@ -212,7 +217,10 @@ def _check_snapshots(store: Store, report: FsckReport) -> None:
 
 
 def _check_tmp(store: Store, report: FsckReport) -> None:
-    entries = sorted(store.tmp_dir.iterdir())
+    _check_dead_owners(store, report)
+    # Owner directories and lock files are judged by their lock alone (above);
+    # the rest is from an imgbuild before owner directories, or not ours.
+    entries = sorted(path for path in store.tmp_dir.iterdir() if not is_owner_entry(path.name))
     if not entries:
         return
     with exclusive_lease(store) as no_writers:
@@ -225,6 +233,20 @@ def _check_tmp(store: Store, report: FsckReport) -> None:
         for path in entries:
             if not _noted_if_mounted(report, path):
                 report.add("leftover-temp", str(path), "left behind by an interrupted imgbuild", True)
+
+
+def _check_dead_owners(store: Store, report: FsckReport) -> None:
+    """Work of processes that are gone; a live process's directory is never a problem."""
+    for directory in dead_owners(store.tmp_dir):
+        mounted = mounts_under(directory) if directory.exists() else []
+        detail = f" ({', '.join(mounted)} still mounted)" if mounted else ""
+        report.add(
+            "leftover-temp",
+            str(directory),
+            f"work of a killed imgbuild process{detail}; `imgbuild fsck --repair` "
+            "or the next `imgbuild build` removes it",
+            True,
+        )
 
 
 def _noted_if_mounted(report: FsckReport, path: Path) -> bool:
@@ -273,10 +295,16 @@ def _repair(store: Store, report: FsckReport) -> list[str]:
             done.append(f"removed build-cache entry {problem.subject}")
     with store.lock():
         done.extend(_repair_snapshots(store, report))
+    swept = store.sweep_dead_work()
+    done.extend(f"removed the work of a killed imgbuild process: {path}" for path in swept.removed)
+    done.extend(f"deleted runc container {name} of a killed imgbuild process" for name in swept.containers)
+    done.extend(f"unmounted {point} of a killed imgbuild process" for point in swept.unmounted)
     with exclusive_lease(store) as no_writers:
         if no_writers:
             for problem in report.problems:
-                if problem.kind == "leftover-temp" and _remove(Path(problem.subject)):
+                if problem.kind != "leftover-temp" or is_owner_entry(Path(problem.subject).name):
+                    continue
+                if _remove(Path(problem.subject)):
                     done.append(f"removed leftover temp entry {problem.subject}")
     return done
 

@@ -12,6 +12,7 @@ from store.storetools import blob_files, make_small_image, run_python
 from imgbuild.store import Store
 from imgbuild.store.fsck import check_store
 from imgbuild.store.gc import collect_garbage
+from imgbuild.store.owner import dead_owners
 
 WORKERS = 4
 IMAGES_PER_WORKER = 5
@@ -94,14 +95,21 @@ def test_a_blob_writer_killed_mid_blob_leaves_only_a_temp_file(store_root):
     writer.stdout.close()
 
     assert blob_files(store) == blobs_before  # no partial blob became visible
-    leftovers = list(store.tmp_dir.iterdir())
+    # The temp file is in the dead writer's owner directory, whose lock died with it.
+    [dead] = dead_owners(store.tmp_dir)
+    leftovers = list(dead.iterdir())
     assert len(leftovers) == 1 and leftovers[0].name.startswith("blob-")
     assert leftovers[0].stat().st_size >= 9 << 20
 
     report = check_store(store)
-    assert [(p.kind, p.subject) for p in report.problems] == [("leftover-temp", str(leftovers[0]))]
+    assert [(p.kind, p.subject) for p in report.problems] == [("leftover-temp", str(dead))]
     assert check_store(store, repair=True).ok
-    assert list(store.tmp_dir.iterdir()) == []
+    assert not dead.exists() and not dead.with_name(dead.name + ".lock").exists()
+    # Only this (live) process's own owner directory and lock file remain.
+    assert sorted(path.name for path in store.tmp_dir.iterdir()) == [
+        store.work_dir().name,
+        store.work_dir().name + ".lock",
+    ]
 
     # The store still works, and the dead writer's lease died with it.
     after = make_small_image(store, "after:1", {"f": "written after"})
