@@ -76,3 +76,20 @@ def make_busybox_image(store: Store, tag: str = "busybox:latest") -> Image:
     image = store.write_image(config, [layer])
     store.tag(tag, image.manifest_descriptor)
     return image
+
+
+def temp_leftovers(store: Store) -> list[str]:
+    """What is in the store's tmp/ besides the processes' own (empty) owner directories.
+
+    Every process that wrote to the store keeps ``tmp/owner-*/`` and its lock
+    file until it exits (see imgbuild.store.owner); what matters is what is in them.
+    """
+    from imgbuild.store.owner import is_owner_entry
+
+    found = []
+    for entry in sorted(store.tmp_dir.iterdir()):
+        if not is_owner_entry(entry.name):
+            found.append(entry.name)
+        elif entry.is_dir():
+            found.extend(f"{entry.name}/{inner.name}" for inner in sorted(entry.iterdir()))
+    return found

@@ -9,7 +9,7 @@ import json
 import tarfile
 
 import pytest
-from imagetools import make_busybox_image
+from imagetools import make_busybox_image, temp_leftovers
 
 from imgbuild import archive as archive_module
 from imgbuild.archive import load, save
@@ -79,7 +79,7 @@ def unchanged(store):
     yield
     after = (sorted(store.all_blobs()), (store.layout / "index.json").read_bytes())
     assert after == before
-    assert list(store.tmp_dir.iterdir()) == []
+    assert temp_leftovers(store) == []
 
 
 def test_a_well_formed_hand_made_archive_loads(store, tmp_path):

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from imagetools import make_busybox_image
+from imagetools import make_busybox_image, temp_leftovers
 
 from imgbuild.store import Store
 from imgbuild.store.fsck import check_store
@@ -55,8 +55,9 @@ def test_fsck_repair_while_run_is_running_leaves_the_container_alone(
 
 
 def test_fsck_never_removes_through_a_mount_point(store, mounts_under):
-    """Even with no lease held (a killed process's leftovers), a mount in tmp/ stays untouched."""
-    leftover = store.make_temp_dir("run-")
+    """Even with no lease held (leftovers of an imgbuild from before owner directories),
+    a mount in tmp/ stays untouched."""
+    leftover = Path(tempfile.mkdtemp(dir=store.tmp_dir, prefix="run-"))
     (leftover / "stub").write_text("a plain leftover file\n")
     mount_point = leftover / "merged"
     mount_point.mkdir()
@@ -74,6 +75,15 @@ def test_fsck_never_removes_through_a_mount_point(store, mounts_under):
     # Once unmounted, it is an ordinary leftover.
     assert check_store(store, repair=True).ok
     assert not leftover.exists()
+
+
+def test_fsck_leaves_a_live_process_s_work_directory_alone(store):
+    """This process owns its work directory (its lock is held): never a leftover."""
+    work = store.make_temp_dir("step-")
+    (work / "upper").mkdir()
+    report = check_store(store, repair=True)
+    assert report.ok and not report.repaired, (report.problems, report.repaired)
+    assert (work / "upper").is_dir()
 
 
 # --- 6. other local users cannot reach what the store holds ------------------------------
@@ -169,7 +179,7 @@ def test_a_store_with_diff_id_keyed_snapshots_is_upgraded(store_root, build_df):
 
     upgraded = Store(store_root)
 
-    assert not decoy.exists() and list(upgraded.tmp_dir.iterdir()) == []
+    assert not decoy.exists() and temp_leftovers(upgraded) == []
     columns = {row["name"] for row in upgraded.db.query("PRAGMA table_info(snapshots)")}
     assert {"chain_id", "diff_id"} <= columns
     assert upgraded.db.query("PRAGMA user_version")[0][0] == 2

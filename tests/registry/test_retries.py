@@ -4,6 +4,7 @@ answers 503/500, drops connections, cuts blobs short or corrupts them."""
 from __future__ import annotations
 
 import pytest
+from imagetools import temp_leftovers
 
 from imgbuild.errors import DigestMismatch, RegistryError
 from imgbuild.registry.client import RegistryOptions
@@ -114,4 +115,4 @@ def test_corrupt_blob_is_refused_and_not_stored(proxy, pushed, make_store):
     assert proxy.host in str(caught.value)
     assert store.all_blobs() == []
     assert store.refs() == []
-    assert list(store.tmp_dir.iterdir()) == []
+    assert temp_leftovers(store) == []

@@ -1,0 +1,146 @@
+"""``kill -9`` of a build at seeded random moments: the next start cleans up after it.
+
+Each run builds a small multi-stage Dockerfile (RUN, COPY, COPY --from) with
+the real CLI in a fresh store, kills its whole process group with SIGKILL at a
+delay drawn from ``random.Random(seed)``, then starts the same build again,
+uninterrupted. That next start sweeps the killed build's work (its runc
+container, its overlay mounts, its directories in tmp/); afterwards no mount
+and no container remains under the store, ``imgbuild fsck`` (no --repair) is
+clean, and the image ID is the one a fresh store builds.
+
+IMGBUILD_FAULT_RUNS=N sets the number of runs (default 20; 8 with CI set, to
+keep the suite's time) and IMGBUILD_FAULT_SEED the first seed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from faults.faulttools import clear_leftovers, containers_under, mounts_under
+from imagetools import make_busybox_image, temp_leftovers
+
+from imgbuild.store import Store
+
+pytestmark = pytest.mark.root
+
+PROJECT = Path(__file__).resolve().parents[2]
+DOCKERFILE = """\
+FROM busybox AS base
+RUN echo one > /one && sleep 0.3
+COPY data.txt /data.txt
+RUN cat /data.txt /one > /two && sleep 0.3
+FROM busybox
+COPY --from=base /two /two
+RUN echo three > /three && sleep 0.2
+"""
+
+
+def _runs() -> int:
+    default = 8 if os.environ.get("CI") else 20
+    return int(os.environ.get("IMGBUILD_FAULT_RUNS", default))
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(PROJECT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["SOURCE_DATE_EPOCH"] = "0"
+    env.pop("CI", None)
+    return env
+
+
+def _command(root: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "imgbuild", "--root", str(root), *args]
+
+
+def _build(root: Path, context: Path) -> str:
+    """An uninterrupted build; its image ID."""
+    iidfile = root.parent / "iid"
+    done = subprocess.run(
+        _command(root, "build", "--progress", "plain", "-t", "app", "--iidfile", str(iidfile), str(context)),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return iidfile.read_text().strip()
+
+
+def _killed_build(root: Path, context: Path, delay: float) -> bool:
+    """Start a build and SIGKILL its process group after ``delay``; False if it ended first."""
+    process = subprocess.Popen(
+        _command(root, "build", "--progress", "plain", "-t", "app", str(context)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+        start_new_session=True,
+    )
+    time.sleep(delay)
+    killed = process.poll() is None
+    if killed:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    return killed
+
+
+def _fresh_store(root: Path) -> Store:
+    store = Store(root)
+    make_busybox_image(store, "busybox:latest")
+    return store
+
+
+def _leftovers(root: Path) -> list[str]:
+    """What the killed build left after the next one ran (must be nothing)."""
+    found = [f"mount {point}" for point in mounts_under(root)]
+    found += [f"container {name}" for name in containers_under(root)]
+    fsck = subprocess.run(_command(root, "fsck"), capture_output=True, text=True, env=_env(), timeout=120)
+    if fsck.returncode != 0:
+        found.append(f"fsck: {fsck.stdout.strip()} {fsck.stderr.strip()}")
+    found += [f"temp {name}" for name in temp_leftovers(Store(root))]
+    return found
+
+
+def test_kill9_at_seeded_points_leaves_nothing_and_rebuilds_the_same_image(tmp_path, fault_stats):
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(DOCKERFILE)
+    (context / "data.txt").write_text("data\n")
+
+    reference_root = tmp_path / "reference" / "store"
+    _fresh_store(reference_root)
+    started = time.monotonic()
+    reference = _build(reference_root, context)
+    duration = time.monotonic() - started
+
+    seed = int(os.environ.get("IMGBUILD_FAULT_SEED", "0"))
+    failures = []
+    finished_first = 0
+    for run in range(_runs()):
+        rng = random.Random(seed + run)
+        delay = rng.uniform(0.05, 0.85 * duration)
+        root = tmp_path / f"run-{run}" / "store"
+        _fresh_store(root)
+        if not _killed_build(root, context, delay):
+            finished_first += 1
+        try:
+            image_id = _build(root, context)  # the next start: sweeps, then builds
+            left = _leftovers(root)
+        finally:
+            clear_leftovers(root)
+        fault_stats.runs += 1
+        fault_stats.finished_first = finished_first
+        fault_stats.leftovers += len(left)
+        fault_stats.mismatches += image_id != reference
+        if left or image_id != reference:
+            failures.append(f"seed {seed + run} (kill after {delay:.2f}s): {image_id} {left}")
+
+    assert not failures, "\n".join(failures)
+    # The delays are drawn within a build's time: nearly every run kills mid-build.
+    assert finished_first <= _runs() // 4, f"{finished_first} builds ended before their kill"
