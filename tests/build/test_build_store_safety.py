@@ -77,13 +77,20 @@ def test_fsck_never_removes_through_a_mount_point(store, mounts_under):
     assert not leftover.exists()
 
 
-def test_fsck_leaves_a_live_process_s_work_directory_alone(store):
-    """This process owns its work directory (its lock is held): never a leftover."""
+def test_fsck_leaves_a_live_process_s_work_directory_alone(store, mounts_under):
+    """This process owns its work directory (its lock is held): never a leftover,
+    and what is mounted in it stays mounted, even with no writer lease held."""
     work = store.make_temp_dir("step-")
-    (work / "upper").mkdir()
-    report = check_store(store, repair=True)
+    merged = work / "merged"
+    merged.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(merged)], check=True)
+    try:
+        report = check_store(store, repair=True)
+        assert mounts_under(work) == [str(merged)]
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
     assert report.ok and not report.repaired, (report.problems, report.repaired)
-    assert (work / "upper").is_dir()
+    assert merged.is_dir()
 
 
 # --- 6. other local users cannot reach what the store holds ------------------------------

@@ -144,3 +144,46 @@ def test_kill9_at_seeded_points_leaves_nothing_and_rebuilds_the_same_image(tmp_p
     assert not failures, "\n".join(failures)
     # The delays are drawn within a build's time: nearly every run kills mid-build.
     assert finished_first <= _runs() // 4, f"{finished_first} builds ended before their kill"
+
+
+def _wait_for_container(root: Path, process: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not containers_under(root):
+        assert process.poll() is None, "the build ended before its RUN step started"
+        assert time.monotonic() < deadline, "the RUN step's container never appeared in `runc list`"
+        time.sleep(0.05)
+
+
+def test_fsck_repair_cleans_up_after_a_build_killed_mid_run(tmp_path):
+    """Without a next build: ``fsck`` reports the dead build's work, ``fsck --repair``
+    deletes its still-running container, unmounts its step root and removes it."""
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM busybox\nRUN sleep 30\n")
+    root = tmp_path / "store"
+    _fresh_store(root)
+    process = subprocess.Popen(
+        _command(root, "build", "--progress", "plain", str(context)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+        start_new_session=True,
+    )
+    try:
+        _wait_for_container(root, process)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        # runc runs in a session of its own: the step goes on, its root stays mounted.
+        assert containers_under(root) and mounts_under(root)
+
+        report = subprocess.run(_command(root, "fsck"), capture_output=True, text=True, env=_env())
+        assert report.returncode == 1 and "leftover-temp" in report.stdout, report.stdout + report.stderr
+        repaired = subprocess.run(_command(root, "fsck", "--repair"), capture_output=True, text=True, env=_env())
+        assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+        assert containers_under(root) == [] and mounts_under(root) == []
+        assert temp_leftovers(Store(root)) == []
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+        clear_leftovers(root)
