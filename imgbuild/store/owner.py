@@ -31,7 +31,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgbuild.errors import MountedError, SandboxError
+from imgbuild.errors import MountedError, SandboxError, StoreError
 from imgbuild.store.mounts import remove_tree
 
 _OWNER_NAME = re.compile(r"owner-[0-9]+-[0-9a-f]{16}")
@@ -45,7 +45,13 @@ class WorkOwner:
         name = f"owner-{os.getpid()}-{secrets.token_hex(8)}"
         self.lock_path = tmp_dir / (name + _LOCK_SUFFIX)
         self.path = tmp_dir / name
-        self._fd = _create_locked(tmp_dir, self.lock_path)
+        try:
+            self._fd = _create_locked(tmp_dir, self.lock_path)
+        except OSError as error:
+            raise StoreError(
+                f"cannot make this process's lock file in {tmp_dir}: {error.strerror} "
+                "(the store needs a filesystem with O_TMPFILE, such as ext4, xfs, btrfs or tmpfs)"
+            ) from None
         self.path.mkdir(mode=0o700)
         # Stores are opened in-process by tests and the API too: release with
         # the object, and at interpreter exit at the latest.
