@@ -27,7 +27,8 @@ def sentinel() -> Sentinel:
 def _watch_sentinel(request, sentinel):
     """Each case: count it, and hash the sentinel before and after."""
     before = sentinel.digest()
-    TALLY.tried += 1
+    if request.node.get_closest_marker("control") is None:  # a control checks a check; not a case
+        TALLY.tried += 1
     yield
     if sentinel.digest() != before:
         TALLY.escapes.append(request.node.nodeid)
@@ -86,3 +87,7 @@ def pytest_terminal_summary(terminalreporter):
 def pytest_sessionfinish(session, exitstatus):
     if (TALLY.escapes or TALLY.lost) and exitstatus == 0:
         session.exitstatus = 1
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "control: checks that a case's check can fail; not counted as a case")
