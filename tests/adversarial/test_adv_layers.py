@@ -1,8 +1,9 @@
 """Hostile layer tars as base images: made by hand, loaded with ``imgbuild load``, built FROM.
 
 Each case writes an OCI image layout (tests/ocitools.py) around one or two
-hand-made layers, packs it as an oci-archive and loads it with the CLI; the
-build FROM it then extracts the layers. The load or the build must refuse it
+hand-made layers, packs it as an oci-archive and loads it
+(``imgbuild.archive.load``, what ``imgbuild load`` runs; two cases use the CLI);
+the CLI build FROM it then extracts the layers. The load or the build must refuse it
 clearly, or the build succeeds and nothing outside the store changed. Names
 and link targets aim at the host sentinel tree, so a write that leaves the
 snapshot directory changes the sentinel.
@@ -25,7 +26,8 @@ import pytest
 from advtools import TALLY, assert_clear_refusal, attempt_build, run_cli
 from ocitools import LAYER_TYPES, LayerBlob, compress_layer, sha256_digest, write_layout
 
-from imgbuild.errors import LayerError
+from imgbuild.archive import load
+from imgbuild.errors import ImgbuildError, LayerError
 from imgbuild.layer.extract import apply_layer
 
 UP = "../" * 12
@@ -152,12 +154,15 @@ def _rewrite_config(layout: Path, manifest: dict, diff_ids: list[str]) -> None:
 
 
 def try_base_image(tmp_path: Path, adv_root: Path, store, tag: str, layers: list[LayerBlob], **options) -> None:
-    """Load the image; if that works, build FROM it (which extracts the layers)."""
+    """Load the image; if that works, build FROM it with the CLI (which extracts the layers)."""
     archive = _layout_archive(tmp_path, tag, layers, **options)
-    loaded = run_cli(["load", "-i", str(archive)], adv_root, timeout=30)
-    if loaded.returncode != 0:
-        assert_clear_refusal(loaded)
-        print(f"{tag}: load refused: {loaded.stderr.strip()[:300]}")
+    # `imgbuild load` is this call and an error print; the API saves a process per case
+    try:
+        load(store, archive)
+    except ImgbuildError as error:
+        assert str(error).strip()
+        print(f"{tag}: load refused: {str(error)[:300]}")
+        TALLY.refused += 1
         return
     ctx = tmp_path / "ctx"
     ctx.mkdir()
@@ -280,6 +285,13 @@ DAMAGED = _damaged_cases()
 def test_damaged_or_lying_layer(case, tmp_path, sentinel, adv_root, store):
     name, blob, options = case
     try_base_image(tmp_path, adv_root, store, f"adv/blob-{name}:1", [blob], **options)
+
+
+@pytest.mark.parametrize("name", ["wrong-blob-digest", "truncated-zstd"])
+def test_damaged_layer_through_load_cli(name, tmp_path, sentinel, adv_root):
+    _, blob, options = next(case for case in DAMAGED if case[0] == name)
+    archive = _layout_archive(tmp_path, f"adv/cli-{name}:1", [blob], **options)
+    assert_clear_refusal(run_cli(["load", "-i", str(archive)], adv_root, timeout=30))
 
 
 # --- a tar bomb: 1,000,001 tiny entries --------------------------------------------------
