@@ -147,6 +147,7 @@ def download_blobs(
     missing = []
     for blob in unique.values():
         if store.has_blob(blob.digest):
+            _check_stored_size(store, blob, repository)
             report(TransferEvent("exists", blob.digest, blob.size, blob.media_type))
         else:
             missing.append(blob)
@@ -157,6 +158,17 @@ def download_blobs(
 
     for blob, _ in run_in_parallel(fetch, missing, workers):
         report(TransferEvent("downloaded", blob.digest, blob.size, blob.media_type))
+
+
+def _check_stored_size(store: Store, blob: Descriptor, repository: str) -> None:
+    """A blob we hold already must have the size the manifest says: a manifest
+    that lies about it would be tagged, and then fail every reader (and fsck)."""
+    actual = store.blob_path(blob.digest).stat().st_size
+    if blob.size != actual:
+        raise RegistryError(
+            f"{repository}: the manifest says blob {blob.digest} is {blob.size} bytes, but that "
+            f"digest's content is {actual} bytes; the manifest is wrong, refusing the image"
+        )
 
 
 def check_diff_ids(layers: list[Descriptor], config: dict, where: str) -> None:
