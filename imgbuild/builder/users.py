@@ -10,6 +10,7 @@ never leaves the root, and reads only regular files.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -58,6 +59,13 @@ def resolve_in_root(root: Path, path: str, *, follow_last: bool = True) -> Path:
             is_symlink = stat.S_ISLNK(os.lstat(candidate).st_mode)
         except (FileNotFoundError, NotADirectoryError):
             is_symlink = False
+        except OSError as error:
+            if error.errno != errno.ENAMETOOLONG:
+                raise
+            raise BuildError(
+                f"the path {path[:80]!r}... is too long for the image's file system "
+                f"({len(path)} characters; Linux takes at most 4096 in a path): use a shorter one"
+            ) from None
         if not is_symlink:
             resolved.append(part)
             continue
