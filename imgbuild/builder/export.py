@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imgbuild.builder import safeopen
 from imgbuild.errors import BuildError
 
 log = logging.getLogger(__name__)
@@ -322,17 +323,8 @@ class _Exporter:
         return True
 
     def _open_target(self, parts: tuple[str, ...]) -> int:
-        """A directory of the destination, walked from its root with O_NOFOLLOW."""
-        fd = os.dup(self._root_fd)
-        try:
-            for part in parts:
-                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                os.close(fd)
-                fd = next_fd
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        """A directory of the destination, opened below its root following no symlink."""
+        return safeopen.open_beneath(self._root_fd, "/".join(parts), _DIR_FLAGS)
 
     # -- what would give privileges on the host ------------------------------
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imgbuild.builder import safeopen
 from imgbuild.errors import BuildError
 
 MAX_SYMLINKS = 40  # what Linux allows in one path walk (ELOOP beyond)
@@ -236,50 +237,29 @@ def _too_big(path: str, size: int) -> BuildError:
 def _open_image_file(rootfs: Path, path: str) -> int | None:
     """A read-only descriptor of a regular file of the image, or None if there is none.
 
-    The path is resolved like a chroot would, then walked again component by
-    component from ``rootfs`` with O_NOFOLLOW, so nothing that changed since
-    is followed out of the root. Only a regular file is opened: a FIFO would
-    block, and a device would be a host device read by root.
+    The path is resolved like a chroot would, then opened again from
+    ``rootfs`` with no symlink followed (``safeopen``), so nothing that
+    changed since is followed out of the root. Only a regular file is opened:
+    a FIFO would block, and a device would be a host device read by root.
     """
     host_path = resolve_in_root(rootfs, path)
-    parts = host_path.relative_to(rootfs).parts
-    if not parts:
+    relative = str(host_path.relative_to(rootfs))
+    if relative == ".":
         raise BuildError(f"{path} in the image is not a regular file (it is the root directory)")
+    root_fd = safeopen.open_root(rootfs)
     try:
-        parent = _open_directory_beneath(rootfs, parts[:-1])
+        path_fd, info = safeopen.open_object(root_fd, relative)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as error:
         raise BuildError(f"cannot read {path} in the image: {error.strerror}") from error
-    try:
-        try:
-            info = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        if not stat.S_ISREG(info.st_mode):
-            raise BuildError(f"{path} in the image is not a regular file; make it one in an earlier step")
-        # O_NONBLOCK: should it have become a FIFO since the check, open must not wait.
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        try:
-            fd = os.open(parts[-1], flags, dir_fd=parent)
-        except OSError as error:
-            raise BuildError(f"cannot read {path} in the image: {error.strerror}") from error
     finally:
-        os.close(parent)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise BuildError(f"{path} in the image is not a regular file; make it one in an earlier step")
-    return fd
-
-
-def _open_directory_beneath(rootfs: Path, parts: tuple[str, ...]) -> int:
-    """A descriptor of rootfs/parts..., each component opened with O_NOFOLLOW."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(rootfs, flags)
-    for part in parts:
-        try:
-            child = os.open(part, flags, dir_fd=fd)
-        finally:
-            os.close(fd)
-        fd = child
-    return fd
+        os.close(root_fd)
+    try:
+        return safeopen.reopen_for_reading(path_fd, info)
+    except safeopen.NotRegularFile:
+        raise BuildError(f"{path} in the image is not a regular file; make it one in an earlier step") from None
+    except OSError as error:
+        raise BuildError(f"cannot read {path} in the image: {error.strerror}") from error
+    finally:
+        os.close(path_fd)
