@@ -23,13 +23,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from imgbuild.builder.globmatch import Glob, Token, check_length, compact
 from imgbuild.errors import ContextError
 
 _UTF8_BOM = "\ufeff"
-
-# Characters that mean something in a regexp but nothing in filepath.Match;
-# moby escapes exactly these when it turns a pattern into a regexp.
-_REGEXP_ONLY_CHARS = set(".+()|{}$")
 
 # What BuildKit counts as "this pattern has wildcards" when deciding whether an
 # excluded directory must still be walked for exceptions (fsutil filter.go).
@@ -118,27 +115,34 @@ def _class_char(pattern: str, i: int) -> int:
     return i + 1
 
 
-def _glob_to_regexp(pattern: str) -> str:
-    """Translate one ``filepath.Match`` pattern (already validated) to a regexp body."""
-    out: list[str] = []
+def _glob_tokens(pattern: str) -> list[Token]:
+    """Tokens of one ``filepath.Match`` pattern (already validated)."""
+    tokens: list[Token] = []
     i, n = 0, len(pattern)
     while i < n:
         char = pattern[i]
         if char == "*":
-            out.append("[^/]*")
+            tokens.append(Token("star"))
         elif char == "?":
-            out.append("[^/]")
+            tokens.append(Token("one"))
         elif char == "\\":
             i += 1
-            out.append(re.escape(pattern[i]))
+            tokens.append(Token("char", pattern[i]))
         elif char == "[":
             i, text = _class_to_regexp(pattern, i + 1)
-            out.append(text)
+            tokens.append(Token("class", klass=_compile_class(text)))
             continue
         else:
-            out.append(re.escape(char))
+            tokens.append(Token("char", char))
         i += 1
-    return "".join(out)
+    return tokens
+
+
+def _compile_class(text: str) -> re.Pattern[str]:
+    with warnings.catch_warnings():
+        # "[[" in a class is a literal "[" to Go; Python warns about it.
+        warnings.simplefilter("ignore", FutureWarning)
+        return re.compile(text)
 
 
 def _class_to_regexp(pattern: str, i: int) -> tuple[int, str]:
@@ -165,20 +169,22 @@ def _class_literal(pattern: str, i: int) -> tuple[str, int]:
     return pattern[i], i + 1
 
 
-_match_cache: dict[str, re.Pattern[str]] = {}
+_match_cache: dict[str, Glob] = {}
 
 
 def go_match(pattern: str, name: str) -> bool:
     """Go's ``filepath.Match``: True if ``name`` matches the shell pattern.
 
-    Raises ValueError for a malformed pattern (Go's ErrBadPattern).
+    Raises ValueError for a malformed pattern (Go's ErrBadPattern) and for
+    one longer than ``globmatch.MAX_PATTERN_LENGTH``.
     """
     compiled = _match_cache.get(pattern)
     if compiled is None:
+        check_length(pattern)
         validate_go_pattern(pattern)
-        compiled = re.compile(_glob_to_regexp(pattern), re.DOTALL)
+        compiled = Glob(compact(_glob_tokens(pattern)), dot_newline=True)
         _match_cache[pattern] = compiled
-    return compiled.fullmatch(name) is not None
+    return compiled.fullmatch(name)
 
 
 def has_wildcards(component: str) -> bool:
@@ -212,7 +218,7 @@ class Pattern:
     exclusion: bool
 
     def __post_init__(self) -> None:
-        self.kind, self.regexp = _compile(self.text)
+        self.kind, self.glob = _compile(self.text)
 
     def match(self, path: str) -> bool:
         if self.kind == "exact":
@@ -224,12 +230,12 @@ class Pattern:
             if path.endswith(suffix):
                 return True
             return suffix.startswith("/") and path == suffix[1:]
-        return self.regexp.fullmatch(path) is not None
+        return self.glob.fullmatch(path)
 
 
-def _compile(pattern: str) -> tuple[str, re.Pattern[str] | None]:
-    """Port of moby's ``Pattern.compile``: returns (kind, regexp or None)."""
-    regexp: list[str] = []
+def _compile(pattern: str) -> tuple[str, Glob | None]:
+    """moby's ``Pattern.compile``: returns (kind, a Glob for the ``regexp`` kind)."""
+    tokens: list[Token] = []
     kind = "exact"
     i, n, step = 0, len(pattern), 0
     while i < n:
@@ -245,44 +251,38 @@ def _compile(pattern: str) -> tuple[str, re.Pattern[str] | None]:
                     if kind == "exact":
                         kind = "prefix"
                     else:
-                        regexp.append(".*")
+                        tokens.append(Token("any"))
                         kind = "regexp"
                 else:
-                    regexp.append("(.*/)?")  # any number of directories, even none
+                    tokens.append(Token("dirs"))  # any number of directories, even none
                     kind = "regexp"
                 if step == 0:
                     kind = "suffix"
             else:
-                regexp.append("[^/]*")
+                tokens.append(Token("star"))
                 kind = "regexp"
         elif char == "?":
-            regexp.append("[^/]")
+            tokens.append(Token("one"))
             kind = "regexp"
-        elif char in _REGEXP_ONLY_CHARS:
-            regexp.append("\\" + char)
         elif char == "\\":
-            if i < n:
-                # filepath.Match semantics: the next character is literal
-                regexp.append(re.escape(pattern[i]))
-                i += 1
-                kind = "regexp"
-            else:
-                regexp.append("\\\\")
-        elif char in "[]":
-            regexp.append(char)
+            # filepath.Match semantics: the next character is literal
+            tokens.append(Token("char", pattern[i] if i < n else "\\"))
+            i += 1
+            kind = "regexp"
+        elif char == "[":
+            # validate_go_pattern has checked the class is well formed
+            i, text = _class_to_regexp(pattern, i)
+            tokens.append(Token("class", klass=_compile_class(text)))
+            kind = "regexp"
+        elif char == "]":
+            tokens.append(Token("char", char))
             kind = "regexp"
         else:
-            regexp.append(char)
+            tokens.append(Token("char", char))
         step += 1
     if kind != "regexp":
         return kind, None
-    try:
-        with warnings.catch_warnings():
-            # "[[" in a pattern is a literal "[" to Go; Python warns about it.
-            warnings.simplefilter("ignore", FutureWarning)
-            return kind, re.compile("".join(regexp))
-    except re.error as error:
-        raise ValueError(f"syntax error in pattern: {error}") from None
+    return kind, Glob(compact(tokens))
 
 
 def parse_pattern(raw: str) -> Pattern | None:
@@ -299,6 +299,7 @@ def parse_pattern(raw: str) -> Pattern | None:
         if len(text) == 1:
             raise ValueError('illegal exclusion pattern: "!"')
         text = text[1:]
+    check_length(text)
     validate_go_pattern(text)
     return Pattern(text, exclusion)
 
