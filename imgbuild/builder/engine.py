@@ -223,6 +223,7 @@ class Builder:
                 if step is not None and step.state != "failed":
                     self.progress.failed(step, str(error))
                 raise _located(error, self.dockerfile_name, instruction) from None
+        ic.container_config(state.config)["Env"] = scope.image_env()
         return StageResult(stage.index, stage.name, state.config, state.layers, state.key, state.base_layers)
 
     def _base_state(self, stage) -> StageState:
