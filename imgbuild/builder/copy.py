@@ -44,12 +44,12 @@ from typing import BinaryIO
 
 import zstandard
 
-from imgbuild.builder.context import Entry, Selected
-from imgbuild.builder.dockerignore import go_clean, go_dir
 from imgbuild.builder.fetch import Fetched
-from imgbuild.builder.safeopen import kind_of
 from imgbuild.builder.users import resolve_in_root
+from imgbuild.context.gopath import go_clean, go_dir
+from imgbuild.context.source import Entry, Selected
 from imgbuild.errors import BuildError, NotADirectory
+from imgbuild.safeopen import kind_of
 
 COPY_CHUNK = 1 << 20
 HEREDOC_MODE = 0o644

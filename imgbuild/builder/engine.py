@@ -26,10 +26,8 @@ from pathlib import Path
 from imgbuild import dockerfile as frontend
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.cache import BuildCache, LayerRef, cache_key
-from imgbuild.builder.context import BuildContext, StatCache, read_build_file
 from imgbuild.builder.copy import mkdir_all
 from imgbuild.builder.copystep import CopyRequest, run_copy
-from imgbuild.builder.dockerignore import IgnoreMatcher, go_clean, load_ignore_patterns
 from imgbuild.builder.metadata import apply_metadata
 from imgbuild.builder.options import BuildOptions
 from imgbuild.builder.outputs import write_outputs
@@ -39,6 +37,11 @@ from imgbuild.builder.rootfs import image_layers, mounted_layers, recompress, wo
 from imgbuild.builder.runstep import PIPES_DIR, prepared_mounts, script_mount
 from imgbuild.builder.sandbox import RunSpec, run_container
 from imgbuild.builder.users import resolve_in_root, resolve_user
+from imgbuild.context.buildfiles import load_ignore_patterns, read_build_file
+from imgbuild.context.dockerignore import IgnoreMatcher
+from imgbuild.context.gopath import go_clean
+from imgbuild.context.source import BuildContext
+from imgbuild.context.statcache import StatCache
 from imgbuild.dockerfile import Add, Arg, Cmd, Copy, Env, Run, Workdir
 from imgbuild.errors import (
     BuildError,

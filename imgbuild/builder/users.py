@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgbuild.builder import safeopen
+from imgbuild import safeopen
 from imgbuild.errors import BuildError
 
 MAX_SYMLINKS = 40  # what Linux allows in one path walk (ELOOP beyond)

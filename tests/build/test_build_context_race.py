@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from imgbuild import safeopen
 from imgbuild.builder import copy as copy_module
 from imgbuild.builder import runstep as runstep_module
-from imgbuild.builder import safeopen
 from imgbuild.builder.engine import build
 from imgbuild.builder.options import BuildOptions
 from imgbuild.builder.progress import Progress

@@ -7,9 +7,9 @@ import stat
 
 import pytest
 
-from imgbuild.builder.context import BuildContext
 from imgbuild.builder.copy import HeredocFile, copy_heredoc, copy_into
-from imgbuild.builder.dockerignore import IgnoreMatcher
+from imgbuild.context.dockerignore import IgnoreMatcher
+from imgbuild.context.source import BuildContext
 from imgbuild.errors import BuildError
 
 OLD = 1_000_000_000  # a fixed mtime (2001) the copies must keep
