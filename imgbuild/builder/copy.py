@@ -136,29 +136,6 @@ def copy_into(
             ) from None
 
 
-def copy_heredoc(
-    rootfs: Path,
-    name: str,
-    content: bytes | str,
-    dest: str,
-    *,
-    workdir: str = "/",
-    chown: tuple[int, int] | None = None,
-    chmod: int | None = None,
-    is_add: bool = False,
-) -> None:
-    """Write a heredoc body as the file ``name`` at ``dest`` (mode 0644 unless --chmod)."""
-    copy_into(
-        rootfs,
-        [HeredocFile(name, content)],
-        dest,
-        workdir=workdir,
-        chown=chown,
-        chmod=chmod,
-        is_add=is_add,
-    )
-
-
 def _source_text(item: object) -> str:
     if isinstance(item, Selected):
         return item.source
