@@ -45,11 +45,10 @@ from typing import BinaryIO
 import zstandard
 
 from imgbuild.builder.fetch import Fetched
-from imgbuild.builder.users import resolve_in_root
 from imgbuild.context.gopath import go_clean, go_dir
 from imgbuild.context.source import Entry, Selected
 from imgbuild.errors import BuildError, NotADirectory
-from imgbuild.safeopen import kind_of
+from imgbuild.safeopen import kind_of, resolve_in_root
 
 COPY_CHUNK = 1 << 20
 HEREDOC_MODE = 0o644
