@@ -7,8 +7,8 @@ backend and tonistiigi/fsutil ``copy``):
   destination directory is created (0755) if missing and keeps its metadata;
 - a destination ending in ``/`` (or ``.``) is a directory; a file copied onto
   an existing directory goes inside it under its own name;
-- several sources need a directory destination (the classic builder's error,
-  which the issue asks for; BuildKit would silently overwrite);
+- several sources need a directory destination (the classic builder's error:
+  BuildKit would let the last source silently overwrite the others);
 - a relative destination is relative to WORKDIR; missing parents are created
   with mode 0755, owned by the --chown user if one is given;
 - the destination path resolves symlinks like a chroot: never outside rootfs;
