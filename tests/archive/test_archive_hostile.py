@@ -11,8 +11,9 @@ import tarfile
 import pytest
 from imagetools import make_busybox_image, temp_leftovers
 
-from imgbuild import archive as archive_module
-from imgbuild.archive import load, save
+from imgbuild.archive import reader as archive_reader
+from imgbuild.archive.load import load
+from imgbuild.archive.save import save
 from imgbuild.errors import ArchiveError, DigestMismatch
 from imgbuild.store import Store
 
@@ -193,7 +194,7 @@ def test_a_file_that_is_not_an_archive_is_refused(store, unchanged, tmp_path):
 
 
 def test_a_tar_bomb_of_entries_is_refused(store, unchanged, tmp_path, monkeypatch):
-    monkeypatch.setattr(archive_module, "MAX_MEMBERS", 50)
+    monkeypatch.setattr(archive_reader, "MAX_MEMBERS", 50)
 
     def extra(tar):
         for i in range(60):
