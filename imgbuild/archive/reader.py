@@ -139,7 +139,7 @@ class ArchiveReader:
                     f"{self.label} has more than {MAX_MEMBERS} entries; refusing it as a tar bomb"
                 )
             self._add(entry, reader.offset)
-        if count == 0:
+        if reader.offset == 0:  # no bytes at all; zero blocks alone are an empty tar
             raise ArchiveError(f"{self.label} is not a tar archive (or a gzip-compressed one): it is empty")
 
     def _read_for_index(self, size: int) -> bytes:
