@@ -202,3 +202,28 @@ def test_a_tar_bomb_of_entries_is_refused(store, unchanged, tmp_path, monkeypatc
 
     with pytest.raises(ArchiveError, match="tar bomb"):
         load(store, docker_archive(tmp_path / "bomb.tar", extra=extra))
+
+
+def add_big_pax_header(tar: tarfile.TarFile) -> None:
+    info = tarfile.TarInfo("padding")
+    info.pax_headers = {"comment": "x" * (2 << 20)}  # read whole by a reader without a bound
+    tar.addfile(info, io.BytesIO(b""))
+
+
+def add_unknown_type(tar: tarfile.TarFile) -> None:
+    info = tarfile.TarInfo("strange")
+    info.type = b"Z"
+    tar.addfile(info)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        pytest.param(add_big_pax_header, "more than the 1048576 allowed", id="pax-header-over-1MiB"),
+        pytest.param(add_unknown_type, "unsupported entry type", id="unknown-entry-type"),
+    ],
+)
+def test_entries_gos_tar_reader_refuses_refuse_the_archive(store, unchanged, tmp_path, extra, message):
+    # Docker's loader (Go's archive/tar, then its untar) refuses these too.
+    with pytest.raises(ArchiveError, match=f"is damaged: .*{message}"):
+        load(store, docker_archive(tmp_path / "odd.tar", extra=extra))
