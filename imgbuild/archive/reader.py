@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 from imgbuild.errors import ArchiveError, LayerError
 from imgbuild.layer.decompress import GZIP_MAGIC
-from imgbuild.layer.tarformat import HARDLINK, REGULAR, SYMLINK, TarReader
+from imgbuild.layer.tarformat import HARDLINK, REGULAR, SYMLINK, TarEntry, TarReader
 from imgbuild.store import Store
 
 CHUNK = 1 << 20
@@ -120,6 +120,7 @@ class ArchiveReader:
     def __init__(self, stream: BinaryIO, label: str):
         self.stream = stream
         self.label = label
+        self._start = stream.tell()  # a file handed over may not be at its start
         self.members: dict[str, Member] = {}
         self._index()
 
@@ -155,7 +156,7 @@ class ArchiveReader:
             return ArchiveError(f"{self.label} is not a tar archive (or a gzip-compressed one): {detail}")
         return ArchiveError(f"{self.label} is damaged: {detail}")
 
-    def _add(self, entry, offset: int) -> None:
+    def _add(self, entry: TarEntry, offset: int) -> None:
         raw_name = entry.name.decode("utf-8", "surrogateescape")
         linkname = entry.linkname.decode("utf-8", "surrogateescape")
         name = self._safe_name(raw_name, f"entry {raw_name!r}")
@@ -237,7 +238,7 @@ class ArchiveReader:
     def read_at(self, offset: int, size: int) -> bytes:
         """``size`` bytes of the tar stream at ``offset``; ArchiveError if they are not all there."""
         try:
-            self.stream.seek(offset)
+            self.stream.seek(self._start + offset)
             data = self.stream.read(size)
         except _DECOMPRESSION_ERRORS as error:
             raise ArchiveError(f"{self.label} is damaged: {error}") from None
