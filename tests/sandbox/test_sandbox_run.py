@@ -138,7 +138,7 @@ def test_namespaces_as_in_docker(step, network):
     status, output = step.sh(script, network=network)
     assert status == 0, output
     lines = output.split()
-    inside = dict(zip(NAMESPACES, lines[: len(NAMESPACES)]))
+    inside = dict(zip(NAMESPACES, lines[: len(NAMESPACES)], strict=True))
     host = {ns: os.readlink(f"/proc/self/ns/{ns}") for ns in NAMESPACES}
     private = {"mnt", "pid", "ipc", "uts"} | ({"net"} if network == "none" else set())
     assert {ns for ns in NAMESPACES if inside[ns] != host[ns]} == private
