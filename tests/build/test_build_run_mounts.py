@@ -13,6 +13,7 @@ from secrets import token_hex
 
 import pytest
 import zstandard
+from advtools import assert_clear_refusal, run_cli
 
 from imgbuild.builder.options import parse_secret
 
@@ -392,8 +393,9 @@ def test_secrets_are_readable_in_run_and_stored_nowhere(build_df, store, tmp_pat
 
 
 def _secrets_on_disk(store_root, needles: list[bytes]) -> list[str]:
-    """Files holding a secret in the store, or in /dev/shm and /tmp where secrets once went."""
-    places = [store_root, "/dev/shm"]
+    """Files holding a secret in the store, in /dev/shm and /tmp where secrets once went,
+    or in runc's state (which holds the container's config, not its process's environment)."""
+    places = [store_root, "/dev/shm", "/run/runc"]
     found = [path for place in places for path in _files_containing(place, needles)]
     return found + [
         os.path.join("/tmp", name)
@@ -451,6 +453,31 @@ def test_secrets_are_on_no_disk_while_the_step_runs_nor_after_a_kill(
         kill_group(process)
         clear_leftovers(store.root)
     assert _secrets_on_disk(store.root, needles) == []
+
+
+def test_a_secret_is_limited_to_500_kib_and_read_no_further(store, tmp_path, build_df):
+    """500 KiB fits, as in BuildKit; one byte more is refused, and a source that never
+    ends (``src=/dev/zero``) is refused after 500 KiB instead of filling the memory."""
+    exact = tmp_path / "exact"
+    exact.write_bytes(b"s" * (500 << 10))
+    built = build_df(
+        "FROM busybox\nRUN --mount=type=secret,id=s wc -c < /run/secrets/s > /n\n",
+        secrets=[parse_secret(f"id=s,src={exact}")],
+    )
+    assert built.tree()["n"].data == b"512000\n"
+    (tmp_path / "one-more").write_bytes(b"s" * ((500 << 10) + 1))
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM busybox\nRUN --mount=type=secret,id=s true\n")
+    for source in (tmp_path / "one-more", "/dev/zero"):
+        ran = run_cli(
+            ["build", "--progress", "plain", "--secret", f"id=s,src={source}", str(context)],
+            store.root,
+            timeout=60,
+        )
+        assert_clear_refusal(ran)
+        assert "secret s is larger than 500 KiB; secrets are limited to 500 KiB" in ran.stderr
+        assert "2 | RUN --mount=type=secret,id=s true" in ran.stderr
 
 
 def test_missing_required_secret_fails_and_optional_is_skipped(build_df):
