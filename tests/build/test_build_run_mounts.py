@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import os
 import signal
+import stat
 import subprocess
 import time
 from secrets import token_hex
@@ -287,6 +288,33 @@ def test_bind_mount_of_a_device_node_is_opened_only_by_the_container(build_df, s
         assert tree[f"{name}.status"].data == b"1\n"
     assert _files_containing(store.root, [DEVICE_MARKER]) == []
     assert "x" not in tree
+
+
+@pytest.mark.parametrize("ignore_file", [False, True])
+def test_a_context_device_node_in_a_bind_mount_is_never_read(
+    build_df, store, tmp_path, loop_device, ignore_file
+):
+    """The context view of a bind mount has the node itself (bound, or hard-linked
+    when an ignore file filters the view): only the step can try to open it, and
+    the device cgroup refuses."""
+    major, minor = loop_device
+    context = tmp_path / f"device-context-{ignore_file}"
+    context.mkdir()
+    os.mknod(context / "node", stat.S_IFBLK | 0o600, os.makedev(major, minor))
+    files = {".dockerignore": "ignored\n"} if ignore_file else {}
+    built = build_df(
+        "FROM busybox\n"
+        "RUN --mount=type=bind,target=/ctx test -b /ctx/node && "
+        "(cat /ctx/node > /read 2>/read.err; echo $? > /read.status) || true\n",
+        files,
+        store=store,
+        context=context,
+    )
+    tree = built.tree()
+    assert tree["read"].data == b""
+    assert b"Operation not permitted" in tree["read.err"].data
+    assert tree["read.status"].data == b"1\n"
+    assert _files_containing(store.root, [DEVICE_MARKER]) == []
 
 
 def test_bind_mount_rw_of_a_fifo_binds_it(build_df):
