@@ -290,6 +290,16 @@ def test_bind_mount_of_a_device_node_is_opened_only_by_the_container(build_df, s
     assert "x" not in tree
 
 
+@pytest.fixture
+def tmpfs_dir(tmp_path):
+    """A directory on a tmpfs of its own: another file system than the store's."""
+    directory = tmp_path / "tmpfs"
+    directory.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "imgbuild-test", str(directory)], check=True)
+    yield directory
+    subprocess.run(["umount", str(directory)], check=True)
+
+
 @pytest.mark.parametrize("ignore_file", [False, True])
 def test_a_context_device_node_in_a_bind_mount_is_never_read(
     build_df, store, tmp_path, loop_device, ignore_file
@@ -297,9 +307,21 @@ def test_a_context_device_node_in_a_bind_mount_is_never_read(
     """The context view of a bind mount has the node itself (bound, or hard-linked
     when an ignore file filters the view): only the step can try to open it, and
     the device cgroup refuses."""
-    major, minor = loop_device
     context = tmp_path / f"device-context-{ignore_file}"
     context.mkdir()
+    _bind_a_context_device_node(build_df, store, context, loop_device, ignore_file)
+
+
+def test_a_context_device_node_on_another_file_system_is_made_again_not_read(
+    build_df, store, tmpfs_dir, loop_device
+):
+    """Across file systems the filtered view cannot link the node: it makes it again
+    with mknod, and still never opens it."""
+    _bind_a_context_device_node(build_df, store, tmpfs_dir, loop_device, ignore_file=True)
+
+
+def _bind_a_context_device_node(build_df, store, context, loop_device, ignore_file: bool) -> None:
+    major, minor = loop_device
     os.mknod(context / "node", stat.S_IFBLK | 0o600, os.makedev(major, minor))
     files = {".dockerignore": "ignored\n"} if ignore_file else {}
     built = build_df(
