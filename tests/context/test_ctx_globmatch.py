@@ -13,8 +13,9 @@ import re
 
 import pytest
 
-from imgbuild.builder.dockerignore import _compile, _glob_tokens
-from imgbuild.builder.globmatch import MAX_PATTERN_LENGTH, Glob, check_length, compact
+from imgbuild.context.dockerignore import _compile
+from imgbuild.context.globmatch import MAX_PATTERN_LENGTH, Glob, check_length, compact
+from imgbuild.context.gopath import glob_tokens
 
 PATTERN_PIECES = ["a", "b", "/", "*", "**", "**/", "?", "[ab]", "[^a]", "\\*", "."]
 PATH_CHARS = "ab/.\n*"
@@ -73,14 +74,14 @@ def test_walk_agrees_with_moby_regexps(seed):
 def test_walk_agrees_with_filepath_match(seed):
     for pattern, paths in _random_cases(seed, 300):
         pattern = re.sub(r"(?<!\\)\*+", "*", pattern)  # filepath.Match has no "**"
-        glob = Glob(compact(_glob_tokens(pattern)), dot_newline=True)
+        glob = Glob(compact(glob_tokens(pattern)), dot_newline=True)
         expected = re.compile(_moby_regexp(pattern), re.DOTALL)
         for path in paths:
             assert glob.walk(path) == (expected.fullmatch(path) is not None), (pattern, path)
 
 
 def test_walk_is_linear_where_backtracking_is_not():
-    glob = Glob(compact(_glob_tokens("*a" * 40 + "*b")), dot_newline=True)
+    glob = Glob(compact(glob_tokens("*a" * 40 + "*b")), dot_newline=True)
     assert glob.fullmatch("a" * 4000) is False
     assert glob.fullmatch("a" * 4000 + "b") is True
 

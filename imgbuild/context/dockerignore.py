@@ -12,18 +12,22 @@ Docker's rules, as moby/patternmatcher and its ``ignorefile.ReadAll`` apply them
 - the last pattern that matches a path decides (so ``!`` exceptions only win
   when they come after the pattern they undo).
 
-The same matcher serves ``COPY --exclude``. The Go-glob helpers here
-(``go_match``) are also what COPY/ADD wildcards use.
+The same matcher serves ``COPY --exclude``. Finding and reading the ignore
+file of a build is ``buildfiles.py``'s job.
 """
 
 from __future__ import annotations
 
-import re
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
-from imgbuild.builder.globmatch import Glob, Token, check_length, compact
+from imgbuild.context.globmatch import Glob, Token, check_length, compact
+from imgbuild.context.gopath import (
+    class_to_regexp,
+    compile_class,
+    go_clean,
+    go_dir,
+    validate_go_pattern,
+)
 from imgbuild.errors import ContextError
 
 _UTF8_BOM = "\ufeff"
@@ -31,177 +35,6 @@ _UTF8_BOM = "\ufeff"
 # What BuildKit counts as "this pattern has wildcards" when deciding whether an
 # excluded directory must still be walked for exceptions (fsutil filter.go).
 _PATTERN_CHARS = set("*[]?^\\")
-
-
-# --- Go path and glob semantics ----------------------------------------------
-
-
-def go_clean(path: str) -> str:
-    """Go's ``path.Clean``: collapse ``//``, drop ``.``, resolve ``..`` lexically.
-
-    Unlike ``posixpath.normpath`` it turns ``//a`` into ``/a`` and ``""`` into
-    ``"."``, which matters for matching patterns exactly as Docker does.
-    """
-    if path == "":
-        return "."
-    rooted = path.startswith("/")
-    parts: list[str] = []
-    for part in path.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if parts and parts[-1] != "..":
-                parts.pop()
-            elif not rooted:
-                parts.append("..")
-            continue
-        parts.append(part)
-    cleaned = "/".join(parts)
-    if rooted:
-        return "/" + cleaned
-    return cleaned or "."
-
-
-def go_dir(path: str) -> str:
-    """Go's ``filepath.Dir`` for slash paths: everything but the last element, cleaned."""
-    head, _, _ = path.rpartition("/")
-    if "/" not in path:
-        return "."
-    return go_clean(head if head else "/")
-
-
-def validate_go_pattern(pattern: str) -> None:
-    """Raise ValueError where Go's ``filepath.Match`` reports ``ErrBadPattern``.
-
-    Bad: a trailing ``\\``, an unclosed ``[``, an empty class ``[]``, a class
-    bound that is ``-`` or ``]`` unescaped (``[-x]``, ``[x-]``, ``[a-b-c]``).
-    """
-    i, n = 0, len(pattern)
-    while i < n:
-        char = pattern[i]
-        if char == "\\":
-            if i + 1 >= n:
-                raise ValueError("trailing backslash")
-            i += 2
-        elif char == "[":
-            i = _validate_class(pattern, i + 1)
-        else:
-            i += 1
-
-
-def _validate_class(pattern: str, i: int) -> int:
-    """Check a ``[...]`` class starting after its ``[``; return the index after ``]``."""
-    n = len(pattern)
-    if i < n and pattern[i] == "^":
-        i += 1
-    ranges = 0
-    while True:
-        if i < n and pattern[i] == "]" and ranges > 0:
-            return i + 1
-        i = _class_char(pattern, i)
-        if i < n and pattern[i] == "-":
-            i = _class_char(pattern, i + 1)
-        ranges += 1
-
-
-def _class_char(pattern: str, i: int) -> int:
-    n = len(pattern)
-    if i >= n or pattern[i] in "-]":
-        raise ValueError("bad character class")
-    if pattern[i] == "\\":
-        i += 1
-        if i >= n:
-            raise ValueError("trailing backslash in character class")
-    return i + 1
-
-
-def _glob_tokens(pattern: str) -> list[Token]:
-    """Tokens of one ``filepath.Match`` pattern (already validated)."""
-    tokens: list[Token] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        char = pattern[i]
-        if char == "*":
-            tokens.append(Token("star"))
-        elif char == "?":
-            tokens.append(Token("one"))
-        elif char == "\\":
-            i += 1
-            tokens.append(Token("char", pattern[i]))
-        elif char == "[":
-            i, text = _class_to_regexp(pattern, i + 1)
-            tokens.append(Token("class", klass=_compile_class(text)))
-            continue
-        else:
-            tokens.append(Token("char", char))
-        i += 1
-    return tokens
-
-
-def _compile_class(text: str) -> re.Pattern[str]:
-    with warnings.catch_warnings():
-        # "[[" in a class is a literal "[" to Go; Python warns about it.
-        warnings.simplefilter("ignore", FutureWarning)
-        return re.compile(text)
-
-
-def _class_to_regexp(pattern: str, i: int) -> tuple[int, str]:
-    parts = ["["]
-    if pattern[i] == "^":
-        parts.append("^")
-        i += 1
-    first = True
-    while first or pattern[i] != "]":
-        first = False
-        low, i = _class_literal(pattern, i)
-        if pattern[i] == "-":
-            high, i = _class_literal(pattern, i + 1)
-            parts.append(f"{re.escape(low)}-{re.escape(high)}")
-        else:
-            parts.append(re.escape(low))
-    parts.append("]")
-    return i + 1, "".join(parts)
-
-
-def _class_literal(pattern: str, i: int) -> tuple[str, int]:
-    if pattern[i] == "\\":
-        return pattern[i + 1], i + 2
-    return pattern[i], i + 1
-
-
-_match_cache: dict[str, Glob] = {}
-
-
-def go_match(pattern: str, name: str) -> bool:
-    """Go's ``filepath.Match``: True if ``name`` matches the shell pattern.
-
-    Raises ValueError for a malformed pattern (Go's ErrBadPattern) and for
-    one longer than ``globmatch.MAX_PATTERN_LENGTH``.
-    """
-    compiled = _match_cache.get(pattern)
-    if compiled is None:
-        check_length(pattern)
-        validate_go_pattern(pattern)
-        compiled = Glob(compact(_glob_tokens(pattern)), dot_newline=True)
-        _match_cache[pattern] = compiled
-    return compiled.fullmatch(name)
-
-
-def has_wildcards(component: str) -> bool:
-    """BuildKit's ``containsWildcards``: an unescaped ``*``, ``?`` or ``[``."""
-    i = 0
-    while i < len(component):
-        char = component[i]
-        if char == "\\":
-            i += 2
-            continue
-        if char in "*?[":
-            return True
-        i += 1
-    return False
-
-
-# --- moby/patternmatcher -----------------------------------------------------
 
 
 @dataclass
@@ -271,8 +104,8 @@ def _compile(pattern: str) -> tuple[str, Glob | None]:
             kind = "regexp"
         elif char == "[":
             # validate_go_pattern has checked the class is well formed
-            i, text = _class_to_regexp(pattern, i)
-            tokens.append(Token("class", klass=_compile_class(text)))
+            i, text = class_to_regexp(pattern, i)
+            tokens.append(Token("class", klass=compile_class(text)))
             kind = "regexp"
         elif char == "]":
             tokens.append(Token("char", char))
@@ -416,54 +249,3 @@ def read_ignore_file(text: str) -> list[str]:
                 pattern = pattern[1:]  # "/foo" means "foo": paths are relative to the context
         patterns.append("!" + pattern if invert else pattern)
     return patterns
-
-
-def _candidates(context_dir: Path, dockerfile: Path | None) -> list[Path]:
-    """The ignore files that may apply, the winner first: ``<Dockerfile>.dockerignore``
-    next to the Dockerfile wins over ``CONTEXT/.dockerignore``."""
-    candidates = []
-    if dockerfile is not None:
-        candidates.append(dockerfile.parent / (dockerfile.name + ".dockerignore"))
-    candidates.append(Path(context_dir) / ".dockerignore")
-    return candidates
-
-
-def _read_ignore_file(context_dir: Path, dockerfile: Path | None) -> tuple[Path, bytes] | None:
-    """The ignore file that applies and its bytes, None if there is none.
-
-    Read like the Dockerfile (``read_build_file``): inside the context only
-    as a regular file reached without leaving it, at most 16 MiB.
-    """
-    from imgbuild.builder.context import read_build_file  # context imports this module
-
-    for path in _candidates(context_dir, dockerfile):
-        try:
-            return path, read_build_file(Path(context_dir), path, "ignore file")
-        except FileNotFoundError:
-            continue
-        except OSError as error:
-            raise ContextError(f"cannot read {path}: {error.strerror}") from None
-    return None
-
-
-def ignore_file_for(context_dir: Path, dockerfile: Path | None) -> Path | None:
-    """The ignore file that applies (see ``_candidates``); None if there is neither."""
-    found = _read_ignore_file(context_dir, dockerfile)
-    return None if found is None else found[0]
-
-
-def load_ignore_patterns(context_dir: Path, dockerfile: Path | None) -> list[str]:
-    """Read the patterns of the ignore file that applies to this build ([] if none)."""
-    found = _read_ignore_file(context_dir, dockerfile)
-    if found is None:
-        return []
-    return read_ignore_file(found[1].decode("utf-8", errors="surrogateescape"))
-
-
-def load_ignore_matcher(context_dir: Path, dockerfile: Path | None) -> IgnoreMatcher:
-    """``IgnoreMatcher`` for the ignore file that applies, errors naming that file."""
-    found = _read_ignore_file(context_dir, dockerfile)
-    if found is None:
-        return IgnoreMatcher([], source=".dockerignore")
-    path, data = found
-    return IgnoreMatcher(read_ignore_file(data.decode("utf-8", errors="surrogateescape")), source=str(path))
