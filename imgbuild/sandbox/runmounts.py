@@ -216,10 +216,10 @@ def _secret_mount(spec, target: str, secrets: dict[str, SecretSpec], env: dict[s
             raise BuildError(f"secret {secret_id} is required but was not given: add --secret id={secret_id},src=FILE")
         yield None
         return
-    value = secret.read()
+    value = secret.read(MAX_SECRET_SIZE)
     if len(value) > MAX_SECRET_SIZE:
         raise BuildError(
-            f"secret {secret_id} is {len(value)} bytes; secrets are limited to "
+            f"secret {secret_id} is larger than {MAX_SECRET_SIZE // 1024} KiB; secrets are limited to "
             f"{MAX_SECRET_SIZE // 1024} KiB, as in BuildKit"
         )
     if spec.env:
