@@ -217,6 +217,15 @@ class Image:
         return self.config.get("config") or {}
 
 
+@dataclass(frozen=True)
+class LayerRef:
+    """A layer of an image being built: its uncompressed digest and its blob."""
+
+    diff_id: str
+    blob: Descriptor
+    origin: str = field(default="", compare=False)  # the image it came from, for error messages
+
+
 def parse_json_document(data: bytes, what: str) -> dict:
     try:
         document = json.loads(data)

@@ -102,8 +102,13 @@ def _explicit_gid(rootfs: Path, group: str) -> int:
     raise BuildError(f"unable to find group {group}: no matching entries in group file")
 
 
+def id_in_range(number: int) -> bool:
+    """Docker's range for uids and gids (``USER``, ``--chown``, passwd and group files)."""
+    return 0 <= number <= MAX_ID
+
+
 def _checked_id(number: int) -> int:
-    if not 0 <= number <= MAX_ID:
+    if not id_in_range(number):
         raise BuildError(
             f"uids and gids must be in range 0-{MAX_ID}, got {number}; "
             "use an id in that range in USER and in the image's /etc/passwd and /etc/group"

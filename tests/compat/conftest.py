@@ -31,9 +31,10 @@ from comparetools import (
 )
 from imagetools import make_busybox_image
 
-from imgbuild.build.engine import BuildResult, build
-from imgbuild.build.options import BuildOptions
-from imgbuild.build.progress import Progress
+from imgbuild.builder.builder import build
+from imgbuild.builder.finalimage import BuildResult
+from imgbuild.builder.options import BuildOptions
+from imgbuild.builder.progress import Progress
 from imgbuild.store import Store
 
 PROJECT = Path(__file__).resolve().parents[2]

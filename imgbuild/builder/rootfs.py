@@ -12,9 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from imgbuild.build.cache import LayerRef
 from imgbuild.errors import DigestMismatch
-from imgbuild.image import Descriptor, Image, chain_ids
+from imgbuild.image import Descriptor, Image, LayerRef, chain_ids
 from imgbuild.layer.decompress import open_tar_stream
 from imgbuild.layer.write import changeset_is_empty, compress_tar, write_layer
 from imgbuild.sandbox.overlay import mount_overlay, prune_copied_up_dirs
@@ -97,6 +96,17 @@ def mounted_layers(store: Store, layers: list[LayerRef]) -> Iterator[Path]:
     """The merged tree of ``layers`` for reading (COPY --from, type=local); writes are discarded."""
     with workspace(store, layers, prefix="view-") as space, space.mounted() as merged:
         yield merged
+
+
+def layers_opener(store: Store, layers: list[LayerRef]):
+    """``mounted_layers`` for later: a context manager factory a step opens when it runs."""
+
+    @contextmanager
+    def opener():
+        with mounted_layers(store, layers) as merged:
+            yield merged
+
+    return opener
 
 
 def commit_directory(

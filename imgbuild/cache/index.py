@@ -1,36 +1,16 @@
-"""The build cache: step cache keys and the store's ``cache`` table.
+"""The store's ``cache`` table: which layer each step key stands for.
 
-A step's key is a sha256 over a JSON document of everything that can change
-what the step produces (docs/build.md, "The cache key"): the parent step's key, the instruction
-after expansion, the image config it runs in (env, user, workdir, shell, ...),
-the build args it sees, and digests of the files it reads. A key found in the
-table is a hit: its layer is reused and nothing runs. Keys never include
-secrets or mtimes.
+A key found in the table is a hit: its layer is reused and nothing runs
+(``keys.py`` says how keys are made; they never include secrets or mtimes).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from imgbuild.image import Descriptor
+from imgbuild.image import Descriptor, LayerRef
 from imgbuild.store import Store
-
-
-def cache_key(document: dict) -> str:
-    data = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return "sha256:" + hashlib.sha256(data.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class LayerRef:
-    """A layer of an image being built: its uncompressed digest and its blob."""
-
-    diff_id: str
-    blob: Descriptor
-    origin: str = field(default="", compare=False)  # the image it came from, for error messages
 
 
 @dataclass

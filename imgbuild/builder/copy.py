@@ -44,7 +44,7 @@ from typing import BinaryIO
 
 import zstandard
 
-from imgbuild.build.fetch import Fetched
+from imgbuild.builder.fetch import Fetched
 from imgbuild.context.gopath import go_clean, go_dir
 from imgbuild.context.source import Entry, Selected
 from imgbuild.errors import BuildError, NotADirectory

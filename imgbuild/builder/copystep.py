@@ -1,27 +1,34 @@
 """COPY/ADD as a build step: sources, their cache-key digests, and the copy itself.
 
-What a copy does to the tree is ``imgbuild.build.copy``; what it reads is
-``imgbuild.context``. This module joins them to the instruction: it
-digests exactly the files the step will read (for the cache key), downloads
-ADD URLs, resolves ``--chown`` names in the image being built, and runs the
-copy in the step's root filesystem.
+What a copy does to the tree is ``imgbuild.builder.copy``; what it reads is
+``imgbuild.context``. This module joins them to the instruction, in order:
+it downloads the ADD URLs whose bytes the key needs (``Downloads``), digests
+exactly the files the step will read (``source_digests``, which reads but
+changes nothing), and on a miss resolves ``--chown`` names in the image
+being built and runs the copy in the step's root filesystem.
 """
 
 from __future__ import annotations
 
 import hashlib
 import posixpath
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgbuild.build.copy import HeredocFile, copy_into
-from imgbuild.build.fetch import Fetched, fetch_url, is_url
+from imgbuild.builder import imageconfig as ic
+from imgbuild.builder.copy import HeredocFile, copy_into
+from imgbuild.builder.fetch import Fetched, fetch_url, is_url
+from imgbuild.builder.layerstep import LayerWork
+from imgbuild.builder.rootfs import layers_opener
+from imgbuild.builder.state import StageState
+from imgbuild.cache.keys import instruction_document
 from imgbuild.context.source import BuildContext
 from imgbuild.errors import BuildError
-from imgbuild.sandbox.users import MAX_ID, image_table
+from imgbuild.sandbox.users import MAX_ID, id_in_range, image_table
 
 
-@dataclass
+@dataclass(frozen=True)
 class CopyRequest:
     is_add: bool
     sources: list[str]
@@ -33,7 +40,6 @@ class CopyRequest:
     exclude: list[str] = field(default_factory=list)
     checksum: str | None = None
     parents: bool = False  # COPY --parents: keep each source's directories under dest
-    fetched: dict[str, Fetched] = field(default_factory=dict)  # URL -> download, once per step
 
     @property
     def name(self) -> str:
@@ -78,35 +84,100 @@ class CopyRequest:
             parents=bool(getattr(instruction, "parents", False)),
         )
 
-    def source_digests(self, context: BuildContext, download_dir: Path) -> list:
-        """What the cache key needs to know about the sources: content digests, never mtimes.
 
-        A URL with ``--checksum`` is known by its checksum (no download on a
-        cache hit); without one it is downloaded now and known by its bytes.
-        """
-        digests: list = []
-        for source in self.sources:
-            if is_url(source):
-                if self.checksum:
-                    digests.append({"url": source, "checksum": self.checksum})
-                else:
-                    fetched = self.fetch(source, download_dir)
-                    digests.append({"url": source, "digest": fetched.digest})
-                continue
-            selected = context.select(source, self.exclude, instruction=self.name)
-            digests.append({"path": source, "digest": context.digest(selected)})
-        for doc in self.heredocs:
-            content = doc.content.encode() if isinstance(doc.content, str) else doc.content
-            digests.append({"heredoc": doc.name, "sha256": hashlib.sha256(content).hexdigest()})
-        return digests
+@dataclass
+class Downloads:
+    """The ADD URLs of one step, each downloaded at most once into ``directory``."""
 
-    def fetch(self, url: str, download_dir: Path) -> Fetched:
-        if url not in self.fetched:
-            self.fetched[url] = fetch_url(url, download_dir, checksum=self.checksum)
-        return self.fetched[url]
+    directory: Path
+    checksum: str | None
+    files: dict[str, Fetched] = field(default_factory=dict)
+
+    def get(self, url: str) -> Fetched:
+        if url not in self.files:
+            self.files[url] = fetch_url(url, self.directory, checksum=self.checksum)
+        return self.files[url]
 
 
-def run_copy(request: CopyRequest, context: BuildContext, rootfs: Path, download_dir: Path) -> None:
+def fetch_for_key(request: CopyRequest, downloads: Downloads) -> None:
+    """Download the URLs whose bytes are their key: those without ``--checksum``.
+
+    A URL with a checksum is known by it, so a cache hit downloads nothing;
+    it is fetched by ``run_copy`` on a miss.
+    """
+    for source in request.sources:
+        if is_url(source) and not request.checksum:
+            downloads.get(source)
+
+
+def source_digests(request: CopyRequest, context: BuildContext, downloads: Downloads) -> list:
+    """What the cache key needs to know about the sources: content digests, never mtimes."""
+    digests: list = []
+    for source in request.sources:
+        if is_url(source):
+            if request.checksum:
+                digests.append({"url": source, "checksum": request.checksum})
+            else:
+                digests.append({"url": source, "digest": downloads.files[source].digest})
+            continue
+        selected = context.select(source, request.exclude, instruction=request.name)
+        digests.append({"path": source, "digest": context.digest(selected)})
+    for doc in request.heredocs:
+        content = doc.content.encode() if isinstance(doc.content, str) else doc.content
+        digests.append({"heredoc": doc.name, "sha256": hashlib.sha256(content).hexdigest()})
+    return digests
+
+
+def plan_copy(builder, state: StageState, instruction, downloads_dir: Path, *, is_add: bool) -> LayerWork:
+    """The COPY/ADD step's key document and, for a miss, how to copy.
+
+    ``downloads_dir`` holds the step's ADD downloads until the step is done.
+    """
+    name = "ADD" if is_add else "COPY"
+    workdir = ic.container_config(state.config).get("WorkingDir") or "/"
+    request = CopyRequest.from_instruction(instruction, is_add=is_add, workdir=workdir)
+    downloads = Downloads(downloads_dir, request.checksum)
+    fetch_for_key(request, downloads)
+    origin = getattr(instruction, "from_stage", None)
+    if origin:
+        source_opener = layers_opener(builder.store, builder.source_layers(origin))
+        with _source_context(source_opener, origin, None) as source_context:
+            source_key = source_digests(request, source_context, downloads)
+    else:
+        source_opener = None
+        source_key = source_digests(request, builder.context, downloads)
+    document = {
+        "step": name,
+        "instruction": instruction_document(instruction),
+        "workdir": request.workdir,
+        "sources": source_key,
+    }
+    words = [name] + list(instruction.sources) + [f"<<{doc.name}" for doc in instruction.heredocs]
+    history = " ".join(words + [instruction.dest]) + " # imgbuild"
+
+    def execute(space):
+        with space.mounted() as merged, _source_context(source_opener, origin, builder.context) as source_context:
+            run_copy(request, source_context, merged, downloads)
+
+    return LayerWork(document, history, execute, independent=bool(instruction.link))
+
+
+@contextmanager
+def _source_context(source_opener, origin: str | None, build_context: BuildContext | None):
+    """Where a copy reads from: the build context, or a stage or image mounted for the step.
+
+    For ``--from``, the copy is keyed on digests of exactly the files it reads,
+    as for the build context: keying on the whole stage would miss whenever
+    any other file in it changed (a log, a timestamp).
+    """
+    if source_opener is None:
+        yield build_context
+        return
+    with source_opener() as source_root:
+        yield BuildContext.for_rootfs(Path(source_root), f"stage {origin}")
+
+
+def run_copy(request: CopyRequest, context: BuildContext, rootfs: Path, downloads: Downloads) -> None:
     """Copy the request's sources from ``context`` into ``rootfs``."""
     chown = resolve_chown(rootfs, request.chown) if request.chown else None
     if request.parents:
@@ -115,7 +186,7 @@ def run_copy(request: CopyRequest, context: BuildContext, rootfs: Path, download
     items: list = []
     for source in request.sources:
         if is_url(source):
-            items.append(request.fetch(source, download_dir))
+            items.append(downloads.get(source))
         else:
             items.extend(context.select(source, request.exclude, instruction=request.name))
     items.extend(request.heredocs)
@@ -197,7 +268,7 @@ def _is_number(text: str) -> bool:
 
 
 def _checked_id(number: int, chown: str) -> int:
-    if number > MAX_ID:
+    if not id_in_range(number):
         raise BuildError(
             f"invalid --chown={chown}: {number} is out of range; uids and gids must be in range 0-{MAX_ID}"
         )

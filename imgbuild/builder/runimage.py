@@ -10,11 +10,11 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from imgbuild.build import imageconfig as ic
-from imgbuild.build.cache import LayerRef
-from imgbuild.build.engine import signals_raise_interrupt
-from imgbuild.build.rootfs import image_layers, workspace
+from imgbuild.builder import imageconfig as ic
+from imgbuild.builder.builder import signals_raise_interrupt
+from imgbuild.builder.rootfs import image_layers, workspace
 from imgbuild.errors import Interrupted, UsageError
+from imgbuild.image import LayerRef
 from imgbuild.sandbox.runtime import RunSpec, run_container
 from imgbuild.sandbox.users import resolve_user
 from imgbuild.store import Store

@@ -1,1 +1,0 @@
-"""The build engine: context, overlay, sandbox, copy, cache, progress."""

@@ -1,0 +1,102 @@
+"""Where a stage starts: scratch, an earlier stage, or a base image from the store or a registry."""
+
+from __future__ import annotations
+
+import json
+
+from imgbuild import dockerfile as frontend
+from imgbuild.builder import imageconfig as ic
+from imgbuild.builder.rootfs import image_layers
+from imgbuild.builder.state import StageState
+from imgbuild.cache.keys import cache_key
+from imgbuild.errors import BuildError, DockerfileError, ImageNotFound
+from imgbuild.image import Image, Platform, new_config
+
+
+def base_state(builder, stage) -> StageState:
+    """The state a stage starts from: its FROM, before any of its instructions."""
+    platform_key = str(builder.platform)
+    if stage.base_stage is not None:
+        base = builder.results[stage.base_stage]
+        config = json.loads(json.dumps(base.config))
+        return StageState(
+            config, list(base.layers), base.key, base_name=f"stage {stage.base_stage}", base_layers=base.base_layers
+        )
+    if stage.base.lower() == "scratch":
+        config = new_config(builder.platform)
+        ic.ensure_path(config)
+        ic.container_config(config)["WorkingDir"] = "/"  # BuildKit's empty image has it
+        return StageState(config, [], cache_key({"base": "scratch", "platform": platform_key}), base_name="scratch")
+    image = resolve_image(builder, stage.base, stage.platform)
+    config = json.loads(json.dumps(image.config))
+    config.pop("created", None)
+    ic.ensure_path(config)
+    layers = image_layers(image, stage.base)
+    key = cache_key({"base": image.digest, "platform": platform_key})
+    return StageState(config, layers, key, base_name=stage.base, base_layers=len(layers))
+
+
+def resolve_image(builder, name: str, platform_flag: str | None = None) -> Image:
+    """A base image for ``platform_flag`` (default: the build's platform)."""
+    platform = Platform.parse(platform_flag) if platform_flag else builder.platform
+    image = _find_image(builder, name, platform)
+    _check_platform(name, image, platform)
+    return image
+
+
+def onbuild_triggers(state: StageState) -> list:
+    """A base image's ONBUILD triggers run first; they do not carry over further."""
+    triggers = ic.container_config(state.config).pop("OnBuild", None) or []
+    parsed = []
+    for expression in triggers:
+        try:
+            parsed.append(frontend.parse_onbuild_trigger(expression))
+        except DockerfileError as error:
+            raise BuildError(f"ONBUILD trigger {expression!r} of {state.base_name} is invalid: {error.message}") from None
+    return parsed
+
+
+def _find_image(builder, name: str, platform: Platform) -> Image:
+    """From the local store, or pulled (always with --pull)."""
+    if not builder.options.pull:
+        for candidate in _local_names(name):
+            try:
+                return builder.store.load_image(candidate, platform)
+            except ImageNotFound:
+                continue
+    from imgbuild.registry.pull import (
+        pull,  # on demand: most builds never pull, and it is slow to import
+    )
+
+    builder.progress.info(f"pulling {name}")
+    return pull(builder.store, name, platform=platform, insecure=builder.options.insecure_registries)
+
+
+def _check_platform(name: str, image: Image, want: Platform) -> None:
+    """Use a single-platform image only for its own platform, as BuildKit does.
+
+    An index has already given the manifest for ``want``; a plain manifest's
+    config says its platform, and building on it for another would run its
+    binaries anyway and label the result with a platform its layers are not.
+    """
+    if not image.config.get("architecture") or not image.config.get("os"):
+        return
+    have = Platform.from_json(image.config)
+    if not want.matches(have):
+        raise BuildError(
+            f"image {name} is for {have}, not {want}: build with --platform {have}, "
+            f"or use an image made for {want}"
+        )
+
+
+def _local_names(name: str) -> list[str]:
+    """The names a base image may have in the local store: as written, and Docker's short/long forms."""
+    names = [name]
+    bare = name
+    for prefix in ("docker.io/library/", "docker.io/", "index.docker.io/library/"):
+        if name.startswith(prefix):
+            bare = name[len(prefix) :]
+            names.append(bare)
+    if "/" not in bare.split(":")[0]:
+        names.append("docker.io/library/" + bare)
+    return names

@@ -1,0 +1,285 @@
+"""The build: reads the Dockerfile, walks the plan stage by stage, step by step.
+
+A stage starts where its FROM says (``baseimage.py``); each instruction then
+either changes the scope and the config (ARG, ENV and the metadata
+instructions, ``metadata.py``) or makes a layer: RUN (``runstep.py``),
+COPY/ADD (``copystep.py``) and WORKDIR (``workdirstep.py``) describe
+themselves as a ``LayerWork``, and ``layerstep.py`` looks their key up and,
+on a miss, does the work. Stages the target does not need are skipped;
+independent stages build in parallel threads (``--jobs``). The target stage
+becomes the image (``finalimage.py``), then the outputs are written.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+
+from imgbuild import dockerfile as frontend
+from imgbuild.builder import imageconfig as ic
+from imgbuild.builder.baseimage import base_state, onbuild_triggers, resolve_image
+from imgbuild.builder.copystep import plan_copy
+from imgbuild.builder.finalimage import (
+    BuildResult,
+    tag_image,
+    write_final_image,
+    write_result_files,
+)
+from imgbuild.builder.layerstep import run_layer_step
+from imgbuild.builder.metadata import apply_metadata
+from imgbuild.builder.options import BuildOptions
+from imgbuild.builder.outputs import write_outputs
+from imgbuild.builder.progress import Progress, Step, Summary, make_progress
+from imgbuild.builder.rootfs import image_layers
+from imgbuild.builder.runstep import plan_run
+from imgbuild.builder.state import StageResult, StageState
+from imgbuild.builder.workdirstep import plan_workdir
+from imgbuild.cache.index import BuildCache
+from imgbuild.cache.keys import cache_key, instruction_document
+from imgbuild.context.buildfiles import load_ignore_patterns, read_build_file
+from imgbuild.context.dockerignore import IgnoreMatcher
+from imgbuild.context.source import BuildContext
+from imgbuild.context.statcache import StatCache
+from imgbuild.dockerfile import Add, Arg, Cmd, Copy, Env, Run, Workdir
+from imgbuild.errors import DockerfileError, ImgbuildError, Interrupted, SourceLocation
+from imgbuild.image import LayerRef, Platform
+from imgbuild.store import Store, remove_tree
+
+# The steps BuildKit numbers "[2/5]" in its progress: those that make layers.
+LAYER_KINDS = (Run, Copy, Add, Workdir)
+
+
+class Builder:
+    """One build: what it was asked, and what every stage and step shares while it runs."""
+
+    def __init__(self, store: Store, options: BuildOptions, progress: Progress | None = None):
+        self.store = store
+        self.options = options
+        self.progress = progress or make_progress(options.progress)
+        self.cache = BuildCache(store)
+        self.cancel = threading.Event()
+        self.results: dict[int, StageResult] = {}
+        self.counts_lock = threading.Lock()
+        self.steps_cached = 0
+        self.steps_run = 0
+        self.platform = Platform.parse(options.platform) if options.platform else Platform.host()
+        self.dockerfile_name = "Dockerfile"
+        self.context: BuildContext | None = None
+        self.secrets = {secret.id: secret for secret in options.secrets}
+
+    # --- the whole build ---------------------------------------------------------
+
+    def build(self) -> BuildResult:
+        started = time.monotonic()
+        self._sweep_dead_work()
+        text = self._read_dockerfile()
+        parsed = frontend.parse(text, self.dockerfile_name)
+        plan = frontend.plan(parsed, self.options.build_args, self.options.target, str(self.platform))
+        for name in plan.unused_build_args:
+            self.progress.warning(f"build arg {name} was given but no stage declares it (ARG {name})")
+        self.plan = plan
+        self.context = self._open_context()
+        try:
+            # SIGTERM must clean up like Ctrl-C for the whole build, outputs
+            # included: a type=local output copies from a mounted overlay.
+            with signals_raise_interrupt(), self.store.writer_lease():
+                self._build_stages(plan)
+                target = self.results[plan.target]
+                image = write_final_image(self.store, self.options, self.platform, target)
+                tags = tag_image(self.store, self.options, image)
+                write_outputs(self.store, self.options, image, target.layers, target.base_layers, self.progress)
+        except KeyboardInterrupt:
+            raise Interrupted("build interrupted; everything it mounted was unmounted") from None
+        finally:
+            self.context.stat_cache.close()
+        seconds = time.monotonic() - started
+        result = BuildResult(image, self.results, self.steps_cached, self.steps_run, seconds, tags)
+        write_result_files(self.options, result)
+        size = sum(layer.blob.size for layer in target.layers)
+        self.progress.finished(
+            Summary(image.digest, image.config_descriptor.digest, size, self.steps_cached, self.steps_run, seconds, tags)
+        )
+        return result
+
+    def _sweep_dead_work(self) -> None:
+        """Clean up after imgbuild processes that were killed (kill -9, a crash)
+        while they had containers, mounts or work directories in this store."""
+        swept = self.store.sweep_dead_work(self.options.runtime)
+        if swept.removed:
+            self.progress.info(
+                f"removed the work of {len(swept.removed)} killed imgbuild process(es) "
+                f"({len(swept.unmounted)} mounts, {len(swept.containers)} containers)"
+            )
+        for reason in swept.left:
+            self.progress.warning(f"could not clean up after a killed imgbuild: {reason}")
+
+    def _read_dockerfile(self) -> str:
+        if self.options.dockerfile_text is not None:
+            self.dockerfile_name = "Dockerfile"
+            return self.options.dockerfile_text
+        path = self.options.dockerfile or (self.options.context / "Dockerfile")
+        self.dockerfile_name = str(path) if self.options.dockerfile else "Dockerfile"
+        try:
+            return read_build_file(self.options.context, path, "Dockerfile").decode("utf-8")
+        except FileNotFoundError:
+            raise ImgbuildError(f"no Dockerfile at {path}: give one with -f FILE") from None
+        except OSError as error:  # a directory, unreadable, ...
+            raise ImgbuildError(f"cannot read the Dockerfile {path}: {error.strerror}") from None
+        except UnicodeDecodeError as error:
+            raise DockerfileError(f"{path} is not UTF-8 text: {error}") from None
+
+    def _open_context(self) -> BuildContext:
+        dockerfile = None if self.options.dockerfile_text is not None else (
+            self.options.dockerfile or self.options.context / "Dockerfile"
+        )
+        patterns = load_ignore_patterns(self.options.context, dockerfile)
+        stat_cache = StatCache(self.store.root / "index.db")
+        return BuildContext(self.options.context, IgnoreMatcher(patterns), stat_cache)
+
+    def _build_stages(self, plan) -> None:
+        jobs = self.options.jobs or os.cpu_count() or 1
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            try:
+                for level in plan.levels:
+                    futures = [pool.submit(self._build_stage, plan.stages[index]) for index in level]
+                    wait(futures, return_when=FIRST_EXCEPTION)
+                    for future in futures:
+                        if future.done() and future.exception() is not None:
+                            self.cancel.set()
+                            wait(futures)
+                            raise future.exception()
+                    for future in futures:
+                        result = future.result()
+                        self.results[result.index] = result
+            except KeyboardInterrupt:
+                self.cancel.set()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise Interrupted("build interrupted; everything it mounted was unmounted") from None
+            except Interrupted:
+                self.cancel.set()
+                raise
+
+    # --- one stage -------------------------------------------------------------
+
+    def _build_stage(self, stage) -> StageResult:
+        try:
+            state = base_state(self, stage)
+        except ImgbuildError as error:  # a base image missing or of another platform
+            raise _located(error, self.dockerfile_name, stage.from_instruction) from None
+        scope = self.plan.scope_for(stage.index, ic.env_list(state.config))
+        instructions = onbuild_triggers(state) + list(stage.instructions)
+        # BuildKit names steps "[name 2/5]", and just "[2/5]" in a one-stage Dockerfile
+        stage_label = "" if len(self.plan.stages) == 1 else stage.name or f"stage-{stage.index}"
+        step_count = sum(isinstance(i, LAYER_KINDS) for i in instructions)
+        step_index = 0
+        for instruction in instructions:
+            if self.cancel.is_set():
+                raise Interrupted("build stopped")
+            step = None
+            if isinstance(instruction, LAYER_KINDS):
+                step_index += 1
+                step = self.progress.new_step(stage_label, step_index, step_count, instruction.source.strip())
+            try:
+                self._step(stage, state, scope, instruction, step)
+            except ImgbuildError as error:
+                if step is not None and step.state != "failed":
+                    self.progress.failed(step, str(error))
+                raise _located(error, self.dockerfile_name, instruction) from None
+        ic.container_config(state.config)["Env"] = scope.image_env()
+        return StageResult(stage.index, stage.name, state.config, state.layers, state.key, state.base_layers)
+
+    # --- one step ----------------------------------------------------------------
+
+    def _step(self, stage, state: StageState, scope, instruction, step: Step | None) -> None:
+        created = ic.timestamp(self.options.source_date_epoch)
+        if isinstance(instruction, Arg):
+            resolved = scope.apply(instruction)
+            words = [p.name if p.default is None else f"{p.name}={p.default}" for p in resolved.pairs]
+            ic.add_history(state.config, "ARG " + " ".join(words), empty_layer=True, created=created)
+            state.key = cache_key({"parent": state.key, "args": sorted(scope.args_in_scope().items())})
+            return
+        # ARG and ENV change the scope; every other instruction is only expanded by it
+        expanded = scope.apply(instruction) if isinstance(instruction, Env) else frontend.expanded(instruction, scope)
+        if isinstance(expanded, Run):
+            run_layer_step(self, stage, state, step, plan_run(self, stage, state, scope, expanded, step), created)
+        elif isinstance(expanded, (Copy, Add)):
+            downloads_dir = self.store.make_temp_dir("add-")
+            try:
+                work = plan_copy(self, state, expanded, downloads_dir, is_add=isinstance(expanded, Add))
+                run_layer_step(self, stage, state, step, work, created)
+            finally:
+                remove_tree(downloads_dir)
+        elif isinstance(expanded, Workdir):
+            work = plan_workdir(state, expanded)
+            if work is None:
+                self.progress.cached(step)
+                ic.add_history(state.config, "WORKDIR /", empty_layer=True, created=created)
+                state.key = cache_key({"parent": state.key, "meta": instruction_document(expanded)})
+            else:
+                run_layer_step(self, stage, state, step, work, created)
+        else:
+            created_by = apply_metadata(state.config, expanded, cmd_set=state.cmd_set)
+            state.cmd_set = state.cmd_set or isinstance(expanded, Cmd)
+            if created_by is not None:
+                ic.add_history(state.config, created_by, empty_layer=True, created=created)
+            state.key = cache_key({"parent": state.key, "meta": instruction_document(expanded)})
+
+    # --- what the steps ask of the build -------------------------------------------
+
+    def cache_disabled(self, stage) -> bool:
+        """``--no-cache``, or ``--no-cache-filter`` naming this stage."""
+        if self.options.no_cache:
+            return True
+        names = {str(stage.index)} | ({stage.name.lower()} if stage.name else set())
+        return any(item.lower() in names for item in self.options.no_cache_filter)
+
+    def count(self, *, cached: bool) -> None:
+        with self.counts_lock:
+            if cached:
+                self.steps_cached += 1
+            else:
+                self.steps_run += 1
+
+    def source_layers(self, origin: str) -> list[LayerRef]:
+        """Layers of ``--from=origin``: a stage by name or index, or an image."""
+        index = self.plan.source_stage(origin)
+        if index is not None:
+            return self.results[index].layers
+        return image_layers(resolve_image(self, origin), origin)
+
+
+def build(store: Store, options: BuildOptions, progress: Progress | None = None) -> BuildResult:
+    """Build ``options.context`` as the options say; returns the image and step counts."""
+    builder = Builder(store, options, progress)
+    try:
+        return builder.build()
+    finally:
+        builder.progress.close()
+
+
+def _located(error: ImgbuildError, filename: str, instruction) -> ImgbuildError:
+    """Give a step's error the Dockerfile line it came from, unless it has one."""
+    if isinstance(error, Interrupted):
+        return error
+    return error.located(SourceLocation(filename, instruction.line, instruction.source))
+
+
+@contextmanager
+def signals_raise_interrupt():
+    """SIGTERM behaves like Ctrl-C: the build stops and cleans up (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

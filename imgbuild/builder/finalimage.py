@@ -1,0 +1,70 @@
+"""The end of a build: the target stage as an image in the store, its tags, --iidfile and --metadata-file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from imgbuild.builder import imageconfig as ic
+from imgbuild.builder.options import BuildOptions
+from imgbuild.builder.state import StageResult
+from imgbuild.errors import BuildError
+from imgbuild.image import Image, Platform
+from imgbuild.store import Store, normalise_tag
+
+
+@dataclass
+class BuildResult:
+    image: Image
+    stages: dict[int, StageResult]
+    steps_cached: int
+    steps_run: int
+    seconds: float
+    tags: list[str] = field(default_factory=list)
+
+
+def write_final_image(store: Store, options: BuildOptions, platform: Platform, target: StageResult) -> Image:
+    config = json.loads(json.dumps(target.config))
+    if options.labels:
+        ic.add_labels(config, options.labels)
+    config["created"] = ic.timestamp(options.source_date_epoch)
+    config["rootfs"] = {"type": "layers", "diff_ids": [layer.diff_id for layer in target.layers]}
+    config["architecture"] = platform.architecture
+    config["os"] = platform.os
+    if platform.variant:
+        config["variant"] = platform.variant
+    else:
+        config.pop("variant", None)
+    return store.write_image(config, [layer.blob for layer in target.layers])
+
+
+def tag_image(store: Store, options: BuildOptions, image: Image) -> list[str]:
+    tags = [normalise_tag(tag) for tag in options.tags]
+    for tag in tags:
+        store.tag(tag, image.manifest_descriptor)
+    if not tags:
+        store.keep_untagged(image.manifest_descriptor)
+    return tags
+
+
+def write_result_files(options: BuildOptions, result: BuildResult) -> None:
+    """``--iidfile`` and ``--metadata-file``."""
+    try:
+        _write_iidfile_and_metadata(options, result)
+    except OSError as error:  # a path the user gave that cannot be written
+        raise BuildError(f"cannot write {error.filename}: {error.strerror or error}") from None
+
+
+def _write_iidfile_and_metadata(options: BuildOptions, result: BuildResult) -> None:
+    if options.iidfile:
+        options.iidfile.write_text(result.image.config_descriptor.digest)
+    if options.metadata_file:
+        metadata = {
+            "containerimage.digest": result.image.digest,
+            "containerimage.config.digest": result.image.config_descriptor.digest,
+            "containerimage.descriptor": result.image.manifest_descriptor.to_json(),
+            "image.name": ",".join(result.tags),
+            "imgbuild.steps.cached": result.steps_cached,
+            "imgbuild.steps.run": result.steps_run,
+        }
+        options.metadata_file.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,62 @@
+"""The life of a step that makes a layer: key, cache lookup, and on a miss, work and commit.
+
+Each kind of step (RUN, COPY/ADD, WORKDIR) describes itself as a ``LayerWork``:
+the document its key is made of, its history line, and what to do in a
+workspace on a miss. This module does the rest the same way for all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from imgbuild.builder import imageconfig as ic
+from imgbuild.builder.progress import Step
+from imgbuild.builder.rootfs import Workspace, recompress, workspace
+from imgbuild.builder.state import StageState
+from imgbuild.cache.keys import step_keys
+
+
+@dataclass
+class LayerWork:
+    """A step that makes a layer, before it runs.
+
+    ``execute(space)`` does the step's work in a workspace over the layers
+    below; ``independent`` (COPY --link) makes the layer and its lookup key
+    not depend on those layers.
+    """
+
+    document: dict
+    created_by: str
+    execute: Callable[[Workspace], None]
+    independent: bool = False
+
+
+def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWork, created: str) -> None:
+    """Reuse the cached layer for the step's key, or do the work and commit it."""
+    lookup_key, key = step_keys(state.key, work.document, independent=work.independent)
+    cache_disabled = builder.cache_disabled(stage)
+    entry = None if cache_disabled else builder.cache.lookup(lookup_key)
+    if entry is not None:
+        builder.progress.cached(step)
+        builder.count(cached=True)
+        layer = entry.layer
+    else:
+        builder.progress.started(step)
+        options = builder.options
+        with workspace(builder.store, [] if work.independent else state.layers) as space:
+            work.execute(space)
+            layer = space.commit(
+                compression=options.compression,
+                level=options.compression_level,
+                source_date_epoch=options.source_date_epoch,
+            )
+        builder.cache.record(lookup_key, "" if work.independent else state.key, layer, work.created_by)
+        builder.progress.done(step)
+        builder.count(cached=False)
+    if layer is not None:
+        options = builder.options
+        layer = recompress(builder.store, layer, options.compression, options.compression_level)
+        state.layers.append(layer)
+    ic.add_history(state.config, work.created_by, empty_layer=layer is None, created=created)
+    state.key = key

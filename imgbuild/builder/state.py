@@ -1,0 +1,29 @@
+"""Where a stage is while it builds, and what it leaves for the stages after it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from imgbuild.image import LayerRef
+
+
+@dataclass
+class StageState:
+    """A stage so far: its config, its layers, and the key of the last step."""
+
+    config: dict
+    layers: list[LayerRef]
+    key: str
+    cmd_set: bool = False  # CMD given in this stage (ENTRYPOINT then keeps it)
+    base_name: str = ""
+    base_layers: int = 0  # how many of ``layers`` come from a base image (never rewritten)
+
+
+@dataclass
+class StageResult:
+    index: int
+    name: str | None
+    config: dict
+    layers: list[LayerRef]
+    key: str
+    base_layers: int = 0
