@@ -5,7 +5,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -16,8 +19,27 @@ from imgbuild.image import Descriptor, Image
 from imgbuild.layer.write import write_layer
 from imgbuild.store import Store
 
+PROJECT = Path(__file__).resolve().parents[2]
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def cli_env() -> dict:
+    """The environment of the imgbuild processes: this checkout, SOURCE_DATE_EPOCH 0."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(PROJECT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["SOURCE_DATE_EPOCH"] = "0"
+    env.pop("CI", None)
+    return env
+
+
+def cli_command(root: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "imgbuild", "--root", str(root), *args]
+
+
+def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """``imgbuild --root ROOT ARGS...`` to its end; its output as text."""
+    return subprocess.run(cli_command(root, *args), capture_output=True, text=True, env=cli_env(), timeout=300)
 
 
 def make_layered_image(store: Store, tag: str, below: str, files: dict[str, str], created_by: str) -> Image:

@@ -36,7 +36,6 @@ import re
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,13 +43,18 @@ from pathlib import Path
 import pytest
 from faults.faulttools import clear_leftovers, containers_under, mounts_under
 from imagetools import make_busybox_image, temp_leftovers
-from load.loadtools import image_blobs, make_layered_image, stored_twice
+from load.loadtools import (
+    cli_command,
+    cli_env,
+    image_blobs,
+    make_layered_image,
+    run_cli,
+    stored_twice,
+)
 
 from imgbuild.store import Store
 
 pytestmark = pytest.mark.root
-
-PROJECT = Path(__file__).resolve().parents[2]
 
 COMMON = """\
 FROM busybox AS base
@@ -96,22 +100,6 @@ def _rounds() -> int:
     return int(os.environ.get("IMGBUILD_LOAD_ROUNDS", "1"))
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(PROJECT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["SOURCE_DATE_EPOCH"] = "0"
-    env.pop("CI", None)
-    return env
-
-
-def _command(root: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "imgbuild", "--root", str(root), *args]
-
-
-def _run(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(_command(root, *args), capture_output=True, text=True, env=_env(), timeout=300)
-
-
 def _make_contexts(where: Path) -> Path:
     for spec in BUILDS:
         context = where / spec.context
@@ -138,7 +126,7 @@ def _prepare_round(store: Store, context_dir: Path, tag: str) -> dict[str, dict[
     pushed_context.mkdir(exist_ok=True)
     (pushed_context / "Dockerfile").write_text("FROM scratch\nCOPY pushed.txt /pushed.txt\nLABEL load=pushme\n")
     (pushed_context / "pushed.txt").write_text(f"pushed in round {tag}\n")
-    done = _run(store.root, "build", "--progress", "plain", "-t", PUSHED, str(pushed_context))
+    done = run_cli(store.root, "build", "--progress", "plain", "-t", PUSHED, str(pushed_context))
     assert done.returncode == 0, done.stdout + done.stderr
     dropped = {}
     for name in DROPPED:
@@ -157,7 +145,7 @@ def _references(tmp_path: Path, contexts: Path) -> dict[str, str]:
         root = tmp_path / f"reference-{spec.group}" / "store"
         _fresh_store(root)
         iidfile = root.parent / "iid"
-        done = _run(root, "build", "--progress", "plain", *spec.args, "--iidfile", str(iidfile), str(contexts / spec.context))
+        done = run_cli(root, "build", "--progress", "plain", *spec.args, "--iidfile", str(iidfile), str(contexts / spec.context))
         assert done.returncode == 0, done.stdout + done.stderr
         ids[spec.group] = iidfile.read_text().strip()
     return ids
@@ -186,7 +174,7 @@ def _start(root: Path, work: Path, what: str, args: list[str], running: int) -> 
     log = work / f"{what}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            _command(root, *args), stdout=out, stderr=subprocess.STDOUT, env=_env(), start_new_session=True
+            cli_command(root, *args), stdout=out, stderr=subprocess.STDOUT, env=cli_env(), start_new_session=True
         )
     return Started(what, process, log, running)
 
@@ -304,7 +292,7 @@ def _steps_run(output: str) -> int:
 
 def _final_collection(root: Path, dropped: dict[str, dict[str, int]]) -> list[str]:
     """With nothing running, ``rmi`` of the last dropped image collects every dropped blob."""
-    done = _run(root, "rmi", DROPPED[2])
+    done = run_cli(root, "rmi", DROPPED[2])
     if done.returncode != 0 or "kept for now" in done.stderr:
         return [f"the final rmi did not collect: {done.stdout} {done.stderr}"]
     deleted = {line.split()[1] for line in done.stdout.splitlines() if line.startswith("Deleted: ")}
@@ -342,7 +330,7 @@ def test_eight_concurrent_builds_with_pushes_and_collections(tmp_path, registry,
         try:
             result = _run_round(root, _schedule(rng, registry.host, repo, contexts, work), work)
             problems = _check_round(root, result, references, load_stats)
-            fsck = _run(root, "fsck")
+            fsck = run_cli(root, "fsck")
             if fsck.returncode != 0:
                 load_stats.fsck_problems += fsck.stdout.count("problem:") or 1
                 problems.append(f"fsck: {fsck.stdout} {fsck.stderr}")
