@@ -7,18 +7,24 @@ at the exact point of the other operation where it used to do damage.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import secrets
 import subprocess
+import sys
 import threading
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from imagetools import make_busybox_image
-from load.loadtools import image_blobs, make_layered_image, run_cli
+from load.loadtools import cli_env, image_blobs, make_layered_image, run_cli
 
 from imgbuild import archive
 from imgbuild.registry import push as push_module
 from imgbuild.store import Store
+from imgbuild.store import owner as owner_module
+from imgbuild.store.fsck import check_store
 from imgbuild.store.gc import collect_garbage
 
 pytestmark = pytest.mark.root
@@ -100,3 +106,85 @@ def test_rmi_during_a_save_defers_collecting_the_blobs_being_saved(tmp_path, mon
     assert loaded.returncode == 0, loaded.stderr
     assert set(own) <= set(image_blobs(Store(other), "leaving:1"))
     _assert_collected_afterwards(store, own)
+
+
+# --- owner directories in tmp/: sweepers and exiting owners ------------------------
+
+_OWNER = """
+import os, sys
+from imgbuild.store import Store
+store = Store(sys.argv[1])
+print(store.work_dir(), flush=True)
+if sys.argv[2] == "kill":
+    os.kill(os.getpid(), 9)
+sys.stdin.readline()  # then exit normally: the owner directory goes with it
+"""
+
+
+def _owner_process(root: Path, how: str) -> tuple[subprocess.Popen, Path]:
+    """A process with its owner directory in ``root``'s tmp/; ``kill`` SIGKILLs itself."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _OWNER, str(root), how],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    return process, Path(process.stdout.readline().strip())
+
+
+def _before_the_next_flock(monkeypatch, action) -> None:
+    """Run ``action`` once, between the owner module opening a lock file and locking it."""
+    done = []
+
+    def act_then_flock(fd, operation):
+        if not done:
+            done.append(action())
+        return fcntl.flock(fd, operation)
+
+    shim = SimpleNamespace(flock=act_then_flock, LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB)
+    monkeypatch.setattr(owner_module, "fcntl", shim)
+
+
+def test_a_sweep_that_loses_the_race_for_a_dead_owner_leaves_it_to_the_winner(tmp_path, monkeypatch):
+    """Two builds start after a killed one, and both sweep its work. The one that
+    opened the dead owner's lock file just before the other removed it got the
+    lock after all, and failed unlinking the lock file (FileNotFoundError: a
+    traceback, the build lost)."""
+    root = tmp_path / "store"
+    store = Store(root)
+    killed, directory = _owner_process(root, "kill")
+    assert killed.wait(timeout=60) == -9 and directory.is_dir()
+    killed.stdin.close()
+    killed.stdout.close()
+    other_sweeps = []
+    _before_the_next_flock(monkeypatch, lambda: other_sweeps.append(run_cli(root, "fsck", "--repair")))
+
+    result = owner_module.sweep_dead_owners(store.tmp_dir)
+
+    (other,) = other_sweeps
+    assert other.returncode == 0, other.stdout + other.stderr
+    assert f"removed the work of a killed imgbuild process: {directory}" in other.stdout
+    assert (result.removed, result.left) == ([], [])
+    assert not directory.exists() and not directory.with_name(directory.name + ".lock").exists()
+
+
+def test_fsck_does_not_take_an_owner_that_just_exited_for_a_dead_one(tmp_path, monkeypatch):
+    """A process that ends normally removes its owner directory and lock file, then
+    drops the lock. fsck, having opened the lock file just before, got the lock
+    and reported the clean exit as the work of a killed process."""
+    root = tmp_path / "store"
+    store = Store(root)
+    live, directory = _owner_process(root, "exit")
+
+    def owner_exits() -> int:
+        live.stdin.write("\n")
+        live.stdin.close()
+        live.stdout.close()
+        return live.wait(timeout=60)
+
+    _before_the_next_flock(monkeypatch, owner_exits)
+    report = check_store(store)
+
+    assert live.returncode == 0 and not directory.exists()
+    assert report.ok, str(report)
