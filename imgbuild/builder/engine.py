@@ -346,7 +346,10 @@ class Builder:
                     level=self.options.compression_level,
                     source_date_epoch=self.options.source_date_epoch,
                 )
-            self.cache.record(lookup_key, parent_key, layer, created_by)
+            # Another build may have recorded this key meanwhile: go on with its layer.
+            layer = self.cache.record(
+                lookup_key, parent_key, layer, created_by, replace=self._cache_disabled(stage)
+            )
             self.progress.done(step)
             with self.counts_lock:
                 self.steps_run += 1

@@ -8,17 +8,24 @@ at the exact point of the other operation where it used to do damage.
 from __future__ import annotations
 
 import fcntl
+import gzip
 import hashlib
+import io
 import secrets
 import subprocess
 import sys
+import tarfile
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from imagetools import make_busybox_image
-from load.loadtools import cli_env, image_blobs, make_layered_image, run_cli
+from load.loadtools import cli_command, cli_env, image_blobs, make_layered_image, run_cli
 
 from imgbuild import archive
 from imgbuild.registry import push as push_module
@@ -188,3 +195,113 @@ def test_fsck_does_not_take_an_owner_that_just_exited_for_a_dead_one(tmp_path, m
 
     assert live.returncode == 0 and not directory.exists()
     assert report.ok, str(report)
+
+
+# --- two builds that miss the same cache key at once ---------------------------------
+
+
+class _Gate:
+    """Loopback HTTP: each GET gets 16 fresh random hex bytes, but only when the
+    test opens its turn (the first request is turn 0, the second turn 1)."""
+
+    def __init__(self):
+        self.arrived = threading.Semaphore(0)
+        self.turns = [threading.Event(), threading.Event()]
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def wait_for_request(self, process: subprocess.Popen, log: Path) -> None:
+        """Until ``process`` (a build) sends its request."""
+        deadline = time.monotonic() + 120
+        while not self.arrived.acquire(timeout=0.1):
+            assert process.poll() is None, f"the build ended before its download:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"the build never downloaded:\n{log.read_text()}"
+
+    def handler(self):
+        gate = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                with gate._lock:
+                    turn = gate._count
+                    gate._count += 1
+                gate.arrived.release()
+                gate.turns[min(turn, 1)].wait(timeout=120)
+                body = secrets.token_hex(16).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
+
+
+@contextmanager
+def _gate_server() -> Iterator[tuple[_Gate, str]]:
+    gate = _Gate()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), gate.handler())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield gate, f"http://127.0.0.1:{server.server_address[1]}/r"
+    finally:
+        for turn in gate.turns:
+            turn.set()
+        server.shutdown()
+        server.server_close()
+
+
+def _files_of(store: Store, name: str, wanted: tuple[str, ...]) -> dict[str, bytes]:
+    """The content of ``wanted`` files in the image's filesystem (the top-most layer wins)."""
+    found = {}
+    for layer in store.load_image(name).layers:
+        data = gzip.decompress(store.read_blob(layer.digest))
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for member in tar.getmembers():
+                if member.name in wanted and member.isfile():
+                    found[member.name] = tar.extractfile(member).read()
+    return found
+
+
+def _start_build(root: Path, context: Path, tag: str, log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            cli_command(root, "build", "--progress", "plain", "-t", tag, "--iidfile", f"{log}.iid", str(context)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=cli_env(),
+        )
+
+
+def test_two_builds_missing_one_key_at_once_get_one_layer_for_it(tmp_path):
+    """A step whose result differs from run to run (a download), missed by two
+    builds at once. The second to finish used to replace the first's cache entry
+    with its own layer, and then take the first's cached next step, made on top
+    of the first's layer: an image whose /copy is not its /r, one no build could
+    have made, and a cache that gives the same to every later build."""
+    root = tmp_path / "store"
+    store = Store(root)
+    make_busybox_image(store, "busybox:latest")
+    context = tmp_path / "ctx"
+    context.mkdir()
+    with _gate_server() as (gate, url):
+        (context / "Dockerfile").write_text(f"FROM busybox\nRUN wget -q -O /r {url}\nRUN cp /r /copy\n")
+        first = _start_build(root, context, "race:first", tmp_path / "first.log")
+        gate.wait_for_request(first, tmp_path / "first.log")
+        second = _start_build(root, context, "race:second", tmp_path / "second.log")
+        gate.wait_for_request(second, tmp_path / "second.log")  # both missed the key
+        gate.turns[0].set()  # the first build finishes both steps, then the second its download
+        assert first.wait(timeout=120) == 0, (tmp_path / "first.log").read_text()
+        gate.turns[1].set()
+        assert second.wait(timeout=120) == 0, (tmp_path / "second.log").read_text()
+    third = run_cli(root, "build", "--progress", "plain", "-t", "race:third", str(context))
+    assert third.returncode == 0, third.stdout + third.stderr
+
+    for tag in ("race:first", "race:second", "race:third"):
+        files = _files_of(Store(root), tag, ("r", "copy"))
+        assert files["r"] == files["copy"], f"{tag}: /r is {files['r']!r}, /copy {files['copy']!r}"
+    ids = {tag: Store(root).image_id(Store(root).resolve(tag)) for tag in ("race:first", "race:second", "race:third")}
+    assert len(set(ids.values())) == 1, ids
