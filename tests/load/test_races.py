@@ -28,6 +28,7 @@ from imagetools import make_busybox_image
 from load.loadtools import cli_command, cli_env, image_blobs, make_layered_image, run_cli
 
 from imgbuild import archive
+from imgbuild.cli import main as cli_main
 from imgbuild.registry import push as push_module
 from imgbuild.store import Store
 from imgbuild.store import owner as owner_module
@@ -90,8 +91,22 @@ def test_rmi_during_a_push_defers_collecting_the_blobs_being_pushed(tmp_path, re
     _assert_collected_afterwards(store, own)
 
 
-def test_rmi_during_a_save_defers_collecting_the_blobs_being_saved(tmp_path, monkeypatch):
-    """The same for ``imgbuild save``: the archive is complete and loads."""
+def _save_to_file(store: Store, name: str, saved: Path) -> None:
+    archive.save(store, [name], saved)
+
+
+def _save_to_stdout(store: Store, name: str, saved: Path, monkeypatch) -> None:
+    """``imgbuild save NAME > FILE``, in this process (so the hook runs)."""
+    with open(saved, "wb") as out, monkeypatch.context() as patch:
+        patch.setattr(sys, "stdout", io.TextIOWrapper(out, write_through=True))
+        assert cli_main(["--root", str(store.root), "save", name]) == 0
+        sys.stdout.flush()
+
+
+@pytest.mark.parametrize("to", ["file", "stdout"])
+def test_rmi_during_a_save_defers_collecting_the_blobs_being_saved(tmp_path, monkeypatch, to):
+    """The same for ``imgbuild save``, to a file and to standard output: the
+    archive is complete and loads."""
     store, own = _store_with_dropped_image(tmp_path / "store", "leaving:1")
     removals: list[subprocess.CompletedProcess] = []
     real_add_blob = archive._add_blob
@@ -103,7 +118,10 @@ def test_rmi_during_a_save_defers_collecting_the_blobs_being_saved(tmp_path, mon
 
     monkeypatch.setattr(archive, "_add_blob", rmi_then_add_blob)
     saved = tmp_path / "leaving.tar"
-    archive.save(store, ["leaving:1"], saved)
+    if to == "file":
+        _save_to_file(store, "leaving:1", saved)
+    else:
+        _save_to_stdout(store, "leaving:1", saved, monkeypatch)
 
     (removal,) = removals
     assert removal.returncode == 0, removal.stderr
