@@ -49,7 +49,8 @@ def pytest_terminal_summary(terminalreporter):
     fsck = "fsck clean" if not s.fsck_problems else f"{s.fsck_problems} fsck problems"
     terminalreporter.write_line(
         f"load: {s.rounds} round(s) of 8 concurrent builds (+ {s.pushes} pushes, "
-        f"{s.collections} garbage collections, {s.collections_skipped} of them deferred while builds wrote), "
+        f"{s.collections} garbage collections of which {s.collections_skipped} deferred while builds wrote, "
+        f"{s.fsck_runs} fsck), "
         f"{s.succeeded}/{s.builds} builds succeeded ({s.steps_run - s.distinct_steps} steps run twice at once), "
         f"{s.mismatches} digest mismatches, "
         f"{s.duplicates} duplicate layers, {s.leftovers} leftovers, {fsck}"
