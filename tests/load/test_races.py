@@ -27,7 +27,7 @@ import pytest
 from imagetools import make_busybox_image
 from load.loadtools import cli_command, cli_env, image_blobs, make_layered_image, run_cli
 
-from imgbuild import archive
+import imgbuild.archive.save as archive_save
 from imgbuild.cli import main as cli_main
 from imgbuild.registry import push as push_module
 from imgbuild.store import Store
@@ -92,7 +92,7 @@ def test_rmi_during_a_push_defers_collecting_the_blobs_being_pushed(tmp_path, re
 
 
 def _save_to_file(store: Store, name: str, saved: Path) -> None:
-    archive.save(store, [name], saved)
+    archive_save.save(store, [name], saved)
 
 
 def _save_to_stdout(store: Store, name: str, saved: Path, monkeypatch) -> None:
@@ -109,14 +109,14 @@ def test_rmi_during_a_save_defers_collecting_the_blobs_being_saved(tmp_path, mon
     archive is complete and loads."""
     store, own = _store_with_dropped_image(tmp_path / "store", "leaving:1")
     removals: list[subprocess.CompletedProcess] = []
-    real_add_blob = archive._add_blob
+    real_add_blob = archive_save._add_blob
 
     def rmi_then_add_blob(tar, store_, descriptor, name):
         if not removals:
             removals.append(run_cli(store.root, "rmi", "leaving:1"))
         return real_add_blob(tar, store_, descriptor, name)
 
-    monkeypatch.setattr(archive, "_add_blob", rmi_then_add_blob)
+    monkeypatch.setattr(archive_save, "_add_blob", rmi_then_add_blob)
     saved = tmp_path / "leaving.tar"
     if to == "file":
         _save_to_file(store, "leaving:1", saved)
