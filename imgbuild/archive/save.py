@@ -82,8 +82,15 @@ def save(
 
     The file appears only when it is complete; on any error, nothing is left.
     """
-    images = images_to_save(store, names, platform)
-    destination = Path(destination)
+    # The lease keeps a concurrent `imgbuild rmi` from collecting the blobs
+    # while we copy them (see Store.writer_lease).
+    with store.writer_lease():
+        images = images_to_save(store, names, platform)
+        _write_archive_file(store, images, Path(destination), format)
+    return images
+
+
+def _write_archive_file(store: Store, images: list[ArchivedImage], destination: Path, format: str) -> None:
     try:
         fd, tmp_name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.tmp-")
     except OSError as error:
@@ -98,7 +105,6 @@ def save(
     except BaseException:
         _remove_quietly(tmp_name)
         raise
-    return images
 
 
 def write_archive(

@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             "refusing to write an archive to a terminal: use -o FILE or redirect the output"
         )
-    images = images_to_save(store, args.names, platform)
-    write_archive(store, images, sys.stdout.buffer, args.format)
-    sys.stdout.buffer.flush()
+    with store.writer_lease():  # as in save(): no collection under the copy
+        images = images_to_save(store, args.names, platform)
+        write_archive(store, images, sys.stdout.buffer, args.format)
+        sys.stdout.buffer.flush()
     return 0

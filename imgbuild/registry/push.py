@@ -57,16 +57,19 @@ def push(
     client = RegistryClient(ref.registry, for_push=True, options=options)
     report = progress or (lambda event: None)
 
-    descriptor = store.resolve(name)
-    data = store.read_blob(descriptor.digest)
-    document = parse_json_document(data, f"manifest of {name}")
-    media_type = media_type_of(document, descriptor.media_type)
-    if media_type in INDEX_TYPES:
-        push_index_children(client, store, ref, document, name, options.workers, report)
-    else:
-        push_image_blobs(client, store, ref, document, options.workers, report)
-    tag = ref.tag or DEFAULT_TAG
-    client.put_manifest(ref.repository, tag, data, media_type)
+    # The lease keeps a concurrent `imgbuild rmi` from collecting the blobs
+    # while we upload them: it may untag the image, the blobs go later.
+    with store.writer_lease():
+        descriptor = store.resolve(name)
+        data = store.read_blob(descriptor.digest)
+        document = parse_json_document(data, f"manifest of {name}")
+        media_type = media_type_of(document, descriptor.media_type)
+        if media_type in INDEX_TYPES:
+            push_index_children(client, store, ref, document, name, options.workers, report)
+        else:
+            push_image_blobs(client, store, ref, document, options.workers, report)
+        tag = ref.tag or DEFAULT_TAG
+        client.put_manifest(ref.repository, tag, data, media_type)
     pushed = Descriptor(media_type, descriptor.digest, len(data))
     report(TransferEvent("manifest", pushed.digest, pushed.size, media_type, detail=tag))
     return pushed

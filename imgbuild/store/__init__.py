@@ -150,10 +150,13 @@ class Store:
     def writer_lease(self) -> Iterator[None]:
         """Keep garbage collection (``imgbuild rmi``) away while this block runs.
 
-        Hold it from the first blob you write until the tag that references
-        them is in index.json; otherwise a concurrent ``rmi`` may prune blobs
-        nothing references yet. A shared flock: writers never wait for each
-        other, only for a running collection (see imgbuild.store.gc).
+        Writers hold it from the first blob they write until the tag that
+        references them is in index.json; otherwise a concurrent ``rmi`` may
+        prune blobs nothing references yet. Readers that copy an image out
+        (push, save, run) hold it from resolving the name to their last read:
+        an ``rmi`` meanwhile untags, and its blobs go at a later collection.
+        A shared flock: holders never wait for each other, only for a running
+        collection (see imgbuild.store.gc).
         """
         with file_lock(self.lease_path, shared=True):
             yield

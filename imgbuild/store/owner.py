@@ -148,6 +148,13 @@ def _try_lock(lock_path: Path) -> int | None:
     except BlockingIOError:
         os.close(fd)
         return None
+    # Between our open and our lock, the owner may have ended normally, or
+    # another sweeper cleaned up after it: both unlink the file before they
+    # let go of the lock. The lock we got is then on a file with no name, and
+    # the owner is no one's business any more.
+    if os.fstat(fd).st_nlink == 0:
+        os.close(fd)
+        return None
     return fd
 
 
