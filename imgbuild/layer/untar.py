@@ -169,10 +169,14 @@ class _Untar:
             pass
         os.mkdir(part, IMPLIED_DIR_MODE, dir_fd=dir_fd)
         fd = os.open(part, DIR_FLAGS, dir_fd=dir_fd)
-        os.fchmod(fd, IMPLIED_DIR_MODE)  # not subject to the umask
-        owner = self.chown or (0, 0)
-        if os.fstat(fd)[4:6] != owner:
-            os.fchown(fd, *owner)
+        try:
+            os.fchmod(fd, IMPLIED_DIR_MODE)  # not subject to the umask
+            owner = self.chown or (0, 0)
+            if os.fstat(fd)[4:6] != owner:
+                os.fchown(fd, *owner)
+        except BaseException:
+            os.close(fd)
+            raise
         return fd
 
     def place(
