@@ -10,6 +10,7 @@ through it with a later one: nothing outside the destination may change.
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import stat
@@ -280,7 +281,17 @@ def test_directory_times_are_not_set_through_a_later_symlink(tmp_path: Path):
     assert os.readlink(dest / "d") == str(outside.root)
 
 
-def test_a_damaged_archive_is_refused_with_its_name(tmp_path: Path):
-    whole = tar_bytes(file("big", b"x" * 5000), file("after", b"y"))
+DAMAGED = {
+    "ends inside data": lambda whole: whole[: 512 + 2000],
+    "gzip cut short": lambda whole: gzip.compress(whole)[:-30],
+    # Python's tarfile took a bad header after the first for the end of the
+    # archive and dropped the rest; Go's reader (Docker's) and ours refuse it.
+    "corrupt second header": lambda whole: whole[: 11 * 512] + b"\x01" * 512 + whole[12 * 512 :],
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED))
+def test_a_damaged_archive_is_refused_with_its_name(tmp_path: Path, damage: str):
+    whole = tar_bytes(file("big", b"x" * 5000), file("after", b"y"))  # "after" at block 11
     with pytest.raises(BuildError, match=r"ADD failed: evil.tar is a damaged archive: "):
-        add(tmp_path, whole[: 512 + 2000])  # ends inside the first file's data
+        add(tmp_path, DAMAGED[damage](whole))
