@@ -7,8 +7,8 @@ backend and tonistiigi/fsutil ``copy``):
   destination directory is created (0755) if missing and keeps its metadata;
 - a destination ending in ``/`` (or ``.``) is a directory; a file copied onto
   an existing directory goes inside it under its own name;
-- several sources need a directory destination (the classic builder's error,
-  which the issue asks for; BuildKit would silently overwrite);
+- several sources need a directory destination (the classic builder's error:
+  BuildKit would let the last source silently overwrite the others);
 - a relative destination is relative to WORKDIR; missing parents are created
   with mode 0755, owned by the --chown user if one is given;
 - the destination path resolves symlinks like a chroot: never outside rootfs;
@@ -37,12 +37,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from imgbuild.builder.fetch import Fetched
-from imgbuild.builder.users import resolve_in_root
 from imgbuild.context.gopath import go_clean
 from imgbuild.context.source import Entry, Selected
 from imgbuild.errors import BuildError, NotADirectory, UntarError
 from imgbuild.layer import untar
-from imgbuild.safeopen import kind_of
+from imgbuild.safeopen import kind_of, resolve_in_root
 
 HEREDOC_MODE = 0o644
 URL_MODE = 0o600

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from imgbuild.builder.copy import HeredocFile, copy_into
 from imgbuild.builder.fetch import Fetched, fetch_url, is_url
-from imgbuild.builder.users import MAX_ID, image_table
 from imgbuild.context.source import BuildContext
 from imgbuild.errors import BuildError
+from imgbuild.sandbox.users import MAX_ID, image_table
 
 
 @dataclass

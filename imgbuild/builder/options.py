@@ -40,16 +40,30 @@ class SecretSpec:
     src: Path | None = None
     env: str | None = None
 
-    def read(self) -> bytes:
+    def read(self, limit: int) -> bytes:
+        """The value, or its first ``limit + 1`` bytes if it is longer: the caller refuses
+        those, and a source that never ends (``src=/dev/zero``) is read no further."""
         if self.src is not None:
             try:
-                return self.src.read_bytes()
+                with open(self.src, "rb") as source:  # a pipe (src=<(...)) is fine: read, never seeked
+                    return _read_at_most(source, limit + 1)
             except OSError as error:
                 raise UsageError(f"--secret id={self.id}: cannot read {self.src}: {error.strerror}") from None
         value = os.environ.get(self.env or self.id)
         if value is None:
             raise UsageError(f"--secret id={self.id}: environment variable {self.env or self.id} is not set")
         return value.encode()
+
+
+def _read_at_most(source, size: int) -> bytes:
+    chunks, left = [], size
+    while left > 0:
+        chunk = source.read(min(left, 1 << 16))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 @dataclass

@@ -13,7 +13,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from imgbuild.archive import ArchivedImage, write_archive
+from imgbuild.archive.names import ArchivedImage
+from imgbuild.archive.save import write_archive
 from imgbuild.builder.cache import LayerRef
 from imgbuild.builder.export import export_tree
 from imgbuild.builder.options import OutputSpec

@@ -17,7 +17,7 @@ import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from imgbuild.archive import split_tag
+from imgbuild.archive.names import split_tag
 from imgbuild.errors import ImgbuildError
 from imgbuild.store import Store
 from imgbuild.units import human_size

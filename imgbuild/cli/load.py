@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from imgbuild.archive import load
+from imgbuild.archive.load import load
 from imgbuild.errors import UsageError
 from imgbuild.store import Store
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from imgbuild.archive import FORMATS, images_to_save, save, write_archive
+from imgbuild.archive.save import FORMATS, images_to_save, save, write_archive
 from imgbuild.errors import UsageError
 from imgbuild.image import Platform
 from imgbuild.store import Store

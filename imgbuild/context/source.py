@@ -10,9 +10,10 @@ A ``BuildContext`` is a root directory seen the way BuildKit sees it:
 - wildcards match one path component each, as Go's ``filepath.Match``.
 
 The build context proper (``rootfs=False``) is stricter than BuildKit in one
-way the issue asks for: a source, or a symlink on its path, that leads outside
-the context (``../x``, an absolute symlink, ``..`` above the root) is a
-``ContextError`` instead of being clamped at the root. Files from the context
+way: a source, or a symlink on its path, that leads outside the context
+(``../x``, an absolute symlink, ``..`` above the root) is a ``ContextError``
+instead of being clamped at the root, so a typo cannot silently copy the
+wrong tree. Files from the context
 are owned by 0:0 in the image, as BuildKit resets their uid/gid on transfer.
 
 A stage's or image's root filesystem (``COPY --from``) is a ``BuildContext``

@@ -100,6 +100,22 @@ def encode_header(entry: TarEntry) -> bytes:
     uid/size, sub-second or negative mtime) and every xattr go into one PAX
     extended header in front of the ustar block, its records sorted by key.
     """
+    return _encode(entry, _pax_header_name(entry.name), device_fields=True)
+
+
+def encode_archive_header(entry: TarEntry) -> bytes:
+    """The header block(s) for a member of an image archive (``imgbuild save``).
+
+    Image archives were first written with Python's tarfile, and keep its header
+    layout so that the same images still give the same archive bytes: the device
+    number fields stay empty unless the entry is a device, and a PAX header is
+    named ``././@PaxHeader``. Everything else is as ``encode_header`` writes it.
+    """
+    is_device = entry.type in (CHAR_DEVICE, BLOCK_DEVICE)
+    return _encode(entry, b"././@PaxHeader", device_fields=is_device)
+
+
+def _encode(entry: TarEntry, pax_name: bytes, *, device_fields: bool) -> bytes:
     records: dict[bytes, bytes] = {}
     if len(entry.name) > 100 or not entry.name.isascii():
         records[b"path"] = entry.name
@@ -121,9 +137,9 @@ def encode_header(entry: TarEntry) -> bytes:
     header = b""
     if records:
         payload = b"".join(_pax_record(key, records[key]) for key in sorted(records))
-        pax = TarEntry(name=_pax_header_name(entry.name), type=PAX_HEADER, size=len(payload))
-        header = _ustar_block(pax) + payload + padding(len(payload))
-    return header + _ustar_block(entry)
+        pax = TarEntry(name=pax_name, type=PAX_HEADER, size=len(payload))
+        header = _ustar_block(pax, device_fields) + payload + padding(len(payload))
+    return header + _ustar_block(entry, device_fields)
 
 
 def _fits_octal(value: int, digits: int) -> bool:
@@ -157,7 +173,7 @@ def _pax_header_name(name: bytes) -> bytes:
     return (b"PaxHeaders.0/" + base)[:100]
 
 
-def _ustar_block(entry: TarEntry) -> bytes:
+def _ustar_block(entry: TarEntry, device_fields: bool = True) -> bytes:
     block = bytearray(BLOCK_SIZE)
 
     def put(offset: int, width: int, value: bytes) -> None:
@@ -178,8 +194,9 @@ def _ustar_block(entry: TarEntry) -> bytes:
     put(157, 100, entry.linkname)
     put(257, 8, _USTAR_MAGIC)
     # uname and gname (265, 297) stay empty: ids are numeric in layers.
-    put_octal(329, 8, entry.devmajor)
-    put_octal(337, 8, entry.devminor)
+    if device_fields:  # else left NUL, as Python's tarfile leaves them on non-devices
+        put_octal(329, 8, entry.devmajor)
+        put_octal(337, 8, entry.devminor)
     block[148:156] = b" " * 8
     put(148, 8, b"%06o\x00 " % sum(block))
     return bytes(block)

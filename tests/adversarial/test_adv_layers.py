@@ -26,7 +26,7 @@ import pytest
 from advtools import TALLY, assert_clear_refusal, attempt_build, run_cli
 from ocitools import LAYER_TYPES, LayerBlob, compress_layer, sha256_digest, write_layout
 
-from imgbuild.archive import load
+from imgbuild.archive.load import load
 from imgbuild.errors import ImgbuildError, LayerError
 from imgbuild.layer.extract import apply_layer
 

@@ -11,8 +11,9 @@ import tarfile
 import pytest
 from imagetools import make_busybox_image, temp_leftovers
 
-from imgbuild import archive as archive_module
-from imgbuild.archive import load, save
+from imgbuild.archive import reader as archive_reader
+from imgbuild.archive.load import load
+from imgbuild.archive.save import save
 from imgbuild.errors import ArchiveError, DigestMismatch
 from imgbuild.store import Store
 
@@ -193,7 +194,7 @@ def test_a_file_that_is_not_an_archive_is_refused(store, unchanged, tmp_path):
 
 
 def test_a_tar_bomb_of_entries_is_refused(store, unchanged, tmp_path, monkeypatch):
-    monkeypatch.setattr(archive_module, "MAX_MEMBERS", 50)
+    monkeypatch.setattr(archive_reader, "MAX_MEMBERS", 50)
 
     def extra(tar):
         for i in range(60):
@@ -201,3 +202,28 @@ def test_a_tar_bomb_of_entries_is_refused(store, unchanged, tmp_path, monkeypatc
 
     with pytest.raises(ArchiveError, match="tar bomb"):
         load(store, docker_archive(tmp_path / "bomb.tar", extra=extra))
+
+
+def add_big_pax_header(tar: tarfile.TarFile) -> None:
+    info = tarfile.TarInfo("padding")
+    info.pax_headers = {"comment": "x" * (2 << 20)}  # read whole by a reader without a bound
+    tar.addfile(info, io.BytesIO(b""))
+
+
+def add_unknown_type(tar: tarfile.TarFile) -> None:
+    info = tarfile.TarInfo("strange")
+    info.type = b"Z"
+    tar.addfile(info)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        pytest.param(add_big_pax_header, "more than the 1048576 allowed", id="pax-header-over-1MiB"),
+        pytest.param(add_unknown_type, "unsupported entry type", id="unknown-entry-type"),
+    ],
+)
+def test_entries_gos_tar_reader_refuses_refuse_the_archive(store, unchanged, tmp_path, extra, message):
+    # Docker's loader (Go's archive/tar, then its untar) refuses these too.
+    with pytest.raises(ArchiveError, match=f"is damaged: .*{message}"):
+        load(store, docker_archive(tmp_path / "odd.tar", extra=extra))

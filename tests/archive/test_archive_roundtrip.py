@@ -15,7 +15,8 @@ import pytest
 from imagetools import make_busybox_image, temp_leftovers
 from store.storetools import make_small_image
 
-from imgbuild.archive import load, save
+from imgbuild.archive.load import load
+from imgbuild.archive.save import save
 from imgbuild.errors import ImageNotFound
 from imgbuild.image import OCI_LAYER
 from imgbuild.store import Store

@@ -8,6 +8,8 @@ import hashlib
 import io
 import lzma
 import os
+import socket
+import stat
 import tarfile
 import threading
 from functools import partial
@@ -197,6 +199,31 @@ def test_sources_outside_the_context_are_errors(build_df, tmp_path):
             build_df(f"FROM scratch\nCOPY {source} /x\n", context=context)
         assert isinstance(caught.value, (ContextError, BuildError))
         assert "Dockerfile:2" in str(caught.value)
+
+
+def test_special_files_in_the_context_are_copied_as_nodes_never_read(imgbuild_cli, store, tmp_path):
+    """A FIFO and device nodes are made again in the layer (as BuildKit transfers them),
+    never opened: a FIFO would block the build, /dev/zero would feed it bytes without
+    end. A socket, which no layer can carry, is skipped."""
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY . /x/\n")
+    os.mkfifo(context / "fifo")
+    os.mknod(context / "zero", stat.S_IFCHR | 0o666, os.makedev(1, 5))
+    os.mknod(context / "loop", stat.S_IFBLK | 0o600, os.makedev(7, 0))
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(context / "sock"))
+    server.close()
+    done = imgbuild_cli(store.root, "build", "-q", "-t", "special:1", str(context), timeout=60)
+    assert done.returncode == 0, done.stderr
+    (layer,) = store.load_image("special:1").layers
+    with tarfile.open(fileobj=io.BytesIO(store.read_blob(layer.digest)), mode="r:gz") as tar:
+        members = {m.name.removeprefix("./").rstrip("/"): m for m in tar.getmembers()}
+    assert members["x/fifo"].isfifo()
+    zero, loop = members["x/zero"], members["x/loop"]
+    assert zero.ischr() and (zero.devmajor, zero.devminor, zero.size) == (1, 5, 0)
+    assert loop.isblk() and (loop.devmajor, loop.devminor) == (7, 0)
+    assert "x/sock" not in members
 
 
 def test_dockerignore_rules(build_df):

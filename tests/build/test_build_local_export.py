@@ -200,6 +200,23 @@ def test_a_symlink_in_the_destination_is_replaced_not_followed(store, context, i
     assert (dest / "kept").read_text() == "the user's own file\n"  # merged, not wiped
 
 
+def test_a_hardlink_in_the_destination_is_replaced_not_written_through(
+    store, context, imgbuild_cli, tmp_path
+):
+    """A hard link to a host file, planted where the image has a file, is unlinked:
+    the export writes a new file (O_EXCL), never into the linked inode."""
+    sentinel = _sentinel(tmp_path)
+    before = _tree_digest(sentinel)
+    dest = tmp_path / "rootfs"
+    (dest / "etc").mkdir(parents=True)
+    os.link(sentinel / "etc" / "passwd", dest / "etc" / "passwd")
+    (context / "Dockerfile").write_text("FROM busybox\nRUN echo 'image:x:1:1::/:/bin/sh' > /etc/passwd\n")
+    _export(imgbuild_cli, store, context, f"type=local,dest={dest}")
+    assert _tree_digest(sentinel) == before
+    assert os.lstat(sentinel / "etc" / "passwd").st_nlink == 1
+    assert (dest / "etc" / "passwd").read_text() == "image:x:1:1::/:/bin/sh\n"
+
+
 def test_the_destination_named_through_a_symlink_of_the_user_is_followed(
     store, context, imgbuild_cli, tmp_path
 ):

@@ -7,12 +7,14 @@ import gzip
 import hashlib
 import os
 import signal
+import stat
 import subprocess
 import time
 from secrets import token_hex
 
 import pytest
 import zstandard
+from advtools import assert_clear_refusal, run_cli
 
 from imgbuild.builder.options import parse_secret
 
@@ -288,6 +290,55 @@ def test_bind_mount_of_a_device_node_is_opened_only_by_the_container(build_df, s
     assert "x" not in tree
 
 
+@pytest.fixture
+def tmpfs_dir(tmp_path):
+    """A directory on a tmpfs of its own: another file system than the store's."""
+    directory = tmp_path / "tmpfs"
+    directory.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "imgbuild-test", str(directory)], check=True)
+    yield directory
+    subprocess.run(["umount", str(directory)], check=True)
+
+
+@pytest.mark.parametrize("ignore_file", [False, True])
+def test_a_context_device_node_in_a_bind_mount_is_never_read(
+    build_df, store, tmp_path, loop_device, ignore_file
+):
+    """The context view of a bind mount has the node itself (bound, or hard-linked
+    when an ignore file filters the view): only the step can try to open it, and
+    the device cgroup refuses."""
+    context = tmp_path / f"device-context-{ignore_file}"
+    context.mkdir()
+    _bind_a_context_device_node(build_df, store, context, loop_device, ignore_file)
+
+
+def test_a_context_device_node_on_another_file_system_is_made_again_not_read(
+    build_df, store, tmpfs_dir, loop_device
+):
+    """Across file systems the filtered view cannot link the node: it makes it again
+    with mknod, and still never opens it."""
+    _bind_a_context_device_node(build_df, store, tmpfs_dir, loop_device, ignore_file=True)
+
+
+def _bind_a_context_device_node(build_df, store, context, loop_device, ignore_file: bool) -> None:
+    major, minor = loop_device
+    os.mknod(context / "node", stat.S_IFBLK | 0o600, os.makedev(major, minor))
+    files = {".dockerignore": "ignored\n"} if ignore_file else {}
+    built = build_df(
+        "FROM busybox\n"
+        "RUN --mount=type=bind,target=/ctx test -b /ctx/node && "
+        "(cat /ctx/node > /read 2>/read.err; echo $? > /read.status) || true\n",
+        files,
+        store=store,
+        context=context,
+    )
+    tree = built.tree()
+    assert tree["read"].data == b""
+    assert b"Operation not permitted" in tree["read.err"].data
+    assert tree["read.status"].data == b"1\n"
+    assert _files_containing(store.root, [DEVICE_MARKER]) == []
+
+
 def test_bind_mount_rw_of_a_fifo_binds_it(build_df):
     """A FIFO bound rw is the FIFO itself (shutil.copy2 used to raise SpecialFileError)."""
     built = build_df(
@@ -392,8 +443,9 @@ def test_secrets_are_readable_in_run_and_stored_nowhere(build_df, store, tmp_pat
 
 
 def _secrets_on_disk(store_root, needles: list[bytes]) -> list[str]:
-    """Files holding a secret in the store, or in /dev/shm and /tmp where secrets once went."""
-    places = [store_root, "/dev/shm"]
+    """Files holding a secret in the store, in /dev/shm and /tmp where secrets once went,
+    or in runc's state (which holds the container's config, not its process's environment)."""
+    places = [store_root, "/dev/shm", "/run/runc"]
     found = [path for place in places for path in _files_containing(place, needles)]
     return found + [
         os.path.join("/tmp", name)
@@ -451,6 +503,31 @@ def test_secrets_are_on_no_disk_while_the_step_runs_nor_after_a_kill(
         kill_group(process)
         clear_leftovers(store.root)
     assert _secrets_on_disk(store.root, needles) == []
+
+
+def test_a_secret_is_limited_to_500_kib_and_read_no_further(store, tmp_path, build_df):
+    """500 KiB fits, as in BuildKit; one byte more is refused, and a source that never
+    ends (``src=/dev/zero``) is refused after 500 KiB instead of filling the memory."""
+    exact = tmp_path / "exact"
+    exact.write_bytes(b"s" * (500 << 10))
+    built = build_df(
+        "FROM busybox\nRUN --mount=type=secret,id=s wc -c < /run/secrets/s > /n\n",
+        secrets=[parse_secret(f"id=s,src={exact}")],
+    )
+    assert built.tree()["n"].data == b"512000\n"
+    (tmp_path / "one-more").write_bytes(b"s" * ((500 << 10) + 1))
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM busybox\nRUN --mount=type=secret,id=s true\n")
+    for source in (tmp_path / "one-more", "/dev/zero"):
+        ran = run_cli(
+            ["build", "--progress", "plain", "--secret", f"id=s,src={source}", str(context)],
+            store.root,
+            timeout=60,
+        )
+        assert_clear_refusal(ran)
+        assert "secret s is larger than 500 KiB; secrets are limited to 500 KiB" in ran.stderr
+        assert "2 | RUN --mount=type=secret,id=s true" in ran.stderr
 
 
 def test_missing_required_secret_fails_and_optional_is_skipped(build_df):

@@ -112,3 +112,14 @@ def test_go_quote_matches_strconv_quote():
     assert go_quote('a"b\\c') == '"a\\"b\\\\c"'
     assert go_quote("\t\n\x00\x7f") == '"\\t\\n\\x00\\x7f"'
     assert go_quote("é♥\u00a0") == '"é♥\\u00a0"'
+
+
+def test_nesting_is_bounded_at_64():
+    """``${a:-${a:-...}}`` 64 deep expands; one more is an error naming the bound, not
+    a RecursionError (docs/security.md, "Bounds")."""
+    def nested(depth: int) -> str:
+        return "${a:-" * depth + "x" + "}" * depth
+
+    assert expand_word(nested(64), {}) == "x"
+    with pytest.raises(ExpansionError, match="nested more than 64 deep"):
+        expand_word(nested(65), {})

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from sandbox.sandboxtools import containers_under, make_busybox_rootfs, needs_root_and_runc
 
-from imgbuild.builder.overlay import mount_overlay, mounts_under, prune_copied_up_dirs
-from imgbuild.builder.sandbox import Mount, PrivateFile, RunSpec, run_container
-from imgbuild.builder.users import resolve_user
 from imgbuild.errors import Interrupted, SandboxError
+from imgbuild.sandbox.overlay import mount_overlay, mounts_under, prune_copied_up_dirs
+from imgbuild.sandbox.runtime import Mount, PrivateFile, RunSpec, run_container
+from imgbuild.sandbox.users import resolve_user
 
 pytestmark = pytest.mark.root
 PROJECT = Path(__file__).resolve().parents[2]
@@ -124,6 +124,30 @@ def test_the_command_is_pid_1(step):
     assert step.run(["cat", "/proc/1/cmdline"]) == (0, "cat\0/proc/1/cmdline\0")
 
 
+NAMESPACES = ("mnt", "pid", "ipc", "uts", "net", "user", "cgroup")
+
+
+@pytest.mark.parametrize("network", ["host", "none"])
+def test_namespaces_as_in_docker(step, network):
+    """Own mount, PID, IPC and UTS namespaces (and network with none); the host's user
+    and cgroup namespaces, as docker build without userns-remap (docs/security.md)."""
+    script = (
+        "for ns in " + " ".join(NAMESPACES) + "; do busybox readlink /proc/self/ns/$ns; done; "
+        "hostname; ls /proc"
+    )
+    status, output = step.sh(script, network=network)
+    assert status == 0, output
+    lines = output.split()
+    inside = dict(zip(NAMESPACES, lines[: len(NAMESPACES)], strict=True))
+    host = {ns: os.readlink(f"/proc/self/ns/{ns}") for ns in NAMESPACES}
+    private = {"mnt", "pid", "ipc", "uts"} | ({"net"} if network == "none" else set())
+    assert {ns for ns in NAMESPACES if inside[ns] != host[ns]} == private
+    assert lines[len(NAMESPACES)] == "imgbuild"
+    # PID 1 is the shell and ls is its child: no host process shows in /proc.
+    pids = sorted(int(name) for name in lines[len(NAMESPACES) + 1 :] if name.isdigit())
+    assert pids[0] == 1 and len(pids) <= 3 and pids[-1] < 10, pids
+
+
 def test_network_none_has_only_loopback(step):
     status, output = step.run(["cat", "/proc/net/dev"], network="none")
     assert status == 0
@@ -175,6 +199,85 @@ def test_proc_sys_and_dev(step):
         "4",
         "no-host-disks",
     ]
+
+
+# Docker's masked paths (hidden) and read-only paths, as runc is told them.
+MASKED = [
+    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+    "/sys/firmware", "/sys/devices/virtual/powercap",
+]  # fmt: skip
+READ_ONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+
+def _mount_options(mountinfo: str) -> dict[str, set[str]]:
+    """Mount point -> its per-mount and super-block options (the last mount on a path wins)."""
+    options = {}
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        rest = fields[fields.index("-") + 1 :]
+        options[fields[4]] = set(fields[5].split(",")) | set(rest[2].split(","))
+    return options
+
+
+def test_proc_is_nosuid_noexec_nodev_and_dockers_paths_are_masked_or_read_only(step):
+    paths = " ".join(MASKED)
+    script = (
+        "cat /proc/self/mountinfo; echo ===; "
+        f"for p in {paths}; do "
+        "if [ -d $p ]; then echo $p dir $(ls -A $p | wc -l); "
+        "elif [ -e $p ]; then echo $p file $(cat $p 2>/dev/null | wc -c); "
+        "else echo $p absent 0; fi; done"
+    )
+    status, output = step.sh(script)
+    assert status == 0, output
+    mountinfo, listing = output.split("===\n")
+    mounts = _mount_options(mountinfo)
+    assert {"nosuid", "noexec", "nodev"} <= mounts["/proc"]
+    seen = {path: (kind, int(size)) for path, kind, size in map(str.split, listing.splitlines())}
+    for path in MASKED:
+        kind, size = seen[path]
+        assert size == 0, f"{path} is not masked: {kind} with {size} bytes or entries"
+        if os.path.exists(path):  # runc masks what exists: an empty file or a read-only tmpfs
+            assert path in mounts, f"{path} exists on the host but is not masked"
+            if kind == "dir":
+                assert "ro" in mounts[path], (path, mounts[path])
+    for path in READ_ONLY:
+        if os.path.exists(path):
+            assert "ro" in mounts[path], (path, mounts.get(path))
+
+
+def test_dev_holds_only_dockers_devices(step):
+    status, output = step.sh("ls -A /dev; echo ===; cat /proc/self/mountinfo")
+    assert status == 0, output
+    listing, mountinfo = output.split("===\n")
+    # The devices, the pts/shm/mqueue mounts, and the symlinks runc adds (fd, stdin, ...).
+    assert sorted(listing.split()) == [
+        "fd", "full", "mqueue", "null", "ptmx", "pts", "random", "shm",
+        "stderr", "stdin", "stdout", "tty", "urandom", "zero",
+    ]  # fmt: skip
+    mounts = _mount_options(mountinfo)
+    assert "size=65536k" in mounts["/dev/shm"]
+    assert {"nosuid", "noexec", "nodev"} <= mounts["/dev/shm"]
+
+
+def test_the_device_cgroup_refuses_nodes_made_with_mknod(step):
+    """mknod works (CAP_MKNOD, as in Docker) but only Docker's devices can be opened:
+    a FUSE, loop-control or loop device node made in the step cannot."""
+    script = """
+        mkdir /tmp && cd /tmp
+        mknod null-again c 1 3 && echo x > null-again && echo null-opens
+        for node in "fuse c 10 229" "loop-control c 10 237" "loop0 b 7 0"; do
+            set -- $node
+            mknod $1 $2 $3 $4 || echo "$1 mknod-failed"
+            { exec 3< $1; } 2>&1 | grep -q 'Operation not permitted' && echo "$1 refused"
+        done
+    """
+    status, output = step.sh(textwrap.dedent(script))
+    assert status == 0, output
+    assert output.split("\n") == [
+        "null-opens", "fuse refused", "loop-control refused", "loop0 refused", "",
+    ]  # fmt: skip
 
 
 def test_open_files_limit(step):
@@ -436,8 +539,8 @@ def test_cancel_from_another_thread_kills_the_container(tmp_path, step):
 INTERRUPTED_BUILD = """
 import signal, sys
 from pathlib import Path
-from imgbuild.builder.overlay import mount_overlay
-from imgbuild.builder.sandbox import RunSpec, run_container
+from imgbuild.sandbox.overlay import mount_overlay
+from imgbuild.sandbox.runtime import RunSpec, run_container
 
 def stop(signum, frame):  # what the CLI does with SIGTERM
     raise KeyboardInterrupt

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from imgbuild.builder.sandbox import DEFAULT_CAPABILITIES
-from imgbuild.builder.seccomp import ALWAYS_ALLOWED, default_profile
+from imgbuild.sandbox.runtime import DEFAULT_CAPABILITIES
+from imgbuild.sandbox.seccomp import ALWAYS_ALLOWED, BY_CAPABILITY, default_profile
 
 
 def _allowed(profile: dict) -> set[str]:
@@ -30,7 +30,16 @@ def test_default_capabilities_on_x86_64():
     assert {"arch_prctl", "modify_ldt", "chroot", "ptrace"} <= allowed
     refused = {"mount", "umount2", "unshare", "setns", "keyctl", "add_key", "request_key", "bpf",
                "reboot", "init_module", "kexec_load", "open_by_handle_at", "io_uring_setup",
-               "perf_event_open", "syslog", "clone", "clone3", "personality", "socket"}  # fmt: skip
+               "perf_event_open", "syslog", "clone", "clone3", "personality", "socket",
+               "io_uring_enter", "io_uring_register", "userfaultfd", "pivot_root", "swapon",
+               "swapoff", "move_pages", "uselib", "ustat", "_sysctl", "clock_settime",
+               "quotactl", "kexec_file_load", "finit_module", "delete_module"}  # fmt: skip
+    # Never allowed, whatever the capabilities (docs/security.md, "Seccomp").
+    never = {"keyctl", "add_key", "request_key", "io_uring_setup", "io_uring_enter",
+             "io_uring_register", "userfaultfd", "pivot_root", "kexec_load", "swapon",
+             "swapoff", "move_pages", "uselib", "ustat", "_sysctl"}  # fmt: skip
+    every_capability = default_profile(list(BY_CAPABILITY), machine="x86_64", kernel="6.1")
+    assert not never & {n for rule in every_capability["syscalls"] for n in rule["names"]}
     assert not refused & allowed
     # clone only without namespace flags; clone3 fails with ENOSYS so libc falls back to it
     assert _rules_for(profile, "clone") == [
