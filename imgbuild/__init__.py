@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from imgbuild.builder.engine import BuildResult
-    from imgbuild.builder.options import BuildOptions
-    from imgbuild.builder.progress import Progress
+    from imgbuild.build.engine import BuildResult
+    from imgbuild.build.options import BuildOptions
+    from imgbuild.build.progress import Progress
     from imgbuild.store import Store
 
 __version__ = "0.1.0"
@@ -24,6 +24,6 @@ __version__ = "0.1.0"
 def build(store: Store, options: BuildOptions, progress: Progress | None = None) -> BuildResult:
     """Build ``options.context`` into ``store`` as ``options`` say (see BuildOptions)."""
     # imported here so that `import imgbuild` stays cheap for the CLI's other verbs
-    from imgbuild.builder.engine import build as build_image
+    from imgbuild.build.engine import build as build_image
 
     return build_image(store, options, progress)

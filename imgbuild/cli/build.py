@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from imgbuild.builder.options import (
+from imgbuild.build.options import (
     COMPRESSIONS,
     BuildOptions,
     parse_key_value_list,
@@ -96,7 +96,7 @@ def options_from_args(args) -> BuildOptions:
 
 
 def run(args) -> int:
-    from imgbuild.builder.engine import build
+    from imgbuild.build.engine import build
     from imgbuild.store import Store
 
     options = options_from_args(args)

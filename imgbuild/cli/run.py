@@ -18,7 +18,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from imgbuild.builder.runimage import RunOptions, run_image
+    from imgbuild.build.runimage import RunOptions, run_image
     from imgbuild.store import Store
 
     options = RunOptions(

@@ -23,7 +23,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgbuild.builder.options import SecretSpec
+from imgbuild.build.options import SecretSpec
 from imgbuild.errors import BuildError, Interrupted
 from imgbuild.safeopen import resolve_in_root
 from imgbuild.sandbox.overlay import mount_overlay

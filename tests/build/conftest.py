@@ -26,9 +26,9 @@ import pytest
 import zstandard
 from imagetools import make_busybox_image
 
-from imgbuild.builder.engine import BuildResult, build
-from imgbuild.builder.options import BuildOptions
-from imgbuild.builder.progress import Progress
+from imgbuild.build.engine import BuildResult, build
+from imgbuild.build.options import BuildOptions
+from imgbuild.build.progress import Progress
 from imgbuild.image import Image
 from imgbuild.store import Store
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import imgbuild
-from imgbuild.builder.options import BuildOptions
+from imgbuild.build.options import BuildOptions
 
 
 def test_imgbuild_build_is_callable_after_importing_the_builder_package(store, tmp_path, image_tree):
-    # Importing imgbuild.builder.* must not hide the top-level function.
+    # Importing imgbuild.build.* must not hide the top-level function.
     context = tmp_path / "context"
     context.mkdir()
     (context / "Dockerfile").write_text("FROM busybox\nRUN echo api > /api.txt\nCMD [\"cat\", \"/api.txt\"]\n")

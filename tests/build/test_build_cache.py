@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from imgbuild.builder.engine import Builder
-from imgbuild.builder.options import BuildOptions
-from imgbuild.builder.progress import Progress
+from imgbuild.build.engine import Builder
+from imgbuild.build.options import BuildOptions
+from imgbuild.build.progress import Progress
 from imgbuild.registry.push import push
 
 pytestmark = pytest.mark.root

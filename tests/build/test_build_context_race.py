@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from imgbuild import safeopen
-from imgbuild.builder import copy as copy_module
-from imgbuild.builder.engine import build
-from imgbuild.builder.options import BuildOptions
-from imgbuild.builder.progress import Progress
+from imgbuild.build import copy as copy_module
+from imgbuild.build.engine import build
+from imgbuild.build.options import BuildOptions
+from imgbuild.build.progress import Progress
 from imgbuild.errors import ContextError, ImgbuildError
 from imgbuild.sandbox import runmounts as runstep_module
 from imgbuild.store import Store

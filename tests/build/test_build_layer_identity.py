@@ -193,7 +193,7 @@ def test_compression_is_honoured_with_source_date_epoch(build_df, store, compres
 
 
 def test_output_compression_is_honoured_with_source_date_epoch(build_df, store, tmp_path):
-    from imgbuild.builder.options import parse_output
+    from imgbuild.build.options import parse_output
 
     dest = tmp_path / "oci-out"
     built = build_df(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild.builder.options import parse_output
+from imgbuild.build.options import parse_output
 from imgbuild.image import Image
 from imgbuild.store import Store
 

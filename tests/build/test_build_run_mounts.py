@@ -16,7 +16,7 @@ import pytest
 import zstandard
 from advtools import assert_clear_refusal, run_cli
 
-from imgbuild.builder.options import parse_secret
+from imgbuild.build.options import parse_secret
 
 pytestmark = pytest.mark.root
 

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from imgbuild.builder.engine import build
-from imgbuild.builder.options import BuildOptions
-from imgbuild.builder.progress import Progress
+from imgbuild.build.engine import build
+from imgbuild.build.options import BuildOptions
+from imgbuild.build.progress import Progress
 from imgbuild.store import Store
 
 pytestmark = pytest.mark.root

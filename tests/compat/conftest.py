@@ -31,9 +31,9 @@ from comparetools import (
 )
 from imagetools import make_busybox_image
 
-from imgbuild.builder.engine import BuildResult, build
-from imgbuild.builder.options import BuildOptions
-from imgbuild.builder.progress import Progress
+from imgbuild.build.engine import BuildResult, build
+from imgbuild.build.options import BuildOptions
+from imgbuild.build.progress import Progress
 from imgbuild.store import Store
 
 PROJECT = Path(__file__).resolve().parents[2]

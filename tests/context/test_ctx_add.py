@@ -19,8 +19,8 @@ import time
 import pytest
 import zstandard
 
-from imgbuild.builder.copy import archive_compression, copy_into
-from imgbuild.builder.fetch import fetch_url, url_filename
+from imgbuild.build.copy import archive_compression, copy_into
+from imgbuild.build.fetch import fetch_url, url_filename
 from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.source import BuildContext
 from imgbuild.errors import BuildError

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from layer.layer_support import CAP_NET_RAW, read_tree, set_times
 
-from imgbuild.builder.copy import archive_compression, copy_into
+from imgbuild.build.copy import archive_compression, copy_into
 from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.source import BuildContext
 from imgbuild.errors import BuildError

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from imgbuild.builder.copy import HeredocFile, copy_into
+from imgbuild.build.copy import HeredocFile, copy_into
 from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.source import BuildContext
 from imgbuild.errors import BuildError

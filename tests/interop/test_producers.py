@@ -57,9 +57,9 @@ from comparetools import (
 from imagetools import make_busybox_rootfs
 from ocitools import BUSYBOX_PATH, compress_layer, push_layout_raw, write_layout
 
-from imgbuild.builder.engine import build
-from imgbuild.builder.options import BuildOptions
-from imgbuild.builder.progress import Progress
+from imgbuild.build.engine import build
+from imgbuild.build.options import BuildOptions
+from imgbuild.build.progress import Progress
 from imgbuild.errors import ImgbuildError
 from imgbuild.store import Store
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from imgbuild.archive.names import ArchivedImage
 from imgbuild.archive.save import write_archive
-from imgbuild.builder.cache import LayerRef
-from imgbuild.builder.export import export_tree
-from imgbuild.builder.options import OutputSpec
-from imgbuild.builder.rootfs import mounted_layers, recompress
+from imgbuild.build.cache import LayerRef
+from imgbuild.build.export import export_tree
+from imgbuild.build.options import OutputSpec
+from imgbuild.build.rootfs import mounted_layers, recompress
 from imgbuild.errors import BuildError, UsageError
 from imgbuild.image import OCI_INDEX, Image, canonical_json
 from imgbuild.store import Store, normalise_tag

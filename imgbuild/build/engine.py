@@ -1,8 +1,8 @@
 """The build engine: walks the plan, stage by stage and step by step.
 
-For every step it computes the cache key (imgbuild.builder.cache), reuses the
+For every step it computes the cache key (imgbuild.build.cache), reuses the
 layer on a hit, and otherwise runs the step in a workspace over the parent
-layers (imgbuild.builder.rootfs): RUN in the sandbox, COPY/ADD with the copy
+layers (imgbuild.build.rootfs): RUN in the sandbox, COPY/ADD with the copy
 rules, WORKDIR as a mkdir. Metadata instructions only change the config.
 Stages the target does not need are skipped; independent stages build in
 parallel threads (``--jobs``).
@@ -24,15 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgbuild import dockerfile as frontend
-from imgbuild.builder import imageconfig as ic
-from imgbuild.builder.cache import BuildCache, LayerRef, cache_key
-from imgbuild.builder.copy import mkdir_all
-from imgbuild.builder.copystep import CopyRequest, run_copy
-from imgbuild.builder.metadata import apply_metadata
-from imgbuild.builder.options import BuildOptions
-from imgbuild.builder.outputs import write_outputs
-from imgbuild.builder.progress import Progress, Step, Summary, make_progress
-from imgbuild.builder.rootfs import image_layers, mounted_layers, recompress, workspace
+from imgbuild.build import imageconfig as ic
+from imgbuild.build.cache import BuildCache, LayerRef, cache_key
+from imgbuild.build.copy import mkdir_all
+from imgbuild.build.copystep import CopyRequest, run_copy
+from imgbuild.build.metadata import apply_metadata
+from imgbuild.build.options import BuildOptions
+from imgbuild.build.outputs import write_outputs
+from imgbuild.build.progress import Progress, Step, Summary, make_progress
+from imgbuild.build.rootfs import image_layers, mounted_layers, recompress, workspace
 from imgbuild.context.buildfiles import load_ignore_patterns, read_build_file
 from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.gopath import go_clean

@@ -10,10 +10,10 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from imgbuild.builder import imageconfig as ic
-from imgbuild.builder.cache import LayerRef
-from imgbuild.builder.engine import signals_raise_interrupt
-from imgbuild.builder.rootfs import image_layers, workspace
+from imgbuild.build import imageconfig as ic
+from imgbuild.build.cache import LayerRef
+from imgbuild.build.engine import signals_raise_interrupt
+from imgbuild.build.rootfs import image_layers, workspace
 from imgbuild.errors import Interrupted, UsageError
 from imgbuild.sandbox.runtime import RunSpec, run_container
 from imgbuild.sandbox.users import resolve_user

@@ -2,13 +2,13 @@
 
 ENV, LABEL, MAINTAINER, EXPOSE, VOLUME, USER, STOPSIGNAL, SHELL, CMD,
 ENTRYPOINT, HEALTHCHECK and ONBUILD make no layer: each updates the config
-(``imgbuild.builder.imageconfig`` has the rules) and adds a history entry
+(``imgbuild.build.imageconfig`` has the rules) and adds a history entry
 worded as BuildKit words it. ARG is the scope's business (the engine).
 """
 
 from __future__ import annotations
 
-from imgbuild.builder import imageconfig as ic
+from imgbuild.build import imageconfig as ic
 from imgbuild.dockerfile import (
     Cmd,
     Entrypoint,

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from imgbuild.builder.fetch import Fetched
+from imgbuild.build.fetch import Fetched
 from imgbuild.context.gopath import go_clean
 from imgbuild.context.source import Entry, Selected
 from imgbuild.errors import BuildError, NotADirectory, UntarError

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from imgbuild.builder.cache import LayerRef
+from imgbuild.build.cache import LayerRef
 from imgbuild.errors import DigestMismatch
 from imgbuild.image import Descriptor, Image, chain_ids
 from imgbuild.layer.decompress import open_tar_stream
