@@ -104,6 +104,11 @@ class NotADirectory(BuildError):
         super().__init__(f"{path} is not a directory (it is {kind})")
 
 
+class UntarError(BuildError):
+    """ADD cannot extract a local tar archive: it is damaged, or an entry
+    would land outside the destination or below something not a directory."""
+
+
 class SandboxError(BuildError):
     """The sandbox could not be set up or torn down (mounts, runtime)."""
 

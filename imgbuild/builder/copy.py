@@ -18,39 +18,31 @@ backend and tonistiigi/fsutil ``copy``):
   and the source's own owner for COPY --from a stage or image;
 - ADD extracts a local tar archive (plain, gzip, bzip2, xz, zstd, detected by
   content, not by name) into the destination, like Docker's archive.Untar run
-  in a chroot: entries and link targets that climb out with ``..`` are
-  refused, absolute paths are placed inside, and entries written through a
-  symlink stay inside the destination; entries keep the archive's owners
-  (or get --chown), modes and mtimes;
+  in a chroot (``imgbuild.layer.untar``): entries and link targets that climb
+  out with ``..`` are refused, absolute paths are placed inside, and entries
+  written through a symlink stay inside the destination; entries keep the
+  archive's owners (or get --chown), modes and mtimes;
 - ADD of a URL places the downloaded file (see ``fetch.py``), not extracted;
 - heredocs (``COPY <<EOF``) are files of mode 0644.
 """
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import lzma
 import os
 import posixpath
-import shutil
 import stat
-import tarfile
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import zstandard
-
 from imgbuild.builder.fetch import Fetched
-from imgbuild.context.gopath import go_clean, go_dir
+from imgbuild.context.gopath import go_clean
 from imgbuild.context.source import Entry, Selected
-from imgbuild.errors import BuildError, NotADirectory
+from imgbuild.errors import BuildError, NotADirectory, UntarError
+from imgbuild.layer import untar
 from imgbuild.safeopen import kind_of, resolve_in_root
 
-COPY_CHUNK = 1 << 20
 HEREDOC_MODE = 0o644
 URL_MODE = 0o600
 PARENT_MODE = 0o755
@@ -407,21 +399,7 @@ def _place_bytes(
     _finish_single_file(dest, HEREDOC_MODE, None, chown, chmod)
 
 
-# --- ADD: local tar archives --------------------------------------------------
-
-_MAGIC = (
-    (b"\x1f\x8b\x08", "gzip"),
-    (b"BZh", "bzip2"),
-    (b"\xfd7zXZ\x00", "xz"),
-    (b"\x28\xb5\x2f\xfd", "zstd"),
-)
-
-
-def _compression_of(head: bytes) -> str:
-    for magic, name in _MAGIC:
-        if head.startswith(magic):
-            return name
-    return "none"
+# --- ADD: local tar archives (extracted by imgbuild.layer.untar) ----------------
 
 
 def _open_raw(source: Path | Selected) -> BinaryIO:
@@ -432,51 +410,16 @@ def _open_raw(source: Path | Selected) -> BinaryIO:
     return open(source, "rb")
 
 
-def _open_decompressed(source: Path | Selected) -> BinaryIO:
-    raw = _open_raw(source)  # closed by the stream returned below
-    kind = _compression_of(raw.read(6))
-    raw.seek(0)
-    if kind == "gzip":
-        return gzip.GzipFile(fileobj=raw)
-    if kind == "bzip2":
-        return bz2.BZ2File(raw)
-    if kind == "xz":
-        return lzma.LZMAFile(raw)
-    if kind == "zstd":
-        return zstandard.ZstdDecompressor().stream_reader(
-            raw, read_across_frames=True, closefd=True
-        )
-    return raw
-
-
 def archive_compression(path: Path | Selected) -> str | None:
     """If ``path`` is a tar archive ADD would extract, its compression
-    ("none", "gzip", "bzip2", "xz", "zstd"); else None.
-
-    Like BuildKit's isArchivePath: a regular file whose (decompressed) start
-    is a valid tar header. An empty archive does not count.
-    """
+    ("none", "gzip", "bzip2", "xz", "zstd"); else None (see ``untar``)."""
     try:
         if isinstance(path, Path) and not stat.S_ISREG(os.lstat(path).st_mode):
             return None
         with _open_raw(path) as raw:
-            kind = _compression_of(raw.read(6))
-        with _open_decompressed(path) as stream:
-            block = _read_exactly(stream, tarfile.BLOCKSIZE)
-        tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape")
-    except (OSError, EOFError, tarfile.TarError, lzma.LZMAError, zstandard.ZstdError, ValueError):
+            return untar.archive_compression(raw)
+    except OSError:
         return None
-    return kind
-
-
-def _read_exactly(stream: BinaryIO, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = stream.read(size - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
 
 
 def _extract_archive(
@@ -490,130 +433,7 @@ def _extract_archive(
     if not stat.S_ISDIR(os.lstat(dest).st_mode):
         raise _Refused(f"cannot extract {item.source} into non-directory {target.text}")
     try:
-        with (
-            _open_decompressed(item) as stream,
-            tarfile.open(fileobj=stream, mode="r|") as archive,
-        ):
-            _Untar(dest, chown, item.source).run(archive)
-    except (tarfile.TarError, EOFError, lzma.LZMAError, zstandard.ZstdError, zlib.error) as error:
-        raise _Refused(f"{item.source} is a damaged archive: {error}") from None
-
-
-class _Untar:
-    """Docker's archive.Untar into ``dest`` as if ``dest`` were the root (chrootarchive)."""
-
-    def __init__(self, dest: Path, chown: tuple[int, int] | None, source: str):
-        self.dest = dest
-        self.chown = chown
-        self.source = source
-        self.directories: list[tuple[Path, tarfile.TarInfo]] = []
-
-    def breakout(self, what: str) -> _Refused:
-        return _Refused(f"{self.source}: {what} is outside of the destination")
-
-    def run(self, archive: tarfile.TarFile) -> None:
-        for member in archive:
-            self.extract(archive, member)
-        # Directory times last, or creating their children would change them.
-        for path, member in self.directories:
-            os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
-
-    def extract(self, archive: tarfile.TarFile, member: tarfile.TarInfo) -> None:
-        rel = _entry_path(member.name)
-        if rel is None:
-            raise self.breakout(repr(member.name))
-        if rel == ".":
-            return  # the destination itself: Docker leaves it alone
-        parent_rel, leaf = go_dir(rel), posixpath.basename(rel)
-        parent = resolve_in_root(self.dest, parent_rel)
-        try:
-            _mkdir_below(self.dest, parent, self.chown)  # Docker's createImpliedDirectories
-        except NotADirectory as problem:
-            # its path is relative to the destination, not to the image's root
-            raise _Refused(
-                f"{self.source}: cannot extract {member.name}: "
-                f"{problem.path.lstrip('/')} below the destination is not a directory"
-            ) from None
-        path = parent / leaf
-        existing = _lstat(path)
-        if existing is not None and not (stat.S_ISDIR(existing.st_mode) and member.isdir()):
-            # Docker replaces whatever is there, unless both are directories (merge).
-            if stat.S_ISDIR(existing.st_mode):
-                shutil.rmtree(path)
-            else:
-                os.unlink(path)
-        if member.isdir():
-            if existing is None or not stat.S_ISDIR(existing.st_mode):
-                os.mkdir(path, 0o700)
-            self.directories.append((path, member))
-        elif member.isreg():
-            self.write_file(archive, member, path)
-        elif member.issym():
-            if _join_inside(parent_rel, member.linkname) is None:
-                raise self.breakout(f"symlink {member.name} -> {member.linkname}")
-            os.symlink(member.linkname, path)
-        elif member.islnk():
-            linked = _join_inside(".", member.linkname)
-            if linked is None or linked == ".":
-                raise self.breakout(f"hardlink {member.name} -> {member.linkname}")
-            source = resolve_in_root(self.dest, go_dir(linked)) / posixpath.basename(linked)
-            os.link(source, path, follow_symlinks=False)
-        elif member.ischr() or member.isblk():
-            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-            os.mknod(path, kind | 0o600, os.makedev(member.devmajor, member.devminor))
-        elif member.isfifo():
-            os.mkfifo(path, 0o600)
-        else:
-            raise _Refused(f"{self.source}: unsupported tar entry type for {member.name}")
-        # As Docker's createTarFile: a hardlink's header also sets the shared
-        # inode's owner and mode (tar writers repeat the target's), not its times.
-        self.set_owner(member, path)
-        self.set_xattrs(member, path)
-        if not stat.S_ISLNK(os.lstat(path).st_mode):
-            os.chmod(path, member.mode & 0o7777)
-        if not member.isdir() and not member.islnk():
-            os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
-
-    def write_file(self, archive: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> None:
-        data = archive.extractfile(member)
-        fd = os.open(
-            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
-        with os.fdopen(fd, "wb") as out:
-            if data is not None:
-                shutil.copyfileobj(data, out, COPY_CHUNK)
-
-    def set_owner(self, member: tarfile.TarInfo, path: Path) -> None:
-        uid, gid = self.chown or (member.uid, member.gid)
-        os.chown(path, uid, gid, follow_symlinks=False)
-
-    def set_xattrs(self, member: tarfile.TarInfo, path: Path) -> None:
-        for key, value in member.pax_headers.items():
-            if not key.startswith("SCHILY.xattr."):
-                continue
-            try:
-                raw = value.encode("utf-8", "surrogateescape")
-                os.setxattr(path, key.removeprefix("SCHILY.xattr."), raw, follow_symlinks=False)
-            except OSError:
-                pass  # BestEffortXattrs, as BuildKit asks of archive.Untar
-
-
-def _entry_path(name: str) -> str | None:
-    """An archive entry's path relative to the destination, cleaned as Docker
-    does (``/x`` and ``/../x`` are inside); None if it climbs out (``../x``)."""
-    cleaned = go_clean(name)
-    if cleaned.startswith("/"):
-        return go_clean(cleaned[1:] or ".")
-    if cleaned == ".." or cleaned.startswith("../"):
-        return None
-    return cleaned
-
-
-def _join_inside(base: str, link: str) -> str | None:
-    """Docker's check for link targets: ``filepath.Join(base, link)`` (which
-    keeps an absolute ``link`` below ``base``) must stay inside the destination.
-    Returns the joined path relative to the destination, or None."""
-    cleaned = go_clean(f"{base}/{link}")
-    if cleaned == ".." or cleaned.startswith("../"):
-        return None
-    return cleaned
+        with _open_raw(item) as raw:
+            untar.untar(raw, dest, chown=chown, source=item.source)
+    except UntarError as problem:
+        raise _Refused(str(problem)) from None

@@ -51,7 +51,10 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
                 level=options.compression_level,
                 source_date_epoch=options.source_date_epoch,
             )
-        builder.cache.record(lookup_key, "" if work.independent else state.key, layer, work.created_by)
+        # Another build may have recorded this key meanwhile: go on with its layer.
+        layer = builder.cache.record(
+            lookup_key, "" if work.independent else state.key, layer, work.created_by, replace=cache_disabled
+        )
         builder.progress.done(step)
         builder.count(cached=False)
     if layer is not None:

@@ -1,5 +1,8 @@
 """Opening a layer blob as an uncompressed tar stream: gzip, zstd or plain.
 
+ADD's local archives (``open_archive_stream``) may also be bzip2 or xz, as
+Docker's archive package reads them; layers may not.
+
 The compression is detected from the blob's first bytes; a media type, when the
 caller has one, is only checked to be a layer type we know. Truncated or corrupt
 streams raise ``LayerError`` (the zstd library does not notice truncation by
@@ -9,7 +12,9 @@ decompression bomb cannot make us buffer more than one read's worth.
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import lzma
 import zlib
 from typing import BinaryIO, Protocol
 
@@ -19,7 +24,17 @@ from imgbuild.errors import LayerError
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_UNSUPPORTED_MAGIC = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
+BZIP2_MAGIC = b"BZh"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+_UNSUPPORTED_MAGIC = {BZIP2_MAGIC: "bzip2", XZ_MAGIC: "xz"}
+# Docker's archive.DetectCompression, which ADD uses: its gzip magic includes
+# the deflate method byte.
+_ARCHIVE_MAGIC = (
+    (GZIP_MAGIC + b"\x08", "gzip"),
+    (BZIP2_MAGIC, "bzip2"),
+    (XZ_MAGIC, "xz"),
+    (ZSTD_MAGIC, "zstd"),
+)
 
 # Layer media types we accept (OCI and Docker). Which decompressor to use is
 # decided from the content's magic bytes, as containerd does.
@@ -52,10 +67,10 @@ def open_tar_stream(blob: BinaryIO, media_type: str | None = None) -> Readable:
             f"unsupported layer media type {media_type!r} (encrypted or non-layer blob?); "
             "expected an OCI or Docker tar layer"
         )
-    head = _read_up_to(blob, 6)
+    head = read_up_to(blob, 6)
     source = _Prefixed(head, blob)
     if head.startswith(GZIP_MAGIC):
-        return _GzipStream(source)
+        return _LibraryStream(gzip.GzipFile(fileobj=source, mode="rb"), "gzip")
     if head.startswith(ZSTD_MAGIC):
         return _ZstdStream(source)
     for magic, name in _UNSUPPORTED_MAGIC.items():
@@ -66,7 +81,26 @@ def open_tar_stream(blob: BinaryIO, media_type: str | None = None) -> Readable:
     return source
 
 
-def _read_up_to(stream: BinaryIO, size: int) -> bytes:
+def open_archive_stream(raw: BinaryIO) -> tuple[str, Readable]:
+    """For ADD only: a local archive's compression ("none", "gzip", "bzip2",
+    "xz" or "zstd", from its first bytes) and its uncompressed stream, whose
+    ``read`` raises LayerError on damage."""
+    head = read_up_to(raw, 6)
+    source = _Prefixed(head, raw)
+    kind = next((name for magic, name in _ARCHIVE_MAGIC if head.startswith(magic)), "none")
+    if kind == "gzip":
+        return kind, _LibraryStream(gzip.GzipFile(fileobj=source, mode="rb"), kind)
+    if kind == "bzip2":
+        return kind, _LibraryStream(bz2.BZ2File(source), kind)  # type: ignore[arg-type]
+    if kind == "xz":
+        return kind, _LibraryStream(lzma.LZMAFile(source), kind)  # type: ignore[arg-type]
+    if kind == "zstd":
+        return kind, _ZstdStream(source)
+    return kind, source
+
+
+def read_up_to(stream: Readable, size: int) -> bytes:
+    """``size`` bytes of ``stream``, fewer only where it ends."""
     parts = []
     while size:
         chunk = stream.read(size)
@@ -93,17 +127,31 @@ class _Prefixed:
         return self._rest.read(size)
 
 
-class _GzipStream:
-    def __init__(self, source: _Prefixed):
-        # GzipFile reads multi-member streams, checks each member's CRC and size,
-        # and raises EOFError when the stream ends early.
-        self._gzip = gzip.GzipFile(fileobj=source, mode="rb")  # type: ignore[arg-type]
+# What each standard-library reader raises for damaged data. bz2 says
+# "Invalid data stream" with a plain OSError, so for bzip2 (ADD only) an I/O
+# error reads as damage too.
+_DAMAGE: dict[str, tuple[type[Exception], ...]] = {
+    "gzip": (EOFError, gzip.BadGzipFile, zlib.error),
+    "bzip2": (EOFError, OSError),
+    "xz": (EOFError, lzma.LZMAError),
+}
+
+
+class _LibraryStream:
+    """A gzip, bzip2 or xz reader of the standard library. Each reads
+    multi-member streams, checks every member's checksum, and raises EOFError
+    when the stream ends early."""
+
+    def __init__(self, reader: gzip.GzipFile | bz2.BZ2File | lzma.LZMAFile, name: str):
+        self._reader = reader
+        self._name = name
+        self._damage = _DAMAGE[name]
 
     def read(self, size: int) -> bytes:
         try:
-            return self._gzip.read(size)
-        except (EOFError, gzip.BadGzipFile, zlib.error) as error:
-            raise LayerError(f"layer gzip stream is truncated or corrupt: {error}") from error
+            return self._reader.read(size)
+        except self._damage as error:
+            raise LayerError(f"layer {self._name} stream is truncated or corrupt: {error}") from error
 
 
 class _ZstdStream:

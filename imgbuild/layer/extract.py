@@ -23,7 +23,6 @@ import errno
 import hashlib
 import logging
 import os
-import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,15 @@ from typing import BinaryIO
 
 from imgbuild.errors import LayerError
 from imgbuild.layer.decompress import Readable, open_tar_stream
+from imgbuild.layer.fdtree import (
+    CHUNK,
+    DIR_FLAGS,
+    NEW_FILE_FLAGS,
+    lstat_at,
+    proc_path,
+    remove_entry,
+    write_entry_data,
+)
 from imgbuild.layer.tarformat import (
     BLOCK_DEVICE,
     CHAR_DEVICE,
@@ -49,9 +57,7 @@ from imgbuild.layer.tarformat import (
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 1 << 20
 _PATH_MAX = 4096
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OVERLAY_OPAQUE = "trusted.overlay.opaque"
 # A layer may set these xattr namespaces. trusted.* (overlayfs internals such as
 # trusted.overlay.redirect) and user.overlay.* must never come from a download;
@@ -90,7 +96,7 @@ def apply_layer(
     """
     source = _CountingSource(open_tar_stream(blob, media_type), max_bytes)
     reader = TarReader(source.read)
-    root_fd = os.open(target, _DIR_FLAGS)
+    root_fd = os.open(target, DIR_FLAGS)
     try:
         applier = _Applier(root_fd)
         entries = 0
@@ -136,7 +142,7 @@ class _CountingSource:
         return self._sha256.hexdigest()
 
     def _fill(self) -> bytes:
-        chunk = self._stream.read(_CHUNK)
+        chunk = self._stream.read(CHUNK)
         self._sha256.update(chunk)
         self.total += len(chunk)
         if self._max_bytes is not None and self.total > self._max_bytes:
@@ -205,7 +211,7 @@ class _Applier:
     def _whiteout(self, parent_fd: int, hidden: bytes, entry: TarEntry) -> None:
         if hidden in (b"", b".", b".."):
             raise LayerError(f"layer entry {show_name(entry.name)}: invalid whiteout name")
-        existing = _lstat(parent_fd, hidden)
+        existing = lstat_at(parent_fd, hidden)
         if existing is None:
             os.mknod(hidden, stat.S_IFCHR, 0, dir_fd=parent_fd)
             os.chown(hidden, entry.uid, entry.gid, dir_fd=parent_fd, follow_symlinks=False)
@@ -219,12 +225,12 @@ class _Applier:
         # Any other entry of this layer already hides whatever lower layers have.
 
     def _directory(self, parent_fd: int, name: bytes, entry: TarEntry, parts: list[bytes]) -> None:
-        existing = _lstat(parent_fd, name)
+        existing = lstat_at(parent_fd, name)
         replaces_whiteout = existing is not None and _is_whiteout(existing)
         if existing is None or not stat.S_ISDIR(existing.st_mode):
-            _remove(parent_fd, name, existing)
+            remove_entry(parent_fd, name, existing)
             os.mkdir(name, 0o700, dir_fd=parent_fd)
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
         try:
             if replaces_whiteout:
                 os.setxattr(fd, _OVERLAY_OPAQUE, b"y")
@@ -238,15 +244,10 @@ class _Applier:
     def _regular_file(
         self, parent_fd: int, name: bytes, entry: TarEntry, reader: TarReader
     ) -> None:
-        _remove(parent_fd, name, _lstat(parent_fd, name))
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(name, flags, 0o600, dir_fd=parent_fd)
+        remove_entry(parent_fd, name, lstat_at(parent_fd, name))
+        fd = os.open(name, NEW_FILE_FLAGS, 0o600, dir_fd=parent_fd)
         try:
-            if entry.sparse is None:
-                while chunk := reader.read_data(_CHUNK):
-                    _write_all(fd, chunk)
-            else:
-                _write_sparse(fd, entry, reader)
+            write_entry_data(fd, entry, reader)
             # chown clears setuid/setgid and security.capability, so it goes first.
             os.fchown(fd, entry.uid, entry.gid)
             os.fchmod(fd, entry.mode)
@@ -264,12 +265,12 @@ class _Applier:
         except FileNotFoundError:
             raise _missing_link_target(entry) from None
         try:
-            source = _lstat(source_fd, target_parts[-1])
+            source = lstat_at(source_fd, target_parts[-1])
             if source is None:
                 raise _missing_link_target(entry)
             if stat.S_ISDIR(source.st_mode):
                 raise LayerError(f"layer entry {show_name(entry.name)}: hardlink to a directory")
-            _remove(parent_fd, name, _lstat(parent_fd, name))
+            remove_entry(parent_fd, name, lstat_at(parent_fd, name))
             # linkat without AT_SYMLINK_FOLLOW: a symlink target is linked, not followed.
             os.link(
                 target_parts[-1],
@@ -282,7 +283,7 @@ class _Applier:
             os.close(source_fd)
 
     def _special_file(self, parent_fd: int, name: bytes, entry: TarEntry) -> None:
-        _remove(parent_fd, name, _lstat(parent_fd, name))
+        remove_entry(parent_fd, name, lstat_at(parent_fd, name))
         if entry.type == SYMLINK:
             if not entry.linkname:
                 raise LayerError(f"layer entry {show_name(entry.name)}: symlink with no target")
@@ -297,7 +298,7 @@ class _Applier:
         if entry.type != SYMLINK:
             # We just created this node ourselves, so it is not a symlink.
             os.chmod(name, entry.mode, dir_fd=parent_fd)
-        _set_xattrs(_proc_path(parent_fd, name), entry)
+        _set_xattrs(proc_path(parent_fd, name), entry)
         os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
 
     # -- directories ---------------------------------------------------------
@@ -308,7 +309,7 @@ class _Applier:
         Missing directories are created (mode 0755, root-owned, as Docker does)
         when ``create``; a symlink or non-directory on the way is refused.
         """
-        fd = os.open(".", _DIR_FLAGS, dir_fd=self._root_fd)
+        fd = os.open(".", DIR_FLAGS, dir_fd=self._root_fd)
         try:
             for depth, part in enumerate(parts):
                 try:
@@ -317,7 +318,7 @@ class _Applier:
                     if error.errno not in (errno.ELOOP, errno.ENOTDIR):
                         raise
                     on_the_way = show_name(b"/".join(parts[: depth + 1]))
-                    existing = _lstat(fd, part)
+                    existing = lstat_at(fd, part)
                     is_link = existing is not None and stat.S_ISLNK(existing.st_mode)
                     problem = "a symlink" if is_link else "not a directory"
                     raise LayerError(
@@ -337,12 +338,12 @@ def _open_component(dir_fd: int, part: bytes, create: bool) -> int:
     if part in (b"", b".", b"..") or b"/" in part:  # _split_name guarantees this; belt and braces
         raise LayerError(f"invalid path component {show_name(part)} in a layer entry")
     try:
-        return os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
+        return os.open(part, DIR_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
         if not create:
             raise
     os.mkdir(part, 0o755, dir_fd=dir_fd)
-    return os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
+    return os.open(part, DIR_FLAGS, dir_fd=dir_fd)
 
 
 def _split_name(raw: bytes, entry_name: bytes, what: str) -> list[bytes]:
@@ -384,39 +385,18 @@ def _missing_link_target(entry: TarEntry) -> LayerError:
     )
 
 
-def _lstat(dir_fd: int, name: bytes) -> os.stat_result | None:
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-
 
 def _is_whiteout(info: os.stat_result) -> bool:
     return stat.S_ISCHR(info.st_mode) and info.st_rdev == 0
 
 
-def _remove(dir_fd: int, name: bytes, existing: os.stat_result | None) -> None:
-    """Make room for a new entry: tar semantics, a later entry replaces an earlier one."""
-    if existing is None:
-        return
-    if stat.S_ISDIR(existing.st_mode):
-        shutil.rmtree(name, dir_fd=dir_fd)  # fd-based, does not follow symlinks
-    else:
-        os.unlink(name, dir_fd=dir_fd)
-
 
 def _set_opaque(parent_fd: int, name: bytes) -> None:
-    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
     try:
         os.setxattr(fd, _OVERLAY_OPAQUE, b"y")
     finally:
         os.close(fd)
-
-
-def _proc_path(dir_fd: int, name: bytes) -> bytes:
-    # The xattr calls have no dir_fd form; this path resolves the parent through
-    # its descriptor, and follow_symlinks=False keeps the last component as is.
-    return b"/proc/self/fd/%d/%s" % (dir_fd, name)
 
 
 def _set_xattrs(target: int | bytes, entry: TarEntry) -> None:
@@ -438,23 +418,3 @@ def _set_xattrs(target: int | bytes, entry: TarEntry) -> None:
                 "layer entry %s: cannot set xattr %s: %s", show_name(entry.name), key, error
             )
 
-
-def _write_sparse(fd: int, entry: TarEntry, reader: TarReader) -> None:
-    """Write each data region at its offset; the rest stays a hole, which costs
-    no disk (so a huge sparse size is no bomb)."""
-    for offset, length in entry.sparse:
-        position = offset
-        while position < offset + length:
-            chunk = reader.read_data(min(_CHUNK, offset + length - position))
-            view = memoryview(chunk)
-            while view:
-                written = os.pwrite(fd, view, position)
-                view, position = view[written:], position + written
-    os.ftruncate(fd, entry.size)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]

@@ -423,6 +423,18 @@ class TarReader:
             self.offset += len(chunk)
 
 
+def is_tar_header(block: bytes) -> bool:
+    """Whether ``block`` is one valid header block (checksum and number fields
+    right). The zero block that ends an archive is not one."""
+    if len(block) != BLOCK_SIZE or block == bytes(BLOCK_SIZE):
+        return False
+    try:
+        _decode_ustar(block, 0)
+    except LayerError:
+        return False
+    return True
+
+
 def show_name(name: bytes) -> str:
     """A name as it should appear in a message (undecodable bytes escaped)."""
     return repr(name.decode("utf-8", "backslashreplace"))
