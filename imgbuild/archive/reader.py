@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from imgbuild.errors import ArchiveError, LayerError
-from imgbuild.layer.decompress import GZIP_MAGIC
+from imgbuild.layer.decompress import BZIP2_MAGIC, GZIP_MAGIC, XZ_MAGIC
 from imgbuild.layer.tarformat import HARDLINK, REGULAR, SYMLINK, TarEntry, TarReader
 from imgbuild.store import Store
 
@@ -32,8 +32,6 @@ CHUNK = 1 << 20
 MAX_MEMBERS = 100_000  # a real archive has a few entries per layer
 MAX_JSON_BYTES = 16 << 20  # manifests and configs; anything bigger is not one
 MAX_LINK_HOPS = 40
-_BZIP2_MAGIC = b"BZh"
-_XZ_MAGIC = b"\xfd7zXZ\x00"
 # What a decompressor raises on damaged input (gzip.BadGzipFile and bz2's
 # "Invalid data stream" are OSErrors; truncation is an EOFError).
 _DECOMPRESSION_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError)
@@ -101,9 +99,9 @@ def _decompressed(handle: BinaryIO, label: str) -> BinaryIO:
         raise ArchiveError(f"cannot read archive {label}: {error.strerror}") from None
     if head.startswith(GZIP_MAGIC):
         return gzip.GzipFile(fileobj=handle, mode="rb")
-    if head.startswith(_BZIP2_MAGIC):
+    if head.startswith(BZIP2_MAGIC):
         return bz2.BZ2File(handle, "rb")
-    if head.startswith(_XZ_MAGIC):
+    if head.startswith(XZ_MAGIC):
         return lzma.LZMAFile(handle, "rb")
     return handle
 

@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from imgbuild.builder.fetch import Fetched
-from imgbuild.context.gopath import go_clean
 from imgbuild.context.source import Entry, Selected
 from imgbuild.errors import BuildError, NotADirectory, UntarError
+from imgbuild.gopath import go_clean
 from imgbuild.layer import untar
 from imgbuild.safeopen import kind_of, resolve_in_root
 

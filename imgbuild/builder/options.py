@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgbuild.errors import UsageError
+from imgbuild.sandbox.runmounts import SecretSpec
 
 OUTPUT_TYPES = ("image", "oci", "docker", "local", "registry", "tar")
 COMPRESSIONS = ("gzip", "zstd", "uncompressed")
@@ -30,40 +31,6 @@ class OutputSpec:
     # type=local: make device nodes, setuid/setgid bits and file capabilities
     # on the host as the image has them (docs/security.md, "Exports").
     unsafe_special_files: bool = False
-
-
-@dataclass
-class SecretSpec:
-    """One ``--secret id=X,src=FILE`` or ``id=X,env=VAR``: never stored anywhere."""
-
-    id: str
-    src: Path | None = None
-    env: str | None = None
-
-    def read(self, limit: int) -> bytes:
-        """The value, or its first ``limit + 1`` bytes if it is longer: the caller refuses
-        those, and a source that never ends (``src=/dev/zero``) is read no further."""
-        if self.src is not None:
-            try:
-                with open(self.src, "rb") as source:  # a pipe (src=<(...)) is fine: read, never seeked
-                    return _read_at_most(source, limit + 1)
-            except OSError as error:
-                raise UsageError(f"--secret id={self.id}: cannot read {self.src}: {error.strerror}") from None
-        value = os.environ.get(self.env or self.id)
-        if value is None:
-            raise UsageError(f"--secret id={self.id}: environment variable {self.env or self.id} is not set")
-        return value.encode()
-
-
-def _read_at_most(source, size: int) -> bytes:
-    chunks, left = [], size
-    while left > 0:
-        chunk = source.read(min(left, 1 << 16))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 ``source.py`` selects sources the way BuildKit does and hashes them;
 ``statcache.py`` remembers content digests by stat identity; ``dockerignore.py``
-is Docker's pattern matcher over ``gopath.py`` (Go's path and glob rules)
-and ``globmatch.py`` (matching in linear time); ``buildfiles.py`` reads the
-Dockerfile and the ignore file.
+is Docker's pattern matcher (over ``imgbuild.gopath``, Go's path and glob
+rules); ``buildfiles.py`` reads the Dockerfile and the ignore file;
+``views.py`` shows the context to a RUN bind mount.
 """

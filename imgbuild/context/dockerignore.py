@@ -20,15 +20,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from imgbuild.context.globmatch import Glob, Token, check_length, compact
-from imgbuild.context.gopath import (
+from imgbuild.errors import ContextError
+from imgbuild.globmatch import Glob, Token, check_length, compact
+from imgbuild.gopath import (
     class_to_regexp,
     compile_class,
     go_clean,
     go_dir,
     validate_go_pattern,
 )
-from imgbuild.errors import ContextError
 
 _UTF8_BOM = "\ufeff"
 

@@ -42,9 +42,9 @@ from pathlib import Path
 
 from imgbuild import safeopen
 from imgbuild.context.dockerignore import IgnoreMatcher
-from imgbuild.context.gopath import go_clean, go_match, has_wildcards
 from imgbuild.context.statcache import ReadStats, StatCache, stat_identity
 from imgbuild.errors import ContextError
+from imgbuild.gopath import go_clean, go_match, has_wildcards
 
 MAX_SYMLINKS = 40  # what Linux allows in one path walk
 READ_CHUNK = 1 << 20

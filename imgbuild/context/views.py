@@ -16,8 +16,8 @@ import stat
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from imgbuild.context.gopath import go_clean
 from imgbuild.context.source import BuildContext
+from imgbuild.gopath import go_clean
 from imgbuild.sandbox.overlay import bind_mounted
 from imgbuild.store import Store, remove_tree
 

@@ -36,8 +36,8 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from imgbuild.context.gopath import go_clean, go_dir
 from imgbuild.errors import LayerError, UntarError
+from imgbuild.gopath import go_clean, go_dir
 from imgbuild.layer.decompress import open_archive_stream, read_up_to
 from imgbuild.layer.fdtree import (
     DIR_FLAGS,

@@ -23,8 +23,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgbuild.builder.options import SecretSpec
-from imgbuild.errors import BuildError, Interrupted
+from imgbuild.errors import BuildError, Interrupted, UsageError
 from imgbuild.safeopen import resolve_in_root
 from imgbuild.sandbox.overlay import mount_overlay
 from imgbuild.sandbox.runtime import Mount, PrivateFile
@@ -32,6 +31,40 @@ from imgbuild.sandbox.runtime import Mount, PrivateFile
 PIPES_DIR = "/dev/pipes"
 MAX_SECRET_SIZE = 500 * 1024  # BuildKit's limit; secrets live in memory
 LOCK_POLL_SECONDS = 0.1  # how often a wait for a locked cache mount looks at ``cancel``
+
+
+@dataclass
+class SecretSpec:
+    """One ``--secret id=X,src=FILE`` or ``id=X,env=VAR``: never stored anywhere."""
+
+    id: str
+    src: Path | None = None
+    env: str | None = None
+
+    def read(self, limit: int) -> bytes:
+        """The value, or its first ``limit + 1`` bytes if it is longer: the caller refuses
+        those, and a source that never ends (``src=/dev/zero``) is read no further."""
+        if self.src is not None:
+            try:
+                with open(self.src, "rb") as source:  # a pipe (src=<(...)) is fine: read, never seeked
+                    return _read_at_most(source, limit + 1)
+            except OSError as error:
+                raise UsageError(f"--secret id={self.id}: cannot read {self.src}: {error.strerror}") from None
+        value = os.environ.get(self.env or self.id)
+        if value is None:
+            raise UsageError(f"--secret id={self.id}: environment variable {self.env or self.id} is not set")
+        return value.encode()
+
+
+def _read_at_most(source, size: int) -> bytes:
+    chunks, left = [], size
+    while left > 0:
+        chunk = source.read(min(left, 1 << 16))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 @dataclass

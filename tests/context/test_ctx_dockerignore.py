@@ -7,9 +7,9 @@ import pytest
 
 from imgbuild.context.buildfiles import load_ignore_patterns
 from imgbuild.context.dockerignore import IgnoreMatcher, parse_pattern, read_ignore_file
-from imgbuild.context.gopath import go_clean, go_match
 from imgbuild.context.source import BuildContext
 from imgbuild.errors import ContextError
+from imgbuild.gopath import go_clean, go_match
 
 # moby/patternmatcher TestMatches: (pattern, path, "exact" | "inexact" | "fail").
 # "exact" matches the path itself; "inexact" only through a parent directory.

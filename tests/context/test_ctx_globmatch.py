@@ -14,8 +14,8 @@ import re
 import pytest
 
 from imgbuild.context.dockerignore import _compile
-from imgbuild.context.globmatch import MAX_PATTERN_LENGTH, Glob, check_length, compact
-from imgbuild.context.gopath import glob_tokens
+from imgbuild.globmatch import MAX_PATTERN_LENGTH, Glob, check_length, compact
+from imgbuild.gopath import glob_tokens
 
 PATTERN_PIECES = ["a", "b", "/", "*", "**", "**/", "?", "[ab]", "[^a]", "\\*", "."]
 PATH_CHARS = "ab/.\n*"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import warnings
 
-from imgbuild.context.globmatch import Glob, Token, check_length, compact
+from imgbuild.globmatch import Glob, Token, check_length, compact
 
 
 def go_clean(path: str) -> str:
