@@ -34,11 +34,20 @@ CLI_MEMORY = 1 << 30  # RLIMIT_AS for a CLI case: a runaway fails, it does not s
 
 @dataclass
 class Tally:
+    """The adversarial cases: each one tried ends refused or contained (once,
+    however many builds it makes), and any escape or loss is named."""
+
     tried: int = 0
     refused: int = 0
     contained: int = 0
     escapes: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
+    outcome: str | None = None  # of the case running now; None outside a case
+
+    def mark(self, outcome: str) -> None:
+        """The running case was refused or contained; a refusal anywhere in a case wins."""
+        if self.outcome != "refused":
+            self.outcome = outcome
 
 
 TALLY = Tally()
@@ -128,7 +137,7 @@ def assert_clear_refusal(ran: Ran) -> None:
     assert "Traceback" not in ran.output, f"traceback instead of an error:\n{ran.output[-3000:]}"
     assert ran.returncode in (1, 2), f"exit {ran.returncode}, expected a refusal:\n{ran.output[-2000:]}"
     assert ran.stderr.strip(), "refused without a message"
-    TALLY.refused += 1
+    TALLY.mark("refused")
 
 
 def assert_no_traceback(ran: Ran) -> None:
@@ -137,7 +146,7 @@ def assert_no_traceback(ran: Ran) -> None:
 
 
 def count_contained() -> None:
-    TALLY.contained += 1
+    TALLY.mark("contained")
 
 
 def layer_bytes(store: Store, name: str) -> list[bytes]:
@@ -159,11 +168,11 @@ def assert_contained_image(store: Store, name: str) -> None:
     """Built: no host sentinel bytes in any of its layers; counts the case as contained."""
     for number, tar in enumerate(layer_bytes(store, name)):
         assert MARKER not in tar, f"host file content in layer {number} of {name}"
-    TALLY.contained += 1
+    TALLY.mark("contained")
 
 
 def count_refused() -> None:
-    TALLY.refused += 1
+    TALLY.mark("refused")
 
 
 def error_line(ran: Ran) -> str:

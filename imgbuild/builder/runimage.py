@@ -15,7 +15,8 @@ from imgbuild.builder.builder import signals_raise_interrupt
 from imgbuild.builder.rootfs import image_layers, workspace
 from imgbuild.errors import Interrupted, UsageError
 from imgbuild.image import LayerRef
-from imgbuild.sandbox.runtime import RunSpec, run_container
+from imgbuild.sandbox.runtime import run_container
+from imgbuild.sandbox.spec import RunSpec
 from imgbuild.sandbox.users import resolve_user
 from imgbuild.store import Store
 

@@ -15,7 +15,8 @@ from imgbuild.context.source import BuildContext
 from imgbuild.context.views import context_view_opener
 from imgbuild.errors import BuildError, RunError
 from imgbuild.sandbox.runmounts import PIPES_DIR, prepared_mounts, script_mount
-from imgbuild.sandbox.runtime import RunSpec, run_container
+from imgbuild.sandbox.runtime import run_container
+from imgbuild.sandbox.spec import RunSpec
 from imgbuild.sandbox.users import resolve_user
 
 OUTPUT_TAIL_LINES = 20

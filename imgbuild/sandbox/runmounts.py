@@ -26,7 +26,7 @@ from pathlib import Path
 from imgbuild.errors import BuildError, Interrupted, UsageError
 from imgbuild.safeopen import resolve_in_root
 from imgbuild.sandbox.overlay import mount_overlay
-from imgbuild.sandbox.runtime import Mount, PrivateFile
+from imgbuild.sandbox.spec import Mount, PrivateFile
 
 PIPES_DIR = "/dev/pipes"
 MAX_SECRET_SIZE = 500 * 1024  # BuildKit's limit; secrets live in memory

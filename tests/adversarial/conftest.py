@@ -27,9 +27,16 @@ def sentinel() -> Sentinel:
 def _watch_sentinel(request, sentinel):
     """Each case: count it, and hash the sentinel before and after."""
     before = sentinel.digest()
-    if request.node.get_closest_marker("control") is None:  # a control checks a check; not a case
-        TALLY.tried += 1
+    is_case = request.node.get_closest_marker("control") is None  # a control checks a check; not a case
+    TALLY.outcome = None
     yield
+    if is_case:
+        TALLY.tried += 1
+        if TALLY.outcome == "refused":
+            TALLY.refused += 1
+        elif TALLY.outcome == "contained":
+            TALLY.contained += 1
+    TALLY.outcome = None
     if sentinel.digest() != before:
         TALLY.escapes.append(request.node.nodeid)
         pytest.fail(f"ESCAPE: the host sentinel tree {sentinel.path} changed during this case")

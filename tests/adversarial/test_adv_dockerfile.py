@@ -99,7 +99,7 @@ def test_dockerfile_bounded(case, tmp_path, sentinel, adv_root, store):
         if verb == "build":
             assert_contained_image(store, tag)
         else:
-            TALLY.contained += 1
+            TALLY.mark("contained")
     else:
         assert_clear_refusal(ran)
     print(f"{name}: exit {ran.returncode}: {ran.stderr.strip()[:200]}")

@@ -162,7 +162,7 @@ def try_base_image(tmp_path: Path, adv_root: Path, store, tag: str, layers: list
     except ImgbuildError as error:
         assert str(error).strip()
         print(f"{tag}: load refused: {str(error)[:300]}")
-        TALLY.refused += 1
+        TALLY.mark("refused")
         return
     ctx = tmp_path / "ctx"
     ctx.mkdir()
@@ -337,4 +337,4 @@ def test_many_entries_refused_within_bounds(tmp_path, sentinel, store):
     elapsed = time.monotonic() - started
     assert elapsed < cap / 300, f"took {elapsed:.0f} s for {cap} entries"
     assert sorted(os.listdir(target)) == sorted(str(n) for n in range(1000))
-    TALLY.refused += 1
+    TALLY.mark("refused")

@@ -385,14 +385,14 @@ def test_hostile_registry_pull(mode, hostile, sentinel, tmp_path):
     except ImgbuildError as error:
         assert str(error).strip(), "refused without a message"
         print(f"{mode}: refused: {str(error)[:300]}")
-        TALLY.refused += 1
+        TALLY.mark("refused")
     else:
         # contained: what arrived is the image the registry was asked for, byte for byte
         assert image.digest == sha256_digest(MANIFEST), f"{mode}: pulled something else: {image.digest}"
         with store.open_blob(image.layers[0].digest) as blob:
             assert blob.read() == LAYER
         print(f"{mode}: pulled the right image")
-        TALLY.contained += 1
+        TALLY.mark("contained")
     assert time.monotonic() - started < 20, "not bounded by the client's timeouts"
     assert not _fsck(store, mode)
 
@@ -405,9 +405,9 @@ def test_size_lie_about_a_stored_blob(mode, hostile, sentinel, tmp_path):
         pull(store, f"{hostile}/{mode}:latest", tag_as=f"adv/reg-{mode}:1", options=SHORT)
     except ImgbuildError as error:
         assert "manifest is wrong" in str(error)
-        TALLY.refused += 1
+        TALLY.mark("refused")
     else:
-        TALLY.contained += 1
+        TALLY.mark("contained")
     problems = check_store(store, repair=False).problems
     assert not problems, f"fsck after the pull: {problems}"
 

@@ -19,7 +19,8 @@ from sandbox.sandboxtools import containers_under, make_busybox_rootfs, needs_ro
 
 from imgbuild.errors import Interrupted, SandboxError
 from imgbuild.sandbox.overlay import mount_overlay, mounts_under, prune_copied_up_dirs
-from imgbuild.sandbox.runtime import Mount, PrivateFile, RunSpec, run_container
+from imgbuild.sandbox.runtime import run_container
+from imgbuild.sandbox.spec import Mount, PrivateFile, RunSpec
 from imgbuild.sandbox.users import resolve_user
 
 pytestmark = pytest.mark.root
@@ -540,7 +541,8 @@ INTERRUPTED_BUILD = """
 import signal, sys
 from pathlib import Path
 from imgbuild.sandbox.overlay import mount_overlay
-from imgbuild.sandbox.runtime import RunSpec, run_container
+from imgbuild.sandbox.runtime import run_container
+from imgbuild.sandbox.spec import RunSpec
 
 def stop(signum, frame):  # what the CLI does with SIGTERM
     raise KeyboardInterrupt

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from imgbuild.sandbox.runtime import DEFAULT_CAPABILITIES
 from imgbuild.sandbox.seccomp import ALWAYS_ALLOWED, BY_CAPABILITY, default_profile
+from imgbuild.sandbox.spec import DEFAULT_CAPABILITIES
 
 
 def _allowed(profile: dict) -> set[str]:
