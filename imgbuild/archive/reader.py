@@ -1,6 +1,6 @@
 """Random access to the members of an untrusted archive, by name, without extracting it.
 
-One pass over the tar (``imgbuild.layer.tarformat.TarReader``, which reads as
+One pass over the tar (``imgbuild.layer.tarread.TarReader``, which reads as
 Go's archive/tar does) records where each member's data lies; members are then
 read by seeking there. The archive may be a plain tar or a gzip-, bzip2- or
 xz-compressed one (``docker save | gzip``); compressed archives are read
@@ -25,7 +25,8 @@ from typing import BinaryIO
 
 from imgbuild.errors import ArchiveError, LayerError
 from imgbuild.layer.decompress import BZIP2_MAGIC, GZIP_MAGIC, XZ_MAGIC
-from imgbuild.layer.tarformat import HARDLINK, REGULAR, SYMLINK, TarEntry, TarReader
+from imgbuild.layer.tarformat import HARDLINK, REGULAR, SYMLINK, TarEntry
+from imgbuild.layer.tarread import TarReader
 from imgbuild.store import Store
 
 CHUNK = 1 << 20

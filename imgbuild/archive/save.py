@@ -25,9 +25,9 @@ from imgbuild.layer.tarformat import (
     END_OF_ARCHIVE,
     REGULAR,
     TarEntry,
-    encode_archive_header,
     padding,
 )
+from imgbuild.layer.tarwrite import encode_archive_header
 from imgbuild.store import Store, normalise_tag
 
 FORMATS = ("oci", "docker")

@@ -51,9 +51,9 @@ from imgbuild.layer.tarformat import (
     WHITEOUT_META_PREFIX,
     WHITEOUT_PREFIX,
     TarEntry,
-    TarReader,
     show_name,
 )
+from imgbuild.layer.tarread import TarReader
 
 log = logging.getLogger(__name__)
 

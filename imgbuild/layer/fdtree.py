@@ -16,7 +16,8 @@ import stat
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from imgbuild.layer.tarformat import TarEntry, TarReader
+    from imgbuild.layer.tarformat import TarEntry
+    from imgbuild.layer.tarread import TarReader
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -60,9 +60,8 @@ from imgbuild.layer.tarformat import (
     REGULAR,
     SYMLINK,
     TarEntry,
-    TarReader,
-    is_tar_header,
 )
+from imgbuild.layer.tarread import TarReader, is_tar_header
 
 IMPLIED_DIR_MODE = 0o755
 _NODE_KINDS = {CHAR_DEVICE: stat.S_IFCHR, BLOCK_DEVICE: stat.S_IFBLK, FIFO: stat.S_IFIFO}

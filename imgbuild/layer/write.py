@@ -45,9 +45,9 @@ from imgbuild.layer.tarformat import (
     SYMLINK,
     WHITEOUT_PREFIX,
     TarEntry,
-    encode_header,
     padding,
 )
+from imgbuild.layer.tarwrite import encode_header
 
 log = logging.getLogger(__name__)
 

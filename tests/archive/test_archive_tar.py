@@ -20,7 +20,8 @@ from store.storetools import make_small_image
 from imgbuild.archive.load import load
 from imgbuild.archive.save import save
 from imgbuild.errors import ArchiveError
-from imgbuild.layer.tarformat import BLOCK_SIZE, TarReader
+from imgbuild.layer.tarformat import BLOCK_SIZE
+from imgbuild.layer.tarread import TarReader
 from imgbuild.store import Store
 
 # 1 MiB of zeros in a plain layer, between two files: its blob has a run of
