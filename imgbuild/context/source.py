@@ -20,34 +20,29 @@ A stage's or image's root filesystem (``COPY --from``) is a ``BuildContext``
 with ``rootfs=True``: no ignore file, paths resolve exactly as in a chroot
 (``/..`` is ``/``), and files keep their owners.
 
-``digest()`` hashes what a copy of the selection reads: names, types, modes,
-owners, sizes, contents, symlink targets, device numbers, hardlinks and
-xattrs, never times. File contents are hashed once and remembered in a
-``StatCache`` (SQLite) keyed by (device, inode, size, mtime, ctime), so a warm
+``digest()`` hashes what a copy of the selection reads, never times
+(``digest.py``); file contents are remembered in a ``StatCache``, so a warm
 rebuild of a large context reads (almost) nothing.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgbuild import safeopen
+from imgbuild.context.digest import ContentHasher, selection_digest
 from imgbuild.context.dockerignore import IgnoreMatcher
-from imgbuild.context.statcache import ReadStats, StatCache, stat_identity
+from imgbuild.context.statcache import StatCache
 from imgbuild.errors import ContextError
 from imgbuild.gopath import go_clean, go_match, has_wildcards
 
 MAX_SYMLINKS = 40  # what Linux allows in one path walk
-READ_CHUNK = 1 << 20
 
 # Overlayfs bookkeeping, not file content: never copied, never hashed.
 _SKIPPED_XATTR_PREFIXES = ("trusted.overlay.",)
@@ -126,9 +121,8 @@ class BuildContext:
         self.stat_cache = stat_cache
         self.rootfs = rootfs
         self.label = label
-        self.read_stats = ReadStats()
-        self._memo: dict[tuple[int, int, int, int, int], str] = {}
-        self._stats_lock = threading.Lock()
+        self.hasher = ContentHasher(stat_cache, self.root)
+        self.read_stats = self.hasher.read_stats
 
     @classmethod
     def for_rootfs(cls, root: Path, label: str = "the source stage") -> BuildContext:
@@ -443,89 +437,12 @@ class BuildContext:
     # -- digests --
 
     def digest(self, selected: Sequence[Selected]) -> str:
-        """sha256 over exactly what copying ``selected`` reads (never mtimes).
-
-        For each item in order: its kind and, for a file, the name it gets at a
-        directory destination (a directory's own name is not used: its
-        contents are copied); then for every entry its path, type, mode bits (with setuid/setgid/sticky), owner as
-        the copy sets it, size and content sha256 (or the earlier path it is a
-        hardlink of), symlink target, device numbers and xattrs. Options such
-        as --chown, --chmod and the destination are not here: they are in the
-        instruction text, which the cache key also covers.
-        """
-        hasher = hashlib.sha256()
-        if self.stat_cache is not None:
-            self.stat_cache.preload(str(self.root.absolute()))
-        try:
-            for item in selected:
-                item_record = os.fsencode(
-                    "item\0dir" if item.is_dir else f"item\0file\0{item.name}"
-                )
-                hasher.update(b"%d:" % len(item_record) + item_record + b"\n")
-                seen_inodes: dict[tuple[int, int], str] = {}
-                for entry in item.entries():
-                    hasher.update(self._entry_record(entry, seen_inodes))
-        finally:
-            if self.stat_cache is not None:
-                self.stat_cache.flush()
-        return "sha256:" + hasher.hexdigest()
-
-    def _entry_record(self, entry: Entry, seen_inodes: dict[tuple[int, int], str]) -> bytes:
-        st = entry.st
-        uid, gid = self.owner(st)
-        fields = [entry.rel, _kind(st.st_mode), oct(stat.S_IMODE(st.st_mode)), str(uid), str(gid)]
-        if stat.S_ISREG(st.st_mode):
-            inode = (st.st_dev, st.st_ino)
-            if st.st_nlink > 1 and inode in seen_inodes:
-                fields += ["hardlink", seen_inodes[inode]]
-            else:
-                seen_inodes[inode] = entry.rel
-                fields += [str(st.st_size), self.content_sha256(entry)]
-        elif stat.S_ISLNK(st.st_mode):
-            fields.append(entry.link or "")
-        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-            fields += [str(os.major(st.st_rdev)), str(os.minor(st.st_rdev))]
-        # None of these fields can hold a NUL (paths, numbers, link targets);
-        # xattr values can, so they are length-prefixed.
-        record = os.fsencode("\0".join(fields))
-        for name, value in entry.xattrs:
-            record += b"\0xattr\0" + os.fsencode(name) + b"\0%d:" % len(value) + value
-        return b"%d:" % len(record) + record + b"\n"
+        """sha256 over exactly what copying ``selected`` reads, never mtimes (``digest.py``)."""
+        return selection_digest(self, selected)
 
     def content_sha256(self, entry: Entry) -> str:
         """sha256 of a regular file's bytes, from the caches when its stat is unchanged."""
-        st = entry.st
-        identity = stat_identity(st)
-        known = self._memo.get(identity)
-        if known is not None:
-            return known
-        key = _cache_key(entry.path)
-        if self.stat_cache is not None and key is not None:
-            known = self.stat_cache.lookup(key, st)
-            if known is not None:
-                self._memo[identity] = known
-                return known
-        hashed_at = time.time_ns()
-        with self.open_for_reading(entry) as fd:
-            digest, size, opened_st = _hash_file(fd)
-        with self._stats_lock:
-            self.read_stats.files += 1
-            self.read_stats.bytes += size
-        if stat_identity(opened_st) == identity:
-            # Only remember a hash for the stat it was read under.
-            self._memo[identity] = digest
-            if self.stat_cache is not None and key is not None:
-                self.stat_cache.remember(key, st, digest, hashed_at)
-        return digest
-
-
-def _hash_file(fd: int) -> tuple[str, int, os.stat_result]:
-    hasher = hashlib.sha256()
-    size = 0
-    while chunk := os.read(fd, READ_CHUNK):
-        hasher.update(chunk)
-        size += len(chunk)
-    return hasher.hexdigest(), size, os.fstat(fd)
+        return self.hasher.content_sha256(entry, self.open_for_reading)
 
 
 def _identity_of(st: os.stat_result) -> tuple[int, int, int]:
@@ -548,16 +465,6 @@ def _details(dir_fd: int, name: str, st: os.stat_result) -> tuple[str | None, tu
     return link, tuple(read_xattrs(f"/proc/self/fd/{dir_fd}/{name}"))
 
 
-def _cache_key(path: str) -> str | None:
-    """The stat cache's key for a path; None for names SQLite TEXT cannot hold."""
-    text = os.path.abspath(path)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    return text
-
-
 def read_xattrs(path: str | Path, *, follow: bool = False) -> list[tuple[str, bytes]]:
     """Extended attributes of a path, sorted, minus overlayfs's own.
 
@@ -576,20 +483,6 @@ def read_xattrs(path: str | Path, *, follow: bool = False) -> list[tuple[str, by
         except OSError:
             continue
     return result
-
-
-def _kind(mode: int) -> str:
-    for test, kind in (
-        (stat.S_ISREG, "file"),
-        (stat.S_ISDIR, "dir"),
-        (stat.S_ISLNK, "symlink"),
-        (stat.S_ISCHR, "char"),
-        (stat.S_ISBLK, "block"),
-        (stat.S_ISFIFO, "fifo"),
-    ):
-        if test(mode):
-            return kind
-    return "other"
 
 
 def _climbs_out(source: str) -> bool:
