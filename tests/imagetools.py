@@ -93,3 +93,9 @@ def temp_leftovers(store: Store) -> list[str]:
         elif entry.is_dir():
             found.extend(f"{entry.name}/{inner.name}" for inner in sorted(entry.iterdir()))
     return found
+
+
+def recorded_diff_id(store: Store, digest: str) -> str | None:
+    """The diff_id the store's index records for blob ``digest`` (None: not recorded)."""
+    rows = store.db.query("SELECT diff_id FROM layers WHERE digest=?", (digest,))
+    return rows[0]["diff_id"] if rows else None

@@ -137,7 +137,7 @@ class Builder:
             self.options.dockerfile or self.options.context / "Dockerfile"
         )
         patterns = load_ignore_patterns(self.options.context, dockerfile)
-        stat_cache = StatCache(self.store.root / "index.db")
+        stat_cache = StatCache(self.store.db)
         return BuildContext(self.options.context, IgnoreMatcher(patterns), stat_cache)
 
     def _build_stages(self, plan) -> None:

@@ -143,7 +143,7 @@ def recompress(store: Store, layer: LayerRef, compression: str, level: int | Non
     """
     if compressed_as(layer.blob.media_type, compression):
         return layer
-    for row in store.db.query("SELECT digest, media_type, size FROM layers WHERE diff_id=?", (layer.diff_id,)):
+    for row in store.db.blobs_of(layer.diff_id):
         media_type = row["media_type"]
         if compressed_as(media_type, compression) and store.has_blob(row["digest"]):
             return LayerRef(layer.diff_id, Descriptor(media_type, row["digest"], row["size"]), layer.origin)

@@ -6,7 +6,6 @@ A key found in the table is a hit: its layer is reused and nothing runs
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from imgbuild.image import Descriptor, LayerRef
@@ -27,16 +26,13 @@ class BuildCache:
 
     def lookup(self, key: str) -> CacheEntry | None:
         """The entry for ``key`` if its layer blob is still in the store."""
-        rows = self.store.db.query("SELECT * FROM cache WHERE key=?", (key,))
-        if not rows:
+        row = self.store.db.cache_entry(key)
+        if row is None:
             return None
-        row = rows[0]
         layer = _layer_of(row)
         if layer is not None and not self.store.has_blob(layer.blob.digest):
             return None  # pruned behind our back: rebuild the step
-        self.store.db.execute(
-            "UPDATE cache SET hits = hits + 1, last_used = ? WHERE key = ?", (time.time(), key)
-        )
+        self.store.db.count_cache_hit(key)
         return CacheEntry(key, layer, row["created_by"], row["hits"] + 1)
 
     def record(
@@ -53,29 +49,22 @@ class BuildCache:
         ``replace`` (``--no-cache``) records ours whatever is there; so does a
         recorded entry whose layer blob is gone.
         """
-        with self.store.db.transaction() as conn:
-            row = conn.execute("SELECT * FROM cache WHERE key=?", (key,)).fetchone()
-            if row is not None and not replace:
-                recorded = _layer_of(row)
-                if recorded is None or self.store.has_blob(recorded.blob.digest):
-                    return recorded
-            now = time.time()
-            conn.execute(
-                "INSERT OR REPLACE INTO cache(key, parent_key, diff_id, layer_digest, layer_media_type,"
-                " layer_size, created_by, created, last_used, hits) VALUES (?,?,?,?,?,?,?,?,?,0)",
-                (
-                    key,
-                    parent_key,
-                    layer.diff_id if layer else None,
-                    layer.blob.digest if layer else None,
-                    layer.blob.media_type if layer else None,
-                    layer.blob.size if layer else 0,
-                    created_by,
-                    now,
-                    now,
-                ),
-            )
-        return layer
+
+        def keep_existing(row) -> bool:
+            recorded = _layer_of(row)
+            return not replace and (recorded is None or self.store.has_blob(recorded.blob.digest))
+
+        entry = {
+            "key": key,
+            "parent_key": parent_key,
+            "diff_id": layer.diff_id if layer else None,
+            "layer_digest": layer.blob.digest if layer else None,
+            "layer_media_type": layer.blob.media_type if layer else None,
+            "layer_size": layer.blob.size if layer else 0,
+            "created_by": created_by,
+        }
+        existing = self.store.db.record_cache_entry(entry, keep_existing=keep_existing)
+        return layer if existing is None else _layer_of(existing)
 
 
 def _layer_of(row) -> LayerRef | None:

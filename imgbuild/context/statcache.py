@@ -9,10 +9,12 @@ are not remembered (git's "racily clean").
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from imgbuild.store.index_db import IndexDB
 
 # A file whose ctime is this close to the moment we hash it could still be
 # changed within the same filesystem timestamp tick without its stat changing
@@ -31,29 +33,19 @@ class ReadStats:
 class StatCache:
     """Remembers the sha256 of file contents, keyed by path and stat identity.
 
-    Persisted in its own table of an SQLite database (WAL mode). A file whose
+    Persisted in the ``statcache`` table of the store's index (``IndexDB``). A file whose
     (device, inode, size, mtime, ctime) is unchanged since it was hashed is not
     read again. Safe to share between threads.
     """
 
-    def __init__(self, db_path: Path):
-        self._db = sqlite3.connect(
-            str(db_path), timeout=30, check_same_thread=False, isolation_level=None
-        )
+    def __init__(self, db: IndexDB):
+        self._db = db
         self._lock = threading.Lock()
         self._pending: dict[str, tuple[int, int, int, int, int, str]] = {}
         self._loaded: dict[str, tuple[int, int, int, int, int, str]] = {}
         self._preloaded_dirs: list[str] = []
         self.hits = 0
         self.misses = 0
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS statcache ("
-                " path TEXT PRIMARY KEY, dev INTEGER NOT NULL, ino INTEGER NOT NULL,"
-                " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,"
-                " sha256 TEXT NOT NULL)"
-            )
 
     def preload(self, directory: str) -> None:
         """Read every entry below ``directory`` in one query (a warm rehash of a
@@ -63,13 +55,8 @@ class StatCache:
         with self._lock:
             if any(low.startswith(done) for done in self._preloaded_dirs):
                 return
-            rows = self._db.execute(
-                "SELECT path, dev, ino, size, mtime_ns, ctime_ns, sha256 FROM statcache"
-                " WHERE path >= ? AND path < ?",
-                (low, high),
-            )
-            for path, *values in rows:
-                self._loaded[path] = tuple(values)
+            for row in self._db.statcache_rows(low, high):
+                self._loaded[row[0]] = tuple(row[1:])
             self._preloaded_dirs.append(low)
 
     def lookup(self, path: str, st: os.stat_result) -> str | None:
@@ -78,11 +65,8 @@ class StatCache:
         with self._lock:
             row = self._pending.get(path) or self._loaded.get(path)
             if row is None and not any(path.startswith(done) for done in self._preloaded_dirs):
-                row = self._db.execute(
-                    "SELECT dev, ino, size, mtime_ns, ctime_ns, sha256"
-                    " FROM statcache WHERE path = ?",
-                    (path,),
-                ).fetchone()
+                found = self._db.statcache_row(path)
+                row = tuple(found[1:]) if found is not None else None
             if row is not None and tuple(row[:5]) == identity:
                 self.hits += 1
                 return row[5]
@@ -104,23 +88,10 @@ class StatCache:
             rows = [(path, *values) for path, values in self._pending.items()]
             self._loaded.update(self._pending)
             self._pending.clear()
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO statcache"
-                    " (path, dev, ino, size, mtime_ns, ctime_ns, sha256)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+            self._db.write_statcache(rows)
 
     def close(self) -> None:
         self.flush()
-        with self._lock:
-            self._db.close()
 
     def __enter__(self) -> StatCache:
         return self

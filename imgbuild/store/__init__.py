@@ -23,7 +23,6 @@ import os
 import stat
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -337,28 +336,14 @@ class Store:
     # --- layers and snapshots -------------------------------------------------
 
     def record_layer(self, digest: str, diff_id: str, media_type: str, size: int) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO layers(digest, diff_id, media_type, size) VALUES (?,?,?,?)",
-            (digest, diff_id, media_type, size),
-        )
-
-    def layer_for_diff_id(self, diff_id: str) -> Descriptor | None:
-        """A blob in the store whose uncompressed content is ``diff_id``, if any."""
-        for row in self.db.query("SELECT digest, media_type, size FROM layers WHERE diff_id=?", (diff_id,)):
-            if self.has_blob(row["digest"]):
-                return Descriptor(row["media_type"], row["digest"], row["size"])
-        return None
-
-    def diff_id_for_layer(self, digest: str) -> str | None:
-        rows = self.db.query("SELECT diff_id FROM layers WHERE digest=?", (digest,))
-        return rows[0]["diff_id"] if rows else None
+        self.db.record_layer(digest, diff_id, media_type, size)
 
     def snapshot_path(self, chain_id: str) -> Path | None:
         """The snapshot directory of a layer at the top of the stack ``chain_id`` names."""
-        rows = self.db.query("SELECT id FROM snapshots WHERE chain_id=?", (chain_id,))
-        if not rows:
+        snapshot_id = self.db.snapshot_id(chain_id)
+        if snapshot_id is None:
             return None
-        path = self.snapshots_dir / str(rows[0]["id"])
+        path = self.snapshots_dir / str(snapshot_id)
         return path if path.is_dir() else None
 
     def ensure_snapshot(self, layer: Descriptor, diff_id: str, chain_id: str, image: str = "") -> Path:
@@ -372,7 +357,7 @@ class Store:
         """
         existing = self.snapshot_path(chain_id)
         if existing is not None:
-            self._touch_snapshot(chain_id)
+            self.db.touch_snapshot(chain_id)
             return existing
         from imgbuild.layer.extract import apply_layer
 
@@ -402,20 +387,10 @@ class Store:
             if existing is not None:
                 remove_tree(directory)
                 return existing
-            now = time.time()
-            with self.db.transaction() as conn:
-                conn.execute("DELETE FROM snapshots WHERE chain_id=?", (chain_id,))
-                cursor = conn.execute(
-                    "INSERT INTO snapshots(chain_id, diff_id, created, last_used) VALUES (?,?,?,?)",
-                    (chain_id, diff_id, now, now),
-                )
-                snapshot_id = cursor.lastrowid
+            snapshot_id = self.db.add_snapshot_row(chain_id, diff_id)
             target = self.snapshots_dir / str(snapshot_id)
             os.rename(directory, target)
             return target
-
-    def _touch_snapshot(self, chain_id: str) -> None:
-        self.db.execute("UPDATE snapshots SET last_used=? WHERE chain_id=?", (time.time(), chain_id))
 
     def _drop_legacy_snapshots(self) -> None:
         """Upgrade a store whose snapshots were keyed by diff_id (index.db version 1).

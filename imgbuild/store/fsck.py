@@ -189,8 +189,7 @@ def _blob_matches(
 
 
 def _check_cache(store: Store, report: FsckReport) -> None:
-    rows = store.db.query("SELECT key, layer_digest FROM cache WHERE layer_digest IS NOT NULL")
-    for row in rows:
+    for row in store.db.cache_layer_rows():
         if not store.has_blob(row["layer_digest"]):
             report.add(
                 "cache-missing-layer",
@@ -201,7 +200,7 @@ def _check_cache(store: Store, report: FsckReport) -> None:
 
 
 def _check_snapshots(store: Store, report: FsckReport) -> None:
-    rows = store.db.query("SELECT id, chain_id, diff_id FROM snapshots")
+    rows = store.db.snapshot_rows()
     known = {str(row["id"]) for row in rows}
     for row in rows:
         if not (store.snapshots_dir / str(row["id"])).is_dir():
@@ -267,11 +266,11 @@ def _noted_if_mounted(report: FsckReport, path: Path) -> bool:
 
 def _check_database(store: Store, report: FsckReport) -> None:
     try:
-        result = store.db.query("PRAGMA quick_check")
+        result = store.db.quick_check()
     except Exception as error:  # sqlite3.DatabaseError and friends: report, do not crash
         report.add("bad-database", str(store.db.path), str(error))
         return
-    messages = [row[0] for row in result if row[0] != "ok"]
+    messages = [message for message in result if message != "ok"]
     if messages:
         report.add("bad-database", str(store.db.path), "; ".join(messages[:5]))
 
@@ -291,7 +290,7 @@ def _repair(store: Store, report: FsckReport) -> list[str]:
             if _remove(path):
                 done.append(f"removed {problem.kind} {problem.subject}")
         elif problem.kind == "cache-missing-layer":
-            store.db.execute("DELETE FROM cache WHERE key=?", (problem.subject,))
+            store.db.delete_cache_entry(problem.subject)
             done.append(f"removed build-cache entry {problem.subject}")
     with store.lock():
         done.extend(_repair_snapshots(store, report))
@@ -312,13 +311,12 @@ def _repair(store: Store, report: FsckReport) -> list[str]:
 def _repair_snapshots(store: Store, report: FsckReport) -> list[str]:
     """Re-check under the lock: a snapshot may have been added since the report."""
     done = []
-    rows = store.db.query("SELECT id FROM snapshots")
-    known = {str(row["id"]) for row in rows}
+    known = {str(row["id"]) for row in store.db.snapshot_rows()}
     for problem in report.problems:
         if problem.kind == "snapshot-missing":
             snapshot_id = problem.subject.split()[-1]
             if not (store.snapshots_dir / snapshot_id).is_dir():
-                store.db.execute("DELETE FROM snapshots WHERE id=?", (int(snapshot_id),))
+                store.db.delete_snapshot_row(int(snapshot_id))
                 done.append(f"removed index.db row of {problem.subject}")
         elif problem.kind == "snapshot-orphan":
             path = Path(problem.subject)

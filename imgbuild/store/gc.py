@@ -105,13 +105,8 @@ def _may_have_children(descriptor: Descriptor) -> bool:
 
 def pinned_blobs(store: Store) -> set[str]:
     """Blobs that the build cache or a snapshot still uses, tagged or not."""
-    rows = store.db.query("SELECT layer_digest FROM cache WHERE layer_digest IS NOT NULL")
-    pinned = {row["layer_digest"] for row in rows}
-    rows = store.db.query(
-        "SELECT layers.digest FROM layers JOIN snapshots ON snapshots.diff_id = layers.diff_id"
-    )
-    pinned.update(row["digest"] for row in rows)
-    return pinned
+    pinned = {row["layer_digest"] for row in store.db.cache_layer_rows()}
+    return pinned | store.db.snapshot_blobs()
 
 
 def collect_garbage(store: Store) -> GcResult:
@@ -140,6 +135,5 @@ def _sweep(store: Store, keep: set[str]) -> GcResult:
         result.freed_bytes += size
     if result.removed:
         fsync_dir(store.blobs_dir)
-        with store.db.transaction() as conn:
-            conn.executemany("DELETE FROM layers WHERE digest=?", [(d,) for d in result.removed])
+        store.db.forget_layers(result.removed)
     return result

@@ -48,6 +48,28 @@ CREATE TABLE IF NOT EXISTS cache (
     last_used   REAL NOT NULL,
     hits        INTEGER NOT NULL DEFAULT 0
 );
+
+-- Content digests of build-context files, remembered by stat identity
+-- (imgbuild.context.statcache).
+CREATE TABLE IF NOT EXISTS statcache (
+    path        TEXT PRIMARY KEY,
+    dev         INTEGER NOT NULL,
+    ino         INTEGER NOT NULL,
+    size        INTEGER NOT NULL,
+    mtime_ns    INTEGER NOT NULL,
+    ctime_ns    INTEGER NOT NULL,
+    sha256      TEXT NOT NULL
+);
+
+-- Registry repositories known to hold a blob, for cross-repository mounts
+-- on push (imgbuild.registry.sources).
+CREATE TABLE IF NOT EXISTS blob_sources (
+    digest      TEXT NOT NULL,
+    registry    TEXT NOT NULL,   -- as in references: "docker.io", "127.0.0.1:5000"
+    repository  TEXT NOT NULL,   -- "library/busybox"
+    last_seen   REAL NOT NULL,
+    PRIMARY KEY (digest, registry, repository)
+);
 """
 
 
@@ -121,6 +143,145 @@ class IndexDB:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+    # --- layers: which blob holds which diff_id ---------------------------------
+
+    def record_layer(self, digest: str, diff_id: str, media_type: str, size: int) -> None:
+        self.execute(
+            "INSERT OR REPLACE INTO layers(digest, diff_id, media_type, size) VALUES (?,?,?,?)",
+            (digest, diff_id, media_type, size),
+        )
+
+    def blobs_of(self, diff_id: str) -> list[sqlite3.Row]:
+        """Rows (digest, media_type, size) of the blobs whose content is ``diff_id``."""
+        return self.query("SELECT digest, media_type, size FROM layers WHERE diff_id=?", (diff_id,))
+
+    def forget_layers(self, digests: list[str]) -> None:
+        with self.transaction() as conn:
+            conn.executemany("DELETE FROM layers WHERE digest=?", [(digest,) for digest in digests])
+
+    # --- snapshots: which directory holds which stack of layers --------------------
+
+    def snapshot_id(self, chain_id: str) -> int | None:
+        rows = self.query("SELECT id FROM snapshots WHERE chain_id=?", (chain_id,))
+        return rows[0]["id"] if rows else None
+
+    def add_snapshot_row(self, chain_id: str, diff_id: str) -> int:
+        """A new row for ``chain_id`` (replacing one whose directory is gone); its id."""
+        now = time.time()
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM snapshots WHERE chain_id=?", (chain_id,))
+            cursor = conn.execute(
+                "INSERT INTO snapshots(chain_id, diff_id, created, last_used) VALUES (?,?,?,?)",
+                (chain_id, diff_id, now, now),
+            )
+            return cursor.lastrowid
+
+    def touch_snapshot(self, chain_id: str) -> None:
+        self.execute("UPDATE snapshots SET last_used=? WHERE chain_id=?", (time.time(), chain_id))
+
+    def snapshot_rows(self) -> list[sqlite3.Row]:
+        """Rows (id, chain_id, diff_id) of every snapshot."""
+        return self.query("SELECT id, chain_id, diff_id FROM snapshots")
+
+    def delete_snapshot_row(self, snapshot_id: int) -> None:
+        self.execute("DELETE FROM snapshots WHERE id=?", (snapshot_id,))
+
+    def snapshot_blobs(self) -> set[str]:
+        """Digests of the blobs whose layer some snapshot holds."""
+        rows = self.query("SELECT layers.digest FROM layers JOIN snapshots ON snapshots.diff_id = layers.diff_id")
+        return {row["digest"] for row in rows}
+
+    # --- the build cache: which layer each step key stands for ----------------------
+
+    def cache_entry(self, key: str) -> sqlite3.Row | None:
+        rows = self.query("SELECT * FROM cache WHERE key=?", (key,))
+        return rows[0] if rows else None
+
+    def count_cache_hit(self, key: str) -> None:
+        self.execute("UPDATE cache SET hits = hits + 1, last_used = ? WHERE key = ?", (time.time(), key))
+
+    def record_cache_entry(self, entry: dict, *, keep_existing) -> sqlite3.Row | None:
+        """Record ``entry`` (the ``cache`` columns but the times and hits) unless
+        ``keep_existing(row)`` says the row already there for its key stands;
+        returns that row, or None when ``entry`` was recorded. One transaction,
+        so of two processes recording one key, the first wins."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT * FROM cache WHERE key=?", (entry["key"],)).fetchone()
+            if row is not None and keep_existing(row):
+                return row
+            now = time.time()
+            conn.execute(
+                "INSERT OR REPLACE INTO cache(key, parent_key, diff_id, layer_digest, layer_media_type,"
+                " layer_size, created_by, created, last_used, hits) VALUES (?,?,?,?,?,?,?,?,?,0)",
+                (
+                    entry["key"],
+                    entry["parent_key"],
+                    entry["diff_id"],
+                    entry["layer_digest"],
+                    entry["layer_media_type"],
+                    entry["layer_size"],
+                    entry["created_by"],
+                    now,
+                    now,
+                ),
+            )
+            return None
+
+    def cache_layer_rows(self) -> list[sqlite3.Row]:
+        """Rows (key, layer_digest) of every cache entry that made a layer."""
+        return self.query("SELECT key, layer_digest FROM cache WHERE layer_digest IS NOT NULL")
+
+    def delete_cache_entry(self, key: str) -> None:
+        self.execute("DELETE FROM cache WHERE key=?", (key,))
+
+    # --- the stat cache of build contexts ---------------------------------------------
+
+    def statcache_rows(self, low: str, high: str) -> list[sqlite3.Row]:
+        """Rows (path, dev, ino, size, mtime_ns, ctime_ns, sha256) with ``low <= path < high``."""
+        return self.query(
+            "SELECT path, dev, ino, size, mtime_ns, ctime_ns, sha256 FROM statcache WHERE path >= ? AND path < ?",
+            (low, high),
+        )
+
+    def statcache_row(self, path: str) -> sqlite3.Row | None:
+        rows = self.query(
+            "SELECT path, dev, ino, size, mtime_ns, ctime_ns, sha256 FROM statcache WHERE path = ?", (path,)
+        )
+        return rows[0] if rows else None
+
+    def write_statcache(self, rows: list[tuple]) -> None:
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO statcache (path, dev, ino, size, mtime_ns, ctime_ns, sha256)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    # --- where blobs came from, for cross-repository mounts ---------------------------
+
+    def record_blob_sources(self, registry: str, repository: str, digests: set[str]) -> None:
+        now = time.time()
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO blob_sources(digest, registry, repository, last_seen) VALUES (?,?,?,?)",
+                [(digest, registry, repository, now) for digest in digests],
+            )
+
+    def blob_source_repositories(self, registry: str, digest: str, exclude: str, limit: int) -> list[str]:
+        """Repositories of ``registry`` other than ``exclude`` known to hold ``digest``, newest first."""
+        rows = self.query(
+            "SELECT repository FROM blob_sources WHERE digest=? AND registry=? AND repository<>? "
+            "ORDER BY last_seen DESC LIMIT ?",
+            (digest, registry, exclude, limit),
+        )
+        return [row["repository"] for row in rows]
+
+    # --- checks -------------------------------------------------------------------------
+
+    def quick_check(self) -> list[str]:
+        """SQLite's own consistency check: its messages, or ["ok"]."""
+        return [row[0] for row in self.query("PRAGMA quick_check")]
 
 
 class _Transaction:

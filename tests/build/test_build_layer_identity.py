@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from imagetools import recorded_diff_id
 
 from imgbuild.errors import DigestMismatch
 from imgbuild.image import (
@@ -229,7 +230,7 @@ def test_a_pulled_layer_whose_diff_id_is_wrong_is_refused(build_df, store, regis
     assert target in message
     assert _sha256(blob) in message and claimed in message and _sha256(real) in message
     # Nothing unverified was recorded about the blob, and no snapshot claims it.
-    assert store.diff_id_for_layer(_sha256(blob)) is None
+    assert recorded_diff_id(store, _sha256(blob)) is None
     assert not store.db.query("SELECT 1 FROM snapshots WHERE diff_id=?", (claimed,))
 
 

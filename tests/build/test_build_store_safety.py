@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from imagetools import make_busybox_image, temp_leftovers
+from imagetools import make_busybox_image, recorded_diff_id, temp_leftovers
 
 from imgbuild.store import Store
 from imgbuild.store.fsck import check_store
@@ -190,7 +190,7 @@ def test_a_store_with_diff_id_keyed_snapshots_is_upgraded(store_root, build_df):
     columns = {row["name"] for row in upgraded.db.query("PRAGMA table_info(snapshots)")}
     assert {"chain_id", "diff_id"} <= columns
     assert upgraded.db.query("PRAGMA user_version")[0][0] == 2
-    assert upgraded.diff_id_for_layer("sha256:" + "e" * 64) is None
+    assert recorded_diff_id(upgraded, "sha256:" + "e" * 64) is None
     built = build_df("FROM busybox\nRUN echo upgraded > /ok\n", store=upgraded)
     assert built.tree()["ok"].data == b"upgraded\n"
     assert check_store(upgraded).ok

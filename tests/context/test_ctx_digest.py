@@ -11,6 +11,7 @@ import pytest
 from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.source import BuildContext
 from imgbuild.context.statcache import StatCache
+from imgbuild.store.index_db import IndexDB
 
 
 def make_tree(root, files):
@@ -126,7 +127,7 @@ def test_digest_covers_names_at_the_destination(tree):
 
 def test_stat_cache_table_is_wal_sqlite(tmp_path):
     db = tmp_path / "index.db"
-    with StatCache(db):
+    with StatCache(IndexDB(db)):
         pass
     connection = sqlite3.connect(db)
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -138,7 +139,7 @@ def test_racily_clean_files_are_not_remembered(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"x")
     st = os.lstat(path)
-    with StatCache(tmp_path / "db") as cache:
+    with StatCache(IndexDB(tmp_path / "db")) as cache:
         cache.remember(str(path), st, "aa", hashed_at_ns=st.st_ctime_ns)
         cache.flush()
         assert cache.lookup(str(path), st) is None
@@ -163,7 +164,7 @@ def test_warm_rehash_of_a_20000_file_context_reads_nothing(tmp_path):
     db = tmp_path / "index.db"
 
     def rehash():
-        with StatCache(db) as cache:
+        with StatCache(IndexDB(db)) as cache:
             ctx = BuildContext(root, IgnoreMatcher([]), cache)
             return ctx.digest(ctx.select(".")), ctx.read_stats
 
@@ -189,7 +190,7 @@ def test_same_size_rewrite_with_restored_mtime_is_noticed(tmp_path):
     db = tmp_path / "db"
 
     def rehash():
-        with StatCache(db) as cache:
+        with StatCache(IndexDB(db)) as cache:
             ctx = BuildContext(root, IgnoreMatcher([]), cache)
             return ctx.digest(ctx.select("f.txt")), ctx.read_stats.files
 

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import requests
+from imagetools import recorded_diff_id
 
 from imgbuild.errors import ImgbuildError, RegistryError, UsageError
 from imgbuild.image import (
@@ -46,7 +47,7 @@ def assert_image_complete(store, image) -> None:
     store.read_blob(image.config_descriptor.digest)
     for layer, diff_id in zip(image.layers, image.diff_ids, strict=True):
         assert sha256(gzip.decompress(store.read_blob(layer.digest))) == diff_id
-        assert store.diff_id_for_layer(layer.digest) is None
+        assert recorded_diff_id(store, layer.digest) is None
 
 
 def test_push_then_skopeo_copies_it_back(registry, busybox_store, skopeo, tmp_path, new_repo):
