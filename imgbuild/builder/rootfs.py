@@ -15,7 +15,7 @@ from pathlib import Path
 from imgbuild.errors import DigestMismatch
 from imgbuild.image import Descriptor, Image, LayerRef, chain_ids
 from imgbuild.layer.decompress import open_tar_stream
-from imgbuild.layer.write import changeset_is_empty, compress_tar, write_layer
+from imgbuild.layer.write import changeset_is_empty, compress_tar, set_times_as_written, write_layer
 from imgbuild.sandbox.overlay import mount_overlay, prune_copied_up_dirs
 from imgbuild.store import Store, remove_tree
 
@@ -119,13 +119,15 @@ def commit_directory(
     source_date_epoch: int | None,
 ) -> LayerRef | None:
     """Write ``changes`` (an unmounted upperdir) as a layer and adopt it as the
-    snapshot of that layer on top of ``parent_chain_id`` (None: at the bottom)."""
+    snapshot of that layer on top of ``parent_chain_id`` (None: at the bottom),
+    with the times its tar records: the tree a pull of the layer would extract."""
     if changeset_is_empty(changes):
         return None
     with store.blob_writer() as blob:
         digests = write_layer(
             changes, blob, compression=compression, level=level, source_date_epoch=source_date_epoch
         )
+    set_times_as_written(changes, source_date_epoch)
     store.record_layer(digests.digest, digests.diff_id, digests.media_type, digests.size)
     parent = [parent_chain_id] if parent_chain_id else []
     store.add_snapshot(chain_ids([*parent, digests.diff_id])[-1], digests.diff_id, changes)

@@ -309,6 +309,21 @@ def _join(parent: bytes, name: bytes) -> bytes:
     return parent + b"/" + name if parent else name
 
 
+def set_times_as_written(root: Path | str, source_date_epoch: int | None) -> None:
+    """Give every entry below ``root`` the mtime its tar entry records: whole
+    seconds, and no later than ``source_date_epoch``.
+
+    A built layer's changeset is kept as its snapshot; with this it is the
+    tree its blob extracts to, so a later step sees the same times whether
+    its base was built here, pulled or loaded.
+    """
+    top = os.fsencode(root)
+    for relative, info in _walk(top):
+        wanted = _entry_mtime(info, source_date_epoch)
+        if info.st_mtime_ns != wanted:
+            os.utime(os.path.join(top, relative), ns=(wanted, wanted), follow_symlinks=False)
+
+
 def _entry_mtime(info: os.stat_result, source_date_epoch: int | None) -> int:
     seconds = info.st_mtime_ns // _SECOND
     if source_date_epoch is not None:

@@ -12,6 +12,8 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import stat
 import subprocess
 import tarfile
 import uuid
@@ -29,6 +31,7 @@ from imgbuild.image import (
     OCI_MANIFEST,
     Platform,
 )
+from imgbuild.layer.extract import apply_layer
 
 pytestmark = pytest.mark.root
 
@@ -295,3 +298,44 @@ def test_a_base_with_docker_layer_types_gives_oci_types_everywhere(
     manifest = json.loads(_tool("skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{pushed}"))
     assert manifest["mediaType"] == OCI_MANIFEST
     assert {layer["mediaType"] for layer in manifest["layers"]} == {OCI_LAYER_GZIP}
+
+
+# --- 4. a built layer's snapshot is the tree its blob extracts to --------------------------
+
+SNAPSHOT_DOCKERFILE = """\
+FROM busybox
+RUN mkdir -p /a/b && echo hi > /a/b/f && chmod 700 /a && touch -d 2001-01-01 /a/b/f \\
+ && ln -s f /a/b/l && ln /a/b/f /a/b/hard && mkfifo /a/p && rm /bin/ls && mkdir -p /etc/new
+COPY x /x/
+RUN touch /x/one && rm -r /a/b
+"""
+
+
+def _tree(root: Path) -> dict:
+    """Each entry's type and mode, owner, mtime and (for files) bytes, as a container sees them."""
+    found = {}
+    for directory, names, files in os.walk(root):
+        for name in names + files:
+            path = os.path.join(directory, name)
+            info = os.lstat(path)
+            data = Path(path).read_bytes() if stat.S_ISREG(info.st_mode) else None
+            rdev = info.st_rdev if stat.S_ISCHR(info.st_mode) else None
+            found[os.path.relpath(path, root)] = (info.st_mode, info.st_uid, info.st_gid, info.st_mtime_ns, rdev, data)
+    return found
+
+
+@pytest.mark.parametrize("epoch", [None, EPOCH], ids=["no-epoch", "source-date-epoch"])
+def test_a_built_layers_snapshot_is_the_tree_its_blob_extracts_to(build_df, store, tmp_path, epoch):
+    """A later step must see the same files and times whether its base was built
+    here or pulled. The snapshot used to keep the upperdir's own mtimes
+    (nanoseconds, and newer than SOURCE_DATE_EPOCH), which the blob does not."""
+    built = build_df(SNAPSHOT_DOCKERFILE, {"x/one": "1\n"}, store=store, source_date_epoch=epoch)
+    image = built.image
+    chain = _chain_ids(image.diff_ids)
+    for index in range(1, len(image.layers)):
+        snapshot = store.snapshot_path(chain[index])
+        extracted = tmp_path / f"extracted-{index}"
+        extracted.mkdir()
+        with store.open_blob(image.layers[index].digest) as blob:
+            apply_layer(blob, extracted, media_type=image.layers[index].media_type)
+        assert _tree(snapshot) == _tree(extracted), f"layer {index}"
