@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -19,10 +19,28 @@ def _needs_root_and_runc():
 
 @dataclass
 class FaultStats:
-    runs: int = 0
+    runs: dict[str, int] = field(default_factory=dict)  # kill -9 runs by kind: builds, pulls, pushes
     leftovers: int = 0
     mismatches: int = 0
-    finished_first: int = 0  # builds that ended before their kill came
+    finished_first: int = 0  # operations that ended before their kill came
+
+    def add(self, kind: str, leftovers: list[str], mismatch: bool, finished_first: bool) -> None:
+        """Count one kill -9 run of ``kind`` and what the check after it found."""
+        self.runs[kind] = self.runs.get(kind, 0) + 1
+        self.leftovers += len(leftovers)
+        self.mismatches += bool(mismatch)
+        self.finished_first += bool(finished_first)
+
+    def summary(self) -> str:
+        total = sum(self.runs.values())
+        kinds = ", ".join(f"{count} {kind}" for kind, count in self.runs.items())
+        line = (
+            f"faults: {total} kill -9 runs ({kinds}), {self.leftovers} leftovers, "
+            f"{self.mismatches} digest mismatches"
+        )
+        if self.finished_first:
+            line += f" ({self.finished_first} ended before the kill)"
+        return line
 
 
 _stats = FaultStats()
@@ -35,8 +53,4 @@ def fault_stats() -> FaultStats:
 
 def pytest_terminal_summary(terminalreporter):
     if _stats.runs:
-        terminalreporter.write_line(
-            f"faults: {_stats.runs} kill -9 runs, {_stats.leftovers} leftovers, "
-            f"{_stats.mismatches} digest mismatches"
-            + (f" ({_stats.finished_first} builds ended before the kill)" if _stats.finished_first else "")
-        )
+        terminalreporter.write_line(_stats.summary())

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 
@@ -31,3 +34,60 @@ def clear_leftovers(root: Path) -> None:
         subprocess.run(["runc", "delete", "--force", container], capture_output=True)
     for point in sorted(mounts_under(root), key=lambda p: p.count("/"), reverse=True):
         subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+class SlowProxy:
+    """A TCP relay on 127.0.0.1 to ``upstream`` ("host:port") at a bounded rate.
+
+    Loopback moves a registry's blobs at hundreds of MB/s, so a pull or push
+    is over before a kill can land in it; through this relay a transfer lasts
+    long enough to be interrupted. Each direction of each connection is held
+    to ``rate`` bytes a second. The registry behind it is the real one: it
+    builds its upload locations from the Host header, so they name the relay.
+    """
+
+    def __init__(self, upstream: str, rate: int):
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.rate = rate
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.host = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> SlowProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.listener.close()
+        self.thread.join(timeout=5)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._relay, args=(source, sink), daemon=True).start()
+
+    def _relay(self, source: socket.socket, sink: socket.socket) -> None:
+        chunk = 64 << 10
+        try:
+            while data := source.recv(chunk):
+                sink.sendall(data)
+                time.sleep(len(data) / self.rate)
+        except OSError:
+            pass  # the other side went away (a killed client): close both
+        finally:
+            for end in (source, sink):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                end.close()

@@ -138,17 +138,14 @@ def test_kill9_at_seeded_points_leaves_nothing_and_rebuilds_the_same_image(tmp_p
         _fresh_store(root)
         tmpdir = root.parent / "system-tmp"
         tmpdir.mkdir()
-        if not _killed_build(root, context, delay, tmpdir):
-            finished_first += 1
+        finished = not _killed_build(root, context, delay, tmpdir)
+        finished_first += finished
         try:
             image_id = _build(root, context)  # the next start: sweeps, then builds
             left = _leftovers(root, tmpdir)
         finally:
             clear_leftovers(root)
-        fault_stats.runs += 1
-        fault_stats.finished_first = finished_first
-        fault_stats.leftovers += len(left)
-        fault_stats.mismatches += image_id != reference
+        fault_stats.add("builds", left, image_id != reference, finished)
         if left or image_id != reference:
             failures.append(f"seed {seed + run} (kill after {delay:.2f}s): {image_id} {left}")
 
