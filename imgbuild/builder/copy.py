@@ -49,7 +49,7 @@ from imgbuild.builder.dockerignore import go_clean, go_dir
 from imgbuild.builder.fetch import Fetched
 from imgbuild.builder.safeopen import kind_of
 from imgbuild.builder.users import resolve_in_root
-from imgbuild.errors import BuildError, NotADirectory
+from imgbuild.errors import BuildError, NotADirectory, disk_full, is_disk_full
 
 COPY_CHUNK = 1 << 20
 HEREDOC_MODE = 0o644
@@ -131,6 +131,9 @@ def copy_into(
                 "remove it in an earlier step or copy to another destination"
             ) from None
         except OSError as error:
+            if is_disk_full(error):
+                doing = f"{instruction} {_source_text(item)} to {dest} into the step's root"
+                raise disk_full(error, doing, rootfs) from None
             raise BuildError(
                 f"{instruction} failed: {_source_text(item)} to {dest}: {error}"
             ) from None

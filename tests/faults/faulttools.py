@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import json
+import random
 import socket
 import subprocess
+import tarfile
 import threading
 import time
 from pathlib import Path
+
+
+def random_layer(seed: int, size: int) -> bytes:
+    """A layer tar holding one file of ``size`` seeded random (incompressible) bytes."""
+    data = random.Random(seed).randbytes(size)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(f"data-{seed}.bin")
+        info.size = len(data)
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def mounts_under(root: Path) -> list[str]:

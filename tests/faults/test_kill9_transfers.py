@@ -25,7 +25,6 @@ first seed (default 0).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import random
@@ -34,13 +33,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from faults.faulttools import SlowProxy, mounts_under
+from faults.faulttools import SlowProxy, mounts_under, random_layer
 from imagetools import temp_leftovers
 from ocitools import compress_layer, push_layout_raw, write_layout
 
@@ -77,18 +75,6 @@ def _imgbuild(root: Path, *args: str, timeout: float = 120) -> subprocess.Comple
     )
 
 
-def _random_layer(seed: int) -> bytes:
-    """A layer tar holding one file of seeded random bytes."""
-    data = random.Random(seed).randbytes(LAYER_BYTES)
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo(f"data-{seed}.bin")
-        info.size = len(data)
-        info.mode = 0o644
-        tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 @dataclass
 class Source:
     layout: Path
@@ -97,7 +83,7 @@ class Source:
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Source:
-    layers = [compress_layer(_random_layer(n), "uncompressed") for n in range(LAYERS)]
+    layers = [compress_layer(random_layer(n, LAYER_BYTES), "uncompressed") for n in range(LAYERS)]
     layout = tmp_path_factory.mktemp("transfers") / "layout"
     manifest = write_layout(layout, "big", layers, "imgbuild fault test")
     return Source(layout, manifest)

@@ -1,0 +1,193 @@
+"""A full disk under the store: a clear error, the store as it was, and the next try works.
+
+The store lives on a 64 MiB ext4 file system of its own, loop-mounted for the
+test (and unmounted after it). A build whose COPY, or whose layer tar, does
+not fit, and a pull of an image that does not fit, must end with a DiskFull
+error (exit code 1, "No space left on device" and the path, no traceback),
+leave nothing mounted and nothing in tmp/, keep the images already there
+intact (``imgbuild fsck`` hashes every blob), and succeed once space is free.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from faults.faulttools import mounts_under, random_layer
+from imagetools import make_busybox_image, temp_leftovers
+from ocitools import compress_layer, push_layout_raw, write_layout
+
+from imgbuild.store import Store
+
+pytestmark = pytest.mark.root
+
+PROJECT = Path(__file__).resolve().parents[2]
+FILESYSTEM_BYTES = 64 << 20
+
+
+def _is_mounted(point: Path) -> bool:
+    return str(point) in mounts_under(point)
+
+
+@pytest.fixture
+def small_fs(tmp_path) -> Iterator[Path]:
+    """A fresh 64 MiB ext4 (no blocks reserved for root) mounted on a directory of its own."""
+    image = tmp_path / "disk.img"
+    point = tmp_path / "small"
+    point.mkdir()
+    with open(image, "wb") as handle:
+        handle.truncate(FILESYSTEM_BYTES)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(point)], check=True, capture_output=True)
+    try:
+        yield point
+    finally:
+        for point_below in sorted(mounts_under(point), key=len, reverse=True):
+            if point_below != str(point):  # a leftover of the test's own failure
+                subprocess.run(["umount", "-l", point_below], capture_output=True)
+        gc.collect()  # the test's Store objects hold index.db and lock files open there
+        if _is_mounted(point) and subprocess.run(["umount", str(point)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(point)], capture_output=True)
+            raise AssertionError(f"{point} was busy after the test; detached it lazily")
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(PROJECT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["SOURCE_DATE_EPOCH"] = "0"
+    env.pop("CI", None)
+    return env
+
+
+def _imgbuild(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "imgbuild", "--root", str(root), *args],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )
+
+
+def _build(root: Path, context: Path, tag: str) -> subprocess.CompletedProcess:
+    return _imgbuild(root, "build", "--progress", "plain", "-t", tag, str(context))
+
+
+def _context(directory: Path, dockerfile: str, files: dict[str, bytes]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "Dockerfile").write_text(dockerfile)
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+    return directory
+
+
+def _free_bytes(path: Path) -> int:
+    info = os.statvfs(path)
+    return info.f_bavail * info.f_frsize
+
+
+def _fill(point: Path, leave: int) -> Path:
+    """A filler file that leaves about ``leave`` bytes free on ``point``'s file system."""
+    filler = point / "filler"
+    size = _free_bytes(point) - leave
+    assert size > 0, f"only {_free_bytes(point)} bytes free on {point}"
+    with open(filler, "wb") as handle:
+        handle.write(b"\0" * size)  # written, not sparse: it takes the blocks
+        handle.flush()
+        os.fsync(handle.fileno())
+    return filler
+
+
+def _assert_disk_full(done: subprocess.CompletedProcess, path: Path) -> None:
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "Traceback" not in output, output
+    assert "No space left on device" in done.stderr, output
+    assert str(path) in done.stderr, output
+
+
+def _assert_store_intact(root: Path, images: dict[str, str]) -> None:
+    """Nothing mounted, nothing in tmp/, fsck clean, every earlier image where it was."""
+    assert mounts_under(root) == []
+    store = Store(root)
+    assert temp_leftovers(store) == []
+    fsck = _imgbuild(root, "fsck")
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    for tag, digest in images.items():
+        assert store.resolve(tag).digest == digest
+
+
+def _store_with_an_image(root: Path, tmp_path: Path) -> dict[str, str]:
+    """busybox plus one built image; their tags and manifest digests."""
+    store = Store(root)
+    make_busybox_image(store, "busybox:latest")
+    context = _context(tmp_path / "keep", "FROM busybox\nCOPY keep.txt /keep.txt\n", {"keep.txt": b"keep\n"})
+    done = _build(root, context, "keep")
+    assert done.returncode == 0, done.stdout + done.stderr
+    store = Store(root)
+    return {tag: store.resolve(tag).digest for tag in ("busybox:latest", "keep:latest")}
+
+
+def test_copy_bigger_than_the_disk_is_a_clear_error_and_the_store_stays_intact(small_fs, tmp_path):
+    root = small_fs / "store"
+    images = _store_with_an_image(root, tmp_path)
+    big = random_layer(1, FILESYSTEM_BYTES * 3 // 2)  # incompressible, bigger than the file system
+    context = _context(tmp_path / "ctx", "FROM busybox\nCOPY big /big\n", {"big": big})
+
+    failed = _build(root, context, "big")
+    _assert_disk_full(failed, root)
+    assert "COPY big to /big" in failed.stderr
+    _assert_store_intact(root, images)
+
+    (context / "big").write_bytes(b"small now\n")  # the user takes the big file out
+    done = _build(root, context, "big")
+    assert done.returncode == 0, done.stdout + done.stderr
+    _assert_store_intact(root, images)
+
+
+def test_layer_bigger_than_the_free_space_is_a_clear_error_and_the_next_build_works(small_fs, tmp_path):
+    root = small_fs / "store"
+    images = _store_with_an_image(root, tmp_path)
+    size = 12 << 20
+    # The RUN's output fits in the step's upperdir; its (incompressible) layer does not fit too.
+    filler = _fill(small_fs, leave=size + size // 2)
+    context = _context(tmp_path / "ctx", f"FROM busybox\nRUN head -c {size} /dev/urandom > /big\n", {})
+
+    failed = _build(root, context, "big")
+    _assert_disk_full(failed, root)
+    assert "writing a blob into the store" in failed.stderr
+    _assert_store_intact(root, images)
+
+    filler.unlink()  # the user frees space
+    done = _build(root, context, "big")
+    assert done.returncode == 0, done.stdout + done.stderr
+    _assert_store_intact(root, images)
+
+
+def test_pull_into_a_full_store_is_a_clear_error_and_leaves_no_partial_blob(small_fs, tmp_path, registry):
+    layers = [compress_layer(random_layer(10 + n, 8 << 20), "uncompressed") for n in range(2)]
+    layout = tmp_path / "layout"
+    manifest = write_layout(layout, "big", layers, "imgbuild full-disk test")
+    repository = f"faults/full-disk-{secrets.token_hex(4)}"
+    push_layout_raw(layout, manifest, registry.host, repository, "1")
+    reference = f"{registry.host}/{repository}:1"
+
+    root = small_fs / "store"
+    images = _store_with_an_image(root, tmp_path)
+    filler = _fill(small_fs, leave=6 << 20)
+
+    failed = _imgbuild(root, "pull", reference)
+    _assert_disk_full(failed, root)
+    _assert_store_intact(root, images)
+
+    filler.unlink()
+    done = _imgbuild(root, "pull", reference)
+    assert done.returncode == 0, done.stdout + done.stderr
+    pulled = Store(root).resolve(reference)
+    assert pulled.digest == "sha256:" + hashlib.sha256(json.dumps(manifest).encode()).hexdigest()
+    _assert_store_intact(root, {**images, reference: pulled.digest})
