@@ -2,7 +2,8 @@
 
 The store lives on a 64 MiB ext4 file system of its own, loop-mounted for the
 test (and unmounted after it). A build whose COPY, or whose layer tar, does
-not fit, and a pull of an image that does not fit, must end with a DiskFull
+not fit, a base image whose layers do not fit extracted, and a pull of an
+image that does not fit, must end with a DiskFull
 error (exit code 1, "No space left on device" and the path, no traceback),
 leave nothing mounted and nothing in tmp/, keep the images already there
 intact (``imgbuild fsck`` hashes every blob), and succeed once space is free.
@@ -191,3 +192,32 @@ def test_pull_into_a_full_store_is_a_clear_error_and_leaves_no_partial_blob(smal
     pulled = Store(root).resolve(reference)
     assert pulled.digest == "sha256:" + hashlib.sha256(json.dumps(manifest).encode()).hexdigest()
     _assert_store_intact(root, {**images, reference: pulled.digest})
+
+
+def test_base_image_that_does_not_fit_extracted_is_a_clear_error(small_fs, tmp_path):
+    """The blobs fit, their extracted snapshots do not: the build says so and keeps nothing."""
+    root = small_fs / "store"
+    images = _store_with_an_image(root, tmp_path)
+    layers = [compress_layer(random_layer(20 + n, 8 << 20), "gzip") for n in range(2)]
+    layout = tmp_path / "layout"
+    write_layout(layout, "big:1", layers, "imgbuild full-disk test")
+    loaded = _imgbuild(root, "load", "-i", str(_oci_archive(layout, tmp_path / "big.tar")))
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    images["big:1"] = Store(root).resolve("big:1").digest
+    filler = _fill(small_fs, leave=10 << 20)  # the 16 MB of layers do not fit a second time
+    context = _context(tmp_path / "ctx", "FROM big:1\nCOPY small /small\n", {"small": b"small\n"})
+
+    failed = _build(root, context, "on-big")
+    _assert_disk_full(failed, root)
+    assert "extracting layer entry" in failed.stderr
+    _assert_store_intact(root, images)
+
+    filler.unlink()
+    done = _build(root, context, "on-big")
+    assert done.returncode == 0, done.stdout + done.stderr
+    _assert_store_intact(root, images)
+
+
+def _oci_archive(layout: Path, archive: Path) -> Path:
+    subprocess.run(["tar", "-cf", str(archive), "-C", str(layout), "."], check=True)
+    return archive
