@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+FILESYSTEM_BYTES = 64 << 20  # the small file system (conftest.small_fs) a store fills
+
 
 def random_layer(seed: int, size: int) -> bytes:
     """A layer tar holding one file of ``size`` seeded random (incompressible) bytes."""

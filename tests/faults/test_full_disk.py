@@ -11,18 +11,16 @@ intact (``imgbuild fsck`` hashes every blob), and succeed once space is free.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faults.faulttools import mounts_under, random_layer
+from faults.faulttools import FILESYSTEM_BYTES, mounts_under, random_layer
 from imagetools import make_busybox_image, temp_leftovers
 from ocitools import compress_layer, push_layout_raw, write_layout
 
@@ -31,33 +29,6 @@ from imgbuild.store import Store
 pytestmark = pytest.mark.root
 
 PROJECT = Path(__file__).resolve().parents[2]
-FILESYSTEM_BYTES = 64 << 20
-
-
-def _is_mounted(point: Path) -> bool:
-    return str(point) in mounts_under(point)
-
-
-@pytest.fixture
-def small_fs(tmp_path) -> Iterator[Path]:
-    """A fresh 64 MiB ext4 (no blocks reserved for root) mounted on a directory of its own."""
-    image = tmp_path / "disk.img"
-    point = tmp_path / "small"
-    point.mkdir()
-    with open(image, "wb") as handle:
-        handle.truncate(FILESYSTEM_BYTES)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True, capture_output=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(point)], check=True, capture_output=True)
-    try:
-        yield point
-    finally:
-        for point_below in sorted(mounts_under(point), key=len, reverse=True):
-            if point_below != str(point):  # a leftover of the test's own failure
-                subprocess.run(["umount", "-l", point_below], capture_output=True)
-        gc.collect()  # the test's Store objects hold index.db and lock files open there
-        if _is_mounted(point) and subprocess.run(["umount", str(point)], capture_output=True).returncode:
-            subprocess.run(["umount", "-l", str(point)], capture_output=True)
-            raise AssertionError(f"{point} was busy after the test; detached it lazily")
 
 
 def _env() -> dict:
