@@ -68,6 +68,8 @@ class SlowProxy:
         self.upstream = (host, int(port))
         self.rate = rate
         self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)  # accept() wakes up to see ``stopped``
+        self.stopped = threading.Event()
         self.host = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.thread = threading.Thread(target=self._accept, daemon=True)
 
@@ -76,15 +78,17 @@ class SlowProxy:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.listener.close()
+        self.stopped.set()
         self.thread.join(timeout=5)
+        self.listener.close()
 
     def _accept(self) -> None:
-        while True:
+        while not self.stopped.is_set():
             try:
                 client, _ = self.listener.accept()
-            except OSError:
-                return  # closed
+            except TimeoutError:
+                continue
+            client.settimeout(None)
             try:
                 server = socket.create_connection(self.upstream)
             except OSError:
