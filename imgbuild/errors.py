@@ -129,12 +129,17 @@ def is_disk_full(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in _FULL
 
 
-def disk_full(error: OSError, doing: str, path: os.PathLike | str) -> DiskFull:
+FREE_SPACE_HINT = (
+    "Free space on it (`imgbuild rmi` removes images you no longer need) or use a store on a "
+    "bigger filesystem (--root or $IMGBUILD_ROOT)"
+)
+
+
+def disk_full(error: OSError, doing: str, path: os.PathLike | str, hint: str = FREE_SPACE_HINT) -> DiskFull:
     """The DiskFull for ``error``, met while ``doing`` something under ``path``."""
     return DiskFull(
         f"{os.strerror(error.errno)} while {doing}, under {path}: that filesystem is full. "
-        "Nothing of the failed write was kept. Free space on it (`imgbuild rmi` removes images "
-        "you no longer need) or use a store on a bigger filesystem (--root or $IMGBUILD_ROOT)"
+        f"Nothing of the failed write was kept. {hint}"
     )
 
 

@@ -11,6 +11,7 @@ intact (``imgbuild fsck`` hashes every blob), and succeed once space is free.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -192,3 +193,36 @@ def test_base_image_that_does_not_fit_extracted_is_a_clear_error(small_fs, tmp_p
 def _oci_archive(layout: Path, archive: Path) -> Path:
     subprocess.run(["tar", "-cf", str(archive), "-C", str(layout), "."], check=True)
     return archive
+
+
+def _fill_completely(point: Path) -> Path:
+    """A filler file that takes every last free block of ``point``'s file system."""
+    filler = point / "filler"
+    with open(filler, "wb", buffering=0) as handle:
+        for chunk in (1 << 20, 4 << 10):  # then smaller pieces for the last partial megabyte
+            try:
+                while handle.write(b"\0" * chunk):
+                    pass
+            except OSError as error:
+                if error.errno != errno.ENOSPC:
+                    raise
+    return filler
+
+
+def test_a_store_on_a_completely_full_disk_gives_a_clear_error_for_every_command(small_fs, tmp_path):
+    """Not even the store's index opens (SQLite cannot make its WAL index): every
+    command says so, rather than a sqlite3 traceback, and nothing is harmed."""
+    root = small_fs / "store"
+    images = _store_with_an_image(root, tmp_path)
+    filler = _fill_completely(small_fs)
+    context = _context(tmp_path / "ctx", "FROM busybox\nLABEL full=yes\n", {})
+
+    for args in (("images",), ("tag", "keep", "other"), ("fsck",), ("build", "-t", "x", str(context))):
+        failed = _imgbuild(root, *args)
+        _assert_disk_full(failed, root)
+        assert "the store's index" in failed.stderr
+
+    filler.unlink()
+    _assert_store_intact(root, images)
+    done = _imgbuild(root, "tag", "keep", "other")
+    assert done.returncode == 0, done.stdout + done.stderr
