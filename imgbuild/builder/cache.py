@@ -1,7 +1,7 @@
 """The build cache: step cache keys and the store's ``cache`` table.
 
 A step's key is a sha256 over a JSON document of everything that can change
-what the step produces (docs/cache.md): the parent step's key, the instruction
+what the step produces (docs/build.md, "The cache key"): the parent step's key, the instruction
 after expansion, the image config it runs in (env, user, workdir, shell, ...),
 the build args it sees, and digests of the files it reads. A key found in the
 table is a hit: its layer is reused and nothing runs. Keys never include

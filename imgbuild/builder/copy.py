@@ -7,8 +7,8 @@ backend and tonistiigi/fsutil ``copy``):
   destination directory is created (0755) if missing and keeps its metadata;
 - a destination ending in ``/`` (or ``.``) is a directory; a file copied onto
   an existing directory goes inside it under its own name;
-- several sources need a directory destination (the classic builder's error,
-  which the issue asks for; BuildKit would silently overwrite);
+- several sources need a directory destination (the classic builder's error:
+  BuildKit would let the last source silently overwrite the others);
 - a relative destination is relative to WORKDIR; missing parents are created
   with mode 0755, owned by the --chown user if one is given;
 - the destination path resolves symlinks like a chroot: never outside rootfs;
@@ -44,12 +44,11 @@ from typing import BinaryIO
 
 import zstandard
 
-from imgbuild.builder.context import Entry, Selected
-from imgbuild.builder.dockerignore import go_clean, go_dir
 from imgbuild.builder.fetch import Fetched
-from imgbuild.builder.safeopen import kind_of
-from imgbuild.builder.users import resolve_in_root
+from imgbuild.context.gopath import go_clean, go_dir
+from imgbuild.context.source import Entry, Selected
 from imgbuild.errors import BuildError, NotADirectory, disk_full, is_disk_full
+from imgbuild.safeopen import kind_of, resolve_in_root
 
 COPY_CHUNK = 1 << 20
 HEREDOC_MODE = 0o644
@@ -137,29 +136,6 @@ def copy_into(
             raise BuildError(
                 f"{instruction} failed: {_source_text(item)} to {dest}: {error}"
             ) from None
-
-
-def copy_heredoc(
-    rootfs: Path,
-    name: str,
-    content: bytes | str,
-    dest: str,
-    *,
-    workdir: str = "/",
-    chown: tuple[int, int] | None = None,
-    chmod: int | None = None,
-    is_add: bool = False,
-) -> None:
-    """Write a heredoc body as the file ``name`` at ``dest`` (mode 0644 unless --chmod)."""
-    copy_into(
-        rootfs,
-        [HeredocFile(name, content)],
-        dest,
-        workdir=workdir,
-        chown=chown,
-        chmod=chmod,
-        is_add=is_add,
-    )
 
 
 def _source_text(item: object) -> str:

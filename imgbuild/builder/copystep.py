@@ -1,7 +1,7 @@
 """COPY/ADD as a build step: sources, their cache-key digests, and the copy itself.
 
 What a copy does to the tree is ``imgbuild.builder.copy``; what it reads is
-``imgbuild.builder.context``. This module joins them to the instruction: it
+``imgbuild.context``. This module joins them to the instruction: it
 digests exactly the files the step will read (for the cache key), downloads
 ADD URLs, resolves ``--chown`` names in the image being built, and runs the
 copy in the step's root filesystem.
@@ -14,11 +14,11 @@ import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgbuild.builder.context import BuildContext
 from imgbuild.builder.copy import HeredocFile, copy_into
 from imgbuild.builder.fetch import Fetched, fetch_url, is_url
-from imgbuild.builder.users import MAX_ID, image_table
+from imgbuild.context.source import BuildContext
 from imgbuild.errors import BuildError
+from imgbuild.sandbox.users import MAX_ID, image_table
 
 
 @dataclass

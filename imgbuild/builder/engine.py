@@ -26,19 +26,18 @@ from pathlib import Path
 from imgbuild import dockerfile as frontend
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.cache import BuildCache, LayerRef, cache_key
-from imgbuild.builder.context import BuildContext, StatCache, read_build_file
 from imgbuild.builder.copy import mkdir_all
 from imgbuild.builder.copystep import CopyRequest, run_copy
-from imgbuild.builder.dockerignore import IgnoreMatcher, go_clean, load_ignore_patterns
 from imgbuild.builder.metadata import apply_metadata
 from imgbuild.builder.options import BuildOptions
 from imgbuild.builder.outputs import write_outputs
-from imgbuild.builder.overlay import bind_mounted
 from imgbuild.builder.progress import Progress, Step, Summary, make_progress
 from imgbuild.builder.rootfs import image_layers, mounted_layers, recompress, workspace
-from imgbuild.builder.runstep import PIPES_DIR, prepared_mounts, script_mount
-from imgbuild.builder.sandbox import RunSpec, run_container
-from imgbuild.builder.users import resolve_in_root, resolve_user
+from imgbuild.context.buildfiles import load_ignore_patterns, read_build_file
+from imgbuild.context.dockerignore import IgnoreMatcher
+from imgbuild.context.gopath import go_clean
+from imgbuild.context.source import BuildContext
+from imgbuild.context.statcache import StatCache
 from imgbuild.dockerfile import Add, Arg, Cmd, Copy, Env, Run, Workdir
 from imgbuild.errors import (
     BuildError,
@@ -51,6 +50,11 @@ from imgbuild.errors import (
     SourceLocation,
 )
 from imgbuild.image import Image, Platform, new_config
+from imgbuild.safeopen import resolve_in_root
+from imgbuild.sandbox.overlay import bind_mounted
+from imgbuild.sandbox.runmounts import PIPES_DIR, prepared_mounts, script_mount
+from imgbuild.sandbox.runtime import RunSpec, run_container
+from imgbuild.sandbox.users import resolve_user
 from imgbuild.store import Store, normalise_tag, remove_tree
 
 OUTPUT_TAIL_LINES = 20
@@ -223,6 +227,7 @@ class Builder:
                 if step is not None and step.state != "failed":
                     self.progress.failed(step, str(error))
                 raise _located(error, self.dockerfile_name, instruction) from None
+        ic.container_config(state.config)["Env"] = scope.image_env()
         return StageResult(stage.index, stage.name, state.config, state.layers, state.key, state.base_layers)
 
     def _base_state(self, stage) -> StageState:

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgbuild.builder import safeopen
+from imgbuild import safeopen
 from imgbuild.errors import BuildError
 
 log = logging.getLogger(__name__)

@@ -36,8 +36,8 @@ def apply_metadata(config: dict, instruction, *, cmd_set: bool) -> str | None:
     container = ic.container_config(config)
     match instruction:
         case Env():
-            for pair in instruction.pairs:
-                ic.set_env(config, pair.key, pair.value)
+            # The engine writes Env from the stage's scope when the stage ends:
+            # rewriting the list here for every ENV made 10,000 of them quadratic.
             return "ENV " + " ".join(f"{p.key}={p.value}" for p in instruction.pairs)
         case Label():
             ic.add_labels(config, {p.key: p.value for p in instruction.pairs})

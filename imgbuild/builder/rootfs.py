@@ -13,11 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from imgbuild.builder.cache import LayerRef
-from imgbuild.builder.overlay import mount_overlay, prune_copied_up_dirs
 from imgbuild.errors import DigestMismatch
 from imgbuild.image import Descriptor, Image, chain_ids
 from imgbuild.layer.decompress import open_tar_stream
 from imgbuild.layer.write import changeset_is_empty, compress_tar, write_layer
+from imgbuild.sandbox.overlay import mount_overlay, prune_copied_up_dirs
 from imgbuild.store import Store, remove_tree
 
 

@@ -14,9 +14,9 @@ from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.cache import LayerRef
 from imgbuild.builder.engine import signals_raise_interrupt
 from imgbuild.builder.rootfs import image_layers, workspace
-from imgbuild.builder.sandbox import RunSpec, run_container
-from imgbuild.builder.users import resolve_user
 from imgbuild.errors import Interrupted, UsageError
+from imgbuild.sandbox.runtime import RunSpec, run_container
+from imgbuild.sandbox.users import resolve_user
 from imgbuild.store import Store
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from imgbuild.builder.context import read_dockerfile_stdin
 from imgbuild.builder.options import (
     COMPRESSIONS,
     BuildOptions,
@@ -13,6 +12,7 @@ from imgbuild.builder.options import (
     parse_output,
     parse_secret,
 )
+from imgbuild.context.buildfiles import read_dockerfile_stdin
 from imgbuild.errors import DockerfileError, UsageError
 
 

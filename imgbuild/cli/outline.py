@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from imgbuild.builder.context import read_build_file, read_dockerfile_stdin
+from imgbuild.context.buildfiles import read_build_file, read_dockerfile_stdin
 from imgbuild.dockerfile import parse, plan
 from imgbuild.dockerfile.outline import render_json, render_text
 from imgbuild.errors import UsageError

@@ -96,10 +96,11 @@ class StageScope:
             if value is not None:
                 self.global_env[name] = value
         self._env: dict[str, str] = {}  # what expansion and RUN see, in order
+        self._env_size = 0  # characters of names and values in _env, kept as it changes
         self._image_env: dict[str, str] = {}  # what the image keeps: base env + ENV
         for entry in base_env:
             key, _, value = entry.partition("=")
-            self._env[key] = value
+            self._set(key, value)
             self._image_env[key] = value
         self._args: dict[str, str | None] = {}  # ARGs declared in this stage
         self._from_arg: set[str] = set()  # names whose current value came from an ARG
@@ -193,22 +194,26 @@ class StageScope:
             for pair in resolved.pairs:
                 self._args[pair.name] = pair.default
                 if pair.default is not None:
-                    self._env[pair.name] = pair.default
+                    self._set(pair.name, pair.default)
                     self._from_arg.add(pair.name)
             self._check_variables_size()
             return resolved
         resolved = self._expand_env(instruction)
         for pair in resolved.pairs:
-            self._env[pair.key] = pair.value
+            self._set(pair.key, pair.value)
             self._image_env[pair.key] = pair.value
             self._from_arg.discard(pair.key)
         self._check_variables_size()
         return resolved
 
+    def _set(self, name: str, value: str) -> None:
+        old = self._env.get(name)
+        self._env_size += len(value) - (len(old) if old is not None else -len(name))
+        self._env[name] = value
+
     def _check_variables_size(self) -> None:
         # Each value is at most MAX_VALUE, but a thousand of them would still add up.
-        total = sum(len(name) + len(value) for name, value in self._env.items())
-        if total > MAX_VARIABLES:
+        if self._env_size > MAX_VARIABLES:
             raise ExpansionError(
                 f"the variables of this stage (ENV, ARG and the base image's Env) grow beyond "
                 f"{MAX_VARIABLES >> 20} MiB, the most imgbuild allows (see docs/dockerfile.md)"

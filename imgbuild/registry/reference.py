@@ -97,14 +97,6 @@ class Reference:
             return f"{self.familiar_name}@{self.digest}"
         return f"{self.familiar_name}:{self.tag or DEFAULT_TAG}"
 
-    def with_tag(self, tag: str) -> Reference:
-        if not _TAG_RE.match(tag):
-            raise UsageError(f"invalid tag {tag!r}: up to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-'")
-        return Reference(self.registry, self.repository, tag, None)
-
-    def with_digest(self, digest: str) -> Reference:
-        return Reference(self.registry, self.repository, None, digest)
-
     def __str__(self) -> str:
         text = self.name
         if self.tag:

@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
 CREATE INDEX IF NOT EXISTS snapshots_by_diff_id ON snapshots(diff_id);
 
 CREATE TABLE IF NOT EXISTS cache (
-    key         TEXT PRIMARY KEY,   -- the step's cache key (docs/cache.md)
+    key         TEXT PRIMARY KEY,   -- the step's cache key (docs/build.md, "The cache key")
     parent_key  TEXT,               -- the key of the step before it
     diff_id     TEXT,               -- the layer it produced, NULL for no layer
     layer_digest TEXT,

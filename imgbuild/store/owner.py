@@ -167,7 +167,7 @@ def _clean(directory: Path, runtime: str, result: SweepResult) -> bool:
 
 
 def _unmount_all_under(directory: Path) -> list[str]:
-    from imgbuild.builder.overlay import unmount_all_under  # the builder imports the store
+    from imgbuild.sandbox.overlay import unmount_all_under  # the builder imports the store
 
     return unmount_all_under(directory)
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from imgbuild.builder.users import MAX_TABLE_BYTES
+from imgbuild.sandbox.users import MAX_TABLE_BYTES
 
 pytestmark = pytest.mark.root
 

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from imgbuild import safeopen
 from imgbuild.builder import copy as copy_module
-from imgbuild.builder import runstep as runstep_module
-from imgbuild.builder import safeopen
 from imgbuild.builder.engine import build
 from imgbuild.builder.options import BuildOptions
 from imgbuild.builder.progress import Progress
 from imgbuild.errors import ContextError, ImgbuildError
+from imgbuild.sandbox import runmounts as runstep_module
 from imgbuild.store import Store
 
 SENTINEL = b"HOST-SENTINEL-must-never-be-in-a-layer\n"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild.builder.context import MAX_BUILD_FILE
+from imgbuild.context.buildfiles import MAX_BUILD_FILE
 
 PROJECT = Path(__file__).resolve().parents[2]
 HOST_SECRET = "HOST-SECRET-FIRST-LINE do not print me"

@@ -19,10 +19,10 @@ import time
 import pytest
 import zstandard
 
-from imgbuild.builder.context import BuildContext
 from imgbuild.builder.copy import archive_compression, copy_into
-from imgbuild.builder.dockerignore import IgnoreMatcher
 from imgbuild.builder.fetch import fetch_url, url_filename
+from imgbuild.context.dockerignore import IgnoreMatcher
+from imgbuild.context.source import BuildContext
 from imgbuild.errors import BuildError
 
 MTIME = 1_234_567_890

@@ -7,9 +7,9 @@ import stat
 
 import pytest
 
-from imgbuild.builder.context import BuildContext
-from imgbuild.builder.copy import HeredocFile, copy_heredoc, copy_into
-from imgbuild.builder.dockerignore import IgnoreMatcher
+from imgbuild.builder.copy import HeredocFile, copy_into
+from imgbuild.context.dockerignore import IgnoreMatcher
+from imgbuild.context.source import BuildContext
 from imgbuild.errors import BuildError
 
 OLD = 1_000_000_000  # a fixed mtime (2001) the copies must keep
@@ -228,11 +228,11 @@ def test_empty_wildcard_copies_nothing(ctx_dir, rootfs):
 
 
 def test_heredoc_files(rootfs):
-    copy_heredoc(rootfs, "EOF", "echo hi\n", "/usr/local/bin/hello")
+    copy_into(rootfs, [HeredocFile("EOF", "echo hi\n")], "/usr/local/bin/hello")
     target = rootfs / "usr" / "local" / "bin" / "hello"
     assert target.read_bytes() == b"echo hi\n"
     assert info(target) == (0o644, 0, 0)
-    copy_heredoc(rootfs, "script.sh", b"#!/bin/sh\n", "/scripts/", chmod=0o755, chown=(3, 4))
+    copy_into(rootfs, [HeredocFile("script.sh", b"#!/bin/sh\n")], "/scripts/", chmod=0o755, chown=(3, 4))
     assert info(rootfs / "scripts" / "script.sh") == (0o755, 3, 4)
     copy_into(rootfs, [HeredocFile("a", "1"), HeredocFile("b", "2")], "/notes/")
     assert sorted(os.listdir(rootfs / "notes")) == ["a", "b"]

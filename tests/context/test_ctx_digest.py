@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from imgbuild.builder.context import BuildContext, StatCache
-from imgbuild.builder.dockerignore import IgnoreMatcher
+from imgbuild.context.dockerignore import IgnoreMatcher
+from imgbuild.context.source import BuildContext
+from imgbuild.context.statcache import StatCache
 
 
 def make_tree(root, files):

@@ -5,15 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from imgbuild.builder.context import BuildContext
-from imgbuild.builder.dockerignore import (
-    IgnoreMatcher,
-    go_clean,
-    go_match,
-    load_ignore_patterns,
-    parse_pattern,
-    read_ignore_file,
-)
+from imgbuild.context.buildfiles import load_ignore_patterns
+from imgbuild.context.dockerignore import IgnoreMatcher, parse_pattern, read_ignore_file
+from imgbuild.context.gopath import go_clean, go_match
+from imgbuild.context.source import BuildContext
 from imgbuild.errors import ContextError
 
 # moby/patternmatcher TestMatches: (pattern, path, "exact" | "inexact" | "fail").

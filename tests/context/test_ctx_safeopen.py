@@ -12,9 +12,9 @@ import threading
 
 import pytest
 
-from imgbuild.builder import safeopen
-from imgbuild.builder.context import BuildContext
-from imgbuild.builder.dockerignore import IgnoreMatcher
+from imgbuild import safeopen
+from imgbuild.context.dockerignore import IgnoreMatcher
+from imgbuild.context.source import BuildContext
 from imgbuild.errors import ContextError
 
 

@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from imgbuild.builder.context import BuildContext
-from imgbuild.builder.dockerignore import IgnoreMatcher
+from imgbuild.context.dockerignore import IgnoreMatcher
+from imgbuild.context.source import BuildContext
 from imgbuild.errors import ContextError
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild.builder.overlay import (
+from imgbuild.errors import SandboxError
+from imgbuild.sandbox.overlay import (
     mount_overlay,
     mounts_under,
     prune_copied_up_dirs,
     unmount_all_under,
 )
-from imgbuild.errors import SandboxError
 
 pytestmark = pytest.mark.root
 

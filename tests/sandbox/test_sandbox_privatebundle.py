@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from sandbox.sandboxtools import needs_root_and_runc
 
-from imgbuild.builder import sandbox
-from imgbuild.builder.overlay import mounts_under
+from imgbuild.sandbox import runtime as sandbox
+from imgbuild.sandbox.overlay import mounts_under
 
 pytestmark = pytest.mark.root
 LAUNCHER = Path(sandbox.__file__).with_name("privatebundle.py")

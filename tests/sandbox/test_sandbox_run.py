@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from sandbox.sandboxtools import containers_under, make_busybox_rootfs, needs_root_and_runc
 
-from imgbuild.builder.overlay import mount_overlay, mounts_under, prune_copied_up_dirs
-from imgbuild.builder.sandbox import Mount, PrivateFile, RunSpec, run_container
-from imgbuild.builder.users import resolve_user
 from imgbuild.errors import Interrupted, SandboxError
+from imgbuild.sandbox.overlay import mount_overlay, mounts_under, prune_copied_up_dirs
+from imgbuild.sandbox.runtime import Mount, PrivateFile, RunSpec, run_container
+from imgbuild.sandbox.users import resolve_user
 
 pytestmark = pytest.mark.root
 PROJECT = Path(__file__).resolve().parents[2]
@@ -436,8 +436,8 @@ def test_cancel_from_another_thread_kills_the_container(tmp_path, step):
 INTERRUPTED_BUILD = """
 import signal, sys
 from pathlib import Path
-from imgbuild.builder.overlay import mount_overlay
-from imgbuild.builder.sandbox import RunSpec, run_container
+from imgbuild.sandbox.overlay import mount_overlay
+from imgbuild.sandbox.runtime import RunSpec, run_container
 
 def stop(signum, frame):  # what the CLI does with SIGTERM
     raise KeyboardInterrupt

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from imgbuild.builder.sandbox import DEFAULT_CAPABILITIES
-from imgbuild.builder.seccomp import ALWAYS_ALLOWED, default_profile
+from imgbuild.sandbox.runtime import DEFAULT_CAPABILITIES
+from imgbuild.sandbox.seccomp import ALWAYS_ALLOWED, default_profile
 
 
 def _allowed(profile: dict) -> set[str]:

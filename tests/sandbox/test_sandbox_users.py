@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild.builder.users import ResolvedUser, resolve_in_root, resolve_user
 from imgbuild.errors import BuildError
+from imgbuild.safeopen import resolve_in_root
+from imgbuild.sandbox.users import ResolvedUser, resolve_user
 
 PASSWD = """root:x:0:0:root:/root:/bin/sh
 daemon:x:1:1:daemon:/usr/sbin:/bin/false

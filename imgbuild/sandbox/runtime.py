@@ -8,7 +8,7 @@ RUN step gets:
   ``network="none"`` a network namespace of its own holding only ``lo``;
 - Docker's default capability set (bounding, effective, permitted; nothing
   inheritable or ambient), Docker's default seccomp profile
-  (``imgbuild.builder.seccomp``), setuid programs working (no
+  (``imgbuild.sandbox.seccomp``), setuid programs working (no
   ``noNewPrivileges``, as in Docker), ``RLIMIT_NOFILE`` 1048576 (or our own
   hard limit if that is lower);
 - the user's uid, gid and supplementary groups, the primary group among them;
@@ -69,10 +69,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgbuild.builder.overlay import finish_despite_interrupts
-from imgbuild.builder.seccomp import default_profile
-from imgbuild.builder.users import ROOT, ResolvedUser, resolve_in_root
 from imgbuild.errors import Interrupted, SandboxError
+from imgbuild.safeopen import resolve_in_root
+from imgbuild.sandbox.overlay import finish_despite_interrupts
+from imgbuild.sandbox.seccomp import default_profile
+from imgbuild.sandbox.users import ROOT, ResolvedUser
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_HOSTNAME = "imgbuild"

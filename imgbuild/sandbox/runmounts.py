@@ -2,7 +2,7 @@
 
 The argv (shell form, exec form, heredocs), the environment, the user and the
 extra ``--mount``s are worked out here; the container itself is
-``imgbuild.builder.sandbox``'s job. Nothing a mount brings in (cache dirs,
+``imgbuild.sandbox.runtime``'s job. Nothing a mount brings in (cache dirs,
 secrets, bind sources, tmpfs) ever reaches the layer: mounts are not part of
 the overlay upperdir, and the sandbox removes the mount-point stubs it had to
 create.
@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgbuild.builder.options import SecretSpec
-from imgbuild.builder.overlay import mount_overlay
-from imgbuild.builder.sandbox import Mount, PrivateFile
-from imgbuild.builder.users import resolve_in_root
 from imgbuild.errors import BuildError, Interrupted
+from imgbuild.safeopen import resolve_in_root
+from imgbuild.sandbox.overlay import mount_overlay
+from imgbuild.sandbox.runtime import Mount, PrivateFile
 
 PIPES_DIR = "/dev/pipes"
 MAX_SECRET_SIZE = 500 * 1024  # BuildKit's limit; secrets live in memory

@@ -21,6 +21,11 @@ kernel as one string to resolve. Instead:
   socket, directory) is ``NotRegularFile``, never opened for reading: it
   could block forever or feed bytes without end.
 - ``read_capped`` reads a descriptor to its end, refusing more than a limit.
+
+``resolve_in_root`` is the other half, for trees imgbuild itself owns and
+changes (a step's root filesystem): it resolves a path as a chroot would,
+symlinks followed but never above the root, and returns the host path for
+the caller to create or open.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ import os
 import platform
 import stat
 import threading
+from pathlib import Path
+
+from imgbuild.errors import BuildError
 
 # The openat2 system call number is 437 on every architecture that has it
 # in the unified table; only these two are checked here.
@@ -235,3 +243,60 @@ def open_root(path: str | os.PathLike) -> int:
     """An ``O_PATH`` descriptor of a root directory the user gave (followed:
     it is their choice); everything below it goes through ``open_beneath``."""
     return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+# --- resolving a path as a chroot would ------------------------------------------
+
+MAX_SYMLINKS = 40  # what Linux allows in one path walk (ELOOP beyond)
+
+
+def resolve_in_root(root: Path, path: str, *, follow_last: bool = True) -> Path:
+    """Return the host path of ``path`` as seen from inside ``root`` (a chroot-style walk).
+
+    Symlinks are resolved relative to ``root``: an absolute target restarts at
+    ``root`` and ``..`` never climbs above it, so the result is always ``root``
+    or below it. Components that do not exist are kept as they are (the caller
+    may be about to create them). With ``follow_last=False`` a symlink in the
+    last component is returned itself, not its target. More than 40 symlinks
+    is an error, as in the kernel.
+    """
+    root = Path(root)
+    pending = _chroot_components(path)
+    resolved: list[str] = []
+    symlinks_followed = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        if not pending and not follow_last:
+            resolved.append(part)
+            break
+        candidate = root.joinpath(*resolved, part)
+        try:
+            is_symlink = stat.S_ISLNK(os.lstat(candidate).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            is_symlink = False
+        except OSError as error:
+            if error.errno != errno.ENAMETOOLONG:
+                raise
+            raise BuildError(
+                f"the path {path[:80]!r}... is too long for the image's file system "
+                f"({len(path)} characters; Linux takes at most 4096 in a path): use a shorter one"
+            ) from None
+        if not is_symlink:
+            resolved.append(part)
+            continue
+        symlinks_followed += 1
+        if symlinks_followed > MAX_SYMLINKS:
+            raise BuildError(f"too many levels of symbolic links resolving {path!r} in the image")
+        target = os.readlink(candidate)
+        if target.startswith("/"):
+            resolved = []
+        pending = _chroot_components(target) + pending
+    return root.joinpath(*resolved)
+
+
+def _chroot_components(path: str) -> list[str]:
+    return [part for part in path.split("/") if part and part != "."]

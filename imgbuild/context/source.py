@@ -10,9 +10,10 @@ A ``BuildContext`` is a root directory seen the way BuildKit sees it:
 - wildcards match one path component each, as Go's ``filepath.Match``.
 
 The build context proper (``rootfs=False``) is stricter than BuildKit in one
-way the issue asks for: a source, or a symlink on its path, that leads outside
-the context (``../x``, an absolute symlink, ``..`` above the root) is a
-``ContextError`` instead of being clamped at the root. Files from the context
+way: a source, or a symlink on its path, that leads outside the context
+(``../x``, an absolute symlink, ``..`` above the root) is a ``ContextError``
+instead of being clamped at the root, so a typo cannot silently copy the
+wrong tree. Files from the context
 are owned by 0:0 in the image, as BuildKit resets their uid/gid on transfer.
 
 A stage's or image's root filesystem (``COPY --from``) is a ``BuildContext``
@@ -31,158 +32,30 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import sqlite3
 import stat
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
-from imgbuild.builder import safeopen
-from imgbuild.builder.dockerignore import IgnoreMatcher, go_clean, go_match, has_wildcards
-from imgbuild.errors import ContextError, UsageError
+from imgbuild import safeopen
+from imgbuild.context.dockerignore import IgnoreMatcher
+from imgbuild.context.gopath import go_clean, go_match, has_wildcards
+from imgbuild.context.statcache import ReadStats, StatCache, stat_identity
+from imgbuild.errors import ContextError
 
 MAX_SYMLINKS = 40  # what Linux allows in one path walk
 READ_CHUNK = 1 << 20
-
-# A file whose ctime is this close to the moment we hash it could still be
-# changed within the same filesystem timestamp tick without its stat changing
-# (git calls this "racily clean"). Such files are hashed but not remembered.
-RACY_WINDOW_NS = 50_000_000
 
 # Overlayfs bookkeeping, not file content: never copied, never hashed.
 _SKIPPED_XATTR_PREFIXES = ("trusted.overlay.",)
 
 _NO_EXCLUDES = IgnoreMatcher([])
 
-# The most imgbuild reads of a Dockerfile or an ignore file: 16 MiB, the
-# largest gRPC message BuildKit's client takes by default (containerd's
-# DefaultMaxRecvMsgSize), which a Dockerfile BuildKit reads must fit in.
-MAX_BUILD_FILE = 16 << 20
-
-
-class _Missing(ContextError):
+class MissingSource(ContextError):
     """A source that is not in the context (or is ignored)."""
-
-
-# --- the stat cache ----------------------------------------------------------
-
-
-@dataclass
-class ReadStats:
-    """How much file content a BuildContext actually read to hash it."""
-
-    files: int = 0
-    bytes: int = 0
-
-
-class StatCache:
-    """Remembers the sha256 of file contents, keyed by path and stat identity.
-
-    Persisted in its own table of an SQLite database (WAL mode). A file whose
-    (device, inode, size, mtime, ctime) is unchanged since it was hashed is not
-    read again. Safe to share between threads.
-    """
-
-    def __init__(self, db_path: Path):
-        self._db = sqlite3.connect(
-            str(db_path), timeout=30, check_same_thread=False, isolation_level=None
-        )
-        self._lock = threading.Lock()
-        self._pending: dict[str, tuple[int, int, int, int, int, str]] = {}
-        self._loaded: dict[str, tuple[int, int, int, int, int, str]] = {}
-        self._preloaded_dirs: list[str] = []
-        self.hits = 0
-        self.misses = 0
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS statcache ("
-                " path TEXT PRIMARY KEY, dev INTEGER NOT NULL, ino INTEGER NOT NULL,"
-                " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,"
-                " sha256 TEXT NOT NULL)"
-            )
-
-    def preload(self, directory: str) -> None:
-        """Read every entry below ``directory`` in one query (a warm rehash of a
-        large context then does no per-file queries)."""
-        low = directory.rstrip("/") + "/"
-        high = low[:-1] + chr(ord("/") + 1)  # every path that starts with low
-        with self._lock:
-            if any(low.startswith(done) for done in self._preloaded_dirs):
-                return
-            rows = self._db.execute(
-                "SELECT path, dev, ino, size, mtime_ns, ctime_ns, sha256 FROM statcache"
-                " WHERE path >= ? AND path < ?",
-                (low, high),
-            )
-            for path, *values in rows:
-                self._loaded[path] = tuple(values)
-            self._preloaded_dirs.append(low)
-
-    def lookup(self, path: str, st: os.stat_result) -> str | None:
-        """The remembered sha256 of ``path`` if its stat identity is unchanged, else None."""
-        identity = _identity(st)
-        with self._lock:
-            row = self._pending.get(path) or self._loaded.get(path)
-            if row is None and not any(path.startswith(done) for done in self._preloaded_dirs):
-                row = self._db.execute(
-                    "SELECT dev, ino, size, mtime_ns, ctime_ns, sha256"
-                    " FROM statcache WHERE path = ?",
-                    (path,),
-                ).fetchone()
-            if row is not None and tuple(row[:5]) == identity:
-                self.hits += 1
-                return row[5]
-            self.misses += 1
-            return None
-
-    def remember(self, path: str, st: os.stat_result, sha256: str, hashed_at_ns: int) -> None:
-        """Queue an entry (written by ``flush``); racily clean files are skipped."""
-        if st.st_ctime_ns >= hashed_at_ns - RACY_WINDOW_NS:
-            return
-        with self._lock:
-            self._pending[path] = (*_identity(st), sha256)
-
-    def flush(self) -> None:
-        """Write the queued entries in one transaction."""
-        with self._lock:
-            if not self._pending:
-                return
-            rows = [(path, *values) for path, values in self._pending.items()]
-            self._loaded.update(self._pending)
-            self._pending.clear()
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO statcache"
-                    " (path, dev, ino, size, mtime_ns, ctime_ns, sha256)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def close(self) -> None:
-        self.flush()
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> StatCache:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 # --- what a source selects ---------------------------------------------------
@@ -309,6 +182,10 @@ class BuildContext:
             )
         return selected
 
+    def resolve(self, path: str, doing: str) -> str:
+        """The context path ``path`` leads to, symlinks on it followed inside the root."""
+        return self._resolve(path, _split(path), doing)
+
     def _resolve(self, source: str, parts: list[str], instruction: str) -> str:
         """Follow ``parts`` from the root like a chroot would; return the real relpath.
 
@@ -401,8 +278,8 @@ class BuildContext:
 
     def _not_found(self, source: str, instruction: str) -> ContextError:
         if self.rootfs:
-            return _Missing(f"{instruction} failed: {source}: not found in {self.label}")
-        return _Missing(
+            return MissingSource(f"{instruction} failed: {source}: not found in {self.label}")
+        return MissingSource(
             f"{instruction} failed: file not found in build context"
             f" or excluded by .dockerignore: {source}"
         )
@@ -618,7 +495,7 @@ class BuildContext:
     def content_sha256(self, entry: Entry) -> str:
         """sha256 of a regular file's bytes, from the caches when its stat is unchanged."""
         st = entry.st
-        identity = _identity(st)
+        identity = stat_identity(st)
         known = self._memo.get(identity)
         if known is not None:
             return known
@@ -634,7 +511,7 @@ class BuildContext:
         with self._stats_lock:
             self.read_stats.files += 1
             self.read_stats.bytes += size
-        if _identity(opened_st) == identity:
+        if stat_identity(opened_st) == identity:
             # Only remember a hash for the stat it was read under.
             self._memo[identity] = digest
             if self.stat_cache is not None and key is not None:
@@ -738,74 +615,3 @@ def _join(head: str, tail: str) -> str:
 
 def _split(path: str) -> list[str]:
     return [part for part in path.split("/") if part]
-
-
-# --- the files the build itself reads: Dockerfile, ignore files ----------------
-
-
-def read_build_file(context_dir: Path, path: Path, what: str) -> bytes:
-    """The bytes of the Dockerfile or an ignore file, read safely.
-
-    Inside the build context it is hostile like any context file: symlinks
-    are followed only while they stay inside the context, and the file is
-    opened without following anything (``safeopen``). Outside the context
-    (``-f /elsewhere/Dockerfile``) the user named it, so its path is
-    followed. Either way it must be a regular file (a FIFO would block, a
-    device feed bytes forever) of at most ``MAX_BUILD_FILE`` bytes.
-
-    FileNotFoundError if there is nothing there; UsageError (exit 2) if it
-    is refused.
-    """
-    rel = _relative_inside(context_dir, path)
-    try:
-        if rel is None:
-            return safeopen.read_user_file(path, MAX_BUILD_FILE)
-        context = BuildContext(context_dir, _NO_EXCLUDES, label="build context")
-        relpath = context._resolve(rel, _split(rel), f"reading the {what}")
-        fd = context.open_item(relpath)
-        try:
-            return safeopen.read_capped(fd, MAX_BUILD_FILE)
-        finally:
-            os.close(fd)
-    except (_Missing, FileNotFoundError):
-        raise FileNotFoundError(2, "not found", str(path)) from None
-    except safeopen.NotRegularFile as error:
-        raise UsageError(
-            f"the {what} {path} is {error.kind}, not a regular file: imgbuild reads only"
-            " regular files (a FIFO or device could block or never end); replace it with a file"
-        ) from None
-    except safeopen.TooLarge:
-        raise UsageError(
-            f"the {what} {path} is larger than {MAX_BUILD_FILE >> 20} MiB, the most imgbuild"
-            " reads (BuildKit's limit too): shorten it"
-        ) from None
-    except ContextError as error:
-        reason = str(error).split(" failed: ", 1)[-1]
-        raise UsageError(
-            f"refusing to read the {what} {path}: {reason}; inside the build context it must be"
-            " a regular file reached without leaving the context: replace the symlink with the"
-            " file itself (a Dockerfile kept elsewhere can be given with -f PATH)"
-        ) from None
-
-
-def _relative_inside(context_dir: Path, path: Path) -> str | None:
-    """``path`` relative to the context if it lies inside it (by name, no
-    symlink resolved), else None."""
-    root = os.path.abspath(context_dir)
-    full = os.path.abspath(path)
-    if full == root:
-        return ""
-    if full.startswith(root.rstrip("/") + "/"):
-        return full[len(root.rstrip("/")) + 1 :]
-    return None
-
-
-def read_dockerfile_stdin(stream: BinaryIO | None = None) -> bytes:
-    """``-f -``: the Dockerfile from standard input, at most ``MAX_BUILD_FILE`` bytes."""
-    data = (stream or sys.stdin.buffer).read(MAX_BUILD_FILE + 1)
-    if len(data) > MAX_BUILD_FILE:
-        raise UsageError(
-            f"the Dockerfile on standard input (-f -) is larger than {MAX_BUILD_FILE >> 20} MiB,"
-            " the most imgbuild reads: shorten it"
-        )
-    return data

@@ -1,8 +1,9 @@
-"""Paths and users inside an image's root filesystem, read the way a container sees them.
+"""Users inside an image's root filesystem, read the way a container sees them.
 
 The root filesystem is untrusted image content: ``/etc`` may be a symlink to
-``/../../host``. Everything here resolves paths like a chroot would, so a lookup
-never leaves the root, and reads only regular files.
+``/../../host``. ``/etc/passwd`` and ``/etc/group`` are found like a chroot
+would (``safeopen.resolve_in_root``), so a lookup never leaves the root, and
+only regular files are read, within bounds.
 
 ``resolve_user`` follows Docker's rules (moby/sys/user ``GetExecUser``) for the
 ``USER`` instruction: ``name``, ``uid``, ``name:group``, ``uid:gid`` and mixes.
@@ -10,18 +11,15 @@ never leaves the root, and reads only regular files.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgbuild.builder import safeopen
+from imgbuild import safeopen
 from imgbuild.errors import BuildError
 
-MAX_SYMLINKS = 40  # what Linux allows in one path walk (ELOOP beyond)
 MAX_ID = 2**31 - 1  # Docker's range for uids and gids
 # /etc/passwd and /etc/group are image content: read line by line, within
 # bounds. 64 KiB a line is the longest line Docker's parser (Go's
@@ -30,58 +28,6 @@ MAX_LINE_BYTES = 64 * 1024
 MAX_TABLE_BYTES = 64 * 1024 * 1024
 _READ_CHUNK = 1024 * 1024
 _NUMBER = re.compile(r"[+-]?[0-9]+")  # what Go's strconv.Atoi accepts
-
-
-def resolve_in_root(root: Path, path: str, *, follow_last: bool = True) -> Path:
-    """Return the host path of ``path`` as seen from inside ``root`` (a chroot-style walk).
-
-    Symlinks are resolved relative to ``root``: an absolute target restarts at
-    ``root`` and ``..`` never climbs above it, so the result is always ``root``
-    or below it. Components that do not exist are kept as they are (the caller
-    may be about to create them). With ``follow_last=False`` a symlink in the
-    last component is returned itself, not its target. More than 40 symlinks
-    is an error, as in the kernel.
-    """
-    root = Path(root)
-    pending = _components(path)
-    resolved: list[str] = []
-    symlinks_followed = 0
-    while pending:
-        part = pending.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        if not pending and not follow_last:
-            resolved.append(part)
-            break
-        candidate = root.joinpath(*resolved, part)
-        try:
-            is_symlink = stat.S_ISLNK(os.lstat(candidate).st_mode)
-        except (FileNotFoundError, NotADirectoryError):
-            is_symlink = False
-        except OSError as error:
-            if error.errno != errno.ENAMETOOLONG:
-                raise
-            raise BuildError(
-                f"the path {path[:80]!r}... is too long for the image's file system "
-                f"({len(path)} characters; Linux takes at most 4096 in a path): use a shorter one"
-            ) from None
-        if not is_symlink:
-            resolved.append(part)
-            continue
-        symlinks_followed += 1
-        if symlinks_followed > MAX_SYMLINKS:
-            raise BuildError(f"too many levels of symbolic links resolving {path!r} in the image")
-        target = os.readlink(candidate)
-        if target.startswith("/"):
-            resolved = []
-        pending = _components(target) + pending
-    return root.joinpath(*resolved)
-
-
-def _components(path: str) -> list[str]:
-    return [part for part in path.split("/") if part and part != "."]
 
 
 @dataclass(frozen=True)
@@ -242,7 +188,7 @@ def _open_image_file(rootfs: Path, path: str) -> int | None:
     changed since is followed out of the root. Only a regular file is opened:
     a FIFO would block, and a device would be a host device read by root.
     """
-    host_path = resolve_in_root(rootfs, path)
+    host_path = safeopen.resolve_in_root(rootfs, path)
     relative = str(host_path.relative_to(rootfs))
     if relative == ".":
         raise BuildError(f"{path} in the image is not a regular file (it is the root directory)")
