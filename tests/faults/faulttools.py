@@ -40,7 +40,15 @@ def mounts_under(root: Path) -> list[str]:
 
 def containers_under(root: Path) -> list[str]:
     """runc containers whose bundle lies under ``root``."""
-    listing = subprocess.run(["runc", "list", "--format", "json"], check=True, capture_output=True, text=True)
+    for _ in range(10):
+        # `runc list` fails now and then when another process's container goes
+        # away while it reads the state directory (other builds share this host).
+        listing = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True)
+        if listing.returncode == 0:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"runc list failed: {listing.stderr.strip()}")
     prefix = str(Path(root).resolve()) + "/"
     return [c["id"] for c in json.loads(listing.stdout or "null") or [] if c.get("bundle", "").startswith(prefix)]
 
