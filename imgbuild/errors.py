@@ -9,6 +9,8 @@ never a traceback.
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
 
 
@@ -115,6 +117,35 @@ class SandboxError(BuildError):
 
 class StoreError(ImgbuildError):
     """The local store is damaged, locked, or missing something asked for."""
+
+
+class DiskFull(StoreError):
+    """A write failed for lack of space (ENOSPC) or of quota (EDQUOT).
+
+    What was being written is gone again (a partial blob is removed, a step's
+    work directory too); the store is as it was before.
+    """
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in _FULL
+
+
+FREE_SPACE_HINT = (
+    "Free space on it (`imgbuild rmi` removes images you no longer need) or use a store on a "
+    "bigger filesystem (--root or $IMGBUILD_ROOT)"
+)
+
+
+def disk_full(error: OSError, doing: str, path: os.PathLike | str, hint: str = FREE_SPACE_HINT) -> DiskFull:
+    """The DiskFull for ``error``, met while ``doing`` something under ``path``."""
+    return DiskFull(
+        f"{os.strerror(error.errno)} while {doing}, under {path}: that filesystem is full. "
+        f"Nothing of the failed write was kept. {hint}"
+    )
 
 
 class ImageNotFound(StoreError):

@@ -19,6 +19,8 @@ if [[ "${1:-}" == "--test" ]]; then
     extras=".[test]"
     # the sandbox tests compile a small static program that probes syscalls
     packages+=(gcc libc6-dev)
+    # tests/faults puts a store on a small loop-mounted ext4 to fill its disk
+    packages+=(e2fsprogs)
 fi
 
 if [[ $(id -u) -ne 0 ]]; then

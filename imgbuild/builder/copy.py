@@ -38,7 +38,7 @@ from typing import BinaryIO
 
 from imgbuild.builder.fetch import Fetched
 from imgbuild.context.source import Entry, Selected
-from imgbuild.errors import BuildError, NotADirectory, UntarError
+from imgbuild.errors import BuildError, NotADirectory, UntarError, disk_full, is_disk_full
 from imgbuild.gopath import go_clean
 from imgbuild.layer import untar
 from imgbuild.safeopen import kind_of, resolve_in_root
@@ -122,6 +122,9 @@ def copy_into(
                 "remove it in an earlier step or copy to another destination"
             ) from None
         except OSError as error:
+            if is_disk_full(error):
+                doing = f"{instruction} {_source_text(item)} to {dest} into the step's root"
+                raise disk_full(error, doing, rootfs) from None
             raise BuildError(
                 f"{instruction} failed: {_source_text(item)} to {dest}: {error}"
             ) from None

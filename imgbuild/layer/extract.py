@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from imgbuild.errors import LayerError
+from imgbuild.errors import LayerError, disk_full, is_disk_full
 from imgbuild.layer.decompress import Readable, open_tar_stream
 from imgbuild.layer.fdtree import (
     CHUNK,
@@ -163,6 +163,9 @@ class _Applier:
         try:
             self._apply(entry, reader)
         except (OSError, ValueError, OverflowError) as error:
+            if is_disk_full(error):
+                where = os.readlink(f"/proc/self/fd/{self._root_fd}")
+                raise disk_full(error, f"extracting layer entry {show_name(entry.name)}", where) from None
             raise LayerError(
                 f"cannot apply layer entry {show_name(entry.name)}: {error}"
             ) from error

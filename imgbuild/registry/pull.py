@@ -67,6 +67,9 @@ def pull(
     report = progress or (lambda event: None)
     want = platform or Platform.host()
 
+    # A pull killed mid-transfer left partial blobs in its work dir: the next
+    # pull removes them, as the next build does.
+    store.sweep_dead_work()
     # The lease keeps `imgbuild rmi` from collecting blobs we wrote until the tag names them.
     with store.writer_lease():
         return _pull_into(store, client, ref, want, tag_as, options, report)

@@ -6,9 +6,9 @@ upperdir receives what the step changes.
 
 Deep images: the kernel takes mount options as one page (4096 bytes), so 120
 layers with absolute snapshot paths do not fit. Like Docker's overlay2 driver
-(its ``l/`` directory of short symlinks) we make a private directory of short
-symlinks ``0``, ``1``, ... pointing at the lowerdirs (and ``u``, ``w`` for the
-upper and work dirs) and run mount(8) with that directory as its working
+(its ``l/`` directory of short symlinks) we make a private directory, beside
+the work dir, of short symlinks ``0``, ``1``, ... pointing at the lowerdirs
+(and ``u``, ``w`` for the upper and work dirs) and run mount(8) with that directory as its working
 directory, passing only those relative names. overlayfs resolves the paths once
 at mount time, so this works on any kernel, needs no syscall numbers, keeps the
 calling process's working directory alone (builds run steps in threads), and
@@ -65,7 +65,10 @@ def mount_overlay(
         Path(directory).mkdir(parents=True, exist_ok=True)
     target = Path(target).resolve()
 
-    links = Path(tempfile.mkdtemp(prefix="imgbuild-overlay-"))
+    # Beside the work dir, that is in the caller's scratch space (in a store,
+    # this process's owner directory): a kill -9 leaves it where the next
+    # start's sweep removes it, never in the system's /tmp.
+    links = Path(tempfile.mkdtemp(dir=Path(workdir).parent, prefix="overlay-links-"))
     mounts_before = _count_mounts_at(target)
     try:
         options = _make_short_links(links, lowerdirs, Path(upperdir), Path(workdir))

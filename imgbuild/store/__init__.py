@@ -28,7 +28,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from imgbuild.errors import DigestMismatch, ImageNotFound, ImgbuildError, MountedError, StoreError
+from imgbuild.errors import (
+    DigestMismatch,
+    ImageNotFound,
+    ImgbuildError,
+    MountedError,
+    StoreError,
+    disk_full,
+    is_disk_full,
+)
 from imgbuild.image import (
     INDEX_TYPES,
     OCI_CONFIG,
@@ -78,33 +86,51 @@ class BlobWriter:
         self.digest: str | None = None
 
     def write(self, data: bytes) -> int:
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as error:
+            raise self._failed(error) from None
         self._hash.update(data)
         self.size += len(data)
         return len(data)
 
     def commit(self) -> str:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        except OSError as error:
+            self.discard()
+            raise self._failed(error) from None
         digest = "sha256:" + self._hash.hexdigest()
         if self.expected_digest and digest != self.expected_digest:
             self.discard()
             raise DigestMismatch(f"blob content has digest {digest}, expected {self.expected_digest}")
         target = self.store.blob_path(digest)
         os.chmod(self._tmp_name, 0o644)
-        os.replace(self._tmp_name, target)
+        try:
+            os.replace(self._tmp_name, target)  # a new directory block may not fit
+        except OSError as error:
+            self.discard()
+            raise self._failed(error) from None
         fsync_dir(target.parent)
         self.digest = digest
         return digest
 
     def discard(self) -> None:
-        if not self._file.closed:
+        try:
             self._file.close()
+        except OSError:
+            pass  # flushing what is buffered failed (a full disk): the file goes anyway
         try:
             os.unlink(self._tmp_name)
         except FileNotFoundError:
             pass
+
+    def _failed(self, error: OSError) -> OSError | StoreError:
+        if is_disk_full(error):
+            return disk_full(error, "writing a blob into the store", self.store.root)
+        return error
 
 
 class Store:

@@ -9,10 +9,16 @@ wait for each other instead of failing.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+from imgbuild.errors import DiskFull, disk_full
 
 # 1: snapshots keyed by diff_id. 2: snapshots keyed by chain ID (see
 # imgbuild.image.chain_ids); Store upgrades a version-1 database on open.
@@ -81,26 +87,29 @@ class IndexDB:
         self._local = threading.local()
         # executescript commits on its own; CREATE ... IF NOT EXISTS makes it
         # safe for two processes opening a new store at once.
-        conn = self.connection()
-        conn.executescript(SCHEMA)
-        if not self.has_legacy_snapshots():
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        with full_disk_is_an_error(path, "opening the store's index"):
+            conn = self.connection()
+            conn.executescript(SCHEMA)
+            if not self.has_legacy_snapshots():
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            _enable_wal(conn)
-            conn.execute("PRAGMA synchronous=NORMAL")
+            with full_disk_is_an_error(self.path, "opening the store's index"):
+                conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+                _enable_wal(conn)
+                conn.execute("PRAGMA synchronous=NORMAL")
             conn.row_factory = sqlite3.Row
             self._local.conn = conn
         return conn
 
     def transaction(self):
-        return _Transaction(self.connection())
+        return _Transaction(self.connection(), self.path)
 
     def query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
-        return self.connection().execute(sql, params).fetchall()
+        with full_disk_is_an_error(self.path, "reading the store's index"):
+            return self.connection().execute(sql, params).fetchall()
 
     def execute(self, sql: str, params: tuple = ()) -> None:
         with self.transaction() as conn:
@@ -288,18 +297,59 @@ class _Transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``: take the write lock up front, so two
     processes never deadlock upgrading a read lock."""
 
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: sqlite3.Connection, path: Path):
         self.conn = conn
+        self.path = path
 
     def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
+        with full_disk_is_an_error(self.path, "writing the store's index"):
+            self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.conn.execute("COMMIT")
-        else:
+        with full_disk_is_an_error(self.path, "writing the store's index"):
+            if exc_type is None:
+                self.conn.execute("COMMIT")
+                return
             self.conn.execute("ROLLBACK")
+        full = _as_disk_full(exc, self.path, "writing the store's index")
+        if full is not None:
+            raise full from None
+
+
+@contextlib.contextmanager
+def full_disk_is_an_error(path: Path, doing: str) -> Iterator[None]:
+    """Turn SQLite's answer to a full disk into DiskFull; other errors pass unchanged."""
+    try:
+        yield
+    except sqlite3.Error as error:
+        full = _as_disk_full(error, path, doing)
+        if full is None:
+            raise
+        raise full from None
+
+
+def _as_disk_full(error: BaseException | None, path: Path, doing: str) -> DiskFull | None:
+    """SQLITE_FULL, or an I/O error (such as SQLITE_IOERR_SHMSIZE, growing the WAL
+    index) on a file system with no space left, is a full disk."""
+    if not isinstance(error, sqlite3.Error):
+        return None
+    name = getattr(error, "sqlite_errorname", "") or ""
+    if name == "SQLITE_FULL" or (name.startswith("SQLITE_IOERR") and _no_space(path)):
+        hint = (
+            "Free some space on that filesystem (imgbuild needs a little to open its index; "
+            "then `imgbuild rmi` can remove images you no longer need)"
+        )
+        return disk_full(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), doing, Path(path).parent, hint)
+    return None
+
+
+def _no_space(path: Path) -> bool:
+    try:
+        info = os.statvfs(Path(path).parent)
+    except OSError:
+        return False
+    return info.f_bavail * info.f_frsize < (1 << 20)
 
 
 def _enable_wal(conn: sqlite3.Connection, deadline_seconds: float = 60.0) -> None:

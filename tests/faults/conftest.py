@@ -1,12 +1,17 @@
-"""Fixtures for the fault tests: what a killed build may leave, and a summary line."""
+"""Fixtures for the fault tests: a small file system to fill, and a summary line of the kill -9 runs."""
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
-from dataclasses import dataclass
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+from faults.faulttools import FILESYSTEM_BYTES, mounts_under
 
 
 @pytest.fixture(autouse=True)
@@ -17,12 +22,56 @@ def _needs_root_and_runc():
         pytest.skip("runc is not installed (scripts/install-deps.sh installs it)")
 
 
+def _is_mounted(point: Path) -> bool:
+    return str(point) in mounts_under(point)
+
+
+@pytest.fixture
+def small_fs(tmp_path) -> Iterator[Path]:
+    """A fresh 64 MiB ext4 (no blocks reserved for root) mounted on a directory of its own."""
+    image = tmp_path / "disk.img"
+    point = tmp_path / "small"
+    point.mkdir()
+    with open(image, "wb") as handle:
+        handle.truncate(FILESYSTEM_BYTES)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(point)], check=True, capture_output=True)
+    try:
+        yield point
+    finally:
+        for point_below in sorted(mounts_under(point), key=len, reverse=True):
+            if point_below != str(point):  # a leftover of the test's own failure
+                subprocess.run(["umount", "-l", point_below], capture_output=True)
+        gc.collect()  # the test's Store objects hold index.db and lock files open there
+        if _is_mounted(point) and subprocess.run(["umount", str(point)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(point)], capture_output=True)
+            raise AssertionError(f"{point} was busy after the test; detached it lazily")
+
+
 @dataclass
 class FaultStats:
-    runs: int = 0
+    runs: dict[str, int] = field(default_factory=dict)  # kill -9 runs by kind: builds, pulls, pushes
     leftovers: int = 0
     mismatches: int = 0
-    finished_first: int = 0  # builds that ended before their kill came
+    finished_first: int = 0  # operations that ended before their kill came
+
+    def add(self, kind: str, leftovers: list[str], mismatch: bool, finished_first: bool) -> None:
+        """Count one kill -9 run of ``kind`` and what the check after it found."""
+        self.runs[kind] = self.runs.get(kind, 0) + 1
+        self.leftovers += len(leftovers)
+        self.mismatches += bool(mismatch)
+        self.finished_first += bool(finished_first)
+
+    def summary(self) -> str:
+        total = sum(self.runs.values())
+        kinds = ", ".join(f"{count} {kind}" for kind, count in self.runs.items())
+        line = (
+            f"faults: {total} kill -9 runs ({kinds}), {self.leftovers} leftovers, "
+            f"{self.mismatches} digest mismatches"
+        )
+        if self.finished_first:
+            line += f" ({self.finished_first} ended before the kill)"
+        return line
 
 
 _stats = FaultStats()
@@ -35,8 +84,4 @@ def fault_stats() -> FaultStats:
 
 def pytest_terminal_summary(terminalreporter):
     if _stats.runs:
-        terminalreporter.write_line(
-            f"faults: {_stats.runs} kill -9 runs, {_stats.leftovers} leftovers, "
-            f"{_stats.mismatches} digest mismatches"
-            + (f" ({_stats.finished_first} builds ended before the kill)" if _stats.finished_first else "")
-        )
+        terminalreporter.write_line(_stats.summary())

@@ -6,7 +6,9 @@ delay drawn from ``random.Random(seed)``, then starts the same build again,
 uninterrupted. That next start sweeps the killed build's work (its runc
 container, its overlay mounts, its directories in tmp/); afterwards no mount
 and no container remains under the store, ``imgbuild fsck`` (no --repair) is
-clean, and the image ID is the one a fresh store builds.
+clean, the killed build left nothing in the system's temp dir (its TMPDIR
+points at a directory of the run's own), and the image ID is the one a fresh
+store builds.
 
 IMGBUILD_FAULT_RUNS=N sets the number of runs (default 20, about 50 s here;
 each run takes a fresh store, so a kill lands mid-build rather than after a
@@ -47,8 +49,10 @@ def _runs() -> int:
     return int(os.environ.get("IMGBUILD_FAULT_RUNS", "20"))
 
 
-def _env() -> dict:
+def _env(tmpdir: Path | None = None) -> dict:
     env = dict(os.environ)
+    if tmpdir is not None:  # the system temp dir as this process sees it
+        env["TMPDIR"] = str(tmpdir)
     env["PYTHONPATH"] = str(PROJECT) + os.pathsep + env.get("PYTHONPATH", "")
     env["SOURCE_DATE_EPOCH"] = "0"
     env.pop("CI", None)
@@ -73,13 +77,17 @@ def _build(root: Path, context: Path) -> str:
     return iidfile.read_text().strip()
 
 
-def _killed_build(root: Path, context: Path, delay: float) -> bool:
-    """Start a build and SIGKILL its process group after ``delay``; False if it ended first."""
+def _killed_build(root: Path, context: Path, delay: float, tmpdir: Path) -> bool:
+    """Start a build and SIGKILL its process group after ``delay``; False if it ended first.
+
+    The build's TMPDIR is ``tmpdir``: whatever it puts in the system's temp
+    dir (and would leave there when killed) shows up in it.
+    """
     process = subprocess.Popen(
         _command(root, "build", "--progress", "plain", "-t", "app", str(context)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=_env(),
+        env=_env(tmpdir),
         start_new_session=True,
     )
     time.sleep(delay)
@@ -96,9 +104,10 @@ def _fresh_store(root: Path) -> Store:
     return store
 
 
-def _leftovers(root: Path) -> list[str]:
+def _leftovers(root: Path, tmpdir: Path) -> list[str]:
     """What the killed build left after the next one ran (must be nothing)."""
     found = [f"mount {point}" for point in mounts_under(root)]
+    found += [f"system temp {entry.name}" for entry in sorted(tmpdir.iterdir())]
     found += [f"container {name}" for name in containers_under(root)]
     fsck = subprocess.run(_command(root, "fsck"), capture_output=True, text=True, env=_env(), timeout=120)
     if fsck.returncode != 0:
@@ -127,17 +136,16 @@ def test_kill9_at_seeded_points_leaves_nothing_and_rebuilds_the_same_image(tmp_p
         delay = rng.uniform(0.05, 0.85 * duration)
         root = tmp_path / f"run-{run}" / "store"
         _fresh_store(root)
-        if not _killed_build(root, context, delay):
-            finished_first += 1
+        tmpdir = root.parent / "system-tmp"
+        tmpdir.mkdir()
+        finished = not _killed_build(root, context, delay, tmpdir)
+        finished_first += finished
         try:
             image_id = _build(root, context)  # the next start: sweeps, then builds
-            left = _leftovers(root)
+            left = _leftovers(root, tmpdir)
         finally:
             clear_leftovers(root)
-        fault_stats.runs += 1
-        fault_stats.finished_first = finished_first
-        fault_stats.leftovers += len(left)
-        fault_stats.mismatches += image_id != reference
+        fault_stats.add("builds", left, image_id != reference, finished)
         if left or image_id != reference:
             failures.append(f"seed {seed + run} (kill after {delay:.2f}s): {image_id} {left}")
 
