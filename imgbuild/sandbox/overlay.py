@@ -31,14 +31,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from imgbuild.errors import Interrupted, SandboxError
-from imgbuild.store.mounts import mount_points, mounts_under
+from imgbuild.store.mounts import MNT_DETACH, mount_points, umount2
 
 MAX_LOWERDIRS = 500  # overlayfs's own limit on the depth of a stack (OVL_MAX_STACK)
-_MNT_DETACH = 2
 _OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
 @contextmanager
@@ -159,48 +157,15 @@ def _run_mount(options: str, target: Path, cwd: Path) -> None:
 
 def _unmount(target: Path) -> None:
     """Unmount ``target``; if it is busy, detach it lazily and report that."""
-    error = _umount2(target, 0)
+    error = umount2(target, 0)
     if error == 0:
         return
-    if error == errno.EBUSY and _umount2(target, _MNT_DETACH) == 0:
+    if error == errno.EBUSY and umount2(target, MNT_DETACH) == 0:
         raise SandboxError(
             f"{target} was still in use when the step ended; it was detached lazily "
             "(a process of the build may have outlived its step)"
         )
     raise SandboxError(f"cannot unmount {target}: {os.strerror(error)}")
-
-
-def _umount2(target: Path, flags: int) -> int:
-    """umount2(2); returns 0 or the errno."""
-    if _libc.umount2(os.fsencode(target), flags) == 0:
-        return 0
-    return ctypes.get_errno()
-
-
-def unmount_all_under(path: Path) -> list[str]:
-    """Unmount every mount at or below ``path`` (a directory we own), deepest first.
-
-    For cleanup after an interrupt or a crash. Busy mounts are detached lazily.
-    Returns the mount points unmounted; raises SandboxError if some remain.
-    """
-    unmounted = []
-    while True:
-        points = mounts_under(path)
-        if not points:
-            return unmounted
-        # Deepest first; among equal depths, the most recently mounted first
-        # (a later mount can be stacked on an earlier one at the same point).
-        order = sorted(enumerate(points), key=lambda item: (item[1].count("/"), item[0]))
-        progressed = False
-        for _, point in reversed(order):
-            error = _umount2(Path(point), 0)
-            if error == errno.EBUSY:
-                error = _umount2(Path(point), _MNT_DETACH)
-            if error == 0:
-                unmounted.append(point)
-                progressed = True
-        if not progressed:
-            raise SandboxError(f"cannot unmount {', '.join(points)}")
 
 
 def _count_mounts_at(target: Path) -> int:

@@ -7,6 +7,8 @@ under it), and through a bind mount, files of the host.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import re
 import stat
@@ -15,6 +17,10 @@ from pathlib import Path
 from imgbuild.errors import MountedError
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+MNT_DETACH = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
 def mount_points() -> list[str]:
@@ -76,3 +82,36 @@ def remove_tree(path: Path) -> None:
         for fd, _names, _relative in frames:
             os.close(fd)
     os.rmdir(path)
+
+
+def umount2(target: Path, flags: int) -> int:
+    """umount2(2); returns 0 or the errno."""
+    if _libc.umount2(os.fsencode(target), flags) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
+def unmount_all_under(path: Path) -> list[str]:
+    """Unmount every mount at or below ``path`` (a directory we own), deepest first.
+
+    For cleanup after an interrupt or a crash. Busy mounts are detached lazily.
+    Returns the mount points unmounted; raises MountedError if some remain.
+    """
+    unmounted = []
+    while True:
+        points = mounts_under(path)
+        if not points:
+            return unmounted
+        # Deepest first; among equal depths, the most recently mounted first
+        # (a later mount can be stacked on an earlier one at the same point).
+        order = sorted(enumerate(points), key=lambda item: (item[1].count("/"), item[0]))
+        progressed = False
+        for _, point in reversed(order):
+            error = umount2(Path(point), 0)
+            if error == errno.EBUSY:
+                error = umount2(Path(point), MNT_DETACH)
+            if error == 0:
+                unmounted.append(point)
+                progressed = True
+        if not progressed:
+            raise MountedError(f"cannot unmount {', '.join(points)}")

@@ -31,8 +31,8 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgbuild.errors import MountedError, SandboxError, StoreError
-from imgbuild.store.mounts import remove_tree
+from imgbuild.errors import MountedError, StoreError
+from imgbuild.store.mounts import remove_tree, unmount_all_under
 
 _OWNER_NAME = re.compile(r"owner-[0-9]+-[0-9a-f]{16}")
 _LOCK_SUFFIX = ".lock"
@@ -164,19 +164,15 @@ def _clean(directory: Path, runtime: str, result: SweepResult) -> bool:
         return True
     result.containers.extend(_delete_containers_under(directory, runtime))
     try:
-        result.unmounted.extend(_unmount_all_under(directory))
+        result.unmounted.extend(unmount_all_under(directory))
         remove_tree(directory)
-    except (SandboxError, MountedError, OSError) as error:
+    except (MountedError, OSError) as error:
         result.left.append(f"{directory}: {error}")
         return False
     result.removed.append(str(directory))
     return True
 
 
-def _unmount_all_under(directory: Path) -> list[str]:
-    from imgbuild.sandbox.overlay import unmount_all_under  # the builder imports the store
-
-    return unmount_all_under(directory)
 
 
 def _delete_containers_under(directory: Path, runtime: str) -> list[str]:

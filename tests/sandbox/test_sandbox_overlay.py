@@ -10,12 +10,8 @@ from pathlib import Path
 import pytest
 
 from imgbuild.errors import SandboxError
-from imgbuild.sandbox.overlay import (
-    mount_overlay,
-    mounts_under,
-    prune_copied_up_dirs,
-    unmount_all_under,
-)
+from imgbuild.sandbox.overlay import mount_overlay, prune_copied_up_dirs
+from imgbuild.store.mounts import mounts_under, unmount_all_under
 
 pytestmark = pytest.mark.root
 

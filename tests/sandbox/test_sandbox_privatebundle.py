@@ -15,7 +15,7 @@ import pytest
 from sandbox.sandboxtools import needs_root_and_runc
 
 from imgbuild.sandbox import runtime as sandbox
-from imgbuild.sandbox.overlay import mounts_under
+from imgbuild.store.mounts import mounts_under
 
 pytestmark = pytest.mark.root
 LAUNCHER = Path(sandbox.__file__).with_name("privatebundle.py")

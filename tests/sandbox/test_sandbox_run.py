@@ -18,10 +18,11 @@ import pytest
 from sandbox.sandboxtools import containers_under, make_busybox_rootfs, needs_root_and_runc
 
 from imgbuild.errors import Interrupted, SandboxError
-from imgbuild.sandbox.overlay import mount_overlay, mounts_under, prune_copied_up_dirs
+from imgbuild.sandbox.overlay import mount_overlay, prune_copied_up_dirs
 from imgbuild.sandbox.runtime import run_container
 from imgbuild.sandbox.spec import Mount, PrivateFile, RunSpec
 from imgbuild.sandbox.users import resolve_user
+from imgbuild.store.mounts import mounts_under
 
 pytestmark = pytest.mark.root
 PROJECT = Path(__file__).resolve().parents[2]
