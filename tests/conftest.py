@@ -96,3 +96,28 @@ def pytest_sessionfinish(session, exitstatus):
     if os.environ.get("CI") and skipped and exitstatus == 0:
         reporter.write_line(f"CI: {skipped} test(s) skipped; in CI every test must run (see -ra above)", red=True)
         session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line for what tests/adversarial, tests/faults and tests/load prove together
+    (docs/security.md, "Guarantees and their tests")."""
+    from advtools import TALLY
+    from faults.faulttools import FAULTS
+    from load.loadtools import LOAD
+
+    kills = sum(FAULTS.runs.values())
+    if not (TALLY.tried or kills or LOAD.rounds):
+        return
+    escapes = len(TALLY.escapes)
+    # Lost: a tagged image that cannot be read, an fsck problem, or an image that
+    # differs from what an undisturbed build makes of the same inputs.
+    lost = len(TALLY.lost) + FAULTS.mismatches + LOAD.mismatches + LOAD.fsck_problems
+    left = FAULTS.leftovers + LOAD.leftovers
+    failed = LOAD.builds - LOAD.succeeded
+    line = (
+        f"guarantees: {TALLY.tried} hostile inputs ({TALLY.refused} refused, {TALLY.contained} contained), "
+        f"{kills} kill -9 runs, {LOAD.builds} concurrent builds ({failed} failed, "
+        f"{LOAD.duplicates} layers stored twice): {escapes} escapes, {lost} data lost, {left} left behind"
+    )
+    bad = escapes or lost or left or failed or LOAD.duplicates
+    terminalreporter.write_line(line, red=bool(bad), green=not bad)

@@ -18,17 +18,6 @@ DOC = PROJECT / "docs" / "security.md"
 SECTION = "## Guarantees and their tests"
 REFERENCE = re.compile(r"`(tests/[\w/.-]+\.py)::(\w+)`")
 
-# Written in parallel by other helpers of issue 8 (the faults and load tests);
-# their names are checked once they are merged. The lead empties this list on
-# merge, after which every file in the table is checked.
-NOT_YET_MERGED = {
-    "tests/faults/test_kill9.py",
-    "tests/faults/test_kill9_transfers.py",
-    "tests/faults/test_full_disk.py",
-    "tests/faults/test_run_leftovers.py",
-    "tests/load/test_load.py",
-}
-
 
 def _table_rows(text: str) -> list[str]:
     """The body rows of the table in the section, group headings (``| **X** | |``) left out."""
@@ -50,8 +39,6 @@ def _missing(references: list[tuple[str, str]]) -> list[str]:
     missing = []
     names_by_file: dict[str, set[str] | None] = {}
     for file, name in references:
-        if file in NOT_YET_MERGED:
-            continue
         if file not in names_by_file:
             path = PROJECT / file
             names_by_file[file] = _top_level_names(path) if path.is_file() else None

@@ -7,11 +7,10 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from faults.faulttools import FILESYSTEM_BYTES, mounts_under
+from faults.faulttools import FAULTS, FILESYSTEM_BYTES, FaultStats, mounts_under
 
 
 @pytest.fixture(autouse=True)
@@ -48,40 +47,11 @@ def small_fs(tmp_path) -> Iterator[Path]:
             raise AssertionError(f"{point} was busy after the test; detached it lazily")
 
 
-@dataclass
-class FaultStats:
-    runs: dict[str, int] = field(default_factory=dict)  # kill -9 runs by kind: builds, pulls, pushes
-    leftovers: int = 0
-    mismatches: int = 0
-    finished_first: int = 0  # operations that ended before their kill came
-
-    def add(self, kind: str, leftovers: list[str], mismatch: bool, finished_first: bool) -> None:
-        """Count one kill -9 run of ``kind`` and what the check after it found."""
-        self.runs[kind] = self.runs.get(kind, 0) + 1
-        self.leftovers += len(leftovers)
-        self.mismatches += bool(mismatch)
-        self.finished_first += bool(finished_first)
-
-    def summary(self) -> str:
-        total = sum(self.runs.values())
-        kinds = ", ".join(f"{count} {kind}" for kind, count in self.runs.items())
-        line = (
-            f"faults: {total} kill -9 runs ({kinds}), {self.leftovers} leftovers, "
-            f"{self.mismatches} digest mismatches"
-        )
-        if self.finished_first:
-            line += f" ({self.finished_first} ended before the kill)"
-        return line
-
-
-_stats = FaultStats()
-
-
 @pytest.fixture(scope="session")
 def fault_stats() -> FaultStats:
-    return _stats
+    return FAULTS
 
 
 def pytest_terminal_summary(terminalreporter):
-    if _stats.runs:
-        terminalreporter.write_line(_stats.summary())
+    if FAULTS.runs:
+        terminalreporter.write_line(FAULTS.summary())

@@ -10,6 +10,7 @@ import subprocess
 import tarfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 FILESYSTEM_BYTES = 64 << 20  # the small file system (conftest.small_fs) a store fills
@@ -120,3 +121,32 @@ class SlowProxy:
                 except OSError:
                     pass
                 end.close()
+
+
+@dataclass
+class FaultStats:
+    runs: dict[str, int] = field(default_factory=dict)  # kill -9 runs by kind: builds, pulls, pushes
+    leftovers: int = 0
+    mismatches: int = 0
+    finished_first: int = 0  # operations that ended before their kill came
+
+    def add(self, kind: str, leftovers: list[str], mismatch: bool, finished_first: bool) -> None:
+        """Count one kill -9 run of ``kind`` and what the check after it found."""
+        self.runs[kind] = self.runs.get(kind, 0) + 1
+        self.leftovers += len(leftovers)
+        self.mismatches += bool(mismatch)
+        self.finished_first += bool(finished_first)
+
+    def summary(self) -> str:
+        total = sum(self.runs.values())
+        kinds = ", ".join(f"{count} {kind}" for kind, count in self.runs.items())
+        line = (
+            f"faults: {total} kill -9 runs ({kinds}), {self.leftovers} leftovers, "
+            f"{self.mismatches} digest mismatches"
+        )
+        if self.finished_first:
+            line += f" ({self.finished_first} ended before the kill)"
+        return line
+
+
+FAULTS = FaultStats()  # the kill -9 runs of this pytest session

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
@@ -140,3 +141,23 @@ def stored_twice(store: Store) -> list[str]:
         if directory.name not in ids:
             found.append(f"snapshot directory {directory.name} is in no row of index.db")
     return found
+
+
+@dataclass
+class LoadStats:
+    rounds: int = 0
+    builds: int = 0
+    succeeded: int = 0
+    pushes: int = 0
+    collections: int = 0
+    collections_skipped: int = 0  # a build held the writer lease: untagged only
+    fsck_runs: int = 0  # while the builds ran
+    mismatches: int = 0
+    duplicates: int = 0
+    fsck_problems: int = 0
+    leftovers: int = 0
+    steps_run: int = 0  # by all builds of all rounds
+    distinct_steps: int = 0  # what one build of each Dockerfile runs: the rest raced on a cache key
+
+
+LOAD = LoadStats()  # the load rounds of this pytest session
