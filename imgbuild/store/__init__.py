@@ -9,7 +9,8 @@
     ROOT/lock            flock'ed while index.json or snapshots change
 
 Every blob is written to tmp/, hashed while written, verified, fsync'ed and
-renamed into place, so a blob file under blobs/ always matches its name.
+renamed into place (``blobwriter.py``), so a blob file under blobs/ always
+matches its name. Snapshots are ``snapshots.py``'s; the index, ``index_db.py``'s.
 
 The root is 0700: snapshots and mounted step roots hold files of any image,
 setuid-root binaries among them, and no other user may reach them (Docker's
@@ -32,10 +33,7 @@ from imgbuild.errors import (
     DigestMismatch,
     ImageNotFound,
     ImgbuildError,
-    MountedError,
     StoreError,
-    disk_full,
-    is_disk_full,
 )
 from imgbuild.image import (
     INDEX_TYPES,
@@ -53,7 +51,9 @@ from imgbuild.image import (
     parse_json_document,
     select_platform,
 )
-from imgbuild.store.atomic import fsync_dir, write_file_atomic
+from imgbuild.store import snapshots
+from imgbuild.store.atomic import write_file_atomic
+from imgbuild.store.blobwriter import BlobWriter
 from imgbuild.store.index_db import IndexDB
 from imgbuild.store.lock import file_lock
 from imgbuild.store.mounts import remove_tree
@@ -73,66 +73,6 @@ def normalise_tag(name: str) -> str:
     return name if ":" in last else f"{name}:latest"
 
 
-class BlobWriter:
-    """Streams bytes into a temp file while hashing them; ``commit`` verifies and publishes."""
-
-    def __init__(self, store: Store, expected_digest: str | None):
-        self.store = store
-        self.expected_digest = check_digest(expected_digest) if expected_digest else None
-        self._hash = hashlib.sha256()
-        fd, self._tmp_name = tempfile.mkstemp(dir=store.work_dir(), prefix="blob-")
-        self._file = os.fdopen(fd, "wb")
-        self.size = 0
-        self.digest: str | None = None
-
-    def write(self, data: bytes) -> int:
-        try:
-            self._file.write(data)
-        except OSError as error:
-            raise self._failed(error) from None
-        self._hash.update(data)
-        self.size += len(data)
-        return len(data)
-
-    def commit(self) -> str:
-        try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-        except OSError as error:
-            self.discard()
-            raise self._failed(error) from None
-        digest = "sha256:" + self._hash.hexdigest()
-        if self.expected_digest and digest != self.expected_digest:
-            self.discard()
-            raise DigestMismatch(f"blob content has digest {digest}, expected {self.expected_digest}")
-        target = self.store.blob_path(digest)
-        os.chmod(self._tmp_name, 0o644)
-        try:
-            os.replace(self._tmp_name, target)  # a new directory block may not fit
-        except OSError as error:
-            self.discard()
-            raise self._failed(error) from None
-        fsync_dir(target.parent)
-        self.digest = digest
-        return digest
-
-    def discard(self) -> None:
-        try:
-            self._file.close()
-        except OSError:
-            pass  # flushing what is buffered failed (a full disk): the file goes anyway
-        try:
-            os.unlink(self._tmp_name)
-        except FileNotFoundError:
-            pass
-
-    def _failed(self, error: OSError) -> OSError | StoreError:
-        if is_disk_full(error):
-            return disk_full(error, "writing a blob into the store", self.store.root)
-        return error
-
-
 class Store:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).absolute()
@@ -148,7 +88,7 @@ class Store:
         self._init_layout()
         self.db = IndexDB(self.root / "index.db")
         if self.db.has_legacy_snapshots():
-            self._drop_legacy_snapshots()
+            snapshots.drop_legacy_snapshots(self)
 
     def _init_layout(self) -> None:
         # Also for a store made before the root was private: fixed on every open.
@@ -366,83 +306,15 @@ class Store:
 
     def snapshot_path(self, chain_id: str) -> Path | None:
         """The snapshot directory of a layer at the top of the stack ``chain_id`` names."""
-        snapshot_id = self.db.snapshot_id(chain_id)
-        if snapshot_id is None:
-            return None
-        path = self.snapshots_dir / str(snapshot_id)
-        return path if path.is_dir() else None
+        return snapshots.snapshot_path(self, chain_id)
 
     def ensure_snapshot(self, layer: Descriptor, diff_id: str, chain_id: str, image: str = "") -> Path:
-        """The extracted directory of a layer, extracting the blob on first use.
-
-        Snapshots are keyed by chain ID, not diff_id: overlayfs refuses a stack
-        that names one directory twice, and images with two identical layers
-        exist. ``diff_id`` is what the image config claims; the extraction
-        checks it (``image`` names the image in the error) and only then is it
-        recorded for the blob.
-        """
-        existing = self.snapshot_path(chain_id)
-        if existing is not None:
-            self.db.touch_snapshot(chain_id)
-            return existing
-        from imgbuild.layer.extract import apply_layer
-
-        staging = self.make_temp_dir("snap-")
-        try:
-            # A layer without a root entry says nothing of "/": give it the mode
-            # Docker's layers have (mkdtemp's is 0700), whatever our umask.
-            os.chmod(staging, 0o755)
-            with self.open_blob(layer.digest) as blob:
-                stats = apply_layer(blob, staging, media_type=layer.media_type or None)
-            if stats.diff_id != diff_id:
-                raise DigestMismatch(_diff_id_mismatch(image, layer.digest, diff_id, stats.diff_id))
-            self.record_layer(layer.digest, diff_id, layer.media_type, layer.size)
-            return self.add_snapshot(chain_id, diff_id, staging)
-        finally:
-            if staging.exists():
-                remove_tree(staging)
+        """The extracted directory of a layer, extracting the blob on first use."""
+        return snapshots.ensure_snapshot(self, layer, diff_id, chain_id, image)
 
     def add_snapshot(self, chain_id: str, diff_id: str, directory: Path) -> Path:
-        """Adopt ``directory`` (on the store's filesystem, holding layer ``diff_id``) as
-        the snapshot of ``chain_id``.
-
-        If another process got there first, ours is removed and theirs returned.
-        """
-        with self.lock():
-            existing = self.snapshot_path(chain_id)
-            if existing is not None:
-                remove_tree(directory)
-                return existing
-            snapshot_id = self.db.add_snapshot_row(chain_id, diff_id)
-            target = self.snapshots_dir / str(snapshot_id)
-            os.rename(directory, target)
-            return target
-
-    def _drop_legacy_snapshots(self) -> None:
-        """Upgrade a store whose snapshots were keyed by diff_id (index.db version 1).
-
-        Their directories move to tmp/ and are removed; layers are extracted
-        again, under their chain IDs, when a build first needs them. A
-        directory that cannot be removed (still mounted by an older imgbuild)
-        stays in tmp/ for ``imgbuild fsck --repair``.
-        """
-        moved: list[Path] = []
-
-        def move(snapshot_id: int) -> None:
-            holder = self.make_temp_dir("legacy-snapshot-")
-            try:
-                os.rename(self.snapshots_dir / str(snapshot_id), holder / "tree")
-            except FileNotFoundError:
-                pass
-            moved.append(holder)
-
-        with self.lock():
-            self.db.drop_legacy_snapshots(move)
-        for holder in moved:
-            try:
-                remove_tree(holder)
-            except (MountedError, OSError):
-                pass
+        """Adopt ``directory`` as the snapshot of ``chain_id`` (theirs if another process was first)."""
+        return snapshots.add_snapshot(self, chain_id, diff_id, directory)
 
     def make_temp_dir(self, prefix: str) -> Path:
         return Path(tempfile.mkdtemp(dir=self.work_dir(), prefix=prefix))
@@ -473,12 +345,3 @@ def _private_directory(path: Path) -> None:
     path.mkdir(mode=PRIVATE_MODE, parents=True, exist_ok=True)
     if stat.S_IMODE(os.stat(path).st_mode) & 0o077:
         os.chmod(path, PRIVATE_MODE)
-
-
-def _diff_id_mismatch(image: str, digest: str, claimed: str, actual: str) -> str:
-    where = f"image {image}" if image else "an image"
-    return (
-        f"{where}: layer {digest} does not match the image config: the config claims diff_id "
-        f"{claimed}, but the layer's content is {actual}. The image is broken (or was tampered "
-        "with); the layer was not used. Rebuild the image or push it again."
-    )
