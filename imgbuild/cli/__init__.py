@@ -29,6 +29,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "save": ("save", "write images to an OCI or docker-archive tar"),
     "load": ("load", "read images from an OCI or docker-archive tar"),
     "fsck": ("fsck", "verify every blob and reference in the store"),
+    "cache": ("cache", "inspect, explain and prune the build cache"),
 }
 
 
