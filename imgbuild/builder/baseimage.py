@@ -32,8 +32,19 @@ def base_state(builder, stage) -> StageState:
     config.pop("created", None)
     ic.ensure_path(config)
     layers = image_layers(image, stage.base)
-    key = cache_key({"base": image.digest, "platform": platform_key})
+    key = base_key(image, platform_key)
     return StageState(config, layers, key, base_name=stage.base, base_layers=len(layers))
+
+
+def base_key(image: Image, platform: str) -> str:
+    """Where a stage's key chain starts: the base image's layers (their diff_ids), not its digest.
+
+    As in BuildKit (its image source keys on the chain ID of the layers): a
+    base whose config alone changed (a label, a new ``created``) leaves every
+    step cached. What a step takes from the config (env, user, working
+    directory, shell, ONBUILD) is in that step's own key document.
+    """
+    return cache_key({"base_layers": image.diff_ids, "platform": platform})
 
 
 def resolve_image(builder, name: str, platform_flag: str | None = None) -> Image:

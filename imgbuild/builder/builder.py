@@ -39,7 +39,6 @@ from imgbuild.builder.runstep import plan_run
 from imgbuild.builder.state import StageResult, StageState
 from imgbuild.builder.workdirstep import plan_workdir
 from imgbuild.cache.index import BuildCache
-from imgbuild.cache.keys import cache_key, instruction_document
 from imgbuild.context.buildfiles import load_ignore_patterns, read_build_file
 from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.source import BuildContext
@@ -199,8 +198,9 @@ class Builder:
         if isinstance(instruction, Arg):
             resolved = scope.apply(instruction)
             words = [p.name if p.default is None else f"{p.name}={p.default}" for p in resolved.pairs]
+            # No key changes here: a RUN after the ARG sees it in its environment
+            # (in its key), a COPY only where it expands it (in its instruction).
             ic.add_history(state.config, "ARG " + " ".join(words), empty_layer=True, created=created)
-            state.key = cache_key({"parent": state.key, "args": sorted(scope.args_in_scope().items())})
             return
         # ARG and ENV change the scope; every other instruction is only expanded by it
         expanded = scope.apply(instruction) if isinstance(instruction, Env) else frontend.expanded(instruction, scope)
@@ -218,7 +218,6 @@ class Builder:
             if work is None:
                 self.progress.cached(step)
                 ic.add_history(state.config, "WORKDIR /", empty_layer=True, created=created)
-                state.key = cache_key({"parent": state.key, "meta": instruction_document(expanded)})
             else:
                 run_layer_step(self, stage, state, step, work, created)
         else:
@@ -226,7 +225,9 @@ class Builder:
             state.cmd_set = state.cmd_set or isinstance(expanded, Cmd)
             if created_by is not None:
                 ic.add_history(state.config, created_by, empty_layer=True, created=created)
-            state.key = cache_key({"parent": state.key, "meta": instruction_document(expanded)})
+            # As in BuildKit, a step that makes no layer leaves the key chain alone:
+            # what later steps take from it (env, user, workdir, shell) is in their
+            # own key documents, so a LABEL or CMD edit misses nothing.
 
     # --- what the steps ask of the build -------------------------------------------
 

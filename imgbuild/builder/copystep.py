@@ -149,7 +149,8 @@ def plan_copy(builder, state: StageState, instruction, downloads_dir: Path, *, i
     document = {
         "step": name,
         "instruction": instruction_document(instruction),
-        "workdir": request.workdir,
+        # only a relative dest reads the working directory (BuildKit joins it in)
+        "workdir": "" if request.dest.startswith("/") else request.workdir,
         "sources": source_key,
     }
     words = [name] + list(instruction.sources) + [f"<<{doc.name}" for doc in instruction.heredocs]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -96,6 +97,63 @@ def test_changed_base_image_digest_misses(build_df, store):
     second = build_df(dockerfile, context=first.context, store=store)
     assert second.result.steps_run == 1
     assert second.tree()["variant"].data == b"variant\n"
+
+
+def test_label_cmd_and_an_arg_after_the_last_run_miss_nothing(build_df, store):
+    # BuildKit's rule: a step that makes no layer does not invalidate the steps after it
+    dockerfile = (
+        "FROM busybox\nLABEL rev={rev}\nCMD [\"{cmd}\"]\nCOPY data /data\n"
+        "RUN cat /data > /after\nARG LATE\nCOPY data /late\n"
+    )
+    first = build_df(dockerfile.format(rev=1, cmd="sh"), {"data": "d\n"}, store=store)
+    edited = dockerfile.format(rev=2, cmd="true")
+    second = build_df(edited, context=first.context, store=store, build_args={"LATE": "2"})
+    assert (second.result.steps_cached, second.result.steps_run) == (3, 0)
+    assert second.image.diff_ids == first.image.diff_ids
+    assert (second.config["Labels"], second.config["Cmd"]) == ({"rev": "2"}, ["true"])
+
+
+def test_arg_and_env_miss_at_the_first_run_after_them_not_at_copies(build_df, store):
+    dockerfile = "FROM busybox\nARG V=1\nENV M={m}\nCOPY data /data\nRUN echo $V $M > /vm\nCOPY data /again\n"
+    first = build_df(dockerfile.format(m="a"), {"data": "d\n"}, store=store)
+    by_arg = build_df(dockerfile.format(m="a"), context=first.context, store=store, build_args={"V": "2"})
+    assert (by_arg.result.steps_cached, by_arg.result.steps_run) == (1, 2)
+    assert by_arg.tree()["vm"].data == b"2 a\n"
+    by_env = build_df(dockerfile.format(m="b"), context=first.context, store=store)
+    assert (by_env.result.steps_cached, by_env.result.steps_run) == (1, 2)
+    assert by_env.tree()["vm"].data == b"1 b\n"
+
+
+def _config_variant(store, tag: str, changes: dict) -> None:
+    """busybox:latest with the same layers and ``changes`` in its container config."""
+    base = store.load_image("busybox:latest")
+    config = json.loads(json.dumps(base.config))
+    config["config"].update(changes)
+    store.tag(tag, store.write_image(config, base.layers).manifest_descriptor)
+
+
+def test_base_image_with_the_same_layers_and_another_config_hits(build_df, store):
+    # BuildKit keys a base image on its layers: what steps take from its config
+    # (env, user, working directory) is in their own keys
+    dockerfile = "FROM busybox\nCOPY data /abs\nRUN echo $FLAVOUR > /flavour\nCOPY data rel\n"
+    first = build_df(dockerfile, {"data": "d\n"}, store=store)
+    _config_variant(store, "busybox:latest", {"Labels": {"variant": "1"}})
+    labelled = build_df(dockerfile, context=first.context, store=store)
+    assert (labelled.result.steps_cached, labelled.result.steps_run) == (3, 0)
+    assert labelled.config["Labels"] == {"variant": "1"}
+    _config_variant(store, "busybox:latest", {"Env": ["FLAVOUR=new"] + labelled.config["Env"]})
+    with_env = build_df(dockerfile, context=first.context, store=store)
+    assert (with_env.result.steps_cached, with_env.result.steps_run) == (1, 2)
+    assert with_env.tree()["flavour"].data == b"new\n"
+
+
+def test_copy_keys_on_the_working_directory_only_for_a_relative_dest(build_df, store):
+    dockerfile = "FROM busybox\nCOPY data /abs\nCOPY data rel\n"
+    first = build_df(dockerfile, {"data": "d\n"}, store=store)
+    _config_variant(store, "busybox:latest", {"WorkingDir": "/srv"})
+    second = build_df(dockerfile, context=first.context, store=store)
+    assert (second.result.steps_cached, second.result.steps_run) == (1, 1)
+    assert second.tree()["srv/rel"].data == b"d\n"
 
 
 def test_no_cache_runs_everything(build_df, store):
