@@ -1,9 +1,8 @@
 """Interop tests: what the other tools need (buildah, dockerd, a Debian root filesystem)
 and the one summary line at the end of the run.
 
-dockerd is started here, by hand, as MACHINE-NOTES says: data, exec root, pid
-file and API socket all under a temp dir, no iptables, no bridge; it is
-stopped by its PID at the end of the session. The Debian root filesystem
+dockerd is started here once per session (tests/dockertools.py: by hand, as
+MACHINE-NOTES says, and stopped by its PID). The Debian root filesystem
 comes from ``debootstrap --variant=minbase`` once per machine: the tarball is
 cached under /var/cache/imgbuild-tests (or $IMGBUILD_TEST_CACHE), keyed by
 everything that decides its content.
@@ -18,17 +17,12 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from comparetools import make_buildah, mounts_under, remove_buildah, run_tool
-from registrytools import die_with_parent
+from dockertools import running_dockerd
 
-# Debian's own docker client: the docker first on PATH is a newer client that
-# cannot build against this daemon.
-DOCKER_CLIENT = "/usr/bin/docker"
 CACHE_DIR = Path(os.environ.get("IMGBUILD_TEST_CACHE", "/var/cache/imgbuild-tests"))
 DEBIAN_SUITE = "bookworm"
 DEBIAN_VARIANT = "minbase"
@@ -70,73 +64,10 @@ def buildah(tmp_path_factory):
 # --- dockerd -------------------------------------------------------------------------------
 
 
-@dataclass
-class Docker:
-    """Debian's docker client talking to the session's own dockerd."""
-
-    socket: Path
-
-    def run(
-        self, *args: str, buildkit: bool = True, timeout: int = 300
-    ) -> subprocess.CompletedProcess:
-        env = dict(os.environ)
-        env["DOCKER_BUILDKIT"] = "1" if buildkit else "0"
-        return run_tool(
-            DOCKER_CLIENT, "-H", f"unix://{self.socket}", *args, env=env, timeout=timeout
-        )
-
-
 @pytest.fixture(scope="session")
 def dockerd(tmp_path_factory):
-    for program in ("dockerd", DOCKER_CLIENT):
-        if shutil.which(program) is None:
-            pytest.fail(
-                f"{program} is not installed; run scripts/install-deps.sh --test (docker.io)"
-            )
-    work = tmp_path_factory.mktemp("dockerd")
-    socket = work / "docker.sock"
-    log = open(work / "dockerd.log", "wb")
-    process = subprocess.Popen(
-        [
-            "dockerd", "--iptables=false", "--bridge=none", "--data-root", str(work / "data"),
-            "--exec-root", str(work / "exec"), "--pidfile", str(work / "dockerd.pid"),
-            "-H", f"unix://{socket}",
-        ],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
-    )  # fmt: skip
-    docker = Docker(socket)
-    try:
-        _wait_for_dockerd(docker, process, work / "dockerd.log")
+    with running_dockerd(tmp_path_factory.mktemp("dockerd")) as docker:
         yield docker
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
-    left = mounts_under(work)
-    if left:
-        pytest.fail(f"dockerd left mounts behind: {left}")
-    shutil.rmtree(work)
-
-
-def _wait_for_dockerd(
-    docker: Docker, process: subprocess.Popen, log: Path, seconds: float = 60
-) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"dockerd exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        if docker.socket.exists():
-            try:
-                docker.run("version", timeout=10)
-                return
-            except (AssertionError, subprocess.TimeoutExpired):
-                pass
-        time.sleep(0.2)
-    pytest.fail(f"dockerd did not answer within {seconds:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 # --- a Debian root filesystem, made once per machine -----------------------------------------------
