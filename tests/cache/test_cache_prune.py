@@ -7,6 +7,7 @@ test, and the reported figure must equal what left the disk, to the byte.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -24,9 +25,10 @@ from cache.prunetools import (
     new_store,
     rows,
 )
+from imagetools import temp_leftovers
 from load.loadtools import cli_command, cli_env
 
-from imgbuild.cache.prune import Limits, collect_if_over, collection_target
+from imgbuild.cache.prune import Limits, collect_if_over, collection_target, prune
 from imgbuild.store import Store
 
 pytestmark = pytest.mark.root
@@ -223,3 +225,61 @@ def test_low_free_space_collects_down_to_what_frees_it(tmp_path):
 
     assert result is not None and not result.skipped_reason
     assert result.freed_bytes == used - measured_bytes(root) >= 200 * 1024
+
+
+def test_prunes_and_collections_while_builds_run_never_break_them(tmp_path):
+    """Four real builds at once on one store, each collecting afterwards
+    (IMGBUILD_MAX_CACHE=1KB), while ``cache prune --all`` runs again and again:
+    every build succeeds, its image is whole and runs, fsck is clean, nothing
+    is left in tmp/, and a prune with nothing running really prunes."""
+    root = _kept_and_gone(tmp_path)
+    names = [f"c{i}" for i in range(4)]
+    dockerfiles = {
+        name: "FROM busybox\nRUN echo common > /common\n" + big_run(name, 50) + "COPY own.txt /own.txt\n"
+        for name in names
+    }
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "own.txt").write_text(name)
+        (tmp_path / name / "Dockerfile").write_text(dockerfiles[name])
+    env = {**cli_env(), "IMGBUILD_MAX_CACHE": "1KB"}
+    prunes = []
+
+    def prune_once():
+        done = subprocess.run(
+            cli_command(root, "cache", "prune", "--all", "--format", "json"),
+            capture_output=True, text=True, env=cli_env(), timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        prunes.append(json.loads(done.stdout))
+
+    prune_once()  # the store has reclaimable entries: this one prunes
+    builds = []
+    for name in names:
+        builds.append(
+            subprocess.Popen(
+                cli_command(root, "build", "--progress", "plain", "-t", f"{name}:1", str(tmp_path / name)),
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            )
+        )
+        prune_once()
+    # And in this process, as fast as it goes (a CLI process takes longer to start
+    # than a build takes to write its blobs).
+    while any(process.poll() is None for process in builds):
+        result = prune(Store(root), all_entries=True)
+        prunes.append({"skipped_reason": result.skipped_reason, "entries": result.entries})
+    outputs = [process.communicate(timeout=300)[0] for process in builds]
+
+    assert [process.returncode for process in builds] == [0] * 4, "\n".join(outputs)
+    assert not prunes[0]["skipped_reason"] and prunes[0]["entries"]
+    print(f"{len(prunes)} prunes, {sum(bool(p['skipped_reason']) for p in prunes)} deferred to the builds")
+    fsck_clean(root)
+    store = Store(root)
+    for name in names:
+        image = store.load_image(f"{name}:1")
+        assert all(store.has_blob(layer.digest) for layer in image.layers)
+        cli(root, "run", f"{name}:1", "sh", "-c", f"test -s /{name} && test $(cat /own.txt) = {name}")
+    assert temp_leftovers(store) == []
+    last = cli_json(root, "cache", "prune", "--all")
+    assert not last["skipped_reason"]
+    fsck_clean(root)
