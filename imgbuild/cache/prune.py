@@ -185,17 +185,29 @@ def plan_prune(
         for entry in usage.entries
         if (all_entries or not entry.shared) and (until is None or entry.last_used <= now - until)
     ]
-    remaining = list(usage.entries)
-    chosen: list[Entry] = []
-    for entry in candidates:
-        if keep_storage is not None and usage.size_of(*usage.kept(remaining)) <= keep_storage:
-            break
-        chosen.append(entry)
-        remaining.remove(entry)
+    # What stays only shrinks as more candidates go, so the fewest that bring
+    # the store down to ``keep_storage`` are found by bisection.
+    count = len(candidates)
+    if keep_storage is not None:
+        low, high = 0, len(candidates)
+        while low < high:
+            middle = (low + high) // 2
+            if usage.size_of(*usage.kept(_without(usage.entries, candidates[:middle]))) <= keep_storage:
+                high = middle
+            else:
+                low = middle + 1
+        count = low
+    chosen = candidates[:count]
+    remaining = _without(usage.entries, chosen)
     blobs, snapshots = usage.kept(remaining)
     gone_blobs = set(usage.blobs) - blobs
     gone_snapshots = set(usage.snapshots) - snapshots
     return PrunePlan(chosen, gone_blobs, gone_snapshots, usage.size_of(gone_blobs, gone_snapshots))
+
+
+def _without(entries: list[Entry], gone: list[Entry]) -> list[Entry]:
+    keys = {entry.key for entry in gone}
+    return [entry for entry in entries if entry.key not in keys]
 
 
 # --- pruning -----------------------------------------------------------------------
@@ -307,6 +319,9 @@ def collect_if_over(store: Store, limits: Limits) -> PruneResult | None:
     """After a build: prune least recently used entries when the store passes its
     limits (first those no image uses, then, if that is not enough, with
     ``--all``). None when within limits; skipped while other writers run."""
+    info = os.statvfs(store.root)
+    if (info.f_blocks - info.f_bfree) * info.f_frsize <= limits.max_cache and info.f_bavail * info.f_frsize >= limits.min_free:
+        return None  # the store cannot take more than the filesystem uses: no walk needed
     with exclusive_lease(store) as no_writers:
         if not no_writers:
             return PruneResult(skipped_reason="another imgbuild process is using the store")
