@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 import subprocess
 
 import pytest
 from cache.prunetools import big_run, build, cli, cli_json, measured_bytes, new_store, rows
+from load.loadtools import cli_command, cli_env
 
 from imgbuild.image import chain_ids
 from imgbuild.store import Store
+from imgbuild.units import human_size, parse_duration, parse_size
 
 pytestmark = pytest.mark.root
 
@@ -79,3 +83,39 @@ def test_du_of_an_empty_store(tmp_path):
     Store(root)
     report = cli_json(root, "cache", "du")
     assert (report["entries"], report["total_bytes"], report["reclaimable_bytes"]) == (0, 0, 0)
+
+
+def test_du_on_a_terminal_is_a_rich_table_of_the_same_facts(tmp_path):
+    root = _store(tmp_path)
+    report = cli_json(root, "cache", "du")
+    command = " ".join(shlex.quote(part) for part in cli_command(root, "cache", "du", "--verbose"))
+    done = subprocess.run(  # script(1) gives the command a pseudo-terminal
+        ["script", "-qec", command, "/dev/null"], capture_output=True, text=True, env=cli_env(), timeout=120
+    )
+    assert done.returncode == 0, done.stdout
+    assert "\x1b[" in done.stdout  # rich's styling: a terminal table, not the plain columns
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout)
+    assert re.search(rf"\b2\s+{re.escape(human_size(report['total_bytes']))}\s", plain)
+    assert human_size(report["reclaimable_bytes"]) in plain
+
+
+def test_bad_sizes_durations_and_filters_are_usage_errors(tmp_path):
+    root = tmp_path / "store"
+    Store(root)
+    for args, message in [
+        (("--keep-storage", "lots"), "--keep-storage 'lots' is not a size"),
+        (("--filter", "until=tomorrow"), "--filter until 'tomorrow' is not a duration"),
+        (("--filter", "label=x"), "the filter this prune knows is until=DURATION"),
+    ]:
+        done = subprocess.run(
+            cli_command(root, "cache", "prune", *args), capture_output=True, text=True, env=cli_env(), timeout=120
+        )
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_sizes_and_durations_read_as_docker_reads_them():
+    assert [parse_size(text) for text in ("512", "1KB", "1k", "1.5GB", "2MiB", "10g")] == [
+        512, 1024, 1024, 3 * 2**29, 2 * 2**20, 10 * 2**30,
+    ]
+    assert [parse_duration(text) for text in ("90s", "24h", "1h30m", "7d")] == [90, 86400, 5400, 7 * 86400]
