@@ -28,12 +28,12 @@ from dataclasses import asdict, dataclass, field
 from imgbuild.errors import ImgbuildError, UsageError
 from imgbuild.store import Store
 from imgbuild.store.gc import (
-    _sweep,
     disk_usage,
     exclusive_lease,
     file_usage,
     is_digest_name,
     referenced_blobs,
+    sweep_blobs,
     sweep_snapshots,
     sweep_statcache,
 )
@@ -130,11 +130,7 @@ def measure(store: Store) -> StoreUsage:
     Raises ImgbuildError when an image's manifest is unreadable: then what it
     needs is unknown, and nothing may be judged reclaimable.
     """
-    blobs = {
-        "sha256:" + path.name: file_usage(path)
-        for path in store.blobs_dir.iterdir()
-        if is_digest_name(path.name) and path.is_file()
-    }
+    blobs = _blob_usage(store)
     snapshots = {}
     for row in store.db.snapshot_rows():
         snapshots[row["id"]] = (row["diff_id"], disk_usage(store.snapshots_dir / str(row["id"])))
@@ -153,6 +149,20 @@ def measure(store: Store) -> StoreUsage:
         for row in store.db.cache_rows_lru()
     ]
     return StoreUsage(blobs, snapshots, store.db.layer_diff_ids(), image_blobs, _image_diff_ids(store), entries)
+
+
+def _blob_usage(store: Store) -> dict[str, int]:
+    """Digest -> bytes on disk of every blob file (``cache du`` runs without locks:
+    a blob an ``rmi`` removes meanwhile is not counted)."""
+    blobs = {}
+    for path in store.blobs_dir.iterdir():
+        if not is_digest_name(path.name) or not path.is_file():
+            continue
+        try:
+            blobs["sha256:" + path.name] = file_usage(path)
+        except FileNotFoundError:
+            continue
+    return blobs
 
 
 def _image_diff_ids(store: Store) -> set[str]:
@@ -256,7 +266,7 @@ def _apply(store: Store, usage: StoreUsage, plan: PrunePlan, result: PruneResult
     kept_diff_ids = {usage.snapshots[sid][0] for sid in plan.snapshots if sid not in swept.removed}
     keep = set(usage.blobs) - plan.blobs
     keep |= {digest for digest, diff_id in usage.layer_diff_ids.items() if diff_id in kept_diff_ids}
-    blobs = _sweep(store, keep, measure=file_usage)
+    blobs = sweep_blobs(store, keep, measure=file_usage)
     result.blobs, result.snapshots = len(blobs.removed), len(swept.removed)
     result.freed_bytes = blobs.freed_bytes + swept.freed_bytes
     result.statcache_rows = sweep_statcache(store)
@@ -291,13 +301,22 @@ def limits_for(store: Store, max_cache: str | None = None, min_free: str | None 
     IMGBUILD_MIN_FREE, else BuildKit's defaults (see the constants above)."""
     info = os.statvfs(store.root)
     disk = info.f_blocks * info.f_frsize
-    max_text = max_cache or os.environ.get("IMGBUILD_MAX_CACHE") or DEFAULT_MAX_CACHE
-    free_text = min_free or os.environ.get("IMGBUILD_MIN_FREE") or DEFAULT_MIN_FREE
-    max_bytes = parse_limit(max_text, disk, "--max-cache")
-    if max_text == DEFAULT_MAX_CACHE:
+    max_text, max_what = _setting(max_cache, "--max-cache", "IMGBUILD_MAX_CACHE", DEFAULT_MAX_CACHE)
+    free_text, free_what = _setting(min_free, "--min-free", "IMGBUILD_MIN_FREE", DEFAULT_MIN_FREE)
+    max_bytes = parse_limit(max_text, disk, max_what)
+    if max_what == "the default":
         max_bytes = min(max_bytes, MAX_CACHE_CAP)
     reserve = min(disk * RESERVE_PERCENT // 100, RESERVE_CAP, max_bytes)
-    return Limits(max_bytes, parse_limit(free_text, disk, "--min-free"), reserve)
+    return Limits(max_bytes, parse_limit(free_text, disk, free_what), reserve)
+
+
+def _setting(flag_value: str | None, flag: str, variable: str, default: str) -> tuple[str, str]:
+    """(the text, where it came from) of one limit: the flag, the environment, the default."""
+    if flag_value:
+        return flag_value, flag
+    if os.environ.get(variable):
+        return os.environ[variable], variable
+    return default, "the default"
 
 
 def collection_target(store: Store, limits: Limits, used: int) -> int | None:
@@ -342,5 +361,5 @@ def collect_if_over(store: Store, limits: Limits) -> PruneResult | None:
 
 
 def _store_bytes(store: Store) -> int:
-    blobs = sum(file_usage(path) for path in store.blobs_dir.iterdir() if is_digest_name(path.name))
+    blobs = sum(_blob_usage(store).values())
     return blobs + sum(disk_usage(store.snapshots_dir / str(row["id"])) for row in store.db.snapshot_rows())

@@ -15,7 +15,7 @@ so no tag changes between the mark and the sweep.
 ``imgbuild cache prune`` (imgbuild.cache.prune) decides which cache entries
 go, under the same exclusive lease, and then uses the sweeps here: snapshots
 whose layer no remaining cache entry or image uses (``sweep_snapshots``),
-blobs (``_sweep``), and stat-cache rows that can never hit again
+blobs (``sweep_blobs``), and stat-cache rows that can never hit again
 (``sweep_statcache``). Sizes are measured on disk (``disk_usage``), never
 taken from the index.
 """
@@ -128,10 +128,10 @@ def collect_garbage(store: Store) -> GcResult:
                 keep = referenced_blobs(store) | pinned_blobs(store)
             except ImgbuildError as error:
                 return GcResult(skipped_reason=f"{error}; run `imgbuild fsck`")
-            return _sweep(store, keep)
+            return sweep_blobs(store, keep)
 
 
-def _sweep(store: Store, keep: set[str], measure=None) -> GcResult:
+def sweep_blobs(store: Store, keep: set[str], measure=None) -> GcResult:
     """Unlink every blob not in ``keep``; ``freed_bytes`` adds up st_size, or ``measure(path)``."""
     result = GcResult()
     mounted = set(mounts_under(store.blobs_dir))  # never unlink a mount point

@@ -283,3 +283,16 @@ def test_prunes_and_collections_while_builds_run_never_break_them(tmp_path):
     last = cli_json(root, "cache", "prune", "--all")
     assert not last["skipped_reason"]
     fsck_clean(root)
+
+
+def test_a_bad_limit_in_the_environment_fails_before_the_build(tmp_path):
+    root = tmp_path / "store"
+    new_store(root)
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text("FROM busybox\n" + big_run("never", 1))
+    done = subprocess.run(
+        cli_command(root, "build", "--progress", "plain", str(tmp_path / "ctx")),
+        capture_output=True, text=True, env={**cli_env(), "IMGBUILD_MAX_CACHE": "half"}, timeout=300,
+    )
+    assert done.returncode == 2 and "IMGBUILD_MAX_CACHE 'half' is not a size" in done.stderr, done.stderr
+    assert rows(root, "SELECT key FROM cache") == []  # nothing ran
