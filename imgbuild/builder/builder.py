@@ -39,6 +39,7 @@ from imgbuild.builder.runstep import plan_run
 from imgbuild.builder.state import StageResult, StageState
 from imgbuild.builder.workdirstep import plan_workdir
 from imgbuild.cache.index import BuildCache
+from imgbuild.cache.prune import Limits, collect_if_over, limits_for
 from imgbuild.context.buildfiles import load_ignore_patterns, read_build_file
 from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.source import BuildContext
@@ -47,6 +48,7 @@ from imgbuild.dockerfile import Add, Arg, Cmd, Copy, Env, Run, Workdir
 from imgbuild.errors import DockerfileError, ImgbuildError, Interrupted, SourceLocation
 from imgbuild.image import LayerRef, Platform
 from imgbuild.store import Store, remove_tree
+from imgbuild.units import human_size
 
 # The steps BuildKit numbers "[2/5]" in its progress: those that make layers.
 LAYER_KINDS = (Run, Copy, Add, Workdir)
@@ -74,6 +76,8 @@ class Builder:
 
     def build(self) -> BuildResult:
         started = time.monotonic()
+        # A bad IMGBUILD_MAX_CACHE is a usage error before the build, not after it.
+        limits = limits_for(self.store, self.options.max_cache, self.options.min_free)
         self._sweep_dead_work()
         text = self._read_dockerfile()
         parsed = frontend.parse(text, self.dockerfile_name)
@@ -95,6 +99,7 @@ class Builder:
             raise Interrupted("build interrupted; everything it mounted was unmounted") from None
         finally:
             self.context.stat_cache.close()
+        self._collect_garbage(limits)
         seconds = time.monotonic() - started
         result = BuildResult(image, self.results, self.steps_cached, self.steps_run, seconds, tags)
         write_result_files(self.options, result)
@@ -115,6 +120,18 @@ class Builder:
             )
         for reason in swept.left:
             self.progress.warning(f"could not clean up after a killed imgbuild: {reason}")
+
+    def _collect_garbage(self, limits: Limits) -> None:
+        """Prune the cache when the store passes its limits (--max-cache, --min-free)."""
+        result = collect_if_over(self.store, limits)
+        if result is None:
+            return
+        if result.skipped_reason:
+            self.progress.info(f"cache limits not checked ({result.skipped_reason}); the next build checks them")
+            return
+        self.progress.info(
+            f"cache over its limits: pruned {len(result.entries)} entries, freed {human_size(result.freed_bytes)}"
+        )
 
     def _read_dockerfile(self) -> str:
         if self.options.dockerfile_text is not None:

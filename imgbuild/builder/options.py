@@ -58,6 +58,10 @@ class BuildOptions:
     compression: str = "gzip"
     compression_level: int | None = None
     insecure_registries: list[str] = field(default_factory=list)
+    # Automatic collection after the build (imgbuild.cache.prune): None for
+    # IMGBUILD_MAX_CACHE / IMGBUILD_MIN_FREE or the defaults.
+    max_cache: str | None = None
+    min_free: str | None = None
     source_date_epoch: int | None = None
 
 

@@ -12,6 +12,7 @@ from imgbuild.builder.options import (
     parse_output,
     parse_secret,
 )
+from imgbuild.cache.prune import parse_limit
 from imgbuild.context.buildfiles import read_dockerfile_stdin
 from imgbuild.errors import DockerfileError, UsageError
 
@@ -43,6 +44,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--network", default="host", choices=("host", "none"), help="network for RUN (default host)")
     parser.add_argument("--compression", default="gzip", choices=COMPRESSIONS, help="layer compression (default gzip)")
     parser.add_argument("--compression-level", type=int, default=None, help="compression level")
+    parser.add_argument(
+        "--max-cache", metavar="SIZE", help="after the build, prune the store down to SIZE or N%% of its disk (default 80%%)"
+    )
+    parser.add_argument(
+        "--min-free", metavar="SIZE", help="after the build, prune to keep SIZE or N%% of the disk free (default 20%%)"
+    )
     parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST", help="use plain HTTP for HOST")
 
 
@@ -67,6 +74,9 @@ def options_from_args(args) -> BuildOptions:
         raise UsageError("--push needs a name: add -t REGISTRY/NAME:TAG")
     if args.jobs < 0:
         raise UsageError(f"--jobs must be 0 (the CPU count) or more, not {args.jobs}")
+    for flag, text in (("--max-cache", args.max_cache), ("--min-free", args.min_free)):
+        if text:
+            parse_limit(text, 0, flag)  # a usage error now, not after the build
     return BuildOptions(
         context=context,
         dockerfile=dockerfile,
@@ -92,6 +102,8 @@ def options_from_args(args) -> BuildOptions:
         compression_level=args.compression_level,
         insecure_registries=list(args.insecure_registry),
         source_date_epoch=int(epoch) if epoch is not None else None,
+        max_cache=args.max_cache,
+        min_free=args.min_free,
     )
 
 

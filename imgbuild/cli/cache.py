@@ -13,6 +13,8 @@ from imgbuild.errors import UsageError
 
 # subcommand -> (module under imgbuild.cli, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "du": ("cache_du", "show what the build cache takes on disk"),
+    "prune": ("cache_prune", "remove build cache, least recently used first"),
 }
 
 

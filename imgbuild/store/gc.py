@@ -11,21 +11,30 @@ written. The collector takes that lock exclusively *without waiting*; if any
 writer holds it, collection is skipped rather than pruning blobs a running
 build or pull is about to tag. It then marks and sweeps under the store lock,
 so no tag changes between the mark and the sweep.
+
+``imgbuild cache prune`` (imgbuild.cache.prune) decides which cache entries
+go, under the same exclusive lease, and then uses the sweeps here: snapshots
+whose layer no remaining cache entry or image uses (``sweep_snapshots``),
+blobs (``sweep_blobs``), and stat-cache rows that can never hit again
+(``sweep_statcache``). Sizes are measured on disk (``disk_usage``), never
+taken from the index.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
-from collections.abc import Iterator
+import stat
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from imgbuild.errors import ImgbuildError, StoreError
+from imgbuild.errors import ImgbuildError, MountedError, StoreError
 from imgbuild.image import INDEX_TYPES, MANIFEST_TYPES, Descriptor, media_type_of
 from imgbuild.store import Store
 from imgbuild.store.atomic import fsync_dir
-from imgbuild.store.mounts import mounts_under
+from imgbuild.store.mounts import mounts_under, remove_tree
 
 HEX = frozenset("0123456789abcdef")
 
@@ -119,17 +128,18 @@ def collect_garbage(store: Store) -> GcResult:
                 keep = referenced_blobs(store) | pinned_blobs(store)
             except ImgbuildError as error:
                 return GcResult(skipped_reason=f"{error}; run `imgbuild fsck`")
-            return _sweep(store, keep)
+            return sweep_blobs(store, keep)
 
 
-def _sweep(store: Store, keep: set[str]) -> GcResult:
+def sweep_blobs(store: Store, keep: set[str], measure=None) -> GcResult:
+    """Unlink every blob not in ``keep``; ``freed_bytes`` adds up st_size, or ``measure(path)``."""
     result = GcResult()
     mounted = set(mounts_under(store.blobs_dir))  # never unlink a mount point
     for path in sorted(store.blobs_dir.iterdir()):
         digest = "sha256:" + path.name
         if not is_digest_name(path.name) or digest in keep or not path.is_file() or os.path.realpath(path) in mounted:
             continue  # names that are not digests are fsck's business
-        size = path.stat().st_size
+        size = measure(path) if measure else path.stat().st_size
         path.unlink()
         result.removed.append(digest)
         result.freed_bytes += size
@@ -137,3 +147,123 @@ def _sweep(store: Store, keep: set[str]) -> GcResult:
         fsync_dir(store.blobs_dir)
         store.db.forget_layers(result.removed)
     return result
+
+
+# --- measuring, and the sweeps of cache prune -------------------------------------------
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def file_usage(path: os.PathLike) -> int:
+    """Bytes a file takes on disk (its allocated blocks, as ``du -B1`` counts them)."""
+    return os.lstat(path).st_blocks * 512
+
+
+def disk_usage(path: os.PathLike) -> int:
+    """Bytes a directory tree takes on disk: allocated blocks of every entry, the
+    directories too, a hard-linked file once, as ``du -s -B1`` counts them.
+
+    Walked fd-relative without following symlinks; an entry removed meanwhile
+    counts as nothing.
+    """
+    seen: set[tuple[int, int]] = set()
+    try:
+        top = os.open(path, _DIR_FLAGS)
+    except FileNotFoundError:
+        return 0
+    total = 0
+    pending = [top]
+    while pending:
+        fd = pending.pop()
+        try:
+            info = os.fstat(fd)
+            total += info.st_blocks * 512
+            for name in os.listdir(fd):
+                total += _entry_usage(fd, name, seen, pending)
+        finally:
+            os.close(fd)
+    return total
+
+
+def _entry_usage(fd: int, name: str, seen: set, pending: list[int]) -> int:
+    try:
+        info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        if stat.S_ISDIR(info.st_mode):
+            pending.append(os.open(name, _DIR_FLAGS, dir_fd=fd))
+            return 0
+    except FileNotFoundError:
+        return 0
+    if info.st_nlink > 1:
+        if (info.st_dev, info.st_ino) in seen:
+            return 0
+        seen.add((info.st_dev, info.st_ino))
+    return info.st_blocks * 512
+
+
+@dataclass
+class SnapshotSweep:
+    removed: list[int] = field(default_factory=list)  # snapshot ids
+    freed_bytes: int = 0
+    kept_reason: str = ""  # set when snapshots that could go were kept
+
+
+def sweep_snapshots(store: Store, snapshot_ids: Iterable[int], sizes: dict[int, int]) -> SnapshotSweep:
+    """Remove the snapshots ``snapshot_ids`` (rows and directories); the caller holds
+    the exclusive lease and the store lock. ``sizes`` are their measured sizes.
+
+    A snapshot is a lowerdir of every overlay a build or ``imgbuild run`` has
+    mounted on it, and mountinfo names lowerdirs only by the short links of
+    imgbuild.sandbox.overlay: so while anything at all is mounted under the
+    root (a leftover of a killed process, or a process that takes no lease),
+    no snapshot is removed. Each goes in two steps: renamed into this
+    process's work directory with its row deleted (so nothing finds a half
+    removed tree), then removed, never across a mount.
+    """
+    result = SnapshotSweep()
+    ids = list(snapshot_ids)
+    if not ids:
+        return result
+    mounted = mounts_under(store.root)
+    if mounted:
+        result.kept_reason = f"{len(ids)} snapshots kept: {mounted[0]} is mounted in the store"
+        return result
+    for snapshot_id in ids:
+        holder = store.make_temp_dir("pruned-snapshot-")
+        try:
+            os.rename(store.snapshots_dir / str(snapshot_id), holder / "tree")
+        except FileNotFoundError:
+            pass  # row without directory: fsck's snapshot-missing; the row goes anyway
+        store.db.delete_snapshot_row(snapshot_id)
+        try:
+            remove_tree(holder)
+        except MountedError as error:
+            result.kept_reason = str(error)
+            continue
+        result.removed.append(snapshot_id)
+        result.freed_bytes += sizes.get(snapshot_id, 0)
+    fsync_dir(store.snapshots_dir)
+    return result
+
+
+def sweep_statcache(store: Store) -> int:
+    """Forget stat-cache rows that can never hit again; returns how many.
+
+    A row hits only while its file has the same (device, inode, size, mtime,
+    ctime); a file that is gone or changed would be hashed again anyway (and
+    its row rewritten). So the table is bounded by the context files that
+    exist now, without a clock. Only ``lstat`` is used: nothing is opened.
+    """
+    stale = []
+    for row in store.db.statcache_identities():
+        try:
+            info = os.lstat(row["path"])
+        except OSError as error:
+            if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
+                stale.append(row["path"])
+            continue  # EACCES and friends: not ours to judge
+        identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        if identity != (row["dev"], row["ino"], row["size"], row["mtime_ns"], row["ctime_ns"]):
+            stale.append(row["path"])
+    if stale:
+        store.db.delete_statcache_rows(stale)
+    return len(stale)

@@ -286,6 +286,32 @@ class IndexDB:
         )
         return [row["repository"] for row in rows]
 
+    # --- pruning ------------------------------------------------------------------------
+
+    def cache_rows_lru(self) -> list[sqlite3.Row]:
+        """Rows (key, diff_id, layer_digest, created_by, created, last_used, hits) of
+        every cache entry, least recently used first."""
+        return self.query(
+            "SELECT key, diff_id, layer_digest, created_by, created, last_used, hits FROM cache"
+            " ORDER BY last_used, created, key"
+        )
+
+    def layer_diff_ids(self) -> dict[str, str]:
+        """Blob digest -> diff_id for every layer blob the index knows."""
+        return {row["digest"]: row["diff_id"] for row in self.query("SELECT digest, diff_id FROM layers")}
+
+    def delete_cache_entries(self, keys: list[str]) -> None:
+        with self.transaction() as conn:
+            conn.executemany("DELETE FROM cache WHERE key=?", [(key,) for key in keys])
+
+    def statcache_identities(self) -> list[sqlite3.Row]:
+        """Rows (path, dev, ino, size, mtime_ns, ctime_ns) of the whole stat cache."""
+        return self.query("SELECT path, dev, ino, size, mtime_ns, ctime_ns FROM statcache")
+
+    def delete_statcache_rows(self, paths: list[str]) -> None:
+        with self.transaction() as conn:
+            conn.executemany("DELETE FROM statcache WHERE path=?", [(path,) for path in paths])
+
     # --- checks -------------------------------------------------------------------------
 
     def quick_check(self) -> list[str]:

@@ -1,4 +1,4 @@
-"""Fixtures for the cache tests: the session's own dockerd (tests/dockertools.py)."""
+"""Fixtures for the cache tests: root and runc, and the session's own dockerd (tests/dockertools.py)."""
 
 from __future__ import annotations
 

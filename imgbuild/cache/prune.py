@@ -1,0 +1,365 @@
+"""Bounding the build cache: what it takes on disk (``cache du``), pruning it
+(``cache prune``) and collecting it after a build when it passes a limit.
+
+Every size here is measured on disk (imgbuild.store.gc.disk_usage): the
+blob files under ``oci/blobs/sha256`` and the snapshot trees under
+``snapshots/``, in allocated bytes as ``du -B1`` counts them. The index's
+sizes are what the layers' descriptors say, not what the store takes.
+
+What a prune keeps, after it has chosen the cache entries to remove:
+
+- every blob an image in index.json reaches (tagged or untagged): images are
+  never broken by a prune, ``--all`` included;
+- the layer blob of every remaining cache entry;
+- every snapshot whose layer (diff_id) a remaining cache entry or an image
+  has, and the blob it was extracted from.
+
+Everything else under blobs/ and snapshots/ goes. Without ``--all``, a cache
+entry whose layer an image references is never chosen: it costs nothing the
+image does not already keep. Entries go least recently used first.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+from imgbuild.errors import ImgbuildError, UsageError
+from imgbuild.store import Store
+from imgbuild.store.gc import (
+    disk_usage,
+    exclusive_lease,
+    file_usage,
+    is_digest_name,
+    referenced_blobs,
+    sweep_blobs,
+    sweep_snapshots,
+    sweep_statcache,
+)
+
+# BuildKit's defaults (buildkitd config, gcpolicy_unix.go): keep at most
+# min(80% of the disk, 100GB), keep 20% of the disk free, but never collect
+# below a reserve of min(10% of the disk, 10GB).
+DEFAULT_MAX_CACHE = "80%"
+MAX_CACHE_CAP = 100 * 10**9
+DEFAULT_MIN_FREE = "20%"
+RESERVE_PERCENT = 10
+RESERVE_CAP = 10 * 10**9
+
+
+@dataclass
+class Entry:
+    """One cache entry as ``du --verbose`` and ``prune`` report it."""
+
+    key: str
+    created_by: str
+    layer_digest: str | None
+    size: int  # bytes its layer blob takes on disk (0: no layer, or the blob is gone)
+    created: float
+    last_used: float
+    hits: int
+    shared: bool  # an image references its layer
+
+
+@dataclass
+class StoreUsage:
+    """The store as measured now."""
+
+    blobs: dict[str, int]  # digest -> bytes on disk
+    snapshots: dict[int, tuple[str, int]]  # id -> (diff_id, bytes on disk)
+    layer_diff_ids: dict[str, str]  # blob digest -> diff_id
+    image_blobs: set[str]
+    image_diff_ids: set[str]
+    entries: list[Entry]  # least recently used first
+
+    def kept(self, remaining: list[Entry]) -> tuple[set[str], set[int]]:
+        """(blobs, snapshot ids) a store with only ``remaining`` cache entries keeps."""
+        diff_ids = set(self.image_diff_ids)
+        blobs = set(self.image_blobs)
+        for entry in remaining:
+            if entry.layer_digest:
+                blobs.add(entry.layer_digest)
+                diff_ids.add(self.layer_diff_ids.get(entry.layer_digest, ""))
+        snapshots = {sid for sid, (diff_id, _) in self.snapshots.items() if diff_id in diff_ids}
+        kept_diff_ids = {self.snapshots[sid][0] for sid in snapshots}
+        blobs |= {digest for digest, diff_id in self.layer_diff_ids.items() if diff_id in kept_diff_ids}
+        return blobs & set(self.blobs), snapshots
+
+    def size_of(self, blobs: set[str], snapshots: set[int]) -> int:
+        return sum(self.blobs[d] for d in blobs) + sum(self.snapshots[s][1] for s in snapshots)
+
+    @property
+    def total(self) -> int:
+        return sum(self.blobs.values()) + sum(size for _, size in self.snapshots.values())
+
+
+@dataclass
+class PrunePlan:
+    entries: list[Entry]  # the cache entries to remove
+    blobs: set[str]  # blob digests to remove
+    snapshots: set[int]  # snapshot ids to remove
+    freed_bytes: int
+
+
+@dataclass
+class PruneResult:
+    entries: list[Entry] = field(default_factory=list)
+    blobs: int = 0  # blob files removed
+    snapshots: int = 0  # snapshot directories removed
+    statcache_rows: int = 0
+    freed_bytes: int = 0  # measured on disk before removal
+    before_bytes: int = 0
+    after_bytes: int = 0
+    dry_run: bool = False
+    skipped_reason: str = ""  # set when nothing ran
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["entries"] = [asdict(entry) for entry in self.entries]
+        return data
+
+
+# --- measuring ---------------------------------------------------------------------
+
+
+def measure(store: Store) -> StoreUsage:
+    """Measure blobs and snapshots and relate them to the cache and the images.
+
+    Raises ImgbuildError when an image's manifest is unreadable: then what it
+    needs is unknown, and nothing may be judged reclaimable.
+    """
+    blobs = _blob_usage(store)
+    snapshots = {}
+    for row in store.db.snapshot_rows():
+        snapshots[row["id"]] = (row["diff_id"], disk_usage(store.snapshots_dir / str(row["id"])))
+    image_blobs = referenced_blobs(store)
+    entries = [
+        Entry(
+            key=row["key"],
+            created_by=row["created_by"],
+            layer_digest=row["layer_digest"],
+            size=blobs.get(row["layer_digest"], 0) if row["layer_digest"] else 0,
+            created=row["created"],
+            last_used=row["last_used"],
+            hits=row["hits"],
+            shared=row["layer_digest"] in image_blobs,
+        )
+        for row in store.db.cache_rows_lru()
+    ]
+    return StoreUsage(blobs, snapshots, store.db.layer_diff_ids(), image_blobs, _image_diff_ids(store), entries)
+
+
+def _blob_usage(store: Store) -> dict[str, int]:
+    """Digest -> bytes on disk of every blob file (``cache du`` runs without locks:
+    a blob an ``rmi`` removes meanwhile is not counted)."""
+    blobs = {}
+    for path in store.blobs_dir.iterdir():
+        if not is_digest_name(path.name) or not path.is_file():
+            continue
+        try:
+            blobs["sha256:" + path.name] = file_usage(path)
+        except FileNotFoundError:
+            continue
+    return blobs
+
+
+def _image_diff_ids(store: Store) -> set[str]:
+    diff_ids: set[str] = set()
+    for _, descriptor in store.refs():
+        try:
+            diff_ids.update(store.load_image(descriptor).diff_ids)
+        except ImgbuildError:
+            continue  # an index for another platform, or broken: its blobs are kept anyway
+    return diff_ids
+
+
+# --- choosing ----------------------------------------------------------------------
+
+
+def plan_prune(
+    usage: StoreUsage,
+    *,
+    all_entries: bool = False,
+    keep_storage: int | None = None,
+    until: float | None = None,
+    now: float | None = None,
+) -> PrunePlan:
+    """What a prune removes: entries least recently used first, until what stays
+    takes at most ``keep_storage`` bytes (None: every candidate goes). ``until``:
+    only entries unused for that many seconds are candidates."""
+    now = time.time() if now is None else now
+    candidates = [
+        entry
+        for entry in usage.entries
+        if (all_entries or not entry.shared) and (until is None or entry.last_used <= now - until)
+    ]
+    # What stays only shrinks as more candidates go, so the fewest that bring
+    # the store down to ``keep_storage`` are found by bisection.
+    count = len(candidates)
+    if keep_storage is not None:
+        low, high = 0, len(candidates)
+        while low < high:
+            middle = (low + high) // 2
+            if usage.size_of(*usage.kept(_without(usage.entries, candidates[:middle]))) <= keep_storage:
+                high = middle
+            else:
+                low = middle + 1
+        count = low
+    chosen = candidates[:count]
+    remaining = _without(usage.entries, chosen)
+    blobs, snapshots = usage.kept(remaining)
+    gone_blobs = set(usage.blobs) - blobs
+    gone_snapshots = set(usage.snapshots) - snapshots
+    return PrunePlan(chosen, gone_blobs, gone_snapshots, usage.size_of(gone_blobs, gone_snapshots))
+
+
+def _without(entries: list[Entry], gone: list[Entry]) -> list[Entry]:
+    keys = {entry.key for entry in gone}
+    return [entry for entry in entries if entry.key not in keys]
+
+
+# --- pruning -----------------------------------------------------------------------
+
+
+def prune(
+    store: Store,
+    *,
+    all_entries: bool = False,
+    keep_storage: int | None = None,
+    until: float | None = None,
+    dry_run: bool = False,
+) -> PruneResult:
+    """Remove cache entries and what only they kept; see the module doc.
+
+    Runs only while no other imgbuild process writes to the store (the writer
+    lease of imgbuild.store.gc): a build holds it from start to tag, so a
+    prune never removes what a running build looked up, wrote or mounted.
+    When a writer is active, nothing is done and ``skipped_reason`` says so.
+    """
+    with exclusive_lease(store) as no_writers:
+        if not no_writers:
+            return PruneResult(dry_run=dry_run, skipped_reason="another imgbuild process is using the store")
+        with store.lock():
+            try:
+                usage = measure(store)
+            except ImgbuildError as error:
+                return PruneResult(dry_run=dry_run, skipped_reason=f"{error}; run `imgbuild fsck`")
+            plan = plan_prune(usage, all_entries=all_entries, keep_storage=keep_storage, until=until)
+            result = PruneResult(entries=plan.entries, before_bytes=usage.total, dry_run=dry_run)
+            if dry_run:
+                result.blobs, result.snapshots = len(plan.blobs), len(plan.snapshots)
+                result.freed_bytes = plan.freed_bytes
+                result.after_bytes = usage.total - plan.freed_bytes
+                return result
+            _apply(store, usage, plan, result)
+    return result
+
+
+def _apply(store: Store, usage: StoreUsage, plan: PrunePlan, result: PruneResult) -> None:
+    store.db.delete_cache_entries([entry.key for entry in plan.entries])
+    swept = sweep_snapshots(store, sorted(plan.snapshots), {sid: size for sid, (_, size) in usage.snapshots.items()})
+    if swept.kept_reason:
+        result.notes.append(swept.kept_reason)
+    # A snapshot that stayed keeps the blob it came from.
+    kept_diff_ids = {usage.snapshots[sid][0] for sid in plan.snapshots if sid not in swept.removed}
+    keep = set(usage.blobs) - plan.blobs
+    keep |= {digest for digest, diff_id in usage.layer_diff_ids.items() if diff_id in kept_diff_ids}
+    blobs = sweep_blobs(store, keep, measure=file_usage)
+    result.blobs, result.snapshots = len(blobs.removed), len(swept.removed)
+    result.freed_bytes = blobs.freed_bytes + swept.freed_bytes
+    result.statcache_rows = sweep_statcache(store)
+    result.after_bytes = result.before_bytes - result.freed_bytes
+
+
+# --- automatic collection after a build ----------------------------------------------
+
+
+@dataclass
+class Limits:
+    max_cache: int  # bytes the store's blobs and snapshots may take
+    min_free: int  # bytes to keep free on the store's filesystem
+    reserve: int  # a full disk never collects the store below this
+
+
+def parse_limit(text: str, disk_bytes: int, what: str) -> int:
+    """A size (``10GB``) or a share of the store's filesystem (``80%``)."""
+    from imgbuild.units import parse_size
+
+    text = text.strip()
+    if text.endswith("%"):
+        number = text[:-1].strip()
+        if not number.isdigit() or int(number) > 100:
+            raise UsageError(f"{what} {text!r}: a percentage is a whole number from 0% to 100%")
+        return disk_bytes * int(number) // 100
+    return parse_size(text, what)
+
+
+def limits_for(store: Store, max_cache: str | None = None, min_free: str | None = None) -> Limits:
+    """The limits of automatic collection: the flags, else IMGBUILD_MAX_CACHE and
+    IMGBUILD_MIN_FREE, else BuildKit's defaults (see the constants above)."""
+    info = os.statvfs(store.root)
+    disk = info.f_blocks * info.f_frsize
+    max_text, max_what = _setting(max_cache, "--max-cache", "IMGBUILD_MAX_CACHE", DEFAULT_MAX_CACHE)
+    free_text, free_what = _setting(min_free, "--min-free", "IMGBUILD_MIN_FREE", DEFAULT_MIN_FREE)
+    max_bytes = parse_limit(max_text, disk, max_what)
+    if max_what == "the default":
+        max_bytes = min(max_bytes, MAX_CACHE_CAP)
+    reserve = min(disk * RESERVE_PERCENT // 100, RESERVE_CAP, max_bytes)
+    return Limits(max_bytes, parse_limit(free_text, disk, free_what), reserve)
+
+
+def _setting(flag_value: str | None, flag: str, variable: str, default: str) -> tuple[str, str]:
+    """(the text, where it came from) of one limit: the flag, the environment, the default."""
+    if flag_value:
+        return flag_value, flag
+    if os.environ.get(variable):
+        return os.environ[variable], variable
+    return default, "the default"
+
+
+def collection_target(store: Store, limits: Limits, used: int) -> int | None:
+    """The size to prune the store down to, or None when it is within its limits."""
+    info = os.statvfs(store.root)
+    free = info.f_bavail * info.f_frsize
+    target = None
+    if used > limits.max_cache:
+        target = limits.max_cache
+    if free < limits.min_free:
+        wanted = max(used - (limits.min_free - free), limits.reserve)
+        target = wanted if target is None else min(target, wanted)
+    if target is not None and target >= used:
+        return None  # the reserve: a full disk is not ours to fix below it
+    return target
+
+
+def collect_if_over(store: Store, limits: Limits) -> PruneResult | None:
+    """After a build: prune least recently used entries when the store passes its
+    limits (first those no image uses, then, if that is not enough, with
+    ``--all``). None when within limits; skipped while other writers run."""
+    info = os.statvfs(store.root)
+    if (info.f_blocks - info.f_bfree) * info.f_frsize <= limits.max_cache and info.f_bavail * info.f_frsize >= limits.min_free:
+        return None  # the store cannot take more than the filesystem uses: no walk needed
+    with exclusive_lease(store) as no_writers:
+        if not no_writers:
+            return PruneResult(skipped_reason="another imgbuild process is using the store")
+        with store.lock():
+            used = _store_bytes(store)
+        target = collection_target(store, limits, used)
+    if target is None:
+        return None
+    result = prune(store, keep_storage=target)
+    if not result.skipped_reason and result.after_bytes > target:
+        more = prune(store, all_entries=True, keep_storage=target)
+        result.entries += more.entries
+        result.blobs += more.blobs
+        result.snapshots += more.snapshots
+        result.freed_bytes += more.freed_bytes
+        result.after_bytes = more.after_bytes or result.after_bytes
+    return result
+
+
+def _store_bytes(store: Store) -> int:
+    blobs = sum(_blob_usage(store).values())
+    return blobs + sum(disk_usage(store.snapshots_dir / str(row["id"])) for row in store.db.snapshot_rows())
