@@ -20,20 +20,29 @@ def base_state(builder, stage) -> StageState:
         base = builder.results[stage.base_stage]
         config = json.loads(json.dumps(base.config))
         return StageState(
-            config, list(base.layers), base.key, base_name=f"stage {stage.base_stage}", base_layers=base.base_layers
+            config,
+            list(base.layers),
+            base.key,
+            base_name=f"stage {stage.base_stage}",
+            base_layers=base.base_layers,
+            base_digest=base.base_digest,
+            entry_key=base.entry_key,
         )
     if stage.base.lower() == "scratch":
         config = new_config(builder.platform)
         ic.ensure_path(config)
         ic.container_config(config)["WorkingDir"] = "/"  # BuildKit's empty image has it
-        return StageState(config, [], cache_key({"base": "scratch", "platform": platform_key}), base_name="scratch")
+        key = cache_key({"base": "scratch", "platform": platform_key})
+        return StageState(config, [], key, base_name="scratch", base_digest="scratch")
     image = resolve_image(builder, stage.base, stage.platform)
     config = json.loads(json.dumps(image.config))
     config.pop("created", None)
     ic.ensure_path(config)
     layers = image_layers(image, stage.base)
     key = base_key(image, platform_key)
-    return StageState(config, layers, key, base_name=stage.base, base_layers=len(layers))
+    return StageState(
+        config, layers, key, base_name=stage.base, base_layers=len(layers), base_digest=image.digest
+    )
 
 
 def base_key(image: Image, platform: str) -> str:

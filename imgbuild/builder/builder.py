@@ -86,6 +86,7 @@ class Builder:
             self.progress.warning(f"build arg {name} was given but no stage declares it (ARG {name})")
         self.plan = plan
         self.context = self._open_context()
+        self.context.keep_listings()  # each key's inputs name the files it read
         try:
             # SIGTERM must clean up like Ctrl-C for the whole build, outputs
             # included: a type=local output copies from a mounted overlay.
@@ -187,6 +188,7 @@ class Builder:
         except ImgbuildError as error:  # a base image missing or of another platform
             raise _located(error, self.dockerfile_name, stage.from_instruction) from None
         scope = self.plan.scope_for(stage.index, ic.env_list(state.config))
+        state.scope = scope
         instructions = onbuild_triggers(state) + list(stage.instructions)
         # BuildKit names steps "[name 2/5]", and just "[2/5]" in a one-stage Dockerfile
         stage_label = "" if len(self.plan.stages) == 1 else stage.name or f"stage-{stage.index}"
@@ -199,6 +201,7 @@ class Builder:
             if isinstance(instruction, LAYER_KINDS):
                 step_index += 1
                 step = self.progress.new_step(stage_label, step_index, step_count, instruction.source.strip())
+            state.instruction = instruction  # for the record of the step's key (layerstep.py)
             try:
                 self._step(stage, state, scope, instruction, step)
             except ImgbuildError as error:
@@ -206,7 +209,16 @@ class Builder:
                     self.progress.failed(step, str(error))
                 raise _located(error, self.dockerfile_name, instruction) from None
         ic.container_config(state.config)["Env"] = scope.image_env()
-        return StageResult(stage.index, stage.name, state.config, state.layers, state.key, state.base_layers)
+        return StageResult(
+            stage.index,
+            stage.name,
+            state.config,
+            state.layers,
+            state.key,
+            state.base_layers,
+            base_digest=state.base_digest,
+            entry_key=state.entry_key,
+        )
 
     # --- one step ----------------------------------------------------------------
 

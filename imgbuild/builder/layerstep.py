@@ -14,6 +14,7 @@ from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.progress import Step
 from imgbuild.builder.rootfs import Workspace, recompress, workspace
 from imgbuild.builder.state import StageState
+from imgbuild.cache.inputs import digests_in, key_inputs, place_of
 from imgbuild.cache.keys import step_keys
 
 
@@ -62,4 +63,18 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
         layer = recompress(builder.store, layer, options.compression, options.compression_level)
         state.layers.append(layer)
     ic.add_history(state.config, work.created_by, empty_layer=layer is None, created=created)
+    _keep_inputs(builder, stage, state, work, lookup_key, key)
     state.key = key
+    state.entry_key = lookup_key
+
+
+def _keep_inputs(builder, stage, state: StageState, work: LayerWork, lookup_key: str, key: str) -> None:
+    """Record what the key was made of (on a hit too: entries from before schema 3 get it then)."""
+    parent = "" if work.independent else state.key
+    inputs = key_inputs(lookup_key, parent, work.document, chain_key=key, scope=state.scope)
+    listings = {}
+    for digest in digests_in(work.document):
+        listing = builder.context.listing_of(digest)
+        if listing is not None:
+            listings[digest] = listing.as_document()
+    builder.cache.keep_inputs(lookup_key, place_of(builder, stage, state), inputs, listings)

@@ -17,6 +17,11 @@ class StageState:
     cmd_set: bool = False  # CMD given in this stage (ENTRYPOINT then keeps it)
     base_name: str = ""
     base_layers: int = 0  # how many of ``layers`` come from a base image (never rewritten)
+    # For the record of each key's inputs (``imgbuild cache inspect``), not for keys:
+    base_digest: str = ""  # the manifest digest the chain starts from, "scratch" for none
+    entry_key: str = ""  # the cache entry of the last step that made (or looked up) a layer
+    instruction: object = None  # the instruction being built
+    scope: object = None  # the stage's StageScope, for the env and args a step sees
 
 
 @dataclass
@@ -27,3 +32,5 @@ class StageResult:
     layers: list[LayerRef]
     key: str
     base_layers: int = 0
+    base_digest: str = ""
+    entry_key: str = ""

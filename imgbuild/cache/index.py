@@ -67,6 +67,15 @@ class BuildCache:
         return layer if existing is None else _layer_of(existing)
 
 
+    def keep_inputs(self, key: str, place, inputs: dict, listings: dict) -> None:
+        """Keep what ``key`` was made of (``inputs.py``), once: an entry that
+        already has its inputs keeps the first record. ``listings`` maps the
+        source digests in the document to the files they covered."""
+        if self.store.db.cache_entry(key) is None or self.store.db.cache_has_inputs(key):
+            return
+        self.store.db.record_cache_inputs(key, place.as_columns(), inputs, listings)
+
+
 def _layer_of(row) -> LayerRef | None:
     """The layer of a ``cache`` row; None for a step that made no layer."""
     if not row["diff_id"]:

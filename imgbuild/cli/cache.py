@@ -13,6 +13,9 @@ from imgbuild.errors import UsageError
 
 # subcommand -> (module under imgbuild.cli, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "ls": ("cache_ls", "list the build-cache entries"),
+    "inspect": ("cache_inspect", "show every input of a cache key, its layer and the files it changes"),
+    "tree": ("cache_tree", "show the chains of cache entries (behind an image, or all) as a tree"),
     "du": ("cache_du", "show what the build cache takes on disk"),
     "prune": ("cache_prune", "remove build cache, least recently used first"),
 }

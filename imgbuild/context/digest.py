@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 READ_CHUNK = 1 << 20
 
+# A listing kept for ``cache inspect`` (not for the key) stops after this many
+# entries: the key still covers them all, the listing says how many it left out.
+MAX_LISTED_ENTRIES = 10_000
+
 
 class ContentHasher:
     """sha256 of regular files' bytes, read at most once per stat identity."""
@@ -70,8 +74,12 @@ class ContentHasher:
         return digest
 
 
-def selection_digest(context: BuildContext, selected: Sequence[Selected]) -> str:
-    """sha256 over exactly what copying ``selected`` from ``context`` reads (see the module doc)."""
+def selection_digest(context: BuildContext, selected: Sequence[Selected], listing: Listing | None = None) -> str:
+    """sha256 over exactly what copying ``selected`` from ``context`` reads (see the module doc).
+
+    ``listing``, if given, gets one row per entry from the same pass (no file
+    is read twice), for the record of the key's inputs.
+    """
     hasher = context.hasher
     digest = hashlib.sha256()
     if hasher.stat_cache is not None:
@@ -82,24 +90,30 @@ def selection_digest(context: BuildContext, selected: Sequence[Selected]) -> str
             digest.update(b"%d:" % len(item_record) + item_record + b"\n")
             seen_inodes: dict[tuple[int, int], str] = {}
             for entry in item.entries():
-                digest.update(_entry_record(context, entry, seen_inodes))
+                digest.update(_entry_record(context, entry, seen_inodes, listing))
     finally:
         if hasher.stat_cache is not None:
             hasher.stat_cache.flush()
     return "sha256:" + digest.hexdigest()
 
 
-def _entry_record(context: BuildContext, entry: Entry, seen_inodes: dict[tuple[int, int], str]) -> bytes:
+def _entry_record(
+    context: BuildContext, entry: Entry, seen_inodes: dict[tuple[int, int], str], listing: Listing | None
+) -> bytes:
     st = entry.st
     uid, gid = context.owner(st)
     fields = [entry.rel, _kind(st.st_mode), oct(stat.S_IMODE(st.st_mode)), str(uid), str(gid)]
+    sha256 = ""
     if stat.S_ISREG(st.st_mode):
         inode = (st.st_dev, st.st_ino)
         if st.st_nlink > 1 and inode in seen_inodes:
             fields += ["hardlink", seen_inodes[inode]]
         else:
             seen_inodes[inode] = entry.rel
-            fields += [str(st.st_size), context.content_sha256(entry)]
+            sha256 = context.content_sha256(entry)
+            fields += [str(st.st_size), sha256]
+    if listing is not None:
+        listing.add(entry.relpath or entry.rel, _kind(st.st_mode), stat.S_IMODE(st.st_mode), st.st_size, sha256)
     elif stat.S_ISLNK(st.st_mode):
         fields.append(entry.link or "")
     elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
@@ -110,6 +124,29 @@ def _entry_record(context: BuildContext, entry: Entry, seen_inodes: dict[tuple[i
     for name, value in entry.xattrs:
         record += b"\0xattr\0" + os.fsencode(name) + b"\0%d:" % len(value) + value
     return b"%d:" % len(record) + record + b"\n"
+
+
+class Listing:
+    """The entries a selection digest covered: (path, type, mode, size, sha256), bounded.
+
+    ``path`` is below the root of the context the files came from; ``size``
+    and ``sha256`` are those of regular files (a hardlink's sha256 is empty:
+    its first path has it).
+    """
+
+    def __init__(self, limit: int = MAX_LISTED_ENTRIES):
+        self.limit = limit
+        self.files: list[list] = []
+        self.left_out = 0
+
+    def add(self, path: str, kind: str, mode: int, size: int, sha256: str) -> None:
+        if len(self.files) >= self.limit:
+            self.left_out += 1
+            return
+        self.files.append([path, kind, mode, size if kind == "file" else 0, sha256])
+
+    def as_document(self) -> dict:
+        return {"files": self.files, "left_out": self.left_out}
 
 
 def _hash_file(fd: int) -> tuple[str, int, os.stat_result]:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgbuild import safeopen
-from imgbuild.context.digest import ContentHasher, selection_digest
+from imgbuild.context.digest import ContentHasher, Listing, selection_digest
 from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.statcache import StatCache
 from imgbuild.errors import ContextError
@@ -123,6 +123,9 @@ class BuildContext:
         self.label = label
         self.hasher = ContentHasher(stat_cache, self.root)
         self.read_stats = self.hasher.read_stats
+        # selection digest -> the files it covered, for the record of each
+        # key's inputs (``keep_listings``); None keeps none.
+        self.listings: dict[str, Listing] | None = None
 
     @classmethod
     def for_rootfs(cls, root: Path, label: str = "the source stage") -> BuildContext:
@@ -437,8 +440,24 @@ class BuildContext:
     # -- digests --
 
     def digest(self, selected: Sequence[Selected]) -> str:
-        """sha256 over exactly what copying ``selected`` reads, never mtimes (``digest.py``)."""
-        return selection_digest(self, selected)
+        """sha256 over exactly what copying ``selected`` reads, never mtimes (``digest.py``).
+
+        With ``keep_listings`` on, the files it covered are kept under the digest.
+        """
+        if self.listings is None:
+            return selection_digest(self, selected)
+        listing = Listing()
+        digest = selection_digest(self, selected, listing)
+        self.listings[digest] = listing
+        return digest
+
+    def keep_listings(self) -> None:
+        """From now on, remember which files each digest covered (``listing_of``)."""
+        if self.listings is None:
+            self.listings = {}
+
+    def listing_of(self, digest: str) -> Listing | None:
+        return None if self.listings is None else self.listings.get(digest)
 
     def content_sha256(self, entry: Entry) -> str:
         """sha256 of a regular file's bytes, from the caches when its stat is unchanged."""

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +24,22 @@ from imgbuild.errors import DiskFull, disk_full
 
 # 1: snapshots keyed by diff_id. 2: snapshots keyed by chain ID (see
 # imgbuild.image.chain_ids); Store upgrades a version-1 database on open.
-SCHEMA_VERSION = 2
+# 3: every cache entry keeps the inputs of its key and where its step stood
+# (the ``cache`` columns below ``hits``, and ``file_lists``); a version-2
+# database gets the columns on open (its entries keep working, with no inputs).
+SCHEMA_VERSION = 3
+
+# Columns version 3 added to ``cache``, with their types, for the migration.
+CACHE_COLUMNS_V3 = (
+    ("inputs", "TEXT"),
+    ("parent_entry", "TEXT"),
+    ("base_digest", "TEXT"),
+    ("dockerfile", "TEXT"),
+    ("stage_index", "INTEGER"),
+    ("stage_name", "TEXT"),
+    ("line", "INTEGER"),
+    ("instruction", "TEXT"),
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS layers (
@@ -52,7 +69,23 @@ CREATE TABLE IF NOT EXISTS cache (
     created_by  TEXT NOT NULL,      -- the instruction, as `docker history` shows it
     created     REAL NOT NULL,
     last_used   REAL NOT NULL,
-    hits        INTEGER NOT NULL DEFAULT 0
+    hits        INTEGER NOT NULL DEFAULT 0,
+    -- version 3: what the key was computed from, and where the step stood
+    inputs      TEXT,               -- JSON: the key's document and parent (docs/cache.md)
+    parent_entry TEXT,              -- the cache entry of the layer step before it
+    base_digest TEXT,               -- the stage's base image ("scratch" for none)
+    dockerfile  TEXT,
+    stage_index INTEGER,
+    stage_name  TEXT,
+    line        INTEGER,            -- of the instruction in the Dockerfile
+    instruction TEXT                -- as written
+);
+
+-- version 3: the files a COPY/ADD/bind-mount source digest covered, stored
+-- once per digest however many entries name it (zlib-compressed JSON).
+CREATE TABLE IF NOT EXISTS file_lists (
+    digest      TEXT PRIMARY KEY,   -- the selection digest in the key's document
+    files       BLOB NOT NULL
 );
 
 -- Content digests of build-context files, remembered by stat identity
@@ -89,6 +122,7 @@ class IndexDB:
         # safe for two processes opening a new store at once.
         with full_disk_is_an_error(path, "opening the store's index"):
             conn = self.connection()
+            self._add_missing_cache_columns()
             conn.executescript(SCHEMA)
             if not self.has_legacy_snapshots():
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -114,6 +148,29 @@ class IndexDB:
     def execute(self, sql: str, params: tuple = ()) -> None:
         with self.transaction() as conn:
             conn.execute(sql, params)
+
+    def schema_version(self) -> int:
+        return self.query("PRAGMA user_version")[0][0]
+
+    def _add_missing_cache_columns(self) -> None:
+        """Version 2 to 3: give an existing ``cache`` table the columns of version 3.
+
+        In one write transaction that looks again, so two processes opening an
+        old store at once add each column once. Rows keep their keys and layers
+        (still hits); their new columns stay NULL until a build records them.
+        """
+        if not self._missing_cache_columns(self.connection()):
+            return
+        with self.transaction() as conn:
+            for name, kind in self._missing_cache_columns(conn):
+                conn.execute(f"ALTER TABLE cache ADD COLUMN {name} {kind}")
+
+    @staticmethod
+    def _missing_cache_columns(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(cache)")}
+        if not columns:
+            return []  # a new store: SCHEMA creates the table whole
+        return [(name, kind) for name, kind in CACHE_COLUMNS_V3 if name not in columns]
 
     def has_legacy_snapshots(self) -> bool:
         """True for a version-1 database: its snapshots table is keyed by diff_id."""
@@ -236,6 +293,68 @@ class IndexDB:
                 ),
             )
             return None
+
+    def record_cache_inputs(self, key: str, step: dict, inputs: dict, file_lists: dict[str, dict]) -> None:
+        """Keep what ``key`` was computed from (``inputs``, JSON with sorted keys),
+        where its step stood (``step``: parent_entry, base_digest, dockerfile,
+        stage_index, stage_name, line, instruction) and the file lists its
+        source digests covered, each stored once."""
+        text = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE cache SET inputs=?, parent_entry=?, base_digest=?, dockerfile=?, stage_index=?,"
+                " stage_name=?, line=?, instruction=? WHERE key=?",
+                (
+                    text,
+                    step.get("parent_entry"),
+                    step.get("base_digest"),
+                    step.get("dockerfile"),
+                    step.get("stage_index"),
+                    step.get("stage_name"),
+                    step.get("line"),
+                    step.get("instruction"),
+                    key,
+                ),
+            )
+            for digest, listing in file_lists.items():
+                packed = zlib.compress(json.dumps(listing, sort_keys=True, separators=(",", ":")).encode())
+                conn.execute("INSERT OR IGNORE INTO file_lists(digest, files) VALUES (?,?)", (digest, packed))
+
+    def cache_has_inputs(self, key: str) -> bool:
+        rows = self.query("SELECT inputs IS NOT NULL AS known FROM cache WHERE key=?", (key,))
+        return bool(rows and rows[0]["known"])
+
+    def cache_rows(self) -> list[sqlite3.Row]:
+        """Every cache entry (all columns but ``inputs``), oldest first."""
+        return self.query(
+            "SELECT key, parent_key, diff_id, layer_digest, layer_media_type, layer_size, created_by, created,"
+            " last_used, hits, parent_entry, base_digest, dockerfile, stage_index, stage_name, line, instruction,"
+            " inputs IS NOT NULL AS has_inputs FROM cache ORDER BY created, key"
+        )
+
+    def cache_keys_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        """Up to ``limit`` keys starting with ``prefix`` (``sha256:`` optional)."""
+        if not prefix.startswith("sha256:"):
+            prefix = "sha256:" + prefix
+        # GLOB, not LIKE: case-sensitive, and a key holds no glob characters.
+        if any(c in prefix for c in "*?[]"):
+            return []
+        rows = self.query("SELECT key FROM cache WHERE key GLOB ? ORDER BY key LIMIT ?", (prefix + "*", limit))
+        return [row["key"] for row in rows]
+
+    def cache_inputs(self, key: str) -> dict | None:
+        """The recorded inputs of ``key``, or None (an entry from before version 3)."""
+        rows = self.query("SELECT inputs FROM cache WHERE key=?", (key,))
+        if not rows or rows[0]["inputs"] is None:
+            return None
+        return json.loads(rows[0]["inputs"])
+
+    def file_list(self, digest: str) -> dict | None:
+        """The files a source digest covered, as recorded, or None."""
+        rows = self.query("SELECT files FROM file_lists WHERE digest=?", (digest,))
+        if not rows:
+            return None
+        return json.loads(zlib.decompress(rows[0]["files"]))
 
     def cache_layer_rows(self) -> list[sqlite3.Row]:
         """Rows (key, layer_digest) of every cache entry that made a layer."""
