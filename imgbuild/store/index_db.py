@@ -356,6 +356,16 @@ class IndexDB:
             return None
         return json.loads(zlib.decompress(rows[0]["files"]))
 
+    def forget_unused_file_lists(self) -> int:
+        """Delete the file lists no entry's inputs name any more (after entries
+        are removed); how many went. A digest is named in the inputs JSON."""
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "DELETE FROM file_lists WHERE NOT EXISTS (SELECT 1 FROM cache"
+                " WHERE cache.inputs IS NOT NULL AND instr(cache.inputs, file_lists.digest) > 0)"
+            )
+            return cursor.rowcount
+
     def cache_layer_rows(self) -> list[sqlite3.Row]:
         """Rows (key, layer_digest) of every cache entry that made a layer."""
         return self.query("SELECT key, layer_digest FROM cache WHERE layer_digest IS NOT NULL")
