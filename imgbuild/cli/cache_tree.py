@@ -12,6 +12,7 @@ import json
 import sys
 
 from imgbuild.cache.inspection import entry_tree
+from imgbuild.cli.cache_ls import printable
 from imgbuild.store import Store
 from imgbuild.units import human_size
 
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 def _label(node: dict) -> str:
     size = human_size(node["layer_size"]) if node["layer_digest"] else "no layer"
     used = ", in an image" if node["in_image"] else ""
-    return f"{node['short_key']}  {node['instruction']}  ({size}{used})"
+    return printable(f"{node['short_key']}  {node['instruction']}  ({size}{used})")
 
 
 def _print_plain(roots: list[dict]) -> None:

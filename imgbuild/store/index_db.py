@@ -299,7 +299,9 @@ class IndexDB:
         where its step stood (``step``: parent_entry, base_digest, dockerfile,
         stage_index, stage_name, line, instruction) and the file lists its
         source digests covered, each stored once."""
-        text = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
+        # default=str as for the keys themselves (cache.keys.cache_key); ASCII
+        # escapes keep names that are not UTF-8 (surrogates) storable as TEXT.
+        text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=str)
         with self.transaction() as conn:
             conn.execute(
                 "UPDATE cache SET inputs=?, parent_entry=?, base_digest=?, dockerfile=?, stage_index=?,"

@@ -216,3 +216,16 @@ def _build_with_env(cli, root, context, env: dict, secret_file):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def test_names_that_are_not_utf8_are_listed_and_printed(root, tmp_path, build, ls, inspect_key, cli, write_context):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nCOPY . /c\n"})
+    (context / "src").mkdir()
+    with open(bytes(context / "src") + b"/bad\xff\x1b[31m.txt", "wb") as file:
+        file.write(b"x")
+    build(root, context)
+    (entry,) = ls(root)
+    (listing,) = inspect_key(root, entry["key"])["file_lists"].values()
+    assert "src/bad\udcff\x1b[31m.txt" in [f["path"] for f in listing["files"]]
+    text = cli(root, "cache", "inspect", entry["key"]).stdout
+    assert "bad\ufffd?[31m.txt" in text and "\x1b" not in text
