@@ -29,6 +29,11 @@ SHORT_KEY = 12  # hex digits of a key in tables, as Docker shortens IDs
 
 # ``cache inspect`` lists at most this many paths of a layer (the counts cover all).
 MAX_LAYER_PATHS = 10_000
+# To tell "added" from "changed", it reads the names in the layers below, when
+# they are in the store and at most this big (compressed) with at most this
+# many paths; otherwise it says "written" (added or changed) only.
+MAX_LOWER_BYTES = 256 << 20
+MAX_LOWER_PATHS = 500_000
 
 
 class CacheKeyNotFound(StoreError):
@@ -200,29 +205,103 @@ def _layer_facts(store: Store, facts: EntryFacts) -> dict | None:
     }
     if layer["in_store"]:
         media_type = store.db.cache_entry(facts.key)["layer_media_type"]
-        layer["changes"] = layer_changes(store, facts.layer_digest, media_type)
+        layer["changes"] = layer_changes(store, facts.layer_digest, media_type, _paths_below(store, facts))
     return layer
 
 
-def layer_changes(store: Store, digest: str, media_type: str | None) -> dict:
-    """What a layer does to the tree below it, read from its blob.
+def _paths_below(store: Store, facts: EntryFacts) -> set[str] | None:
+    """The paths the layers below an entry's layer make, or None when that is
+    not known cheaply (an entry recorded before schema 3, a base image or layer
+    no longer in the store, or too much to read)."""
+    layers = _layers_below(store, facts)
+    if layers is None or sum(size for _, _, size in layers) > MAX_LOWER_BYTES:
+        return None
+    paths: set[str] = set()
+    for digest, media_type, _ in layers:
+        if not store.has_blob(digest) or not _apply_names(store, digest, media_type, paths):
+            return None
+    return paths
 
-    ``written`` are the paths it adds or replaces (a layer alone cannot tell
-    the two apart: that needs the layers below); ``deleted`` its whiteouts;
-    ``emptied`` the directories an opaque whiteout hides everything below of.
-    """
-    written: list[dict] = []
-    deleted: list[str] = []
-    emptied: list[str] = []
-    counts = {"written": 0, "deleted": 0, "emptied": 0, "written_bytes": 0}
+
+def _layers_below(store: Store, facts: EntryFacts) -> list[tuple[str, str, int]] | None:
+    """(digest, media type, size) of the layers under the entry's layer, bottom first."""
+    if not facts.has_inputs or not facts.base_digest:
+        return None
+    chain: list[tuple[str, str, int]] = []
+    key = facts.parent_entry
+    seen: set[str] = set()
+    while key:
+        row = store.db.cache_entry(key)
+        if row is None or key in seen or row["inputs"] is None:
+            return None  # the chain below is gone, or was recorded before schema 3
+        seen.add(key)
+        if row["layer_digest"]:
+            chain.append((row["layer_digest"], row["layer_media_type"], row["layer_size"]))
+        key = row["parent_entry"]
+    chain.reverse()
+    if facts.base_digest == "scratch":
+        return chain
+    try:
+        base = store.load_image(facts.base_digest)
+    except ImgbuildError:
+        return None
+    return [(layer.digest, layer.media_type, layer.size) for layer in base.layers] + chain
+
+
+def _apply_names(store: Store, digest: str, media_type: str, paths: set[str]) -> bool:
+    """Apply one layer's names to ``paths`` by the OCI rules (whiteouts first
+    hide what is below); False when it is unreadable or there are too many."""
+    added: list[str] = []
     try:
         with store.open_blob(digest) as blob:
             reader = TarReader(open_tar_stream(blob, media_type).read)
             while (entry := reader.next_entry()) is not None:
-                _note_entry(entry, written, deleted, emptied, counts)
+                name = _clean(entry.name.decode("utf-8", "surrogateescape"))
+                head, base = posixpath.split(name)
+                if base == OPAQUE_WHITEOUT.decode():
+                    _drop_below(paths, "/" + head if head else "")
+                elif base.startswith(WHITEOUT_PREFIX.decode()):
+                    gone = "/" + posixpath.join(head, base[len(WHITEOUT_PREFIX):])
+                    paths.discard(gone)
+                    _drop_below(paths, gone)
+                elif name:
+                    added.append("/" + name)
+                if len(paths) + len(added) > MAX_LOWER_PATHS:
+                    return False
+    except ImgbuildError:
+        return False
+    paths.update(added)
+    return True
+
+
+def _drop_below(paths: set[str], directory: str) -> None:
+    prefix = directory + "/"
+    for path in [p for p in paths if p.startswith(prefix)]:
+        paths.discard(path)
+
+
+def layer_changes(store: Store, digest: str, media_type: str | None, below: set[str] | None = None) -> dict:
+    """What a layer does to the tree below it, read from its blob.
+
+    ``written`` are the paths it writes, each ``added`` or ``changed`` when
+    the paths of the layers ``below`` are known (``below_known``), else
+    neither (a layer alone cannot tell them apart); ``deleted`` its
+    whiteouts; ``emptied`` the directories an opaque whiteout hides
+    everything below of.
+    """
+    written: list[dict] = []
+    deleted: list[str] = []
+    emptied: list[str] = []
+    counts = {"written": 0, "deleted": 0, "emptied": 0, "written_bytes": 0, "added": 0, "changed": 0}
+    try:
+        with store.open_blob(digest) as blob:
+            reader = TarReader(open_tar_stream(blob, media_type).read)
+            while (entry := reader.next_entry()) is not None:
+                _note_entry(entry, written, deleted, emptied, counts, below)
     except LayerError as error:
         raise ImgbuildError(f"cannot read layer {digest}: {error}") from None
     return {
+        "below_known": below is not None,
         "written": written,
         "deleted": deleted,
         "emptied": emptied,
@@ -232,7 +311,7 @@ def layer_changes(store: Store, digest: str, media_type: str | None) -> dict:
     }
 
 
-def _note_entry(entry, written: list, deleted: list, emptied: list, counts: dict) -> None:
+def _note_entry(entry, written: list, deleted: list, emptied: list, counts: dict, below: set[str] | None) -> None:
     name = _clean(entry.name.decode("utf-8", "surrogateescape"))
     if not name:
         return  # the layer's root entry
@@ -252,8 +331,12 @@ def _note_entry(entry, written: list, deleted: list, emptied: list, counts: dict
     size = entry.size if kind == "file" else 0
     counts["written"] += 1
     counts["written_bytes"] += size
+    row = {"path": "/" + name, "type": kind, "size": size}
+    if below is not None:
+        row["change"] = "changed" if row["path"] in below else "added"
+        counts[row["change"]] += 1
     if room:
-        written.append({"path": "/" + name, "type": kind, "size": size})
+        written.append(row)
 
 
 _KINDS = {

@@ -74,11 +74,17 @@ def _print_layer(layer: dict | None) -> None:
         return
     changes = layer["changes"]
     counts = changes["counts"]
-    print(
-        f"changes:      {counts['written']} written ({human_size(counts['written_bytes'])}; added or changed), "
-        f"{counts['deleted']} deleted, {counts['emptied']} emptied"
-    )
-    rows = [["+", f["path"], f["type"], human_size(f["size"]) if f["type"] == "file" else ""] for f in changes["written"]]
+    if changes["below_known"]:
+        written = f"{counts['added']} added, {counts['changed']} changed"
+    else:
+        written = f"{counts['written']} added or changed (the layers below are not at hand to tell)"
+    print(f"changes:      {written} ({human_size(counts['written_bytes'])}), {counts['deleted']} deleted, "
+          f"{counts['emptied']} emptied")
+    marks = {"added": "+", "changed": "~"}
+    rows = [
+        [marks.get(f.get("change"), "+~"), f["path"], f["type"], human_size(f["size"]) if f["type"] == "file" else ""]
+        for f in changes["written"]
+    ]
     rows += [["-", path, "", ""] for path in changes["deleted"]]
     rows += [["-/*", path, "dir", ""] for path in changes["emptied"]]
     show_table(["", "PATH", "TYPE", "SIZE"], rows)

@@ -106,8 +106,10 @@ def test_inspect_shows_every_input_and_the_files_read(built, ls, inspect_key):
     assert files["src/lib"]["type"] == "dir"
     assert files["src/lib/util.py"]["size"] == 600
     written = {f["path"]: f for f in facts["layer"]["changes"]["written"]}
-    assert written["/app/src/lib/util.py"] == {"path": "/app/src/lib/util.py", "type": "file", "size": 600}
-    assert facts["layer"]["changes"]["deleted"] == []
+    assert written["/app/src/lib/util.py"] == {
+        "path": "/app/src/lib/util.py", "type": "file", "size": 600, "change": "added"
+    }
+    assert facts["layer"]["changes"]["below_known"] and facts["layer"]["changes"]["deleted"] == []
 
 
 def test_inspect_shows_what_a_run_deleted_and_its_env(built, ls, inspect_key):
@@ -116,7 +118,12 @@ def test_inspect_shows_what_a_run_deleted_and_its_env(built, ls, inspect_key):
     facts = inspect_key(root, run["key"])
     changes = facts["layer"]["changes"]
     assert changes["deleted"] == ["/app/src/old.txt"]
-    assert "/app/version" in {f["path"] for f in changes["written"]}
+    change = {f["path"]: f["change"] for f in changes["written"]}
+    # /app and /app/src come from the COPY below (changed: a file went), /app/version is new
+    assert (change["/app"], change["/app/src"], change["/app/version"]) == ("changed", "changed", "added")
+    assert (changes["counts"]["added"], changes["counts"]["changed"]) == (
+        list(change.values()).count("added"), list(change.values()).count("changed")
+    )
     assert ["VERSION", "1.0"] in facts["inputs"]["document"]["env"]
     assert facts["entry"]["parent_entry"] == _by_instruction(ls(root))["COPY:4"]["key"]
 

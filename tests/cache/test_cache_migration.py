@@ -74,7 +74,7 @@ def _db_rows(root: Path) -> tuple[int, dict[str, tuple]]:
     return version, {row[0]: row[1:] for row in rows}
 
 
-def test_a_store_written_by_schema_2_code_is_migrated(old_code, tmp_path, build, ls, write_context):
+def test_a_store_written_by_schema_2_code_is_migrated(old_code, tmp_path, build, ls, inspect_key, write_context):
     root = tmp_path / "store"
     _old_python(old_code, f"from imagetools import make_busybox_image; from imgbuild.store import Store; "
                           f"make_busybox_image(Store({str(root)!r}))")
@@ -93,6 +93,11 @@ def test_a_store_written_by_schema_2_code_is_migrated(old_code, tmp_path, build,
     # before schema 3 only the history line was kept: ls shows it
     shown = sorted(entry["instruction"] for entry in entries.values())
     assert shown[0] == "COPY data /data" and shown[2] == "WORKDIR /w" and "cat /data > /copy" in shown[1]
+
+    old_run = next(key for key, entry in entries.items() if "cat /data" in entry["instruction"])
+    facts = inspect_key(root, old_run)
+    assert facts["inputs"] is None and not facts["layer"]["changes"]["below_known"]
+    assert "/copy" in {f["path"] for f in facts["layer"]["changes"]["written"]}
 
     finished = build(root, context)
     after = {entry["key"]: entry for entry in ls(root)}
