@@ -236,3 +236,38 @@ def test_names_that_are_not_utf8_are_listed_and_printed(root, tmp_path, build, l
     assert "src/bad\udcff\x1b[31m.txt" in [f["path"] for f in listing["files"]]
     text = cli(root, "cache", "inspect", entry["key"]).stdout
     assert "bad\ufffd?[31m.txt" in text and "\x1b" not in text
+
+
+def test_on_a_terminal_the_tables_are_rich(built, ls):
+    """The same rows on a terminal (a pty): rich's table and tree, no traceback."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    root, _ = built
+    entries = ls(root)
+    for verb in (["ls"], ["tree"], ["inspect", entries[0]["key"]]):
+        leader, follower = pty.openpty()
+        env = dict(os.environ, COLUMNS="200", TERM="xterm")
+        env.pop("CI", None)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "imgbuild", "--root", str(root), "cache", *verb],
+            stdout=follower, stderr=subprocess.PIPE, env=env,
+        )
+        os.close(follower)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        os.close(leader)
+        assert process.wait(timeout=60) == 0, process.stderr.read()
+        text = output.decode()
+        assert entries[0]["short_key"] in text or entries[0]["key"] in text
+        if verb == ["ls"]:
+            assert all(entry["short_key"] in text for entry in entries)
