@@ -5,10 +5,12 @@ Two tests, because they prove different things:
 
 - ``test_a_store_written_by_schema_2_code_is_migrated`` runs the real old code
   (``git archive`` of that commit) to write the store. The new code must list
-  every old entry, unchanged, and on a rebuild hit every old entry whose key
-  it computes the same (and record its inputs then). It cannot promise all
-  hits: a change in how keys are computed (issue 10's "Keys" part) misses by
-  design; the test checks the counts add up either way.
+  and inspect every old entry, unchanged, and on a rebuild hit every old
+  entry whose key it computes the same (and record its inputs then). It
+  cannot promise hits: the same release changed how keys are computed
+  (254bb92: a base image is keyed on its layers), so today every step of
+  the rebuild runs; the test checks that hits and runs add up either way,
+  and that the old code still hits its own entries on the migrated store.
 - ``test_migration_keeps_hits`` writes the store with this code, turns its
   index back into exactly schema 2's shape, and reopens it: the keys are this
   code's own, so every step must hit. This is what the migration itself keeps.
