@@ -87,6 +87,13 @@ CREATE TABLE IF NOT EXISTS file_lists (
     digest      TEXT PRIMARY KEY,   -- the selection digest in the key's document
     files       BLOB NOT NULL
 );
+-- which entries name which file list, so a list goes with its last entry
+CREATE TABLE IF NOT EXISTS cache_file_lists (
+    key         TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    PRIMARY KEY (key, digest)
+);
+CREATE INDEX IF NOT EXISTS cache_file_lists_by_digest ON cache_file_lists(digest);
 
 -- Content digests of build-context files, remembered by stat identity
 -- (imgbuild.context.statcache).
@@ -321,6 +328,7 @@ class IndexDB:
             for digest, listing in file_lists.items():
                 packed = zlib.compress(json.dumps(listing, sort_keys=True, separators=(",", ":")).encode())
                 conn.execute("INSERT OR IGNORE INTO file_lists(digest, files) VALUES (?,?)", (digest, packed))
+                conn.execute("INSERT OR IGNORE INTO cache_file_lists(key, digest) VALUES (?,?)", (key, digest))
 
     def cache_has_inputs(self, key: str) -> bool:
         rows = self.query("SELECT inputs IS NOT NULL AS known FROM cache WHERE key=?", (key,))
@@ -358,22 +366,18 @@ class IndexDB:
             return None
         return json.loads(zlib.decompress(rows[0]["files"]))
 
-    def forget_unused_file_lists(self) -> int:
-        """Delete the file lists no entry's inputs name any more (after entries
-        are removed); how many went. A digest is named in the inputs JSON."""
-        with self.transaction() as conn:
-            cursor = conn.execute(
-                "DELETE FROM file_lists WHERE NOT EXISTS (SELECT 1 FROM cache"
-                " WHERE cache.inputs IS NOT NULL AND instr(cache.inputs, file_lists.digest) > 0)"
-            )
-            return cursor.rowcount
+    @staticmethod
+    def _forget_unused_file_lists(conn: sqlite3.Connection) -> None:
+        """In a write transaction, after entries went: the file lists no entry names."""
+        conn.execute("DELETE FROM cache_file_lists WHERE key NOT IN (SELECT key FROM cache)")
+        conn.execute("DELETE FROM file_lists WHERE digest NOT IN (SELECT digest FROM cache_file_lists)")
 
     def cache_layer_rows(self) -> list[sqlite3.Row]:
         """Rows (key, layer_digest) of every cache entry that made a layer."""
         return self.query("SELECT key, layer_digest FROM cache WHERE layer_digest IS NOT NULL")
 
     def delete_cache_entry(self, key: str) -> None:
-        self.execute("DELETE FROM cache WHERE key=?", (key,))
+        self.delete_cache_entries([key])
 
     # --- the stat cache of build contexts ---------------------------------------------
 
@@ -432,8 +436,10 @@ class IndexDB:
         return {row["digest"]: row["diff_id"] for row in self.query("SELECT digest, diff_id FROM layers")}
 
     def delete_cache_entries(self, keys: list[str]) -> None:
+        """Delete entries, and the file lists only they named."""
         with self.transaction() as conn:
             conn.executemany("DELETE FROM cache WHERE key=?", [(key,) for key in keys])
+            self._forget_unused_file_lists(conn)
 
     def statcache_identities(self) -> list[sqlite3.Row]:
         """Rows (path, dev, ino, size, mtime_ns, ctime_ns) of the whole stat cache."""

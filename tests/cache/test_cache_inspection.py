@@ -157,6 +157,29 @@ def test_a_file_list_is_stored_once_for_two_entries(root, tmp_path, build, inspe
     assert {e["dockerfile"] for e in copies} == {"Dockerfile", str(context / "Other")}
 
 
+def test_a_file_list_goes_with_the_last_entry_that_names_it(root, tmp_path, build, ls, inspect_key, cli, write_context):
+    import sqlite3
+
+    context = write_context(tmp_path / "ctx", {"src/a": "a\n", "Dockerfile": "FROM busybox\nCOPY src /s\n"})
+    # the same files to another place: another layer, the same source digest
+    (tmp_path / "ctx" / "Other").write_text("FROM busybox\nRUN true\nCOPY src /t\n")
+    build(root, context, "-t", "one:1")
+    build(root, context, "-f", str(context / "Other"), "-t", "two:1")
+
+    def lists() -> int:
+        with sqlite3.connect(root / "index.db") as db:
+            return db.execute("SELECT count(*) FROM file_lists").fetchone()[0]
+
+    assert lists() == 1
+    cli(root, "rmi", "two:1")
+    cli(root, "cache", "prune")  # two:1's entries go; one:1's COPY stays, and the list it shares
+    assert [e["instruction"] for e in ls(root)] == ["COPY src /s"] and lists() == 1
+    (listing,) = inspect_key(root, ls(root)[0]["key"])["file_lists"].values()
+    assert [f["path"] for f in listing["files"]] == ["src", "src/a"]
+    cli(root, "cache", "prune", "--all")
+    assert ls(root) == [] and lists() == 0
+
+
 def test_tree_links_each_entry_to_the_one_below(built, ls, tree):
     root, _ = built
     rows = _by_instruction(ls(root))

@@ -143,4 +143,5 @@ def _downgrade_to_schema_2(path: Path) -> None:
         db.execute(f"INSERT INTO cache ({SCHEMA_2_COLUMNS}) SELECT {SCHEMA_2_COLUMNS} FROM cache_v3")
         db.execute("DROP TABLE cache_v3")
         db.execute("DROP TABLE file_lists")
+        db.execute("DROP TABLE cache_file_lists")
         db.execute("PRAGMA user_version = 2")
