@@ -61,12 +61,14 @@ class Builder:
         self.store = store
         self.options = options
         self.progress = progress or make_progress(options.progress)
+        self.progress.explain = self.progress.explain or options.explain
         self.cache = BuildCache(store)
         self.cancel = threading.Event()
         self.results: dict[int, StageResult] = {}
         self.counts_lock = threading.Lock()
         self.steps_cached = 0
         self.steps_run = 0
+        self.missed_keys: set[str] = set()  # chain keys of the steps that missed (cache/explain.py)
         self.platform = Platform.parse(options.platform) if options.platform else Platform.host()
         self.dockerfile_name = "Dockerfile"
         self.context: BuildContext | None = None

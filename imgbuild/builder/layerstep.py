@@ -14,6 +14,7 @@ from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.progress import Step
 from imgbuild.builder.rootfs import Workspace, recompress, workspace
 from imgbuild.builder.state import StageState
+from imgbuild.cache.explain import MissedStep, explain_miss
 from imgbuild.cache.inputs import digests_in, key_inputs, place_of
 from imgbuild.cache.keys import step_keys
 
@@ -43,7 +44,8 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
         builder.count(cached=True)
         layer = entry.layer
     else:
-        builder.progress.started(step)
+        builder.progress.started(step, _why_missed(builder, stage, state, work, lookup_key, key, cache_disabled))
+        builder.missed_keys.add(key)  # the steps on top of it miss with it
         options = builder.options
         with workspace(builder.store, [] if work.independent else state.layers) as space:
             work.execute(space)
@@ -70,11 +72,39 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
 
 def _keep_inputs(builder, stage, state: StageState, work: LayerWork, lookup_key: str, key: str) -> None:
     """Record what the key was made of (on a hit too: entries from before schema 3 get it then)."""
+    place, inputs, listings = _inputs_of(builder, stage, state, work, lookup_key, key)
+    builder.cache.keep_inputs(lookup_key, place, inputs, listings)
+
+
+def _inputs_of(builder, stage, state: StageState, work: LayerWork, lookup_key: str, key: str):
+    """Where the step stands, what its key was made of, and the files its source digests covered."""
+    place = place_of(builder, stage, state)
     parent = "" if work.independent else state.key
     inputs = key_inputs(lookup_key, parent, work.document, chain_key=key, scope=state.scope)
+    inputs["dockerfile_path"] = place.dockerfile_path  # not in the key: to find this step again
     listings = {}
     for digest in digests_in(work.document):
         listing = builder.context.listing_of(digest)
         if listing is not None:
             listings[digest] = listing.as_document()
-    builder.cache.keep_inputs(lookup_key, place_of(builder, stage, state), inputs, listings)
+    return place, inputs, listings
+
+
+def _why_missed(builder, stage, state: StageState, work: LayerWork, lookup_key: str, key: str, disabled: bool):
+    """Why the step missed (``cache/explain.py``), when the progress shows it; else None."""
+    if not builder.progress.wants_misses:
+        return None
+    place, inputs, listings = _inputs_of(builder, stage, state, work, lookup_key, key)
+    missed = MissedStep(
+        key=lookup_key,
+        parent_key="" if work.independent else state.key,
+        inputs=inputs,
+        listings=listings,
+        place=place,
+        base=stage.base,
+        independent=work.independent,
+    )
+    no_cache = ""
+    if disabled:
+        no_cache = "--no-cache" if builder.options.no_cache else f"--no-cache-filter {stage.label()}"
+    return explain_miss(builder.store, missed, no_cache=no_cache, parent_missed=state.key in builder.missed_keys)

@@ -45,6 +45,7 @@ class BuildOptions:
     labels: dict[str, str] = field(default_factory=dict)
     no_cache: bool = False
     no_cache_filter: list[str] = field(default_factory=list)
+    explain: bool = False  # --explain: after the build, say why each step missed the cache
     pull: bool = False
     secrets: list[SecretSpec] = field(default_factory=list)
     outputs: list[OutputSpec] = field(default_factory=list)

@@ -35,6 +35,8 @@ class Step:
     started: float = 0.0
     duration: float = 0.0
     tail: deque = field(default_factory=lambda: deque(maxlen=6))
+    miss: str | None = None  # why it missed the cache (imgbuild.cache.explain), when asked
+
 
     @property
     def label(self) -> str:
@@ -64,24 +66,37 @@ def choose_mode(mode: str, stream: TextIO | None = None) -> str:
     return "tty"
 
 
-def make_progress(mode: str, stream: TextIO | None = None) -> Progress:
+def make_progress(mode: str, stream: TextIO | None = None, *, explain: bool = False) -> Progress:
+    """``explain`` (``--explain``): list why each step missed after the build."""
     stream = stream or sys.stderr
     mode = choose_mode(mode, stream)
     if mode == "tty":
-        return TtyProgress(stream)
-    if mode == "json":
-        return JsonProgress(stream)
-    if mode == "quiet":
-        return Progress()
-    return PlainProgress(stream)
+        progress: Progress = TtyProgress(stream)
+    elif mode == "json":
+        progress = JsonProgress(stream)
+    elif mode == "quiet":
+        progress = Progress()
+    else:
+        progress = PlainProgress(stream)
+    progress.explain = explain
+    return progress
 
 
 class Progress:
     """Silent base: records steps and counts, shows nothing."""
 
+    # Whether the display shows why each step missed as it starts (plain and
+    # JSON always do); ``explain`` lists them after the build (--explain).
+    shows_misses = False
+
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.steps: list[Step] = []
+        self.explain = False
+
+    @property
+    def wants_misses(self) -> bool:
+        return self.shows_misses or self.explain
 
     def new_step(self, stage: str, index: int, count: int, text: str) -> Step:
         with self.lock:
@@ -89,9 +104,10 @@ class Progress:
             self.steps.append(step)
             return step
 
-    def started(self, step: Step) -> None:
+    def started(self, step: Step, miss: str | None = None) -> None:
         with self.lock:
             step.state = "running"
+            step.miss = miss
             step.started = time.monotonic()
             self._show_started(step)
 
@@ -129,6 +145,8 @@ class Progress:
 
     def finished(self, summary: Summary) -> None:
         with self.lock:
+            if self.explain:
+                self._show_misses(miss_lines(self.steps))
             self._show_summary(summary)
 
     def close(self) -> None:
@@ -143,6 +161,15 @@ class Progress:
     def _show_info(self, message: str) -> None: ...
     def _show_warning(self, message: str) -> None: ...
     def _show_summary(self, summary: Summary) -> None: ...
+    def _show_misses(self, lines: list[str]) -> None: ...
+
+
+def miss_lines(steps: list[Step]) -> list[str]:
+    """``--explain`` after the build: a line per step that ran, saying why."""
+    missed = [step for step in steps if step.miss]
+    if not missed:
+        return ["every step was cached"] if steps and all(s.state == "cached" for s in steps) else []
+    return ["why steps missed the cache:"] + [f"  {step.label}: {step.miss}" for step in missed]
 
 
 def summary_lines(summary: Summary) -> list[str]:
@@ -167,8 +194,12 @@ class PlainProgress(Progress):
         self.stream.write(line + "\n")
         self.stream.flush()
 
+    shows_misses = True
+
     def _show_started(self, step: Step) -> None:
         self._print(f"#{step.number} {step.label}")
+        if step.miss:
+            self._print(f"#{step.number} miss: {step.miss}")
 
     def _show_cached(self, step: Step) -> None:
         self._print(f"#{step.number} {step.label}")
@@ -194,6 +225,10 @@ class PlainProgress(Progress):
         for line in summary_lines(summary):
             self._print(line)
 
+    def _show_misses(self, lines: list[str]) -> None:
+        for line in lines:
+            self._print(line)
+
 
 class JsonProgress(Progress):
     """One JSON object a line, for programs that watch a build."""
@@ -207,8 +242,13 @@ class JsonProgress(Progress):
         self.stream.write(json.dumps(record, sort_keys=True) + "\n")
         self.stream.flush()
 
+    shows_misses = True
+
     def _step_fields(self, step: Step) -> dict:
-        return {"step": step.number, "stage": step.stage, "index": step.index, "count": step.count, "instruction": step.text}
+        fields = {"step": step.number, "stage": step.stage, "index": step.index, "count": step.count, "instruction": step.text}
+        if step.miss:
+            fields["miss"] = step.miss
+        return fields
 
     def _show_started(self, step: Step) -> None:
         self._emit("step_started", **self._step_fields(step))
@@ -278,6 +318,8 @@ class TtyProgress(Progress):
                 seconds = time.monotonic() - step.started if step.state == "running" else step.duration
                 timing = "CACHED" if step.state == "cached" else f"{seconds:.1f}s"
                 lines.append(Text(f"{mark} {step.label}  {timing}", style=style))
+                if step.miss:
+                    lines.append(Text(f"    miss: {step.miss}", style="dim"))
                 if step.state in ("running", "failed"):
                     for tail_line in step.tail:
                         lines.append(Text(f"    {tail_line}", style="dim"))
@@ -293,6 +335,11 @@ class TtyProgress(Progress):
         self.live.stop()
         for line in summary_lines(summary):
             self.console.print(line, highlight=False)
+
+    def _show_misses(self, lines: list[str]) -> None:
+        self.live.stop()
+        for line in lines:
+            self.console.print(line, highlight=False, markup=False)
 
     def close(self) -> None:
         self.live.stop()

@@ -11,6 +11,7 @@ id and target), so they are never here either.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from imgbuild.dockerfile.scope import PROXY_ARGS
@@ -30,6 +31,9 @@ class StepPlace:
     stage_name: str | None
     line: int | None
     instruction: str
+    # The Dockerfile's absolute path (CONTEXT/- for stdin): two projects' files
+    # are both "Dockerfile"; this tells their steps apart (cache/explain.py).
+    dockerfile_path: str = ""
 
     def as_columns(self) -> dict:
         return dict(self.__dict__)
@@ -52,7 +56,9 @@ def seen_by_step(scope) -> dict:
     Secrets are never variables: a secret mount's value is read at run time."""
     env = {name: value for name, value in scope.env_for_run().items() if name not in PROXY_ARGS}
     args = {name: value for name, value in scope.args_in_scope().items() if name not in PROXY_ARGS}
-    return {"env": sorted(env.items()), "args": sorted(args.items())}
+    # which env values an ARG set, so an explanation says "build arg X", not "ENV X"
+    from_args = [name for name in scope.names_set_by_args() if name in env]
+    return {"env": sorted(env.items()), "args": sorted(args.items()), "from_args": from_args}
 
 
 def digests_in(document) -> list[str]:
@@ -90,4 +96,12 @@ def place_of(builder, stage, state) -> StepPlace:
         stage_name=stage.name,
         line=line or None,  # ONBUILD triggers have no line in this Dockerfile
         instruction=source,
+        dockerfile_path=dockerfile_path(builder.options),
     )
+
+
+def dockerfile_path(options) -> str:
+    """Where the build's Dockerfile is, as an absolute path (nothing is read)."""
+    if options.dockerfile_text is not None:
+        return os.path.join(os.path.abspath(options.context), "-")
+    return os.path.abspath(options.dockerfile or options.context / "Dockerfile")

@@ -29,6 +29,9 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--no-cache-filter", action="append", default=[], metavar="STAGE", help="do not use the cache for STAGE"
     )
+    parser.add_argument(
+        "--explain", action="store_true", help="after the build, say why each step that ran missed the cache"
+    )
     parser.add_argument("--pull", action="store_true", help="re-resolve base images from their registry")
     parser.add_argument("--secret", action="append", default=[], metavar="id=X,src=F|env=V", help="a build secret")
     parser.add_argument("-o", "--output", action="append", default=[], metavar="SPEC", help="type=oci|docker|local|registry,dest=...")
@@ -88,6 +91,7 @@ def options_from_args(args) -> BuildOptions:
         labels=parse_key_value_list(args.label, "--label", environ={}),
         no_cache=args.no_cache,
         no_cache_filter=list(args.no_cache_filter),
+        explain=args.explain,
         pull=args.pull,
         secrets=[parse_secret(text) for text in args.secret],
         outputs=outputs,

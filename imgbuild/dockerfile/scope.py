@@ -157,6 +157,10 @@ class StageScope:
         """
         return {name: value for name, value in self._args.items() if value is not None}
 
+    def names_set_by_args(self) -> list[str]:
+        """Names in the environment whose value an ARG set (not ENV or the base image)."""
+        return sorted(name for name in self._from_arg if name in self._env)
+
     def start_step(self) -> None:
         """Forget what earlier steps read; see ``args_used``."""
         self._reads = set()

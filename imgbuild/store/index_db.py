@@ -359,6 +359,40 @@ class IndexDB:
             return None
         return json.loads(rows[0]["inputs"])
 
+    def cache_entries_of_step(
+        self,
+        dockerfile: str,
+        stage_index: int,
+        *,
+        parent_entry: str | None = None,
+        line: int | None = None,
+        dockerfile_path: str | None = None,
+        limit: int = 50,
+    ) -> list[sqlite3.Row]:
+        """Entries with inputs recorded for a step of ``dockerfile``'s stage
+        ``stage_index`` on top of ``parent_entry`` (or, without it, at ``line``),
+        and if given, from the Dockerfile at ``dockerfile_path`` (recorded in the
+        inputs); most recently used first (``cache/explain.py``)."""
+        where, value = ("parent_entry", parent_entry) if parent_entry is not None else ("line", line)
+        params: tuple = (dockerfile, stage_index, value)
+        path_clause = ""
+        if dockerfile_path is not None:
+            path_clause = " AND json_extract(inputs, '$.dockerfile_path') = ?"
+            params += (dockerfile_path,)
+        return self.query(
+            "SELECT key, parent_entry, base_digest, line, instruction, inputs FROM cache"
+            f" WHERE dockerfile=? AND stage_index=? AND {where}=? AND inputs IS NOT NULL{path_clause}"
+            " ORDER BY last_used DESC, created DESC, key LIMIT ?",
+            params + (limit,),
+        )
+
+    def cache_child_without_inputs(self, parent_key: str, key: str) -> bool:
+        """Whether an entry other than ``key`` chains from ``parent_key`` and kept no inputs."""
+        rows = self.query(
+            "SELECT 1 FROM cache WHERE parent_key=? AND key<>? AND inputs IS NULL LIMIT 1", (parent_key, key)
+        )
+        return bool(rows)
+
     def file_list(self, digest: str) -> dict | None:
         """The files a source digest covered, as recorded, or None."""
         rows = self.query("SELECT files FROM file_lists WHERE digest=?", (digest,))
