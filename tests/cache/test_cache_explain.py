@@ -9,6 +9,7 @@ build with ``--explain``).
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -259,3 +260,40 @@ def test_secrets_never_appear(root, tmp_path, cli, write_context):
         "build arg V changed 1 → 2"
     )
     assert step in completed.stderr
+
+
+def test_explain_on_a_terminal(project):
+    """The live display on a pty (progress auto): the reasons after the build, no traceback."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    root, context = project
+    leader, follower = pty.openpty()
+    env = dict(os.environ, COLUMNS="200", TERM="xterm", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    env.pop("CI", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imgbuild", "--root", str(root), "build", "--explain",
+         "--build-arg", "VERSION=7", str(context)],
+        stdout=subprocess.DEVNULL, stderr=follower, env=env,
+    )
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    assert process.wait(timeout=120) == 0
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode())  # colours, cursor moves
+    lines = [line.strip() for line in text.replace("\r", "\n").splitlines()]
+    assert "miss: build arg VERSION changed 1.2 → 7" in lines  # live, under its step
+    assert "why steps missed the cache:" in lines
+    assert f"[2/3] {RUN}: build arg VERSION changed 1.2 → 7" in lines
+    assert f"[3/3] {WORKDIR}: parent step missed" in lines
+    assert "Traceback" not in output.decode()
