@@ -104,7 +104,12 @@ def explain_miss(store, step: MissedStep, *, no_cache: str = "", parent_missed: 
         return NO_EARLIER_BUILD
     if not _readable(earlier):
         return "the earlier build of this step kept its inputs in another format: what changed cannot be told"
-    reasons = differences(earlier, step)
+    try:
+        reasons = differences(earlier, step)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        # An explanation never fails a build: a stored document of another shape
+        # (hand-edited, or imported from a shared cache) is said to be one.
+        return "the earlier build's inputs are not in a shape imgbuild reads: what changed cannot be told"
     return "; ".join(reasons) if reasons else "its inputs changed in a way imgbuild cannot name"
 
 
@@ -135,11 +140,18 @@ def _closest(db, step: MissedStep, rows: list) -> Earlier:
     for row in rows:  # most recently used first: a later one must score higher
         earlier = Earlier(row["key"], _loads(row["inputs"]), row["base_digest"] or "", row["instruction"] or "", db.file_list)
         same_kind = earlier.inputs.get("document", {}).get("step") == kind
-        changes = len(differences(earlier, step)) if same_kind and _readable(earlier) else 1000
+        changes = _count_differences(earlier, step) if same_kind and _readable(earlier) else 1000
         score = (same_kind, -changes, row["line"] == step.place.line)
         if best_score is None or score > best_score:
             best, best_score = earlier, score
     return best
+
+
+def _count_differences(earlier: Earlier, step: MissedStep) -> int:
+    try:
+        return len(differences(earlier, step))
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return 1000
 
 
 def _readable(earlier: Earlier) -> bool:
@@ -184,8 +196,8 @@ def _base_change(earlier: Earlier, step: MissedStep) -> str:
     # The chain's start is a key over the base image's layers and the platform:
     # the same manifest has the same layers, so then only the platform changed.
     if earlier.base_digest and earlier.base_digest == step.place.base_digest:
-        return f"FROM {step.base}: platform changed"
-    return f"FROM {step.base}: base image layers changed"
+        return f"FROM {_show(step.base)}: platform changed"
+    return f"FROM {_show(step.base)}: base image layers changed"
 
 
 def _run_changes(old: dict, new: dict, old_sees: dict, new_sees: dict, earlier: Earlier, step: MissedStep) -> list[str]:
@@ -216,13 +228,13 @@ def _copy_changes(old: dict, new: dict, earlier: Earlier, step: MissedStep) -> l
             continue
         if "path" in after and before.get("path") == after["path"]:
             if origin:
-                reasons.append(f"files of {after['path']} in {origin} changed")
+                reasons.append(f"files of {_show(after['path'])} in {_show(origin)} changed")
             else:
                 pairs.append((after["path"], before.get("digest"), after.get("digest")))
         elif "url" in after and before.get("url") == after["url"] and before.get("checksum") == after.get("checksum"):
             reasons.append(f"the content of {_show(after['url'])} changed")
         elif "heredoc" in after and before.get("heredoc") == after["heredoc"] and not reasons:
-            reasons.append(f"heredoc {after['heredoc']} changed")
+            reasons.append(f"heredoc {_show(after['heredoc'])} changed")
     if pairs:
         reasons += _files_changed(pairs, earlier, step)
     return reasons
@@ -236,10 +248,10 @@ def _mount_changes(old: dict, new: dict, earlier: Earlier, step: MissedStep) -> 
         kind, _, rest = name.partition(":")
         if kind == "context":
             changed = _files_changed([(rest, old[name], new[name])], earlier, step)
-            reasons += [f"bind mount of {rest}: {reason}" for reason in changed]
+            reasons += [f"bind mount of {_show(rest)}: {reason}" for reason in changed]
         else:
             origin, _, path = rest.rpartition(":")
-            reasons.append(f"bind mount of {path} from {origin}: files changed")
+            reasons.append(f"bind mount of {_show(path)} from {_show(origin)}: files changed")
     return reasons
 
 
@@ -267,7 +279,7 @@ def _instruction_changes(old: dict | None, new: dict | None, skip=()) -> list[st
 
 def _heredoc_change(old: list, new: list) -> str:
     names = [
-        (after or {}).get("name", "?")
+        _show((after or {}).get("name", "?"))
         for before, after in zip(old, new, strict=False)
         if before != after
     ]
@@ -288,7 +300,8 @@ def _env_changes(old_env: list, new_env: list, old_sees: dict, new_sees: dict) -
         before, after = old.get(name), new.get(name)
         if before == after:
             continue
-        what = f"build arg {name}" if name in (new_args if after is not None else old_args) else f"ENV {name}"
+        shown = _show(name)
+        what = f"build arg {shown}" if name in (new_args if after is not None else old_args) else f"ENV {shown}"
         if before is None:
             changes.append(f"{what} set to {_show(after)}")
         elif after is None:
@@ -322,7 +335,7 @@ def _files_changed(pairs: list[tuple[str, str, str]], earlier: Earlier, step: Mi
         old_list = earlier.file_list(before) if before else None
         new_list = step.listings.get(after) if after else None
         if old_list is None or new_list is None:
-            reasons.append(f"files of {source} changed (the earlier build kept no file list for it)")
+            reasons.append(f"files of {_show(source)} changed (the earlier build kept no file list for it)")
             continue
         changes += file_changes(old_list.get("files") or [], new_list.get("files") or [])
         cut += int(old_list.get("left_out") or 0) + int(new_list.get("left_out") or 0)

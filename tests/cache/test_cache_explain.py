@@ -297,3 +297,13 @@ def test_explain_on_a_terminal(project):
     assert f"[2/3] {RUN}: build arg VERSION changed 1.2 → 7" in lines
     assert f"[3/3] {WORKDIR}: parent step missed" in lines
     assert "Traceback" not in output.decode()
+
+
+def test_a_stored_document_of_another_shape_never_fails_the_build(project, cli):
+    root, context = project
+    odd = {"format": 1, "document": {"step": "RUN", "env": 5}, "dockerfile_path": str(context / "Dockerfile")}
+    with sqlite3.connect(root / "index.db") as db:  # hand-edited, or from a shared cache
+        db.execute("UPDATE cache SET inputs = ? WHERE instruction LIKE 'RUN%'", (json.dumps(odd),))
+    assert misses(cli, root, context, "--build-arg", "VERSION=9")[RUN] == (
+        "the earlier build's inputs are not in a shape imgbuild reads: what changed cannot be told"
+    )
