@@ -138,7 +138,8 @@ def _closest(db, step: MissedStep, rows: list) -> Earlier:
     kind = step.inputs.get("document", {}).get("step")
     best, best_score = None, None
     for row in rows:  # most recently used first: a later one must score higher
-        earlier = Earlier(row["key"], _loads(row["inputs"]), row["base_digest"] or "", row["instruction"] or "", db.file_list)
+        inputs = _loads(row["inputs"])
+        earlier = Earlier(row["key"], inputs, row["base_digest"] or "", row["instruction"] or "", db.file_list)
         same_kind = earlier.inputs.get("document", {}).get("step") == kind
         changes = _count_differences(earlier, step) if same_kind and _readable(earlier) else 1000
         score = (same_kind, -changes, row["line"] == step.place.line)
