@@ -40,6 +40,7 @@ from imgbuild.builder.state import StageResult, StageState
 from imgbuild.builder.workdirstep import plan_workdir
 from imgbuild.cache.index import BuildCache
 from imgbuild.cache.prune import Limits, collect_if_over, limits_for
+from imgbuild.cache.share import export_cache, open_source
 from imgbuild.context.buildfiles import load_ignore_patterns, read_build_file
 from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.source import BuildContext
@@ -61,7 +62,8 @@ class Builder:
         self.store = store
         self.options = options
         self.progress = progress or make_progress(options.progress)
-        self.cache = BuildCache(store)
+        sources = [open_source(spec, store, options.insecure_registries) for spec in options.cache_from]
+        self.cache = BuildCache(store, sources)
         self.cancel = threading.Event()
         self.results: dict[int, StageResult] = {}
         self.counts_lock = threading.Lock()
@@ -93,9 +95,11 @@ class Builder:
             with signals_raise_interrupt(), self.store.writer_lease():
                 self._build_stages(plan)
                 target = self.results[plan.target]
+                self.cache.fetch_layers(target.layers)
                 image = write_final_image(self.store, self.options, self.platform, target)
                 tags = tag_image(self.store, self.options, image)
                 write_outputs(self.store, self.options, image, target.layers, target.base_layers, self.progress)
+                self._export_cache(plan.target)
         except KeyboardInterrupt:
             raise Interrupted("build interrupted; everything it mounted was unmounted") from None
         finally:
@@ -121,6 +125,14 @@ class Builder:
             )
         for reason in swept.left:
             self.progress.warning(f"could not clean up after a killed imgbuild: {reason}")
+
+    def _export_cache(self, target: int) -> None:
+        """--cache-to: mode=min the target stage's entries, mode=max every stage's."""
+        for spec in self.options.cache_to:
+            stages = sorted(self.cache.used) if spec.mode == "max" else [target]
+            keys = [key for index in stages for key in self.cache.used.get(index, [])]
+            descriptor = export_cache(self.store, spec, keys, self.cache.fetch_layers, self.options.insecure_registries)
+            self.progress.info(f"exported {len(keys)} cache entries to {spec.path or spec.ref} ({descriptor.digest})")
 
     def _collect_garbage(self, limits: Limits) -> None:
         """Prune the cache when the store passes its limits (--max-cache, --min-free)."""
@@ -278,6 +290,7 @@ class Builder:
         """Layers of ``--from=origin``: a stage by name or index, or an image."""
         index = self.plan.source_stage(origin)
         if index is not None:
+            self.cache.fetch_layers(self.results[index].layers)
             return self.results[index].layers
         return image_layers(resolve_image(self, origin), origin)
 
