@@ -63,6 +63,8 @@ class Builder:
         self.options = options
         self.progress = progress or make_progress(options.progress)
         sources = [open_source(spec, store, options.insecure_registries) for spec in options.cache_from]
+        for source in sources:
+            source.warn = self.progress.warning
         self.cache = BuildCache(store, sources)
         self.cancel = threading.Event()
         self.results: dict[int, StageResult] = {}

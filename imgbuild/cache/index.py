@@ -9,6 +9,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from imgbuild.cache.share import CacheShareError
+from imgbuild.errors import ImgbuildError
 from imgbuild.image import Descriptor, LayerRef
 from imgbuild.store import Store
 
@@ -62,7 +64,13 @@ class BuildCache:
             with self.lock:
                 source = self.imported.get(layer.blob.digest)
             if source is not None and not self.store.has_blob(layer.blob.digest):
-                source.fetch(self.store, layer.blob)
+                try:
+                    source.fetch(self.store, layer.blob)
+                except ImgbuildError as error:
+                    raise CacheShareError(
+                        f"cannot take layer {layer.blob.digest} from the imported cache {source.where}: {error}. "
+                        "Export it again with --cache-to, or build without this --cache-from"
+                    ) from None
 
     def note_used(self, stage_index: int, key: str) -> None:
         with self.lock:

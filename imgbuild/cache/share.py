@@ -170,11 +170,18 @@ class CacheSource:
         self.where = where
         self._steps: dict[str, CachedStep] | None = None
         self._lock = threading.Lock()
+        self.warn = None  # set by the build: a cache that cannot be read is a warning, as in BuildKit
 
     def lookup(self, key: str) -> CachedStep | None:
         with self._lock:
             if self._steps is None:
-                self._steps = self._load()
+                try:
+                    self._steps = self._load()
+                except ImgbuildError as error:
+                    # A missing or unreadable cache costs time, not the build: its steps run.
+                    self._steps = {}
+                    if self.warn is not None:
+                        self.warn(f"--cache-from {self.where} not used: {error}")
         return self._steps.get(key)
 
     def _load(self) -> dict[str, CachedStep]:

@@ -239,8 +239,18 @@ def test_a_tampered_layer_is_refused(tmp_path, root, counter):
     root_b = empty_root(tmp_path / "b")
     completed = run_cli(root_b, "build", "--cache-from", f"type=local,src={cache}", str(context), check=False)
     assert completed.returncode != 0
-    assert "digest" in completed.stderr and "Traceback" not in completed.stderr
+    assert "from the imported cache" in completed.stderr and "has digest" in completed.stderr
+    assert "Traceback" not in completed.stderr
     assert not any(digest in stored_blobs(root_b) for digest in layout_blobs(cache) - config_and_manifest)
+
+
+def test_a_missing_cache_is_a_warning_and_the_steps_run(tmp_path, root, counter):
+    context = make_context(tmp_path, counter.host)
+    completed = run_cli(
+        root, "build", "--progress", "plain", "--cache-from", f"type=local,src={tmp_path / 'nowhere'}", str(context)
+    )
+    assert f"--cache-from {tmp_path / 'nowhere'} not used" in completed.stderr
+    assert counter.taken() == ["one", "three", "two"]
 
 
 def test_registry_cache_fetches_only_the_needed_blobs(tmp_path, root, counter, registry):
