@@ -129,9 +129,15 @@ class Builder:
             self.progress.warning(f"could not clean up after a killed imgbuild: {reason}")
 
     def _export_cache(self, target: int) -> None:
-        """--cache-to: mode=min the target stage's entries, mode=max every stage's."""
+        """--cache-to: mode=min the entries behind the final image's layers (the
+        target stage and the stages it is FROM), mode=max every stage's."""
+        chain = []
+        index = target
+        while index is not None:
+            chain.insert(0, index)
+            index = self.plan.stages[index].base_stage
         for spec in self.options.cache_to:
-            stages = sorted(self.cache.used) if spec.mode == "max" else [target]
+            stages = sorted(self.cache.used) if spec.mode == "max" else chain
             keys = [key for index in stages for key in self.cache.used.get(index, [])]
             descriptor = export_cache(self.store, spec, keys, self.cache.fetch_layers, self.options.insecure_registries)
             self.progress.info(f"exported {len(keys)} cache entries to {spec.path or spec.ref} ({descriptor.digest})")

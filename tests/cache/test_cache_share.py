@@ -168,6 +168,12 @@ def layout_blobs(directory: Path) -> set[str]:
     return {"sha256:" + path.name for path in (directory / "blobs" / "sha256").iterdir()}
 
 
+def cache_entries(directory: Path) -> list[dict]:
+    index = json.loads((directory / "index.json").read_text())
+    manifest = json.loads((directory / "blobs" / "sha256" / index["manifests"][0]["digest"][7:]).read_bytes())
+    return json.loads((directory / "blobs" / "sha256" / manifest["config"]["digest"][7:]).read_bytes())["entries"]
+
+
 def test_local_cache_moves_to_an_empty_root(tmp_path, root, counter):
     context = make_context(tmp_path, counter.host)
     cache = tmp_path / "cache"
@@ -209,11 +215,14 @@ def test_mode_min_exports_only_the_final_stage(tmp_path, root, counter):
     cache = tmp_path / "cache"
     build(root, context, "--cache-to", f"type=local,dest={cache}")
     counter.taken()
-    index = json.loads((cache / "index.json").read_text())
-    manifest = json.loads((cache / "blobs" / "sha256" / index["manifests"][0]["digest"][7:]).read_bytes())
-    config = json.loads((cache / "blobs" / "sha256" / manifest["config"]["digest"][7:]).read_bytes())
-    assert [entry["created_by"] for entry in config["entries"]] == ["COPY /three /three # imgbuild"]
-    assert config["entries"][0]["inputs"]["document"], "the key document travels with the entry"
+    entries = cache_entries(cache)
+    assert [entry["created_by"] for entry in entries] == ["COPY /three /three # imgbuild"]
+    assert entries[0]["inputs"]["document"], "the key document travels with the entry"
+
+    # A target FROM another stage: the layers of both are the image's.
+    cache_full = tmp_path / "cache-full"
+    build(root, context, "--target", "full", "--cache-to", f"type=local,dest={cache_full}")
+    assert len(cache_entries(cache_full)) == 5
 
     # The other stages are not in it: they run again; the last step is a hit.
     root_b = empty_root(tmp_path / "b")
