@@ -59,6 +59,7 @@ class CacheSpec:
     path: str | None = None  # type=local: dest (export) or src (import)
     ref: str | None = None  # type=registry
     mode: str = "min"
+    cache_mounts: bool = False  # --cache-to ...,cache-mounts=true
 
 
 def parse_cache_spec(text: str, flag: str) -> CacheSpec:
@@ -84,8 +85,10 @@ def parse_cache_spec(text: str, flag: str) -> CacheSpec:
         if not spec.ref:
             raise UsageError(f"{flag} {text!r}: type=registry needs ref=HOST/REPO:TAG")
     values.pop("oci-mediatypes", None)  # always OCI
+    if "cache-mounts" in values and flag == "--cache-to":
+        spec.cache_mounts = values.pop("cache-mounts").lower() in ("", "true", "1", "yes")
     if values:
-        raise UsageError(f"{flag} {text!r}: unknown option(s) {', '.join(sorted(values))} (cache-mounts= is not supported yet)")
+        raise UsageError(f"{flag} {text!r}: unknown option(s) {', '.join(sorted(values))}")
     return spec
 
 
@@ -132,7 +135,13 @@ def cache_manifest(config: Descriptor, layers: list[Descriptor]) -> dict:
     }
 
 
-def parse_cache_config(data: bytes, where: str) -> dict[str, CachedStep]:
+@dataclass
+class CacheIndex:
+    steps: dict[str, CachedStep]
+    mounts: list[tuple[str, Descriptor]]  # cache mount directory name -> its tar
+
+
+def parse_cache_config(data: bytes, where: str) -> CacheIndex:
     """The entries of a cache config, each checked: the document came from elsewhere."""
     document = parse_json_document(data, f"cache index {where}")
     if document.get("format") != CACHE_FORMAT or not isinstance(document.get("entries"), list):
@@ -144,15 +153,26 @@ def parse_cache_config(data: bytes, where: str) -> dict[str, CachedStep]:
         except (KeyError, TypeError, ValueError, ImgbuildError) as error:
             raise CacheShareError(f"{where}: malformed cache entry {str(item)[:200]!r}: {error}") from None
         steps[step.key] = step
-    return steps
+    mounts = []
+    for item in document.get("cacheMounts") or []:
+        try:
+            mounts.append((str(item["name"]), _layer_descriptor(item["layer"])))
+        except (KeyError, TypeError, ValueError, ImgbuildError) as error:
+            raise CacheShareError(f"{where}: malformed cache mount {str(item)[:200]!r}: {error}") from None
+    return CacheIndex(steps, mounts)
+
+
+def _layer_descriptor(document: dict) -> Descriptor:
+    blob = Descriptor.from_json(document)
+    if blob.media_type not in LAYER_TYPES or blob.size < 0:
+        raise ValueError(f"not a layer: {blob.media_type!r}")
+    return blob
 
 
 def _cached_step(item: dict) -> CachedStep:
     layer = None
     if item.get("layer") is not None:
-        blob = Descriptor.from_json(item["layer"])
-        if blob.media_type not in LAYER_TYPES or blob.size < 0:
-            raise ValueError(f"not a layer: {blob.media_type!r}")
+        blob = _layer_descriptor(item["layer"])
         layer = LayerRef(check_digest(item["layer"]["diffID"]), blob)
     parent = item.get("parent") or ""
     if parent:
@@ -168,23 +188,29 @@ class CacheSource:
 
     def __init__(self, where: str):
         self.where = where
-        self._steps: dict[str, CachedStep] | None = None
+        self._index: CacheIndex | None = None
         self._lock = threading.Lock()
         self.warn = None  # set by the build: a cache that cannot be read is a warning, as in BuildKit
 
-    def lookup(self, key: str) -> CachedStep | None:
+    def index(self) -> CacheIndex:
         with self._lock:
-            if self._steps is None:
+            if self._index is None:
                 try:
-                    self._steps = self._load()
+                    self._index = self._load()
                 except ImgbuildError as error:
                     # A missing or unreadable cache costs time, not the build: its steps run.
-                    self._steps = {}
+                    self._index = CacheIndex({}, [])
                     if self.warn is not None:
                         self.warn(f"--cache-from {self.where} not used: {error}")
-        return self._steps.get(key)
+            return self._index
 
-    def _load(self) -> dict[str, CachedStep]:
+    def lookup(self, key: str) -> CachedStep | None:
+        return self.index().steps.get(key)
+
+    def cache_mounts(self) -> list[tuple[str, Descriptor]]:
+        return self.index().mounts
+
+    def _load(self) -> CacheIndex:
         raise NotImplementedError
 
     def fetch(self, store: Store, blob: Descriptor) -> None:
@@ -219,7 +245,7 @@ class LocalSource(CacheSource):
             raise CacheShareError(f"--cache-from {self.directory}: blob {digest} does not match its digest")
         return data
 
-    def _load(self) -> dict[str, CachedStep]:
+    def _load(self) -> CacheIndex:
         index = parse_json_document(self._read("index.json", MAX_INDEX_BYTES), f"{self.directory}/index.json")
         manifests = [m for m in index.get("manifests") or [] if isinstance(m, dict)]
         tagged = [m for m in manifests if (m.get("annotations") or {}).get(REF_NAME_ANNOTATION) == CACHE_TAG]
@@ -248,7 +274,7 @@ class LocalSource(CacheSource):
             store.copy_blob_from(source, blob.digest)  # verified: a mismatch stores nothing
 
 
-def steps_of(manifest: dict, read_config, where: str) -> dict[str, CachedStep]:
+def steps_of(manifest: dict, read_config, where: str) -> CacheIndex:
     config = manifest.get("config") or {}
     if config.get("mediaType") != CACHE_CONFIG:
         raise CacheShareError(f"{where} is not an imgbuild cache (its config is {config.get('mediaType')!r})")
@@ -270,11 +296,18 @@ def open_source(spec: CacheSpec, store: Store, insecure=()) -> CacheSource:
 # --- export -------------------------------------------------------------------------
 
 
-def export_cache(store: Store, spec: CacheSpec, keys: list[str], fetch_layers, insecure=()) -> Descriptor:
+def export_cache(
+    store: Store, spec: CacheSpec, keys: list[str], fetch_layers, insecure=(), compression: str = "gzip"
+) -> Descriptor:
     """Write the cache of ``keys`` where ``spec`` says; returns the manifest's descriptor.
     ``fetch_layers`` brings in the blobs of entries an imported cache stood for."""
     config, layers = cache_document(store, keys)
     fetch_layers([LayerRef("", layer) for layer in layers])
+    if spec.cache_mounts:
+        from imgbuild.cache.sharemounts import cache_mount_layers
+
+        config["cacheMounts"] = cache_mount_layers(store, compression)
+        layers += [Descriptor.from_json(mount["layer"]) for mount in config["cacheMounts"]]
     config_data = canonical_json(config)
     config_descriptor = Descriptor.for_bytes(CACHE_CONFIG, config_data)
     manifest_data = canonical_json(cache_manifest(config_descriptor, layers))
@@ -287,9 +320,9 @@ def export_cache(store: Store, spec: CacheSpec, keys: list[str], fetch_layers, i
 
 def write_layout(store: Store, directory: Path, config: bytes, manifest: bytes, layers: list[Descriptor]) -> Descriptor:
     """An OCI layout in ``directory``: blobs it has are kept, the index replaced last."""
-    blobs = directory / "blobs" / "sha256"
     try:
-        blobs.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)  # the user's own choice: followed
+        blobs = _real_directory(_real_directory(directory / "blobs") / "sha256")
         for layer in layers:
             target = blobs / layer.digest.split(":", 1)[1]
             if target.is_file() and not target.is_symlink() and target.stat().st_size == layer.size:
@@ -313,8 +346,23 @@ def _reader(data: bytes):
 
 
 def _write_atomic(target: Path, read) -> None:
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as out:
-        while chunk := read(1 << 20):
-            out.write(chunk)
-    os.replace(temporary, target)
+    """Write ``target`` through a new temporary file: a symlink left in the
+    directory (a restored CI cache is not trusted) is replaced, never followed."""
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := read(1 << 20):
+                out.write(chunk)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _real_directory(path: Path) -> Path:
+    """``path`` made if missing; a symlink in its place would send the blobs elsewhere."""
+    path.mkdir(exist_ok=True)
+    if path.is_symlink() or not path.is_dir():
+        raise CacheShareError(f"--cache-to: {path} is not a directory (a symlink is not followed)")
+    return path

@@ -13,7 +13,7 @@ from dataclasses import replace
 from imgbuild.cache.share import (
     CACHE_CONFIG,
     MAX_CONFIG_BYTES,
-    CachedStep,
+    CacheIndex,
     CacheShareError,
     CacheSource,
     steps_of,
@@ -62,7 +62,7 @@ class RegistrySource(CacheSource):
         self.ref = _tag_reference(ref_text, "--cache-from")
         self.client = _client(self.ref, insecure, for_push=False)
 
-    def _load(self) -> dict[str, CachedStep]:
+    def _load(self) -> CacheIndex:
         manifest = self.client.get_manifest(self.ref.repository, self.ref.manifest_reference)
         if manifest.is_index:
             raise CacheShareError(f"--cache-from {self.where}: an image index, not an imgbuild cache")

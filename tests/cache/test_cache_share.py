@@ -253,6 +253,56 @@ def test_a_tampered_layer_is_refused(tmp_path, root, counter):
     assert not any(digest in stored_blobs(root_b) for digest in layout_blobs(cache) - config_and_manifest)
 
 
+def test_export_does_not_follow_a_symlink_in_the_directory(tmp_path, root, counter):
+    context = make_context(tmp_path, counter.host)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "blobs").symlink_to(elsewhere)
+    completed = run_cli(root, "build", "--cache-to", f"type=local,dest={cache}", str(context), check=False)
+    assert completed.returncode != 0
+    assert "is not a directory (a symlink is not followed)" in completed.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_cache_mounts_travel_with_cache_mounts_true(tmp_path, root, counter):
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        "FROM busybox\n"
+        "RUN --mount=type=cache,target=/var/cache/app,id=app sh -c "
+        "'mkdir -p /var/cache/app/sub && echo warm > /var/cache/app/sub/state'\n"
+    )
+    cache = tmp_path / "cache"
+    build(root, context, "--cache-to", f"type=local,dest={cache},cache-mounts=true")
+    mounts = json.loads(
+        (cache / "blobs" / "sha256" / _config_digest_of(cache)[7:]).read_bytes()
+    )["cacheMounts"]
+    assert len(mounts) == 1
+
+    # B runs a step the cache does not have; its cache mount is the one A left.
+    (context / "Dockerfile").write_text(
+        "FROM busybox\n"
+        f"RUN --mount=type=cache,target=/m,id=app sh -c 'wget -q -O- http://{counter.host}/ran/$(cat /m/sub/state)'\n"
+    )
+    root_b = empty_root(tmp_path / "b")
+    run_cli(root_b, "build", "--cache-from", f"type=local,src={cache}", str(context))
+    assert counter.taken() == ["warm"]
+
+    # Without cache-mounts=true nothing of them travels.
+    plain = tmp_path / "plain"
+    build(root, context, "--cache-to", f"type=local,dest={plain}")
+    assert "cacheMounts" not in json.loads((plain / "blobs" / "sha256" / _config_digest_of(plain)[7:]).read_bytes())
+    counter.taken()
+
+
+def _config_digest_of(directory: Path) -> str:
+    index = json.loads((directory / "index.json").read_text())
+    manifest = json.loads((directory / "blobs" / "sha256" / index["manifests"][0]["digest"][7:]).read_bytes())
+    return manifest["config"]["digest"]
+
+
 def test_a_missing_cache_is_a_warning_and_the_steps_run(tmp_path, root, counter):
     context = make_context(tmp_path, counter.host)
     completed = run_cli(
