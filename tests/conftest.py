@@ -8,13 +8,16 @@ their own on free ports and stop them, by PID, at the end of the session.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from faults.faulttools import FILESYSTEM_BYTES, mounts_under
 from registrytools import die_with_parent, free_port, wait_for_registry
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -121,3 +124,29 @@ def pytest_terminal_summary(terminalreporter):
     )
     bad = escapes or lost or left or failed or LOAD.duplicates
     terminalreporter.write_line(line, red=bool(bad), green=not bad)
+
+
+def _is_mounted(point: Path) -> bool:
+    return str(point) in mounts_under(point)
+
+
+@pytest.fixture
+def small_fs(tmp_path) -> Iterator[Path]:
+    """A fresh 64 MiB ext4 (no blocks reserved for root) mounted on a directory of its own."""
+    image = tmp_path / "disk.img"
+    point = tmp_path / "small"
+    point.mkdir()
+    with open(image, "wb") as handle:
+        handle.truncate(FILESYSTEM_BYTES)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(point)], check=True, capture_output=True)
+    try:
+        yield point
+    finally:
+        for point_below in sorted(mounts_under(point), key=len, reverse=True):
+            if point_below != str(point):  # a leftover of the test's own failure
+                subprocess.run(["umount", "-l", point_below], capture_output=True)
+        gc.collect()  # the test's Store objects hold index.db and lock files open there
+        if _is_mounted(point) and subprocess.run(["umount", str(point)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(point)], capture_output=True)
+            raise AssertionError(f"{point} was busy after the test; detached it lazily")

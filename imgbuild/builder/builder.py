@@ -40,6 +40,8 @@ from imgbuild.builder.state import StageResult, StageState
 from imgbuild.builder.workdirstep import plan_workdir
 from imgbuild.cache.index import BuildCache
 from imgbuild.cache.prune import Limits, collect_if_over, limits_for
+from imgbuild.cache.share import export_cache, open_source
+from imgbuild.cache.sharemounts import seed_cache_mounts
 from imgbuild.context.buildfiles import load_ignore_patterns, read_build_file
 from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.source import BuildContext
@@ -62,7 +64,10 @@ class Builder:
         self.options = options
         self.progress = progress or make_progress(options.progress)
         self.progress.explain = self.progress.explain or options.explain
-        self.cache = BuildCache(store)
+        sources = [open_source(spec, store, options.insecure_registries) for spec in options.cache_from]
+        for source in sources:
+            source.warn = self.progress.warning
+        self.cache = BuildCache(store, sources)
         self.cancel = threading.Event()
         self.results: dict[int, StageResult] = {}
         self.counts_lock = threading.Lock()
@@ -93,11 +98,14 @@ class Builder:
             # SIGTERM must clean up like Ctrl-C for the whole build, outputs
             # included: a type=local output copies from a mounted overlay.
             with signals_raise_interrupt(), self.store.writer_lease():
+                self._seed_cache_mounts()
                 self._build_stages(plan)
                 target = self.results[plan.target]
+                self.cache.fetch_layers(target.layers)
                 image = write_final_image(self.store, self.options, self.platform, target)
                 tags = tag_image(self.store, self.options, image)
                 write_outputs(self.store, self.options, image, target.layers, target.base_layers, self.progress)
+                self._export_cache(plan.target)
         except KeyboardInterrupt:
             raise Interrupted("build interrupted; everything it mounted was unmounted") from None
         finally:
@@ -123,6 +131,33 @@ class Builder:
             )
         for reason in swept.left:
             self.progress.warning(f"could not clean up after a killed imgbuild: {reason}")
+
+    def _seed_cache_mounts(self) -> None:
+        """RUN --mount=type=cache directories an imported cache carries and this store lacks."""
+        for source in self.cache.sources:
+            try:
+                made = seed_cache_mounts(self.store, source)
+            except ImgbuildError as error:  # a warm cache mount is a speed-up, not an input
+                self.progress.warning(f"cache mounts of {source.where} not used: {error}")
+                continue
+            if made:
+                self.progress.info(f"seeded {made} cache mount(s) from {source.where}")
+
+    def _export_cache(self, target: int) -> None:
+        """--cache-to: mode=min the entries behind the final image's layers (the
+        target stage and the stages it is FROM), mode=max every stage's."""
+        chain = []
+        index = target
+        while index is not None:
+            chain.insert(0, index)
+            index = self.plan.stages[index].base_stage
+        for spec in self.options.cache_to:
+            stages = sorted(self.cache.used) if spec.mode == "max" else chain
+            keys = [key for index in stages for key in self.cache.used.get(index, [])]
+            descriptor = export_cache(
+                self.store, spec, keys, self.cache.fetch_layers, self.options.insecure_registries, self.options.compression
+            )
+            self.progress.info(f"exported {len(keys)} cache entries to {spec.path or spec.ref} ({descriptor.digest})")
 
     def _collect_garbage(self, limits: Limits) -> None:
         """Prune the cache when the store passes its limits (--max-cache, --min-free)."""
@@ -280,6 +315,7 @@ class Builder:
         """Layers of ``--from=origin``: a stage by name or index, or an image."""
         index = self.plan.source_stage(origin)
         if index is not None:
+            self.cache.fetch_layers(self.results[index].layers)
             return self.results[index].layers
         return image_layers(resolve_image(self, origin), origin)
 

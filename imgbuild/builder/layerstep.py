@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.progress import Step
-from imgbuild.builder.rootfs import Workspace, recompress, workspace
+from imgbuild.builder.rootfs import Workspace, compressed_as, recompress, workspace
 from imgbuild.builder.state import StageState
 from imgbuild.cache.explain import MissedStep, explain_miss
 from imgbuild.cache.inputs import digests_in, key_inputs, place_of
@@ -47,6 +47,8 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
         builder.progress.started(step, _why_missed(builder, stage, state, work, lookup_key, key, cache_disabled))
         builder.missed_keys.add(key)  # the steps on top of it miss with it
         options = builder.options
+        if not work.independent:
+            builder.cache.fetch_layers(state.layers)  # layers an imported cache stood for
         with workspace(builder.store, [] if work.independent else state.layers) as space:
             work.execute(space)
             layer = space.commit(
@@ -60,8 +62,11 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
         )
         builder.progress.done(step)
         builder.count(cached=False)
+    builder.cache.note_used(stage.index, lookup_key)
     if layer is not None:
         options = builder.options
+        if not compressed_as(layer.blob.media_type, options.compression):
+            builder.cache.fetch_layers([layer])  # recompressing reads it
         layer = recompress(builder.store, layer, options.compression, options.compression_level)
         state.layers.append(layer)
     ic.add_history(state.config, work.created_by, empty_layer=layer is None, created=created)

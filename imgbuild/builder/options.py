@@ -64,6 +64,9 @@ class BuildOptions:
     max_cache: str | None = None
     min_free: str | None = None
     source_date_epoch: int | None = None
+    # --cache-to / --cache-from (imgbuild.cache.share.CacheSpec)
+    cache_to: list = field(default_factory=list)
+    cache_from: list = field(default_factory=list)
 
 
 def _key_values(text: str, what: str) -> dict[str, str]:

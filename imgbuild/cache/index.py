@@ -6,8 +6,11 @@ A key found in the table is a hit: its layer is reused and nothing runs
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
+from imgbuild.cache.share import CacheShareError
+from imgbuild.errors import ImgbuildError
 from imgbuild.image import Descriptor, LayerRef
 from imgbuild.store import Store
 
@@ -21,19 +24,57 @@ class CacheEntry:
 
 
 class BuildCache:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, sources: list | None = None):
         self.store = store
+        # --cache-from (imgbuild.cache.share): asked when the store misses;
+        # their layers come only when needed (fetch_layers).
+        self.sources = list(sources or [])
+        self.imported: dict[str, object] = {}  # blob digest -> the source that has it
+        self.used: dict[int, list[str]] = {}  # stage index -> the keys its steps looked up (--cache-to)
+        self.lock = threading.Lock()
 
     def lookup(self, key: str) -> CacheEntry | None:
-        """The entry for ``key`` if its layer blob is still in the store."""
+        """The entry for ``key`` if its layer blob is still in the store, or
+        one an imported cache has (its blob comes later, see ``fetch_layers``)."""
         row = self.store.db.cache_entry(key)
-        if row is None:
-            return None
-        layer = _layer_of(row)
-        if layer is not None and not self.store.has_blob(layer.blob.digest):
-            return None  # pruned behind our back: rebuild the step
+        layer = _layer_of(row) if row is not None else None
+        if row is None or (layer is not None and not self.store.has_blob(layer.blob.digest)):
+            # unknown, or pruned behind our back: an imported cache may have it, else rebuild the step
+            return self._lookup_imported(key)
         self.store.db.count_cache_hit(key)
         return CacheEntry(key, layer, row["created_by"], row["hits"] + 1)
+
+    def _lookup_imported(self, key: str) -> CacheEntry | None:
+        for source in self.sources:
+            step = source.lookup(key)
+            if step is None:
+                continue
+            if step.layer is not None and not self.store.has_blob(step.layer.blob.digest):
+                with self.lock:
+                    self.imported[step.layer.blob.digest] = source
+            layer = self.record(key, step.parent_key, step.layer, step.created_by, replace=True)
+            self.store.db.count_cache_hit(key)
+            return CacheEntry(key, layer, step.created_by, 1)
+        return None
+
+    def fetch_layers(self, layers: list[LayerRef]) -> None:
+        """Bring the blobs of imported layers into the store, verified, before
+        anything reads them; layers already here cost nothing."""
+        for layer in layers:
+            with self.lock:
+                source = self.imported.get(layer.blob.digest)
+            if source is not None and not self.store.has_blob(layer.blob.digest):
+                try:
+                    source.fetch(self.store, layer.blob)
+                except ImgbuildError as error:
+                    raise CacheShareError(
+                        f"cannot take layer {layer.blob.digest} from the imported cache {source.where}: {error}. "
+                        "Export it again with --cache-to, or build without this --cache-from"
+                    ) from None
+
+    def note_used(self, stage_index: int, key: str) -> None:
+        with self.lock:
+            self.used.setdefault(stage_index, []).append(key)
 
     def record(
         self, key: str, parent_key: str, layer: LayerRef | None, created_by: str, *, replace: bool = False

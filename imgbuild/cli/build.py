@@ -13,6 +13,7 @@ from imgbuild.builder.options import (
     parse_secret,
 )
 from imgbuild.cache.prune import parse_limit
+from imgbuild.cache.share import parse_cache_spec
 from imgbuild.context.buildfiles import read_dockerfile_stdin
 from imgbuild.errors import DockerfileError, UsageError
 
@@ -52,6 +53,14 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--min-free", metavar="SIZE", help="after the build, prune to keep SIZE or N%% of the disk free (default 20%%)"
+    )
+    parser.add_argument(
+        "--cache-to", action="append", default=[], metavar="SPEC",
+        help="export the cache: type=local,dest=DIR or type=registry,ref=REF (,mode=min|max)",
+    )
+    parser.add_argument(
+        "--cache-from", action="append", default=[], metavar="SPEC",
+        help="import a cache: type=local,src=DIR or type=registry,ref=REF (repeatable)",
     )
     parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST", help="use plain HTTP for HOST")
 
@@ -108,6 +117,8 @@ def options_from_args(args) -> BuildOptions:
         source_date_epoch=int(epoch) if epoch is not None else None,
         max_cache=args.max_cache,
         min_free=args.min_free,
+        cache_to=[parse_cache_spec(text, "--cache-to") for text in args.cache_to],
+        cache_from=[parse_cache_spec(text, "--cache-from") for text in args.cache_from],
     )
 
 

@@ -17,6 +17,7 @@ from imagetools import make_busybox_image, recorded_diff_id, temp_leftovers
 
 from imgbuild.store import Store
 from imgbuild.store.fsck import check_store
+from imgbuild.store.index_db import SCHEMA_VERSION
 
 pytestmark = pytest.mark.root
 
@@ -189,7 +190,7 @@ def test_a_store_with_diff_id_keyed_snapshots_is_upgraded(store_root, build_df):
     assert not decoy.exists() and temp_leftovers(upgraded) == []
     columns = {row["name"] for row in upgraded.db.query("PRAGMA table_info(snapshots)")}
     assert {"chain_id", "diff_id"} <= columns
-    assert upgraded.db.query("PRAGMA user_version")[0][0] == 2
+    assert upgraded.db.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION
     assert recorded_diff_id(upgraded, "sha256:" + "e" * 64) is None
     built = build_df("FROM busybox\nRUN echo upgraded > /ok\n", store=upgraded)
     assert built.tree()["ok"].data == b"upgraded\n"

@@ -37,10 +37,10 @@ KEPT = "FROM busybox\n" + big_run("kept", 200)
 GONE = "FROM busybox\n" + big_run("gone", 300) + big_run("gone2", 100)
 
 
-def _kept_and_gone(tmp_path):
+def _kept_and_gone(tmp_path, root=None):
     """A store with kept:1 tagged and gone:1 built, then untagged: its cache entries,
     layer blobs and snapshots stay behind."""
-    root = tmp_path / "store"
+    root = root or tmp_path / "store"
     new_store(root)
     build(root, tmp_path / "kept", KEPT, "-t", "kept:1")
     build(root, tmp_path / "gone", GONE, "-t", "gone:1")
@@ -207,8 +207,9 @@ def test_max_cache_flag_beats_the_environment_and_bad_sizes_are_usage_errors(tmp
     assert done.returncode == 2 and "--max-cache 'lots' is not a size" in done.stderr
 
 
-def test_low_free_space_collects_down_to_what_frees_it(tmp_path):
-    root = _kept_and_gone(tmp_path)
+def test_low_free_space_collects_down_to_what_frees_it(tmp_path, small_fs):
+    # The store on a file system of its own: no other writer moves its free space.
+    root = _kept_and_gone(tmp_path, small_fs / "store")
     store = Store(root)
     info = os.statvfs(root)
     disk = info.f_blocks * info.f_frsize

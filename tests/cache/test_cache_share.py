@@ -1,0 +1,364 @@
+"""The cache between machines: --cache-to in root A, --cache-from in an empty root B.
+
+Every RUN calls a loopback HTTP endpoint the test serves, so "no RUN ran" is
+counted by the test itself, not read from the progress. Which blobs B took
+is counted too: for type=local, the files of the cache directory that ended
+up in B's store; for type=registry, the blob GETs through a counting relay
+in front of the real registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+from cache.conftest import build, run_cli
+from imagetools import make_busybox_image
+
+from imgbuild.store import Store
+
+DOCKERFILE = """\
+FROM busybox AS base
+RUN wget -q -O /one http://{host}/ran/one
+COPY a.txt /a.txt
+RUN wget -q -O /two http://{host}/ran/two && cat /a.txt >> /two
+FROM base AS full
+COPY b.txt /b.txt
+RUN wget -q -O /three http://{host}/ran/three && cat /b.txt >> /three
+"""
+
+
+class RunCounter:
+    """An HTTP endpoint on 127.0.0.1 that counts the RUN steps calling it, by name."""
+
+    def __init__(self):
+        calls: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                calls.append(self.path.rsplit("/", 1)[-1])
+                body = b"fixed answer\n"  # the same bytes every time: layers are reproducible
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.calls = calls
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> RunCounter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def taken(self) -> list[str]:
+        """The calls since the last look."""
+        seen = sorted(self.calls)
+        self.calls.clear()
+        return seen
+
+
+class CountingRelay:
+    """An HTTP relay to a registry on 127.0.0.1 that records every request.
+
+    The registry builds upload locations from the Host header it is sent, so
+    uploads started through the relay go on through it too.
+    """
+
+    def __init__(self, upstream: str):
+        requested: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def _relay(self):
+                requested.append(f"{self.command} {self.path}")
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "transfer-encoding")}
+                answer = requests.request(
+                    self.command, f"http://{upstream}{self.path}", headers=headers, data=body,
+                    timeout=60, allow_redirects=False,
+                )
+                content = answer.content
+                self.send_response(answer.status_code)
+                for name, value in answer.headers.items():
+                    if name.lower() not in ("connection", "transfer-encoding", "content-length", "content-encoding"):
+                        self.send_header(name, value)
+                length = answer.headers.get("Content-Length") if self.command == "HEAD" else str(len(content))
+                self.send_header("Content-Length", length or "0")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(content)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = _relay
+
+            def log_message(self, *args):
+                pass
+
+        self.requested = requested
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> CountingRelay:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def blob_gets(self) -> set[str]:
+        return {line.rsplit("/", 1)[-1] for line in self.requested if line.startswith("GET ") and "/blobs/" in line}
+
+    def uploads(self) -> list[str]:
+        return [line for line in self.requested if line.startswith("POST ") and "/blobs/uploads/" in line]
+
+
+@pytest.fixture(autouse=True)
+def _reproducible(monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
+
+
+@pytest.fixture
+def counter():
+    with RunCounter() as served:
+        yield served
+
+
+def make_context(tmp_path: Path, host: str) -> Path:
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text(DOCKERFILE.format(host=host))
+    (context / "a.txt").write_text("a\n")
+    (context / "b.txt").write_text("b\n")
+    return context
+
+
+def empty_root(path: Path) -> Path:
+    """A root with only the base image."""
+    path.mkdir()
+    make_busybox_image(Store(path), "busybox:latest")
+    return path
+
+
+def image_layers(root: Path, digest: str) -> set[str]:
+    store = Store(root)
+    manifest = json.loads(store.read_blob(digest))
+    return {layer["digest"] for layer in manifest["layers"]}
+
+
+def stored_blobs(root: Path) -> set[str]:
+    return set(Store(root).all_blobs())
+
+
+def layout_blobs(directory: Path) -> set[str]:
+    return {"sha256:" + path.name for path in (directory / "blobs" / "sha256").iterdir()}
+
+
+def cache_entries(directory: Path) -> list[dict]:
+    index = json.loads((directory / "index.json").read_text())
+    manifest = json.loads((directory / "blobs" / "sha256" / index["manifests"][0]["digest"][7:]).read_bytes())
+    return json.loads((directory / "blobs" / "sha256" / manifest["config"]["digest"][7:]).read_bytes())["entries"]
+
+
+def test_local_cache_moves_to_an_empty_root(tmp_path, root, counter):
+    context = make_context(tmp_path, counter.host)
+    cache = tmp_path / "cache"
+    built = build(root, context, "--cache-to", f"type=local,dest={cache},mode=max")
+    assert counter.taken() == ["one", "three", "two"]
+    assert (cache / "oci-layout").is_file()
+
+    # B: only the base image. The smaller target takes only its own layers.
+    root_b = empty_root(tmp_path / "b")
+    base_blobs = stored_blobs(root_b)
+    partial = build(root_b, context, "--target", "base", "--cache-from", f"type=local,src={cache}")
+    assert counter.taken() == []
+    assert partial["run"] == 0
+    base_layers = image_layers(root_b, partial["image"]) - base_blobs
+    assert len(base_layers) == 3
+    copied = (stored_blobs(root_b) - base_blobs) & layout_blobs(cache)
+    assert copied == base_layers, "only the layers of the target were copied"
+
+    full = build(root_b, context, "--cache-from", f"type=local,src={cache}")
+    assert counter.taken() == []
+    assert full["image"] == built["image"]
+    copied = (stored_blobs(root_b) - base_blobs) & layout_blobs(cache)
+    assert copied == image_layers(root_b, full["image"]) - base_blobs
+    assert len(copied) == 5
+
+    # C: one source file changed: only the steps after the COPY that reads it run.
+    (context / "b.txt").write_text("b changed\n")
+    root_c = empty_root(tmp_path / "c")
+    changed = build(root_c, context, "--cache-from", f"type=local,src={cache}")
+    assert counter.taken() == ["three"]
+    assert (changed["cached"], changed["run"]) == (3, 2)
+
+
+def test_mode_min_exports_only_the_final_stage(tmp_path, root, counter):
+    context = make_context(tmp_path, counter.host)
+    (context / "Dockerfile").write_text(
+        DOCKERFILE.format(host=counter.host) + "FROM busybox\nCOPY --from=full /three /three\n"
+    )
+    cache = tmp_path / "cache"
+    build(root, context, "--cache-to", f"type=local,dest={cache}")
+    counter.taken()
+    entries = cache_entries(cache)
+    assert [entry["created_by"] for entry in entries] == ["COPY /three /three # imgbuild"]
+    assert entries[0]["inputs"]["document"], "the key document travels with the entry"
+
+    # A target FROM another stage: the layers of both are the image's.
+    cache_full = tmp_path / "cache-full"
+    build(root, context, "--target", "full", "--cache-to", f"type=local,dest={cache_full}")
+    assert len(cache_entries(cache_full)) == 5
+
+    # The other stages are not in it: they run again; the last step is a hit.
+    root_b = empty_root(tmp_path / "b")
+    result = build(root_b, context, "--cache-from", f"type=local,src={cache}")
+    assert counter.taken() == ["one", "three", "two"]
+    assert result["cached"] == 1
+
+
+def test_a_tampered_layer_is_refused(tmp_path, root, counter):
+    context = make_context(tmp_path, counter.host)
+    cache = tmp_path / "cache"
+    build(root, context, "--cache-to", f"type=local,dest={cache}")
+    counter.taken()
+    config_and_manifest = set()
+    index = json.loads((cache / "index.json").read_text())
+    manifest_digest = index["manifests"][0]["digest"]
+    manifest = json.loads((cache / "blobs" / "sha256" / manifest_digest[7:]).read_bytes())
+    config_and_manifest = {manifest_digest, manifest["config"]["digest"]}
+    for digest in layout_blobs(cache) - config_and_manifest:
+        path = cache / "blobs" / "sha256" / digest[7:]
+        path.write_bytes(path.read_bytes() + b"x")
+
+    root_b = empty_root(tmp_path / "b")
+    completed = run_cli(root_b, "build", "--cache-from", f"type=local,src={cache}", str(context), check=False)
+    assert completed.returncode != 0
+    assert "from the imported cache" in completed.stderr and "has digest" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert not any(digest in stored_blobs(root_b) for digest in layout_blobs(cache) - config_and_manifest)
+
+
+def test_export_does_not_follow_a_symlink_in_the_directory(tmp_path, root, counter):
+    context = make_context(tmp_path, counter.host)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "blobs").symlink_to(elsewhere)
+    completed = run_cli(root, "build", "--cache-to", f"type=local,dest={cache}", str(context), check=False)
+    assert completed.returncode != 0
+    assert "is not a directory (a symlink is not followed)" in completed.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_cache_mounts_travel_with_cache_mounts_true(tmp_path, root, counter):
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        "FROM busybox\n"
+        "RUN --mount=type=cache,target=/var/cache/app,id=app sh -c "
+        "'mkdir -p /var/cache/app/sub && echo warm > /var/cache/app/sub/state'\n"
+    )
+    cache = tmp_path / "cache"
+    build(root, context, "--cache-to", f"type=local,dest={cache},cache-mounts=true")
+    mounts = json.loads(
+        (cache / "blobs" / "sha256" / _config_digest_of(cache)[7:]).read_bytes()
+    )["cacheMounts"]
+    assert len(mounts) == 1
+
+    # B runs a step the cache does not have; its cache mount is the one A left.
+    (context / "Dockerfile").write_text(
+        "FROM busybox\n"
+        f"RUN --mount=type=cache,target=/m,id=app sh -c 'wget -q -O- http://{counter.host}/ran/$(cat /m/sub/state)'\n"
+    )
+    root_b = empty_root(tmp_path / "b")
+    run_cli(root_b, "build", "--cache-from", f"type=local,src={cache}", str(context))
+    assert counter.taken() == ["warm"]
+
+    # Without cache-mounts=true nothing of them travels.
+    plain = tmp_path / "plain"
+    build(root, context, "--cache-to", f"type=local,dest={plain}")
+    assert "cacheMounts" not in json.loads((plain / "blobs" / "sha256" / _config_digest_of(plain)[7:]).read_bytes())
+    counter.taken()
+
+
+def _config_digest_of(directory: Path) -> str:
+    index = json.loads((directory / "index.json").read_text())
+    manifest = json.loads((directory / "blobs" / "sha256" / index["manifests"][0]["digest"][7:]).read_bytes())
+    return manifest["config"]["digest"]
+
+
+def test_a_missing_cache_is_a_warning_and_the_steps_run(tmp_path, root, counter):
+    context = make_context(tmp_path, counter.host)
+    completed = run_cli(
+        root, "build", "--progress", "plain", "--cache-from", f"type=local,src={tmp_path / 'nowhere'}", str(context)
+    )
+    assert f"--cache-from {tmp_path / 'nowhere'} not used" in completed.stderr
+    assert counter.taken() == ["one", "three", "two"]
+
+
+def test_registry_cache_fetches_only_the_needed_blobs(tmp_path, root, counter, registry):
+    context = make_context(tmp_path, counter.host)
+    name = f"{registry.host}/cacheshare/app{os.getpid()}{tmp_path.name.replace('_', '').lower()}"
+    built = build(root, context, "-t", f"{name}:image", "--push")
+    assert counter.taken() == ["one", "three", "two"]
+
+    # The cache goes next to the pushed image: its layers are there, so only
+    # the small index (config) blob is uploaded, and every step hit.
+    with CountingRelay(registry.host) as relay:
+        exported = build(root, context, "--cache-to", f"type=registry,ref={name.replace(registry.host, relay.host)}:cache,mode=max")
+        assert exported["run"] == 0
+        assert len(relay.uploads()) == 1, relay.requested
+    ref = f"{name}:cache"
+    manifest = _manifest(registry.host, ref)
+    cache_config = manifest["config"]["digest"]
+    assert len(manifest["layers"]) == 5
+
+    with CountingRelay(registry.host) as relay:
+        relay_ref = ref.replace(registry.host, relay.host)
+        root_b = empty_root(tmp_path / "b")
+        base_blobs = stored_blobs(root_b)
+        partial = build(root_b, context, "--target", "base", "--cache-from", f"type=registry,ref={relay_ref}")
+        assert counter.taken() == []
+        assert partial["run"] == 0
+        wanted = image_layers(root_b, partial["image"]) - base_blobs
+        assert len(wanted) == 3
+        assert relay.blob_gets() == wanted | {cache_config}, "only the target's layers were pulled"
+
+        full = build(root_b, context, "--cache-from", f"type=registry,ref={relay_ref}")
+        assert counter.taken() == []
+        assert full["image"] == built["image"]
+        assert relay.blob_gets() - {cache_config} == image_layers(root_b, full["image"]) - base_blobs
+
+    # One source file changed, in another empty root: only the steps after its COPY run.
+    (context / "a.txt").write_text("a changed\n")
+    root_c = empty_root(tmp_path / "c")
+    changed = build(root_c, context, "--cache-from", f"type=registry,ref={ref}")
+    assert counter.taken() == ["three", "two"]
+    assert (changed["cached"], changed["run"]) == (1, 4)
+
+
+def _manifest(host: str, ref: str) -> dict:
+    repository, tag = ref.removeprefix(host + "/").rsplit(":", 1)
+    answer = requests.get(
+        f"http://{host}/v2/{repository}/manifests/{tag}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        timeout=30,
+    )
+    answer.raise_for_status()
+    return answer.json()
