@@ -120,7 +120,9 @@ def cache_document(store: Store, keys: list[str]) -> tuple[dict, list[Descriptor
             layers[blob.digest] = blob
         inputs = store.db.cache_inputs(key)
         if inputs is not None:
-            entry["inputs"] = inputs
+            # Where the Dockerfile lay on this machine means nothing to another
+            # one, and is not the exporter's to publish.
+            entry["inputs"] = {name: value for name, value in inputs.items() if name != "dockerfile_path"}
         entries.append(entry)
     return {"format": CACHE_FORMAT, "entries": entries}, list(layers.values())
 

@@ -218,6 +218,8 @@ def test_mode_min_exports_only_the_final_stage(tmp_path, root, counter):
     entries = cache_entries(cache)
     assert [entry["created_by"] for entry in entries] == ["COPY /three /three # imgbuild"]
     assert entries[0]["inputs"]["document"], "the key document travels with the entry"
+    exported = [blob.read_bytes() for blob in (cache / "blobs" / "sha256").iterdir()]
+    assert not any(str(context).encode() in data for data in exported), "the exporting machine's paths stay on it"
 
     # A target FROM another stage: the layers of both are the image's.
     cache_full = tmp_path / "cache-full"
