@@ -37,6 +37,7 @@ class LayerWork:
 def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWork, created: str) -> None:
     """Reuse the cached layer for the step's key, or do the work and commit it."""
     lookup_key, key = step_keys(state.key, work.document, independent=work.independent)
+    record = None  # what the key was made of: built at most once, and only when needed
     cache_disabled = builder.cache_disabled(stage)
     entry = None if cache_disabled else builder.cache.lookup(lookup_key)
     if entry is not None:
@@ -44,7 +45,8 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
         builder.count(cached=True)
         layer = entry.layer
     else:
-        builder.progress.started(step, _why_missed(builder, stage, state, work, lookup_key, key, cache_disabled))
+        record = _inputs_of(builder, stage, state, work, lookup_key, key)
+        builder.progress.started(step, _why_missed(builder, stage, state, work, record, lookup_key, cache_disabled))
         builder.missed_keys.add(key)  # the steps on top of it miss with it
         options = builder.options
         if not work.independent:
@@ -70,15 +72,12 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
         layer = recompress(builder.store, layer, options.compression, options.compression_level)
         state.layers.append(layer)
     ic.add_history(state.config, work.created_by, empty_layer=layer is None, created=created)
-    _keep_inputs(builder, stage, state, work, lookup_key, key)
+    # On a hit too: entries from before schema 3 get their record then.
+    if builder.cache.needs_inputs(lookup_key):
+        record = record or _inputs_of(builder, stage, state, work, lookup_key, key)
+        builder.cache.keep_inputs(lookup_key, *record)
     state.key = key
     state.entry_key = lookup_key
-
-
-def _keep_inputs(builder, stage, state: StageState, work: LayerWork, lookup_key: str, key: str) -> None:
-    """Record what the key was made of (on a hit too: entries from before schema 3 get it then)."""
-    place, inputs, listings = _inputs_of(builder, stage, state, work, lookup_key, key)
-    builder.cache.keep_inputs(lookup_key, place, inputs, listings)
 
 
 def _inputs_of(builder, stage, state: StageState, work: LayerWork, lookup_key: str, key: str):
@@ -95,11 +94,11 @@ def _inputs_of(builder, stage, state: StageState, work: LayerWork, lookup_key: s
     return place, inputs, listings
 
 
-def _why_missed(builder, stage, state: StageState, work: LayerWork, lookup_key: str, key: str, disabled: bool):
+def _why_missed(builder, stage, state: StageState, work: LayerWork, record, lookup_key: str, disabled: bool):
     """Why the step missed (``cache/explain.py``), when the progress shows it; else None."""
     if not builder.progress.wants_misses:
         return None
-    place, inputs, listings = _inputs_of(builder, stage, state, work, lookup_key, key)
+    place, inputs, listings = record
     missed = MissedStep(
         key=lookup_key,
         parent_key="" if work.independent else state.key,

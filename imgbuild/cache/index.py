@@ -108,12 +108,14 @@ class BuildCache:
         return layer if existing is None else _layer_of(existing)
 
 
+    def needs_inputs(self, key: str) -> bool:
+        """True if ``key`` has an entry that does not keep its inputs yet: an
+        entry keeps the first record (``keep_inputs``)."""
+        return self.store.db.cache_entry(key) is not None and not self.store.db.cache_has_inputs(key)
+
     def keep_inputs(self, key: str, place, inputs: dict, listings: dict) -> None:
-        """Keep what ``key`` was made of (``inputs.py``), once: an entry that
-        already has its inputs keeps the first record. ``listings`` maps the
-        source digests in the document to the files they covered."""
-        if self.store.db.cache_entry(key) is None or self.store.db.cache_has_inputs(key):
-            return
+        """Keep what ``key`` was made of (``inputs.py``); ask ``needs_inputs`` first.
+        ``listings`` maps the source digests in the document to the files they covered."""
         self.store.db.record_cache_inputs(key, place.as_columns(), inputs, listings)
 
 
