@@ -8,10 +8,13 @@ their base image from Debian's static busybox: a root filesystem with
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+
+import pytest
 
 from imgbuild.image import Image, Platform, new_config
 from imgbuild.layer.write import write_layer
@@ -99,3 +102,30 @@ def recorded_diff_id(store: Store, digest: str) -> str | None:
     """The diff_id the store's index records for blob ``digest`` (None: not recorded)."""
     rows = store.db.query("SELECT diff_id FROM layers WHERE digest=?", (digest,))
     return rows[0]["diff_id"] if rows else None
+
+
+def require_root_and_runc(needs: str = "overlay mounts, runc") -> None:
+    """Skip the calling test unless it runs as root with runc installed."""
+    if os.geteuid() != 0:
+        pytest.skip(f"needs root ({needs})")
+    if shutil.which("runc") is None:
+        pytest.skip("runc is not installed (scripts/install-deps.sh installs it)")
+
+
+def read_terminal(leader: int, timeout: float = 120) -> bytes:
+    """Everything a child writes to the pseudo-terminal ``leader`` until it closes
+    it (or writes nothing for ``timeout`` seconds); closes ``leader``."""
+    chunks = []
+    while True:
+        ready, _, _ = select.select([leader], [], [], timeout)
+        if not ready:
+            break
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return b"".join(chunks)

@@ -12,7 +12,6 @@ import gzip
 import io
 import json
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from imagetools import make_busybox_image
+from imagetools import make_busybox_image, require_root_and_runc
 
 from imgbuild.builder.builder import build
 from imgbuild.builder.finalimage import BuildResult
@@ -38,10 +37,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(autouse=True)
 def _needs_root_and_runc():
-    if os.geteuid() != 0:
-        pytest.skip("needs root (overlay mounts, runc)")
-    if shutil.which("runc") is None:
-        pytest.skip("runc is not installed (scripts/install-deps.sh installs it)")
+    require_root_and_runc()
 
 
 # --- the file tree of an image ------------------------------------------------------

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import pty
-import select
 import subprocess
 import sys
 
 import pytest
-from imagetools import make_busybox_image
+from imagetools import make_busybox_image, read_terminal
 
 from imgbuild.store import Store
 
@@ -196,20 +195,8 @@ def _run_on_a_terminal(args: list[str], env: dict) -> tuple[int, str]:
         args, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, env=env
     )
     os.close(follower)
-    chunks = []
-    while True:
-        ready, _, _ = select.select([leader], [], [], 120)
-        if not ready:
-            break
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # the terminal closed: the process is gone
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(leader)
-    return process.wait(timeout=60), b"".join(chunks).decode("utf-8", "replace")
+    output = read_terminal(leader)
+    return process.wait(timeout=60), output.decode("utf-8", "replace")
 
 
 def test_ci_variable_makes_auto_progress_plain_on_a_terminal(store, context, cli_env):

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from dockertools import running_dockerd
-from imagetools import make_busybox_image
+from imagetools import make_busybox_image, require_root_and_runc
 
 from imgbuild.store import Store
 
@@ -25,10 +24,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(autouse=True)
 def _needs_root_and_runc():
-    if os.geteuid() != 0:
-        pytest.skip("needs root (overlay mounts, runc, dockerd)")
-    if shutil.which("runc") is None:
-        pytest.skip("runc is not installed (scripts/install-deps.sh installs it)")
+    require_root_and_runc("overlay mounts, runc, dockerd")
 
 
 @pytest.fixture(scope="session")

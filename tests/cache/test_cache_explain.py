@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from imagetools import read_terminal
 
 pytestmark = pytest.mark.root
 
@@ -279,16 +280,7 @@ def test_explain_on_a_terminal(project):
         stdout=subprocess.DEVNULL, stderr=follower, env=env,
     )
     os.close(follower)
-    output = b""
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        output += chunk
-    os.close(leader)
+    output = read_terminal(leader)
     assert process.wait(timeout=120) == 0
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode())  # colours, cursor moves
     lines = [line.strip() for line in text.replace("\r", "\n").splitlines()]

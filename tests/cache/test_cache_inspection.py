@@ -6,6 +6,7 @@ import hashlib
 import json
 
 import pytest
+from imagetools import read_terminal
 
 pytestmark = pytest.mark.root
 
@@ -279,16 +280,7 @@ def test_on_a_terminal_the_tables_are_rich(built, ls):
             stdout=follower, stderr=subprocess.PIPE, env=env,
         )
         os.close(follower)
-        output = b""
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            output += chunk
-        os.close(leader)
+        output = read_terminal(leader)
         assert process.wait(timeout=60) == 0, process.stderr.read()
         text = output.decode()
         assert entries[0]["short_key"] in text or entries[0]["key"] in text

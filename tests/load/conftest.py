@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
+from imagetools import require_root_and_runc
 from load.loadtools import LOAD, LoadStats
 
 
 @pytest.fixture(autouse=True)
 def _needs_root_and_runc():
-    if os.geteuid() != 0:
-        pytest.skip("needs root (overlay mounts, runc)")
-    if shutil.which("runc") is None:
-        pytest.skip("runc is not installed (scripts/install-deps.sh installs it)")
+    require_root_and_runc()
 
 
 @pytest.fixture(scope="session")
