@@ -194,7 +194,9 @@ def _file_in_layers(store: Store, image, name: str) -> bytes | None:
 
 def _pem_body(path: Path) -> bytes:
     """A line of the certificate's base64, to look for in layers, configs and blobs."""
-    return path.read_bytes().splitlines()[3]
+    lines = path.read_bytes().splitlines()
+    start = lines.index(b"-----BEGIN CERTIFICATE-----")
+    return lines[start + 3]
 
 
 # --- the tests -------------------------------------------------------------------------------
@@ -378,3 +380,28 @@ def test_good_ca_cert_with_text_around_it_builds(pki, store_root, tmp_path, caps
     mixed.write_bytes(b"# our proxy\n" + pki.proxy_ca.read_bytes() + b"subject=...\n" + pki.own_ca.read_bytes())
     code, err = _cli_build(capsys, store_root, tmp_path / "ctx", "--ca-cert", str(mixed))
     assert code == 0, err
+
+
+# --- the real use: PyPI through this machine's TLS-intercepting proxy ----------------------------
+
+
+def test_pypi_through_the_hosts_intercepting_proxy_needs_its_ca(curl_rootfs, store_root, tmp_path):
+    """docs/MACHINE-NOTES: HTTPS to PyPI passes a TLS-intercepting proxy whose CA the host
+    trusts through /usr/local/share/ca-certificates/*.crt. An image that trusts nothing
+    reaches PyPI only with those given as --ca-cert. (A Debian base with pip is the
+    examples' business; curl shows the same trust path without one.)"""
+    proxy_cas = sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
+    assert proxy_cas, "this machine trusts no extra CA in /usr/local/share/ca-certificates (see MACHINE-NOTES)"
+    store = Store(store_root)
+    _image_with(store, curl_rootfs, tmp_path, {}, {})
+    dockerfile = (
+        "FROM curlbox\n"
+        "RUN curl -sS --max-time 60 https://pypi.org/simple/six/ > /six.html && grep -c 'six-' /six.html\n"
+    )
+    with pytest.raises(RunError) as refused:
+        _build(store, tmp_path / "without", dockerfile)
+    assert refused.value.exit_status in (60, 77)  # cannot verify the peer / no CA file
+    result = _build(store, tmp_path / "with", dockerfile, ca_certs=proxy_cas)
+    assert b"six-1." in _file_in_layers(store, result.image, "six.html")
+    needles = [_pem_body(path) for path in proxy_cas]
+    assert not any(needle in data for needle in needles for data in _layer_bytes(store, result.image))
