@@ -56,7 +56,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     path = Path(args.file)
     text = _read_dockerfile(path)
-    bases = find_bases(text)
+    bases = find_bases(text, str(path))
     if args.check:
         return _check(path, bases)
     new_images: dict[int, str] = {}

@@ -28,6 +28,9 @@ from dataclasses import dataclass
 
 from dockerfile_parse import DockerfileParser
 
+from imgbuild.dockerfile.lines import parse_lines
+from imgbuild.errors import DockerfileError
+
 PIN = "pin"  # name or name:tag: to be pinned
 PINNED = "pinned"  # name@digest or name:tag@digest
 SCRATCH = "scratch"
@@ -63,8 +66,33 @@ def _parser(text: str) -> DockerfileParser:
     return DockerfileParser(fileobj=io.BytesIO(text.encode("utf-8")))
 
 
-def find_bases(text: str) -> list[Base]:
-    """Every FROM instruction's base, in order."""
+def find_bases(text: str, filename: str = "Dockerfile") -> list[Base]:
+    """Every FROM instruction's base, in order.
+
+    dockerfile-parse groups lines into instructions a little differently from
+    BuildKit (a blank line inside a continuation ends its instruction): where
+    that changes a FROM, the build would read another base than the one pinned,
+    so that is an error asking for the FROM on one line.
+    """
+    bases = _bases_by_dockerfile_parse(text)
+    _check_against_buildkit_rules(bases, text, filename)
+    return bases
+
+
+def _check_against_buildkit_rules(bases: list[Base], text: str, filename: str) -> None:
+    ours = [
+        (line.line, line.args[0]) for line in parse_lines(text, filename).lines
+        if line.command == "from" and line.args
+    ]  # fmt: skip
+    theirs = [(base.line, base.image) for base in bases]
+    for seen in sorted(set(ours) ^ set(theirs)):
+        raise DockerfileError(
+            f"{filename}:{seen[0]}: this FROM cannot be pinned safely: its line continuation holds "
+            "a blank line or comment, where Dockerfile parsers disagree; write the FROM on one line"
+        )
+
+
+def _bases_by_dockerfile_parse(text: str) -> list[Base]:
     bases: list[Base] = []
     stages: set[str] = set()
     for instruction in _parser(text).structure:
@@ -108,7 +136,7 @@ def rewrite(text: str, new_images: dict[int, str]) -> str:
     ``new_images[N]``; nothing else changes."""
     parser = _parser(text)
     lines = parser.lines
-    for base in find_bases(text):
+    for base in _bases_by_dockerfile_parse(text):
         new = new_images.get(base.line)
         if new is None or new == base.image:
             continue

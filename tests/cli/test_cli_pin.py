@@ -6,7 +6,9 @@ expected digest is the sha256 of the manifest bytes ``skopeo inspect --raw`` get
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import shutil
 import subprocess
 import uuid
@@ -171,3 +173,40 @@ def test_missing_or_special_dockerfile_is_a_usage_error(cli, tmp_path):
     result = cli("pin", "-f", str(tmp_path / "nope"))
     assert result.exit_code == 2 and "cannot open" in result.stderr
     assert cli("pin", "-f", str(tmp_path)).exit_code == 2
+
+
+def test_a_from_the_parsers_read_differently_is_refused(cli, tmp_path):
+    """A blank line inside FROM's continuation: BuildKit reads `busybox:1` as the base,
+    dockerfile-parse an empty FROM. Pinning would miss the base the build uses."""
+    dockerfile = tmp_path / "Dockerfile"
+    text = "FROM \\\n\n    127.0.0.1:1/busybox:1\nRUN true\n"
+    dockerfile.write_text(text)
+    for args in (("--check",), ()):
+        result = cli("pin", "-f", str(dockerfile), *args)
+        assert result.exit_code == 2, result.stdout
+        assert f"{dockerfile}:1: this FROM cannot be pinned safely" in result.stderr
+    assert dockerfile.read_text() == text
+
+
+def test_pin_uses_the_docker_config_credentials(cli, auth_registry, source_layout, tmp_path):
+    repo = _repo("private")
+    target = f"{auth_registry.host}/{repo}:1"
+    _skopeo(
+        "copy", "--dest-tls-verify=false", "--dest-creds", f"{auth_registry.username}:{auth_registry.password}",
+        f"oci:{source_layout}:busybox:latest", f"docker://{target}",
+    )  # fmt: skip
+    raw = _skopeo(
+        "inspect", "--raw", "--tls-verify=false", "--creds", f"{auth_registry.username}:{auth_registry.password}",
+        f"docker://{target}",
+    ).encode()  # fmt: skip
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(f"FROM {target}\n")
+    refused = cli("pin", "-f", str(dockerfile))
+    assert refused.exit_code == 1 and "cannot resolve it" in refused.stderr
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    auth = base64.b64encode(f"{auth_registry.username}:{auth_registry.password}".encode()).decode()
+    (config / "config.json").write_text(json.dumps({"auths": {auth_registry.host: {"auth": auth}}}))
+    pinned = cli("pin", "-f", str(dockerfile))
+    assert pinned.exit_code == 0, pinned.stderr
+    assert dockerfile.read_text() == f"FROM {target}@sha256:{hashlib.sha256(raw).hexdigest()}\n"
