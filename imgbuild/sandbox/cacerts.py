@@ -105,7 +105,8 @@ def _checked_pem(path: Path, number: int, body: bytes) -> bytes:
     """One certificate block, checked by OpenSSL, written back in a normal form."""
     try:
         der = base64.b64decode(b"".join(body.split()), validate=True)
-        ssl.create_default_context(cadata=der)  # OpenSSL parses it as an X.509 certificate
+        # OpenSSL parses it as an X.509 certificate (no default store loaded: only this one)
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=der)
     except (binascii.Error, ValueError, ssl.SSLError) as error:
         raise UsageError(
             f"--ca-cert {path}: certificate {number} in it is not a valid X.509 certificate ({error})"
