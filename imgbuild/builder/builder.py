@@ -106,6 +106,7 @@ class Builder:
                 tags = tag_image(self.store, self.options, image)
                 write_outputs(self.store, self.options, image, target.layers, target.base_layers, self.progress)
                 self._export_cache(plan.target)
+                self.cache.settle()  # imported entries whose blobs came meanwhile
         except KeyboardInterrupt:
             raise Interrupted("build interrupted; everything it mounted was unmounted") from None
         finally:
@@ -155,7 +156,7 @@ class Builder:
             stages = sorted(self.cache.used) if spec.mode == "max" else chain
             keys = [key for index in stages for key in self.cache.used.get(index, [])]
             descriptor = export_cache(
-                self.store, spec, keys, self.cache.fetch_layers, self.options.insecure_registries, self.options.compression
+                self.store, spec, keys, self.cache, self.options.insecure_registries, self.options.compression
             )
             self.progress.info(f"exported {len(keys)} cache entries to {spec.path or spec.ref} ({descriptor.digest})")
 

@@ -299,12 +299,14 @@ def open_source(spec: CacheSpec, store: Store, insecure=()) -> CacheSource:
 
 
 def export_cache(
-    store: Store, spec: CacheSpec, keys: list[str], fetch_layers, insecure=(), compression: str = "gzip"
+    store: Store, spec: CacheSpec, keys: list[str], cache, insecure=(), compression: str = "gzip"
 ) -> Descriptor:
     """Write the cache of ``keys`` where ``spec`` says; returns the manifest's descriptor.
-    ``fetch_layers`` brings in the blobs of entries an imported cache stood for."""
+    ``cache`` (the build's ``BuildCache``) brings in the blobs of entries an
+    imported cache stood for, and so records them."""
+    cache.fetch_layers(cache.pending_layers(keys))
     config, layers = cache_document(store, keys)
-    fetch_layers([LayerRef("", layer) for layer in layers])
+    cache.fetch_layers([LayerRef("", layer) for layer in layers])
     if spec.cache_mounts:
         from imgbuild.cache.sharemounts import cache_mount_layers
 

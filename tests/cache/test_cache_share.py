@@ -364,3 +364,34 @@ def _manifest(host: str, ref: str) -> dict:
     )
     answer.raise_for_status()
     return answer.json()
+
+
+def test_a_failed_build_leaves_no_imported_entry_without_its_layer(tmp_path, root, counter):
+    """Imported entries are recorded only once their layer is in the store: a
+    build that hits the imported cache and then fails before it needed those
+    layers leaves nothing fsck objects to, and the next build still hits."""
+    context = make_context(tmp_path, counter.host)
+    cache = tmp_path / "cache"
+    build(root, context, "--cache-to", f"type=local,dest={cache},mode=max")
+    counter.taken()
+
+    root_b = empty_root(tmp_path / "b")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (broken / name).write_text((context / name).read_text())
+    # Every step hits the imported cache; the last one fails while it is keyed
+    # (its source is missing), before anything reads the layers below it.
+    (broken / "Dockerfile").write_text((context / "Dockerfile").read_text() + "COPY nothere.txt /x\n")
+    failed = run_cli(root_b, "build", "--cache-from", f"type=local,src={cache}", str(broken), check=False)
+    assert failed.returncode != 0 and "nothere.txt" in failed.stderr, failed.stderr
+    assert counter.taken() == []
+
+    fsck = run_cli(root_b, "fsck", check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert "cache-missing-layer" not in fsck.stdout + fsck.stderr
+
+    again = build(root_b, context, "--cache-from", f"type=local,src={cache}")
+    assert counter.taken() == []
+    assert again["run"] == 0
+    assert run_cli(root_b, "fsck", check=False).returncode == 0
