@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgbuild.errors import ImgbuildError, UsageError
@@ -95,20 +95,44 @@ def parse_cache_spec(text: str, flag: str) -> CacheSpec:
 # --- the document ---------------------------------------------------------------
 
 
+# Where a step stood (``inputs.StepPlace``), as exported: what lets an importing
+# build find "the same step" to explain a miss (cache/explain.py).
+PLACE_FIELDS = {
+    "dockerfile": str,
+    "stage_index": int,
+    "stage_name": str,
+    "line": int,
+    "instruction": str,
+    "parent_entry": str,
+    "base_digest": str,
+}
+
+
 @dataclass
 class CachedStep:
-    """One imported entry: what a key stands for."""
+    """One imported entry: what a key stands for, and what it was made of."""
 
     key: str
     parent_key: str
     layer: LayerRef | None
     created_by: str
+    inputs: dict | None = None  # the key's record (inputs.key_inputs), as exported
+    place: dict | None = None  # PLACE_FIELDS
+
+
+def exported_dockerfile(name: str) -> str:
+    """The Dockerfile's name as a cache carries it: as given with ``-f`` when
+    relative, its file name when absolute (the exporter's directories stay home)."""
+    return os.path.basename(name) if os.path.isabs(name) else name
 
 
 def cache_document(store: Store, keys: list[str]) -> tuple[dict, list[Descriptor]]:
     """The config of the cache artifact for ``keys`` and the layer blobs it names."""
+    from imgbuild.cache.inputs import digests_in
+
     entries = []
     layers: dict[str, Descriptor] = {}
+    file_lists: dict[str, dict] = {}
     for key in dict.fromkeys(keys):
         row = store.db.cache_entry(key)
         if row is None:
@@ -123,8 +147,25 @@ def cache_document(store: Store, keys: list[str]) -> tuple[dict, list[Descriptor
             # Where the Dockerfile lay on this machine means nothing to another
             # one, and is not the exporter's to publish.
             entry["inputs"] = {name: value for name, value in inputs.items() if name != "dockerfile_path"}
+            entry["place"] = _place_of(row)
+            for digest in digests_in(inputs.get("document")):
+                listing = file_lists.get(digest) or store.db.file_list(digest)
+                if listing is not None:
+                    file_lists[digest] = listing
         entries.append(entry)
-    return {"format": CACHE_FORMAT, "entries": entries}, list(layers.values())
+    document = {"format": CACHE_FORMAT, "entries": entries}
+    if file_lists:
+        # The files behind the source digests: an importing build names the
+        # files that changed (``--explain``), as it would against a local entry.
+        document["fileLists"] = file_lists
+    return document, list(layers.values())
+
+
+def _place_of(row) -> dict:
+    place = {name: row[name] for name in PLACE_FIELDS if row[name] is not None}
+    if "dockerfile" in place:
+        place["dockerfile"] = exported_dockerfile(place["dockerfile"])
+    return place
 
 
 def cache_manifest(config: Descriptor, layers: list[Descriptor]) -> dict:
@@ -141,6 +182,7 @@ def cache_manifest(config: Descriptor, layers: list[Descriptor]) -> dict:
 class CacheIndex:
     steps: dict[str, CachedStep]
     mounts: list[tuple[str, Descriptor]]  # cache mount directory name -> its tar
+    file_lists: dict[str, dict] = field(default_factory=dict)  # source digest -> its files
 
 
 def parse_cache_config(data: bytes, where: str) -> CacheIndex:
@@ -161,7 +203,21 @@ def parse_cache_config(data: bytes, where: str) -> CacheIndex:
             mounts.append((str(item["name"]), _layer_descriptor(item["layer"])))
         except (KeyError, TypeError, ValueError, ImgbuildError) as error:
             raise CacheShareError(f"{where}: malformed cache mount {str(item)[:200]!r}: {error}") from None
-    return CacheIndex(steps, mounts)
+    return CacheIndex(steps, mounts, _file_lists(document.get("fileLists"), where))
+
+
+def _file_lists(value, where: str) -> dict[str, dict]:
+    """The file lists of a cache document. Their rows are read by ``--explain``
+    only, which takes a row of another shape for "cannot be told"."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CacheShareError(f"{where}: malformed fileLists (not an object)")
+    lists = {}
+    for digest, listing in value.items():
+        if isinstance(listing, dict) and isinstance(listing.get("files"), list):
+            lists[check_digest(digest)] = listing
+    return lists
 
 
 def _layer_descriptor(document: dict) -> Descriptor:
@@ -179,7 +235,26 @@ def _cached_step(item: dict) -> CachedStep:
     parent = item.get("parent") or ""
     if parent:
         check_digest(parent)
-    return CachedStep(check_digest(item["key"]), parent, layer, str(item.get("created_by") or ""))
+    inputs = item.get("inputs")
+    return CachedStep(
+        check_digest(item["key"]),
+        parent,
+        layer,
+        str(item.get("created_by") or ""),
+        inputs if isinstance(inputs, dict) else None,
+        _place(item.get("place")),
+    )
+
+
+def _place(value) -> dict | None:
+    """A step's place as exported; a field of the wrong type is left out."""
+    if not isinstance(value, dict):
+        return None
+    return {
+        name: value[name]
+        for name, kind in PLACE_FIELDS.items()
+        if isinstance(value.get(name), kind) and not isinstance(value.get(name), bool)
+    }
 
 
 # --- sources ----------------------------------------------------------------------
@@ -211,6 +286,26 @@ class CacheSource:
 
     def cache_mounts(self) -> list[tuple[str, Descriptor]]:
         return self.index().mounts
+
+    def steps_at(self, dockerfile: str, stage_index: int, *, parent_entry: str | None = None, line: int | None = None):
+        """The entries of this cache recorded for a step of ``dockerfile``'s stage
+        ``stage_index`` on top of ``parent_entry`` (or, without it, at ``line``),
+        that kept their inputs (``cache/explain.py``)."""
+        name = exported_dockerfile(dockerfile)
+        found = []
+        for step in self.index().steps.values():
+            place = step.place or {}
+            if step.inputs is None or place.get("dockerfile") != name or place.get("stage_index") != stage_index:
+                continue
+            if parent_entry is not None and place.get("parent_entry", "") != parent_entry:
+                continue
+            if parent_entry is None and place.get("line") != line:
+                continue
+            found.append(step)
+        return found
+
+    def file_list(self, digest: str) -> dict | None:
+        return self.index().file_lists.get(digest)
 
     def _load(self) -> CacheIndex:
         raise NotImplementedError

@@ -350,9 +350,11 @@ def test_registry_cache_fetches_only_the_needed_blobs(tmp_path, root, counter, r
     # One source file changed, in another empty root: only the steps after its COPY run.
     (context / "a.txt").write_text("a changed\n")
     root_c = empty_root(tmp_path / "c")
-    changed = build(root_c, context, "--cache-from", f"type=registry,ref={ref}")
+    changed = step_misses(root_c, context, "--cache-from", f"type=registry,ref={ref}")
     assert counter.taken() == ["three", "two"]
-    assert (changed["cached"], changed["run"]) == (1, 4)
+    assert sorted(changed.values()).count("CACHED") == 1 and len(changed) == 5
+    # explained against the imported entry of the same step
+    assert changed["COPY a.txt /a.txt"] == "1 file changed (a.txt content)"
 
 
 def _manifest(host: str, ref: str) -> dict:
@@ -395,3 +397,42 @@ def test_a_failed_build_leaves_no_imported_entry_without_its_layer(tmp_path, roo
     assert counter.taken() == []
     assert again["run"] == 0
     assert run_cli(root_b, "fsck", check=False).returncode == 0
+
+
+def step_misses(root: Path, context: Path, *args: str) -> dict[str, str]:
+    """Each step's instruction -> why it missed (the JSON progress), or "CACHED"."""
+    completed = run_cli(root, "build", "--progress", "json", *args, str(context))
+    result = {}
+    for line in completed.stderr.splitlines() + completed.stdout.splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            if event["event"] == "step_started":
+                result[event["instruction"]] = event.get("miss")
+            elif event["event"] == "step_cached":
+                result[event["instruction"]] = "CACHED"
+    return result
+
+
+def test_a_miss_is_explained_against_the_imported_cache(tmp_path, root, counter):
+    """In an empty store, a step that misses the imported cache is compared
+    with the imported entry of the same step: the changed file is named."""
+    context = make_context(tmp_path, counter.host)
+    cache = tmp_path / "cache"
+    build(root, context, "--cache-to", f"type=local,dest={cache},mode=max")
+    counter.taken()
+    (context / "a.txt").write_text("a changed\n")
+
+    root_b = empty_root(tmp_path / "b")
+    misses = step_misses(root_b, context, "--cache-from", f"type=local,src={cache}")
+    assert misses["COPY a.txt /a.txt"] == "1 file changed (a.txt content)"
+    assert misses[f"RUN wget -q -O /two http://{counter.host}/ran/two && cat /a.txt >> /two"] == "parent step missed"
+    assert misses[f"RUN wget -q -O /one http://{counter.host}/ran/one"] == "CACHED"
+    assert counter.taken() == ["three", "two"]
+
+    # The same in the plain progress, and with --explain, in another empty store.
+    root_c = empty_root(tmp_path / "c")
+    plain = run_cli(root_c, "build", "--progress", "plain", "--explain", "--cache-from", f"type=local,src={cache}", str(context))
+    output = plain.stdout + plain.stderr
+    assert "miss: 1 file changed (a.txt content)" in output, output
+    assert "no earlier build of this step" not in output, output
+    counter.taken()
