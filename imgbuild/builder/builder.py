@@ -32,7 +32,7 @@ from imgbuild.builder.finalimage import (
 from imgbuild.builder.layerstep import run_layer_step
 from imgbuild.builder.metadata import apply_metadata
 from imgbuild.builder.options import BuildOptions
-from imgbuild.builder.outputs import write_outputs
+from imgbuild.builder.outputs import only_pushed, write_outputs
 from imgbuild.builder.progress import Progress, Step, Summary, make_progress
 from imgbuild.builder.rootfs import image_layers
 from imgbuild.builder.runstep import plan_run
@@ -101,10 +101,18 @@ class Builder:
                 self._seed_cache_mounts()
                 self._build_stages(plan)
                 target = self.results[plan.target]
-                self.cache.fetch_layers(target.layers)
-                image = write_final_image(self.store, self.options, self.platform, target)
-                tags = tag_image(self.store, self.options, image)
-                write_outputs(self.store, self.options, image, target.layers, target.base_layers, self.progress)
+                elsewhere = self._layers_left_in_registry(target)
+                image = write_final_image(self.store, self.options, self.platform, target, elsewhere)
+                tags = [] if elsewhere else tag_image(self.store, self.options, image)
+                write_outputs(
+                    self.store, self.options, image, target.layers, target.base_layers, self.progress,
+                    self.cache.fetch_layers,
+                )
+                if elsewhere:
+                    self.progress.info(
+                        f"{len(elsewhere)} layer(s) of the image were not downloaded (only pushed): the image is not "
+                        "kept in the local store; add --output type=image to keep it"
+                    )
                 self._export_cache(plan.target)
                 self.cache.settle()  # imported entries whose blobs came meanwhile
         except KeyboardInterrupt:
@@ -132,6 +140,20 @@ class Builder:
             )
         for reason in swept.left:
             self.progress.warning(f"could not clean up after a killed imgbuild: {reason}")
+
+    def _layers_left_in_registry(self, target) -> frozenset:
+        """The final image's layers an imported cache stands for, when the image
+        is only pushed: they are mounted from the cache's repository, never
+        downloaded ("a fully cached build ... downloads none when it is only
+        pushed"). Otherwise every layer is fetched now, and the set is empty."""
+        if only_pushed(self.options):
+            missing = frozenset(
+                layer.blob.digest for layer in target.layers if not self.store.has_blob(layer.blob.digest)
+            )
+            if missing:
+                return missing
+        self.cache.fetch_layers(target.layers)
+        return frozenset()
 
     def _seed_cache_mounts(self) -> None:
         """RUN --mount=type=cache directories an imported cache carries and this store lacks."""

@@ -113,6 +113,21 @@ class BuildCache:
             entries = [self.pending[key].columns for key in keys if key in self.pending]
         return [_layer_of(columns) for columns in entries]
 
+    def pending_records(self, keys: list[str]) -> dict:
+        """key -> ``share.EntryRecord`` of the pending entries among ``keys`` (for --cache-to)."""
+        from imgbuild.cache.share import EntryRecord
+
+        with self.lock:
+            pending = {key: self.pending[key] for key in keys if key in self.pending}
+        records = {}
+        for key, entry in pending.items():
+            row, inputs, listings = dict(entry.columns), None, {}
+            if entry.inputs is not None:
+                place, inputs, listings = entry.inputs
+                row.update(place.as_columns())
+            records[key] = EntryRecord(row, inputs, listings.get)
+        return records
+
     def pending_entry(self, key: str) -> PendingEntry | None:
         with self.lock:
             return self.pending.get(key)

@@ -126,30 +126,41 @@ def exported_dockerfile(name: str) -> str:
     return os.path.basename(name) if os.path.isabs(name) else name
 
 
-def cache_document(store: Store, keys: list[str]) -> tuple[dict, list[Descriptor]]:
-    """The config of the cache artifact for ``keys`` and the layer blobs it names."""
+@dataclass
+class EntryRecord:
+    """What an export says of one entry: its ``cache`` columns, and its
+    inputs with the place and file lists, if kept."""
+
+    row: dict
+    inputs: dict | None
+    file_list: object  # digest -> listing or None
+
+
+def cache_document(store: Store, keys: list[str], pending: dict | None = None) -> tuple[dict, list[Descriptor]]:
+    """The config of the cache artifact for ``keys`` and the layer blobs it names.
+    ``pending``: key -> EntryRecord of the imported entries not recorded yet."""
     from imgbuild.cache.inputs import digests_in
 
     entries = []
     layers: dict[str, Descriptor] = {}
     file_lists: dict[str, dict] = {}
     for key in dict.fromkeys(keys):
-        row = store.db.cache_entry(key)
-        if row is None:
+        record = (pending or {}).get(key) or _stored_record(store, key)
+        if record is None:
             continue
+        row, inputs = record.row, record.inputs
         entry = {"key": key, "parent": row["parent_key"] or "", "created_by": row["created_by"] or ""}
         if row["diff_id"]:
             blob = Descriptor(row["layer_media_type"], row["layer_digest"], row["layer_size"])
             entry["layer"] = {**blob.to_json(), "diffID": row["diff_id"]}
             layers[blob.digest] = blob
-        inputs = store.db.cache_inputs(key)
         if inputs is not None:
             # Where the Dockerfile lay on this machine means nothing to another
             # one, and is not the exporter's to publish.
             entry["inputs"] = {name: value for name, value in inputs.items() if name != "dockerfile_path"}
             entry["place"] = _place_of(row)
             for digest in digests_in(inputs.get("document")):
-                listing = file_lists.get(digest) or store.db.file_list(digest)
+                listing = file_lists.get(digest) or record.file_list(digest)
                 if listing is not None:
                     file_lists[digest] = listing
         entries.append(entry)
@@ -161,8 +172,15 @@ def cache_document(store: Store, keys: list[str]) -> tuple[dict, list[Descriptor
     return document, list(layers.values())
 
 
-def _place_of(row) -> dict:
-    place = {name: row[name] for name in PLACE_FIELDS if row[name] is not None}
+def _stored_record(store: Store, key: str) -> EntryRecord | None:
+    row = store.db.cache_entry(key)
+    if row is None:
+        return None
+    return EntryRecord(dict(row), store.db.cache_inputs(key), store.db.file_list)
+
+
+def _place_of(row: dict) -> dict:
+    place = {name: row.get(name) for name in PLACE_FIELDS if row.get(name) is not None}
     if "dockerfile" in place:
         place["dockerfile"] = exported_dockerfile(place["dockerfile"])
     return place
@@ -399,9 +417,11 @@ def export_cache(
     """Write the cache of ``keys`` where ``spec`` says; returns the manifest's descriptor.
     ``cache`` (the build's ``BuildCache``) brings in the blobs of entries an
     imported cache stood for, and so records them."""
-    cache.fetch_layers(cache.pending_layers(keys))
-    config, layers = cache_document(store, keys)
-    cache.fetch_layers([LayerRef("", layer) for layer in layers])
+    if spec.type == "local":
+        cache.fetch_layers(cache.pending_layers(keys))  # the directory gets every blob
+    config, layers = cache_document(store, keys, cache.pending_records(keys))
+    if spec.type == "local":
+        cache.fetch_layers([LayerRef("", layer) for layer in layers])
     if spec.cache_mounts:
         from imgbuild.cache.sharemounts import cache_mount_layers
 
@@ -414,7 +434,10 @@ def export_cache(
         return write_layout(store, Path(spec.path), config_data, manifest_data, layers)
     from imgbuild.cache.sharereg import push_cache
 
-    return push_cache(store, spec.ref, config_data, manifest_data, layers, insecure)
+    # A registry gets the layers of imported entries by a mount from where they
+    # came from when it can; only else are they fetched (and so recorded).
+    fetch = lambda blob: cache.fetch_layers([LayerRef("", blob)])  # noqa: E731
+    return push_cache(store, spec.ref, config_data, manifest_data, layers, insecure, fetch)
 
 
 def write_layout(store: Store, directory: Path, config: bytes, manifest: bytes, layers: list[Descriptor]) -> Descriptor:

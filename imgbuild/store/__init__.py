@@ -289,10 +289,13 @@ class Store:
         manifest_descriptor = Descriptor(media_type, descriptor.digest, descriptor.size, platform=descriptor.platform)
         return Image(manifest_descriptor, document, config)
 
-    def write_image(self, config: dict, layers: list[Descriptor], annotations: dict | None = None) -> Image:
-        """Store a config and its manifest; the layer blobs must already be in the store."""
+    def write_image(
+        self, config: dict, layers: list[Descriptor], annotations: dict | None = None, elsewhere: frozenset = frozenset()
+    ) -> Image:
+        """Store a config and its manifest; the layer blobs must already be in the
+        store, but those in ``elsewhere`` (a registry has them: the image is only pushed)."""
         for layer in layers:
-            if not self.has_blob(layer.digest):
+            if not self.has_blob(layer.digest) and layer.digest not in elsewhere:
                 raise StoreError(f"cannot write image: layer blob {layer.digest} is not in the store")
         config_descriptor = self.put_json(config, OCI_CONFIG)
         manifest = make_manifest(config_descriptor, layers, annotations)

@@ -14,6 +14,7 @@ import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -78,12 +79,16 @@ class CountingRelay:
     uploads started through the relay go on through it too.
     """
 
-    def __init__(self, upstream: str):
+    def __init__(self, upstream: str, refuse_mounts: bool = False):
         requested: list[str] = []
 
         class Handler(BaseHTTPRequestHandler):
             def _relay(self):
                 requested.append(f"{self.command} {self.path}")
+                if refuse_mounts and self.command == "POST" and "mount=" in self.path:
+                    # What a registry that will not mount does: it opens an
+                    # ordinary upload instead (202), which the real one answers.
+                    self.path = self.path.split("?", 1)[0]
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "transfer-encoding")}
@@ -125,6 +130,17 @@ class CountingRelay:
 
     def uploads(self) -> list[str]:
         return [line for line in self.requested if line.startswith("POST ") and "/blobs/uploads/" in line]
+
+    def mounts(self) -> set[str]:
+        """Digests the client asked the registry to mount from another repository."""
+        found = set()
+        for line in self.uploads():
+            query = parse_qs(urlsplit(line.split(" ", 1)[1]).query)
+            found.update(query.get("mount", []))
+        return found
+
+    def blob_puts(self) -> int:
+        return sum(1 for line in self.requested if line.startswith("PUT ") and "/blobs/uploads/" in line)
 
 
 @pytest.fixture(autouse=True)
@@ -436,3 +452,55 @@ def test_a_miss_is_explained_against_the_imported_cache(tmp_path, root, counter)
     assert "miss: 1 file changed (a.txt content)" in output, output
     assert "no earlier build of this step" not in output, output
     counter.taken()
+
+
+def test_a_cached_build_that_is_only_pushed_downloads_no_layer(tmp_path, root, counter, registry):
+    """--push of a fully cached build: the registry mounts the layers from the
+    cache's repository (cross-repository blob mount); none is downloaded. When
+    the registry will not mount, each layer is downloaded and uploaded."""
+    context = make_context(tmp_path, counter.host)
+    unique = f"{os.getpid()}{tmp_path.name.replace('_', '').lower()}"
+    built = build(root, context, "--cache-to", f"type=registry,ref={registry.host}/onlypushed/cache{unique}:c,mode=max")
+    counter.taken()
+    cache_manifest = _manifest(registry.host, f"{registry.host}/onlypushed/cache{unique}:c")
+    cache_config, cache_layers = cache_manifest["config"]["digest"], {layer["digest"] for layer in cache_manifest["layers"]}
+
+    with CountingRelay(registry.host) as relay:
+        root_b = empty_root(tmp_path / "b")
+        base_blobs = stored_blobs(root_b)
+        pushed = build(
+            root_b, context, "-t", f"{relay.host}/onlypushed/app{unique}:1", "--push",
+            "--cache-from", f"type=registry,ref={relay.host}/onlypushed/cache{unique}:c",
+        )
+        assert counter.taken() == [] and pushed["run"] == 0
+        assert pushed["image"] == built["image"]
+        own_layers = image_layers(root, built["image"]) - base_blobs
+        assert len(own_layers) == 5 and own_layers <= cache_layers
+        assert relay.blob_gets() == {cache_config}, "no layer blob was downloaded"
+        assert relay.mounts() == own_layers, "every layer of the build was mounted from the cache's repository"
+        assert relay.blob_puts() == 2, relay.requested  # the base layer and the config, which B has
+    assert not own_layers & stored_blobs(root_b)
+    assert run_cli(root_b, "fsck", check=False).returncode == 0
+    pushed_manifest = _manifest(registry.host, f"{registry.host}/onlypushed/app{unique}:1")
+    assert {layer["digest"] for layer in pushed_manifest["layers"]} >= own_layers
+
+    # The pushed image is whole: a fresh store pulls it, verified, and runs it.
+    root_c = tmp_path / "c"
+    root_c.mkdir()
+    run_cli(root_c, "pull", f"{registry.host}/onlypushed/app{unique}:1")
+    assert run_cli(root_c, "fsck", check=False).returncode == 0
+    ran = run_cli(root_c, "run", f"{registry.host}/onlypushed/app{unique}:1", "cat", "/three")
+    assert ran.stdout == "fixed answer\nb\n"
+
+    # A registry that refuses the mounts: the layers are downloaded, then uploaded.
+    with CountingRelay(registry.host, refuse_mounts=True) as relay:
+        root_d = empty_root(tmp_path / "d")
+        build(
+            root_d, context, "-t", f"{relay.host}/onlypushed/other{unique}:1", "--push",
+            "--cache-from", f"type=registry,ref={relay.host}/onlypushed/cache{unique}:c",
+        )
+        assert counter.taken() == []
+        assert relay.blob_gets() == own_layers | {cache_config}
+        assert relay.blob_puts() == 7  # the five layers, the base layer and the config
+    assert own_layers <= stored_blobs(root_d)
+    assert run_cli(root_d, "fsck", check=False).returncode == 0
