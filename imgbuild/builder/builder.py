@@ -78,6 +78,7 @@ class Builder:
         self.dockerfile_name = "Dockerfile"
         self.context: BuildContext | None = None
         self.secrets = {secret.id: secret for secret in options.secrets}
+        self.lease = None  # the store's build lease while the build runs
 
     # --- the whole build ---------------------------------------------------------
 
@@ -97,7 +98,9 @@ class Builder:
         try:
             # SIGTERM must clean up like Ctrl-C for the whole build, outputs
             # included: a type=local output copies from a mounted overlay.
-            with signals_raise_interrupt(), self.store.writer_lease():
+            # A registered build, not the writer lease: a prune meanwhile keeps what
+            # this build looked up, wrote or resolved (imgbuild.store.lock).
+            with signals_raise_interrupt(), self.store.build_lease() as self.lease:
                 self._seed_cache_mounts()
                 self._build_stages(plan)
                 target = self.results[plan.target]

@@ -50,7 +50,14 @@ class BuildCache:
 
     def lookup(self, key: str) -> CacheEntry | None:
         """The entry for ``key`` if its layer blob is still in the store, or
-        one an imported cache has (its blob comes later, see ``fetch_layers``)."""
+        one an imported cache has (its blob comes later, see ``fetch_layers``).
+
+        Under the writer lease: a hit is touched (``last_used``) before a
+        collection can judge the entry, which then keeps it for this build."""
+        with self.store.writer_lease():
+            return self._lookup(key)
+
+    def _lookup(self, key: str) -> CacheEntry | None:
         row = self.store.db.cache_entry(key)
         layer = _layer_of(row) if row is not None else None
         if row is None or (layer is not None and not self.store.has_blob(layer.blob.digest)):
