@@ -115,9 +115,10 @@ class Store:
     def writer_lease(self) -> Iterator[None]:
         """Keep garbage collection (``imgbuild rmi``) away while this block runs.
 
-        Writers hold it from the first blob they write until the tag that
-        references them is in index.json; otherwise a concurrent ``rmi`` may
-        prune blobs nothing references yet. Readers that copy an image out
+        Writers (a pull, a load) hold it from the first blob they write until
+        the tag that references them is in index.json; otherwise a concurrent
+        ``rmi`` may prune blobs nothing references yet. Builds hold it only
+        around each blob write and cache lookup (``build_lease``). Readers that copy an image out
         (push, save, run) hold it from resolving the name to their last read:
         an ``rmi`` meanwhile untags, and its blobs go at a later collection.
         A shared flock: holders never wait for each other, only for a running
