@@ -471,6 +471,7 @@ def test_a_cached_build_that_is_only_pushed_downloads_no_layer(tmp_path, root, c
         pushed = build(
             root_b, context, "-t", f"{relay.host}/onlypushed/app{unique}:1", "--push",
             "--cache-from", f"type=registry,ref={relay.host}/onlypushed/cache{unique}:c",
+            "--cache-to", f"type=registry,ref={relay.host}/onlypushed/again{unique}:c,mode=max",
         )
         assert counter.taken() == [] and pushed["run"] == 0
         assert pushed["image"] == built["image"]
@@ -478,7 +479,16 @@ def test_a_cached_build_that_is_only_pushed_downloads_no_layer(tmp_path, root, c
         assert len(own_layers) == 5 and own_layers <= cache_layers
         assert relay.blob_gets() == {cache_config}, "no layer blob was downloaded"
         assert relay.mounts() == own_layers, "every layer of the build was mounted from the cache's repository"
-        assert relay.blob_puts() == 2, relay.requested  # the base layer and the config, which B has
+        # PUT: the base layer and the image config, which B has, and the new cache's index
+        assert relay.blob_puts() == 3, relay.requested
+    again = _manifest(registry.host, f"{registry.host}/onlypushed/again{unique}:c")
+    assert {layer["digest"] for layer in again["layers"]} == own_layers
+    exported = requests.get(
+        f"http://{registry.host}/v2/onlypushed/again{unique}/blobs/{again['config']['digest']}", timeout=30
+    ).json()
+    assert len(exported["entries"]) == 5, "the entries whose layers never came are exported too"
+    assert all(entry["inputs"] and entry["place"] for entry in exported["entries"])
+    assert exported["fileLists"]
     assert not own_layers & stored_blobs(root_b)
     assert run_cli(root_b, "fsck", check=False).returncode == 0
     pushed_manifest = _manifest(registry.host, f"{registry.host}/onlypushed/app{unique}:1")
