@@ -153,7 +153,7 @@ class Builder:
             missing = frozenset(
                 layer.blob.digest for layer in target.layers if not self.store.has_blob(layer.blob.digest)
             )
-            if missing:
+            if missing and all(self.cache.in_registry(digest) for digest in missing):
                 return missing
         self.cache.fetch_layers(target.layers)
         return frozenset()

@@ -114,6 +114,12 @@ class BuildCache:
             if entry.inputs is not None and not self.store.db.cache_has_inputs(key):
                 self.store.db.record_cache_inputs(key, entry.inputs[0].as_columns(), *entry.inputs[1:])
 
+    def in_registry(self, digest: str) -> bool:
+        """Whether the blob ``digest`` comes from an imported cache in a registry."""
+        with self.lock:
+            source = self.imported.get(digest)
+        return bool(getattr(source, "remote", False))
+
     def pending_layers(self, keys: list[str]) -> list[LayerRef]:
         """The layers of the pending entries among ``keys``."""
         with self.lock:

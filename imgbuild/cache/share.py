@@ -281,6 +281,9 @@ def _place(value) -> dict | None:
 class CacheSource:
     """An imported cache, read on first use. Subclasses fetch blobs."""
 
+    # A registry can mount its blobs into another repository: a push needs none here.
+    remote = False
+
     def __init__(self, where: str):
         self.where = where
         self._index: CacheIndex | None = None

@@ -59,6 +59,8 @@ def push_cache(
 class RegistrySource(CacheSource):
     """``type=registry,ref=...``: the manifest and config on first lookup, layers on demand."""
 
+    remote = True
+
     def __init__(self, ref_text: str, store: Store, insecure=()):
         super().__init__(ref_text)
         self.store = store
