@@ -23,7 +23,9 @@ class BuildResult:
     tags: list[str] = field(default_factory=list)
 
 
-def write_final_image(store: Store, options: BuildOptions, platform: Platform, target: StageResult) -> Image:
+def write_final_image(
+    store: Store, options: BuildOptions, platform: Platform, target: StageResult, elsewhere: frozenset = frozenset()
+) -> Image:
     config = json.loads(json.dumps(target.config))
     if options.labels:
         ic.add_labels(config, options.labels)
@@ -35,7 +37,7 @@ def write_final_image(store: Store, options: BuildOptions, platform: Platform, t
         config["variant"] = platform.variant
     else:
         config.pop("variant", None)
-    return store.write_image(config, [layer.blob for layer in target.layers])
+    return store.write_image(config, [layer.blob for layer in target.layers], elsewhere=elsewhere)
 
 
 def tag_image(store: Store, options: BuildOptions, image: Image) -> list[str]:
