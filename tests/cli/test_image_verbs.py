@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from imagetools import make_busybox_image
+from imagetools import BUSYBOX, GROUP, PASSWD, make_busybox_image
 from store.storetools import add_layer, blob_files, image_from_layers, make_small_image
 
 from imgbuild.cli.images import created_since, human_duration, human_size
@@ -46,7 +46,8 @@ def test_images_lists_tags_with_docker_columns(cli, store, busybox):
     lines = result.stdout.splitlines()
     assert re.split(r"\s{2,}", lines[0]) == ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]
     rows = [re.split(r"\s{2,}", line) for line in lines[1:]]
-    busybox_size = busybox.config_descriptor.size + busybox.layers[0].size
+    # SIZE is unpacked, as Docker shows it: the regular files (busybox, passwd, group).
+    busybox_size = BUSYBOX.stat().st_size + len(PASSWD) + len(GROUP)
     # Newest first; IMAGE ID is the config digest, as in Docker.
     assert [row[:3] for row in rows] == [
         ["team/app", "1", image_id(newer)],
@@ -68,7 +69,7 @@ def test_images_quiet_json_and_filter(cli, store, busybox):
     rows = [json.loads(line) for line in cli("images", "--format", "json").stdout.splitlines()]
     by_tag = {(row["Repository"], row["Tag"]): row for row in rows}
     assert set(by_tag) == {("busybox", "latest"), ("busybox", "1.36"), ("<none>", "<none>")}
-    assert by_tag["busybox", "latest"]["ID"] == busybox.config_descriptor.digest
+    assert by_tag["busybox", "latest"]["ID"] == image_id(busybox)  # short, as in Docker
     assert by_tag["busybox", "latest"]["Digest"] == busybox.digest
 
     filtered = cli("images", "busybox:1.36").stdout.splitlines()
@@ -178,7 +179,8 @@ def test_inspect_prints_descriptor_manifest_and_config(cli, busybox):
     assert document["RepoTags"] == ["busybox:latest"]
     assert document["Descriptor"]["digest"] == busybox.digest
     assert document["Manifest"] == busybox.manifest
-    assert document["Config"] == busybox.config
+    assert document["ImageConfig"] == busybox.config
+    assert document["Config"]["Env"] == busybox.config["config"]["Env"]  # Docker's Config
 
 
 def test_inspect_reports_unknown_names_and_fails(cli, busybox):
