@@ -27,7 +27,9 @@ def _tool(*argv: str) -> bytes:
     return subprocess.run(argv, check=True, capture_output=True).stdout
 
 
-def umoci_image(work: Path, name: str, *, env=(), cmd=(), entrypoint=(), labels=None, files=None) -> ForeignImage:
+def umoci_image(
+    work: Path, name: str, *, env=(), cmd=(), entrypoint=(), labels=None, files=None, executables=()
+) -> ForeignImage:
     """``umoci new/config/insert`` into a layout, then ``skopeo copy`` to an OCI archive named ``name``."""
     layout, tree = work / "layout", work / "tree"
     files = files if files is not None else {"etc/motd": b"made by umoci\n"}
@@ -35,6 +37,7 @@ def umoci_image(work: Path, name: str, *, env=(), cmd=(), entrypoint=(), labels=
         path = tree / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+        path.chmod(0o755 if relative in executables else 0o644)
     (tree / "link").symlink_to("etc/motd")  # symlinks have no size in Docker's count
     _tool("umoci", "init", "--layout", str(layout))
     _tool("umoci", "new", "--image", f"{layout}:1")
