@@ -50,7 +50,7 @@ from imgbuild.dockerfile import Add, Arg, Cmd, Copy, Env, Run, Workdir
 from imgbuild.errors import DockerfileError, ImgbuildError, Interrupted, SourceLocation
 from imgbuild.image import LayerRef, Platform
 from imgbuild.store import Store, remove_tree
-from imgbuild.units import human_size
+from imgbuild.units import human_size, plural
 
 # The steps BuildKit numbers "[2/5]" in its progress: those that make layers.
 LAYER_KINDS = (Run, Copy, Add, Workdir)
@@ -168,7 +168,7 @@ class Builder:
             self.progress.info(f"cache limits not checked ({result.skipped_reason}); the next build checks them")
             return
         self.progress.info(
-            f"cache over its limits: pruned {len(result.entries)} entries, freed {human_size(result.freed_bytes)}"
+            f"cache over its limits: pruned {plural(len(result.entries), 'entry')}, freed {human_size(result.freed_bytes)}"
         )
 
     def _read_dockerfile(self) -> str:

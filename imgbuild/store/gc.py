@@ -35,6 +35,7 @@ from imgbuild.image import INDEX_TYPES, MANIFEST_TYPES, Descriptor, media_type_o
 from imgbuild.store import Store
 from imgbuild.store.atomic import fsync_dir
 from imgbuild.store.mounts import mounts_under, remove_tree
+from imgbuild.units import plural
 
 HEX = frozenset("0123456789abcdef")
 
@@ -225,7 +226,7 @@ def sweep_snapshots(store: Store, snapshot_ids: Iterable[int], sizes: dict[int, 
         return result
     mounted = mounts_under(store.root)
     if mounted:
-        result.kept_reason = f"{len(ids)} snapshots kept: {mounted[0]} is mounted in the store"
+        result.kept_reason = f"{plural(len(ids), 'snapshot')} kept: {mounted[0]} is mounted in the store"
         return result
     for snapshot_id in ids:
         holder = store.make_temp_dir("pruned-snapshot-")
