@@ -2,24 +2,27 @@
 
 runc gives a container a pseudo-terminal only in two ways: in the
 foreground it copies between the pty and its *own* terminal (and fails
-without one), and with ``--detach --console-socket PATH`` it connects to a
-unix socket at PATH and sends the pty's master end over it (SCM_RIGHTS), then
-exits once the process runs. We take the second way:
+without one); detached (``create`` or ``run --detach``) with
+``--console-socket PATH`` it connects to a unix socket at PATH and sends the
+pty's master end over it (SCM_RIGHTS). We take the second way, as
+containerd's shim does:
 
 1. listen on a socket in a fresh 0700 directory under /tmp (a socket path
    has at most 107 bytes; the store may be deeper than that);
 2. become a child subreaper, so the container's process, whose parent runc
    exits, is re-parented to us and we can wait for its exit status;
-3. start ``runc run --detach --console-socket SOCK --pid-file F`` (through
-   the private-bundle launcher), receive the master, and wait for runc;
+3. ``runc create --console-socket SOCK --pid-file F`` (through the
+   private-bundle launcher): receive the master, wait for runc, give the
+   terminal our window size, and only then ``runc start`` the process (so
+   its first ``stty size`` already sees it);
 4. copy our stdin (with ``-i``; the terminal put in raw mode, so Ctrl-C
    reaches the container as in ``docker run -it``) to the master, and the
    master to our stdout, until the container closes the terminal; then reap
    the process: its exit status, 128+N for a signal, is the result.
 
-The window size of our terminal is given to the container's once, at start.
-Anything that interrupts the wait kills the container (``runc kill ID
-KILL``) and reaps it; the caller deletes it.
+The window size is passed on again on every SIGWINCH (a resized window), as
+``docker run -t`` does. Anything that interrupts the wait kills the
+container (``runc kill ID KILL``) and reaps it; the caller deletes it.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ import fcntl
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import termios
+import threading
 import time
 import tty
 from collections.abc import Iterator
@@ -69,7 +74,7 @@ def run_with_console(
         socket_path = os.path.join(socket_dir, "console")
         listener.bind(socket_path)
         listener.listen(1)
-        command = [*runtime_prefix, "run", "--bundle", str(run_dir / "bundle"), "--detach"]
+        command = [*runtime_prefix, "create", "--bundle", str(run_dir / "bundle")]
         command += ["--console-socket", socket_path, "--pid-file", str(run_dir / "pid"), container_id]
         with _child_subreaper():
             process = subprocess.Popen(
@@ -89,6 +94,11 @@ def run_with_console(
                     os.close(master)
                     return returncode
                 pid = _read_pid(run_dir / "pid")
+                _copy_window_size(master)
+                started = subprocess.run([*runtime_prefix, "start", container_id], capture_output=True)
+                if started.returncode != 0:
+                    os.close(master)
+                    return started.returncode
                 _relay(master, stdin_fd)
                 status = _reap(pid)
                 pid = None
@@ -135,9 +145,8 @@ def _read_pid(path: Path) -> int:
 
 def _relay(master: int, stdin_fd: int | None) -> None:
     """Copy stdin to the terminal and the terminal to stdout until the container closes it."""
-    _copy_window_size(master)
     reading = [master] + ([stdin_fd] if stdin_fd is not None else [])
-    with _raw(stdin_fd):
+    with _raw(stdin_fd), _forward_resizes(master):
         try:
             while True:
                 ready, _, _ = select.select(reading, [], [])
@@ -168,9 +177,23 @@ def _write_all(fd: int, data: bytes) -> None:
 def _copy_window_size(master: int) -> None:
     for fd in (sys.stdout.fileno(), sys.stdin.fileno()):
         if os.isatty(fd):
-            size = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
-            fcntl.ioctl(master, termios.TIOCSWINSZ, size)
+            with contextlib.suppress(OSError):  # our terminal or theirs went away meanwhile
+                size = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
+                fcntl.ioctl(master, termios.TIOCSWINSZ, size)
             return
+
+
+@contextlib.contextmanager
+def _forward_resizes(master: int) -> Iterator[None]:
+    """Give the container's terminal our new size whenever ours changes (SIGWINCH)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+    previous = signal.signal(signal.SIGWINCH, lambda *_: _copy_window_size(master))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGWINCH, previous)
 
 
 @contextlib.contextmanager

@@ -143,3 +143,24 @@ def _read_until(leader: int, marker: bytes, timeout: float = 60) -> bytes:
             raise AssertionError(f"no {marker!r} on the terminal within {timeout}s; got {data!r}")
         data += os.read(leader, 4096)
     return data
+
+
+def test_t_passes_a_resized_window_on(root):
+    """Resizing our terminal (SIGWINCH to imgbuild, whose controlling terminal it is) resizes the container's."""
+    leader, follower = _terminal(24, 80)
+
+    def own_terminal():
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    process = imgbuild(
+        root, "run", "-t", "busybox", "sh", "-c",
+        'trap "stty size; exit 0" WINCH; echo ready; while :; do sleep 0.1; done',
+        stdin=follower, stdout=follower, stderr=follower, preexec_fn=own_terminal,
+    )
+    os.close(follower)
+    seen = _read_until(leader, b"ready")
+    fcntl.ioctl(leader, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 132, 0, 0))
+    seen += read_terminal(leader, timeout=60)
+    assert process.wait(timeout=60) == 0, seen
+    assert b"40 132" in seen
