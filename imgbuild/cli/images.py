@@ -284,6 +284,8 @@ def print_formatted(rows: list[Struct], format_text: str, headers: dict[str, str
     """``--format`` as Docker takes it: ``json`` (one object per line, keys sorted),
     ``table TEMPLATE`` (columns split at tabs, with a header row), or a bare
     template (one line per row)."""
+    # As the docker CLI does: a typed "\t" or "\n" is a tab or a newline.
+    format_text = format_text.replace("\\t", "\t").replace("\\n", "\n")
     if format_text == "json":
         for row in rows:
             print(to_json(dict(row)))

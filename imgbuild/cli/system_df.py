@@ -13,8 +13,9 @@ RECLAIMABLE what ``imgbuild cache prune`` would (``cache du``'s
 RECLAIMABLE). Images TOTAL counts image IDs, ACTIVE those with a tag; Build
 Cache TOTAL counts entries, ACTIVE those whose layer an image uses.
 
-``-v`` lists the images (SIZE on disk, SHARED SIZE with other images,
-UNIQUE SIZE) and the cache entries, as ``cache du -v`` does.
+``-v`` lists the images (SIZE on disk: blobs and the snapshots of their
+layers; SHARED SIZE: what other images use too; UNIQUE SIZE: the rest) and
+the cache entries, as ``cache du -v`` does.
 """
 
 from __future__ import annotations
@@ -70,24 +71,25 @@ def image_report(store: Store, usage: StoreUsage, shared_bytes: int) -> dict:
     ``cache du``'s SHARED, what images use of the store."""
     from imgbuild.archive.names import split_tag
 
-    reached = {}  # index.json entry -> the blobs it reaches
     listing = []
     for name, descriptor in store.refs():
-        blobs = reachable(store, [descriptor]) & set(usage.blobs)
-        reached[(name, descriptor.digest)] = blobs
         repository, tag = split_tag(name) if name else ("<none>", "<none>")
+        diff_ids: set[str] = set()
         try:
             image = store.load_image(descriptor)
             image_id, created = image.config_descriptor.digest, str(image.config.get("created") or "")
+            diff_ids = set(image.diff_ids)
         except ImgbuildError:
             image_id, created = descriptor.digest, ""
-        listing.append({"repository": repository, "tag": tag, "id": image_id, "created": created,
-                        "digest": descriptor.digest, "blobs": blobs})
+        # What the image takes: its blobs, and the snapshots of its layers.
+        parts = {("blob", d) for d in reachable(store, [descriptor]) if d in usage.blobs}
+        parts |= {("snapshot", sid) for sid, (diff_id, _) in usage.snapshots.items() if diff_id in diff_ids}
+        listing.append({"repository": repository, "tag": tag, "id": image_id, "created": created, "parts": parts})
     rows = []
     for entry in listing:
-        others = set().union(*(b for key, b in reached.items() if key[1] != entry["digest"]))
-        size = sum(usage.blobs[d] for d in entry["blobs"])
-        shared = sum(usage.blobs[d] for d in entry["blobs"] & others)
+        others = set().union(*(other["parts"] for other in listing if other["id"] != entry["id"]))
+        size = _size(usage, entry["parts"])
+        shared = _size(usage, entry["parts"] & others)
         rows.append({"repository": entry["repository"], "tag": entry["tag"], "id": entry["id"],
                      "created": entry["created"], "size_bytes": size, "shared_bytes": shared,
                      "unique_bytes": size - shared})
@@ -98,6 +100,10 @@ def image_report(store: Store, usage: StoreUsage, shared_bytes: int) -> dict:
         "reclaimable_bytes": _prune_would_free(store, usage),
         "image_list": rows,
     }
+
+
+def _size(usage: StoreUsage, parts: set[tuple[str, object]]) -> int:
+    return sum(usage.blobs[key] if kind == "blob" else usage.snapshots[key][1] for kind, key in parts)
 
 
 def _prune_would_free(store: Store, usage: StoreUsage) -> int:

@@ -91,7 +91,8 @@ def test_format_templates_and_json(cli, stocked):
     busybox_row = next(row for row in rows if row["Repository"] == "busybox")
     assert busybox_row["CreatedAt"] == "1970-01-01 00:00:00 +0000 UTC"
 
-    table = cli("images", "--format", "table {{.Repository}}\t{{.Size}}", "--filter", "dangling=false")
+    # "\t" as typed in a shell (two characters), which the docker CLI turns into a tab
+    table = cli("images", "--format", r"table {{.Repository}}\t{{.Size}}", "--filter", "dangling=false")
     lines = table.stdout.splitlines()
     assert _rows(table.stdout)[0] == ["REPOSITORY", "SIZE"]
     assert lines[1].index(lines[1].split()[1]) == lines[0].index("SIZE")  # aligned columns

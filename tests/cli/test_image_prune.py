@@ -28,7 +28,7 @@ def stocked(cli, store_root, tmp_path):
     (its tag moved away); an image built without -t (dangling, with a cache entry)."""
     store = Store(store_root)
     make_busybox_image(store, "busybox:latest")
-    kept = umoci_image(tmp_path / "kept", "team/kept:1", files={"k": b"k" * 20000})
+    kept = umoci_image(tmp_path / "kept", "team/kept:1", files={"k": os.urandom(20000)})
     old = umoci_image(tmp_path / "old", "team/old:1", files={"o": os.urandom(30000)})
     for image in (kept, old):
         assert cli("load", "-i", str(image.archive)).exit_code == 0
@@ -118,6 +118,12 @@ def test_system_df_adds_up_to_cache_du(cli, stocked):
     assert cache_row == ["Build Cache", str(du["entries"]), str(sum(e["shared"] for e in du["entry_list"])),
                          human_size(du["total_bytes"] - du["shared_bytes"]), human_size(du["reclaimable_bytes"])]
 
+    by_name = {row["repository"]: row for row in df["images"]["image_list"]}
+    kept = by_name["team/kept"]
+    assert kept["size_bytes"] == kept["unique_bytes"] > 20000 and kept["shared_bytes"] == 0
+    busybox = by_name["busybox"]  # its layer (blob and snapshot) is the built image's too
+    assert 0 < busybox["shared_bytes"] < busybox["size_bytes"]
+    assert sum(row["unique_bytes"] for row in by_name.values()) <= df["images"]["size_bytes"]
     verbose = cli("system", "df", "-v").stdout
     assert "Images space usage:" in verbose and "Build cache usage:" in verbose
     assert "team/kept" in verbose and "UNIQUE SIZE" in verbose and "HITS" in verbose
