@@ -13,8 +13,12 @@ does, instead of the runtime's own error.
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,6 +167,7 @@ def _run_in_workspace(
     container = ic.container_config(config)
     with (
         signals_raise_interrupt(),
+        _hangup_stops_the_run(),
         workspace(store, layers, prefix="run-") as space,
         space.mounted() as merged,
     ):
@@ -181,6 +186,24 @@ def _run_in_workspace(
         sys.stdout.flush()
         stdin_fd = sys.stdin.fileno() if options.interactive else None
         return run_container(merged, spec, runtime=options.runtime, workdir=space.scratch, stdin_fd=stdin_fd)
+
+
+@contextmanager
+def _hangup_stops_the_run() -> Iterator[None]:
+    """A closed terminal (SIGHUP) stops the container and cleans up, as Ctrl-C does;
+    Python's default would end imgbuild at once and leave both behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGHUP, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def _with_env(options: RunOptions, env: list[str]) -> RunOptions:

@@ -248,7 +248,7 @@ class LayerSizes:
 
         present = {digest: size for digest, size in self.known.items() if self.store.has_blob(digest)}
         try:
-            write_file_atomic(self.path, json.dumps(present, sort_keys=True).encode(), self.store.tmp_dir, 0o600)
+            write_file_atomic(self.path, json.dumps(present, sort_keys=True).encode(), self.store.work_dir(), 0o600)
         except OSError:
             pass  # only a memo: the next listing measures again
 

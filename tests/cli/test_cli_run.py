@@ -4,6 +4,7 @@ and exit codes 127/126 with one message when the command cannot run. Real runc, 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import select
@@ -23,16 +24,28 @@ from imgbuild.store import Store
 PROJECT = Path(__file__).resolve().parents[2]
 
 
+STARTED: list[subprocess.Popen] = []
+
+
 @pytest.fixture
 def root(store_root):
     require_root_and_runc()
     make_busybox_image(Store(store_root), "busybox:latest")
-    return store_root
+    yield store_root
+    # Whatever a failed test left: its imgbuild processes, containers and mounts.
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    _remove_leftovers(store_root)
 
 
 def imgbuild(root: Path, *argv: str, **kwargs) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(PROJECT))
-    return subprocess.Popen([sys.executable, "-m", "imgbuild", "--root", str(root), *argv], env=env, **kwargs)
+    process = subprocess.Popen([sys.executable, "-m", "imgbuild", "--root", str(root), *argv], env=env, **kwargs)
+    STARTED.append(process)
+    return process
 
 
 def run(root: Path, *argv: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
@@ -164,3 +177,41 @@ def test_t_passes_a_resized_window_on(root):
     seen += read_terminal(leader, timeout=60)
     assert process.wait(timeout=60) == 0, seen
     assert b"40 132" in seen
+
+
+def test_a_closed_terminal_stops_the_container_and_cleans_up(root):
+    """SIGHUP (the terminal went away) kills the container and removes its mounts, as Ctrl-C does."""
+    leader, follower = _terminal(24, 80)
+
+    def own_terminal():
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    process = imgbuild(root, "run", "-t", "busybox", "sh", "-c", "echo ready; sleep 600",
+                       stdin=follower, stdout=follower, stderr=follower, preexec_fn=own_terminal)
+    os.close(follower)
+    try:
+        _read_until(leader, b"ready")
+        os.close(leader)  # the session leader (imgbuild) gets SIGHUP
+        code = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    leftovers, mounted = _remove_leftovers(root)
+    assert code != 0  # stopped, not finished (what it says goes to a terminal that is gone)
+    assert not leftovers, f"containers of this store are still there: {leftovers}"
+    assert not mounted, f"still mounted: {mounted}"
+
+
+def _remove_leftovers(root: Path) -> tuple[list[str], list[str]]:
+    """Delete the containers whose bundle is under ``root`` and unmount what is mounted there;
+    return what there was."""
+    listed = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True).stdout
+    containers = [e["id"] for e in json.loads(listed or "null") or [] if str(root) in e.get("bundle", "")]
+    for container in containers:
+        subprocess.run(["runc", "delete", "--force", container], capture_output=True)
+    with open("/proc/mounts") as mounts:
+        mounted = [line.split()[1] for line in mounts if line.split()[1].startswith(str(root))]
+    for point in reversed(mounted):
+        subprocess.run(["umount", point], capture_output=True)
+    return containers, mounted
