@@ -3,7 +3,7 @@
 Run as a program, not imported (``sandbox.py`` starts it; standard library only,
 so it runs under ``python -I -S``)::
 
-    python3 -I -S privatebundle.py MOUNT_POINT SIZE ERROR_FILE [STDIN_FD] -- RUNTIME ARG...
+    python3 -I -S privatebundle.py MOUNT_POINT SIZE ERROR_FILE [--stdin FD] -- RUNTIME ARG...
 
 It reads the bundle's files as JSON on stdin (``{"files": [{"path", "data"
 (base64), "mode", "uid", "gid"}]}``), then:
@@ -15,7 +15,7 @@ It reads the bundle's files as JSON on stdin (``{"files": [{"path", "data"
 3. sets the umask to 022, so that the mount points the runtime creates in the
    root filesystem (``/proc`` in a ``FROM scratch`` image) do not depend on the
    umask of whoever runs imgbuild, and replaces itself with the runtime, whose
-   stdin is /dev/null, or the inherited descriptor STDIN_FD when given
+   stdin is /dev/null, or the inherited descriptor FD with ``--stdin FD``
    (``imgbuild run -i``).
 
 The bundle holds ``config.json`` (with the values of ``--secret env=``) and the
@@ -51,12 +51,14 @@ class LaunchError(Exception):
 
 
 def main(argv: list[str]) -> int:
-    separator = argv.index("--") if "--" in argv[:6] else -1
-    if separator not in (4, 5) or len(argv) <= separator + 1:
-        print("usage: privatebundle.py MOUNT_POINT SIZE ERROR_FILE [STDIN_FD] -- RUNTIME ARG...", file=sys.stderr)
+    stdin_fd = None
+    if len(argv) > 6 and argv[4] == "--stdin":
+        stdin_fd = int(argv[5])
+        argv = argv[:4] + argv[6:]
+    if len(argv) < 6 or argv[4] != "--":
+        print("usage: privatebundle.py MOUNT_POINT SIZE ERROR_FILE [--stdin FD] -- RUNTIME ARG...", file=sys.stderr)
         return 2
-    mount_point, size, error_file, command = argv[1], int(argv[2]), argv[3], argv[separator + 1 :]
-    stdin_fd = int(argv[4]) if separator == 5 else None
+    mount_point, size, error_file, command = argv[1], int(argv[2]), argv[3], argv[5:]
     try:
         files = _read_payload(sys.stdin.buffer)
         libc = ctypes.CDLL(None, use_errno=True)

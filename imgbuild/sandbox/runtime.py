@@ -271,7 +271,7 @@ def _launcher(run_dir: Path, files: BundleFiles, stdin_fd: int | None) -> list[s
     launcher = [sys.executable, "-I", "-S", str(_LAUNCHER), str(run_dir / "bundle"), str(files.size())]
     launcher.append(str(run_dir / "launch-error"))
     if stdin_fd is not None:
-        launcher.append(str(stdin_fd))
+        launcher += ["--stdin", str(stdin_fd)]
     return [*launcher, "--"]
 
 
