@@ -49,6 +49,7 @@ from imgbuild.context.statcache import StatCache
 from imgbuild.dockerfile import Add, Arg, Cmd, Copy, Env, Run, Workdir
 from imgbuild.errors import DockerfileError, ImgbuildError, Interrupted, SourceLocation
 from imgbuild.image import LayerRef, Platform
+from imgbuild.sandbox.cacerts import read_ca_certs
 from imgbuild.store import Store, remove_tree
 from imgbuild.units import human_size, plural
 
@@ -78,6 +79,7 @@ class Builder:
         self.dockerfile_name = "Dockerfile"
         self.context: BuildContext | None = None
         self.secrets = {secret.id: secret for secret in options.secrets}
+        self.ca_certs = read_ca_certs(options.ca_certs)  # PEM; a bad file is a usage error now
 
     # --- the whole build ---------------------------------------------------------
 

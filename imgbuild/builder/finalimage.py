@@ -47,6 +47,12 @@ def tag_image(store: Store, options: BuildOptions, image: Image) -> list[str]:
     return tags
 
 
+def image_size(image: Image) -> int:
+    """Bytes of the manifest, config and (compressed) layer blobs."""
+    blobs = [image.manifest_descriptor, image.config_descriptor, *image.layers]
+    return sum(blob.size for blob in blobs)
+
+
 def write_result_files(options: BuildOptions, result: BuildResult) -> None:
     """``--iidfile`` and ``--metadata-file``."""
     try:
@@ -66,5 +72,10 @@ def _write_iidfile_and_metadata(options: BuildOptions, result: BuildResult) -> N
             "image.name": ",".join(result.tags),
             "imgbuild.steps.cached": result.steps_cached,
             "imgbuild.steps.run": result.steps_run,
+            # for CI: every tag as a list, and the bytes a registry stores for the
+            # image (manifest, config and compressed layers)
+            "imgbuild.tags": list(result.tags),
+            "imgbuild.image.size": image_size(result.image),
+            "imgbuild.seconds": round(result.seconds, 3),
         }
         options.metadata_file.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
