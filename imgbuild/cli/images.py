@@ -70,6 +70,11 @@ def list_images(store: Store) -> list[ImageSummary]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "IMAGE ID is the config digest (Docker's image ID), DIGEST the manifest digest. SIZE is the "
+        "image unpacked, as docker images shows it (the regular files of its layers), not what its "
+        "compressed blobs take in the store: see imgbuild system df for that."
+    )
     parser.add_argument("repository", nargs="?", help="only images of this REPOSITORY[:TAG]")
     parser.add_argument(
         "-a", "--all", action="store_true",
