@@ -185,7 +185,10 @@ def _split(template: str) -> list[str | _Action]:
             text = text.rstrip()
             inner_start += 1
         parts.append(text)
-        end = _action_end(template, inner_start)
+        if template[inner_start:].lstrip().startswith("/*"):
+            end = _comment_end(template, inner_start)
+        else:
+            end = _action_end(template, inner_start)
         inner_end, trim_next = end, False
         if template[end - 1] == "-" and end - 2 >= inner_start and template[end - 2].isspace():
             inner_end, trim_next = end - 1, True
@@ -193,6 +196,15 @@ def _split(template: str) -> list[str | _Action]:
         if not inner.strip().startswith("/*"):
             parts.append(_Action(_tokens(inner, inner_start), inner.strip(), inner_start))
         position = end + 2
+
+
+def _comment_end(template: str, position: int) -> int:
+    """Where the ``}}`` after a ``/* comment */`` starts (quotes in it mean nothing)."""
+    close = template.find("*/", template.index("/*", position) + 2)
+    end = -1 if close < 0 else template.find("}}", close + 2)
+    if end < 0 or template[close + 2 : end].strip(" -"):
+        raise TemplateError(f"template: unclosed comment starting at column {position - 2}: end it with */}}}}")
+    return end
 
 
 def _action_end(template: str, position: int) -> int:

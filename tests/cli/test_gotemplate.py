@@ -40,6 +40,7 @@ DATA = Struct(
         ("{{split \"a,b\" \",\"}}", "[a b]"),
         ("{{$x := .Size}}{{$x}}", "1500"),
         ("{{/* a comment */}}ok", "ok"),
+        ("a {{- /* it's {{ here */ -}} b", "ab"),
         ("{{\"{{braces}}\"}}", "{{braces}}"),
         ("{{json .Config}}", '{"Env":["A=1"],"Entrypoint":null,"Labels":{"a":"\\u003c\\u0026\\u003e","z":"1"},"Volumes":null}'),
     ],
@@ -65,6 +66,7 @@ def test_json_keeps_struct_order_and_sorts_maps():
         ("{{index .Tags 9}}", "out of range"),
         ("{{len}}", "wrong number of args"),
         ("{{ @ }}", "unexpected '@'"),
+        ("{{/* open", "unclosed comment"),
     ],
 )
 def test_what_it_cannot_do_is_a_clear_error(template, message):
