@@ -128,8 +128,8 @@ class Builder:
         swept = self.store.sweep_dead_work(self.options.runtime)
         if swept.removed:
             self.progress.info(
-                f"removed the work of {len(swept.removed)} killed imgbuild process(es) "
-                f"({len(swept.unmounted)} mounts, {len(swept.containers)} containers)"
+                f"removed the work of {plural(len(swept.removed), 'killed imgbuild process', 'killed imgbuild processes')} "
+                f"({plural(len(swept.unmounted), 'mount')}, {plural(len(swept.containers), 'container')})"
             )
         for reason in swept.left:
             self.progress.warning(f"could not clean up after a killed imgbuild: {reason}")

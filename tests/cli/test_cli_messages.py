@@ -54,3 +54,31 @@ def test_load_of_a_file_that_is_no_archive_is_an_imgbuild_error(cli, tmp_path, c
     assert result.exit_code == 1
     assert result.stderr.startswith("error: ") and why in result.stderr and str(path) in result.stderr
     assert "Traceback" not in result.stderr and "tarfile" not in result.stderr
+
+
+def test_load_says_1_layer_not_1_layers(cli, tmp_path):
+    import io
+    import json
+    import tarfile
+
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        info = tarfile.TarInfo("f")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    config = {"architecture": "amd64", "os": "linux", "config": {},
+              "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "a" * 64, "sha256:" + "b" * 64]}}
+    members = {
+        "manifest.json": json.dumps([{"Config": "config.json", "RepoTags": ["x:1"], "Layers": ["l.tar"]}]).encode(),
+        "config.json": json.dumps(config).encode(),
+        "l.tar": layer.getvalue(),
+    }
+    archive = tmp_path / "docker.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    result = cli("load", "-i", str(archive))
+    assert result.exit_code == 1
+    assert "lists 2 diff_ids but manifest.json lists 1 layer" in result.stderr, result.stderr
