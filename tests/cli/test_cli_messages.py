@@ -82,3 +82,4 @@ def test_load_says_1_layer_not_1_layers(cli, tmp_path):
     result = cli("load", "-i", str(archive))
     assert result.exit_code == 1
     assert "lists 2 diff_ids but manifest.json lists 1 layer" in result.stderr, result.stderr
+    assert "1 layers" not in result.stderr
