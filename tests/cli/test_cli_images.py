@@ -70,7 +70,10 @@ def test_filters(cli, stocked, filters, expected):
 
 
 def test_all_is_accepted_and_lists_the_same(cli, stocked):
-    assert cli("images", "-a").stdout == cli("images").stdout
+    columns = "{{.Repository}} {{.Tag}} {{.ID}} {{.Size}}"  # CREATED may tick between the two
+    listed = cli("images", "-a", "--format", columns)
+    assert listed.exit_code == 0 and len(listed.stdout.splitlines()) == 3
+    assert listed.stdout == cli("images", "--format", columns).stdout
 
 
 def test_format_templates_and_json(cli, stocked):
