@@ -112,3 +112,12 @@ def test_format_templates_and_json(cli, stocked):
 def test_bad_filters_and_formats_are_usage_errors(cli, stocked, argv, message):
     result = cli("images", *argv)
     assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_docker_image_subcommands_are_the_verbs(cli, stocked):
+    foreign, *_ = stocked
+    assert cli("image", "ls", "--format", "{{.ID}}", "team/umoci").stdout == cli(
+        "images", "--format", "{{.ID}}", "team/umoci").stdout == foreign.config_digest.split(":")[1][:12] + "\n"
+    assert cli("image", "inspect", "-f", "{{.Id}}", "team/umoci:1").stdout == foreign.config_digest + "\n"
+    assert cli("image", "rm", "team/umoci:1").exit_code == 0
+    assert cli("images", "team/umoci", "-q").stdout == ""

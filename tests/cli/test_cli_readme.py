@@ -43,6 +43,8 @@ def parsers() -> dict[str, argparse.ArgumentParser]:
         if verb in GROUPS:
             group = importlib.import_module(GROUPS[verb])
             for name, (sub_module, _) in group.SUBCOMMANDS.items():
+                if sub_module in (module for module, _ in VERBS.values()):
+                    continue  # another name of a verb (image ls = images): checked as that verb
                 parser = argparse.ArgumentParser()
                 importlib.import_module(f"imgbuild.cli.{sub_module}").add_arguments(parser)
                 result[f"{verb} {name}"] = parser
