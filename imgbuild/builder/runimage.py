@@ -13,19 +13,26 @@ does, instead of the runtime's own error.
 from __future__ import annotations
 
 import os
+import posixpath
 import signal
 import stat
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.builder import signals_raise_interrupt
 from imgbuild.builder.rootfs import image_layers, workspace
-from imgbuild.errors import CommandNotExecutable, CommandNotFound, Interrupted, UsageError
+from imgbuild.errors import (
+    BuildError,
+    CommandNotExecutable,
+    CommandNotFound,
+    Interrupted,
+    UsageError,
+)
 from imgbuild.image import LayerRef
 from imgbuild.safeopen import resolve_in_root
 from imgbuild.sandbox.runtime import run_container
@@ -117,19 +124,20 @@ def merged_env(config: dict, extra: list[str], environ: dict) -> list[str]:
     return [f"{k}={v}" for k, v in env.items()]
 
 
-def find_command(rootfs: Path, command: str, env: list[str], image: str) -> None:
+def find_command(rootfs: Path, command: str, env: list[str], cwd: str, image: str) -> None:
     """Fail as ``docker run`` does when ``command`` cannot run in the image: 127 when it is
-    missing, 126 when it is not an executable file. Symlinks resolve inside the image."""
+    missing, 126 when it is not an executable file. Symlinks resolve inside the image; a
+    relative path with a ``/`` is taken from the working directory, as runc takes it."""
     path_value = next((e.partition("=")[2] for e in reversed(env) if e.startswith("PATH=")), DEFAULT_PATH)
     if "/" in command:
-        candidates = [command if command.startswith("/") else "/" + command]
+        candidates = [posixpath.join(cwd, command)]
     else:
         candidates = [f"{d.rstrip('/') or ''}/{command}" for d in path_value.split(":") if d.startswith("/")]
     found_other = None
     for candidate in candidates:
         try:
             info = os.stat(resolve_in_root(rootfs, candidate))
-        except OSError:
+        except (OSError, BuildError):  # missing, or a symlink loop: not there to run
             continue
         if stat.S_ISREG(info.st_mode) and info.st_mode & 0o111:
             return
@@ -174,11 +182,12 @@ def _run_in_workspace(
         env = merged_env(config, options.env, environ)
         if options.tty and not any(entry.startswith("TERM=") for entry in env):
             env.append("TERM=xterm")  # as docker run -t sets it
-        find_command(merged, argv[0], env, options.image)
+        cwd = options.workdir or container.get("WorkingDir") or "/"
+        find_command(merged, argv[0], env, cwd, options.image)
         spec = RunSpec(
             args=argv,
             env=env,
-            cwd=options.workdir or container.get("WorkingDir") or "/",
+            cwd=cwd,
             user=resolve_user(merged, options.user if options.user is not None else container.get("User", "")),
             network=options.network,
             terminal=options.tty,
@@ -207,6 +216,4 @@ def _hangup_stops_the_run() -> Iterator[None]:
 
 
 def _with_env(options: RunOptions, env: list[str]) -> RunOptions:
-    from dataclasses import replace
-
     return replace(options, env=env, env_files=[])

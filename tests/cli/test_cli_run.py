@@ -64,8 +64,11 @@ def test_missing_command_exits_127_with_one_message(root):
     not_executable = run(root, "busybox", "/etc/passwd")
     assert not_executable.returncode == 126 and not_executable.stderr.count("\n") == 1
     assert "not an executable file" in not_executable.stderr
-    # The image's own symlinks resolve inside it: sh -> busybox runs.
+    # The image's own symlinks resolve inside it: sh -> busybox runs; a relative path
+    # is taken from the working directory, as runc takes it.
     assert run(root, "busybox", "sh", "-c", "exit 0").returncode == 0
+    assert run(root, "-w", "/bin", "busybox", "./busybox", "true").returncode == 0
+    assert run(root, "-w", "/etc", "busybox", "./busybox").returncode == 127
 
 
 def test_rm_is_accepted_and_i_gives_the_command_stdin(root):
