@@ -16,9 +16,10 @@ those). "Total reclaimed space" is what left the disk, measured as
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from imgbuild.cli.images import parse_created
 from imgbuild.errors import ImgbuildError, UsageError
@@ -56,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="only images created at least DURATION ago (24h, 90m, 7d)",
     )
     parser.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
+    parser.add_argument("--format", choices=("table", "json"), default="table", help="table (default) or JSON")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +65,16 @@ def run(args: argparse.Namespace) -> int:
     if not args.force and not _confirmed(args.all):
         return 0
     result = prune_images(Store(args.root), all_images=args.all, until=until)
+    if args.format == "json":
+        print(json.dumps(asdict(result), sort_keys=True, indent=2))
+    else:
+        _print(result)
+    if result.skipped_reason:
+        print(f"note: unreferenced blobs kept for now ({result.skipped_reason})", file=sys.stderr)
+    return 0
+
+
+def _print(result: ImagePruneResult) -> None:
     if result.untagged or result.deleted:
         print("Deleted Images:")
         for name in result.untagged:
@@ -71,9 +83,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"deleted: {digest}")
         print()
     print(f"Total reclaimed space: {human_size(result.freed_bytes)}")
-    if result.skipped_reason:
-        print(f"note: unreferenced blobs kept for now ({result.skipped_reason})", file=sys.stderr)
-    return 0
 
 
 def parse_until(filters: list[str]) -> float | None:

@@ -83,8 +83,11 @@ def test_prune_all_with_until_keeps_what_is_newer(cli, stocked):
     assert result.exit_code == 0, result.stderr
     assert "untagged: busybox:latest" in result.stdout  # created in 1970; the rest today
     assert sorted(name or "<none>" for name, _ in store.refs()) == ["<none>", "<none>", "team/kept:1"]
-    everything = cli("image", "prune", "-a", "-f")
+    everything = cli("image", "prune", "-a", "-f", "--format", "json")
     assert everything.exit_code == 0 and store.refs() == []
+    report = json.loads(everything.stdout)
+    assert "team/kept:1" in report["untagged"] and kept.config_digest in report["deleted"]
+    assert report["freed_bytes"] > 0 and report["skipped_reason"] == ""
     assert kept.config_digest not in _blobs(store)
 
 
