@@ -241,10 +241,13 @@ class LayerSizes:
         return sum(self.layer_size(layer.digest, layer.media_type) for layer in image.layers)
 
     def layer_size(self, digest: str, media_type: str) -> int:
-        if digest not in self.known:
-            self.known[digest] = _regular_file_bytes(self.store, digest, media_type)
+        if digest in self.known:
+            return self.known[digest]
+        size = _regular_file_bytes(self.store, digest, media_type)
+        if size is not None:  # a missing or damaged blob is measured again next time
+            self.known[digest] = size
             self.changed = True
-        return self.known[digest]
+        return size or 0
 
     def save(self) -> None:
         if not self.changed:
@@ -258,9 +261,9 @@ class LayerSizes:
             pass  # only a memo: the next listing measures again
 
 
-def _regular_file_bytes(store: Store, digest: str, media_type: str) -> int:
-    """Sum of the regular files' sizes in a layer tar (0 when the blob is missing or damaged:
-    ``imgbuild fsck`` is the one to report that)."""
+def _regular_file_bytes(store: Store, digest: str, media_type: str) -> int | None:
+    """Sum of the regular files' sizes in a layer tar (None when the blob is missing or
+    damaged: ``imgbuild fsck`` is the one to report that)."""
     from imgbuild.layer.decompress import open_tar_stream
     from imgbuild.layer.tarformat import REGULAR
     from imgbuild.layer.tarread import TarReader
@@ -273,7 +276,7 @@ def _regular_file_bytes(store: Store, digest: str, media_type: str) -> int:
                 if entry.type == REGULAR:
                     total += entry.size
     except (ImgbuildError, OSError):
-        return 0
+        return None
     return total
 
 
