@@ -51,7 +51,7 @@ from imgbuild.errors import DockerfileError, ImgbuildError, Interrupted, SourceL
 from imgbuild.image import LayerRef, Platform
 from imgbuild.sandbox.cacerts import read_ca_certs
 from imgbuild.store import Store, remove_tree
-from imgbuild.units import human_size
+from imgbuild.units import human_size, plural
 
 # The steps BuildKit numbers "[2/5]" in its progress: those that make layers.
 LAYER_KINDS = (Run, Copy, Add, Workdir)
@@ -140,8 +140,8 @@ class Builder:
         swept = self.store.sweep_dead_work(self.options.runtime)
         if swept.removed:
             self.progress.info(
-                f"removed the work of {len(swept.removed)} killed imgbuild process(es) "
-                f"({len(swept.unmounted)} mounts, {len(swept.containers)} containers)"
+                f"removed the work of {plural(len(swept.removed), 'killed imgbuild process', 'killed imgbuild processes')} "
+                f"({plural(len(swept.unmounted), 'mount')}, {plural(len(swept.containers), 'container')})"
             )
         for reason in swept.left:
             self.progress.warning(f"could not clean up after a killed imgbuild: {reason}")
@@ -196,7 +196,7 @@ class Builder:
             self.progress.info(f"cache limits not checked ({result.skipped_reason}); the next build checks them")
             return
         self.progress.info(
-            f"cache over its limits: pruned {len(result.entries)} entries, freed {human_size(result.freed_bytes)}"
+            f"cache over its limits: pruned {plural(len(result.entries), 'entry')}, freed {human_size(result.freed_bytes)}"
         )
 
     def _read_dockerfile(self) -> str:

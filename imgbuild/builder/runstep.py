@@ -19,6 +19,7 @@ from imgbuild.sandbox.runmounts import PIPES_DIR, prepared_mounts, script_mount
 from imgbuild.sandbox.runtime import run_container
 from imgbuild.sandbox.spec import RunSpec
 from imgbuild.sandbox.users import resolve_user
+from imgbuild.units import plural
 
 OUTPUT_TAIL_LINES = 20
 
@@ -163,6 +164,6 @@ def _fail(builder, instruction, status: int, tail: list[str], step) -> None:
     output = "\n".join(f"    {line}" for line in tail)
     message = f"RUN {command} exited with code {status}"
     if output:
-        message += f"\n  last {len(tail)} lines of its output:\n{output}"
+        message += f"\n  last {plural(len(tail), 'line')} of its output:\n{output}"
     builder.progress.failed(step, message)
     raise RunError(message, exit_status=status, output_tail="\n".join(tail))
