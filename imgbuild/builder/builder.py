@@ -225,6 +225,8 @@ class Builder:
         except ImgbuildError as error:  # a base image missing or of another platform
             raise _located(error, self.dockerfile_name, stage.from_instruction) from None
         scope = self.plan.scope_for(stage.index, ic.env_list(state.config))
+        if stage.base_stage is not None:  # FROM an earlier stage: its ARGs carry over
+            scope.inherit_args(self.results[stage.base_stage].args)
         state.scope = scope
         instructions = onbuild_triggers(state) + list(stage.instructions)
         # BuildKit names steps "[name 2/5]", and just "[2/5]" in a one-stage Dockerfile
@@ -255,6 +257,7 @@ class Builder:
             state.base_layers,
             base_digest=state.base_digest,
             entry_key=state.entry_key,
+            args=scope.args_in_scope(),
         )
 
     # --- one step ----------------------------------------------------------------

@@ -10,18 +10,21 @@ backend and tonistiigi/fsutil ``copy``):
 - several sources need a directory destination (the classic builder's error:
   BuildKit would let the last source silently overwrite the others);
 - a relative destination is relative to WORKDIR; missing parents are created
-  with mode 0755, owned by the --chown user if one is given;
+  with mode 0755 (the --chmod permission bits if it is octal, BuildKit >=
+  1.15), owned by the --chown user if one is given;
 - the destination path resolves symlinks like a chroot: never outside rootfs;
 - files keep their mode (with setuid/setgid/sticky), mtime, xattrs and
-  hardlinks; ``--chmod`` replaces the permission bits only, as BuildKit does;
+  hardlinks; ``--chmod`` sets the mode of each copied file and directory,
+  octal or symbolic (``copymode.py``);
 - owners: --chown if given; otherwise 0:0 for files from the build context
   and the source's own owner for COPY --from a stage or image;
 - ADD extracts a local tar archive (plain, gzip, bzip2, xz, zstd, detected by
   content, not by name) into the destination, like Docker's archive.Untar run
-  in a chroot (``imgbuild.layer.untar``): entries and link targets that climb
-  out with ``..`` are refused, absolute paths are placed inside, and entries
-  written through a symlink stay inside the destination; entries keep the
-  archive's owners (or get --chown), modes and mtimes;
+  in a chroot of it (``imgbuild.layer.untar``): entry names and link targets
+  that climb out with ``..`` or are absolute stay inside the destination;
+  entries keep the archive's owners (or get --chown), modes and mtimes.
+  Several archives (a wildcard) may go to a destination without a trailing
+  ``/``: each is extracted into it;
 - ADD of a URL places the downloaded file (see ``fetch.py``), not extracted;
 - heredocs (``COPY <<EOF``) are files of mode 0644.
 """
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from imgbuild.builder.copymode import DEFAULT_DIR_MODE, Chmod, parse_chmod
 from imgbuild.builder.fetch import Fetched
 from imgbuild.context.source import Entry, Selected
 from imgbuild.errors import BuildError, NotADirectory, UntarError, disk_full, is_disk_full
@@ -45,7 +49,6 @@ from imgbuild.safeopen import kind_of, resolve_in_root
 
 HEREDOC_MODE = 0o644
 URL_MODE = 0o600
-PARENT_MODE = 0o755
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ def copy_into(
     *,
     workdir: str = "/",
     chown: tuple[int, int] | None = None,
-    chmod: int | None = None,
+    chmod: Chmod | int | None = None,
     is_add: bool = False,
     dest_is_dir_hint: bool = False,
 ) -> None:
@@ -90,28 +93,32 @@ def copy_into(
     """
     instruction = "ADD" if is_add else "COPY"
     target = _destination(dest, workdir, dest_is_dir_hint)
-    if len(selected) > 1 and not target.is_dir:
+    archives = [is_add and _is_archive(item) for item in selected]
+    # Archives are extracted into the destination, which makes it a directory
+    # (BuildKit: ADD *.tar /dest); several other sources still need a "/".
+    if len(selected) - sum(archives) > 1 and not target.is_dir:
         raise BuildError(
             f"When using {instruction} with more than one source file, "
             "the destination must be a directory and end with a /"
         )
-    if chmod is not None and not 0 <= chmod <= 0o7777:
-        raise BuildError(f"invalid --chmod {chmod:o}: it must be between 0 and 7777")
     rootfs = Path(rootfs)
-    for item in selected:
+    if isinstance(chmod, int):
+        chmod = parse_chmod(f"{chmod:o}")
+    dir_mode = chmod.created_dir_mode if chmod is not None else DEFAULT_DIR_MODE
+    for item, is_archive in zip(selected, archives, strict=True):
         try:
             if isinstance(item, Selected):
-                if is_add and not item.is_dir and archive_compression(item) is not None:
+                if is_archive:
                     _extract_archive(rootfs, item, target, chown)
                 else:
-                    _copy_selected(rootfs, item, target, chown, chmod)
+                    _copy_selected(rootfs, item, target, chown, chmod, dir_mode)
             elif isinstance(item, Fetched):
                 _place_file(
-                    rootfs, target, item.filename, item.path, URL_MODE, item.mtime, chown, chmod
+                    rootfs, target, item.filename, item.path, URL_MODE, item.mtime, chown, chmod, dir_mode
                 )
             elif isinstance(item, HeredocFile):
                 content = item.content.encode() if isinstance(item.content, str) else item.content
-                _place_bytes(rootfs, target, item.name, content, chown, chmod)
+                _place_bytes(rootfs, target, item.name, content, chown, chmod, dir_mode)
             else:
                 raise TypeError(f"not a copy source: {item!r}")
         except _Refused as problem:
@@ -128,6 +135,10 @@ def copy_into(
             raise BuildError(
                 f"{instruction} failed: {_source_text(item)} to {dest}: {error}"
             ) from None
+
+
+def _is_archive(item: CopySource) -> bool:
+    return isinstance(item, Selected) and not item.is_dir and archive_compression(item) is not None
 
 
 def _source_text(item: object) -> str:
@@ -156,41 +167,47 @@ def _set_owner(path: Path, owner: tuple[int, int]) -> None:
         os.chown(path, owner[0], owner[1], follow_symlinks=False)
 
 
-def _mkdir_below(rootfs: Path, host_path: Path, chown: tuple[int, int] | None) -> None:
+def _mkdir_below(
+    rootfs: Path, host_path: Path, chown: tuple[int, int] | None, mode: int = DEFAULT_DIR_MODE
+) -> None:
     """Create the missing directories of ``host_path`` (already resolved inside
-    ``rootfs``) with mode 0755, owned by ``chown`` or root, as BuildKit's MkdirAll."""
+    ``rootfs``) with ``mode``, owned by ``chown`` or root, as BuildKit's MkdirAll."""
     current = rootfs
     for part in host_path.relative_to(rootfs).parts:
         current = current / part
         try:
             st = os.lstat(current)
         except FileNotFoundError:
-            os.mkdir(current, PARENT_MODE)
-            os.chmod(current, PARENT_MODE)  # not subject to the umask
+            os.mkdir(current, 0o700)
+            os.chmod(current, mode)  # not subject to the umask
             _set_owner(current, chown or (0, 0))
             continue
         if not stat.S_ISDIR(st.st_mode):
             raise NotADirectory("/" + str(current.relative_to(rootfs)), kind_of(st.st_mode))
 
 
-def mkdir_all(rootfs: Path, path: str, chown: tuple[int, int] | None) -> Path:
+def mkdir_all(
+    rootfs: Path, path: str, chown: tuple[int, int] | None, mode: int = DEFAULT_DIR_MODE
+) -> Path:
     """mkdir -p of an image path, resolving existing symlinks like a chroot.
 
     Raises NotADirectory (naming the image path) if a component exists and is
     not a directory, as Go's MkdirAll fails with ENOTDIR in BuildKit.
     """
     host_path = resolve_in_root(rootfs, path)
-    _mkdir_below(rootfs, host_path, chown)
+    _mkdir_below(rootfs, host_path, chown, mode)
     return host_path
 
 
-def _prepare(rootfs: Path, target: _Destination, chown: tuple[int, int] | None) -> Path:
+def _prepare(
+    rootfs: Path, target: _Destination, chown: tuple[int, int] | None, dir_mode: int = DEFAULT_DIR_MODE
+) -> Path:
     """Create what must exist before copying one source; return the resolved destination.
 
     As fsutil's Copy: a directory destination is created itself, otherwise
     only its parent.
     """
-    mkdir_all(rootfs, target.path if target.is_dir else posixpath.dirname(target.path), chown)
+    mkdir_all(rootfs, target.path if target.is_dir else posixpath.dirname(target.path), chown, dir_mode)
     return resolve_in_root(rootfs, target.path)
 
 
@@ -202,15 +219,15 @@ def _lstat(path: Path) -> os.stat_result | None:
 
 
 def _file_target(
-    rootfs: Path, target: _Destination, name: str, chown: tuple[int, int] | None
+    rootfs: Path, target: _Destination, name: str, chown: tuple[int, int] | None, dir_mode: int
 ) -> Path:
     """Where a non-directory source lands: inside the destination if that is an
     existing directory, else at the destination itself (parents created)."""
-    dest = _prepare(rootfs, target, chown)
+    dest = _prepare(rootfs, target, chown, dir_mode)
     st = _lstat(dest)
     if st is not None and stat.S_ISDIR(st.st_mode):
         dest = dest / name
-    _mkdir_below(rootfs, dest.parent, chown)
+    _mkdir_below(rootfs, dest.parent, chown, dir_mode)
     return dest
 
 
@@ -232,19 +249,20 @@ def _copy_selected(
     item: Selected,
     target: _Destination,
     chown: tuple[int, int] | None,
-    chmod: int | None,
+    chmod: Chmod | None,
+    dir_mode: int,
 ) -> None:
     entries = item.entries()
     copier = _TreeCopier(rootfs, item, chown, chmod)
     if not item.is_dir:
-        dest = _file_target(rootfs, target, item.name, chown)
+        dest = _file_target(rootfs, target, item.name, chown, dir_mode)
         copier.copy_entry(entries[0], dest)
         copier.finish_directories()
         return
-    dest = _prepare(rootfs, target, chown)
+    dest = _prepare(rootfs, target, chown, dir_mode)
     st = _lstat(dest)
     if st is None:
-        _mkdir_below(rootfs, dest, chown)
+        _mkdir_below(rootfs, dest, chown, dir_mode)
     elif not stat.S_ISDIR(st.st_mode):
         raise _Refused(f"cannot copy directory {item.source} to non-directory {target.text}")
     # The destination directory itself keeps its metadata (BuildKit only sets
@@ -258,7 +276,7 @@ class _TreeCopier:
     """Copies the entries of one source, keeping hardlinks among them."""
 
     def __init__(
-        self, rootfs: Path, item: Selected, chown: tuple[int, int] | None, chmod: int | None
+        self, rootfs: Path, item: Selected, chown: tuple[int, int] | None, chmod: Chmod | None
     ):
         self.rootfs = rootfs
         self.item = item
@@ -308,9 +326,7 @@ class _TreeCopier:
         owner = self.chown or self.item.context.owner(st)
         os.chown(dest, owner[0], owner[1], follow_symlinks=False)
         if not stat.S_ISLNK(st.st_mode):
-            mode = stat.S_IMODE(st.st_mode)
-            if self.chmod is not None:
-                mode = (mode & ~0o777) | (self.chmod & 0o777)
+            mode = stat.S_IMODE(st.st_mode) if self.chmod is None else self.chmod.apply(st.st_mode)
             os.chmod(dest, mode)  # after chown, which clears setuid/setgid
         os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
         for name, value in entry.xattrs:
@@ -359,12 +375,12 @@ def _finish_single_file(
     mode: int,
     mtime: float | None,
     chown: tuple[int, int] | None,
-    chmod: int | None,
+    chmod: Chmod | None,
 ) -> None:
     owner = chown or (0, 0)
     os.chown(dest, owner[0], owner[1], follow_symlinks=False)
     if chmod is not None:
-        mode = (mode & ~0o777) | (chmod & 0o777)
+        mode = chmod.apply(stat.S_IFREG | mode)
     os.chmod(dest, mode)
     if mtime is not None:
         os.utime(dest, (mtime, mtime), follow_symlinks=False)
@@ -378,9 +394,10 @@ def _place_file(
     mode: int,
     mtime: float | None,
     chown: tuple[int, int] | None,
-    chmod: int | None,
+    chmod: Chmod | None,
+    dir_mode: int,
 ) -> None:
-    dest = _file_target(rootfs, target, name, chown)
+    dest = _file_target(rootfs, target, name, chown, dir_mode)
     _make_room_for_file(dest, "/" + str(dest.relative_to(rootfs)))
     _copy_file_data(source, dest)
     _finish_single_file(dest, mode, mtime, chown, chmod)
@@ -392,9 +409,10 @@ def _place_bytes(
     name: str,
     content: bytes,
     chown: tuple[int, int] | None,
-    chmod: int | None,
+    chmod: Chmod | None,
+    dir_mode: int,
 ) -> None:
-    dest = _file_target(rootfs, target, name, chown)
+    dest = _file_target(rootfs, target, name, chown, dir_mode)
     _make_room_for_file(dest, "/" + str(dest.relative_to(rootfs)))
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as out:

@@ -176,6 +176,15 @@ class StageScope:
     def is_declared(self, name: str) -> bool:
         return name in self._args
 
+    def inherit_args(self, args: Mapping[str, str]) -> None:
+        """Start with the ARGs (and values) of the stage this one is built FROM,
+        as BuildKit's dispatch state does (``FROM base AS child``)."""
+        for name, value in args.items():
+            self._args[name] = value
+            self._set(name, value)
+            self._from_arg.add(name)
+        self._check_variables_size()
+
     # -- changing -------------------------------------------------------------
 
     def apply(self, instruction: Instruction) -> Instruction:
