@@ -25,7 +25,8 @@ backend and tonistiigi/fsutil ``copy``):
   entries keep the archive's owners (or get --chown), modes and mtimes.
   Several archives (a wildcard) may go to a destination without a trailing
   ``/``: each is extracted into it;
-- ADD of a URL places the downloaded file (see ``fetch.py``), not extracted;
+- ADD of a URL places the downloaded file (see ``fetch.py``), not extracted
+  unless ``--unpack=true``; ``--unpack=false`` copies a local archive as is;
 - heredocs (``COPY <<EOF``) are files of mode 0644.
 """
 
@@ -83,17 +84,20 @@ def copy_into(
     chmod: Chmod | int | None = None,
     is_add: bool = False,
     dest_is_dir_hint: bool = False,
+    unpack: bool | None = None,
 ) -> None:
     """Copy sources into ``rootfs`` at ``dest`` with COPY (or ADD) semantics.
 
     ``selected`` is every source of the instruction in order: what
     ``BuildContext.select`` returned for each path source, ``Fetched`` for a
     URL, ``HeredocFile`` for a heredoc. ``dest_is_dir_hint`` makes the
-    destination a directory even without a trailing ``/``.
+    destination a directory even without a trailing ``/``. ``unpack`` is ADD
+    --unpack: by default ADD extracts local archives, not downloads; True
+    extracts downloads too, False neither.
     """
     instruction = "ADD" if is_add else "COPY"
     target = _destination(dest, workdir, dest_is_dir_hint)
-    archives = [is_add and _is_archive(item) for item in selected]
+    archives = [is_add and _is_archive(item, unpack) for item in selected]
     # Archives are extracted into the destination, which makes it a directory
     # (BuildKit: ADD *.tar /dest); several other sources still need a "/".
     if len(selected) - sum(archives) > 1 and not target.is_dir:
@@ -107,11 +111,10 @@ def copy_into(
     dir_mode = chmod.created_dir_mode if chmod is not None else DEFAULT_DIR_MODE
     for item, is_archive in zip(selected, archives, strict=True):
         try:
-            if isinstance(item, Selected):
-                if is_archive:
-                    _extract_archive(rootfs, item, target, chown)
-                else:
-                    _copy_selected(rootfs, item, target, chown, chmod, dir_mode)
+            if is_archive:
+                _extract_archive(rootfs, item, target, chown)
+            elif isinstance(item, Selected):
+                _copy_selected(rootfs, item, target, chown, chmod, dir_mode)
             elif isinstance(item, Fetched):
                 _place_file(
                     rootfs, target, item.filename, item.path, URL_MODE, item.mtime, chown, chmod, dir_mode
@@ -137,8 +140,14 @@ def copy_into(
             ) from None
 
 
-def _is_archive(item: CopySource) -> bool:
-    return isinstance(item, Selected) and not item.is_dir and archive_compression(item) is not None
+def _is_archive(item: CopySource, unpack: bool | None) -> bool:
+    """Does ADD extract this source? Local archives unless --unpack=false,
+    downloads only with --unpack=true (BuildKit's rule)."""
+    if isinstance(item, Selected) and unpack is not False:
+        return not item.is_dir and archive_compression(item) is not None
+    if isinstance(item, Fetched) and unpack is True:
+        return archive_compression(item.path) is not None
+    return False
 
 
 def _source_text(item: object) -> str:
@@ -445,16 +454,17 @@ def archive_compression(path: Path | Selected) -> str | None:
 
 def _extract_archive(
     rootfs: Path,
-    item: Selected,
+    item: Selected | Fetched,
     target: _Destination,
     chown: tuple[int, int] | None,
 ) -> None:
     dest = resolve_in_root(rootfs, target.path)
     _mkdir_below(rootfs, dest, chown)
+    name = _source_text(item)
     if not stat.S_ISDIR(os.lstat(dest).st_mode):
-        raise _Refused(f"cannot extract {item.source} into non-directory {target.text}")
+        raise _Refused(f"cannot extract {name} into non-directory {target.text}")
     try:
-        with _open_raw(item) as raw:
-            untar.untar(raw, dest, chown=chown, source=item.source)
+        with _open_raw(item if isinstance(item, Selected) else item.path) as raw:
+            untar.untar(raw, dest, chown=chown, source=name)
     except UntarError as problem:
         raise _Refused(str(problem)) from None

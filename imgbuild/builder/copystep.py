@@ -41,6 +41,7 @@ class CopyRequest:
     exclude: list[str] = field(default_factory=list)
     checksum: str | None = None
     parents: bool = False  # COPY --parents: keep each source's directories under dest
+    unpack: bool | None = None  # ADD --unpack; None: local archives unpacked, URLs not
 
     @property
     def name(self) -> str:
@@ -49,8 +50,6 @@ class CopyRequest:
     @classmethod
     def from_instruction(cls, instruction, *, is_add: bool, workdir: str) -> CopyRequest:
         chmod = parse_chmod(instruction.chmod) if instruction.chmod else None
-        if getattr(instruction, "unpack", None) is not None:
-            raise BuildError("ADD --unpack is not supported yet: local archives are always unpacked, URLs never")
         if getattr(instruction, "keep_git_dir", False):
             raise BuildError("ADD --keep-git-dir: git sources are not supported")
         sources = list(instruction.sources)
@@ -76,6 +75,7 @@ class CopyRequest:
             exclude=list(instruction.exclude or []),
             checksum=checksum or None,
             parents=bool(getattr(instruction, "parents", False)),
+            unpack=getattr(instruction, "unpack", None),
         )
 
 
@@ -195,6 +195,7 @@ def run_copy(request: CopyRequest, context: BuildContext, rootfs: Path, download
         chown=chown,
         chmod=request.chmod,
         is_add=request.is_add,
+        unpack=request.unpack,
     )
 
 
