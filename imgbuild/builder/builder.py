@@ -18,6 +18,7 @@ import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from pathlib import Path
 
 from imgbuild import dockerfile as frontend
 from imgbuild.builder import imageconfig as ic
@@ -175,8 +176,8 @@ class Builder:
         if self.options.dockerfile_text is not None:
             self.dockerfile_name = "Dockerfile"
             return self.options.dockerfile_text
-        path = self.options.dockerfile or (self.options.context / "Dockerfile")
-        self.dockerfile_name = str(path) if self.options.dockerfile else "Dockerfile"
+        path = self.options.dockerfile or default_dockerfile(self.options.context)
+        self.dockerfile_name = str(path) if self.options.dockerfile else path.name
         try:
             return read_build_file(self.options.context, path, "Dockerfile").decode("utf-8")
         except FileNotFoundError:
@@ -188,7 +189,7 @@ class Builder:
 
     def _open_context(self) -> BuildContext:
         dockerfile = None if self.options.dockerfile_text is not None else (
-            self.options.dockerfile or self.options.context / "Dockerfile"
+            self.options.dockerfile or default_dockerfile(self.options.context)
         )
         patterns = load_ignore_patterns(self.options.context, dockerfile)
         stat_cache = StatCache(self.store.db)
@@ -321,6 +322,15 @@ class Builder:
             self.cache.fetch_layers(self.results[index].layers)
             return self.results[index].layers
         return image_layers(resolve_image(self, origin), origin)
+
+
+def default_dockerfile(context: Path) -> Path:
+    """CONTEXT/Dockerfile, or CONTEXT/dockerfile if only that exists (BuildKit's fallback)."""
+    path = Path(context) / "Dockerfile"
+    lower = Path(context) / "dockerfile"
+    if not os.path.lexists(path) and os.path.lexists(lower):
+        return lower
+    return path
 
 
 def build(store: Store, options: BuildOptions, progress: Progress | None = None) -> BuildResult:

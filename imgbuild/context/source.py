@@ -176,11 +176,15 @@ class BuildContext:
             )
         return selected
 
-    def resolve(self, path: str, doing: str) -> str:
-        """The context path ``path`` leads to, symlinks on it followed inside the root."""
-        return self._resolve(path, _split(path), doing)
+    def resolve(self, path: str, doing: str, *, confine: bool = True) -> str:
+        """The context path ``path`` leads to, symlinks on it followed inside the root.
 
-    def _resolve(self, source: str, parts: list[str], instruction: str) -> str:
+        ``confine=False`` refuses (ContextError) a path that leads above the
+        root instead: the Dockerfile and ignore file are read so.
+        """
+        return self._resolve(path, _split(path), doing, confine)
+
+    def _resolve(self, source: str, parts: list[str], instruction: str, confine: bool = True) -> str:
         """Follow ``parts`` from the root like a chroot would; return the real relpath.
 
         Symlinks on the way must themselves be visible (not ignored).
@@ -198,7 +202,7 @@ class BuildContext:
                 if resolved:
                     resolved.pop()
                 elif last_link is not None:
-                    confined = last_link
+                    confined = self._confined(source, instruction, last_link, confine)
                 continue
             candidate = _join("/".join(resolved), part)
             try:
@@ -218,7 +222,7 @@ class BuildContext:
                 )
             last_link = (candidate, target)
             if target.startswith("/"):
-                confined = last_link
+                confined = self._confined(source, instruction, last_link, confine)
                 resolved = []
             pending = _split(target) + pending
         if confined is not None:
@@ -228,6 +232,16 @@ class BuildContext:
             except (FileNotFoundError, NotADirectoryError):
                 raise self._not_found(source, instruction, confined) from None
         return "/".join(resolved)
+
+    def _confined(
+        self, source: str, instruction: str, link: tuple[str, str], confine: bool
+    ) -> tuple[str, str]:
+        if not confine:
+            raise ContextError(
+                f"{instruction} failed: forbidden path outside the build context: {source}"
+                f" (symlink {link[0]} -> {link[1]})"
+            )
+        return link
 
     def _lstat_visible(self, source: str, relpath: str, instruction: str) -> os.stat_result:
         try:

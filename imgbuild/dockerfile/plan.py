@@ -37,6 +37,7 @@ from imgbuild.dockerfile.scope import PROXY_ARGS, StageScope
 from imgbuild.dockerfile.shell import (
     MAX_VALUE,
     Lexer,
+    closest,
     go_quote,
     is_too_big_error,
     is_unset_variable_error,
@@ -425,14 +426,17 @@ class _Planner:
 
     def _find_target(self, name: str | None) -> int:
         if not self.stages:
-            raise PlanError(f"{self.filename}: no build stage (the Dockerfile has no FROM)")
+            raise PlanError(f"{self.filename}: dockerfile contains no stages to build (it needs a FROM line)")
         if name is None or name == "":
             return len(self.stages) - 1
         index = self._stage_by_name(name)
         if index is None:
-            known = ", ".join(s.name for s in self.stages if s.name) or "none"
+            names = [s.name for s in self.stages if s.name]
+            close = closest(name.lower(), names)
+            hint = f" (did you mean {close}?)" if close else ""
             raise PlanError(
-                f"{self.filename}: target stage {name!r} could not be found (named stages: {known})"
+                f"{self.filename}: target stage {go_quote(name)} could not be found{hint};"
+                f" named stages: {', '.join(names) or 'none'}"
             )
         return index
 

@@ -26,6 +26,7 @@ from imagetools import make_busybox_image, require_root_and_runc
 from imgbuild.builder.builder import build
 from imgbuild.builder.options import BuildOptions
 from imgbuild.builder.progress import Progress
+from imgbuild.errors import ImgbuildError
 from imgbuild.store import Store
 
 # The image-tree readers of tests/build (layer blobs read with tarfile, not
@@ -110,22 +111,23 @@ class Builder:
         write_files(context, files or {})
         return context
 
-    def build(self, dockerfile: str, files: dict | None = None, *, context: Path | None = None, **options) -> Built:
-        """Build ``dockerfile`` with ``files`` as its context; return what it made."""
+    def build(self, text: str | None, files: dict | None = None, *, context: Path | None = None, **options) -> Built:
+        """Build the Dockerfile ``text`` with ``files`` as its context; return what it made.
+
+        ``text`` None: the context already has its Dockerfile.
+        """
         if context is None:
             context = self.context(files)
-        if dockerfile is not None:
-            (context / options.pop("dockerfile_name", "Dockerfile")).write_text(dockerfile)
+        if text is not None:
+            (context / options.pop("dockerfile_name", "Dockerfile")).write_text(text)
         options.setdefault("progress", "quiet")
         result = build(self.store, BuildOptions(context=context, **options), progress=Progress())
         return Built(result, self.store, context)
 
-    def error(self, dockerfile: str, files: dict | None = None, **options) -> str:
-        """Build ``dockerfile``, which must fail with an imgbuild error; return its text."""
-        from imgbuild.errors import ImgbuildError
-
+    def error(self, text: str, files: dict | None = None, **options) -> str:
+        """Build the Dockerfile ``text``, which must fail with an imgbuild error; return its message."""
         try:
-            self.build(dockerfile, files, **options)
+            self.build(text, files, **options)
         except ImgbuildError as error:
             return str(error)
         raise AssertionError("the build succeeded; BuildKit fails it")

@@ -189,8 +189,11 @@ def test_unknown_target():
     with pytest.raises(PlanError) as caught:
         make("FROM a AS build\nFROM b\n", target="deploy")
     assert str(caught.value) == (
-        "Dockerfile: target stage 'deploy' could not be found (named stages: build)"
+        'Dockerfile: target stage "deploy" could not be found; named stages: build'
     )
+    with pytest.raises(PlanError) as caught:
+        make("FROM a AS build\nFROM b\n", target="bulid")
+    assert 'target stage "bulid" could not be found (did you mean build?)' in str(caught.value)
 
 
 def test_global_arg_errors():
