@@ -11,7 +11,8 @@ BuildKit (dockerfile2llb and tonistiigi/fsutil's copy) reads ``--chmod`` so:
   syntax >= 1.15);
 - symbolic, as chmod(1) with a umask of 0 (``go-w``, ``u=rwX,go=rX``,
   ``a+x``, ``u+s``, ``g=u``): applied to each copied file's and directory's
-  own mode (``X`` is x for directories and for files with an x bit already);
+  own mode (``X`` is x for directories and for files that had an x bit
+  before the change);
   created directories keep the default 0755.
 """
 
@@ -61,10 +62,12 @@ class Chmod:
         if self.octal is not None:
             return self.octal
         bits = stat.S_IMODE(mode)
-        is_dir = stat.S_ISDIR(mode)
+        # X asks whether the file had an x bit before any of the changes (as
+        # BuildKit's dchapes-mode does; busybox chmod looks at the mode so far)
+        x_ok = stat.S_ISDIR(mode) or bool(bits & 0o111)
         for clause in self.clauses:
             for action in clause.actions:
-                bits = _apply_action(bits, is_dir, clause.who or "ugo", action, all_who=not clause.who or clause.who == "ugo")
+                bits = _apply_action(bits, x_ok, clause.who or "ugo", action, all_who=not clause.who or clause.who == "ugo")
         return bits
 
 
@@ -94,7 +97,7 @@ def parse_chmod(text: str) -> Chmod:
     return Chmod(text, clauses=tuple(clauses))
 
 
-def _apply_action(bits: int, is_dir: bool, who: str, action: _Action, *, all_who: bool) -> int:
+def _apply_action(bits: int, x_ok: bool, who: str, action: _Action, *, all_who: bool) -> int:
     mask = 0
     for letter in who:
         mask |= _WHO_BITS[letter]
@@ -107,7 +110,7 @@ def _apply_action(bits: int, is_dir: bool, who: str, action: _Action, *, all_who
             if letter in _PERM_BITS:
                 wanted |= _PERM_BITS[letter]
             elif letter == "X":
-                if is_dir or bits & 0o111:
+                if x_ok:
                     wanted |= 0o111
             elif letter == "s":
                 wanted |= stat.S_ISUID | stat.S_ISGID

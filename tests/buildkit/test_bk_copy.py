@@ -294,3 +294,75 @@ ERRORS = [
 )
 def test_copy_errors(bk, dockerfile, message):
     assert message in bk.error(dockerfile, {"foo": "foo-contents"})
+
+
+# testChmodNonOctal: the expected modes are what busybox chmod(1) makes of the
+# same input, so the check does not rest on our own reading of the syntax.
+SYMBOLIC = [
+    ("file", "f1", "go-w"),
+    ("file", "f2", "u=rw,g=r,o=r"),
+    ("file", "f3", "a+X"),
+    ("dir", "d1", "go-w"),
+    ("dir", "d2", "u+rw,g+r,o-x,o+w"),
+    ("dir", "d3", "a+X"),
+    ("file", "f4", "u=rwX,go=rX"),
+    ("dir", "d4", "u=rwX,go=rX"),
+    ("file", "f6", "+x"),
+    ("xfile", "f7", "g=u"),
+    ("xfile", "f8", "u+s,o="),
+]
+
+
+def _symbolic_dockerfile() -> str:
+    expected, copies = [], []
+    for src, dst, mode in SYMBOLIC:
+        expected.append(f"RUN cp -a /input/{src} /expected/{dst} && chmod {mode} /expected/{dst}")
+        if src == "dir":  # COPY copies a directory's contents: nest it to copy the directory itself
+            expected.append(f"RUN mkdir -p /input/dirs/{dst} && cp -a /input/{src} /input/dirs/{dst}/{dst}")
+            copies.append(f"COPY --from=base --chmod={mode} /input/dirs/{dst} /")
+        else:
+            copies.append(f"COPY --from=base --chmod={mode} /input/{src} /{dst}")
+    expected, copies = "\n".join(expected), "\n".join(copies)
+    return (
+        "FROM busybox AS base\n"
+        "RUN mkdir /input /expected && touch /input/file /input/xfile && chmod 666 /input/file"
+        " && chmod 740 /input/xfile && mkdir /input/dir && chmod 124 /input/dir\n"
+        f"{expected}\nFROM scratch AS result\n{copies}\n"
+        "FROM base\nCOPY --from=result / /actual/\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def symbolic_tree(bk):
+    return bk.build(_symbolic_dockerfile()).tree()
+
+
+@pytest.mark.buildkit("testChmodNonOctal")
+@pytest.mark.parametrize("dst", [d for _, d, _ in SYMBOLIC], ids=[f"{d}-{m}" for _, d, m in SYMBOLIC])
+def test_chmod_symbolic(symbolic_tree, dst):
+    """dockerfile >= 1.14: --chmod takes chmod(1)'s symbolic modes (buildah 1.28 refuses them)."""
+    assert oct(symbolic_tree[f"actual/{dst}"].mode) == oct(symbolic_tree[f"expected/{dst}"].mode)
+
+
+@pytest.mark.buildkit("testChmodNonOctal")
+def test_chmod_symbolic_x_looks_at_the_mode_before(bk):
+    """BuildKit's mode parser (dchapes-mode) gives X where the file had an x bit
+    before the change; busybox chmod, which BuildKit's own test uses for its
+    expectations, looks at the mode so far and would give 0644 here."""
+    context = bk.context({"x": "#!/bin/sh\n"})
+    (context / "x").chmod(0o740)
+    tree = bk.build("FROM scratch\nCOPY --chmod=u=rwX,go=rX x /x\nCOPY --chmod=a-x,a+X x /y\n", context=context).tree()
+    assert (oct(tree["x"].mode), oct(tree["y"].mode)) == (oct(0o755), oct(0o751))
+
+
+@pytest.mark.buildkit("testChmodNonOctal")
+def test_chmod_symbolic_created_parent_keeps_default_mode(bk):
+    tree = bk.build("FROM scratch\nCOPY --chmod=go-w foo /made/foo\n", {"foo": "x"}).tree()
+    assert (oct(tree["made"].mode), oct(tree["made/foo"].mode)) == (oct(0o755), oct(0o644))
+
+
+@pytest.mark.buildkit("testCopyChmod")
+def test_chmod_octal_sets_special_bits(bk):
+    """fsutil's copyFileInfo: an octal --chmod is the whole mode, setuid and sticky included."""
+    tree = bk.build("FROM scratch\nCOPY --chmod=4755 foo /suid\nCOPY --chmod=1777 foo /sticky\n", {"foo": "x"}).tree()
+    assert (oct(tree["suid"].mode), oct(tree["sticky"].mode)) == (oct(0o4755), oct(0o1777))
