@@ -48,7 +48,7 @@ from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.source import BuildContext
 from imgbuild.context.statcache import StatCache
 from imgbuild.dockerfile import Add, Arg, Cmd, Copy, Env, Run, Workdir
-from imgbuild.errors import DockerfileError, ImgbuildError, Interrupted, SourceLocation
+from imgbuild.errors import BuildError, DockerfileError, ImgbuildError, Interrupted, SourceLocation
 from imgbuild.image import LayerRef, Platform
 from imgbuild.store import Store, remove_tree
 from imgbuild.units import human_size
@@ -319,6 +319,13 @@ class Builder:
         """Layers of ``--from=origin``: a stage by name or index, or an image."""
         index = self.plan.source_stage(origin)
         if index is not None:
+            if index not in self.results:
+                # only a base image's ONBUILD trigger can name a stage the plan did not see
+                raise BuildError(
+                    f"--from={origin} names stage {self.plan.stages[index].label()}, which this build"
+                    " does not build (an ONBUILD trigger of a base image needs it, and imgbuild plans"
+                    " the stages before it reads base images): copy from that stage in this Dockerfile"
+                )
             self.cache.fetch_layers(self.results[index].layers)
             return self.results[index].layers
         return image_layers(resolve_image(self, origin), origin)

@@ -7,8 +7,9 @@ backend and tonistiigi/fsutil ``copy``):
   destination directory is created (0755) if missing and keeps its metadata;
 - a destination ending in ``/`` (or ``.``) is a directory; a file copied onto
   an existing directory goes inside it under its own name;
-- several sources need a directory destination (the classic builder's error:
-  BuildKit would let the last source silently overwrite the others);
+- several files need a directory destination (the classic builder's error:
+  BuildKit would let the last file silently overwrite the others); several
+  directories or archives merge into a destination without a trailing ``/``;
 - a relative destination is relative to WORKDIR; missing parents are created
   with mode 0755 (the --chmod permission bits if it is octal, BuildKit >=
   1.15), owned by the --chown user if one is given;
@@ -27,7 +28,9 @@ backend and tonistiigi/fsutil ``copy``):
   ``/``: each is extracted into it;
 - ADD of a URL places the downloaded file (see ``fetch.py``), not extracted
   unless ``--unpack=true``; ``--unpack=false`` copies a local archive as is;
-- heredocs (``COPY <<EOF``) are files of mode 0644.
+- heredocs (``COPY <<EOF``) are files of mode 0644;
+- a socket becomes an empty regular file with the socket's mode (BuildKit's
+  "socket copied as stub").
 """
 
 from __future__ import annotations
@@ -98,9 +101,14 @@ def copy_into(
     instruction = "ADD" if is_add else "COPY"
     target = _destination(dest, workdir, dest_is_dir_hint)
     archives = [is_add and _is_archive(item, unpack) for item in selected]
-    # Archives are extracted into the destination, which makes it a directory
-    # (BuildKit: ADD *.tar /dest); several other sources still need a "/".
-    if len(selected) - sum(archives) > 1 and not target.is_dir:
+    # Directories (their contents) and archives go into the destination, which
+    # makes it a directory (BuildKit: ADD *.tar /dest, COPY dir* /dest); several
+    # files still need a "/", where BuildKit would keep only the last one.
+    files = sum(
+        1 for item, archive in zip(selected, archives, strict=True)
+        if not archive and not (isinstance(item, Selected) and item.is_dir)
+    )  # fmt: skip
+    if files > 1 and not target.is_dir:
         raise BuildError(
             f"When using {instruction} with more than one source file, "
             "the destination must be a directory and end with a /"
@@ -325,8 +333,11 @@ class _TreeCopier:
             os.symlink(entry.link or "", dest)
         elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
             os.mknod(dest, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev)
+        elif stat.S_ISSOCK(st.st_mode):
+            # no layer can carry a socket: BuildKit (fsutil) copies it as an empty file
+            os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
         else:
-            return  # sockets and the like are not copied
+            return
         self.apply_metadata(entry, dest)
 
     def apply_metadata(self, entry: Entry, dest: Path) -> None:

@@ -166,10 +166,12 @@ class BuildContext:
             return []
         selected = []
         for match in self._glob(base, parts[first_wildcard:]):
-            if excludes.ignored(match):
-                continue
             relpath = self._resolve(source, _split(_join(base, match)), instruction)
             st = self._lstat_visible(source, relpath, instruction)
+            # --exclude drops matched files; a matched directory is still copied
+            # (its destination made), its excluded contents left out, as in BuildKit
+            if excludes.ignored(match) and not stat.S_ISDIR(st.st_mode):
+                continue
             name = match.rsplit("/", 1)[-1]
             selected.append(
                 Selected(self, source, name, relpath, stat.S_ISDIR(st.st_mode), excludes)
@@ -428,8 +430,6 @@ class BuildContext:
         re-included by an exception (then it must be walked, as BuildKit does)."""
         dir_path = str(self.root / ctx_rel) if ctx_rel else str(self.root)
         for name, st, link, xattrs in self._list(ctx_rel, details=True):
-            if stat.S_ISSOCK(st.st_mode):
-                continue  # sockets are not copied
             child_ctx = _join(ctx_rel, name)
             child_rel = _join(rel, name)
             ignored = self.ignore.ignored(child_ctx)

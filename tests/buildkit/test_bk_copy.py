@@ -366,3 +366,17 @@ def test_chmod_octal_sets_special_bits(bk):
     """fsutil's copyFileInfo: an octal --chmod is the whole mode, setuid and sticky included."""
     tree = bk.build("FROM scratch\nCOPY --chmod=4755 foo /suid\nCOPY --chmod=1777 foo /sticky\n", {"foo": "x"}).tree()
     assert (oct(tree["suid"].mode), oct(tree["sticky"].mode)) == (oct(0o4755), oct(0o1777))
+
+
+@pytest.mark.buildkit("testCopySocket")
+def test_socket_copied_as_empty_file(bk):
+    """fsutil copies a socket "as stub": an empty regular file (imgbuild skipped it before)."""
+    import socket
+
+    context = bk.context()
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(context / "socket.sock"))
+    server.close()
+    os.chmod(context / "socket.sock", 0o600)
+    node = bk.build("FROM scratch\nCOPY . /\n", context=context).tree()["socket.sock"]
+    assert (node.kind, node.data, oct(node.mode)) == ("file", b"", oct(0o600))

@@ -313,3 +313,123 @@ def relative_parents(bk):
 @pytest.mark.parametrize(("path", "present"), [(p, e) for _, p, e in RELATIVE_CHECKS], ids=[i for i, _, _ in RELATIVE_CHECKS])
 def test_copy_relative_parents(relative_parents, path, present):
     assert (path in relative_parents) == present
+
+
+# --- COPY/ADD --exclude (exclude_patterns_test.go, the local-context half) -------------------
+
+EXCLUDE_DOCKERFILE = """\
+FROM scratch as builder1
+COPY --exclude=*/*.png --exclude=*/*.jpeg . /1
+FROM scratch as builder2
+COPY --exclude=*/*.pdf --exclude=*/*.txt . /2
+FROM scratch as builder3
+ADD --exclude=*.mp3 dir3/ /3/
+FROM scratch as builder4
+COPY --exclude=*.mp3 --exclude=*.jpeg --exclude=*.png --exclude=*.pdf --exclude=*.txt dir* /4/
+FROM scratch as builder5
+ADD --exclude=*.mp* --exclude=*.jpeg --exclude=*.png --exclude=*.pdf dir* /5
+FROM scratch as builder6
+ADD --exclude=* dir* /6
+FROM scratch
+COPY --from=builder1 / /builder1
+COPY --from=builder2 / /builder2
+COPY --from=builder3 / /builder3
+COPY --from=builder4 / /builder4
+COPY --from=builder5 / /builder5
+COPY --from=builder6 / /builder6
+"""
+
+EXCLUDE_FILES = {
+    "dir1/file-101.png": "2", "dir1/file-102.txt": "3", "dir1/file-103.jpeg": "4",
+    "dir2/file-201.pdf": "6", "dir2/file-202.jpeg": "7", "dir2/file-203.png": "8",
+    "dir3/file-301.mp3": "9", "dir3/file-302.mpeg": "10", "dir4/file-401.txt": "11",
+}  # fmt: skip
+
+# (path, expected content or symlink target; None: excluded)
+EXCLUDE_CASES = [
+    ("builder1/1/dir1/file-101.png", None), ("builder1/1/dir1/file-102.txt", "3"),
+    ("builder1/1/dir1/file-103.jpeg", None), ("builder1/1/dir2/file-201.pdf", "6"),
+    ("builder1/1/dir2/file-202.jpeg", None), ("builder1/1/dir2/file-203.png", None),
+    ("builder1/1/dir3/file-301.mp3", "9"), ("builder1/1/dir3/file-302.mpeg", "10"),
+    ("builder1/1/dir4/file-401.txt", "11"), ("builder1/1/dir4/file-402.txt", "file-401.txt"),
+    ("builder1/1/dir4/file-403.txt", "file-404.txt"),
+    ("builder2/2/dir1/file-101.png", "2"), ("builder2/2/dir1/file-102.txt", None),
+    ("builder2/2/dir1/file-103.jpeg", "4"), ("builder2/2/dir2/file-201.pdf", None),
+    ("builder2/2/dir2/file-202.jpeg", "7"), ("builder2/2/dir2/file-203.png", "8"),
+    ("builder2/2/dir3/file-301.mp3", "9"), ("builder2/2/dir3/file-302.mpeg", "10"),
+    ("builder2/2/dir4/file-401.txt", None), ("builder2/2/dir4/file-402.txt", None),
+    ("builder2/2/dir4/file-403.txt", None),
+    ("builder3/3/file-301.mp3", None), ("builder3/3/file-302.mpeg", "10"),
+    ("builder4/4/file-101.png", None), ("builder4/4/file-102.txt", None),
+    ("builder4/4/file-103.jpeg", None), ("builder4/4/file-201.pdf", None),
+    ("builder4/4/file-202.jpeg", None), ("builder4/4/file-203.png", None),
+    ("builder4/4/file-301.mp3", None), ("builder4/4/file-302.mpeg", "10"),
+    ("builder4/4/file-401.txt", None), ("builder4/4/file-402.txt", None),
+    ("builder4/4/file-403.txt", None),
+    ("builder5/5/file-101.png", None), ("builder5/5/file-102.txt", "3"),
+    ("builder5/5/file-103.jpeg", None), ("builder5/5/file-201.pdf", None),
+    ("builder5/5/file-202.jpeg", None), ("builder5/5/file-203.png", None),
+    ("builder5/5/file-301.mp3", None), ("builder5/5/file-302.mpeg", None),
+    ("builder5/5/file-401.txt", "11"), ("builder5/5/file-402.txt", "file-401.txt"),
+    ("builder5/5/file-403.txt", "file-404.txt"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def excluded(bk):
+    context = bk.context(EXCLUDE_FILES)
+    os.symlink("file-401.txt", context / "dir4" / "file-402.txt")
+    os.symlink("file-404.txt", context / "dir4" / "file-403.txt")
+    (context / ".dockerignore").write_text("Dockerfile\n")
+    return bk.build(EXCLUDE_DOCKERFILE, context=context).tree()
+
+
+@pytest.mark.buildkit("testExcludedFilesOnCopy")
+@pytest.mark.parametrize(("path", "expected"), EXCLUDE_CASES, ids=[p for p, _ in EXCLUDE_CASES])
+def test_exclude(excluded, path, expected):
+    node = excluded.get(path)
+    if expected is None:
+        assert node is None
+    else:
+        assert (node.target if node.kind == "symlink" else node.data.decode()) == expected
+
+
+@pytest.mark.buildkit("testExcludedFilesOnCopy")
+def test_exclude_everything_leaves_empty_dir(excluded):
+    """Several directories into /6 without a trailing "/" (buildah 1.28 refuses that)."""
+    assert excluded["builder6/6"].kind == "dir"
+    assert not [name for name in excluded if name.startswith("builder6/6/")]
+
+
+@pytest.mark.buildkit("testCacheMountSourceEscape")
+def test_cache_mount_source_through_symlink_fails(bk):
+    message = bk.error(
+        "FROM busybox AS init\n"
+        "RUN --mount=type=cache,id=sourceescape,target=/cache mkdir -p /cache/sel && echo benign > /cache/sel/benign.txt\n"
+        "FROM init AS link\nRUN --mount=type=cache,id=sourceescape,target=/cache rm -rf /cache/sel && ln -s /etc /cache/sel\n"
+        "FROM link AS victim\nRUN --mount=type=cache,id=sourceescape,source=sel,target=/victim cat /victim/hostname\n"
+        "FROM scratch\nCOPY --from=victim /etc/hostname /hostname\n",
+        no_cache=True,
+    )
+    assert "sel" in message
+
+
+@pytest.mark.buildkit("testWorkdirSourceDateEpochReproducible")
+def test_workdir_reproducible_with_source_date_epoch(bk):
+    digests = {
+        bk.build("FROM alpine\nWORKDIR /mydir\n", source_date_epoch=1234567890, no_cache=True).image.digest
+        for _ in range(2)
+    }
+    assert len(digests) == 1
+
+
+def test_onbuild_of_image_copying_from_an_unplanned_stage_is_a_clear_error(bk):
+    """Not a BuildKit behaviour (not counted): a known difference (docs/dockerfile.md).
+    BuildKit (testOnBuildNamedContext) reads base images while it plans and builds
+    the stage such a trigger names; imgbuild says what to do (before: a KeyError)."""
+    bk.build("FROM busybox\nONBUILD COPY --from=otherstage /testfile /out/foo\n", tags=["bk/onbuild-named:1"])
+    message = bk.error(
+        "FROM busybox AS otherstage\nRUN echo -n hello > /testfile\nFROM bk/onbuild-named:1 AS inputstage\n"
+        "FROM scratch\nCOPY --from=inputstage /out/foo /bar\n"
+    )
+    assert "--from=otherstage names stage otherstage, which this build does not build" in message

@@ -1,0 +1,78 @@
+"""Step caching as BuildKit's dockerfile_cache_test.go and testCopyWildcardCache pin it
+down: what a rebuild reuses, and what makes it run a step again."""
+
+from __future__ import annotations
+
+import pytest
+
+UNIQUE = (
+    "FROM busybox AS s0\nRUN cat /dev/urandom | head -c 100 | sha256sum > unique\n"
+    "FROM busybox AS s1\nRUN cat /dev/urandom | head -c 100 | sha256sum > unique2\n"
+    "FROM scratch\nCOPY --from=s0 unique /\nCOPY --from=s1 unique2 /\n"
+)
+
+
+@pytest.fixture(scope="module")
+def no_cache_runs(bk):
+    context = bk.context()
+    runs = []
+    for options in ({}, {"no_cache": True}, {"no_cache_filter": ["s1"]}):
+        tree = bk.build(UNIQUE, context=context, **options).tree()
+        runs.append((tree["unique"].data, tree["unique2"].data))
+    return runs
+
+
+@pytest.mark.buildkit("testNoCache")
+def test_no_cache_reruns_first_stage(no_cache_runs):
+    assert no_cache_runs[0][0] != no_cache_runs[1][0]
+
+
+@pytest.mark.buildkit("testNoCache")
+def test_no_cache_reruns_second_stage(no_cache_runs):
+    assert no_cache_runs[0][1] != no_cache_runs[1][1]
+
+
+@pytest.mark.buildkit("testNoCache")
+def test_no_cache_filter_keeps_other_stages(no_cache_runs):
+    assert no_cache_runs[2][0] == no_cache_runs[1][0]
+
+
+@pytest.mark.buildkit("testNoCache")
+def test_no_cache_filter_reruns_named_stage(no_cache_runs):
+    assert no_cache_runs[2][1] not in (no_cache_runs[0][1], no_cache_runs[1][1])
+
+
+WILDCARD = (
+    "FROM busybox AS base\nCOPY foo* files/\nRUN cat /dev/urandom | head -c 100 | sha256sum > unique\n"
+    "COPY bar files/\nFROM scratch\nCOPY --from=base unique /\n"
+)
+
+
+@pytest.fixture(scope="module")
+def wildcard_runs(bk):
+    context = bk.context({"foo1": "foo1-data", "foo2": "foo2-data", "bar": "bar-data"})
+    first = bk.build(WILDCARD, context=context).tree()["unique"].data
+    (context / "bar").write_text("bar-data-mod")
+    second = bk.build(WILDCARD, context=context).tree()["unique"].data
+    (context / "foo2").write_text("foo2-data-mod")
+    third = bk.build(WILDCARD, context=context).tree()["unique"].data
+    return first, second, third
+
+
+@pytest.mark.buildkit("testCopyWildcardCache")
+def test_later_copy_change_keeps_earlier_steps(wildcard_runs):
+    assert wildcard_runs[1] == wildcard_runs[0]
+
+
+@pytest.mark.buildkit("testCopyWildcardCache")
+def test_wildcard_match_change_reruns(wildcard_runs):
+    assert wildcard_runs[2] != wildcard_runs[0]
+
+
+@pytest.mark.buildkit("testWildcardRenameCache")
+def test_renamed_wildcard_match_misses_the_cache(bk):
+    dockerfile = "FROM alpine\nCOPY file* /files/\nRUN ls /files/file1\n"
+    context = bk.context({"file1": "foo"})
+    bk.build(dockerfile, context=context)
+    (context / "file1").rename(context / "file2")
+    assert "RUN ls /files/file1" in bk.error(dockerfile, context=context)
