@@ -12,6 +12,7 @@ becomes the image (``finalimage.py``), then the outputs are written.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -93,6 +94,10 @@ class Builder:
         for name in plan.unused_build_args:
             self.progress.warning(f"build arg {name} was given but no stage declares it (ARG {name})")
         self.plan = plan
+        epoch = plan.source_date_epoch()
+        if self.options.source_date_epoch is None and epoch is not None:
+            # BuildKit takes the time from a SOURCE_DATE_EPOCH build arg or global ARG
+            self.options = dataclasses.replace(self.options, source_date_epoch=epoch)
         self.context = self._open_context()
         self.context.keep_listings()  # each key's inputs name the files it read
         try:

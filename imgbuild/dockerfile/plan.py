@@ -115,6 +115,20 @@ class Plan:
             filename=self.dockerfile.filename,
         )
 
+    def source_date_epoch(self) -> int | None:
+        """BuildKit's ``SOURCE_DATE_EPOCH`` build arg (or the default of a global
+        ``ARG SOURCE_DATE_EPOCH``): seconds since the epoch, or None when unset,
+        empty or ``context`` (a local context has no time of its own)."""
+        value = self.build_args.get("SOURCE_DATE_EPOCH", self.global_args.get("SOURCE_DATE_EPOCH"))
+        if value in (None, "", "context"):
+            return None
+        if value.isascii() and value.isdigit():
+            return int(value)
+        why = "a stage's time is not supported, " if _stage_named(self.stages, value) else ""
+        raise PlanError(
+            f"{self.dockerfile.filename}: invalid SOURCE_DATE_EPOCH: {value} ({why}give a number of seconds since 1970)"
+        )
+
     def source_stage(self, reference: str) -> int | None:
         """``COPY --from=X`` / ``RUN --mount=from=X``: the stage X names, or None for an image.
 
@@ -529,6 +543,10 @@ class _Planner:
             result.add(current)
             todo.extend(self.global_deps.get(current, ()))
         return result
+
+
+def _stage_named(stages: list[Stage], name: str) -> bool:
+    return any(stage.name == name.lower() for stage in stages)
 
 
 def _as_int(text: str) -> int | None:

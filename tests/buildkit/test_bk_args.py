@@ -4,6 +4,8 @@ them down."""
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 
 
@@ -324,3 +326,62 @@ def test_user_name_in_run(user_ids):
 @pytest.mark.buildkit("testUser")
 def test_user_in_config(user_ids):
     assert user_ids.config["User"] == "nobody"
+
+
+# --- SOURCE_DATE_EPOCH (dockerfile_source_date_epoch_test.go) --------------------------------
+
+EPOCH = 1_700_000_000
+EPOCH_TEXT = "2023-11-14T22:13:20Z"
+
+
+@pytest.fixture(scope="module")
+def epoch_from_build_arg(bk):
+    return bk.build("FROM scratch\nENTRYPOINT foo bar\nCOPY Dockerfile .\n", build_args={"SOURCE_DATE_EPOCH": str(EPOCH)})
+
+
+@pytest.mark.buildkit("testSourceDateEpochWithoutExporter")
+def test_epoch_build_arg_sets_created(epoch_from_build_arg):
+    assert epoch_from_build_arg.image.config["created"] == EPOCH_TEXT
+
+
+@pytest.mark.buildkit("testSourceDateEpochWithoutExporter")
+def test_epoch_build_arg_sets_history_times(epoch_from_build_arg):
+    assert {entry["created"] for entry in epoch_from_build_arg.history} == {EPOCH_TEXT}
+
+
+def _is_now(created: str) -> bool:
+    """A ``created`` time within a minute of now: no epoch was applied."""
+    when = datetime.datetime.fromisoformat(created.replace("Z", "+00:00"))
+    return abs((datetime.datetime.now(datetime.UTC) - when).total_seconds()) < 60
+
+
+GLOBAL_EPOCH = f"ARG SOURCE_DATE_EPOCH={EPOCH}\nFROM scratch\nCOPY Dockerfile .\n"
+
+
+@pytest.mark.buildkit("testSourceDateEpochDockerfileDefault")
+def test_epoch_global_arg_default(bk):
+    assert bk.build(GLOBAL_EPOCH).image.config["created"] == EPOCH_TEXT
+
+
+@pytest.mark.buildkit("testSourceDateEpochDockerfileDefaultOverride")
+def test_epoch_build_arg_overrides_default(bk):
+    built = bk.build(GLOBAL_EPOCH, build_args={"SOURCE_DATE_EPOCH": str(EPOCH + 3600)})
+    assert built.image.config["created"] == "2023-11-14T23:13:20Z"
+
+
+@pytest.mark.buildkit("testSourceDateEpochDockerfileDefaultReset")
+def test_epoch_empty_build_arg_resets_default(bk):
+    built = bk.build(GLOBAL_EPOCH, build_args={"SOURCE_DATE_EPOCH": ""})
+    assert _is_now(built.image.config["created"])
+
+
+@pytest.mark.buildkit("testSourceDateEpochDockerfileDefaultInvalid")
+def test_epoch_invalid_default(bk):
+    message = bk.error("ARG SOURCE_DATE_EPOCH=not-a-timestamp\nFROM scratch\nCOPY Dockerfile .\n")
+    assert "invalid SOURCE_DATE_EPOCH: not-a-timestamp" in message
+
+
+@pytest.mark.buildkit("testSourceDateEpochContextLocalUnset")
+def test_epoch_from_local_context_is_unset(bk):
+    built = bk.build("FROM scratch\nCOPY Dockerfile .\n", build_args={"SOURCE_DATE_EPOCH": "context"})
+    assert _is_now(built.image.config["created"])
