@@ -78,15 +78,6 @@ def test_renamed_wildcard_match_misses_the_cache(bk):
     assert "RUN ls /files/file1" in bk.error(dockerfile, context=context)
 
 
-@pytest.mark.buildkit("testReproducibleIDs")
-def test_rebuild_under_another_name_gives_the_same_image(bk):
-    dockerfile = "FROM busybox\nENV foo=bar\nCOPY foo /\nRUN echo bar > bar\n"
-    context = bk.context({"foo": "foo-contents"})
-    first = bk.build(dockerfile, context=context, tags=["example.com/moby/dockerfileids:test"])
-    second = bk.build(dockerfile, context=context, tags=["example.com/moby/dockerfileids2:test"])
-    assert first.image.digest == second.image.digest
-
-
 @pytest.mark.buildkit("testDockerfileDirs")
 def test_copy_and_run_in_root_workdir(bk):
     bk.build(
