@@ -85,3 +85,31 @@ def test_copy_and_run_in_root_workdir(bk):
         "RUN cmp -s foo foo2\nRUN cmp -s foo foo3\n",
         {"foo": "bar"},
     )
+
+
+@pytest.mark.buildkit("testMountRWCache")
+def test_rw_bind_from_stage_keyed_by_what_it_mounts(bk):
+    """The build stage reruns (its cachebust file changed) but makes the same out/:
+    the RUN that mounts out/ read-write is still a cache hit."""
+    dockerfile = (
+        "from busybox AS build\ncopy cachebust /\nrun mkdir out && echo foo > out/foo\n"
+        "from busybox as second\nRUN --mount=from=build,src=out,target=/out,rw touch /out/bar"
+        " && cat /dev/urandom | head -c 100 | sha256sum > /unique\n"
+        "from scratch\nCOPY --from=second /unique /unique\n"
+    )
+    context = bk.context({"cachebust": "0"})
+    first = bk.build(dockerfile, context=context).tree()["unique"].data
+    (context / "cachebust").write_text("1")
+    assert bk.build(dockerfile, context=context).tree()["unique"].data == first
+
+
+@pytest.mark.buildkit("testCacheMountParallel")
+def test_nested_cache_mounts_in_parallel_stages(bk):
+    dockerfile = (
+        "FROM alpine AS b1\nRUN --mount=type=cache,target=/foo/bar --mount=type=cache,target=/foo/bar/baz echo 1\n"
+        "FROM alpine AS b2\nRUN --mount=type=cache,target=/foo/bar --mount=type=cache,target=/foo/bar/baz echo 2\n"
+        "FROM scratch\nCOPY --from=b1 /etc/passwd p1\nCOPY --from=b2 /etc/passwd p2\n"
+    )
+    for _ in range(3):
+        tree = bk.build(dockerfile, no_cache=True).tree()
+        assert tree["p1"].data == tree["p2"].data
