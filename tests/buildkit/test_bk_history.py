@@ -61,6 +61,7 @@ FLATTEN_CHECKS = [
     ("redeclared-arg-entry", lambda h: "ARG foo=bar2" in h[2]["created_by"], True),
     ("run-names-command", lambda h: "ls /etc/" in h[3]["created_by"], True),
     ("run-lists-arg-count", lambda h: "RUN |2 " in h[3]["created_by"], True),
+    ("run-lists-args-in-declared-order", lambda h: "RUN |2 foo=bar2 bar=123 " in h[3]["created_by"], True),
     ("run-has-last-value-only", lambda h: "foo=bar2" in h[3]["created_by"] and "foo=bar " not in h[3]["created_by"], True),
 ]
 
