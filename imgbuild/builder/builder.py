@@ -12,12 +12,14 @@ becomes the image (``finalimage.py``), then the outputs are written.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from pathlib import Path
 
 from imgbuild import dockerfile as frontend
 from imgbuild.builder import imageconfig as ic
@@ -47,7 +49,7 @@ from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.source import BuildContext
 from imgbuild.context.statcache import StatCache
 from imgbuild.dockerfile import Add, Arg, Cmd, Copy, Env, Run, Workdir
-from imgbuild.errors import DockerfileError, ImgbuildError, Interrupted, SourceLocation
+from imgbuild.errors import BuildError, DockerfileError, ImgbuildError, Interrupted, SourceLocation
 from imgbuild.image import LayerRef, Platform
 from imgbuild.sandbox.cacerts import read_ca_certs
 from imgbuild.store import Store, remove_tree
@@ -95,6 +97,10 @@ class Builder:
         for name in plan.unused_build_args:
             self.progress.warning(f"build arg {name} was given but no stage declares it (ARG {name})")
         self.plan = plan
+        epoch = plan.source_date_epoch()
+        if self.options.source_date_epoch is None and epoch is not None:
+            # BuildKit takes the time from a SOURCE_DATE_EPOCH build arg or global ARG
+            self.options = dataclasses.replace(self.options, source_date_epoch=epoch)
         self.context = self._open_context()
         self.context.keep_listings()  # each key's inputs name the files it read
         try:
@@ -203,8 +209,8 @@ class Builder:
         if self.options.dockerfile_text is not None:
             self.dockerfile_name = "Dockerfile"
             return self.options.dockerfile_text
-        path = self.options.dockerfile or (self.options.context / "Dockerfile")
-        self.dockerfile_name = str(path) if self.options.dockerfile else "Dockerfile"
+        path = self.options.dockerfile or default_dockerfile(self.options.context)
+        self.dockerfile_name = str(path) if self.options.dockerfile else path.name
         try:
             return read_build_file(self.options.context, path, "Dockerfile").decode("utf-8")
         except FileNotFoundError:
@@ -216,7 +222,7 @@ class Builder:
 
     def _open_context(self) -> BuildContext:
         dockerfile = None if self.options.dockerfile_text is not None else (
-            self.options.dockerfile or self.options.context / "Dockerfile"
+            self.options.dockerfile or default_dockerfile(self.options.context)
         )
         patterns = load_ignore_patterns(self.options.context, dockerfile)
         stat_cache = StatCache(self.store.db)
@@ -253,6 +259,8 @@ class Builder:
         except ImgbuildError as error:  # a base image missing or of another platform
             raise _located(error, self.dockerfile_name, stage.from_instruction) from None
         scope = self.plan.scope_for(stage.index, ic.env_list(state.config))
+        if stage.base_stage is not None:  # FROM an earlier stage: its ARGs carry over
+            scope.inherit_args(self.results[stage.base_stage].args)
         state.scope = scope
         instructions = onbuild_triggers(state) + list(stage.instructions)
         # BuildKit names steps "[name 2/5]", and just "[2/5]" in a one-stage Dockerfile
@@ -283,6 +291,7 @@ class Builder:
             state.base_layers,
             base_digest=state.base_digest,
             entry_key=state.entry_key,
+            args=scope.args_in_scope(),
         )
 
     # --- one step ----------------------------------------------------------------
@@ -343,9 +352,25 @@ class Builder:
         """Layers of ``--from=origin``: a stage by name or index, or an image."""
         index = self.plan.source_stage(origin)
         if index is not None:
+            if index not in self.results:
+                # only a base image's ONBUILD trigger can name a stage the plan did not see
+                raise BuildError(
+                    f"--from={origin} names stage {self.plan.stages[index].label()}, which this build"
+                    " does not build (an ONBUILD trigger of a base image needs it, and imgbuild plans"
+                    " the stages before it reads base images): copy from that stage in this Dockerfile"
+                )
             self.cache.fetch_layers(self.results[index].layers)
             return self.results[index].layers
         return image_layers(resolve_image(self, origin), origin)
+
+
+def default_dockerfile(context: Path) -> Path:
+    """CONTEXT/Dockerfile, or CONTEXT/dockerfile if only that exists (BuildKit's fallback)."""
+    path = Path(context) / "Dockerfile"
+    lower = Path(context) / "dockerfile"
+    if not os.path.lexists(path) and os.path.lexists(lower):
+        return lower
+    return path
 
 
 def build(store: Store, options: BuildOptions, progress: Progress | None = None) -> BuildResult:

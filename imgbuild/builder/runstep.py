@@ -46,7 +46,8 @@ def plan_run(builder, stage, state: StageState, scope, instruction, step) -> Lay
     }
     env = scope.env_for_run()
     env.update(scope.proxy_env())  # reaches RUN, stays out of the key (as in BuildKit)
-    history = ic.run_history(argv, sorted(scope.args_in_scope().items())) + " # imgbuild"
+    # the ARGs in the order they were first declared, as BuildKit lists them
+    history = ic.run_history(argv, list(scope.args_in_scope().items())) + " # imgbuild"
 
     def execute(space):
         with ExitStack() as stack, space.mounted() as merged:
