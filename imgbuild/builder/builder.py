@@ -122,7 +122,7 @@ class Builder:
                 if elsewhere:
                     self.progress.info(
                         f"{len(elsewhere)} layer(s) of the image were not downloaded (only pushed): the image is not "
-                        "kept in the local store; add --output type=image to keep it"
+                        "kept in the local store; use --push instead of --output type=registry to keep it"
                     )
                 self._export_cache(plan.target)
                 self.cache.settle()  # imported entries whose blobs came meanwhile
