@@ -12,6 +12,8 @@ from apps.apptools import PROJECT, Apps, tail
 from imagetools import BUSYBOX
 
 import imgbuild
+from imgbuild.cli import main
+from imgbuild.sandbox import spec
 
 INNER_DOCKERFILE = """\
 FROM scratch
@@ -91,3 +93,56 @@ def _status_field(text: str, name: str) -> str:
 def test_run_refuses_a_bad_volume(apps: Apps, volume, message):
     ran = apps.run("no-such-image:1", flags=("-v", volume))
     assert ran.returncode == 2 and message in ran.stderr, tail(ran)
+
+
+# --- the narrower set docs/container.md lists, item by item --------------------------------
+
+NEEDS = ("sys_admin", "no_seccomp", "cgroups")
+
+
+def _narrow_privileges(granted: set[str]):
+    """What --privileged turns into: only the ``granted`` items of docs/container.md's list."""
+
+    def make_privileged(config: dict) -> None:
+        capabilities = list(spec.DEFAULT_CAPABILITIES)
+        capabilities += ["CAP_SYS_ADMIN"] if "sys_admin" in granted else []
+        capabilities += ["CAP_NET_ADMIN"] if "net_admin" in granted else []
+        for key in ("bounding", "effective", "permitted"):
+            config["process"]["capabilities"][key] = capabilities
+        if "no_seccomp" in granted:
+            del config["linux"]["seccomp"]
+        if "cgroups" in granted:
+            config["mounts"].append(
+                {"destination": "/sys/fs/cgroup", "type": "bind", "source": "/sys/fs/cgroup",
+                 "options": ["rbind", "rw", "nosuid", "noexec", "nodev"]}
+            )  # fmt: skip
+
+    return make_privileged
+
+
+@pytest.mark.parametrize(
+    ("granted", "inner_network", "failure"),
+    [
+        (set(NEEDS), "host", None),
+        ({"no_seccomp", "cgroups"}, "host", "cannot mount the overlay"),
+        ({"sys_admin", "cgroups"}, "host", "cannot mount the overlay"),
+        ({"sys_admin", "no_seccomp"}, "host", "no cgroup mount found"),
+        (set(NEEDS), "none", "operation not permitted"),
+        ({*NEEDS, "net_admin"}, "none", None),
+    ],
+    ids=["all-needs", "no-sys-admin", "seccomp", "no-cgroups", "network-none", "network-none-net-admin"],
+)
+def test_the_needs_docs_list_are_enough_and_each_is_needed(
+    apps: Apps, self_image, work, monkeypatch, capfd, granted, inner_network, failure
+):
+    monkeypatch.setattr(spec, "_make_privileged", _narrow_privileges(granted))
+    code = main([
+        "--root", str(apps.root), "run", "--privileged", "--network", "none", "-v", f"{work}:/work",
+        self_image, "imgbuild", "--root", "/work/store", "build", "--progress", "plain",
+        "--network", inner_network, "/work/ctx",
+    ])  # fmt: skip
+    out, err = capfd.readouterr()
+    if failure is None:
+        assert code == 0 and "steps: 0 cached, 2 run" in out + err, out + err
+    else:
+        assert code == 1 and failure in out + err, out + err
