@@ -3,7 +3,8 @@
 The base is ``debootstrap --variant=minbase bookworm`` (tests/debiantools.py:
 made once per machine and cached, keyed by its package list), imported with
 ``imgbuild import`` once per session into a store all tests here share, so
-each example's apt layer is built once per run.
+each example's apt layer is built once per run. Like Docker's official Debian
+images, the base keeps no .deb files after apt runs and dpkg does not fsync.
 
 Our machines reach PyPI and npm through a TLS-intercepting proxy whose CA
 the host trusts (/usr/local/share/ca-certificates). The fixture puts those
@@ -15,6 +16,7 @@ themselves stay as a user would write them.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -40,6 +42,7 @@ def apps(tmp_path_factory) -> Apps:
         check=True, capture_output=True,
     )  # fmt: skip
     _add_host_certificates(tree)
+    _configure_like_docker_images(tree)
     apps = Apps(root, work)
     started = time.monotonic()
     imported = apps.imgbuild(
@@ -50,6 +53,7 @@ def apps(tmp_path_factory) -> Apps:
     print(f"\napps: Debian base imported in {time.monotonic() - started:.1f}s")
     shutil.rmtree(tree)
     yield apps
+    gc.collect()  # in-process runs' Store objects: their SQLite files go when they are collected
     shutil.rmtree(root)
 
 
@@ -60,3 +64,25 @@ def _add_host_certificates(tree: Path) -> None:
         if certificate.is_file() and not certificate.is_symlink():
             shutil.copyfile(certificate, target / certificate.name)
             os.chmod(target / certificate.name, 0o644)
+
+
+# What Docker's official Debian images (debuerreotype) add to the tree, so that
+# the examples meet the base they meet there: no .deb files or package caches
+# kept after apt runs, no translations fetched, dpkg without fsync.
+DOCKER_IMAGE_CONFIG = {
+    "etc/apt/apt.conf.d/docker-clean": (
+        'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb '
+        '/var/cache/apt/*.bin || true"; };\n'
+        'APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb '
+        '/var/cache/apt/*.bin || true"; };\n'
+        'Dir::Cache::pkgcache "";\nDir::Cache::srcpkgcache "";\n'
+    ),
+    "etc/apt/apt.conf.d/docker-no-languages": 'Acquire::Languages "none";\n',
+    "etc/dpkg/dpkg.cfg.d/docker-apt-speedup": "# a build that loses power is run again\nforce-unsafe-io\n",
+}
+
+
+def _configure_like_docker_images(tree: Path) -> None:
+    for name, text in DOCKER_IMAGE_CONFIG.items():
+        (tree / name).write_text(text)
+        os.chmod(tree / name, 0o644)
