@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from apps.apptools import BASE, DEBIAN_PATH, HOST_CA_DIR, Apps, tail
+from comparetools import mounts_under, runc_containers_under
 from debiantools import debian_rootfs_tar
 from imagetools import require_root_and_runc
 
@@ -54,6 +55,10 @@ def apps(tmp_path_factory) -> Apps:
     shutil.rmtree(tree)
     yield apps
     gc.collect()  # in-process runs' Store objects: their SQLite files go when they are collected
+    # Every `imgbuild run` and build ended (servers by Ctrl-C): nothing may be left
+    # running or mounted, and nothing is ever deleted through a mount point.
+    left = mounts_under(root) + runc_containers_under(root)
+    assert not left, f"left behind under {root}: {left}"
     shutil.rmtree(root)
 
 

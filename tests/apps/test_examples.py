@@ -27,12 +27,25 @@ def edit(path: Path, old: str, new: str) -> None:
 
 
 def serve_and_get(apps: Apps, image: str) -> tuple[str, str]:
+    """The bodies of / and /health, with the image's HEALTHCHECK run against the server too."""
     port = free_port()
     server = apps.serve(image, port)
     try:
-        return http_get(port, "/", server=server), http_get(port, "/health", server=server)
+        bodies = http_get(port, "/", server=server), http_get(port, "/health", server=server)
+        assert_healthy(apps, image, port)
+        return bodies
     finally:
         stop(server)
+
+
+def assert_healthy(apps: Apps, image: str, port: int) -> None:
+    """The HEALTHCHECK command, run in a second container of the image (both on the host network)."""
+    kind, command = apps.inspect(image)["Config"]["config"]["Healthcheck"]["Test"]
+    assert kind == "CMD-SHELL"
+    check = apps.run(image, "-c", command, flags=("-e", f"PORT={port}", "--entrypoint", "/bin/sh"))
+    assert check.returncode == 0, check.stderr
+    broken = apps.run(image, "-c", command, flags=("-e", f"PORT={free_port()}", "--entrypoint", "/bin/sh"))
+    assert broken.returncode != 0  # no server on that port: the check fails
 
 
 def test_python_web(apps: Apps, tmp_path):
@@ -44,7 +57,6 @@ def test_python_web(apps: Apps, tmp_path):
     assert whoami.returncode == 0 and whoami.stdout.startswith("uid=10001(app)"), whoami.stderr
     config = apps.inspect("python-web:1")["Config"]["config"]
     assert config["ExposedPorts"] == {"8000/tcp": {}} and config["User"] == "app"
-    assert config["Healthcheck"]["Test"][0] == "CMD-SHELL"
 
     edit(context / "app.py", 'GREETING = "Hello from python-web"', 'GREETING = "Hello again"')
     second = apps.build(context, "python-web:2")
