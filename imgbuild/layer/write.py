@@ -236,11 +236,31 @@ def _walk(root: bytes) -> Iterator[_Found]:
             info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             yield _Found(prefix + name, info, dir_fd, name)
             if stat.S_ISDIR(info.st_mode):
-                child = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+                child = _open_walked_directory(root, prefix + name, dir_fd, info)
                 stack.append((child, prefix + name + b"/", iter(_sorted_names(child))))
     finally:
         for dir_fd, _, _ in stack:
             os.close(dir_fd)
+
+
+def _open_walked_directory(root: bytes, relative: bytes, dir_fd: int, info: os.stat_result) -> int:
+    """The directory just walked, refused if something else is there now."""
+    name = relative.rsplit(b"/", 1)[-1]
+    try:
+        fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as error:
+        if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        fd = None
+    if fd is not None:
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) == (info.st_dev, info.st_ino):
+            return fd
+        os.close(fd)
+    raise LayerError(
+        f"{os.fsdecode(os.path.join(root, relative))} changed while it was written into the "
+        "layer (it is no longer the directory that was read); is something still changing it?"
+    )
 
 
 def _sorted_names(dir_fd: int) -> list[bytes]:
