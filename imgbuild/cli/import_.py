@@ -32,6 +32,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from imgbuild.builder.importimage import ImportOptions, import_image
+    from imgbuild.cli.tag import target_name
     from imgbuild.image import Platform
     from imgbuild.store import Store
 
@@ -42,7 +43,7 @@ def run(args) -> int:
         raise UsageError("import -: pipe a tar into standard input, or give a directory or tar file")
     options = ImportOptions(
         source=args.source,
-        name=args.name,
+        name=target_name(args.name),  # checked before the tree is read
         changes=list(args.change),
         platform=Platform.parse(args.platform) if args.platform else None,
         message=args.message,

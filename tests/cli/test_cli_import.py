@@ -183,3 +183,6 @@ def test_import_of_a_missing_or_special_source_is_a_usage_error(tmp_path, store_
     os.mkfifo(tmp_path / "fifo")
     special = imgbuild(store_root, "import", str(tmp_path / "fifo"), "x:1")
     assert special.returncode == 2 and b"neither a directory nor a tar file" in special.stderr
+    for name in ("Bad Name:1", "app@sha256:" + "0" * 64):
+        bad_name = imgbuild(store_root, "import", str(tmp_path), name)
+        assert bad_name.returncode == 2 and bad_name.stderr.startswith(b"error: "), bad_name.stderr
