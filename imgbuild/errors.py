@@ -184,3 +184,17 @@ class Interrupted(ImgbuildError):
     """The user stopped the build (SIGINT/SIGTERM). Exit code 130, as shells use."""
 
     exit_code = 130
+
+
+class CommandNotFound(ImgbuildError):
+    """``imgbuild run``: the command is not in the image. Exit code 127, as ``docker run``
+    and shells return it."""
+
+    exit_code = 127
+
+
+class CommandNotExecutable(ImgbuildError):
+    """``imgbuild run``: the command exists but cannot be executed. Exit code 126, as
+    ``docker run`` and shells return it."""
+
+    exit_code = 126

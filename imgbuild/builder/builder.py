@@ -32,7 +32,7 @@ from imgbuild.builder.finalimage import (
 from imgbuild.builder.layerstep import run_layer_step
 from imgbuild.builder.metadata import apply_metadata
 from imgbuild.builder.options import BuildOptions
-from imgbuild.builder.outputs import write_outputs
+from imgbuild.builder.outputs import only_pushed, write_outputs
 from imgbuild.builder.progress import Progress, Step, Summary, make_progress
 from imgbuild.builder.rootfs import image_layers
 from imgbuild.builder.runstep import plan_run
@@ -49,8 +49,9 @@ from imgbuild.context.statcache import StatCache
 from imgbuild.dockerfile import Add, Arg, Cmd, Copy, Env, Run, Workdir
 from imgbuild.errors import DockerfileError, ImgbuildError, Interrupted, SourceLocation
 from imgbuild.image import LayerRef, Platform
+from imgbuild.sandbox.cacerts import read_ca_certs
 from imgbuild.store import Store, remove_tree
-from imgbuild.units import human_size
+from imgbuild.units import human_size, plural
 
 # The steps BuildKit numbers "[2/5]" in its progress: those that make layers.
 LAYER_KINDS = (Run, Copy, Add, Workdir)
@@ -78,6 +79,8 @@ class Builder:
         self.dockerfile_name = "Dockerfile"
         self.context: BuildContext | None = None
         self.secrets = {secret.id: secret for secret in options.secrets}
+        self.ca_certs = read_ca_certs(options.ca_certs)  # PEM; a bad file is a usage error now
+        self.lease = None  # the store's build lease while the build runs
 
     # --- the whole build ---------------------------------------------------------
 
@@ -97,15 +100,26 @@ class Builder:
         try:
             # SIGTERM must clean up like Ctrl-C for the whole build, outputs
             # included: a type=local output copies from a mounted overlay.
-            with signals_raise_interrupt(), self.store.writer_lease():
+            # A registered build, not the writer lease: a prune meanwhile keeps what
+            # this build looked up, wrote or resolved (imgbuild.store.lock).
+            with signals_raise_interrupt(), self.store.build_lease() as self.lease:
                 self._seed_cache_mounts()
                 self._build_stages(plan)
                 target = self.results[plan.target]
-                self.cache.fetch_layers(target.layers)
-                image = write_final_image(self.store, self.options, self.platform, target)
-                tags = tag_image(self.store, self.options, image)
-                write_outputs(self.store, self.options, image, target.layers, target.base_layers, self.progress)
+                elsewhere = self._layers_left_in_registry(target)
+                image = write_final_image(self.store, self.options, self.platform, target, elsewhere)
+                tags = [] if elsewhere else tag_image(self.store, self.options, image)
+                write_outputs(
+                    self.store, self.options, image, target.layers, target.base_layers, self.progress,
+                    self.cache.fetch_layers,
+                )
+                if elsewhere:
+                    self.progress.info(
+                        f"{len(elsewhere)} layer(s) of the image were not downloaded (only pushed): the image is not "
+                        "kept in the local store; add --output type=image to keep it"
+                    )
                 self._export_cache(plan.target)
+                self.cache.settle()  # imported entries whose blobs came meanwhile
         except KeyboardInterrupt:
             raise Interrupted("build interrupted; everything it mounted was unmounted") from None
         finally:
@@ -126,11 +140,25 @@ class Builder:
         swept = self.store.sweep_dead_work(self.options.runtime)
         if swept.removed:
             self.progress.info(
-                f"removed the work of {len(swept.removed)} killed imgbuild process(es) "
-                f"({len(swept.unmounted)} mounts, {len(swept.containers)} containers)"
+                f"removed the work of {plural(len(swept.removed), 'killed imgbuild process', 'killed imgbuild processes')} "
+                f"({plural(len(swept.unmounted), 'mount')}, {plural(len(swept.containers), 'container')})"
             )
         for reason in swept.left:
             self.progress.warning(f"could not clean up after a killed imgbuild: {reason}")
+
+    def _layers_left_in_registry(self, target) -> frozenset:
+        """The final image's layers an imported cache stands for, when the image
+        is only pushed: they are mounted from the cache's repository, never
+        downloaded ("a fully cached build ... downloads none when it is only
+        pushed"). Otherwise every layer is fetched now, and the set is empty."""
+        if only_pushed(self.options):
+            missing = frozenset(
+                layer.blob.digest for layer in target.layers if not self.store.has_blob(layer.blob.digest)
+            )
+            if missing and all(self.cache.in_registry(digest) for digest in missing):
+                return missing
+        self.cache.fetch_layers(target.layers)
+        return frozenset()
 
     def _seed_cache_mounts(self) -> None:
         """RUN --mount=type=cache directories an imported cache carries and this store lacks."""
@@ -155,7 +183,7 @@ class Builder:
             stages = sorted(self.cache.used) if spec.mode == "max" else chain
             keys = [key for index in stages for key in self.cache.used.get(index, [])]
             descriptor = export_cache(
-                self.store, spec, keys, self.cache.fetch_layers, self.options.insecure_registries, self.options.compression
+                self.store, spec, keys, self.cache, self.options.insecure_registries, self.options.compression
             )
             self.progress.info(f"exported {len(keys)} cache entries to {spec.path or spec.ref} ({descriptor.digest})")
 
@@ -168,7 +196,7 @@ class Builder:
             self.progress.info(f"cache limits not checked ({result.skipped_reason}); the next build checks them")
             return
         self.progress.info(
-            f"cache over its limits: pruned {len(result.entries)} entries, freed {human_size(result.freed_bytes)}"
+            f"cache over its limits: pruned {plural(len(result.entries), 'entry')}, freed {human_size(result.freed_bytes)}"
         )
 
     def _read_dockerfile(self) -> str:

@@ -23,7 +23,9 @@ class BuildResult:
     tags: list[str] = field(default_factory=list)
 
 
-def write_final_image(store: Store, options: BuildOptions, platform: Platform, target: StageResult) -> Image:
+def write_final_image(
+    store: Store, options: BuildOptions, platform: Platform, target: StageResult, elsewhere: frozenset = frozenset()
+) -> Image:
     config = json.loads(json.dumps(target.config))
     if options.labels:
         ic.add_labels(config, options.labels)
@@ -35,7 +37,7 @@ def write_final_image(store: Store, options: BuildOptions, platform: Platform, t
         config["variant"] = platform.variant
     else:
         config.pop("variant", None)
-    return store.write_image(config, [layer.blob for layer in target.layers])
+    return store.write_image(config, [layer.blob for layer in target.layers], elsewhere=elsewhere)
 
 
 def tag_image(store: Store, options: BuildOptions, image: Image) -> list[str]:
@@ -45,6 +47,12 @@ def tag_image(store: Store, options: BuildOptions, image: Image) -> list[str]:
     if not tags:
         store.keep_untagged(image.manifest_descriptor)
     return tags
+
+
+def image_size(image: Image) -> int:
+    """Bytes of the manifest, config and (compressed) layer blobs."""
+    blobs = [image.manifest_descriptor, image.config_descriptor, *image.layers]
+    return sum(blob.size for blob in blobs)
 
 
 def write_result_files(options: BuildOptions, result: BuildResult) -> None:
@@ -66,5 +74,10 @@ def _write_iidfile_and_metadata(options: BuildOptions, result: BuildResult) -> N
             "image.name": ",".join(result.tags),
             "imgbuild.steps.cached": result.steps_cached,
             "imgbuild.steps.run": result.steps_run,
+            # for CI: every tag as a list, and the bytes a registry stores for the
+            # image (manifest, config and compressed layers)
+            "imgbuild.tags": list(result.tags),
+            "imgbuild.image.size": image_size(result.image),
+            "imgbuild.seconds": round(result.seconds, 3),
         }
         options.metadata_file.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")

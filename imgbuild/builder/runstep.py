@@ -14,10 +14,12 @@ from imgbuild.cache.keys import instruction_document
 from imgbuild.context.source import BuildContext
 from imgbuild.context.views import context_view_opener
 from imgbuild.errors import BuildError, RunError
+from imgbuild.sandbox.cacerts import ca_cert_mounts
 from imgbuild.sandbox.runmounts import PIPES_DIR, prepared_mounts, script_mount
 from imgbuild.sandbox.runtime import run_container
 from imgbuild.sandbox.spec import RunSpec
 from imgbuild.sandbox.users import resolve_user
+from imgbuild.units import plural
 
 OUTPUT_TAIL_LINES = 20
 
@@ -124,6 +126,10 @@ def _run_in(builder, space, merged: Path, instruction, argv, env: dict, user: st
             cancel=builder.cancel,
         ) as prepared:
             run_env = dict(env)
+            ca_mounts: list = []
+            if builder.ca_certs:
+                ca_mounts, ca_env = ca_cert_mounts(merged, builder.ca_certs)
+                run_env.update(ca_env)
             run_env.update(prepared.env)
             spec = RunSpec(
                 args=argv,
@@ -131,7 +137,7 @@ def _run_in(builder, space, merged: Path, instruction, argv, env: dict, user: st
                 cwd=cwd,
                 user=resolved_user,
                 network=run_network(builder, instruction),
-                mounts=script_mounts + prepared.mounts,
+                mounts=ca_mounts + script_mounts + prepared.mounts,
             )
             status, tail = _run_container(builder, merged, spec, space.scratch, step)
     if status != 0:
@@ -158,6 +164,6 @@ def _fail(builder, instruction, status: int, tail: list[str], step) -> None:
     output = "\n".join(f"    {line}" for line in tail)
     message = f"RUN {command} exited with code {status}"
     if output:
-        message += f"\n  last {len(tail)} lines of its output:\n{output}"
+        message += f"\n  last {plural(len(tail), 'line')} of its output:\n{output}"
     builder.progress.failed(step, message)
     raise RunError(message, exit_status=status, output_tail="\n".join(tail))

@@ -3,7 +3,7 @@
 Run as a program, not imported (``sandbox.py`` starts it; standard library only,
 so it runs under ``python -I -S``)::
 
-    python3 -I -S privatebundle.py MOUNT_POINT SIZE ERROR_FILE -- RUNTIME ARG...
+    python3 -I -S privatebundle.py MOUNT_POINT SIZE ERROR_FILE [--stdin FD] -- RUNTIME ARG...
 
 It reads the bundle's files as JSON on stdin (``{"files": [{"path", "data"
 (base64), "mode", "uid", "gid"}]}``), then:
@@ -15,7 +15,8 @@ It reads the bundle's files as JSON on stdin (``{"files": [{"path", "data"
 3. sets the umask to 022, so that the mount points the runtime creates in the
    root filesystem (``/proc`` in a ``FROM scratch`` image) do not depend on the
    umask of whoever runs imgbuild, and replaces itself with the runtime, whose
-   stdin is /dev/null.
+   stdin is /dev/null, or the inherited descriptor FD with ``--stdin FD``
+   (``imgbuild run -i``).
 
 The bundle holds ``config.json`` (with the values of ``--secret env=``) and the
 secret files. The tmpfs exists in no other namespace: on the host the mount
@@ -50,8 +51,12 @@ class LaunchError(Exception):
 
 
 def main(argv: list[str]) -> int:
+    stdin_fd = None
+    if len(argv) > 6 and argv[4] == "--stdin":
+        stdin_fd = int(argv[5])
+        argv = argv[:4] + argv[6:]
     if len(argv) < 6 or argv[4] != "--":
-        print("usage: privatebundle.py MOUNT_POINT SIZE ERROR_FILE -- RUNTIME ARG...", file=sys.stderr)
+        print("usage: privatebundle.py MOUNT_POINT SIZE ERROR_FILE [--stdin FD] -- RUNTIME ARG...", file=sys.stderr)
         return 2
     mount_point, size, error_file, command = argv[1], int(argv[2]), argv[3], argv[5:]
     try:
@@ -68,9 +73,9 @@ def main(argv: list[str]) -> int:
         for entry in files:
             _write_file(mount_point, entry)
         os.umask(0o022)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
+        source = os.open(os.devnull, os.O_RDONLY) if stdin_fd is None else stdin_fd
+        os.dup2(source, 0)
+        os.close(source)
         os.execvp(command[0], command)
     except (LaunchError, OSError, ValueError, KeyError) as error:
         _report(error_file, str(error))

@@ -118,7 +118,8 @@ class RunSpec:
     mounts: list[Mount] = field(default_factory=list)
     hosts: str | None = None  # /etc/hosts content; None: localhost lines and the hostname
     resolv_conf: str | None = None  # /etc/resolv.conf content; None: derived from the host's
-    privileged: bool = False  # `imgbuild run --privileged`; see privileged_linux
+    terminal: bool = False  # a pseudo-terminal for stdin/stdout/stderr (imgbuild run -t)
+    privileged: bool = False  # `imgbuild run --privileged`; see _make_privileged
 
 
 # --- config.json -------------------------------------------------------------------
@@ -155,7 +156,7 @@ def make_config(rootfs: Path, spec: RunSpec, bundle: Path, files: BundleFiles) -
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": spec.hostname,
         "process": {
-            "terminal": False,
+            "terminal": spec.terminal,
             "args": list(spec.args),
             "env": _with_default_path(spec.env),
             "cwd": spec.cwd,

@@ -46,11 +46,13 @@ class Apps:
 
     def build(self, context: Path, tag: str, *args: str) -> Built:
         metadata_file = self.work / f"{tag.replace(':', '-').replace('/', '-')}.json"
+        # The proxy's CA for pip and npm, as a user behind it would pass it.
+        ca_certs = [arg for cert in host_ca_certs() for arg in ("--ca-cert", str(cert))]
         started = time.monotonic()
         completed = self.imgbuild(
             # zstd: the Debian layers are hundreds of MB, and gzip is the slowest part of writing them
             "build", "--progress", "json", "--metadata-file", str(metadata_file), "--compression", "zstd",
-            "--build-arg", f"BASE={BASE}", "-t", tag, *args, str(context),
+            "--build-arg", f"BASE={BASE}", *ca_certs, "-t", tag, *args, str(context),
         )  # fmt: skip
         seconds = time.monotonic() - started
         assert completed.returncode == 0, f"build of {context} failed:\n{tail(completed)}"
@@ -74,6 +76,11 @@ class Apps:
              "-e", "HOST=127.0.0.1", "-e", f"PORT={port}", *args, image],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
+
+
+def host_ca_certs() -> list[Path]:
+    """The CAs the host trusts beyond Debian's (the proxy's on our machines)."""
+    return sorted(p for p in HOST_CA_DIR.glob("*.crt") if p.is_file() and not p.is_symlink())
 
 
 def _step_states(events: list[dict]) -> list[tuple[str, str, str]]:

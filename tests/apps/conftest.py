@@ -7,11 +7,10 @@ each example's apt layer is built once per run. Like Docker's official Debian
 images, the base keeps no .deb files after apt runs and dpkg does not fsync.
 
 Our machines reach PyPI and npm through a TLS-intercepting proxy whose CA
-the host trusts (/usr/local/share/ca-certificates). The fixture puts those
-certificates into the base's /usr/local/share/ca-certificates before the
-import, where Debian's ca-certificates package (which each example installs,
-as it must on a Debian image) adds them to the trust store. The examples
-themselves stay as a user would write them.
+the host trusts (/usr/local/share/ca-certificates). The builds here pass those
+certificates with ``--ca-cert``, as a user behind such a proxy would: RUN
+steps trust them while they run, and neither the base nor the examples hold
+them.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from apps.apptools import BASE, DEBIAN_PATH, HOST_CA_DIR, Apps, tail
+from apps.apptools import BASE, DEBIAN_PATH, Apps, tail
 from comparetools import mounts_under, runc_containers_under
 from debiantools import debian_rootfs_tar
 from imagetools import require_root_and_runc
@@ -42,7 +41,6 @@ def apps(tmp_path_factory) -> Apps:
         ["tar", "--numeric-owner", "--xattrs", "-xf", str(debian_rootfs_tar()), "-C", str(tree)],
         check=True, capture_output=True,
     )  # fmt: skip
-    _add_host_certificates(tree)
     _configure_like_docker_images(tree)
     apps = Apps(root, work)
     started = time.monotonic()
@@ -60,15 +58,6 @@ def apps(tmp_path_factory) -> Apps:
     left = mounts_under(root) + runc_containers_under(root)
     assert not left, f"left behind under {root}: {left}"
     shutil.rmtree(root)
-
-
-def _add_host_certificates(tree: Path) -> None:
-    target = tree / "usr" / "local" / "share" / "ca-certificates"
-    target.mkdir(parents=True, exist_ok=True)
-    for certificate in sorted(HOST_CA_DIR.glob("*.crt")):
-        if certificate.is_file() and not certificate.is_symlink():
-            shutil.copyfile(certificate, target / certificate.name)
-            os.chmod(target / certificate.name, 0o644)
 
 
 # What Docker's official Debian images (debuerreotype) add to the tree, so that

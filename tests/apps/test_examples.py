@@ -40,7 +40,7 @@ def serve_and_get(apps: Apps, image: str) -> tuple[str, str]:
 
 def assert_healthy(apps: Apps, image: str, port: int) -> None:
     """The HEALTHCHECK command, run in a second container of the image (both on the host network)."""
-    kind, command = apps.inspect(image)["Config"]["config"]["Healthcheck"]["Test"]
+    kind, command = apps.inspect(image)["ImageConfig"]["config"]["Healthcheck"]["Test"]
     assert kind == "CMD-SHELL"
     check = apps.run(image, "-c", command, flags=("-e", f"PORT={port}", "--entrypoint", "/bin/sh"))
     assert check.returncode == 0, check.stderr
@@ -55,7 +55,7 @@ def test_python_web(apps: Apps, tmp_path):
     assert serve_and_get(apps, "python-web:1") == ("Hello from python-web\n", "ok\n")
     whoami = apps.run("python-web:1", flags=("--entrypoint", "id"))
     assert whoami.returncode == 0 and whoami.stdout.startswith("uid=10001(app)"), whoami.stderr
-    config = apps.inspect("python-web:1")["Config"]["config"]
+    config = apps.inspect("python-web:1")["ImageConfig"]["config"]
     assert config["ExposedPorts"] == {"8000/tcp": {}} and config["User"] == "app"
 
     edit(context / "app.py", 'GREETING = "Hello from python-web"', 'GREETING = "Hello again"')

@@ -44,7 +44,7 @@ def work(tmp_path) -> Path:
 def test_the_image_runs_imgbuild(apps: Apps, self_image):
     ran = apps.run(self_image, "imgbuild", "--version", flags=("--network", "none"))
     assert (ran.returncode, ran.stdout) == (0, f"imgbuild {imgbuild.__version__}\n"), ran.stderr
-    config = apps.inspect(self_image)["Config"]["config"]
+    config = apps.inspect(self_image)["ImageConfig"]["config"]
     assert config["Volumes"] == {"/var/lib/imgbuild": {}}
     assert "IMGBUILD_ROOT=/var/lib/imgbuild" in config["Env"]
 

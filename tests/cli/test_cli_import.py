@@ -79,7 +79,7 @@ def test_directory_gnu_tar_and_bsdtar_import_to_the_same_layer(tmp_path, store_r
         ids[name] = ok(imgbuild(store_root, "import", str(source), name, "-m", "imported")).strip()
     # Same tree, same SOURCE_DATE_EPOCH and message: one image, whatever carried the tree.
     assert len(set(ids.values())) == 1, ids
-    config = inspect(store_root, "gnu:1")["Config"]
+    config = inspect(store_root, "gnu:1")["ImageConfig"]
     assert len(config["rootfs"]["diff_ids"]) == 1
     assert config["history"] == [{"created": "1970-01-12T13:46:40Z", "comment": "imported"}]
     # Importing the directory again gives the same image (and tags it again).
@@ -128,7 +128,7 @@ def test_change_sets_the_config_and_cmd_runs(tmp_path, store_root, rootfs):
         "--change", 'CMD echo "$GREETING in $(pwd) as $(id -u)"; cat motd',
         "-", "changed:1", stdin=tarball.read_bytes(),
     ))  # fmt: skip
-    config = inspect(store_root, "changed:1")["Config"]
+    config = inspect(store_root, "changed:1")["ImageConfig"]
     assert config["architecture"] == "amd64" and config["os"] == "linux"
     container = config["config"]
     assert container["Env"] == ["GREETING=hello from import", "PATH=/bin"]
