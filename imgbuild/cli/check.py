@@ -76,6 +76,20 @@ def check_and_report(text, filename, context: Path, dockerfile_path, *, build_ar
                      output_format: str) -> int:
     """Parse, plan and check; print the warnings; raise the plan's error or
     CheckFailed (``error=true``) after them."""
+    result, failure = check_dockerfile(
+        text, filename, context, dockerfile_path, build_args=build_args, target=target, platform=platform,
+        base_config=_store_lookup(root, platform),
+    )
+    _print(result, failure, output_format)
+    if failure is not None:
+        raise failure
+    return 0
+
+
+def check_dockerfile(text, filename, context: Path, dockerfile_path, *, build_args=None, target=None,
+                     platform=None, base_config=None):
+    """The checks' result, and the error the Dockerfile fails with (a plan
+    error, or CheckFailed with ``error=true``) or None. A parse error is raised."""
     from imgbuild.context.buildfiles import load_ignore_patterns
     from imgbuild.context.dockerignore import IgnoreMatcher
     from imgbuild.dockerfile import parse, plan
@@ -90,12 +104,15 @@ def check_and_report(text, filename, context: Path, dockerfile_path, *, build_ar
     ignore = IgnoreMatcher(load_ignore_patterns(context, dockerfile_path))
     stages = None if not target or planned is None else planned.needed
     result = check(dockerfile, planned, build_args=build_args, stages=stages, ignore=ignore,
-                   base_config=_store_lookup(root, platform))
-    failure = failure or result.error()
-    _print(result, failure, output_format)
-    if failure is not None:
-        raise failure
-    return 0
+                   base_config=base_config)
+    return result, failure or result.error()
+
+
+def json_report(result, failure) -> dict:
+    return {
+        "warnings": [warning.to_json() for warning in result.warnings],
+        "error": str(failure) if failure is not None else None,
+    }
 
 
 def _store_lookup(root: str | None, platform: str | None):
@@ -122,11 +139,7 @@ def _store_lookup(root: str | None, platform: str | None):
 
 def _print(result, failure, output_format: str) -> None:
     if output_format == "json":
-        document = {
-            "warnings": [warning.to_json() for warning in result.warnings],
-            "error": str(failure) if failure is not None else None,
-        }
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        sys.stdout.write(json.dumps(json_report(result, failure), indent=2) + "\n")
         return
     for warning in result.warnings:
         sys.stdout.write(warning.format() + "\n")
