@@ -150,7 +150,7 @@ class Builder:
         image is written, as in BuildKit."""
         result = check(
             parsed, plan, stages=plan.needed, ignore=self.context.ignore,
-            base_config=lambda stage: self.base_configs.get(stage.index),
+            base_config=lambda stage: self.base_configs.get(stage.index), base_platforms=True,
         )
         for warning in result.warnings:
             self.progress.check_warning(warning)

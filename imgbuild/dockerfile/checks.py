@@ -330,6 +330,7 @@ def check(
     stages: list[int] | None = None,
     ignore: IgnoreMatcher | None = None,
     base_config: BaseConfig | None = None,
+    base_platforms: bool = False,
 ) -> CheckResult:
     """Run the rules the config enables.
 
@@ -339,10 +340,14 @@ def check(
     stages whose instructions are checked (default: all, as ``--check``);
     ``ignore`` is the context's .dockerignore (None: no CopyIgnoredFile);
     ``base_config`` gives the image config of a stage's base image, or None
-    when it is not known (then only ``PATH`` is assumed in its environment).
+    when it is not known (then only ``PATH`` is assumed in its environment);
+    ``base_platforms``: the base images were pulled for this build, so
+    InvalidBaseImagePlatform compares their platforms (a build does this,
+    ``imgbuild check`` does not, as in BuildKit).
     """
     config = check_config(dockerfile, plan.build_args if plan is not None else build_args)
     checker = _Checker(dockerfile, plan, config, ignore, base_config)
+    checker.base_platforms = base_platforms
     checker.run(stages)
     warnings = sorted(checker.warnings, key=lambda w: w.line)
     return CheckResult(warnings, config)
@@ -393,6 +398,7 @@ class _Checker:
         self.escape = dockerfile.directives.escape
         self.warnings: list[CheckWarning] = []
         self.facts: dict[int, _StageFacts] = {}
+        self.base_platforms = False
 
     def warn(self, rule_name: str, instruction: Instruction | None, message: str, *, line: int | None = None,
              config: CheckConfig | None = None) -> None:
@@ -613,11 +619,21 @@ class _Checker:
         if stage.base.lower() == "scratch" or stage.base_stage is not None:
             return _StageFacts([f"PATH={_DEFAULT_PATH}"], {}, False, False)
         config = (self.base_config(stage) if self.base_config else None) or {}
+        if config and self.base_platforms:
+            self.base_platform(stage, config)
         container = config.get("config") or {}
         env = list(container.get("Env") or [])
         if not any(entry.startswith("PATH=") for entry in env):
             env.append(f"PATH={_DEFAULT_PATH}")
         return _StageFacts(env, {}, False, bool(container.get("Shell")))
+
+    def base_platform(self, stage: Stage, config: dict) -> None:
+        expected = stage.platform or self.plan.predefined_args["TARGETPLATFORM"]
+        actual = "/".join(part for part in (config.get("os"), config.get("architecture"), config.get("variant"))
+                          if part)
+        message = base_image_platform(stage.base, expected, actual)
+        if message is not None:
+            self.warn("InvalidBaseImagePlatform", stage.from_instruction, message)
 
     def undefined_vars(self, instruction: Instruction, scope, config: CheckConfig) -> None:
         names = sorted(
