@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from imgbuild.errors import ImgbuildError, PlanError
+from imgbuild.errors import DockerfileError, ImgbuildError
 
 
 def add_arguments(parser) -> None:
@@ -88,8 +88,9 @@ def check_and_report(text, filename, context: Path, dockerfile_path, *, build_ar
 
 def check_dockerfile(text, filename, context: Path, dockerfile_path, *, build_args=None, target=None,
                      platform=None, base_config=None):
-    """The checks' result, and the error the Dockerfile fails with (a plan
-    error, or CheckFailed with ``error=true``) or None. A parse error is raised."""
+    """The checks' result, and the error the Dockerfile fails with (a plan or
+    expansion error, or CheckFailed with ``error=true``) or None. A parse
+    error is raised: no rule runs without the parsed file."""
     from imgbuild.context.buildfiles import load_ignore_patterns
     from imgbuild.context.dockerignore import IgnoreMatcher
     from imgbuild.dockerfile import parse, plan
@@ -99,7 +100,7 @@ def check_dockerfile(text, filename, context: Path, dockerfile_path, *, build_ar
     failure: ImgbuildError | None = None
     try:
         planned = plan(dockerfile, build_args, target, platform)
-    except PlanError as error:  # a duplicate stage name, say: still check what can be
+    except DockerfileError as error:  # a duplicate stage name, say: still check what can be
         planned, failure = None, error
     ignore = IgnoreMatcher(load_ignore_patterns(context, dockerfile_path))
     stages = None if not target or planned is None else planned.needed
