@@ -34,9 +34,7 @@ def base_state(builder, stage) -> StageState:
         ic.container_config(config)["WorkingDir"] = "/"  # BuildKit's empty image has it
         key = cache_key({"base": "scratch", "platform": platform_key})
         return StageState(config, [], key, base_name="scratch", base_digest="scratch")
-    # A base of another OS or architecture is the InvalidBaseImagePlatform
-    # build check's warning (BuildKit builds on it), not an error here.
-    image = resolve_image(builder, stage.base, stage.platform, strict=False)
+    image = resolve_image(builder, stage.base, stage.platform)
     builder.base_configs[stage.index] = image.config  # for the build checks (Env, Shell)
     config = json.loads(json.dumps(image.config))
     config.pop("created", None)
@@ -59,20 +57,15 @@ def base_key(image: Image, platform: str) -> str:
     return cache_key({"base_layers": image.diff_ids, "platform": platform})
 
 
-def resolve_image(builder, name: str, platform_flag: str | None = None, *, strict: bool = True) -> Image:
-    """A base image for ``platform_flag`` (default: the build's platform).
-
-    ``strict``: an image made for another platform is an error (COPY --from
-    an image); a stage's FROM leaves that to the build checks.
-    """
+def resolve_image(builder, name: str, platform_flag: str | None = None) -> Image:
+    """A base image for ``platform_flag`` (default: the build's platform)."""
     platform = Platform.parse(platform_flag) if platform_flag else builder.platform
     # Pinned as it is resolved, so a collection (an rmi of it meanwhile) keeps its blobs.
     with builder.store.writer_lease():
         image = _find_image(builder, name, platform)
         if builder.lease is not None:
             builder.lease.pin(image.digest)
-    if strict:
-        _check_platform(name, image, platform)
+    _check_platform(name, image, platform)
     return image
 
 
