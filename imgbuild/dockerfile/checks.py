@@ -603,8 +603,8 @@ class _Checker:
             scope.take_unmatched()
             try:
                 done = scope.apply(instruction)
-            except ExpansionError:
-                done = instruction  # the build reports it; check the rest as written
+            except DockerfileError:  # a bad expansion or mount: the build reports it
+                done = instruction  # check the rest as written
             if not isinstance(instruction, Expose):
                 self.undefined_vars(instruction, scope, config)
             self.instruction_rules(instruction, done, facts, once, config)

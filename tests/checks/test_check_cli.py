@@ -156,3 +156,23 @@ def test_base_image_platform_rule_compares_os_and_architecture():
     assert warning.message == (
         'Base image base:other was pulled with platform "linux/arm64", expected "linux/amd64" for current build'
     )
+
+
+def test_check_reads_stdin_and_follows_a_plan_error(tmp_path):
+    """``-f -`` reads standard input (a real process); a duplicate stage name
+    is reported by DuplicateStageName, then fails as the build would (exit 2)."""
+    import os
+    import subprocess
+    import sys
+
+    project = Path(__file__).resolve().parents[2]
+    completed = subprocess.run(
+        [sys.executable, "-m", "imgbuild", "--root", str(tmp_path / "root"), "check", "-f", "-", str(tmp_path)],
+        input="FROM scratch AS b\nFROM scratch AS b\n", capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(project)},
+    )
+    assert completed.returncode == 2
+    assert completed.stdout.startswith(
+        'Dockerfile:2: DuplicateStageName: Duplicate stage name "b", stage names should be unique\n'
+    )
+    assert 'error: Dockerfile:2: duplicate stage name "b"' in completed.stderr
