@@ -88,15 +88,18 @@ def check_and_report(text, filename, context: Path, dockerfile_path, *, build_ar
 
 def check_dockerfile(text, filename, context: Path, dockerfile_path, *, build_args=None, target=None,
                      platform=None, base_config=None):
-    """The checks' result, and the error the Dockerfile fails with (a plan or
-    expansion error, or CheckFailed with ``error=true``) or None. A parse
-    error is raised: no rule runs without the parsed file."""
+    """The checks' result, and the error the Dockerfile fails with (a parse,
+    plan or expansion error, or CheckFailed with ``error=true``) or None.
+    After a parse error, only the instructions before it are checked."""
     from imgbuild.context.buildfiles import load_ignore_patterns
     from imgbuild.context.dockerignore import IgnoreMatcher
     from imgbuild.dockerfile import parse, plan
-    from imgbuild.dockerfile.checks import check
+    from imgbuild.dockerfile.checks import check, warnings_before
 
-    dockerfile = parse(text, filename)
+    try:
+        dockerfile = parse(text, filename)
+    except DockerfileError as error:
+        return warnings_before(text, error, build_args), error
     failure: ImgbuildError | None = None
     try:
         planned = plan(dockerfile, build_args, target, platform)

@@ -331,6 +331,7 @@ def check(
     ignore: IgnoreMatcher | None = None,
     base_config: BaseConfig | None = None,
     base_platforms: bool = False,
+    parse_only: bool = False,
 ) -> CheckResult:
     """Run the rules the config enables.
 
@@ -343,14 +344,35 @@ def check(
     when it is not known (then only ``PATH`` is assumed in its environment);
     ``base_platforms``: the base images were pulled for this build, so
     InvalidBaseImagePlatform compares their platforms (a build does this,
-    ``imgbuild check`` does not, as in BuildKit).
+    ``imgbuild check`` does not, as in BuildKit); ``parse_only``: only the
+    rules BuildKit runs while it reads each instruction (for the lines before
+    a parse error, see ``warnings_before``).
     """
     config = check_config(dockerfile, plan.build_args if plan is not None else build_args)
     checker = _Checker(dockerfile, plan, config, ignore, base_config)
     checker.base_platforms = base_platforms
-    checker.run(stages)
+    if parse_only:
+        checker.parse_time_rules()
+    else:
+        checker.run(stages)
     warnings = sorted(checker.warnings, key=lambda w: w.line)
     return CheckResult(warnings, config)
+
+
+def warnings_before(text: str, error: DockerfileError, build_args: Mapping[str, str] | None = None) -> CheckResult:
+    """The warnings of the instructions before the one ``error`` (a parse
+    error) is about, as BuildKit reports them before the error
+    (``testWarningsBeforeError``): the per-instruction rules only."""
+    from imgbuild.dockerfile import parse  # the package imports this module
+
+    line = error.location.line if error.location is not None else 0
+    filename = error.location.filename if error.location is not None else "Dockerfile"
+    prefix = "".join(text.splitlines(keepends=True)[: max(line - 1, 0)])
+    try:
+        parsed = parse(prefix, filename)
+        return check(parsed, None, build_args=build_args, parse_only=True)
+    except DockerfileError:  # nothing before it parses on its own (or a bad # check=)
+        return CheckResult([], CheckConfig())
 
 
 def base_image_platform(name: str, expected: str, actual: str) -> str | None:
@@ -799,6 +821,7 @@ __all__ = [
     "base_image_platform",
     "check",
     "check_config",
+    "warnings_before",
     "parse_check_options",
     "suggest",
 ]

@@ -176,3 +176,16 @@ def test_check_reads_stdin_and_follows_a_plan_error(tmp_path):
         'Dockerfile:2: DuplicateStageName: Duplicate stage name "b", stage names should be unique\n'
     )
     assert 'error: Dockerfile:2: duplicate stage name "b"' in completed.stderr
+
+
+def test_warnings_before_a_parse_error(run, tmp_path):
+    """testWarningsBeforeError: the lines before the error are checked."""
+    ctx = context(tmp_path, "\nFROM scratch AS BadStageName\nMAINTAINER me@example.org\nBADCMD\n")
+    code, out, err = run("check", str(ctx))
+    assert code == 2
+    assert [line for line in out.splitlines() if not line.startswith(" ")] == [
+        "Dockerfile:2: StageNameCasing: Stage name 'BadStageName' should be lowercase",
+        "Dockerfile:3: MaintainerDeprecated: Maintainer instruction is deprecated in favor of using label",
+        "Check complete, 2 warnings have been found!",
+    ]
+    assert "Dockerfile:4: unknown instruction: BADCMD" in err
