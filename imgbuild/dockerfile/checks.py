@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from imgbuild.dockerfile import parse, parse_onbuild_trigger
 from imgbuild.dockerfile.instructions import (
     Add,
     Arg,
@@ -45,6 +46,7 @@ from imgbuild.dockerfile.instructions import (
     Instruction,
     Label,
     Maintainer,
+    Onbuild,
     Shell,
     Workdir,
 )
@@ -363,8 +365,6 @@ def warnings_before(text: str, error: DockerfileError, build_args: Mapping[str, 
     """The warnings of the instructions before the one ``error`` (a parse
     error) is about, as BuildKit reports them before the error
     (``testWarningsBeforeError``): the per-instruction rules only."""
-    from imgbuild.dockerfile import parse  # the package imports this module
-
     line = error.location.line if error.location is not None else 0
     filename = error.location.filename if error.location is not None else "Dockerfile"
     prefix = "".join(text.splitlines(keepends=True)[: max(line - 1, 0)])
@@ -397,9 +397,11 @@ class _StageFacts:
     """What a stage built FROM another stage takes over from it."""
 
     env: list[str]
-    args: dict[str, str]
+    args: dict[str, str]  # ARGs with a value
     workdir_set: bool
     shell_set: bool
+    declared: set[str] = field(default_factory=set)  # every ARG name, with a value or not
+    triggers: list[Instruction] = field(default_factory=list)  # ONBUILD, for stages built on it
 
 
 @dataclass
@@ -615,31 +617,44 @@ class _Checker:
     # -- the instructions of a stage -------------------------------------------------
 
     def stage_instructions(self, stage: Stage) -> None:
-        facts = self.start_facts(stage)
+        facts, triggers = self.start_facts(stage)
         scope = self.plan.scope_for(stage.index, facts.env)
         if stage.base_stage is not None:
             scope.inherit_args(facts.args)
         once = {"CMD": _Once(), "ENTRYPOINT": _Once(), "HEALTHCHECK": _Once()}
-        for instruction in stage.instructions:
+        facts.triggers = []
+        for instruction in triggers + list(stage.instructions):
             config = self.local(instruction)
             scope.take_unmatched()
             try:
                 done = scope.apply(instruction)
             except DockerfileError:  # a bad expansion or mount: the build reports it
                 done = instruction  # check the rest as written
+            if isinstance(instruction, Arg):
+                facts.declared |= {pair.name for pair in instruction.pairs}
+            if isinstance(instruction, Onbuild):
+                facts.triggers.append(instruction.trigger)
             if not isinstance(instruction, Expose):
-                self.undefined_vars(instruction, scope, config)
+                self.undefined_vars(instruction, scope, facts, config)
             self.instruction_rules(instruction, done, facts, once, config)
         facts.env = scope.image_env()
         facts.args = scope.args_in_scope()
         self.facts[stage.index] = facts
 
-    def start_facts(self, stage: Stage) -> _StageFacts:
+    def at_from(self, stage: Stage, trigger: Instruction) -> Instruction:
+        """An ONBUILD trigger runs first in a stage built on its stage (or
+        image), and BuildKit points its warnings at that stage's FROM."""
+        where = stage.from_instruction
+        return replace(trigger, line=where.line, end_line=where.line, source=where.source, comments=[])
+
+    def start_facts(self, stage: Stage) -> tuple[_StageFacts, list[Instruction]]:
+        """What the stage starts with, and the ONBUILD triggers it runs first."""
         if stage.base_stage is not None and stage.base_stage in self.facts:
             base = self.facts[stage.base_stage]
-            return _StageFacts(list(base.env), dict(base.args), base.workdir_set, base.shell_set)
+            facts = _StageFacts(list(base.env), dict(base.args), base.workdir_set, base.shell_set, set(base.declared))
+            return facts, [self.at_from(stage, trigger) for trigger in base.triggers]
         if stage.base.lower() == "scratch" or stage.base_stage is not None:
-            return _StageFacts([f"PATH={_DEFAULT_PATH}"], {}, False, False)
+            return _StageFacts([f"PATH={_DEFAULT_PATH}"], {}, False, False), []
         config = (self.base_config(stage) if self.base_config else None) or {}
         if config and self.base_platforms:
             self.base_platform(stage, config)
@@ -647,7 +662,13 @@ class _Checker:
         env = list(container.get("Env") or [])
         if not any(entry.startswith("PATH=") for entry in env):
             env.append(f"PATH={_DEFAULT_PATH}")
-        return _StageFacts(env, {}, False, bool(container.get("Shell")))
+        triggers = []
+        for expression in container.get("OnBuild") or []:
+            try:
+                triggers.append(self.at_from(stage, parse_onbuild_trigger(expression)))
+            except DockerfileError:
+                continue  # the build reports a bad trigger
+        return _StageFacts(env, {}, False, bool(container.get("Shell"))), triggers
 
     def base_platform(self, stage: Stage, config: dict) -> None:
         expected = stage.platform or self.plan.predefined_args["TARGETPLATFORM"]
@@ -657,9 +678,11 @@ class _Checker:
         if message is not None:
             self.warn("InvalidBaseImagePlatform", stage.from_instruction, message)
 
-    def undefined_vars(self, instruction: Instruction, scope, config: CheckConfig) -> None:
+    def undefined_vars(self, instruction: Instruction, scope, facts: _StageFacts, config: CheckConfig) -> None:
         names = sorted(
-            name for name in scope.take_unmatched() if not scope.is_declared(name) and name not in _NON_ENV_ARGS
+            name
+            for name in scope.take_unmatched()
+            if not scope.is_declared(name) and name not in facts.declared and name not in _NON_ENV_ARGS
         )
         known = sorted(scope.env_for_run())
         for name in names:

@@ -134,6 +134,11 @@ copy Dockerfile /baz
     Case("UndefinedVar-declared-arg", "testUnmatchedVars", "\nFROM scratch\nARG foo\nCOPY Dockerfile${foo} .\n", []),
     Case("UndefinedVar-arg-of-base-stage", "testUnmatchedVars",
          "\nFROM busybox AS base\nARG foo=Dockerfile\n\nFROM base\nCOPY $foo .\n", []),
+    Case("UndefinedVar-declared-without-value-in-base-stage", None,
+         "\nFROM scratch AS base\nARG foo\n\nFROM base\nCOPY Dockerfile${foo} .\n", []),
+    Case("UndefinedVar-onbuild-trigger-runs-in-child", None,
+         "\nFROM scratch AS base\nONBUILD COPY $missing /\n\nFROM base\n",
+         [("UndefinedVar", 5, "Usage of undefined variable '$missing'")]),
     Case("UndefinedVar-run-is-not-checked", "testUnmatchedVars", "\nFROM busybox\nRUN echo $PATH $nothing\n", []),
     Case("MultipleInstructionsDisallowed", "testMultipleInstructionsDisallowed", """
 FROM scratch
