@@ -189,3 +189,20 @@ def test_warnings_before_a_parse_error(run, tmp_path):
         "Check complete, 2 warnings have been found!",
     ]
     assert "Dockerfile:4: unknown instruction: BADCMD" in err
+
+
+def test_build_shows_warnings_with_its_error(run, tmp_path):
+    """testWarningsBeforeError: a build that fails at a parse error shows the
+    warnings of the lines before it; one that fails in a step shows them all."""
+    ctx = context(tmp_path, "\nFROM scratch AS BadStageName\nMAINTAINER me@example.org\nBADCMD\n")
+    code, out, err = run("build", "--progress", "plain", str(ctx))
+    assert code == 2
+    assert "WARNING: Dockerfile:2: StageNameCasing: Stage name 'BadStageName' should be lowercase" in out + err
+    assert "WARNING: Dockerfile:3: MaintainerDeprecated:" in out + err
+    assert "unknown instruction: BADCMD" in err
+
+    (ctx / "Dockerfile").write_text("FROM scratch\nMAINTAINER me@example.org\nCOPY missing.txt /\n")
+    code, out, err = run("build", "--progress", "plain", str(ctx))
+    assert code != 0
+    assert "WARNING: Dockerfile:2: MaintainerDeprecated:" in out + err
+    assert "missing.txt" in err
