@@ -81,6 +81,16 @@ class PlanError(DockerfileError):
     """The stages do not form a buildable plan: unknown stage, cycle, bad target."""
 
 
+class CheckFailed(DockerfileError):
+    """Build checks found warnings and the check config says ``error=true``
+    (``# check=error=true`` or ``--build-arg BUILDKIT_DOCKERFILE_CHECK=error=true``).
+
+    Exit code 1: the Dockerfile is valid, but the policy it or the build asks
+    for failed, as BuildKit fails such a build."""
+
+    exit_code = 1
+
+
 class ContextError(ImgbuildError):
     """The build context is unusable: a source outside it, a missing file, ..."""
 

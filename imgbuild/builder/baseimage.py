@@ -35,6 +35,7 @@ def base_state(builder, stage) -> StageState:
         key = cache_key({"base": "scratch", "platform": platform_key})
         return StageState(config, [], key, base_name="scratch", base_digest="scratch")
     image = resolve_image(builder, stage.base, stage.platform)
+    builder.base_configs[stage.index] = image.config  # for the build checks (Env, Shell)
     config = json.loads(json.dumps(image.config))
     config.pop("created", None)
     ic.ensure_path(config)

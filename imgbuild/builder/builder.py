@@ -49,6 +49,7 @@ from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.source import BuildContext
 from imgbuild.context.statcache import StatCache
 from imgbuild.dockerfile import Add, Arg, Cmd, Copy, Env, Run, Workdir
+from imgbuild.dockerfile.checks import check, check_config, warnings_before
 from imgbuild.errors import BuildError, DockerfileError, ImgbuildError, Interrupted, SourceLocation
 from imgbuild.image import LayerRef, Platform
 from imgbuild.sandbox.cacerts import read_ca_certs
@@ -83,6 +84,7 @@ class Builder:
         self.secrets = {secret.id: secret for secret in options.secrets}
         self.ca_certs = read_ca_certs(options.ca_certs)  # PEM; a bad file is a usage error now
         self.lease = None  # the store's build lease while the build runs
+        self.base_configs: dict[int, dict] = {}  # stage index -> its base image's config
 
     # --- the whole build ---------------------------------------------------------
 
@@ -92,8 +94,9 @@ class Builder:
         limits = limits_for(self.store, self.options.max_cache, self.options.min_free)
         self._sweep_dead_work()
         text = self._read_dockerfile()
-        parsed = frontend.parse(text, self.dockerfile_name)
+        parsed = self._parse(text)
         plan = frontend.plan(parsed, self.options.build_args, self.options.target, str(self.platform))
+        check_config(parsed, plan.build_args)  # a bad # check= fails now, not after the build
         for name in plan.unused_build_args:
             self.progress.warning(f"build arg {name} was given but no stage declares it (ARG {name})")
         self.plan = plan
@@ -110,7 +113,14 @@ class Builder:
             # this build looked up, wrote or resolved (imgbuild.store.lock).
             with signals_raise_interrupt(), self.store.build_lease() as self.lease:
                 self._seed_cache_mounts()
-                self._build_stages(plan)
+                try:
+                    self._build_stages(plan)
+                except Interrupted:
+                    raise
+                except ImgbuildError:
+                    self._show_checks(parsed, plan)  # BuildKit shows them with the error too
+                    raise
+                self._run_checks(parsed, plan)
                 target = self.results[plan.target]
                 elsewhere = self._layers_left_in_registry(target)
                 image = write_final_image(self.store, self.options, self.platform, target, elsewhere)
@@ -138,6 +148,33 @@ class Builder:
         self.progress.finished(
             Summary(image.digest, image.config_descriptor.digest, size, self.steps_cached, self.steps_run, seconds, tags)
         )
+        return result
+
+    def _parse(self, text: str):
+        """Parse; a parse error comes after the check warnings of the lines
+        before it, as BuildKit prints them (testWarningsBeforeError)."""
+        try:
+            return frontend.parse(text, self.dockerfile_name)
+        except DockerfileError as error:
+            for warning in warnings_before(text, error, self.options.build_args).warnings:
+                self.progress.check_warning(warning)
+            raise
+
+    def _run_checks(self, parsed, plan) -> None:
+        """BuildKit's build checks on the stages built, once their base images
+        are known; with ``error=true`` a warning fails the build before any
+        image is written, as in BuildKit."""
+        error = self._show_checks(parsed, plan).error()
+        if error is not None:
+            raise error
+
+    def _show_checks(self, parsed, plan):
+        result = check(
+            parsed, plan, stages=plan.needed, ignore=self.context.ignore,
+            base_config=lambda stage: self.base_configs.get(stage.index), base_platforms=True,
+        )
+        for warning in result.warnings:
+            self.progress.check_warning(warning)
         return result
 
     def _sweep_dead_work(self) -> None:

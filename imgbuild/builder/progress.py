@@ -143,6 +143,14 @@ class Progress:
         with self.lock:
             self._show_warning(message)
 
+    def check_warning(self, warning) -> None:
+        """A build check's warning (``imgbuild.dockerfile.checks.CheckWarning``)."""
+        with self.lock:
+            self._show_check(warning)
+
+    def _show_check(self, warning) -> None:
+        self._show_warning(warning.format())
+
     def finished(self, summary: Summary) -> None:
         with self.lock:
             if self.explain:
@@ -270,6 +278,9 @@ class JsonProgress(Progress):
 
     def _show_warning(self, message: str) -> None:
         self._emit("warning", message=message)
+
+    def _show_check(self, warning) -> None:
+        self._emit("warning", message=warning.format(), check=warning.to_json())
 
     def _show_summary(self, summary: Summary) -> None:
         self._emit(

@@ -18,6 +18,7 @@ from imgbuild.errors import ImgbuildError, UsageError
 VERBS: dict[str, tuple[str, str]] = {
     "build": ("build", "build an image from a Dockerfile"),
     "outline": ("outline", "show the stages, build args and steps a build would run"),
+    "check": ("check", "run BuildKit's build checks on a Dockerfile, without building"),
     "run": ("run", "run an image once, attached, like docker run --rm"),
     "images": ("images", "list the images in the local store"),
     "tag": ("tag", "give an image another name"),

@@ -66,6 +66,7 @@ def add_arguments(parser) -> None:
         "--cache-from", action="append", default=[], metavar="SPEC",
         help="import a cache: type=local,src=DIR or type=registry,ref=REF (repeatable)",
     )
+    parser.add_argument("--check", action="store_true", help="only run the build checks (as imgbuild check), build nothing")
     parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST", help="use plain HTTP for HOST")
 
 
@@ -132,6 +133,10 @@ def run(args) -> int:
     from imgbuild.store import Store
 
     options = options_from_args(args)
+    if args.check:
+        from imgbuild.cli.check import check_build
+
+        return check_build(options, args.root)
     result = build(Store(args.root), options)
     if args.quiet:
         # the image ID, as docker build -q prints and --iidfile holds; not the manifest digest
