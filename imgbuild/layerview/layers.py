@@ -202,7 +202,8 @@ def instruction_of(created_by: str) -> str:
         return text.removeprefix("/bin/sh -c #(nop) ").strip()
     if text.startswith("/bin/sh -c "):
         return "RUN " + text.removeprefix("/bin/sh -c ")
-    return text
+    # BuildKit and imgbuild write the shell form as run: "RUN /bin/sh -c CMD"
+    return text.replace("RUN /bin/sh -c ", "RUN ", 1) if text.startswith("RUN /bin/sh -c ") else text
 
 
 def layer_origins(store: Store, image: Image, history: list[dict]) -> list[str]:

@@ -10,7 +10,6 @@ import subprocess
 import tracemalloc
 
 import pytest
-
 from cli.craftedimage import layer_tar, write_layout
 from cli.foreignimage import umoci_image
 
@@ -155,3 +154,37 @@ def test_a_20000_file_layer_is_streamed(cli, tmp_path):
     assert layer["counts"]["added"] == 20_001 and layer["counts"]["added_bytes"] == 20_000
     assert len(layer["files"]) == 10_000 and layer["files_left_out"] == 10_001
     assert peak < 200 << 20, f"peak {peak >> 20} MiB"
+
+
+def test_image_built_by_imgbuild_names_base_run_and_cached_layers(cli, store_root, tmp_path):
+    from imagetools import make_busybox_image
+
+    from imgbuild.store import Store
+
+    make_busybox_image(Store(store_root), "busybox:latest")
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "data.bin").write_bytes(b"d" * 4096)
+    (context / "Dockerfile").write_text(
+        "FROM busybox\n"
+        "COPY data.bin /data.bin\n"
+        "ENV MODE=x\n"
+        "RUN rm /data.bin && echo made > /made.txt\n"
+    )
+    assert cli("build", "-q", "-t", "built:1", str(context)).exit_code == 0
+    report = _json(cli, "built:1")
+    assert [layer["origin"] for layer in report["layers"]] == ["base", "run", "run"]
+    assert [layer["instruction"] for layer in report["layers"]][1:] == [
+        "COPY data.bin /data.bin", "RUN rm /data.bin && echo made > /made.txt"
+    ]
+    env_step = [step for step in report["history"] if "MODE=x" in step["created_by"]]
+    assert env_step and env_step[0]["layer"] is None
+    assert _changes(report["layers"][1]) >= {("added", "/data.bin", 4096)}
+    assert ("removed", "/data.bin", 4096) in _changes(report["layers"][2])
+    assert ("added", "/made.txt", 5) in _changes(report["layers"][2])
+    # the same build again takes every step from the cache
+    assert cli("build", "-q", "-t", "built:1", str(context)).exit_code == 0
+    report = _json(cli, "built:1")
+    assert [layer["origin"] for layer in report["layers"]] == ["base", "cached", "cached"]
+    # dive: /data.bin is in two layers (written, then whited out)
+    assert {"path": "/data.bin", "count": 2, "wasted_bytes": 4096} in report["wasted"]["top_wasted"]
