@@ -345,6 +345,7 @@ class LayerEntry:
     link: str  # a symlink's target, a hard link's first name
     mtime_ns: int
     reader: TarReader | None = None
+    hasher: object | None = None  # a hashlib object: sees every byte read_data returns
 
     def read_data(self, limit: int) -> bytes:
         """Up to ``limit`` bytes of a regular file's data (b"" for anything else)."""
@@ -354,6 +355,8 @@ class LayerEntry:
         while total < limit and (chunk := self.reader.read_data(min(1 << 20, limit - total))):
             chunks.append(chunk)
             total += len(chunk)
+            if self.hasher is not None:
+                self.hasher.update(chunk)
         return b"".join(chunks)
 
 

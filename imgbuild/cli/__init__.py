@@ -34,6 +34,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "image": ("image", "manage images: prune (and ls, rm, inspect, ... as docker image has them)"),
     "system": ("system", "show what the store takes on disk: df"),
     "layers": ("layers", "show what each layer of an image adds, changes and removes, and wasted space"),
+    "diff": ("diff", "show the config, file and package differences between two images"),
 }
 
 

@@ -83,20 +83,23 @@ def _read_layer(store: Store, digest: str, media_type: str, options: Options) ->
     entries = []
     for entry in walk_layer(store, digest, media_type):
         if entry.kind == "file":
+            if options.hash_files:
+                entry.hasher = hashlib.sha256()
             if options.on_file is not None:
                 options.on_file(entry)
             if options.hash_files:
                 entry.link = _hash_rest(entry)  # a file has no link: the field carries its digest
+                entry.hasher = None
         entry.reader = None  # the walk moves on; keep no handle on the stream
         entries.append(entry)
     return entries
 
 
 def _hash_rest(entry: LayerEntry) -> str:
-    hasher = hashlib.sha256()
-    while chunk := entry.reader.read_data(HASH_CHUNK):
-        hasher.update(chunk)
-    return "sha256:" + hasher.hexdigest()
+    """The file's sha256: what ``on_file`` read is hashed already, the rest is read here."""
+    while entry.read_data(HASH_CHUNK):
+        pass
+    return "sha256:" + entry.hasher.hexdigest()
 
 
 def _apply(merged: MergedTree, entries: list[LayerEntry], index: int) -> tuple[list[dict], dict]:
@@ -120,7 +123,8 @@ def _apply(merged: MergedTree, entries: list[LayerEntry], index: int) -> tuple[l
         change = "modified" if merged.get(entry.path) is not None else "added"
         digest = entry.link if entry.kind == "file" and entry.link.startswith("sha256:") else ""
         link = "" if entry.kind == "file" else entry.link
-        merged.put(entry.path, Node(entry.kind, entry.size, index, entry.mode, entry.uid, entry.gid, link, digest))
+        merged.put(entry.path, Node(entry.kind, entry.size, index, entry.mode, entry.uid, entry.gid, link, digest,
+                                    entry.mtime_ns))
         row = {"path": entry.path, "change": change, "type": entry.kind, "size": entry.size,
                "mode": format(entry.mode, "04o"), "uid": entry.uid, "gid": entry.gid}
         if link:

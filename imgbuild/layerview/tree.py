@@ -17,6 +17,7 @@ class Node:
     gid: int = 0
     link: str = ""
     digest: str = ""  # sha256 of a file's bytes, when the walk hashed them
+    mtime_ns: int = 0
 
 
 class MergedTree:

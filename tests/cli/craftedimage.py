@@ -12,7 +12,7 @@ from pathlib import Path
 
 from imgbuild.image import Platform
 
-# An entry: ("dir", name) | ("file", name, data) | ("symlink", name, target) | ("whiteout", name)
+# An entry: ("dir", name) | ("file", name, data[, mode[, uid=gid[, mtime]]]) | ("symlink", name, target) | ("whiteout", name)
 #           | ("opaque", dirname) | ("hardlink", name, target)
 
 
@@ -31,6 +31,8 @@ def layer_tar(entries: list[tuple]) -> bytes:
                 info.size, info.mode = len(data), entry[3] if len(entry) > 3 else 0o644
                 if len(entry) > 4:
                     info.uid = info.gid = entry[4]
+                if len(entry) > 5:
+                    info.mtime = entry[5]
             elif kind == "symlink":
                 info.type, info.linkname = tarfile.SYMTYPE, entry[2]
             elif kind == "hardlink":
