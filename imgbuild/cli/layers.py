@@ -51,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     platform = Platform.parse(args.platform) if args.platform else None
     source = open_image(store, args.image, platform, tuple(args.insecure_registry))
     analysis = analyze(store, source.image, options)
-    report = _report(source.label, analysis, tree_rows(analysis, options) if args.tree else None)
+    # the HTML treemap needs the whole final tree, whatever --path or --min-size list
+    tree = tree_rows(analysis, Options()) if args.format == "html" else None
+    report = _report(source.label, analysis, tree_rows(analysis, options) if args.tree else tree)
     results = None
     if rules is not None:
         from imgbuild.layerview.wasted import evaluate
