@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 from cli.craftedimage import write_layout
@@ -68,3 +70,28 @@ def test_image_pulled_from_a_registry(cli, registry, tmp_path):
     assert cli("layers", f"{registry.host}/crafted/layers:v1", "--format", "json").exit_code == 0
     missing = cli("layers", "nosuchimage:1")
     assert missing.exit_code != 0 and "nosuchimage" in missing.stderr
+
+
+def test_docker_built_image_from_docker_save(cli, tmp_path):
+    from dockertools import running_dockerd
+
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "a1").write_bytes(b"1" * 1000)
+    (context / "a2").write_bytes(b"2" * 3000)
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY a1 /app/a\nENV MODE=one\nCOPY a2 /app/a\nCMD [\"/app/a\"]\n")
+    archive = tmp_path / "docker.tar"
+    # a short directory: containerd's socket path must fit in a sockaddr_un
+    with running_dockerd(Path(tempfile.mkdtemp(prefix="imgbuild-dk-"))) as docker:
+        docker.run("build", "--network", "none", "-t", "dk/layers:1", str(context), buildkit=False)
+        docker.run("save", "-o", str(archive), "dk/layers:1")
+    report = json.loads(cli("layers", f"docker-archive:{archive}", "--format", "json").stdout)
+    # Docker's classic builder marks ENV and CMD as empty_layer steps between the COPY layers
+    assert [(step["instruction"].split(" ")[0], step["layer"]) for step in report["history"]] == [
+        ("COPY", 0), ("ENV", None), ("COPY", 1), ("CMD", None)
+    ]
+    files = [{(r["change"], r["path"], r["size"]) for r in layer["files"] if r["type"] == "file"}
+             for layer in report["layers"]]
+    assert files == [{("added", "/app/a", 1000)}, {("modified", "/app/a", 3000)}]
+    assert report["wasted"]["wasted_bytes"] == 4000 and report["wasted"]["user_size_bytes"] == 3000
+    assert report["wasted"]["user_wasted_percent"] == pytest.approx(4000 / 3000)
