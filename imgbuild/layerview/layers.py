@@ -222,9 +222,8 @@ def layer_origins(store: Store, image: Image, history: list[dict]) -> list[str]:
     origins = ["unknown"] * len(image.layers)
     rows = _cache_rows_by_diff_id(store, set(diff_ids))
     base_ids: set[str] = set()
-    for row in rows.values():
-        if row["base_digest"] and row["base_digest"] != "scratch":
-            base_ids.update(_diff_ids_of(store, row["base_digest"]))
+    for base in {row["base_digest"] for row in rows.values()} - {None, "", "scratch"}:
+        base_ids.update(_diff_ids_of(store, base))
     first_own = next(
         (h["layer"] for h in history if h["layer"] is not None and h["created_by"].endswith(IMGBUILD_MARK)), None
     )

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 
 from imgbuild.errors import ArchiveError, ImageNotFound, UsageError
 from imgbuild.image import REF_NAME_ANNOTATION, Descriptor, Image, Platform
-from imgbuild.safeopen import TooLarge, open_beneath, open_root, read_capped
+from imgbuild.safeopen import (
+    NotRegularFile,
+    TooLarge,
+    open_beneath,
+    open_object,
+    open_root,
+    read_capped,
+    reopen_for_reading,
+)
 from imgbuild.store import Store
 
 MAX_JSON_BYTES = 4 << 20  # an index, manifest or config bigger than this is not one
@@ -80,14 +88,14 @@ def _load_docker_archive(store: Store, path: str) -> Descriptor:
 
 def _copy_layout(store: Store, path: str, tag: str | None, directory: bool) -> Descriptor:
     """Copy the image ``tag`` names (or the only one) of an OCI layout into the store."""
-    from imgbuild.archive.load import _copy_tree
+    from imgbuild.archive.load import copy_image_tree
     from imgbuild.archive.reader import open_archive
 
     with store.writer_lease(), (_directory_layout(path) if directory else open_archive(store, path)) as layout:
         if not layout.has("index.json"):
             raise ArchiveError(f"{layout.label} is not an OCI image layout: it has no index.json")
         descriptor = _pick_manifest(layout, tag)
-        _copy_tree(store, layout, descriptor, 0)
+        copy_image_tree(store, layout, descriptor)
         store.keep_untagged(descriptor)
     return descriptor
 
@@ -138,13 +146,15 @@ class DirectoryLayout:
 
     def open(self, name: str):
         try:
-            fd = open_beneath(self.root_fd, name, os.O_RDONLY | os.O_NONBLOCK)
+            path_fd, st = open_object(self.root_fd, name)
         except OSError as error:
             raise ArchiveError(f"{self.label}: cannot open {name}: {error.strerror}") from None
-        st = os.fstat(fd)
-        if not _regular(st.st_mode):
-            os.close(fd)
-            raise ArchiveError(f"{self.label}: {name} is not a regular file")
+        try:
+            fd = reopen_for_reading(path_fd, st)
+        except NotRegularFile as error:
+            raise ArchiveError(f"{self.label}: {name} is {error.kind}, not a regular file") from None
+        finally:
+            os.close(path_fd)
         return os.fdopen(fd, "rb"), st.st_size
 
     def read_bytes(self, name: str, what: str) -> bytes:
@@ -162,10 +172,4 @@ class DirectoryLayout:
             return json.loads(self.read_bytes(name, what))
         except ValueError as error:
             raise ArchiveError(f"{self.label}: {what} {name} is not valid JSON: {error}") from None
-
-
-def _regular(mode: int) -> bool:
-    import stat
-
-    return stat.S_ISREG(mode)
 

@@ -190,3 +190,23 @@ def test_image_built_by_imgbuild_names_base_run_and_cached_layers(cli, store_roo
     assert [layer["origin"] for layer in report["layers"]] == ["base", "cached", "cached"]
     # dive: /data.bin is in two layers (written, then whited out)
     assert {"path": "/data.bin", "count": 2, "wasted_bytes": 4096} in report["wasted"]["top_wasted"]
+
+
+def test_a_layout_with_a_symlinked_or_special_blob_is_refused(cli, tmp_path):
+    import os
+
+    layout = tmp_path / "layout"
+    config = write_layout(layout, "v1", [LAYER0], HISTORY[:1])
+    index = json.loads((layout / "index.json").read_text())
+    manifest_path = layout / "blobs" / "sha256" / index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads(manifest_path.read_text())
+    layer_blob = layout / "blobs" / "sha256" / manifest["layers"][0]["digest"].split(":")[1]
+    layer_blob.rename(tmp_path / "moved")
+    layer_blob.symlink_to(tmp_path / "moved")  # the same bytes, behind a symlink
+    result = cli("layers", f"oci:{layout}:v1")
+    assert result.exit_code != 0 and "is a symbolic link, not a regular file" in result.stderr
+    layer_blob.unlink()
+    os.mkfifo(layer_blob)  # reading would block forever
+    result = cli("layers", f"oci:{layout}:v1")
+    assert result.exit_code != 0 and "not a regular file" in result.stderr
+    assert config["rootfs"]["diff_ids"]
