@@ -59,7 +59,7 @@ def analyze(store: Store, image: Image, options: Options | None = None) -> Analy
     diff_ids = image.diff_ids
     for index, descriptor in enumerate(image.layers):
         entries = _read_layer(store, descriptor.digest, descriptor.media_type, options)
-        efficiency.add_layer([(e.path, e.kind, e.size) for e in entries], merged)
+        efficiency.add_layer([(e.path, e.kind, e.size) for e in entries])
         rows, counts = _apply(merged, entries, index)
         step = next((h for h in history if h["layer"] == index), {})
         layers.append({

@@ -32,12 +32,16 @@ class MergedTree:
         return self.nodes.get(path)
 
     def put(self, path: str, node: Node) -> None:
+        """Write ``node`` at ``path`` as extraction does: a non-directory replaces a whole subtree."""
         old = self.nodes.get(path)
         if old is not None and old.kind == "dir" and node.kind != "dir":
             self.clear_below(path)
+        self.set(path, node)
+
+    def set(self, path: str, node: Node) -> None:
+        """Replace what is recorded at ``path``, keeping anything below it."""
         self.nodes[path] = node
-        if node.kind == "dir":
-            self.kids.setdefault(path, set())
+        self.kids.setdefault(path, set())
         self._link_parents(path, node.layer)
 
     def _link_parents(self, path: str, layer: int) -> None:

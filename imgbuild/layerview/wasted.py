@@ -7,8 +7,11 @@ image/analysis.go), so the figures match what people compare them with:
   entry of the same layer below them (files, links, empty directories,
   whiteouts; an opaque marker makes its directory a node but is not one).
 - A leaf's size is its tar header size; a whiteout counts the bytes of
-  everything below the path in the layers before it when that was a
-  directory, and 0 when it was a file.
+  everything below the path in dive's stacked tree of the layers before it
+  when that path is a directory there, and 0 otherwise. In that tree a path
+  is a directory only if the last layer to touch it had a directory entry
+  for it (a directory a layer only implies, by naming a path below it, is
+  not one), and opaque markers hide nothing.
 - A path is *wasted* when leaves at it appear in more than one layer; its
   cumulative size (all its leaves' sizes added) is wasted bytes.
 - Efficiency is the sum over all paths of the smallest size seen at each
@@ -24,7 +27,7 @@ import re
 from dataclasses import dataclass, field
 
 from imgbuild.errors import UsageError
-from imgbuild.layerview.tree import MergedTree
+from imgbuild.layerview.tree import MergedTree, Node
 
 TOP_PATHS = 100  # wasted paths kept, the biggest first
 
@@ -42,10 +45,12 @@ class Efficiency:
 
     paths: dict[str, PathFigures] = field(default_factory=dict)
     layer_sizes: list[int] = field(default_factory=list)
+    stacked: MergedTree = field(default_factory=MergedTree)  # dive's view of the layers so far
 
-    def add_layer(self, entries: list[tuple[str, str, int]], below: MergedTree) -> None:
+    def add_layer(self, entries: list[tuple[str, str, int]]) -> None:
         """``entries``: (path, kind, size) of every tar entry of the layer, in order."""
         self.layer_sizes.append(sum(size for _, _, size in entries))
+        below = self.stacked
         for path, kind, size in _leaves(entries):
             if kind == "whiteout":
                 before = below.get(path)
@@ -55,6 +60,8 @@ class Efficiency:
             figures.cumulative += size
             if figures.smallest < 0 or size < figures.smallest:
                 figures.smallest = size
+
+        _stack(self.stacked, entries, len(self.layer_sizes) - 1)
 
     def summary(self) -> dict:
         minimum = sum(f.smallest for f in self.paths.values())
@@ -94,6 +101,26 @@ def _leaves(entries: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
             inner.add(parent)
             parent = posixpath.dirname(parent)
     return [(path, kind, size) for path, (kind, size) in last.items() if path not in inner and path != "/"]
+
+
+def _stack(tree: MergedTree, entries: list[tuple[str, str, int]], layer: int) -> None:
+    """Put a layer onto dive's stacked tree: whiteouts remove, every path the
+    layer names or implies gets the layer's payload (an implied directory's
+    is empty: not a directory, size 0), opaque markers only imply their directory."""
+    payload: dict[str, Node] = {}
+    for path, kind, size in entries:
+        if kind == "whiteout":
+            tree.remove(path)
+        elif kind == "opaque":
+            payload.setdefault(path, Node("implied", 0, layer))
+        else:
+            payload[path] = Node(kind, size, layer)
+        parent = posixpath.dirname(path)
+        while parent != "/" and parent not in payload:
+            payload[parent] = Node("implied", 0, layer)
+            parent = posixpath.dirname(parent)
+    for path, node in payload.items():
+        tree.set(path, node)
 
 
 # --- the CI gate -------------------------------------------------------------------

@@ -88,3 +88,25 @@ def test_dive_ci_file_with_legacy_and_new_keys(cli, crafted, tmp_path, monkeypat
     config.write_text("rules:\n  smallestImage: 1\n")
     unknown = cli("layers", crafted, "--ci")
     assert unknown.exit_code == 2 and ".dive-ci:2" in unknown.stderr and "smallestImage" in unknown.stderr
+
+
+def test_dive_own_efficiency_example(cli, tmp_path):
+    """dive's TestEfficiency (filetree/efficiency_test.go), as layer tars: no directory
+    entries, so /etc/nginx is a directory only by implication, and dive sizes its
+    whiteout 0. dive expects efficiency 0.75 and one wasted path, nginx.conf, 7000 bytes."""
+    layers = [
+        [("file", "etc/nginx/nginx.conf", b"c" * 2000), ("file", "etc/nginx/public", b"p" * 3000)],
+        [("file", "etc/nginx/nginx.conf", b"C" * 5000), ("file", "etc/athing", b"t" * 10_000)],
+        [("whiteout", "etc/nginx")],
+    ]
+    layout = tmp_path / "layout"
+    write_layout(layout, "dive", layers, [{"created_by": f"step {n}"} for n in range(3)])
+    wasted = json.loads(cli("layers", f"oci:{layout}:dive", "--format", "json").stdout)["wasted"]
+    assert wasted["efficiency"] == 0.75
+    assert wasted["top_wasted"] == [{"path": "/etc/nginx/nginx.conf", "count": 2, "wasted_bytes": 7000}]
+    # with a directory entry for etc/nginx in the layer before, the whiteout counts what it hides
+    layers[1].insert(0, ("dir", "etc/nginx"))
+    write_layout(tmp_path / "with-dir", "dive", layers, [{"created_by": f"step {n}"} for n in range(3)])
+    wasted = json.loads(cli("layers", f"oci:{tmp_path / 'with-dir'}:dive", "--format", "json").stdout)["wasted"]
+    hidden = 5000 + 3000  # nginx.conf as layer 1 wrote it, public from layer 0
+    assert wasted["efficiency"] == pytest.approx((2000 + 3000 + 10_000 + hidden) / (7000 + 3000 + 10_000 + hidden))
