@@ -148,7 +148,8 @@ def _table(report: dict) -> str:
         for row in layer["files"]:
             size = human_size(row["size"]) if row["type"] in ("file", "dir", "opaque") or row["change"] == "removed" else ""
             link = f" -> {printable(row['link'])}" if row.get("link") else ""
-            lines.append(f"    {marks[row['change']]} {size:>8}  {printable(row['path'])}{link}")
+            path = printable(row["path"]) + ("/* (opaque: all below)" if row["type"] == "opaque" else "")
+            lines.append(f"    {marks[row['change']]} {size:>8}  {path}{link}")
         if layer["files_left_out"]:
             lines.append(f"    ... and {layer['files_left_out']} more")
         lines.append("")
@@ -166,5 +167,5 @@ def _table(report: dict) -> str:
         for row in wasted["top_wasted"][:20]:
             lines.append(f"{row['count']:>5}  {human_size(row['wasted_bytes']):>8}  {printable(row['path'])}")
     for result in report.get("ci", []):
-        lines.append(f"{result['status'].upper()}: {result['rule']} {result['message']}".rstrip())
+        lines.append(f"{result['status'].upper()}: {result['rule']}: {result['message'] or 'ok'}")
     return "\n".join(lines) + "\n"

@@ -157,6 +157,8 @@ def path_matches(path: str, pattern: str) -> bool:
 
 
 def tree_rows(analysis: Analysis, options: Options) -> list[dict]:
+    """The merged filesystem, filtered by --path and --min-size (--changes is about layers)."""
+    options = Options(CHANGES, options.sort, options.min_size, options.path_glob)
     rows = []
     for path in analysis.tree.paths():
         node = analysis.tree.get(path)

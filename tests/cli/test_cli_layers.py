@@ -210,3 +210,10 @@ def test_a_layout_with_a_symlinked_or_special_blob_is_refused(cli, tmp_path):
     result = cli("layers", f"oci:{layout}:v1")
     assert result.exit_code != 0 and "not a regular file" in result.stderr
     assert config["rootfs"]["diff_ids"]
+
+
+def test_tree_ignores_the_changes_filter(cli, crafted):
+    report = _json(cli, f"oci:{crafted}:v1", "--tree", "--changes", "removed", "--path", "/etc/*")
+    assert [row["path"] for row in report["tree"]] == ["/etc/a"]
+    text = cli("layers", f"oci:{crafted}:v1", "--changes", "removed").stdout
+    assert "-     700B  /var/cache/* (opaque: all below)" in text
