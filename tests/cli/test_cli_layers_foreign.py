@@ -66,8 +66,10 @@ def test_image_pulled_from_a_registry(cli, registry, tmp_path):
     report = json.loads(pulled.stdout)
     assert [layer["files"] for layer in report["layers"]] == [layer["files"] for layer in from_layout["layers"]]
     assert report["wasted"] == from_layout["wasted"]
-    # it is in the store now, under the name pull gives it
-    assert cli("layers", f"{registry.host}/crafted/layers:v1", "--format", "json").exit_code == 0
+    # it is in the store now, under the name pull gives it; docker:// always asks the registry
+    assert cli("images", "-q", f"{registry.host}/crafted/layers:v1").stdout.strip()
+    again = cli("layers", f"docker://{registry.host}/crafted/layers:v1", "--format", "json")
+    assert again.exit_code == 0 and json.loads(again.stdout)["digest"] == report["digest"]
     missing = cli("layers", "nosuchimage:1")
     assert missing.exit_code != 0 and "nosuchimage" in missing.stderr
 
