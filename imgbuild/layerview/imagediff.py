@@ -202,7 +202,7 @@ def _normalise_python_name(name: str) -> str:
 def parse_package_json(data: bytes) -> dict[str, str]:
     try:
         document = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested thousands deep, from a hostile image
         return {}
     if not isinstance(document, dict) or not isinstance(document.get("name"), str):
         return {}

@@ -170,6 +170,6 @@ class DirectoryLayout:
 
         try:
             return json.loads(self.read_bytes(name, what))
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:
             raise ArchiveError(f"{self.label}: {what} {name} is not valid JSON: {error}") from None
 

@@ -139,3 +139,15 @@ def test_diff_of_docker_archive_and_the_layout_it_came_from(cli, images, tmp_pat
     report = _diff(cli, images[1], f"docker-archive:{archive}", "--packages")
     assert report["files"]["counts"] == {"added": 0, "removed": 0, "changed": 0}
     assert all(not any(v.values()) for v in report["packages"].values())
+
+
+def test_hostile_package_files_are_skipped(cli, tmp_path):
+    deep = b"[" * 200_000 + b"]" * 200_000  # json.loads recurses once per level
+    layout = tmp_path / "layout"
+    write_layout(layout, "a", [[("file", "app/node_modules/deep/package.json", deep)]], [{"created_by": "a"}])
+    write_layout(layout, "b", [[("file", "app/node_modules/ok/package.json", b'{"name": "ok", "version": "1"}'),
+                                ("file", "app/node_modules/bad/package.json", b"{not json")]],
+                 [{"created_by": "b"}])
+    report = _diff(cli, f"oci:{layout}:a", f"oci:{layout}:b", "--packages")
+    assert report["packages"]["npm"]["added"] == [{"name": "ok", "version": "1"}]
+    assert report["packages"]["npm"]["removed"] == []
