@@ -35,6 +35,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "pin": ("pin", "pin a Dockerfile's base images to the digests their registries serve"),
     "image": ("image", "manage images: prune (and ls, rm, inspect, ... as docker image has them)"),
     "system": ("system", "show what the store takes on disk: df"),
+    "layers": ("layers", "show what each layer of an image adds, changes and removes, and wasted space"),
+    "diff": ("diff", "show the config, file and package differences between two images"),
 }
 
 
