@@ -260,7 +260,10 @@ class Builder:
     # --- one step ----------------------------------------------------------------
 
     def _step(self, stage, state: StageState, scope, instruction, step: Step | None) -> None:
-        created = ic.timestamp(self.options.source_date_epoch)
+        # None: dated when the image is written, from the layer steps around it
+        # (finalimage.fill_created), so a cached rebuild keeps every time.
+        epoch = self.options.source_date_epoch
+        created = ic.timestamp(epoch) if epoch is not None else None
         if isinstance(instruction, Arg):
             resolved = scope.apply(instruction)
             words = [p.name if p.default is None else f"{p.name}={p.default}" for p in resolved.pairs]

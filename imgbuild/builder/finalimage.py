@@ -27,7 +27,14 @@ def write_final_image(store: Store, options: BuildOptions, platform: Platform, t
     config = json.loads(json.dumps(target.config))
     if options.labels:
         ic.add_labels(config, options.labels)
-    config["created"] = ic.timestamp(options.source_date_epoch)
+    history = config.get("history") or []
+    fill_created(history)
+    if options.source_date_epoch is not None:
+        config["created"] = ic.timestamp(options.source_date_epoch)
+    else:
+        config["created"] = _last_created(history)
+        if config["created"] is None:
+            del config["created"]  # FROM scratch and metadata only: no time to give
     config["rootfs"] = {"type": "layers", "diff_ids": [layer.diff_id for layer in target.layers]}
     config["architecture"] = platform.architecture
     config["os"] = platform.os
@@ -36,6 +43,42 @@ def write_final_image(store: Store, options: BuildOptions, platform: Platform, t
     else:
         config.pop("variant", None)
     return store.write_image(config, [layer.blob for layer in target.layers])
+
+
+def fill_created(history: list[dict]) -> None:
+    """Date the history entries of config-only steps as BuildKit does.
+
+    Steps that make a layer carry the time their cache entry was first built
+    (``layerstep.py``); a config-only step gets the time of the layer step
+    before it, or, before the first layer step of this build, the time of
+    that first layer step. No entry carries the clock of this build, so a
+    fully cached rebuild writes the same config.
+    """
+    fallback = None
+    seen_undated = False
+    for entry in history:  # the first new layer time (else the last known one)
+        if entry.get("created"):
+            fallback = entry["created"]
+            if seen_undated:
+                break
+        else:
+            seen_undated = True
+    seen_undated = False
+    for entry in history:
+        if entry.get("created"):
+            if seen_undated:
+                fallback = entry["created"]
+            continue
+        seen_undated = True
+        if fallback is None:
+            entry.pop("created", None)
+        else:
+            entry["created"] = fallback
+
+
+def _last_created(history: list[dict]) -> str | None:
+    """The image's ``created``: its newest step's, as BuildKit writes it."""
+    return next((entry["created"] for entry in reversed(history) if entry.get("created")), None)
 
 
 def tag_image(store: Store, options: BuildOptions, image: Image) -> list[str]:

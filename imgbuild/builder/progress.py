@@ -173,10 +173,11 @@ def miss_lines(steps: list[Step]) -> list[str]:
 
 
 def summary_lines(summary: Summary) -> list[str]:
-    # "image ID" is Docker's: the config digest (what -q and --iidfile give)
+    # "image ID" is Docker's: the config digest (what -q and --iidfile give);
+    # the digest is the manifest's (NAME@DIGEST, --metadata-file's containerimage.digest)
     lines = [
         f"image ID {summary.config_digest}",
-        f"  manifest {summary.image_digest}, size {human_size(summary.size)}",
+        f"  digest {summary.image_digest}, size {human_size(summary.size)}",
         f"  steps: {summary.steps_cached} cached, {summary.steps_run} run, {summary.seconds:.1f}s",
     ]
     lines += [f"  tagged {tag}" for tag in summary.tags]
