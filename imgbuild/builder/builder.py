@@ -25,6 +25,7 @@ from imgbuild.builder.baseimage import base_state, onbuild_triggers, resolve_ima
 from imgbuild.builder.copystep import plan_copy
 from imgbuild.builder.finalimage import (
     BuildResult,
+    remove_result_files,
     tag_image,
     write_final_image,
     write_result_files,
@@ -47,7 +48,7 @@ from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.source import BuildContext
 from imgbuild.context.statcache import StatCache
 from imgbuild.dockerfile import Add, Arg, Cmd, Copy, Env, Run, Workdir
-from imgbuild.errors import DockerfileError, ImgbuildError, Interrupted, SourceLocation
+from imgbuild.errors import DockerfileError, ImgbuildError, Interrupted, SourceLocation, UsageError
 from imgbuild.image import LayerRef, Platform
 from imgbuild.store import Store, remove_tree
 from imgbuild.units import human_size
@@ -83,6 +84,8 @@ class Builder:
 
     def build(self) -> BuildResult:
         started = time.monotonic()
+        # A failed build must not leave the files of an earlier one behind.
+        remove_result_files(self.options)
         # A bad IMGBUILD_MAX_CACHE is a usage error before the build, not after it.
         limits = limits_for(self.store, self.options.max_cache, self.options.min_free)
         self._sweep_dead_work()
@@ -180,7 +183,9 @@ class Builder:
         try:
             return read_build_file(self.options.context, path, "Dockerfile").decode("utf-8")
         except FileNotFoundError:
-            raise ImgbuildError(f"no Dockerfile at {path}: give one with -f FILE") from None
+            raise UsageError(f"no Dockerfile at {path}: give one with -f FILE") from None
+        except IsADirectoryError:
+            raise UsageError(f"the Dockerfile {path} is a directory: give a file with -f FILE") from None
         except OSError as error:  # a directory, unreadable, ...
             raise ImgbuildError(f"cannot read the Dockerfile {path}: {error.strerror}") from None
         except UnicodeDecodeError as error:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.options import BuildOptions
 from imgbuild.builder.state import StageResult
-from imgbuild.errors import BuildError
+from imgbuild.errors import BuildError, UsageError
 from imgbuild.image import Image, Platform
 from imgbuild.store import Store, normalise_tag
 
@@ -88,6 +89,22 @@ def tag_image(store: Store, options: BuildOptions, image: Image) -> list[str]:
     if not tags:
         store.keep_untagged(image.manifest_descriptor)
     return tags
+
+
+def remove_result_files(options: BuildOptions) -> None:
+    """Remove ``--iidfile`` and ``--metadata-file`` before the build starts, as
+    Docker does: a build that fails leaves none, never an earlier build's."""
+    for path in (options.iidfile, options.metadata_file):
+        if path is None:
+            continue
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            raise UsageError(f"{path} is a directory: give a file to write the build's results to") from None
+        except OSError as error:  # as a failed write of it would be, found before the build
+            raise BuildError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def write_result_files(options: BuildOptions, result: BuildResult) -> None:

@@ -161,3 +161,14 @@ def parse_key_value_list(items: list[str], what: str, environ: dict | None = Non
             value = environ[key]
         result[key] = value
     return result
+
+
+def parse_labels(items: list[str]) -> dict[str, str]:
+    """``--label K=V``; a bare ``K`` is the label K with an empty value, as in Docker."""
+    labels: dict[str, str] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not key:
+            raise UsageError(f"--label {item!r}: expected KEY=VALUE")
+        labels[key] = value
+    return labels

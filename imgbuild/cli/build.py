@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from imgbuild.builder.options import (
     COMPRESSIONS,
     BuildOptions,
     parse_key_value_list,
+    parse_labels,
     parse_output,
     parse_secret,
 )
 from imgbuild.cache.prune import parse_limit
 from imgbuild.cache.share import parse_cache_spec
+from imgbuild.cli.tag import target_name
 from imgbuild.context.buildfiles import read_dockerfile_stdin
 from imgbuild.errors import DockerfileError, UsageError
+from imgbuild.image import Platform
+from imgbuild.layer.write import check_compression
 
 
 def add_arguments(parser) -> None:
@@ -82,6 +87,7 @@ def options_from_args(args) -> BuildOptions:
     if epoch is not None and not epoch.isdigit():
         raise UsageError(f"SOURCE_DATE_EPOCH must be a whole number of seconds, not {epoch!r}")
     outputs = [parse_output(text) for text in args.output]
+    check_flags(args, outputs)
     if args.push and not args.tag:
         raise UsageError("--push needs a name: add -t REGISTRY/NAME:TAG")
     if args.jobs < 0:
@@ -93,11 +99,11 @@ def options_from_args(args) -> BuildOptions:
         context=context,
         dockerfile=dockerfile,
         dockerfile_text=dockerfile_text,
-        tags=list(args.tag),
+        tags=[tag_name(tag) for tag in args.tag],
         build_args=parse_key_value_list(args.build_arg, "--build-arg"),
         target=args.target,
         platform=args.platform,
-        labels=parse_key_value_list(args.label, "--label", environ={}),
+        labels=parse_labels(args.label),
         no_cache=args.no_cache,
         no_cache_filter=list(args.no_cache_filter),
         explain=args.explain,
@@ -109,7 +115,7 @@ def options_from_args(args) -> BuildOptions:
         iidfile=Path(args.iidfile) if args.iidfile else None,
         metadata_file=Path(args.metadata_file) if args.metadata_file else None,
         jobs=args.jobs,
-        runtime=args.runtime or os.environ.get("IMGBUILD_RUNTIME") or "runc",
+        runtime=runtime_of(args),
         network=args.network,
         compression=args.compression,
         compression_level=args.compression_level,
@@ -120,6 +126,42 @@ def options_from_args(args) -> BuildOptions:
         cache_to=[parse_cache_spec(text, "--cache-to") for text in args.cache_to],
         cache_from=[parse_cache_spec(text, "--cache-from") for text in args.cache_from],
     )
+
+
+def check_flags(args, outputs) -> None:
+    """What can be wrong with the flags, found before any step runs (and
+    whether or not any will: a fully cached build still checks them)."""
+    check_compression(args.compression, args.compression_level)
+    for output in outputs:
+        compression = output.compression or args.compression
+        level = output.compression_level if output.compression_level is not None else args.compression_level
+        if output.compression is not None or output.compression_level is not None:
+            check_compression(compression, level)
+    if args.platform:
+        check_platform(args.platform)
+    runtime = runtime_of(args)
+    if shutil.which(runtime) is None:
+        raise UsageError(f"OCI runtime {runtime!r} not found: install it, or choose runc (--runtime runc)")
+
+
+def tag_name(text: str) -> str:
+    """A ``-t`` name, checked as ``imgbuild tag`` checks its target (one a registry can take)."""
+    try:
+        return target_name(text)
+    except UsageError as error:
+        raise UsageError(f"-t {text!r}: {error}") from None
+
+
+def check_platform(text: str) -> None:
+    if "," in text:
+        raise UsageError(
+            f"--platform {text!r}: multi-platform builds are not supported yet; build each platform on its own"
+        )
+    Platform.parse(text)
+
+
+def runtime_of(args) -> str:
+    return args.runtime or os.environ.get("IMGBUILD_RUNTIME") or "runc"
 
 
 def run(args) -> int:
