@@ -48,7 +48,14 @@ from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.source import BuildContext
 from imgbuild.context.statcache import StatCache
 from imgbuild.dockerfile import Add, Arg, Cmd, Copy, Env, Run, Workdir
-from imgbuild.errors import DockerfileError, ImgbuildError, Interrupted, SourceLocation, UsageError
+from imgbuild.errors import (
+    DockerfileError,
+    ImgbuildError,
+    Interrupted,
+    SourceLocation,
+    Terminated,
+    UsageError,
+)
 from imgbuild.image import LayerRef, Platform
 from imgbuild.store import Store, remove_tree
 from imgbuild.units import human_size
@@ -63,7 +70,7 @@ class Builder:
     def __init__(self, store: Store, options: BuildOptions, progress: Progress | None = None):
         self.store = store
         self.options = options
-        self.progress = progress or make_progress(options.progress)
+        self.progress = progress or make_progress(options.progress, explain=options.explain)
         self.progress.explain = self.progress.explain or options.explain
         sources = [open_source(spec, store, options.insecure_registries) for spec in options.cache_from]
         for source in sources:
@@ -242,7 +249,9 @@ class Builder:
             step = None
             if isinstance(instruction, LAYER_KINDS):
                 step_index += 1
-                step = self.progress.new_step(stage_label, step_index, step_count, instruction.source.strip())
+                step = self.progress.new_step(
+                    stage_label, step_index, step_count, instruction.text, instruction.line, instruction.end_line
+                )
             state.instruction = instruction  # for the record of the step's key (layerstep.py)
             try:
                 self._step(stage, state, scope, instruction, step)
@@ -330,11 +339,15 @@ class Builder:
 
 def build(store: Store, options: BuildOptions, progress: Progress | None = None) -> BuildResult:
     """Build ``options.context`` as the options say; returns the image and step counts."""
-    builder = Builder(store, options, progress)
+    progress = progress or make_progress(options.progress, explain=options.explain)
     try:
-        return builder.build()
+        progress.begin()
+        return Builder(store, options, progress).build()
+    except ImgbuildError as error:
+        progress.build_failed(error)
+        raise
     finally:
-        builder.progress.close()
+        progress.close()
 
 
 def _located(error: ImgbuildError, filename: str, instruction) -> ImgbuildError:
@@ -352,7 +365,7 @@ def signals_raise_interrupt():
         return
 
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:

@@ -20,6 +20,7 @@ from imgbuild.sandbox.spec import RunSpec
 from imgbuild.sandbox.users import resolve_user
 
 OUTPUT_TAIL_LINES = 20
+OUTPUT_TAIL_BYTES = 64 * 1024  # enough for the last lines, bounded however long they are
 
 
 def plan_run(builder, stage, state: StageState, scope, instruction, step) -> LayerWork:
@@ -139,18 +140,23 @@ def _run_in(builder, space, merged: Path, instruction, argv, env: dict, user: st
 
 
 def _run_container(builder, merged: Path, spec: RunSpec, scratch: Path, step) -> tuple[int, list[str]]:
-    """Run the step; its exit status and the last lines of its output."""
-    tail: list[str] = []
+    """Run the step; its exit status and the last lines of its output.
+
+    The tail is cut into lines only at the end: a chunk may end inside a
+    line (or inside a UTF-8 character).
+    """
+    tail = bytearray()
 
     def on_output(data: bytes) -> None:
         builder.progress.output(step, data)
-        tail.extend(data.decode("utf-8", "replace").splitlines())
-        del tail[:-OUTPUT_TAIL_LINES]
+        tail.extend(data)
+        del tail[:-OUTPUT_TAIL_BYTES]
 
     status = run_container(
         merged, spec, runtime=builder.options.runtime, workdir=scratch, on_output=on_output, cancel=builder.cancel
     )
-    return status, tail
+    lines = bytes(tail).decode("utf-8", "replace").splitlines()
+    return status, lines[-OUTPUT_TAIL_LINES:]
 
 
 def _fail(builder, instruction, status: int, tail: list[str], step) -> None:
@@ -158,6 +164,7 @@ def _fail(builder, instruction, status: int, tail: list[str], step) -> None:
     output = "\n".join(f"    {line}" for line in tail)
     message = f"RUN {command} exited with code {status}"
     if output:
-        message += f"\n  last {len(tail)} lines of its output:\n{output}"
-    builder.progress.failed(step, message)
+        lines = "line" if len(tail) == 1 else f"{len(tail)} lines"
+        message += f"\n  last {lines} of its output:\n{output}"
+    builder.progress.failed(step, message, exit_status=status)
     raise RunError(message, exit_status=status, output_tail="\n".join(tail))

@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
-from imgbuild.errors import ImgbuildError, UsageError
+from imgbuild.errors import ImgbuildError, Terminated, UsageError, exit_code_of
 
 # verb -> (module under imgbuild.cli, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
@@ -117,6 +119,8 @@ def _with_help_hint(error: UsageError, verb: str | None) -> UsageError:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = None
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         try:
             argv = _with_default_verb(argv)
@@ -137,10 +141,19 @@ def main(argv: list[str] | None = None) -> int:
         except UsageError as error:
             raise _with_help_hint(error, verb) from None
     except ImgbuildError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
+        if not error.reported:  # --progress json: it was the build_failed event
+            print(f"error: {error}", file=sys.stderr)
+        return exit_code_of(error)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: 130; SIGTERM (Terminated): 143
         print("error: interrupted", file=sys.stderr)
-        return 130
+        return exit_code_of(interrupt)
     except BrokenPipeError:
         return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame):
+    """SIGTERM unwinds like Ctrl-C (mounts and containers are cleaned up), then exits 143."""
+    raise Terminated

@@ -18,7 +18,7 @@ from imgbuild.cache.prune import parse_limit
 from imgbuild.cache.share import parse_cache_spec
 from imgbuild.cli.tag import target_name
 from imgbuild.context.buildfiles import read_dockerfile_stdin
-from imgbuild.errors import DockerfileError, UsageError
+from imgbuild.errors import DockerfileError, ImgbuildError, UsageError
 from imgbuild.image import Platform
 from imgbuild.layer.write import check_compression
 
@@ -166,9 +166,15 @@ def runtime_of(args) -> str:
 
 def run(args) -> int:
     from imgbuild.builder.builder import build
+    from imgbuild.builder.progress import make_progress
     from imgbuild.store import Store
 
-    options = options_from_args(args)
+    try:
+        options = options_from_args(args)
+    except ImgbuildError as error:
+        if args.progress == "json" and not args.quiet:  # the JSON stream stays JSON
+            make_progress("json").build_failed(error)
+        raise
     result = build(Store(args.root), options)
     if args.quiet:
         # the image ID, as docker build -q prints and --iidfile holds; not the manifest digest

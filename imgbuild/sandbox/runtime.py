@@ -75,11 +75,12 @@ def run_container(
     A process killed by signal N gives 128+N, as shells report it. The bundle
     is made in a fresh directory under ``workdir`` and removed afterwards.
 
-    With ``on_output`` the process's stdout and stderr are merged and passed to
-    it chunk by chunk as they come. Each stream keeps its order, but runc
-    copies the two through separate pipes, so how they interleave can vary (as
-    in BuildKit). Without ``on_output`` they go to our own stdout and stderr
-    (``imgbuild run``). Stdin is /dev/null.
+    With ``on_output`` the process's stdout and stderr are one pipe, passed
+    to it chunk by chunk as they come, in the order they were written (the
+    container is started detached and reaped by the launcher, so the runtime
+    does not copy the two through pipes of its own, which reordered them).
+    Without ``on_output`` they go to our own stdout and stderr (``imgbuild
+    run``). Stdin is /dev/null.
 
     Setting ``cancel`` (from another thread: signals reach only the main one)
     kills the container and raises ``Interrupted``; so does any exception
@@ -266,13 +267,18 @@ def _run(
     log = run_dir / "runtime.log"
     launch_error = run_dir / "launch-error"
     bundle = run_dir / "bundle"
-    command = [runtime, "--log", _log_destination(runtime, log), "--log-format", "json"]
-    command += ["run", "--bundle", str(bundle), container_id]
+    command = [runtime, "--log", _log_destination(runtime, log), "--log-format", "json", "run"]
+    reaping = []
+    if on_output is not None:
+        pid_file = run_dir / "container.pid"
+        command += ["--detach", "--pid-file", str(pid_file)]
+        reaping = ["--reap", str(pid_file)]
+    command += ["--bundle", str(bundle), container_id]
     launcher = [sys.executable, "-I", "-S", str(_LAUNCHER), str(bundle), str(files.size())]
     output = subprocess.PIPE if on_output is not None else None
     error_output = subprocess.STDOUT if on_output is not None else None
     process = subprocess.Popen(
-        [*launcher, str(launch_error), "--", *command],
+        [*launcher, str(launch_error), *reaping, "--", *command],
         stdin=subprocess.PIPE,
         stdout=output,
         stderr=error_output,
