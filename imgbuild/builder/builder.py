@@ -49,6 +49,7 @@ from imgbuild.context.source import BuildContext
 from imgbuild.context.statcache import StatCache
 from imgbuild.dockerfile import Add, Arg, Cmd, Copy, Env, Run, Workdir
 from imgbuild.errors import (
+    BuildError,
     DockerfileError,
     ImgbuildError,
     Interrupted,
@@ -86,6 +87,7 @@ class Builder:
         self.dockerfile_name = "Dockerfile"
         self.context: BuildContext | None = None
         self.secrets = {secret.id: secret for secret in options.secrets}
+        self.named_contexts: dict[str, BuildContext] = {}  # --build-context NAME=DIR, opened on use
 
     # --- the whole build ---------------------------------------------------------
 
@@ -334,7 +336,25 @@ class Builder:
         if index is not None:
             self.cache.fetch_layers(self.results[index].layers)
             return self.results[index].layers
+        named = self.options.build_contexts.get(origin)
+        if named is not None and named.directory is not None:
+            raise BuildError(
+                f"--from={origin}: the build context {origin} is a directory; only COPY --from={origin} reads it"
+            )
         return image_layers(resolve_image(self, origin), origin)
+
+    def directory_context(self, origin: str) -> BuildContext | None:
+        """``--build-context NAME=DIR`` for ``COPY --from=NAME``, read as the build
+        context is (a stage of that name comes first); None for anything else."""
+        named = self.options.build_contexts.get(origin)
+        if named is None or named.directory is None or self.plan.source_stage(origin) is not None:
+            return None
+        with self.counts_lock:
+            if origin not in self.named_contexts:
+                context = BuildContext(named.directory, IgnoreMatcher([]), self.context.stat_cache, label=f"build context {origin}")
+                context.keep_listings()
+                self.named_contexts[origin] = context
+            return self.named_contexts[origin]
 
 
 def build(store: Store, options: BuildOptions, progress: Progress | None = None) -> BuildResult:

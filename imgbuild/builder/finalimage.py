@@ -43,7 +43,8 @@ def write_final_image(store: Store, options: BuildOptions, platform: Platform, t
         config["variant"] = platform.variant
     else:
         config.pop("variant", None)
-    return store.write_image(config, [layer.blob for layer in target.layers])
+    # --annotation: the manifest's (its digest changes; the image ID does not)
+    return store.write_image(config, [layer.blob for layer in target.layers], options.annotations or None)
 
 
 def fill_created(history: list[dict]) -> None:

@@ -43,6 +43,8 @@ def plan_run(builder, stage, state: StageState, scope, instruction, step) -> Lay
         "mount_sources": source_keys,
         "network": run_network(builder, instruction),
     }
+    if builder.options.extra_hosts:  # in BuildKit's key too; absent, old keys stay valid
+        document["extra_hosts"] = [list(pair) for pair in builder.options.extra_hosts]
     env = scope.env_for_run()
     env.update(scope.proxy_env())  # reaches RUN, stays out of the key (as in BuildKit)
     history = ic.run_history(argv, sorted(scope.args_in_scope().items())) + " # imgbuild"
@@ -120,6 +122,7 @@ def _run_in(builder, space, merged: Path, instruction, argv, env: dict, user: st
             store_root=builder.store.root,
             workdir=cwd,
             secrets=builder.secrets,
+            ssh=builder.options.ssh,
             sources=roots,
             scratch=space.scratch,
             cancel=builder.cancel,
@@ -133,6 +136,7 @@ def _run_in(builder, space, merged: Path, instruction, argv, env: dict, user: st
                 user=resolved_user,
                 network=run_network(builder, instruction),
                 mounts=script_mounts + prepared.mounts,
+                extra_hosts=list(builder.options.extra_hosts),
             )
             status, tail = _run_container(builder, merged, spec, space.scratch, step)
     if status != 0:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from imgbuild.builder.options import (
     COMPRESSIONS,
     BuildOptions,
+    parse_add_host,
+    parse_annotation,
+    parse_build_context,
     parse_key_value_list,
     parse_labels,
     parse_output,
     parse_secret,
+    parse_ssh,
 )
 from imgbuild.cache.prune import parse_limit
 from imgbuild.cache.share import parse_cache_spec
@@ -24,7 +30,7 @@ from imgbuild.layer.write import check_compression
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("context", metavar="CONTEXT", help="build context directory")
+    parser.add_argument("context", metavar="CONTEXT", help="build context directory; - for a tar archive (or a Dockerfile) on stdin")
     parser.add_argument("-f", "--file", help="Dockerfile (default CONTEXT/Dockerfile; - for stdin)")
     parser.add_argument("-t", "--tag", action="append", default=[], help="name:tag for the image (repeatable)")
     parser.add_argument("--build-arg", action="append", default=[], metavar="K[=V]", help="set a build arg")
@@ -68,11 +74,29 @@ def add_arguments(parser) -> None:
         help="import a cache: type=local,src=DIR or type=registry,ref=REF (repeatable)",
     )
     parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST", help="use plain HTTP for HOST")
+    # buildx flags users paste from their pipelines
+    parser.add_argument("--load", action="store_true", help="accepted as buildx has it: the image always goes to the local store")
+    parser.add_argument("--add-host", action="append", default=[], metavar="NAME:IP", help="a line for /etc/hosts in RUN")
+    parser.add_argument(
+        "--annotation", action="append", default=[], metavar="[manifest:]K=V", help="annotate the image manifest"
+    )
+    parser.add_argument(
+        "--build-context", action="append", default=[], metavar="NAME=DIR|docker-image://IMAGE",
+        help="a named context for FROM NAME, COPY --from=NAME, RUN --mount=from=NAME",
+    )
+    parser.add_argument(
+        "--ssh", action="append", default=[], metavar="default|ID=SOCKET", help="an SSH agent for RUN --mount=type=ssh"
+    )
 
 
 def options_from_args(args) -> BuildOptions:
+    """The build's options; for ``-`` (the context on stdin), the context is
+    filled in once stdin is read (``run``), after the flags are checked."""
     context = Path(args.context)
-    if not context.is_dir():
+    if args.context == "-":
+        if args.file == "-":
+            raise UsageError("the context (-) and the Dockerfile (-f -) cannot both come from standard input")
+    elif not context.is_dir():
         raise UsageError(f"build context {args.context!r} is not a directory")
     dockerfile = None
     dockerfile_text = None
@@ -125,6 +149,21 @@ def options_from_args(args) -> BuildOptions:
         min_free=args.min_free,
         cache_to=[parse_cache_spec(text, "--cache-to") for text in args.cache_to],
         cache_from=[parse_cache_spec(text, "--cache-from") for text in args.cache_from],
+        extra_hosts=[parse_add_host(text) for text in args.add_host],
+        annotations=dict(parse_annotation(text) for text in args.annotation),
+        build_contexts={c.name: c for c in map(parse_build_context, args.build_context)},
+        ssh=dict(parse_ssh(text) for text in args.ssh),
+    )
+
+
+def with_stdin_context(options: BuildOptions, stdin) -> BuildOptions:
+    """The options with the context that came on stdin: ``-f NAME`` names a
+    file in it, as in ``docker build -f NAME - < context.tar``."""
+    dockerfile = stdin.directory / options.dockerfile if options.dockerfile is not None else None
+    if stdin.dockerfile_text is not None:  # stdin was a Dockerfile: the context is empty
+        dockerfile = None
+    return dataclasses.replace(
+        options, context=stdin.directory, dockerfile=dockerfile, dockerfile_text=stdin.dockerfile_text
     )
 
 
@@ -171,12 +210,26 @@ def run(args) -> int:
 
     try:
         options = options_from_args(args)
+        store = Store(args.root)
+        with build_context(args, store, options) as options:
+            result = build(store, options)
     except ImgbuildError as error:
-        if args.progress == "json" and not args.quiet:  # the JSON stream stays JSON
+        if args.progress == "json" and not args.quiet and not error.reported:  # the JSON stream stays JSON
             make_progress("json").build_failed(error)
         raise
-    result = build(Store(args.root), options)
     if args.quiet:
         # the image ID, as docker build -q prints and --iidfile holds; not the manifest digest
         print(result.image.config_descriptor.digest)
     return 0
+
+
+@contextmanager
+def build_context(args, store, options: BuildOptions):
+    """The options, with the context read from stdin first for ``-`` (removed afterwards)."""
+    if args.context != "-":
+        yield options
+        return
+    from imgbuild.context.stdin import context_from_stdin
+
+    with context_from_stdin(store) as stdin:
+        yield with_stdin_context(options, stdin)

@@ -24,16 +24,19 @@ def cli_env(extra: dict | None = None) -> dict:
 
 
 def imgbuild(root: Path, *args: str, input=None, env: dict | None = None, cwd=PROJECT, timeout=120):
-    """``python3 -m imgbuild --root ROOT ARGS``; a CompletedProcess (text unless input is bytes)."""
-    return subprocess.run(
+    """``python3 -m imgbuild --root ROOT ARGS``; a CompletedProcess with text output
+    (``input`` may be text or bytes: a context tar on stdin)."""
+    completed = subprocess.run(
         [sys.executable, "-m", "imgbuild", "--root", str(root), *args],
-        input=input,
+        input=input.encode() if isinstance(input, str) else input,
         capture_output=True,
-        text=not isinstance(input, bytes),
         env=cli_env(env),
         timeout=timeout,
         cwd=str(cwd),
     )
+    completed.stdout = completed.stdout.decode("utf-8", "replace")
+    completed.stderr = completed.stderr.decode("utf-8", "replace")
+    return completed
 
 
 def start_imgbuild(root: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
