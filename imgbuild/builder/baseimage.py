@@ -60,7 +60,11 @@ def resolve_image(builder, name: str, platform_flag: str | None = None) -> Image
     """A base image for ``platform_flag`` (default: the build's platform)."""
     platform = Platform.parse(platform_flag) if platform_flag else builder.platform
     name = _named_image(builder, name)
-    image = _find_image(builder, name, platform)
+    # Pinned as it is resolved, so a collection (an rmi of it meanwhile) keeps its blobs.
+    with builder.store.writer_lease():
+        image = _find_image(builder, name, platform)
+        if builder.lease is not None:
+            builder.lease.pin(image.digest)
     _check_platform(name, image, platform)
     return image
 

@@ -33,7 +33,7 @@ from imgbuild.builder.finalimage import (
 from imgbuild.builder.layerstep import run_layer_step
 from imgbuild.builder.metadata import apply_metadata
 from imgbuild.builder.options import BuildOptions
-from imgbuild.builder.outputs import write_outputs
+from imgbuild.builder.outputs import only_pushed, write_outputs
 from imgbuild.builder.progress import Progress, Step, Summary, make_progress
 from imgbuild.builder.rootfs import image_layers
 from imgbuild.builder.runstep import plan_run
@@ -58,6 +58,7 @@ from imgbuild.errors import (
     UsageError,
 )
 from imgbuild.image import LayerRef, Platform
+from imgbuild.sandbox.cacerts import read_ca_certs
 from imgbuild.store import Store, remove_tree
 from imgbuild.units import human_size
 
@@ -88,6 +89,8 @@ class Builder:
         self.context: BuildContext | None = None
         self.secrets = {secret.id: secret for secret in options.secrets}
         self.named_contexts: dict[str, BuildContext] = {}  # --build-context NAME=DIR, opened on use
+        self.ca_certs = read_ca_certs(options.ca_certs)  # PEM; a bad file is a usage error now
+        self.lease = None  # the store's build lease while the build runs
 
     # --- the whole build ---------------------------------------------------------
 
@@ -109,15 +112,26 @@ class Builder:
         try:
             # SIGTERM must clean up like Ctrl-C for the whole build, outputs
             # included: a type=local output copies from a mounted overlay.
-            with signals_raise_interrupt(), self.store.writer_lease():
+            # A registered build, not the writer lease: a prune meanwhile keeps what
+            # this build looked up, wrote or resolved (imgbuild.store.lock).
+            with signals_raise_interrupt(), self.store.build_lease() as self.lease:
                 self._seed_cache_mounts()
                 self._build_stages(plan)
                 target = self.results[plan.target]
-                self.cache.fetch_layers(target.layers)
-                image = write_final_image(self.store, self.options, self.platform, target)
-                tags = tag_image(self.store, self.options, image)
-                write_outputs(self.store, self.options, image, target.layers, target.base_layers, self.progress)
+                elsewhere = self._layers_left_in_registry(target)
+                image = write_final_image(self.store, self.options, self.platform, target, elsewhere)
+                tags = [] if elsewhere else tag_image(self.store, self.options, image)
+                write_outputs(
+                    self.store, self.options, image, target.layers, target.base_layers, self.progress,
+                    self.cache.fetch_layers,
+                )
+                if elsewhere:
+                    self.progress.info(
+                        f"{len(elsewhere)} layer(s) of the image were not downloaded (only pushed): the image is not "
+                        "kept in the local store; add --output type=image to keep it"
+                    )
                 self._export_cache(plan.target)
+                self.cache.settle()  # imported entries whose blobs came meanwhile
         except KeyboardInterrupt:
             raise Interrupted("build interrupted; everything it mounted was unmounted") from None
         finally:
@@ -144,6 +158,20 @@ class Builder:
         for reason in swept.left:
             self.progress.warning(f"could not clean up after a killed imgbuild: {reason}")
 
+    def _layers_left_in_registry(self, target) -> frozenset:
+        """The final image's layers an imported cache stands for, when the image
+        is only pushed: they are mounted from the cache's repository, never
+        downloaded ("a fully cached build ... downloads none when it is only
+        pushed"). Otherwise every layer is fetched now, and the set is empty."""
+        if only_pushed(self.options):
+            missing = frozenset(
+                layer.blob.digest for layer in target.layers if not self.store.has_blob(layer.blob.digest)
+            )
+            if missing and all(self.cache.in_registry(digest) for digest in missing):
+                return missing
+        self.cache.fetch_layers(target.layers)
+        return frozenset()
+
     def _seed_cache_mounts(self) -> None:
         """RUN --mount=type=cache directories an imported cache carries and this store lacks."""
         for source in self.cache.sources:
@@ -167,7 +195,7 @@ class Builder:
             stages = sorted(self.cache.used) if spec.mode == "max" else chain
             keys = [key for index in stages for key in self.cache.used.get(index, [])]
             descriptor = export_cache(
-                self.store, spec, keys, self.cache.fetch_layers, self.options.insecure_registries, self.options.compression
+                self.store, spec, keys, self.cache, self.options.insecure_registries, self.options.compression
             )
             self.progress.info(f"exported {len(keys)} cache entries to {spec.path or spec.ref} ({descriptor.digest})")
 

@@ -24,7 +24,9 @@ class BuildResult:
     tags: list[str] = field(default_factory=list)
 
 
-def write_final_image(store: Store, options: BuildOptions, platform: Platform, target: StageResult) -> Image:
+def write_final_image(
+    store: Store, options: BuildOptions, platform: Platform, target: StageResult, elsewhere: frozenset = frozenset()
+) -> Image:
     config = json.loads(json.dumps(target.config))
     if options.labels:
         ic.add_labels(config, options.labels)
@@ -44,7 +46,8 @@ def write_final_image(store: Store, options: BuildOptions, platform: Platform, t
     else:
         config.pop("variant", None)
     # --annotation: the manifest's (its digest changes; the image ID does not)
-    return store.write_image(config, [layer.blob for layer in target.layers], options.annotations or None)
+    layers = [layer.blob for layer in target.layers]
+    return store.write_image(config, layers, options.annotations or None, elsewhere=elsewhere)
 
 
 def fill_created(history: list[dict]) -> None:
@@ -108,6 +111,12 @@ def remove_result_files(options: BuildOptions) -> None:
             raise BuildError(f"cannot write {path}: {error.strerror or error}") from None
 
 
+def image_size(image: Image) -> int:
+    """Bytes of the manifest, config and (compressed) layer blobs."""
+    blobs = [image.manifest_descriptor, image.config_descriptor, *image.layers]
+    return sum(blob.size for blob in blobs)
+
+
 def write_result_files(options: BuildOptions, result: BuildResult) -> None:
     """``--iidfile`` and ``--metadata-file``."""
     try:
@@ -127,5 +136,10 @@ def _write_iidfile_and_metadata(options: BuildOptions, result: BuildResult) -> N
             "image.name": ",".join(result.tags),
             "imgbuild.steps.cached": result.steps_cached,
             "imgbuild.steps.run": result.steps_run,
+            # for CI: every tag as a list, and the bytes a registry stores for the
+            # image (manifest, config and compressed layers)
+            "imgbuild.tags": list(result.tags),
+            "imgbuild.image.size": image_size(result.image),
+            "imgbuild.seconds": round(result.seconds, 3),
         }
         options.metadata_file.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")

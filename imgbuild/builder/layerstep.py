@@ -124,4 +124,10 @@ def _why_missed(builder, stage, state: StageState, work: LayerWork, record, look
     no_cache = ""
     if disabled:
         no_cache = "--no-cache" if builder.options.no_cache else f"--no-cache-filter {stage.label()}"
-    return explain_miss(builder.store, missed, no_cache=no_cache, parent_missed=state.key in builder.missed_keys)
+    return explain_miss(
+        builder.store,
+        missed,
+        no_cache=no_cache,
+        parent_missed=state.key in builder.missed_keys,
+        imported=builder.cache.sources,
+    )

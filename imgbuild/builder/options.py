@@ -50,6 +50,7 @@ class BuildOptions:
     explain: bool = False  # --explain: after the build, say why each step missed the cache
     pull: bool = False
     secrets: list[SecretSpec] = field(default_factory=list)
+    ca_certs: list[Path] = field(default_factory=list)  # --ca-cert: trusted by RUN steps only
     outputs: list[OutputSpec] = field(default_factory=list)
     push: bool = False
     progress: str = "auto"

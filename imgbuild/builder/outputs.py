@@ -31,17 +31,33 @@ def output_specs(options) -> list[OutputSpec]:
     return specs
 
 
-def write_outputs(store: Store, options, image: Image, layers: list[LayerRef], base_layers: int, progress) -> None:
+def only_pushed(options) -> bool:
+    """True when the build's only outputs are registries (``--push`` or
+    ``--output type=registry``) that take the image as it is: its layers need
+    not be in the local store (see ``write_outputs``)."""
+    specs = output_specs(options)
+    return bool(specs) and all(spec.type == "registry" and not spec.compression for spec in specs)
+
+
+def write_outputs(
+    store: Store, options, image: Image, layers: list[LayerRef], base_layers: int, progress, fetch_layers=None
+) -> None:
+    """Write every output. ``fetch_layers(layers)`` brings layers the store
+    does not hold yet (an imported cache's): a push asks for one only when the
+    registry cannot mount it from where it is; every other output needs them all."""
     for spec in output_specs(options):
+        if fetch_layers is not None and not (spec.type == "registry" and not spec.compression):
+            fetch_layers(layers)
         try:
-            _write_output(store, options, image, layers, base_layers, progress, spec)
+            _write_output(store, options, image, layers, base_layers, progress, spec, fetch_layers)
         except OSError as error:  # a dest the user gave that cannot be written
             reason = f"{error.filename}: {error.strerror}" if error.filename else str(error)
             raise BuildError(f"cannot write the {spec.type} output to {spec.dest} ({reason})") from None
 
 
 def _write_output(
-    store: Store, options, image: Image, layers: list[LayerRef], base_layers: int, progress, spec: OutputSpec
+    store: Store, options, image: Image, layers: list[LayerRef], base_layers: int, progress, spec: OutputSpec,
+    fetch_layers=None,
 ) -> None:
     names = [normalise_tag(name) for name in spec.name.split(",")] if spec.name else list(options.tags)
     chosen = image_with_compression(store, image, layers, base_layers, spec)
@@ -57,7 +73,7 @@ def _write_output(
         _write_rootfs(store, layers, spec, progress)
         progress.info(f"wrote the root filesystem to {spec.dest}")
     elif spec.type == "registry":
-        _push(store, chosen, names, options, progress)
+        _push(store, chosen, names, options, progress, fetch_layers)
     else:
         raise UsageError(f"unknown output type {spec.type!r}")
 
@@ -76,14 +92,17 @@ def image_with_compression(
     return store.write_image(image.config, blobs)
 
 
-def _push(store: Store, image: Image, names: list[str], options, progress) -> None:
+def _push(store: Store, image: Image, names: list[str], options, progress, fetch_layers=None) -> None:
     from imgbuild.registry.push import push
 
     if not names:
         raise UsageError("pushing needs a name: add -t REGISTRY/NAME:TAG or --output type=registry,name=...")
+    fetch_missing = None
+    if fetch_layers is not None:
+        fetch_missing = lambda blob: fetch_layers([LayerRef("", blob)])  # noqa: E731
     for name in names:
         progress.info(f"pushing {name}")
-        push(store, image.digest, name, insecure=options.insecure_registries)
+        push(store, image.digest, name, insecure=options.insecure_registries, fetch_missing=fetch_missing)
         progress.info(f"pushed {name}@{image.digest}")
 
 

@@ -14,6 +14,7 @@ from imgbuild.cache.keys import instruction_document
 from imgbuild.context.source import BuildContext
 from imgbuild.context.views import context_view_opener
 from imgbuild.errors import BuildError, RunError
+from imgbuild.sandbox.cacerts import ca_cert_mounts
 from imgbuild.sandbox.runmounts import PIPES_DIR, prepared_mounts, script_mount
 from imgbuild.sandbox.runtime import run_container
 from imgbuild.sandbox.spec import RunSpec
@@ -128,6 +129,10 @@ def _run_in(builder, space, merged: Path, instruction, argv, env: dict, user: st
             cancel=builder.cancel,
         ) as prepared:
             run_env = dict(env)
+            ca_mounts: list = []
+            if builder.ca_certs:
+                ca_mounts, ca_env = ca_cert_mounts(merged, builder.ca_certs)
+                run_env.update(ca_env)
             run_env.update(prepared.env)
             spec = RunSpec(
                 args=argv,
@@ -135,7 +140,7 @@ def _run_in(builder, space, merged: Path, instruction, argv, env: dict, user: st
                 cwd=cwd,
                 user=resolved_user,
                 network=run_network(builder, instruction),
-                mounts=script_mounts + prepared.mounts,
+                mounts=ca_mounts + script_mounts + prepared.mounts,
                 extra_hosts=list(builder.options.extra_hosts),
             )
             status, tail = _run_container(builder, merged, spec, space.scratch, step)

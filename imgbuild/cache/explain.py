@@ -87,9 +87,13 @@ class Earlier:
     file_list: Callable[[str], dict | None] = field(repr=False)
 
 
-def explain_miss(store, step: MissedStep, *, no_cache: str = "", parent_missed: bool = False) -> str:
+def explain_miss(
+    store, step: MissedStep, *, no_cache: str = "", parent_missed: bool = False, imported=()
+) -> str:
     """One line: why ``step`` missed. ``no_cache`` names the flag that disabled
-    the cache for it; ``parent_missed``: the step below it missed in this build."""
+    the cache for it; ``parent_missed``: the step below it missed in this build;
+    ``imported``: the build's ``--cache-from`` sources, asked when the store
+    has no earlier build of the step."""
     if no_cache:
         return no_cache
     if parent_missed and not step.independent:
@@ -97,7 +101,7 @@ def explain_miss(store, step: MissedStep, *, no_cache: str = "", parent_missed: 
     row = store.db.cache_entry(step.key)
     if row is not None and row["layer_digest"] and not store.has_blob(row["layer_digest"]):
         return "its cache entry's layer is no longer in the store (pruned): the step runs again"
-    earlier = find_earlier(store.db, step)
+    earlier = find_earlier(store.db, step, imported)
     if earlier is None:
         if store.db.cache_child_without_inputs(step.parent_key, step.key):
             return NO_INPUTS
@@ -113,36 +117,65 @@ def explain_miss(store, step: MissedStep, *, no_cache: str = "", parent_missed: 
     return "; ".join(reasons) if reasons else "its inputs changed in a way imgbuild cannot name"
 
 
-def find_earlier(db, step: MissedStep) -> Earlier | None:
-    """The entry of the closest earlier build of ``step`` (see the module doc)."""
+def find_earlier(db, step: MissedStep, imported=()) -> Earlier | None:
+    """The entry of the closest earlier build of ``step`` (see the module doc):
+    in the store, else in the imported caches (their entries carry the same
+    record of where each step stood, and the file lists of their sources)."""
     place = step.place
     path = place.dockerfile_path or None
 
     def entries(**where) -> list:
         rows = db.cache_entries_of_step(place.dockerfile, place.stage_index, limit=MAX_CANDIDATES + 1, **where)
-        return [row for row in rows if row["key"] != step.key]
+        return [_earlier_of_row(row, db.file_list) for row in rows if row["key"] != step.key]
 
-    rows = []
+    candidates = []
     if not step.independent:
-        rows = entries(parent_entry=place.parent_entry, dockerfile_path=path)
-    if not rows and place.line is not None:
-        rows = entries(line=place.line, dockerfile_path=path)
-    if not rows:
+        candidates = entries(parent_entry=place.parent_entry, dockerfile_path=path)
+    if not candidates and place.line is not None:
+        candidates = entries(line=place.line, dockerfile_path=path)
+    for source in imported:
+        if candidates:
+            break
+        candidates = _imported_candidates(source, step)
+    if not candidates:
         return None
-    return _closest(db, step, rows[:MAX_CANDIDATES])
+    return _closest(step, candidates[:MAX_CANDIDATES])
 
 
-def _closest(db, step: MissedStep, rows: list) -> Earlier:
+def _imported_candidates(source, step: MissedStep) -> list[tuple[Earlier, int | None]]:
+    """Entries of one imported cache for ``step``, by the same rule as the store's."""
+    place = step.place
+    steps = []
+    if not step.independent:
+        steps = source.steps_at(place.dockerfile, place.stage_index, parent_entry=place.parent_entry)
+    if not steps and place.line is not None:
+        steps = source.steps_at(place.dockerfile, place.stage_index, line=place.line)
+    candidates = []
+    for found in steps:
+        if found.key == step.key:
+            continue
+        where = found.place or {}
+        earlier = Earlier(
+            found.key, found.inputs, where.get("base_digest", ""), where.get("instruction", ""), source.file_list
+        )
+        candidates.append((earlier, where.get("line")))
+    return candidates
+
+
+def _earlier_of_row(row, file_list) -> tuple[Earlier, int | None]:
+    inputs = _loads(row["inputs"])
+    return Earlier(row["key"], inputs, row["base_digest"] or "", row["instruction"] or "", file_list), row["line"]
+
+
+def _closest(step: MissedStep, candidates: list[tuple[Earlier, int | None]]) -> Earlier:
     """Of the earlier entries, the one of the same kind that differs in the
     fewest inputs, then on the same line, then the most recently used."""
     kind = step.inputs.get("document", {}).get("step")
     best, best_score = None, None
-    for row in rows:  # most recently used first: a later one must score higher
-        inputs = _loads(row["inputs"])
-        earlier = Earlier(row["key"], inputs, row["base_digest"] or "", row["instruction"] or "", db.file_list)
-        same_kind = earlier.inputs.get("document", {}).get("step") == kind
-        changes = _count_differences(earlier, step) if same_kind and _readable(earlier) else 1000
-        score = (same_kind, -changes, row["line"] == step.place.line)
+    for earlier, line in candidates:  # most recently used first: a later one must score higher
+        same_kind = _readable(earlier) and earlier.inputs["document"].get("step") == kind
+        changes = _count_differences(earlier, step) if same_kind else 1000
+        score = (same_kind, -changes, line == step.place.line)
         if best_score is None or score > best_score:
             best, best_score = earlier, score
     return best

@@ -2,6 +2,12 @@
 
 A key found in the table is a hit: its layer is reused and nothing runs
 (``keys.py`` says how keys are made; they never include secrets or mtimes).
+
+A key found only in an imported cache (``--cache-from``) is a hit too, but
+its layer blob is fetched only when something reads the layer. Until then
+the entry is *pending*: it lives in this build's memory, not in the table,
+so a build that fails (or never needs the layer) leaves no entry whose
+layer is missing; it is recorded, with its inputs, once its blob is here.
 """
 
 from __future__ import annotations
@@ -13,6 +19,14 @@ from imgbuild.cache.share import CacheShareError
 from imgbuild.errors import ImgbuildError
 from imgbuild.image import Descriptor, LayerRef
 from imgbuild.store import Store
+
+
+@dataclass
+class PendingEntry:
+    """An imported entry whose layer blob is not in the store yet."""
+
+    columns: dict  # the ``cache`` columns record_cache_entry takes
+    inputs: tuple | None = None  # (place, inputs, listings), as keep_inputs takes them
 
 
 @dataclass
@@ -31,11 +45,19 @@ class BuildCache:
         self.sources = list(sources or [])
         self.imported: dict[str, object] = {}  # blob digest -> the source that has it
         self.used: dict[int, list[str]] = {}  # stage index -> the keys its steps looked up (--cache-to)
+        self.pending: dict[str, PendingEntry] = {}  # key -> imported entry waiting for its blob
         self.lock = threading.Lock()
 
     def lookup(self, key: str) -> CacheEntry | None:
         """The entry for ``key`` if its layer blob is still in the store, or
-        one an imported cache has (its blob comes later, see ``fetch_layers``)."""
+        one an imported cache has (its blob comes later, see ``fetch_layers``).
+
+        Under the writer lease: a hit is touched (``last_used``) before a
+        collection can judge the entry, which then keeps it for this build."""
+        with self.store.writer_lease():
+            return self._lookup(key)
+
+    def _lookup(self, key: str) -> CacheEntry | None:
         row = self.store.db.cache_entry(key)
         layer = _layer_of(row) if row is not None else None
         if row is None or (layer is not None and not self.store.has_blob(layer.blob.digest)):
@@ -52,6 +74,8 @@ class BuildCache:
             if step.layer is not None and not self.store.has_blob(step.layer.blob.digest):
                 with self.lock:
                     self.imported[step.layer.blob.digest] = source
+                    self.pending[key] = PendingEntry(_columns(key, step.parent_key, step.layer, step.created_by))
+                return CacheEntry(key, step.layer, step.created_by, 1)
             layer = self.record(key, step.parent_key, step.layer, step.created_by, replace=True)
             self.store.db.count_cache_hit(key)
             return CacheEntry(key, layer, step.created_by, 1)
@@ -71,6 +95,55 @@ class BuildCache:
                         f"cannot take layer {layer.blob.digest} from the imported cache {source.where}: {error}. "
                         "Export it again with --cache-to, or build without this --cache-from"
                     ) from None
+            self.settle(layer.blob.digest)
+
+    def settle(self, digest: str | None = None) -> None:
+        """Record the pending entries whose blob is in the store now (those of
+        the blob ``digest``, or all), with the inputs this build kept for them."""
+        with self.lock:
+            ready = [
+                (key, entry)
+                for key, entry in self.pending.items()
+                if digest in (None, entry.columns["layer_digest"]) and self.store.has_blob(entry.columns["layer_digest"])
+            ]
+            for key, _ in ready:
+                del self.pending[key]
+        for key, entry in ready:
+            self.store.db.record_cache_entry(entry.columns, keep_existing=self._keeps_existing(False))
+            self.store.db.count_cache_hit(key)
+            if entry.inputs is not None and not self.store.db.cache_has_inputs(key):
+                self.store.db.record_cache_inputs(key, entry.inputs[0].as_columns(), *entry.inputs[1:])
+
+    def in_registry(self, digest: str) -> bool:
+        """Whether the blob ``digest`` comes from an imported cache in a registry."""
+        with self.lock:
+            source = self.imported.get(digest)
+        return bool(getattr(source, "remote", False))
+
+    def pending_layers(self, keys: list[str]) -> list[LayerRef]:
+        """The layers of the pending entries among ``keys``."""
+        with self.lock:
+            entries = [self.pending[key].columns for key in keys if key in self.pending]
+        return [_layer_of(columns) for columns in entries]
+
+    def pending_records(self, keys: list[str]) -> dict:
+        """key -> ``share.EntryRecord`` of the pending entries among ``keys`` (for --cache-to)."""
+        from imgbuild.cache.share import EntryRecord
+
+        with self.lock:
+            pending = {key: self.pending[key] for key in keys if key in self.pending}
+        records = {}
+        for key, entry in pending.items():
+            row, inputs, listings = dict(entry.columns), None, {}
+            if entry.inputs is not None:
+                place, inputs, listings = entry.inputs
+                row.update(place.as_columns())
+            records[key] = EntryRecord(row, inputs, listings.get)
+        return records
+
+    def pending_entry(self, key: str) -> PendingEntry | None:
+        with self.lock:
+            return self.pending.get(key)
 
     def note_used(self, stage_index: int, key: str) -> None:
         with self.lock:
@@ -91,32 +164,47 @@ class BuildCache:
         recorded entry whose layer blob is gone.
         """
 
+        entry = _columns(key, parent_key, layer, created_by)
+        existing = self.store.db.record_cache_entry(entry, keep_existing=self._keeps_existing(replace))
+        return layer if existing is None else _layer_of(existing)
+
+    def _keeps_existing(self, replace: bool):
         def keep_existing(row) -> bool:
             recorded = _layer_of(row)
             return not replace and (recorded is None or self.store.has_blob(recorded.blob.digest))
 
-        entry = {
-            "key": key,
-            "parent_key": parent_key,
-            "diff_id": layer.diff_id if layer else None,
-            "layer_digest": layer.blob.digest if layer else None,
-            "layer_media_type": layer.blob.media_type if layer else None,
-            "layer_size": layer.blob.size if layer else 0,
-            "created_by": created_by,
-        }
-        existing = self.store.db.record_cache_entry(entry, keep_existing=keep_existing)
-        return layer if existing is None else _layer_of(existing)
-
+        return keep_existing
 
     def needs_inputs(self, key: str) -> bool:
         """True if ``key`` has an entry that does not keep its inputs yet: an
         entry keeps the first record (``keep_inputs``)."""
+        pending = self.pending_entry(key)
+        if pending is not None:
+            return pending.inputs is None
         return self.store.db.cache_entry(key) is not None and not self.store.db.cache_has_inputs(key)
 
     def keep_inputs(self, key: str, place, inputs: dict, listings: dict) -> None:
         """Keep what ``key`` was made of (``inputs.py``); ask ``needs_inputs`` first.
-        ``listings`` maps the source digests in the document to the files they covered."""
+        ``listings`` maps the source digests in the document to the files they covered.
+        A pending entry keeps them until it is recorded."""
+        with self.lock:
+            pending = self.pending.get(key)
+            if pending is not None:
+                pending.inputs = (place, inputs, listings)
+                return
         self.store.db.record_cache_inputs(key, place.as_columns(), inputs, listings)
+
+
+def _columns(key: str, parent_key: str, layer: LayerRef | None, created_by: str) -> dict:
+    return {
+        "key": key,
+        "parent_key": parent_key,
+        "diff_id": layer.diff_id if layer else None,
+        "layer_digest": layer.blob.digest if layer else None,
+        "layer_media_type": layer.blob.media_type if layer else None,
+        "layer_size": layer.blob.size if layer else 0,
+        "created_by": created_by,
+    }
 
 
 def _layer_of(row) -> LayerRef | None:

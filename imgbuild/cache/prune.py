@@ -17,6 +17,12 @@ What a prune keeps, after it has chosen the cache entries to remove:
 Everything else under blobs/ and snapshots/ goes. Without ``--all``, a cache
 entry whose layer an image references is never chosen: it costs nothing the
 image does not already keep. Entries go least recently used first.
+
+While builds run on the store (``imgbuild.store.lock``, "live builds"), a
+prune goes on, but keeps what any of them may need: every entry used since
+the oldest of them started (a hit is touched under the writer lease, so
+before the prune judges it), every blob written since then, every snapshot
+made or used since then, and every blob of the images they resolved.
 """
 
 from __future__ import annotations
@@ -28,10 +34,13 @@ from dataclasses import asdict, dataclass, field
 from imgbuild.errors import ImgbuildError, UsageError
 from imgbuild.store import Store
 from imgbuild.store.gc import (
+    LEASE_WAIT_SECONDS,
+    SIDE_LEASE_WAIT_SECONDS,
     disk_usage,
     exclusive_lease,
     file_usage,
     is_digest_name,
+    live_blobs,
     referenced_blobs,
     sweep_blobs,
     sweep_snapshots,
@@ -72,16 +81,24 @@ class StoreUsage:
     image_blobs: set[str]
     image_diff_ids: set[str]
     entries: list[Entry]  # least recently used first
+    # What live builds may need (``protect_live_builds``): nothing when none runs.
+    fence: float | None = None  # entries and snapshots used since then stay
+    live_blobs: set[str] = field(default_factory=set)
+    live_snapshots: set[int] = field(default_factory=set)
+    live_builds: int = 0
+    live_work_dirs: set[str] = field(default_factory=set)
 
     def kept(self, remaining: list[Entry]) -> tuple[set[str], set[int]]:
         """(blobs, snapshot ids) a store with only ``remaining`` cache entries keeps."""
         diff_ids = set(self.image_diff_ids)
-        blobs = set(self.image_blobs)
+        blobs = set(self.image_blobs) | self.live_blobs
+        diff_ids |= {self.layer_diff_ids.get(digest, "") for digest in self.live_blobs}
         for entry in remaining:
             if entry.layer_digest:
                 blobs.add(entry.layer_digest)
                 diff_ids.add(self.layer_diff_ids.get(entry.layer_digest, ""))
         snapshots = {sid for sid, (diff_id, _) in self.snapshots.items() if diff_id in diff_ids}
+        snapshots |= self.live_snapshots & set(self.snapshots)
         kept_diff_ids = {self.snapshots[sid][0] for sid in snapshots}
         blobs |= {digest for digest, diff_id in self.layer_diff_ids.items() if diff_id in kept_diff_ids}
         return blobs & set(self.blobs), snapshots
@@ -151,6 +168,20 @@ def measure(store: Store) -> StoreUsage:
     return StoreUsage(blobs, snapshots, store.db.layer_diff_ids(), image_blobs, _image_diff_ids(store), entries)
 
 
+def protect_live_builds(store: Store, usage: StoreUsage) -> None:
+    """Mark in ``usage`` what the builds running now may need (see the module doc)."""
+    live = store.live_builds()
+    if live.fence is None:
+        return
+    usage.fence = live.fence
+    usage.live_builds = len(live.started)
+    usage.live_work_dirs = live.work_dirs
+    usage.live_blobs = live_blobs(store, live)
+    usage.live_snapshots = {
+        row["id"] for row in store.db.snapshot_rows() if max(row["created"], row["last_used"]) >= live.fence
+    }
+
+
 def _blob_usage(store: Store) -> dict[str, int]:
     """Digest -> bytes on disk of every blob file (``cache du`` runs without locks:
     a blob an ``rmi`` removes meanwhile is not counted)."""
@@ -193,7 +224,9 @@ def plan_prune(
     candidates = [
         entry
         for entry in usage.entries
-        if (all_entries or not entry.shared) and (until is None or entry.last_used <= now - until)
+        if (all_entries or not entry.shared)
+        and (until is None or entry.last_used <= now - until)
+        and (usage.fence is None or entry.last_used < usage.fence)  # a live build may use it
     ]
     # What stays only shrinks as more candidates go, so the fewest that bring
     # the store down to ``keep_storage`` are found by bisection.
@@ -230,24 +263,33 @@ def prune(
     keep_storage: int | None = None,
     until: float | None = None,
     dry_run: bool = False,
+    wait: float = LEASE_WAIT_SECONDS,
 ) -> PruneResult:
     """Remove cache entries and what only they kept; see the module doc.
 
-    Runs only while no other imgbuild process writes to the store (the writer
-    lease of imgbuild.store.gc): a build holds it from start to tag, so a
-    prune never removes what a running build looked up, wrote or mounted.
-    When a writer is active, nothing is done and ``skipped_reason`` says so.
+    Runs under the writer lease of imgbuild.store.gc, taken exclusively: a
+    pull, push or save holds it throughout, and while one runs (for longer
+    than the lease wait) nothing is done and ``skipped_reason`` says so.
+    Builds hold it only around a blob write or a cache lookup; while builds
+    run, the prune keeps what they may need (``protect_live_builds``), so it
+    never removes what a running build looked up, wrote, resolved or mounted.
     """
-    with exclusive_lease(store) as no_writers:
+    with exclusive_lease(store, wait) as no_writers:
         if not no_writers:
             return PruneResult(dry_run=dry_run, skipped_reason="another imgbuild process is using the store")
         with store.lock():
             try:
                 usage = measure(store)
+                protect_live_builds(store, usage)
             except ImgbuildError as error:
                 return PruneResult(dry_run=dry_run, skipped_reason=f"{error}; run `imgbuild fsck`")
             plan = plan_prune(usage, all_entries=all_entries, keep_storage=keep_storage, until=until)
             result = PruneResult(entries=plan.entries, before_bytes=usage.total, dry_run=dry_run)
+            if usage.live_builds:
+                result.notes.append(
+                    f"{usage.live_builds} build(s) running: kept what they may use "
+                    "(entries, blobs and snapshots used or made since the oldest started, and their base images)"
+                )
             if dry_run:
                 result.blobs, result.snapshots = len(plan.blobs), len(plan.snapshots)
                 result.freed_bytes = plan.freed_bytes
@@ -259,14 +301,15 @@ def prune(
 
 def _apply(store: Store, usage: StoreUsage, plan: PrunePlan, result: PruneResult) -> None:
     store.db.delete_cache_entries([entry.key for entry in plan.entries])
-    swept = sweep_snapshots(store, sorted(plan.snapshots), {sid: size for sid, (_, size) in usage.snapshots.items()})
+    sizes = {sid: size for sid, (_, size) in usage.snapshots.items()}
+    swept = sweep_snapshots(store, sorted(plan.snapshots), sizes, usage.live_work_dirs)
     if swept.kept_reason:
         result.notes.append(swept.kept_reason)
     # A snapshot that stayed keeps the blob it came from.
     kept_diff_ids = {usage.snapshots[sid][0] for sid in plan.snapshots if sid not in swept.removed}
-    keep = set(usage.blobs) - plan.blobs
-    keep |= {digest for digest, diff_id in usage.layer_diff_ids.items() if diff_id in kept_diff_ids}
-    blobs = sweep_blobs(store, keep, measure=file_usage)
+    keep = {digest for digest, diff_id in usage.layer_diff_ids.items() if diff_id in kept_diff_ids}
+    # Only what was measured and chosen goes: never a blob that came after the measuring.
+    blobs = sweep_blobs(store, keep, measure=file_usage, only=plan.blobs - keep)
     result.blobs, result.snapshots = len(blobs.removed), len(swept.removed)
     result.freed_bytes = blobs.freed_bytes + swept.freed_bytes
     result.statcache_rows = sweep_statcache(store)
@@ -341,7 +384,7 @@ def collect_if_over(store: Store, limits: Limits) -> PruneResult | None:
     info = os.statvfs(store.root)
     if (info.f_blocks - info.f_bfree) * info.f_frsize <= limits.max_cache and info.f_bavail * info.f_frsize >= limits.min_free:
         return None  # the store cannot take more than the filesystem uses: no walk needed
-    with exclusive_lease(store) as no_writers:
+    with exclusive_lease(store, SIDE_LEASE_WAIT_SECONDS) as no_writers:
         if not no_writers:
             return PruneResult(skipped_reason="another imgbuild process is using the store")
         with store.lock():
@@ -349,9 +392,9 @@ def collect_if_over(store: Store, limits: Limits) -> PruneResult | None:
         target = collection_target(store, limits, used)
     if target is None:
         return None
-    result = prune(store, keep_storage=target)
+    result = prune(store, keep_storage=target, wait=SIDE_LEASE_WAIT_SECONDS)
     if not result.skipped_reason and result.after_bytes > target:
-        more = prune(store, all_entries=True, keep_storage=target)
+        more = prune(store, all_entries=True, keep_storage=target, wait=SIDE_LEASE_WAIT_SECONDS)
         result.entries += more.entries
         result.blobs += more.blobs
         result.snapshots += more.snapshots

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgbuild.errors import ImgbuildError, UsageError
@@ -95,36 +95,95 @@ def parse_cache_spec(text: str, flag: str) -> CacheSpec:
 # --- the document ---------------------------------------------------------------
 
 
+# Where a step stood (``inputs.StepPlace``), as exported: what lets an importing
+# build find "the same step" to explain a miss (cache/explain.py).
+PLACE_FIELDS = {
+    "dockerfile": str,
+    "stage_index": int,
+    "stage_name": str,
+    "line": int,
+    "instruction": str,
+    "parent_entry": str,
+    "base_digest": str,
+}
+
+
 @dataclass
 class CachedStep:
-    """One imported entry: what a key stands for."""
+    """One imported entry: what a key stands for, and what it was made of."""
 
     key: str
     parent_key: str
     layer: LayerRef | None
     created_by: str
+    inputs: dict | None = None  # the key's record (inputs.key_inputs), as exported
+    place: dict | None = None  # PLACE_FIELDS
 
 
-def cache_document(store: Store, keys: list[str]) -> tuple[dict, list[Descriptor]]:
-    """The config of the cache artifact for ``keys`` and the layer blobs it names."""
+def exported_dockerfile(name: str) -> str:
+    """The Dockerfile's name as a cache carries it: as given with ``-f`` when
+    relative, its file name when absolute (the exporter's directories stay home)."""
+    return os.path.basename(name) if os.path.isabs(name) else name
+
+
+@dataclass
+class EntryRecord:
+    """What an export says of one entry: its ``cache`` columns, and its
+    inputs with the place and file lists, if kept."""
+
+    row: dict
+    inputs: dict | None
+    file_list: object  # digest -> listing or None
+
+
+def cache_document(store: Store, keys: list[str], pending: dict | None = None) -> tuple[dict, list[Descriptor]]:
+    """The config of the cache artifact for ``keys`` and the layer blobs it names.
+    ``pending``: key -> EntryRecord of the imported entries not recorded yet."""
+    from imgbuild.cache.inputs import digests_in
+
     entries = []
     layers: dict[str, Descriptor] = {}
+    file_lists: dict[str, dict] = {}
     for key in dict.fromkeys(keys):
-        row = store.db.cache_entry(key)
-        if row is None:
+        record = (pending or {}).get(key) or _stored_record(store, key)
+        if record is None:
             continue
+        row, inputs = record.row, record.inputs
         entry = {"key": key, "parent": row["parent_key"] or "", "created_by": row["created_by"] or ""}
         if row["diff_id"]:
             blob = Descriptor(row["layer_media_type"], row["layer_digest"], row["layer_size"])
             entry["layer"] = {**blob.to_json(), "diffID": row["diff_id"]}
             layers[blob.digest] = blob
-        inputs = store.db.cache_inputs(key)
         if inputs is not None:
             # Where the Dockerfile lay on this machine means nothing to another
             # one, and is not the exporter's to publish.
             entry["inputs"] = {name: value for name, value in inputs.items() if name != "dockerfile_path"}
+            entry["place"] = _place_of(row)
+            for digest in digests_in(inputs.get("document")):
+                listing = file_lists.get(digest) or record.file_list(digest)
+                if listing is not None:
+                    file_lists[digest] = listing
         entries.append(entry)
-    return {"format": CACHE_FORMAT, "entries": entries}, list(layers.values())
+    document = {"format": CACHE_FORMAT, "entries": entries}
+    if file_lists:
+        # The files behind the source digests: an importing build names the
+        # files that changed (``--explain``), as it would against a local entry.
+        document["fileLists"] = file_lists
+    return document, list(layers.values())
+
+
+def _stored_record(store: Store, key: str) -> EntryRecord | None:
+    row = store.db.cache_entry(key)
+    if row is None:
+        return None
+    return EntryRecord(dict(row), store.db.cache_inputs(key), store.db.file_list)
+
+
+def _place_of(row: dict) -> dict:
+    place = {name: row.get(name) for name in PLACE_FIELDS if row.get(name) is not None}
+    if "dockerfile" in place:
+        place["dockerfile"] = exported_dockerfile(place["dockerfile"])
+    return place
 
 
 def cache_manifest(config: Descriptor, layers: list[Descriptor]) -> dict:
@@ -141,6 +200,7 @@ def cache_manifest(config: Descriptor, layers: list[Descriptor]) -> dict:
 class CacheIndex:
     steps: dict[str, CachedStep]
     mounts: list[tuple[str, Descriptor]]  # cache mount directory name -> its tar
+    file_lists: dict[str, dict] = field(default_factory=dict)  # source digest -> its files
 
 
 def parse_cache_config(data: bytes, where: str) -> CacheIndex:
@@ -161,7 +221,21 @@ def parse_cache_config(data: bytes, where: str) -> CacheIndex:
             mounts.append((str(item["name"]), _layer_descriptor(item["layer"])))
         except (KeyError, TypeError, ValueError, ImgbuildError) as error:
             raise CacheShareError(f"{where}: malformed cache mount {str(item)[:200]!r}: {error}") from None
-    return CacheIndex(steps, mounts)
+    return CacheIndex(steps, mounts, _file_lists(document.get("fileLists"), where))
+
+
+def _file_lists(value, where: str) -> dict[str, dict]:
+    """The file lists of a cache document. Their rows are read by ``--explain``
+    only, which takes a row of another shape for "cannot be told"."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CacheShareError(f"{where}: malformed fileLists (not an object)")
+    lists = {}
+    for digest, listing in value.items():
+        if isinstance(listing, dict) and isinstance(listing.get("files"), list):
+            lists[check_digest(digest)] = listing
+    return lists
 
 
 def _layer_descriptor(document: dict) -> Descriptor:
@@ -179,7 +253,26 @@ def _cached_step(item: dict) -> CachedStep:
     parent = item.get("parent") or ""
     if parent:
         check_digest(parent)
-    return CachedStep(check_digest(item["key"]), parent, layer, str(item.get("created_by") or ""))
+    inputs = item.get("inputs")
+    return CachedStep(
+        check_digest(item["key"]),
+        parent,
+        layer,
+        str(item.get("created_by") or ""),
+        inputs if isinstance(inputs, dict) else None,
+        _place(item.get("place")),
+    )
+
+
+def _place(value) -> dict | None:
+    """A step's place as exported; a field of the wrong type is left out."""
+    if not isinstance(value, dict):
+        return None
+    return {
+        name: value[name]
+        for name, kind in PLACE_FIELDS.items()
+        if isinstance(value.get(name), kind) and not isinstance(value.get(name), bool)
+    }
 
 
 # --- sources ----------------------------------------------------------------------
@@ -187,6 +280,9 @@ def _cached_step(item: dict) -> CachedStep:
 
 class CacheSource:
     """An imported cache, read on first use. Subclasses fetch blobs."""
+
+    # A registry can mount its blobs into another repository: a push needs none here.
+    remote = False
 
     def __init__(self, where: str):
         self.where = where
@@ -211,6 +307,26 @@ class CacheSource:
 
     def cache_mounts(self) -> list[tuple[str, Descriptor]]:
         return self.index().mounts
+
+    def steps_at(self, dockerfile: str, stage_index: int, *, parent_entry: str | None = None, line: int | None = None):
+        """The entries of this cache recorded for a step of ``dockerfile``'s stage
+        ``stage_index`` on top of ``parent_entry`` (or, without it, at ``line``),
+        that kept their inputs (``cache/explain.py``)."""
+        name = exported_dockerfile(dockerfile)
+        found = []
+        for step in self.index().steps.values():
+            place = step.place or {}
+            if step.inputs is None or place.get("dockerfile") != name or place.get("stage_index") != stage_index:
+                continue
+            if parent_entry is not None and place.get("parent_entry", "") != parent_entry:
+                continue
+            if parent_entry is None and place.get("line") != line:
+                continue
+            found.append(step)
+        return found
+
+    def file_list(self, digest: str) -> dict | None:
+        return self.index().file_lists.get(digest)
 
     def _load(self) -> CacheIndex:
         raise NotImplementedError
@@ -299,12 +415,16 @@ def open_source(spec: CacheSpec, store: Store, insecure=()) -> CacheSource:
 
 
 def export_cache(
-    store: Store, spec: CacheSpec, keys: list[str], fetch_layers, insecure=(), compression: str = "gzip"
+    store: Store, spec: CacheSpec, keys: list[str], cache, insecure=(), compression: str = "gzip"
 ) -> Descriptor:
     """Write the cache of ``keys`` where ``spec`` says; returns the manifest's descriptor.
-    ``fetch_layers`` brings in the blobs of entries an imported cache stood for."""
-    config, layers = cache_document(store, keys)
-    fetch_layers([LayerRef("", layer) for layer in layers])
+    ``cache`` (the build's ``BuildCache``) brings in the blobs of entries an
+    imported cache stood for, and so records them."""
+    if spec.type == "local":
+        cache.fetch_layers(cache.pending_layers(keys))  # the directory gets every blob
+    config, layers = cache_document(store, keys, cache.pending_records(keys))
+    if spec.type == "local":
+        cache.fetch_layers([LayerRef("", layer) for layer in layers])
     if spec.cache_mounts:
         from imgbuild.cache.sharemounts import cache_mount_layers
 
@@ -317,7 +437,10 @@ def export_cache(
         return write_layout(store, Path(spec.path), config_data, manifest_data, layers)
     from imgbuild.cache.sharereg import push_cache
 
-    return push_cache(store, spec.ref, config_data, manifest_data, layers, insecure)
+    # A registry gets the layers of imported entries by a mount from where they
+    # came from when it can; only else are they fetched (and so recorded).
+    fetch = lambda blob: cache.fetch_layers([LayerRef("", blob)])  # noqa: E731
+    return push_cache(store, spec.ref, config_data, manifest_data, layers, insecure, fetch)
 
 
 def write_layout(store: Store, directory: Path, config: bytes, manifest: bytes, layers: list[Descriptor]) -> Descriptor:

@@ -36,6 +36,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "load": ("load", "read images from an OCI or docker-archive tar"),
     "fsck": ("fsck", "verify every blob and reference in the store"),
     "cache": ("cache", "inspect, explain and prune the build cache"),
+    "pin": ("pin", "pin a Dockerfile's base images to the digests their registries serve"),
 }
 
 

@@ -46,6 +46,10 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--pull", action="store_true", help="re-resolve base images from their registry")
     parser.add_argument("--secret", action="append", default=[], metavar="id=X,src=F|env=V", help="a build secret")
+    parser.add_argument(
+        "--ca-cert", action="append", default=[], metavar="FILE",
+        help="RUN steps trust this PEM CA certificate (repeatable); it stays out of the image and the cache key",
+    )
     parser.add_argument("-o", "--output", action="append", default=[], metavar="SPEC", help="type=oci|docker|local|registry,dest=...")
     parser.add_argument("--push", action="store_true", help="push the image to its registry (needs -t)")
     parser.add_argument("--progress", default="auto", help="auto, tty, plain or json")
@@ -133,6 +137,7 @@ def options_from_args(args) -> BuildOptions:
         explain=args.explain,
         pull=args.pull,
         secrets=[parse_secret(text) for text in args.secret],
+        ca_certs=[Path(path) for path in args.ca_cert],
         outputs=outputs,
         push=args.push,
         progress="quiet" if args.quiet else args.progress,

@@ -12,7 +12,7 @@ the store: each platform image by digest, then the index by tag.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from imgbuild.errors import StoreError, UsageError
@@ -38,6 +38,8 @@ from imgbuild.store import Store
 # Layers a registry must not be sent (Windows base layers); Docker skips them too.
 NON_DISTRIBUTABLE = (DOCKER_LAYER_FOREIGN, OCI_LAYER_NONDIST_GZIP)
 
+FetchMissing = Callable[[Descriptor], None]
+
 
 def push(
     store: Store,
@@ -47,8 +49,13 @@ def push(
     insecure: Iterable[str] = (),
     options: RegistryOptions | None = None,
     progress: Progress | None = None,
+    fetch_missing: FetchMissing | None = None,
 ) -> Descriptor:
-    """Push the store's image ``name`` to ``reference`` (default: ``name``); return its descriptor."""
+    """Push the store's image ``name`` to ``reference`` (default: ``name``); return its descriptor.
+
+    ``fetch_missing(blob)`` brings a layer blob the store does not hold into
+    it (a build's layer that an imported cache stands for): asked only when
+    the registry has the blob in no repository it could mount it from."""
     ref = parse_reference(reference or name)
     if ref.digest:
         raise UsageError(f"cannot push to {reference or name}: push to a tag, not a digest")
@@ -67,7 +74,7 @@ def push(
         if media_type in INDEX_TYPES:
             push_index_children(client, store, ref, document, name, options.workers, report)
         else:
-            push_image_blobs(client, store, ref, document, options.workers, report)
+            push_image_blobs(client, store, ref, document, options.workers, report, fetch_missing)
         tag = ref.tag or DEFAULT_TAG
         client.put_manifest(ref.repository, tag, data, media_type)
     pushed = Descriptor(media_type, descriptor.digest, len(data))
@@ -99,22 +106,34 @@ def push_index_children(
 
 
 def push_image_blobs(
-    client: RegistryClient, store: Store, ref: Reference, manifest: dict, workers: int, report: Progress
+    client: RegistryClient,
+    store: Store,
+    ref: Reference,
+    manifest: dict,
+    workers: int,
+    report: Progress,
+    fetch_missing: FetchMissing | None = None,
 ) -> None:
     """Make the registry hold every blob of one image manifest: layers, then config."""
     layers = [Descriptor.from_json(layer) for layer in manifest.get("layers") or []]
     layers = [layer for layer in layers if layer.media_type not in NON_DISTRIBUTABLE]
     unique = list({layer.digest: layer for layer in layers}.values())
+
     def upload(layer: Descriptor) -> TransferEvent:
-        return push_blob(client, store, ref, layer)
+        return push_blob(client, store, ref, layer, fetch_missing)
 
     for _, event in run_in_parallel(upload, unique, workers):
         report(event)
     report(push_blob(client, store, ref, Descriptor.from_json(manifest["config"])))
 
 
-def push_blob(client: RegistryClient, store: Store, ref: Reference, blob: Descriptor) -> TransferEvent:
-    """Skip, mount or upload one blob; say which."""
+def push_blob(
+    client: RegistryClient, store: Store, ref: Reference, blob: Descriptor, fetch_missing: FetchMissing | None = None
+) -> TransferEvent:
+    """Skip, mount or upload one blob; say which. A blob the store lacks is
+    mounted from a repository known to hold it (``sources.py``), and only when
+    no mount is possible or the registry refuses it, fetched (``fetch_missing``)
+    and uploaded."""
     repository = ref.repository
     if client.has_blob(repository, blob.digest):
         event = TransferEvent("exists", blob.digest, blob.size, blob.media_type)
@@ -125,6 +144,8 @@ def push_blob(client: RegistryClient, store: Store, ref: Reference, blob: Descri
                 event = TransferEvent("mounted", blob.digest, blob.size, blob.media_type, detail=source)
                 break
         if event is None:
+            if not store.has_blob(blob.digest) and fetch_missing is not None:
+                fetch_missing(blob)
             if not store.has_blob(blob.digest):
                 raise StoreError(f"cannot push {ref}: blob {blob.digest} is missing from the store at {store.root}")
             client.upload_blob(repository, blob, lambda: store.open_blob(blob.digest))

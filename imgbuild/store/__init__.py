@@ -55,7 +55,7 @@ from imgbuild.store import snapshots
 from imgbuild.store.atomic import write_file_atomic
 from imgbuild.store.blobwriter import BlobWriter
 from imgbuild.store.index_db import IndexDB
-from imgbuild.store.lock import file_lock
+from imgbuild.store.lock import BuildLease, LiveBuilds, build_lease, file_lock, live_builds
 from imgbuild.store.mounts import remove_tree
 from imgbuild.store.owner import SweepResult, WorkOwner, sweep_dead_owners
 
@@ -122,9 +122,10 @@ class Store:
     def writer_lease(self) -> Iterator[None]:
         """Keep garbage collection (``imgbuild rmi``) away while this block runs.
 
-        Writers hold it from the first blob they write until the tag that
-        references them is in index.json; otherwise a concurrent ``rmi`` may
-        prune blobs nothing references yet. Readers that copy an image out
+        Writers (a pull, a load) hold it from the first blob they write until
+        the tag that references them is in index.json; otherwise a concurrent
+        ``rmi`` may prune blobs nothing references yet. Builds hold it only
+        around each blob write and cache lookup (``build_lease``). Readers that copy an image out
         (push, save, run) hold it from resolving the name to their last read:
         an ``rmi`` meanwhile untags, and its blobs go at a later collection.
         A shared flock: holders never wait for each other, only for a running
@@ -132,6 +133,21 @@ class Store:
         """
         with file_lock(self.lease_path, shared=True):
             yield
+
+    @contextmanager
+    def build_lease(self) -> Iterator[BuildLease]:
+        """Register a running build (``lock.build_lease``) for the ``with`` block.
+
+        A build holds this from start to tag instead of the writer lease, and
+        the writer lease only around what must not interleave with a
+        collection (``writer_lease`` above): a prune while builds run removes
+        only what none of them can need (imgbuild.cache.prune).
+        """
+        with build_lease(self.root, self.work_dir()) as lease:
+            yield lease
+
+    def live_builds(self) -> LiveBuilds:
+        return live_builds(self.root)
 
     # --- blobs -----------------------------------------------------------
 
@@ -175,11 +191,22 @@ class Store:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if expected_digest and digest != expected_digest:
             raise DigestMismatch(f"blob content has digest {digest}, expected {expected_digest}")
-        if self.has_blob(digest):
-            return digest
+        with self.writer_lease():
+            if self._touch_blob(digest):
+                return digest
         with self.blob_writer(digest) as writer:
             writer.write(data)
         return digest
+
+    def _touch_blob(self, digest: str) -> bool:
+        """Mark a blob as just written, if it is here: a collection while builds
+        run keeps the blobs written since they started (``lock.LiveBuilds``),
+        and a build that writes a blob the store has takes it over."""
+        try:
+            os.utime(self.blob_path(digest))
+        except FileNotFoundError:
+            return False
+        return True
 
     def copy_blob_from(self, source: BinaryIO, expected_digest: str | None = None) -> tuple[str, int]:
         with self.blob_writer(expected_digest) as writer:
@@ -307,10 +334,13 @@ class Store:
         manifest_descriptor = Descriptor(media_type, descriptor.digest, descriptor.size, platform=descriptor.platform)
         return Image(manifest_descriptor, document, config)
 
-    def write_image(self, config: dict, layers: list[Descriptor], annotations: dict | None = None) -> Image:
-        """Store a config and its manifest; the layer blobs must already be in the store."""
+    def write_image(
+        self, config: dict, layers: list[Descriptor], annotations: dict | None = None, elsewhere: frozenset = frozenset()
+    ) -> Image:
+        """Store a config and its manifest; the layer blobs must already be in the
+        store, but those in ``elsewhere`` (a registry has them: the image is only pushed)."""
         for layer in layers:
-            if not self.has_blob(layer.digest):
+            if not self.has_blob(layer.digest) and layer.digest not in elsewhere:
                 raise StoreError(f"cannot write image: layer blob {layer.digest} is not in the store")
         config_descriptor = self.put_json(config, OCI_CONFIG)
         manifest = make_manifest(config_descriptor, layers, annotations)

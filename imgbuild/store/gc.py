@@ -7,10 +7,16 @@ Everything else under ``blobs/sha256`` is removed.
 
 Safety against other imgbuild processes: writers hold ``Store.writer_lease()``
 (a shared flock on ``ROOT/gc.lock``) from their first blob until their tag is
-written. The collector takes that lock exclusively *without waiting*; if any
-writer holds it, collection is skipped rather than pruning blobs a running
-build or pull is about to tag. It then marks and sweeps under the store lock,
-so no tag changes between the mark and the sweep.
+written. The collector takes that lock exclusively, waiting a few seconds at
+most; if a writer still holds it, collection is skipped rather than pruning
+blobs a running pull or push is about to tag or read. It then marks and
+sweeps under the store lock, so no tag changes between the mark and the sweep.
+
+Builds are the exception (``imgbuild.store.lock``, "live builds"): they take
+the writer lease only around each blob write and cache lookup, and register
+for their whole life instead. A collection while builds run keeps, besides
+the above, every blob written (or written again) since the oldest of them
+started, and every blob of the images they resolved (``live_blobs``).
 
 ``imgbuild cache prune`` (imgbuild.cache.prune) decides which cache entries
 go, under the same exclusive lease, and then uses the sweeps here: snapshots
@@ -26,6 +32,7 @@ import errno
 import fcntl
 import os
 import stat
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +41,7 @@ from imgbuild.errors import ImgbuildError, MountedError, StoreError
 from imgbuild.image import INDEX_TYPES, MANIFEST_TYPES, Descriptor, media_type_of
 from imgbuild.store import Store
 from imgbuild.store.atomic import fsync_dir
+from imgbuild.store.lock import LiveBuilds
 from imgbuild.store.mounts import mounts_under, remove_tree
 
 HEX = frozenset("0123456789abcdef")
@@ -51,20 +59,35 @@ def is_digest_name(name: str) -> bool:
     return len(name) == 64 and all(c in HEX for c in name)
 
 
+# How long a collection waits for the writer lease: builds hold it only while
+# they write a blob or look up a key, pulls and pushes for their whole transfer.
+# ``cache prune`` is asked for; rmi's collection and a build's are by-products.
+LEASE_WAIT_SECONDS = 10.0
+SIDE_LEASE_WAIT_SECONDS = 2.0
+LEASE_POLL_SECONDS = 0.05
+
+
 @contextmanager
-def exclusive_lease(store: Store) -> Iterator[bool]:
-    """Try to take the writer lease exclusively, without waiting.
+def exclusive_lease(store: Store, wait: float = 0.0) -> Iterator[bool]:
+    """Try to take the writer lease exclusively, waiting at most ``wait`` seconds.
 
     Yields True when no writer holds ``Store.writer_lease()``; until the block
-    ends, new writers wait. Yields False when some writer is active.
+    ends, new writers wait. Yields False when some writer is still active.
+    (flock has no queue: a blocking request could wait behind a stream of
+    shared holders for ever, so this polls.)
     """
     fd = os.open(store.lease_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(LEASE_POLL_SECONDS)
         yield True
     finally:
         os.close(fd)
@@ -112,6 +135,44 @@ def _may_have_children(descriptor: Descriptor) -> bool:
     return not descriptor.media_type or descriptor.media_type in INDEX_TYPES + MANIFEST_TYPES
 
 
+def reachable_blobs(store: Store, digests: Iterable[str]) -> set[str]:
+    """Every digest reachable from the manifests ``digests`` that the store has
+    (a live build's pins: one that is gone pins nothing)."""
+    seen: set[str] = set()
+    pending = [Descriptor("", digest, 0) for digest in digests]
+    while pending:
+        descriptor = pending.pop()
+        if descriptor.digest in seen or not store.has_blob(descriptor.digest):
+            continue
+        seen.add(descriptor.digest)
+        try:
+            pending.extend(child_descriptors(store, descriptor))
+        except ImgbuildError:
+            continue  # a layer or config (not JSON of a manifest): no children
+    return seen
+
+
+def blob_times(store: Store) -> dict[str, float]:
+    """Digest -> modification time of every blob file (a blob written again is touched)."""
+    times = {}
+    for path in store.blobs_dir.iterdir():
+        if is_digest_name(path.name):
+            try:
+                times["sha256:" + path.name] = path.lstat().st_mtime
+            except FileNotFoundError:
+                continue
+    return times
+
+
+def live_blobs(store: Store, live: LiveBuilds) -> set[str]:
+    """What the builds running now may need of the blobs: those written since
+    the oldest started, and those of the images they resolved."""
+    if live.fence is None:
+        return set()
+    fresh = {digest for digest, mtime in blob_times(store).items() if mtime >= live.fence}
+    return fresh | reachable_blobs(store, live.pinned)
+
+
 def pinned_blobs(store: Store) -> set[str]:
     """Blobs that the build cache or a snapshot still uses, tagged or not."""
     pinned = {row["layer_digest"] for row in store.db.cache_layer_rows()}
@@ -120,23 +181,26 @@ def pinned_blobs(store: Store) -> set[str]:
 
 def collect_garbage(store: Store) -> GcResult:
     """Remove every blob that is neither referenced nor pinned (see the module doc)."""
-    with exclusive_lease(store) as got_lease:
+    with exclusive_lease(store, SIDE_LEASE_WAIT_SECONDS) as got_lease:
         if not got_lease:
             return GcResult(skipped_reason="another imgbuild process is writing to the store")
         with store.lock():
             try:
-                keep = referenced_blobs(store) | pinned_blobs(store)
+                keep = referenced_blobs(store) | pinned_blobs(store) | live_blobs(store, store.live_builds())
             except ImgbuildError as error:
                 return GcResult(skipped_reason=f"{error}; run `imgbuild fsck`")
             return sweep_blobs(store, keep)
 
 
-def sweep_blobs(store: Store, keep: set[str], measure=None) -> GcResult:
-    """Unlink every blob not in ``keep``; ``freed_bytes`` adds up st_size, or ``measure(path)``."""
+def sweep_blobs(store: Store, keep: set[str], measure=None, only: set[str] | None = None) -> GcResult:
+    """Unlink every blob not in ``keep`` (and, if given, in ``only``); ``freed_bytes``
+    adds up st_size, or ``measure(path)``."""
     result = GcResult()
     mounted = set(mounts_under(store.blobs_dir))  # never unlink a mount point
     for path in sorted(store.blobs_dir.iterdir()):
         digest = "sha256:" + path.name
+        if only is not None and digest not in only:
+            continue
         if not is_digest_name(path.name) or digest in keep or not path.is_file() or os.path.realpath(path) in mounted:
             continue  # names that are not digests are fsck's business
         size = measure(path) if measure else path.stat().st_size
@@ -207,23 +271,28 @@ class SnapshotSweep:
     kept_reason: str = ""  # set when snapshots that could go were kept
 
 
-def sweep_snapshots(store: Store, snapshot_ids: Iterable[int], sizes: dict[int, int]) -> SnapshotSweep:
+def sweep_snapshots(
+    store: Store, snapshot_ids: Iterable[int], sizes: dict[int, int], live_work_dirs: Iterable[str] = ()
+) -> SnapshotSweep:
     """Remove the snapshots ``snapshot_ids`` (rows and directories); the caller holds
     the exclusive lease and the store lock. ``sizes`` are their measured sizes.
 
     A snapshot is a lowerdir of every overlay a build or ``imgbuild run`` has
     mounted on it, and mountinfo names lowerdirs only by the short links of
-    imgbuild.sandbox.overlay: so while anything at all is mounted under the
-    root (a leftover of a killed process, or a process that takes no lease),
-    no snapshot is removed. Each goes in two steps: renamed into this
-    process's work directory with its row deleted (so nothing finds a half
-    removed tree), then removed, never across a mount.
+    imgbuild.sandbox.overlay: so while anything is mounted under the root (a
+    leftover of a killed process, or a process that takes no lease), no
+    snapshot is removed. Mounts in ``live_work_dirs`` (the work directories
+    of live builds) are the exception: the caller has kept every snapshot
+    those builds may use (imgbuild.cache.prune). Each goes in two steps:
+    renamed into this process's work directory with its row deleted (so
+    nothing finds a half removed tree), then removed, never across a mount.
     """
     result = SnapshotSweep()
     ids = list(snapshot_ids)
     if not ids:
         return result
-    mounted = mounts_under(store.root)
+    live = [os.path.realpath(directory).rstrip("/") + "/" for directory in live_work_dirs]
+    mounted = [point for point in mounts_under(store.root) if not any(point.startswith(d) for d in live)]
     if mounted:
         result.kept_reason = f"{len(ids)} snapshots kept: {mounted[0]} is mounted in the store"
         return result

@@ -254,8 +254,8 @@ class IndexDB:
         self.execute("UPDATE snapshots SET last_used=? WHERE chain_id=?", (time.time(), chain_id))
 
     def snapshot_rows(self) -> list[sqlite3.Row]:
-        """Rows (id, chain_id, diff_id) of every snapshot."""
-        return self.query("SELECT id, chain_id, diff_id FROM snapshots")
+        """Rows (id, chain_id, diff_id, created, last_used) of every snapshot."""
+        return self.query("SELECT id, chain_id, diff_id, created, last_used FROM snapshots")
 
     def delete_snapshot_row(self, snapshot_id: int) -> None:
         self.execute("DELETE FROM snapshots WHERE id=?", (snapshot_id,))

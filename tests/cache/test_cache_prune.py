@@ -30,6 +30,7 @@ from load.loadtools import cli_command, cli_env
 
 from imgbuild.cache.prune import Limits, collect_if_over, collection_target, prune
 from imgbuild.store import Store
+from imgbuild.store.lock import FENCE_MARGIN
 
 pytestmark = pytest.mark.root
 
@@ -297,3 +298,101 @@ def test_a_bad_limit_in_the_environment_fails_before_the_build(tmp_path):
     )
     assert done.returncode == 2 and "IMGBUILD_MAX_CACHE 'half' is not a size" in done.stderr, done.stderr
     assert rows(root, "SELECT key FROM cache") == []  # nothing ran
+
+
+class HeldEndpoint:
+    """An HTTP endpoint on 127.0.0.1 that a RUN step calls and that answers
+    only when the test lets it: the build is then running, in that step."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+        held = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                held.arrived.set()
+                held.release.wait(300)
+                body = b"released\n"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_prune_while_a_build_runs_frees_what_it_cannot_need(tmp_path):
+    """A build is held inside a RUN step (it calls a loopback endpoint that
+    does not answer yet) while ``cache prune --all`` runs on the same store:
+    the prune frees the entries and blobs of an untagged image nothing runs
+    on, keeps the entry the build hit (reclaimable too, but just used) and
+    every blob of the build, and the build then finishes whole: fsck clean."""
+    root = _kept_and_gone(tmp_path)
+    # The build's first step hits an entry no image uses (its image was removed).
+    shared_step = big_run("shared", 50)
+    build(root, tmp_path / "earlier", "FROM busybox\n" + shared_step, "-t", "earlier:1")
+    cli(root, "rmi", "earlier:1")
+    entries = entries_by_instruction(root)
+    gone_keys = {key for created_by, key in entries.items() if "/gone" in created_by}
+    shared_key = next(key for created_by, key in entries.items() if "/shared" in created_by)
+    shared_blob = rows(root, "SELECT layer_digest FROM cache WHERE key=?", (shared_key,))[0][0]
+    assert len(gone_keys) == 2
+    # What was used before a build started is old to it (imgbuild.store.lock.FENCE_MARGIN).
+    time.sleep(FENCE_MARGIN + 0.5)
+
+    endpoint = HeldEndpoint()
+    try:
+        context = tmp_path / "live"
+        context.mkdir()
+        (context / "own.txt").write_text("own\n")
+        (context / "Dockerfile").write_text(
+            "FROM busybox\n" + shared_step
+            + f"RUN wget -q -O /answer http://{endpoint.host}/wait\n"
+            + "COPY own.txt /own.txt\n"
+        )
+        running = subprocess.Popen(
+            cli_command(root, "build", "--progress", "plain", "-t", "live:1", str(context)),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env(),
+        )
+        assert endpoint.arrived.wait(120), "the build never reached its RUN step"
+        before = measured_bytes(root)
+        pruned = cli_json(root, "cache", "prune", "--all")
+        after = measured_bytes(root)
+        endpoint.release.set()
+        output = running.communicate(timeout=300)[0]
+    finally:
+        endpoint.close()
+
+    assert not pruned["skipped_reason"], pruned
+    pruned_keys = {entry["key"] for entry in pruned["entries"]}
+    assert gone_keys <= pruned_keys, "the unrelated old entries went"
+    assert shared_key not in pruned_keys, "the entry the running build hit stayed"
+    assert pruned["freed_bytes"] == before - after >= 400 * 1024, pruned
+    assert any("build(s) running" in note for note in pruned["notes"]), pruned["notes"]
+    left = {key for (key,) in rows(root, "SELECT key FROM cache")}
+    assert not gone_keys & left and shared_key in left
+    assert Store(root).has_blob(shared_blob)
+
+    assert running.returncode == 0, output
+    assert "1 cached, 2 run" in output, output
+    store = Store(root)
+    image = store.load_image("live:1")
+    assert all(store.has_blob(layer.digest) for layer in image.layers)
+    cli(root, "run", "live:1", "sh", "-c", "test -s /shared && test $(cat /answer) = released && test -f /own.txt")
+    fsck_clean(root)
+    assert temp_leftovers(store) == []

@@ -14,6 +14,7 @@ import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -78,12 +79,16 @@ class CountingRelay:
     uploads started through the relay go on through it too.
     """
 
-    def __init__(self, upstream: str):
+    def __init__(self, upstream: str, refuse_mounts: bool = False):
         requested: list[str] = []
 
         class Handler(BaseHTTPRequestHandler):
             def _relay(self):
                 requested.append(f"{self.command} {self.path}")
+                if refuse_mounts and self.command == "POST" and "mount=" in self.path:
+                    # What a registry that will not mount does: it opens an
+                    # ordinary upload instead (202), which the real one answers.
+                    self.path = self.path.split("?", 1)[0]
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "transfer-encoding")}
@@ -125,6 +130,17 @@ class CountingRelay:
 
     def uploads(self) -> list[str]:
         return [line for line in self.requested if line.startswith("POST ") and "/blobs/uploads/" in line]
+
+    def mounts(self) -> set[str]:
+        """Digests the client asked the registry to mount from another repository."""
+        found = set()
+        for line in self.uploads():
+            query = parse_qs(urlsplit(line.split(" ", 1)[1]).query)
+            found.update(query.get("mount", []))
+        return found
+
+    def blob_puts(self) -> int:
+        return sum(1 for line in self.requested if line.startswith("PUT ") and "/blobs/uploads/" in line)
 
 
 @pytest.fixture(autouse=True)
@@ -350,9 +366,11 @@ def test_registry_cache_fetches_only_the_needed_blobs(tmp_path, root, counter, r
     # One source file changed, in another empty root: only the steps after its COPY run.
     (context / "a.txt").write_text("a changed\n")
     root_c = empty_root(tmp_path / "c")
-    changed = build(root_c, context, "--cache-from", f"type=registry,ref={ref}")
+    changed = step_misses(root_c, context, "--cache-from", f"type=registry,ref={ref}")
     assert counter.taken() == ["three", "two"]
-    assert (changed["cached"], changed["run"]) == (1, 4)
+    assert sorted(changed.values()).count("CACHED") == 1 and len(changed) == 5
+    # explained against the imported entry of the same step
+    assert changed["COPY a.txt /a.txt"] == "1 file changed (a.txt content)"
 
 
 def _manifest(host: str, ref: str) -> dict:
@@ -364,3 +382,135 @@ def _manifest(host: str, ref: str) -> dict:
     )
     answer.raise_for_status()
     return answer.json()
+
+
+def test_a_failed_build_leaves_no_imported_entry_without_its_layer(tmp_path, root, counter):
+    """Imported entries are recorded only once their layer is in the store: a
+    build that hits the imported cache and then fails before it needed those
+    layers leaves nothing fsck objects to, and the next build still hits."""
+    context = make_context(tmp_path, counter.host)
+    cache = tmp_path / "cache"
+    build(root, context, "--cache-to", f"type=local,dest={cache},mode=max")
+    counter.taken()
+
+    root_b = empty_root(tmp_path / "b")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (broken / name).write_text((context / name).read_text())
+    # Every step hits the imported cache; the last one fails while it is keyed
+    # (its source is missing), before anything reads the layers below it.
+    (broken / "Dockerfile").write_text((context / "Dockerfile").read_text() + "COPY nothere.txt /x\n")
+    failed = run_cli(root_b, "build", "--cache-from", f"type=local,src={cache}", str(broken), check=False)
+    assert failed.returncode != 0 and "nothere.txt" in failed.stderr, failed.stderr
+    assert counter.taken() == []
+
+    fsck = run_cli(root_b, "fsck", check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert "cache-missing-layer" not in fsck.stdout + fsck.stderr
+
+    again = build(root_b, context, "--cache-from", f"type=local,src={cache}")
+    assert counter.taken() == []
+    assert again["run"] == 0
+    assert run_cli(root_b, "fsck", check=False).returncode == 0
+
+
+def step_misses(root: Path, context: Path, *args: str) -> dict[str, str]:
+    """Each step's instruction -> why it missed (the JSON progress), or "CACHED"."""
+    completed = run_cli(root, "build", "--progress", "json", *args, str(context))
+    result = {}
+    for line in completed.stderr.splitlines() + completed.stdout.splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            if event["event"] == "step_started":
+                result[event["instruction"]] = event.get("miss")
+            elif event["event"] == "step_cached":
+                result[event["instruction"]] = "CACHED"
+    return result
+
+
+def test_a_miss_is_explained_against_the_imported_cache(tmp_path, root, counter):
+    """In an empty store, a step that misses the imported cache is compared
+    with the imported entry of the same step: the changed file is named."""
+    context = make_context(tmp_path, counter.host)
+    cache = tmp_path / "cache"
+    build(root, context, "--cache-to", f"type=local,dest={cache},mode=max")
+    counter.taken()
+    (context / "a.txt").write_text("a changed\n")
+
+    root_b = empty_root(tmp_path / "b")
+    misses = step_misses(root_b, context, "--cache-from", f"type=local,src={cache}")
+    assert misses["COPY a.txt /a.txt"] == "1 file changed (a.txt content)"
+    assert misses[f"RUN wget -q -O /two http://{counter.host}/ran/two && cat /a.txt >> /two"] == "parent step missed"
+    assert misses[f"RUN wget -q -O /one http://{counter.host}/ran/one"] == "CACHED"
+    assert counter.taken() == ["three", "two"]
+
+    # The same in the plain progress, and with --explain, in another empty store.
+    root_c = empty_root(tmp_path / "c")
+    plain = run_cli(root_c, "build", "--progress", "plain", "--explain", "--cache-from", f"type=local,src={cache}", str(context))
+    output = plain.stdout + plain.stderr
+    assert "miss: 1 file changed (a.txt content)" in output, output
+    assert "no earlier build of this step" not in output, output
+    counter.taken()
+
+
+def test_a_cached_build_that_is_only_pushed_downloads_no_layer(tmp_path, root, counter, registry):
+    """--push of a fully cached build: the registry mounts the layers from the
+    cache's repository (cross-repository blob mount); none is downloaded. When
+    the registry will not mount, each layer is downloaded and uploaded."""
+    context = make_context(tmp_path, counter.host)
+    unique = f"{os.getpid()}{tmp_path.name.replace('_', '').lower()}"
+    built = build(root, context, "--cache-to", f"type=registry,ref={registry.host}/onlypushed/cache{unique}:c,mode=max")
+    counter.taken()
+    cache_manifest = _manifest(registry.host, f"{registry.host}/onlypushed/cache{unique}:c")
+    cache_config, cache_layers = cache_manifest["config"]["digest"], {layer["digest"] for layer in cache_manifest["layers"]}
+
+    with CountingRelay(registry.host) as relay:
+        root_b = empty_root(tmp_path / "b")
+        base_blobs = stored_blobs(root_b)
+        pushed = build(
+            root_b, context, "-t", f"{relay.host}/onlypushed/app{unique}:1", "--push",
+            "--cache-from", f"type=registry,ref={relay.host}/onlypushed/cache{unique}:c",
+            "--cache-to", f"type=registry,ref={relay.host}/onlypushed/again{unique}:c,mode=max",
+        )
+        assert counter.taken() == [] and pushed["run"] == 0
+        assert pushed["image"] == built["image"]
+        own_layers = image_layers(root, built["image"]) - base_blobs
+        assert len(own_layers) == 5 and own_layers <= cache_layers
+        assert relay.blob_gets() == {cache_config}, "no layer blob was downloaded"
+        assert relay.mounts() == own_layers, "every layer of the build was mounted from the cache's repository"
+        # PUT: the base layer and the image config, which B has, and the new cache's index
+        assert relay.blob_puts() == 3, relay.requested
+    again = _manifest(registry.host, f"{registry.host}/onlypushed/again{unique}:c")
+    assert {layer["digest"] for layer in again["layers"]} == own_layers
+    exported = requests.get(
+        f"http://{registry.host}/v2/onlypushed/again{unique}/blobs/{again['config']['digest']}", timeout=30
+    ).json()
+    assert len(exported["entries"]) == 5, "the entries whose layers never came are exported too"
+    assert all(entry["inputs"] and entry["place"] for entry in exported["entries"])
+    assert exported["fileLists"]
+    assert not own_layers & stored_blobs(root_b)
+    assert run_cli(root_b, "fsck", check=False).returncode == 0
+    pushed_manifest = _manifest(registry.host, f"{registry.host}/onlypushed/app{unique}:1")
+    assert {layer["digest"] for layer in pushed_manifest["layers"]} >= own_layers
+
+    # The pushed image is whole: a fresh store pulls it, verified, and runs it.
+    root_c = tmp_path / "c"
+    root_c.mkdir()
+    run_cli(root_c, "pull", f"{registry.host}/onlypushed/app{unique}:1")
+    assert run_cli(root_c, "fsck", check=False).returncode == 0
+    ran = run_cli(root_c, "run", f"{registry.host}/onlypushed/app{unique}:1", "cat", "/three")
+    assert ran.stdout == "fixed answer\nb\n"
+
+    # A registry that refuses the mounts: the layers are downloaded, then uploaded.
+    with CountingRelay(registry.host, refuse_mounts=True) as relay:
+        root_d = empty_root(tmp_path / "d")
+        build(
+            root_d, context, "-t", f"{relay.host}/onlypushed/other{unique}:1", "--push",
+            "--cache-from", f"type=registry,ref={relay.host}/onlypushed/cache{unique}:c",
+        )
+        assert counter.taken() == []
+        assert relay.blob_gets() == own_layers | {cache_config}
+        assert relay.blob_puts() == 7  # the five layers, the base layer and the config
+    assert own_layers <= stored_blobs(root_d)
+    assert run_cli(root_d, "fsck", check=False).returncode == 0

@@ -67,11 +67,11 @@ def test_rmi_during_a_push_defers_collecting_the_blobs_being_pushed(tmp_path, re
 
     first = threading.Lock()  # layers are pushed in parallel threads
 
-    def rmi_then_push_blob(client, store_, ref, blob):
+    def rmi_then_push_blob(client, store_, ref, blob, *rest):
         with first:
             if not removals:
                 removals.append(run_cli(store.root, "rmi", "leaving:1"))
-        return real_push_blob(client, store_, ref, blob)
+        return real_push_blob(client, store_, ref, blob, *rest)
 
     monkeypatch.setattr(push_module, "push_blob", rmi_then_push_blob)
     target = f"{registry.host}/races-{secrets.token_hex(4)}/leaving:1"
