@@ -88,9 +88,14 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
 
 
 def _first_built(builder, lookup_key: str) -> str:
-    """When the cache entry for ``lookup_key`` was recorded (now, if it was not)."""
+    """When the cache entry for ``lookup_key`` was first built: as recorded, as an
+    imported cache says (its blob still to come), or now."""
     row = builder.store.db.cache_entry(lookup_key)
-    return ic.time_text(row["created"] if row is not None else time.time())
+    if row is not None:
+        return ic.time_text(row["created"])
+    pending = builder.cache.pending_entry(lookup_key)
+    created = pending.columns.get("created") if pending is not None else None
+    return ic.time_text(created or time.time())
 
 
 def _inputs_of(builder, stage, state: StageState, work: LayerWork, lookup_key: str, key: str):

@@ -112,3 +112,21 @@ def test_rmi_takes_the_image_id_the_build_printed(root, tmp_path):
     removed = imgbuild(root, "rmi", image_id)
     assert removed.returncode == 0, removed.stderr
     assert untagged_entries(root) == []
+
+
+def test_a_build_from_an_imported_cache_gives_the_exporters_image(root, tmp_path):
+    """CI on a fresh runner: every step from --cache-from, the same image as the one that exported it."""
+    context = write_context(tmp_path / "ctx", DOCKERFILE, {"data.txt": "data\n"})
+    cache = tmp_path / "cache"
+    exported = imgbuild(root, "build", "-q", "--cache-to", f"type=local,dest={cache},mode=max", str(context))
+    assert exported.returncode == 0, exported.stderr
+    time.sleep(1.2)
+    other = tmp_path / "other-runner"
+    make_busybox_image(Store(other), "busybox:latest")
+    metadata = tmp_path / "metadata.json"
+    imported = imgbuild(
+        other, "build", "-q", "--metadata-file", str(metadata), "--cache-from", f"type=local,src={cache}", str(context)
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert json.loads(metadata.read_text())["imgbuild.steps.run"] == 0
+    assert imported.stdout == exported.stdout
