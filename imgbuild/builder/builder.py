@@ -379,7 +379,8 @@ class Builder:
             return None
         with self.counts_lock:
             if origin not in self.named_contexts:
-                context = BuildContext(named.directory, IgnoreMatcher([]), self.context.stat_cache, label=f"build context {origin}")
+                label = f"build context {origin}"
+                context = BuildContext(named.directory, IgnoreMatcher([]), self.context.stat_cache, label=label)
                 context.keep_listings()
                 self.named_contexts[origin] = context
             return self.named_contexts[origin]

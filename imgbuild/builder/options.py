@@ -260,7 +260,9 @@ def parse_ssh(text: str, environ: dict | None = None) -> tuple[str, Path]:
     if not sep:
         value = environ.get("SSH_AUTH_SOCK", "")
         if not value:
-            raise UsageError(f"--ssh {text}: SSH_AUTH_SOCK is not set; start an agent (ssh-agent) or give {ssh_id}=SOCKET")
+            raise UsageError(
+                f"--ssh {text}: SSH_AUTH_SOCK is not set; start an agent (ssh-agent) or give {ssh_id}=SOCKET"
+            )
     if "," in value:
         raise UsageError(f"--ssh {text!r}: give one agent socket, not a list of keys")
     try:

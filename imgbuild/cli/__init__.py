@@ -75,7 +75,8 @@ def make_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def _verb_of(argv: list[str]) -> str | None:
     """The verb in an argv that ``_with_default_verb`` has completed."""
-    return next((word for word in argv if word in VERBS), None)
+    i = _first_word(argv)
+    return argv[i] if i < len(argv) and argv[i] in VERBS else None
 
 
 def _first_word(argv: list[str]) -> int:
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 1
     finally:
-        if in_main_thread:
+        if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 

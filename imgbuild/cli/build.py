@@ -30,7 +30,9 @@ from imgbuild.layer.write import check_compression
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("context", metavar="CONTEXT", help="build context directory; - for a tar archive (or a Dockerfile) on stdin")
+    parser.add_argument(
+        "context", metavar="CONTEXT", help="build context directory; - for a tar archive (or a Dockerfile) on stdin"
+    )
     parser.add_argument("-f", "--file", help="Dockerfile (default CONTEXT/Dockerfile; - for stdin)")
     parser.add_argument("-t", "--tag", action="append", default=[], help="name:tag for the image (repeatable)")
     parser.add_argument("--build-arg", action="append", default=[], metavar="K[=V]", help="set a build arg")
@@ -79,8 +81,12 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST", help="use plain HTTP for HOST")
     # buildx flags users paste from their pipelines
-    parser.add_argument("--load", action="store_true", help="accepted as buildx has it: the image always goes to the local store")
-    parser.add_argument("--add-host", action="append", default=[], metavar="NAME:IP", help="a line for /etc/hosts in RUN")
+    parser.add_argument(
+        "--load", action="store_true", help="accepted as buildx has it: the image always goes to the local store"
+    )
+    parser.add_argument(
+        "--add-host", action="append", default=[], metavar="NAME:IP", help="a line for /etc/hosts in RUN"
+    )
     parser.add_argument(
         "--annotation", action="append", default=[], metavar="[manifest:]K=V", help="annotate the image manifest"
     )
@@ -220,7 +226,9 @@ def run(args) -> int:
             result = build(store, options)
     except ImgbuildError as error:
         if args.progress == "json" and not args.quiet and not error.reported:  # the JSON stream stays JSON
-            make_progress("json").build_failed(error)
+            progress = make_progress("json")
+            progress.build_failed(error)
+            progress.close()
         raise
     if args.quiet:
         # the image ID, as docker build -q prints and --iidfile holds; not the manifest digest
