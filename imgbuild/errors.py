@@ -227,3 +227,17 @@ def exit_code_of(error: BaseException) -> int:
                 return SIGTERM_EXIT
             cause = cause.__context__
     return getattr(error, "exit_code", 1)
+
+
+class CommandNotFound(ImgbuildError):
+    """``imgbuild run``: the command is not in the image. Exit code 127, as ``docker run``
+    and shells return it."""
+
+    exit_code = 127
+
+
+class CommandNotExecutable(ImgbuildError):
+    """``imgbuild run``: the command exists but cannot be executed. Exit code 126, as
+    ``docker run`` and shells return it."""
+
+    exit_code = 126

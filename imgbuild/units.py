@@ -37,3 +37,10 @@ def parse_duration(text: str, what: str = "duration") -> float:
     if not parts or "".join(number + unit for number, unit in parts) != text:
         raise UsageError(f"{what} {text!r} is not a duration: write it like 24h, 90m, 1h30m or 7d")
     return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``1 image``, ``2 images``, ``0 entries``: a count with its noun in the right number."""
+    if count == 1:
+        return f"{count} {noun}"
+    return f"{count} {plural_form or (noun[:-1] + 'ies' if noun.endswith('y') else noun + 's')}"

@@ -31,6 +31,7 @@ from imgbuild.image import (
 )
 from imgbuild.layer.decompress import GZIP_MAGIC, ZSTD_MAGIC, open_tar_stream
 from imgbuild.store import Store
+from imgbuild.units import plural
 
 CONTAINERD_NAME_ANNOTATION = "io.containerd.image.name"
 MAX_INDEX_DEPTH = 8
@@ -76,8 +77,8 @@ def _load_docker_image(
     diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
     if len(diff_ids) != len(layer_paths):
         raise ArchiveError(
-            f"{archive.label}: image config {config_path} lists {len(diff_ids)} diff_ids "
-            f"but manifest.json lists {len(layer_paths)} layers"
+            f"{archive.label}: image config {config_path} lists {plural(len(diff_ids), 'diff_id')} "
+            f"but manifest.json lists {plural(len(layer_paths), 'layer')}"
         )
     config_descriptor = Descriptor.for_bytes(OCI_CONFIG, config_bytes)
     _check_digest_in_name(archive, config_path, config_descriptor.digest)

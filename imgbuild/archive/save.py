@@ -29,6 +29,7 @@ from imgbuild.layer.tarformat import (
 )
 from imgbuild.layer.tarwrite import encode_archive_header
 from imgbuild.store import Store, normalise_tag
+from imgbuild.units import plural
 
 FORMATS = ("oci", "docker")
 CHUNK = 1 << 20
@@ -200,7 +201,7 @@ def _write_docker_archive(store: Store, images: list[ArchivedImage], tar: _TarWr
         if len(image.layers) != len(image.diff_ids):
             raise ArchiveError(
                 f"cannot save {item.names or image.digest} as a docker-archive: it has "
-                f"{len(image.layers)} layers but its config lists {len(image.diff_ids)} diff_ids"
+                f"{plural(len(image.layers), 'layer')} but its config lists {plural(len(image.diff_ids), 'diff_id')}"
             )
         config = image.config_descriptor
         if config.digest not in written:

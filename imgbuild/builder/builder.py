@@ -12,12 +12,14 @@ becomes the image (``finalimage.py``), then the outputs are written.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from pathlib import Path
 
 from imgbuild import dockerfile as frontend
 from imgbuild.builder import imageconfig as ic
@@ -60,7 +62,7 @@ from imgbuild.errors import (
 from imgbuild.image import LayerRef, Platform
 from imgbuild.sandbox.cacerts import read_ca_certs
 from imgbuild.store import Store, remove_tree
-from imgbuild.units import human_size
+from imgbuild.units import human_size, plural
 
 # The steps BuildKit numbers "[2/5]" in its progress: those that make layers.
 LAYER_KINDS = (Run, Copy, Add, Workdir)
@@ -107,6 +109,10 @@ class Builder:
         for name in plan.unused_build_args:
             self.progress.warning(f"build arg {name} was given but no stage declares it (ARG {name})")
         self.plan = plan
+        epoch = plan.source_date_epoch()
+        if self.options.source_date_epoch is None and epoch is not None:
+            # BuildKit takes the time from a SOURCE_DATE_EPOCH build arg or global ARG
+            self.options = dataclasses.replace(self.options, source_date_epoch=epoch)
         self.context = self._open_context()
         self.context.keep_listings()  # each key's inputs name the files it read
         try:
@@ -128,7 +134,7 @@ class Builder:
                 if elsewhere:
                     self.progress.info(
                         f"{len(elsewhere)} layer(s) of the image were not downloaded (only pushed): the image is not "
-                        "kept in the local store; add --output type=image to keep it"
+                        "kept in the local store; use --push instead of --output type=registry to keep it"
                     )
                 self._export_cache(plan.target)
                 self.cache.settle()  # imported entries whose blobs came meanwhile
@@ -152,8 +158,8 @@ class Builder:
         swept = self.store.sweep_dead_work(self.options.runtime)
         if swept.removed:
             self.progress.info(
-                f"removed the work of {len(swept.removed)} killed imgbuild process(es) "
-                f"({len(swept.unmounted)} mounts, {len(swept.containers)} containers)"
+                f"removed the work of {plural(len(swept.removed), 'killed imgbuild process', 'killed imgbuild processes')} "
+                f"({plural(len(swept.unmounted), 'mount')}, {plural(len(swept.containers), 'container')})"
             )
         for reason in swept.left:
             self.progress.warning(f"could not clean up after a killed imgbuild: {reason}")
@@ -208,15 +214,15 @@ class Builder:
             self.progress.info(f"cache limits not checked ({result.skipped_reason}); the next build checks them")
             return
         self.progress.info(
-            f"cache over its limits: pruned {len(result.entries)} entries, freed {human_size(result.freed_bytes)}"
+            f"cache over its limits: pruned {plural(len(result.entries), 'entry')}, freed {human_size(result.freed_bytes)}"
         )
 
     def _read_dockerfile(self) -> str:
         if self.options.dockerfile_text is not None:
             self.dockerfile_name = "Dockerfile"
             return self.options.dockerfile_text
-        path = self.options.dockerfile or (self.options.context / "Dockerfile")
-        self.dockerfile_name = str(path) if self.options.dockerfile else "Dockerfile"
+        path = self.options.dockerfile or default_dockerfile(self.options.context)
+        self.dockerfile_name = str(path) if self.options.dockerfile else path.name
         try:
             return read_build_file(self.options.context, path, "Dockerfile").decode("utf-8")
         except FileNotFoundError:
@@ -230,7 +236,7 @@ class Builder:
 
     def _open_context(self) -> BuildContext:
         dockerfile = None if self.options.dockerfile_text is not None else (
-            self.options.dockerfile or self.options.context / "Dockerfile"
+            self.options.dockerfile or default_dockerfile(self.options.context)
         )
         patterns = load_ignore_patterns(self.options.context, dockerfile)
         stat_cache = StatCache(self.store.db)
@@ -267,6 +273,8 @@ class Builder:
         except ImgbuildError as error:  # a base image missing or of another platform
             raise _located(error, self.dockerfile_name, stage.from_instruction) from None
         scope = self.plan.scope_for(stage.index, ic.env_list(state.config))
+        if stage.base_stage is not None:  # FROM an earlier stage: its ARGs carry over
+            scope.inherit_args(self.results[stage.base_stage].args)
         state.scope = scope
         instructions = onbuild_triggers(state) + list(stage.instructions)
         # BuildKit names steps "[name 2/5]", and just "[2/5]" in a one-stage Dockerfile
@@ -299,6 +307,7 @@ class Builder:
             state.base_layers,
             base_digest=state.base_digest,
             entry_key=state.entry_key,
+            args=scope.args_in_scope(),
         )
 
     # --- one step ----------------------------------------------------------------
@@ -362,6 +371,13 @@ class Builder:
         """Layers of ``--from=origin``: a stage by name or index, or an image."""
         index = self.plan.source_stage(origin)
         if index is not None:
+            if index not in self.results:
+                # only a base image's ONBUILD trigger can name a stage the plan did not see
+                raise BuildError(
+                    f"--from={origin} names stage {self.plan.stages[index].label()}, which this build"
+                    " does not build (an ONBUILD trigger of a base image needs it, and imgbuild plans"
+                    " the stages before it reads base images): copy from that stage in this Dockerfile"
+                )
             self.cache.fetch_layers(self.results[index].layers)
             return self.results[index].layers
         named = self.options.build_contexts.get(origin)
@@ -384,6 +400,15 @@ class Builder:
                 context.keep_listings()
                 self.named_contexts[origin] = context
             return self.named_contexts[origin]
+
+
+def default_dockerfile(context: Path) -> Path:
+    """CONTEXT/Dockerfile, or CONTEXT/dockerfile if only that exists (BuildKit's fallback)."""
+    path = Path(context) / "Dockerfile"
+    lower = Path(context) / "dockerfile"
+    if not os.path.lexists(path) and os.path.lexists(lower):
+        return lower
+    return path
 
 
 def build(store: Store, options: BuildOptions, progress: Progress | None = None) -> BuildResult:

@@ -7,23 +7,30 @@ backend and tonistiigi/fsutil ``copy``):
   destination directory is created (0755) if missing and keeps its metadata;
 - a destination ending in ``/`` (or ``.``) is a directory; a file copied onto
   an existing directory goes inside it under its own name;
-- several sources need a directory destination (the classic builder's error:
-  BuildKit would let the last source silently overwrite the others);
+- several files need a directory destination (the classic builder's error:
+  BuildKit would let the last file silently overwrite the others); several
+  directories or archives merge into a destination without a trailing ``/``;
 - a relative destination is relative to WORKDIR; missing parents are created
-  with mode 0755, owned by the --chown user if one is given;
+  with mode 0755 (the --chmod permission bits if it is octal, BuildKit >=
+  1.15), owned by the --chown user if one is given;
 - the destination path resolves symlinks like a chroot: never outside rootfs;
 - files keep their mode (with setuid/setgid/sticky), mtime, xattrs and
-  hardlinks; ``--chmod`` replaces the permission bits only, as BuildKit does;
+  hardlinks; ``--chmod`` sets the mode of each copied file and directory,
+  octal or symbolic (``copymode.py``);
 - owners: --chown if given; otherwise 0:0 for files from the build context
   and the source's own owner for COPY --from a stage or image;
 - ADD extracts a local tar archive (plain, gzip, bzip2, xz, zstd, detected by
   content, not by name) into the destination, like Docker's archive.Untar run
-  in a chroot (``imgbuild.layer.untar``): entries and link targets that climb
-  out with ``..`` are refused, absolute paths are placed inside, and entries
-  written through a symlink stay inside the destination; entries keep the
-  archive's owners (or get --chown), modes and mtimes;
-- ADD of a URL places the downloaded file (see ``fetch.py``), not extracted;
-- heredocs (``COPY <<EOF``) are files of mode 0644.
+  in a chroot of it (``imgbuild.layer.untar``): entry names and link targets
+  that climb out with ``..`` or are absolute stay inside the destination;
+  entries keep the archive's owners (or get --chown), modes and mtimes.
+  Several archives (a wildcard) may go to a destination without a trailing
+  ``/``: each is extracted into it;
+- ADD of a URL places the downloaded file (see ``fetch.py``), not extracted
+  unless ``--unpack=true``; ``--unpack=false`` copies a local archive as is;
+- heredocs (``COPY <<EOF``) are files of mode 0644;
+- a socket becomes an empty regular file with the socket's mode (BuildKit's
+  "socket copied as stub").
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from imgbuild.builder.copymode import DEFAULT_DIR_MODE, Chmod, parse_chmod
 from imgbuild.builder.fetch import Fetched
 from imgbuild.context.source import Entry, Selected
 from imgbuild.errors import BuildError, NotADirectory, UntarError, disk_full, is_disk_full
@@ -45,7 +53,6 @@ from imgbuild.safeopen import kind_of, resolve_in_root
 
 HEREDOC_MODE = 0o644
 URL_MODE = 0o600
-PARENT_MODE = 0o755
 
 
 @dataclass(frozen=True)
@@ -77,41 +84,52 @@ def copy_into(
     *,
     workdir: str = "/",
     chown: tuple[int, int] | None = None,
-    chmod: int | None = None,
+    chmod: Chmod | int | None = None,
     is_add: bool = False,
     dest_is_dir_hint: bool = False,
+    unpack: bool | None = None,
 ) -> None:
     """Copy sources into ``rootfs`` at ``dest`` with COPY (or ADD) semantics.
 
     ``selected`` is every source of the instruction in order: what
     ``BuildContext.select`` returned for each path source, ``Fetched`` for a
     URL, ``HeredocFile`` for a heredoc. ``dest_is_dir_hint`` makes the
-    destination a directory even without a trailing ``/``.
+    destination a directory even without a trailing ``/``. ``unpack`` is ADD
+    --unpack: by default ADD extracts local archives, not downloads; True
+    extracts downloads too, False neither.
     """
     instruction = "ADD" if is_add else "COPY"
     target = _destination(dest, workdir, dest_is_dir_hint)
-    if len(selected) > 1 and not target.is_dir:
+    archives = [is_add and _is_archive(item, unpack) for item in selected]
+    # Directories (their contents) and archives go into the destination, which
+    # makes it a directory (BuildKit: ADD *.tar /dest, COPY dir* /dest); several
+    # files still need a "/", where BuildKit would keep only the last one.
+    files = sum(
+        1 for item, archive in zip(selected, archives, strict=True)
+        if not archive and not (isinstance(item, Selected) and item.is_dir)
+    )  # fmt: skip
+    if files > 1 and not target.is_dir:
         raise BuildError(
             f"When using {instruction} with more than one source file, "
             "the destination must be a directory and end with a /"
         )
-    if chmod is not None and not 0 <= chmod <= 0o7777:
-        raise BuildError(f"invalid --chmod {chmod:o}: it must be between 0 and 7777")
     rootfs = Path(rootfs)
-    for item in selected:
+    if isinstance(chmod, int):
+        chmod = parse_chmod(f"{chmod:o}")
+    dir_mode = chmod.created_dir_mode if chmod is not None else DEFAULT_DIR_MODE
+    for item, is_archive in zip(selected, archives, strict=True):
         try:
-            if isinstance(item, Selected):
-                if is_add and not item.is_dir and archive_compression(item) is not None:
-                    _extract_archive(rootfs, item, target, chown)
-                else:
-                    _copy_selected(rootfs, item, target, chown, chmod)
+            if is_archive:
+                _extract_archive(rootfs, item, target, chown)
+            elif isinstance(item, Selected):
+                _copy_selected(rootfs, item, target, chown, chmod, dir_mode)
             elif isinstance(item, Fetched):
                 _place_file(
-                    rootfs, target, item.filename, item.path, URL_MODE, item.mtime, chown, chmod
+                    rootfs, target, item.filename, item.path, URL_MODE, item.mtime, chown, chmod, dir_mode
                 )
             elif isinstance(item, HeredocFile):
                 content = item.content.encode() if isinstance(item.content, str) else item.content
-                _place_bytes(rootfs, target, item.name, content, chown, chmod)
+                _place_bytes(rootfs, target, item.name, content, chown, chmod, dir_mode)
             else:
                 raise TypeError(f"not a copy source: {item!r}")
         except _Refused as problem:
@@ -128,6 +146,16 @@ def copy_into(
             raise BuildError(
                 f"{instruction} failed: {_source_text(item)} to {dest}: {error}"
             ) from None
+
+
+def _is_archive(item: CopySource, unpack: bool | None) -> bool:
+    """Does ADD extract this source? Local archives unless --unpack=false,
+    downloads only with --unpack=true (BuildKit's rule)."""
+    if isinstance(item, Selected) and unpack is not False:
+        return not item.is_dir and archive_compression(item) is not None
+    if isinstance(item, Fetched) and unpack is True:
+        return archive_compression(item.path) is not None
+    return False
 
 
 def _source_text(item: object) -> str:
@@ -156,41 +184,47 @@ def _set_owner(path: Path, owner: tuple[int, int]) -> None:
         os.chown(path, owner[0], owner[1], follow_symlinks=False)
 
 
-def _mkdir_below(rootfs: Path, host_path: Path, chown: tuple[int, int] | None) -> None:
+def _mkdir_below(
+    rootfs: Path, host_path: Path, chown: tuple[int, int] | None, mode: int = DEFAULT_DIR_MODE
+) -> None:
     """Create the missing directories of ``host_path`` (already resolved inside
-    ``rootfs``) with mode 0755, owned by ``chown`` or root, as BuildKit's MkdirAll."""
+    ``rootfs``) with ``mode``, owned by ``chown`` or root, as BuildKit's MkdirAll."""
     current = rootfs
     for part in host_path.relative_to(rootfs).parts:
         current = current / part
         try:
             st = os.lstat(current)
         except FileNotFoundError:
-            os.mkdir(current, PARENT_MODE)
-            os.chmod(current, PARENT_MODE)  # not subject to the umask
+            os.mkdir(current, 0o700)
+            os.chmod(current, mode)  # not subject to the umask
             _set_owner(current, chown or (0, 0))
             continue
         if not stat.S_ISDIR(st.st_mode):
             raise NotADirectory("/" + str(current.relative_to(rootfs)), kind_of(st.st_mode))
 
 
-def mkdir_all(rootfs: Path, path: str, chown: tuple[int, int] | None) -> Path:
+def mkdir_all(
+    rootfs: Path, path: str, chown: tuple[int, int] | None, mode: int = DEFAULT_DIR_MODE
+) -> Path:
     """mkdir -p of an image path, resolving existing symlinks like a chroot.
 
     Raises NotADirectory (naming the image path) if a component exists and is
     not a directory, as Go's MkdirAll fails with ENOTDIR in BuildKit.
     """
     host_path = resolve_in_root(rootfs, path)
-    _mkdir_below(rootfs, host_path, chown)
+    _mkdir_below(rootfs, host_path, chown, mode)
     return host_path
 
 
-def _prepare(rootfs: Path, target: _Destination, chown: tuple[int, int] | None) -> Path:
+def _prepare(
+    rootfs: Path, target: _Destination, chown: tuple[int, int] | None, dir_mode: int = DEFAULT_DIR_MODE
+) -> Path:
     """Create what must exist before copying one source; return the resolved destination.
 
     As fsutil's Copy: a directory destination is created itself, otherwise
     only its parent.
     """
-    mkdir_all(rootfs, target.path if target.is_dir else posixpath.dirname(target.path), chown)
+    mkdir_all(rootfs, target.path if target.is_dir else posixpath.dirname(target.path), chown, dir_mode)
     return resolve_in_root(rootfs, target.path)
 
 
@@ -202,15 +236,15 @@ def _lstat(path: Path) -> os.stat_result | None:
 
 
 def _file_target(
-    rootfs: Path, target: _Destination, name: str, chown: tuple[int, int] | None
+    rootfs: Path, target: _Destination, name: str, chown: tuple[int, int] | None, dir_mode: int
 ) -> Path:
     """Where a non-directory source lands: inside the destination if that is an
     existing directory, else at the destination itself (parents created)."""
-    dest = _prepare(rootfs, target, chown)
+    dest = _prepare(rootfs, target, chown, dir_mode)
     st = _lstat(dest)
     if st is not None and stat.S_ISDIR(st.st_mode):
         dest = dest / name
-    _mkdir_below(rootfs, dest.parent, chown)
+    _mkdir_below(rootfs, dest.parent, chown, dir_mode)
     return dest
 
 
@@ -232,19 +266,20 @@ def _copy_selected(
     item: Selected,
     target: _Destination,
     chown: tuple[int, int] | None,
-    chmod: int | None,
+    chmod: Chmod | None,
+    dir_mode: int,
 ) -> None:
     entries = item.entries()
     copier = _TreeCopier(rootfs, item, chown, chmod)
     if not item.is_dir:
-        dest = _file_target(rootfs, target, item.name, chown)
+        dest = _file_target(rootfs, target, item.name, chown, dir_mode)
         copier.copy_entry(entries[0], dest)
         copier.finish_directories()
         return
-    dest = _prepare(rootfs, target, chown)
+    dest = _prepare(rootfs, target, chown, dir_mode)
     st = _lstat(dest)
     if st is None:
-        _mkdir_below(rootfs, dest, chown)
+        _mkdir_below(rootfs, dest, chown, dir_mode)
     elif not stat.S_ISDIR(st.st_mode):
         raise _Refused(f"cannot copy directory {item.source} to non-directory {target.text}")
     # The destination directory itself keeps its metadata (BuildKit only sets
@@ -258,7 +293,7 @@ class _TreeCopier:
     """Copies the entries of one source, keeping hardlinks among them."""
 
     def __init__(
-        self, rootfs: Path, item: Selected, chown: tuple[int, int] | None, chmod: int | None
+        self, rootfs: Path, item: Selected, chown: tuple[int, int] | None, chmod: Chmod | None
     ):
         self.rootfs = rootfs
         self.item = item
@@ -298,8 +333,11 @@ class _TreeCopier:
             os.symlink(entry.link or "", dest)
         elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
             os.mknod(dest, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev)
+        elif stat.S_ISSOCK(st.st_mode):
+            # no layer can carry a socket: BuildKit (fsutil) copies it as an empty file
+            os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
         else:
-            return  # sockets and the like are not copied
+            return
         self.apply_metadata(entry, dest)
 
     def apply_metadata(self, entry: Entry, dest: Path) -> None:
@@ -308,9 +346,7 @@ class _TreeCopier:
         owner = self.chown or self.item.context.owner(st)
         os.chown(dest, owner[0], owner[1], follow_symlinks=False)
         if not stat.S_ISLNK(st.st_mode):
-            mode = stat.S_IMODE(st.st_mode)
-            if self.chmod is not None:
-                mode = (mode & ~0o777) | (self.chmod & 0o777)
+            mode = stat.S_IMODE(st.st_mode) if self.chmod is None else self.chmod.apply(st.st_mode)
             os.chmod(dest, mode)  # after chown, which clears setuid/setgid
         os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
         for name, value in entry.xattrs:
@@ -359,12 +395,12 @@ def _finish_single_file(
     mode: int,
     mtime: float | None,
     chown: tuple[int, int] | None,
-    chmod: int | None,
+    chmod: Chmod | None,
 ) -> None:
     owner = chown or (0, 0)
     os.chown(dest, owner[0], owner[1], follow_symlinks=False)
     if chmod is not None:
-        mode = (mode & ~0o777) | (chmod & 0o777)
+        mode = chmod.apply(stat.S_IFREG | mode)
     os.chmod(dest, mode)
     if mtime is not None:
         os.utime(dest, (mtime, mtime), follow_symlinks=False)
@@ -378,9 +414,10 @@ def _place_file(
     mode: int,
     mtime: float | None,
     chown: tuple[int, int] | None,
-    chmod: int | None,
+    chmod: Chmod | None,
+    dir_mode: int,
 ) -> None:
-    dest = _file_target(rootfs, target, name, chown)
+    dest = _file_target(rootfs, target, name, chown, dir_mode)
     _make_room_for_file(dest, "/" + str(dest.relative_to(rootfs)))
     _copy_file_data(source, dest)
     _finish_single_file(dest, mode, mtime, chown, chmod)
@@ -392,9 +429,10 @@ def _place_bytes(
     name: str,
     content: bytes,
     chown: tuple[int, int] | None,
-    chmod: int | None,
+    chmod: Chmod | None,
+    dir_mode: int,
 ) -> None:
-    dest = _file_target(rootfs, target, name, chown)
+    dest = _file_target(rootfs, target, name, chown, dir_mode)
     _make_room_for_file(dest, "/" + str(dest.relative_to(rootfs)))
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as out:
@@ -427,16 +465,17 @@ def archive_compression(path: Path | Selected) -> str | None:
 
 def _extract_archive(
     rootfs: Path,
-    item: Selected,
+    item: Selected | Fetched,
     target: _Destination,
     chown: tuple[int, int] | None,
 ) -> None:
     dest = resolve_in_root(rootfs, target.path)
     _mkdir_below(rootfs, dest, chown)
+    name = _source_text(item)
     if not stat.S_ISDIR(os.lstat(dest).st_mode):
-        raise _Refused(f"cannot extract {item.source} into non-directory {target.text}")
+        raise _Refused(f"cannot extract {name} into non-directory {target.text}")
     try:
-        with _open_raw(item) as raw:
-            untar.untar(raw, dest, chown=chown, source=item.source)
+        with _open_raw(item if isinstance(item, Selected) else item.path) as raw:
+            untar.untar(raw, dest, chown=chown, source=name)
     except UntarError as problem:
         raise _Refused(str(problem)) from None

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.copy import HeredocFile, copy_into
+from imgbuild.builder.copymode import Chmod, parse_chmod
 from imgbuild.builder.fetch import Fetched, fetch_url, is_url
 from imgbuild.builder.layerstep import LayerWork
 from imgbuild.builder.rootfs import layers_opener
@@ -36,10 +37,11 @@ class CopyRequest:
     dest: str
     workdir: str
     chown: str | None = None
-    chmod: int | None = None
+    chmod: Chmod | None = None
     exclude: list[str] = field(default_factory=list)
     checksum: str | None = None
     parents: bool = False  # COPY --parents: keep each source's directories under dest
+    unpack: bool | None = None  # ADD --unpack; None: local archives unpacked, URLs not
 
     @property
     def name(self) -> str:
@@ -47,16 +49,7 @@ class CopyRequest:
 
     @classmethod
     def from_instruction(cls, instruction, *, is_add: bool, workdir: str) -> CopyRequest:
-        chmod = None
-        if instruction.chmod:
-            try:
-                chmod = int(instruction.chmod, 8)
-            except ValueError:
-                raise BuildError(
-                    f"invalid --chmod={instruction.chmod}: use an octal mode like 755"
-                ) from None
-        if getattr(instruction, "unpack", None) is not None:
-            raise BuildError("ADD --unpack is not supported yet: local archives are always unpacked, URLs never")
+        chmod = parse_chmod(instruction.chmod) if instruction.chmod else None
         if getattr(instruction, "keep_git_dir", False):
             raise BuildError("ADD --keep-git-dir: git sources are not supported")
         sources = list(instruction.sources)
@@ -82,6 +75,7 @@ class CopyRequest:
             exclude=list(instruction.exclude or []),
             checksum=checksum or None,
             parents=bool(getattr(instruction, "parents", False)),
+            unpack=getattr(instruction, "unpack", None),
         )
 
 
@@ -205,6 +199,7 @@ def run_copy(request: CopyRequest, context: BuildContext, rootfs: Path, download
         chown=chown,
         chmod=request.chmod,
         is_add=request.is_add,
+        unpack=request.unpack,
     )
 
 

@@ -32,11 +32,15 @@ def output_specs(options) -> list[OutputSpec]:
 
 
 def only_pushed(options) -> bool:
-    """True when the build's only outputs are registries (``--push`` or
-    ``--output type=registry``) that take the image as it is: its layers need
-    not be in the local store (see ``write_outputs``)."""
+    """True when the build's only outputs are ``--output type=registry`` that
+    take the image as it is: its layers need not be in the local store (see
+    ``write_outputs``). ``--push`` keeps the image in the store as well, as
+    ``docker build --push`` does, so that a cold and a cached build leave the
+    same thing behind and a pipeline can run what it pushed."""
     specs = output_specs(options)
-    return bool(specs) and all(spec.type == "registry" and not spec.compression for spec in specs)
+    if options.push or not specs:
+        return False
+    return all(spec.type == "registry" and not spec.compression for spec in specs)
 
 
 def write_outputs(

@@ -19,6 +19,7 @@ from imgbuild.sandbox.runmounts import PIPES_DIR, prepared_mounts, script_mount
 from imgbuild.sandbox.runtime import run_container
 from imgbuild.sandbox.spec import RunSpec
 from imgbuild.sandbox.users import resolve_user
+from imgbuild.units import plural
 
 OUTPUT_TAIL_LINES = 20
 OUTPUT_TAIL_BYTES = 64 * 1024  # enough for the last lines, bounded however long they are
@@ -48,7 +49,8 @@ def plan_run(builder, stage, state: StageState, scope, instruction, step) -> Lay
         document["extra_hosts"] = [list(pair) for pair in builder.options.extra_hosts]
     env = scope.env_for_run()
     env.update(scope.proxy_env())  # reaches RUN, stays out of the key (as in BuildKit)
-    history = ic.run_history(argv, sorted(scope.args_in_scope().items())) + " # imgbuild"
+    # the ARGs in the order they were first declared, as BuildKit lists them
+    history = ic.run_history(argv, list(scope.args_in_scope().items())) + " # imgbuild"
 
     def execute(space):
         with ExitStack() as stack, space.mounted() as merged:
@@ -173,7 +175,6 @@ def _fail(builder, instruction, status: int, tail: list[str], step) -> None:
     output = "\n".join(f"    {line}" for line in tail)
     message = f"RUN {command} exited with code {status}"
     if output:
-        lines = "line" if len(tail) == 1 else f"{len(tail)} lines"
-        message += f"\n  last {lines} of its output:\n{output}"
+        message += f"\n  last {plural(len(tail), 'line')} of its output:\n{output}"
     builder.progress.failed(step, message, exit_status=status)
     raise RunError(message, exit_status=status, output_tail="\n".join(tail))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from imgbuild.image import LayerRef
 
@@ -34,3 +34,4 @@ class StageResult:
     base_layers: int = 0
     base_digest: str = ""
     entry_key: str = ""
+    args: dict[str, str] = field(default_factory=dict)  # its ARGs with values, for stages built FROM it

@@ -34,9 +34,12 @@ VERBS: dict[str, tuple[str, str]] = {
     "push": ("push", "push an image to a registry"),
     "save": ("save", "write images to an OCI or docker-archive tar"),
     "load": ("load", "read images from an OCI or docker-archive tar"),
+    "import": ("import_", "make a one-layer image from a root filesystem directory or tar"),
     "fsck": ("fsck", "verify every blob and reference in the store"),
     "cache": ("cache", "inspect, explain and prune the build cache"),
     "pin": ("pin", "pin a Dockerfile's base images to the digests their registries serve"),
+    "image": ("image", "manage images: prune (and ls, rm, inspect, ... as docker image has them)"),
+    "system": ("system", "show what the store takes on disk: df"),
 }
 
 

@@ -16,7 +16,7 @@ import json
 import sys
 import time
 
-from imgbuild.cache.prune import measure, plan_prune
+from imgbuild.cache.prune import StoreUsage, measure, plan_prune
 from imgbuild.cli.images import human_duration
 from imgbuild.store import Store
 from imgbuild.units import human_size
@@ -33,12 +33,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report, sort_keys=True, indent=2))
         return 0
     if args.verbose:
-        rows = [
-            [e["key"].split(":")[-1][:12], e["created_by"][:50], human_size(e["size"]), _ago(e["last_used"]),
-             str(e["hits"]), "yes" if e["shared"] else "no"]
-            for e in report["entry_list"]
-        ]
-        print_rows(["KEY", "CREATED BY", "SIZE", "LAST USED", "HITS", "SHARED"], rows)
+        print_entries(report)
         print()
     summary = [str(report["entries"]), human_size(report["total_bytes"]), human_size(report["shared_bytes"]),
                human_size(report["reclaimable_bytes"])]
@@ -46,9 +41,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def disk_usage_report(store: Store) -> dict:
-    """The facts both formats show; sizes in bytes on disk."""
-    usage = measure(store)
+def print_entries(report: dict) -> None:
+    """The ``--verbose`` table of cache entries (``system df -v`` shows it too)."""
+    rows = [
+        [e["key"].split(":")[-1][:12], e["created_by"][:50], human_size(e["size"]), _ago(e["last_used"]),
+         str(e["hits"]), "yes" if e["shared"] else "no"]
+        for e in report["entry_list"]
+    ]
+    print_rows(["KEY", "CREATED BY", "SIZE", "LAST USED", "HITS", "SHARED"], rows)
+
+
+def disk_usage_report(store: Store, usage: StoreUsage | None = None) -> dict:
+    """The facts both formats show; sizes in bytes on disk. ``usage``: a measurement
+    already made (``system df`` measures once for images and cache)."""
+    usage = usage or measure(store)
     shared_snapshots = {sid for sid, (diff_id, _) in usage.snapshots.items() if diff_id in usage.image_diff_ids}
     shared = usage.size_of(usage.image_blobs & set(usage.blobs), shared_snapshots)
     reclaimable = plan_prune(usage).freed_bytes

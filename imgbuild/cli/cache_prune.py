@@ -18,7 +18,7 @@ from imgbuild.cache.prune import prune
 from imgbuild.cli.cache_du import print_rows
 from imgbuild.errors import UsageError
 from imgbuild.store import Store
-from imgbuild.units import human_size, parse_duration, parse_size
+from imgbuild.units import human_size, parse_duration, parse_size, plural
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +63,6 @@ def _print(result) -> None:
         print_rows(["KEY", "CREATED BY", "SIZE"], rows)
     verb = "Would free" if result.dry_run else "Total reclaimed space"
     print(
-        f"{verb}: {human_size(result.freed_bytes)} ({len(result.entries)} entries, {result.blobs} blobs, "
-        f"{result.snapshots} snapshots)"
+        f"{verb}: {human_size(result.freed_bytes)} ({plural(len(result.entries), 'entry')}, "
+        f"{plural(result.blobs, 'blob')}, {plural(result.snapshots, 'snapshot')})"
     )

@@ -11,6 +11,7 @@ import argparse
 
 from imgbuild.store import Store
 from imgbuild.store.fsck import check_store
+from imgbuild.units import plural
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,11 +30,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"problem: {problem}")
     for note in report.notes:
         print(f"note: {note}")
-    summary = f"checked {report.blobs_checked} blobs and {report.refs_checked} images"
+    summary = f"checked {plural(report.blobs_checked, 'blob')} and {plural(report.refs_checked, 'image')}"
     if report.ok:
         print(f"{summary}: no problems")
         return 0
-    print(f"{summary}: {len(report.problems)} problems")
+    print(f"{summary}: {plural(len(report.problems), 'problem')}")
     if any(p.repairable for p in report.problems):
         print("run `imgbuild fsck --repair` to remove what can be removed safely")
     if any(p.kind in ("missing-blob", "corrupt-blob", "size-mismatch") for p in report.problems):

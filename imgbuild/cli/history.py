@@ -5,17 +5,27 @@
     <missing>      56 years ago   COPY rootfs / # buildkit                        1.04MB
 
 Only the top row has an ID (the image's config digest), as with pulled images
-in Docker. SIZE is the layer blob's size in the store (compressed), 0B for a
-step that made no layer.
+in Docker. SIZE is the layer unpacked (its regular files), as Docker shows
+it, 0B for a step that made no layer. ``--format`` takes ``json`` (Docker's
+keys: ID, CreatedAt, CreatedSince, CreatedBy, Size, Comment, the same style
+as ``images --format json``) or a Go template (``{{.CreatedBy}}``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from imgbuild.cli.images import created_since, human_size, print_table, short_id
+from imgbuild.cli.images import (
+    LayerSizes,
+    created_at,
+    created_since,
+    human_size,
+    print_formatted,
+    print_table,
+    short_id,
+)
+from imgbuild.gotemplate import Struct, Template
 from imgbuild.image import Platform
 from imgbuild.store import Store
 
@@ -35,12 +45,14 @@ class HistoryRow:
 def image_history(store: Store, name: str, platform: Platform | None = None) -> list[HistoryRow]:
     image = store.load_image(name, platform)
     layers = image.layers
+    sizes = LayerSizes(store)
     rows = []
     for entry in image.config.get("history") or []:
         empty = bool(entry.get("empty_layer"))
         size = 0
         if not empty and layers:
-            size = layers.pop(0).size
+            layer = layers.pop(0)
+            size = sizes.layer_size(layer.digest, layer.media_type)
         rows.append(
             HistoryRow(
                 "<missing>",
@@ -52,7 +64,11 @@ def image_history(store: Store, name: str, platform: Platform | None = None) -> 
             )
         )
     # Layers the history does not account for (images made without history) still show.
-    rows.extend(HistoryRow("<missing>", "", "", layer.size, "", False) for layer in layers)
+    rows.extend(
+        HistoryRow("<missing>", "", "", sizes.layer_size(layer.digest, layer.media_type), "", False)
+        for layer in layers
+    )
+    sizes.save()
     rows.reverse()
     if rows:
         rows[0].image_id = image.config_descriptor.digest
@@ -67,16 +83,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="only show the image ID")
     parser.add_argument(
         "--format",
-        choices=("table", "json"),
         default="table",
-        help="table (default) or one JSON object per line",
+        metavar="FORMAT",
+        help="table (default), json (one object per line, the keys of images --format json), "
+        "or a Go template: '{{.CreatedBy}}'",
+    )
+    parser.add_argument(
+        "-H", "--human", default="true", choices=("true", "false"),
+        help="sizes and dates in human-readable form (default true); false prints bytes and RFC 3339",
     )
     parser.add_argument(
         "--platform", help="for a multi-platform image: os/arch[/variant] (default: this host)"
     )
 
 
+HISTORY_HEADERS = {
+    "ID": "IMAGE",
+    "CreatedAt": "CREATED AT",
+    "CreatedSince": "CREATED",
+    "CreatedBy": "CREATED BY",
+    "Size": "SIZE",
+    "Comment": "COMMENT",
+}
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.format not in ("table", "json"):
+        Template(args.format)  # a bad template fails before any work
     platform = Platform.parse(args.platform) if args.platform else None
     rows = image_history(Store(args.root), args.name, platform)
     if args.quiet:
@@ -87,9 +120,11 @@ def run(args: argparse.Namespace) -> int:
                 else short_id(row.image_id, args.no_trunc)
             )
         return 0
-    if args.format == "json":
-        for row in rows:
-            print(json.dumps(asdict(row), sort_keys=True))
+    if args.format != "table" or args.human == "false":
+        human = args.human == "true"
+        table_format = "table {{.ID}}\t{{.CreatedAt}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}"
+        formatted = [_formatted(row, args.no_trunc, human) for row in rows]
+        print_formatted(formatted, table_format if args.format == "table" else args.format, HISTORY_HEADERS)
         return 0
     table = [
         [
@@ -103,6 +138,19 @@ def run(args: argparse.Namespace) -> int:
     ]
     print_table(["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"], table)
     return 0
+
+
+def _formatted(row: HistoryRow, no_trunc: bool, human: bool) -> Struct:
+    """A row with Docker's keys and values (``docker history --format``)."""
+    image_id = row.image_id if row.image_id == "<missing>" else short_id(row.image_id, no_trunc)
+    return Struct(
+        ID=image_id,
+        CreatedAt=created_at(row.created) if human else (row.created or "N/A"),
+        CreatedSince=created_since(row.created),
+        CreatedBy=_created_by(row.created_by, no_trunc),
+        Size=human_size(row.size) if human else str(row.size),
+        Comment=row.comment,
+    )
 
 
 def _created_by(text: str, no_trunc: bool) -> str:

@@ -41,7 +41,8 @@ def read_build_file(context_dir: Path, path: Path, what: str) -> bytes:
         if rel is None:
             return safeopen.read_user_file(path, MAX_BUILD_FILE)
         context = BuildContext(context_dir, IgnoreMatcher([]), label="build context")
-        relpath = context.resolve(rel, f"reading the {what}")
+        # stricter than COPY sources: a build file led out of the context is refused
+        relpath = context.resolve(rel, f"reading the {what}", confine=False)
         fd = context.open_item(relpath)
         try:
             return safeopen.read_capped(fd, MAX_BUILD_FILE)

@@ -176,6 +176,7 @@ def _kind(mode: int) -> str:
         (stat.S_ISCHR, "char"),
         (stat.S_ISBLK, "block"),
         (stat.S_ISFIFO, "fifo"),
+        (stat.S_ISSOCK, "socket"),  # copied as an empty file
     ):
         if test(mode):
             return kind

@@ -9,16 +9,15 @@ A ``BuildContext`` is a root directory seen the way BuildKit sees it:
   root, as in a chroot; symlinks *inside a copied directory* stay symlinks;
 - wildcards match one path component each, as Go's ``filepath.Match``.
 
-The build context proper (``rootfs=False``) is stricter than BuildKit in one
-way: a source, or a symlink on its path, that leads outside the context
-(``../x``, an absolute symlink, ``..`` above the root) is a ``ContextError``
-instead of being clamped at the root, so a typo cannot silently copy the
-wrong tree. Files from the context
-are owned by 0:0 in the image, as BuildKit resets their uid/gid on transfer.
+As in BuildKit, a source, or a symlink on its path, that leads above the
+root (``../x``, ``..`` above the root, an absolute symlink) stays inside
+it: ``..`` at the root is the root and an absolute symlink target starts
+from the root, as in a chroot. Nothing outside the root is ever read. Files
+from the context are owned by 0:0 in the image, as BuildKit resets their
+uid/gid on transfer.
 
 A stage's or image's root filesystem (``COPY --from``) is a ``BuildContext``
-with ``rootfs=True``: no ignore file, paths resolve exactly as in a chroot
-(``/..`` is ``/``), and files keep their owners.
+with ``rootfs=True``: no ignore file, and files keep their owners.
 
 ``digest()`` hashes what a copy of the selection reads, never times
 (``digest.py``); file contents are remembered in a ``StatCache``, so a warm
@@ -153,8 +152,6 @@ class BuildContext:
         directory before its first wildcard must exist.
         """
         excludes = IgnoreMatcher(list(exclude), source="--exclude")
-        if not self.rootfs and _climbs_out(source):
-            raise self._outside(source, instruction)
         parts = [part for part in go_clean("/" + source).split("/") if part]
         first_wildcard = next((i for i, part in enumerate(parts) if has_wildcards(part)), None)
         if first_wildcard is None:
@@ -169,29 +166,35 @@ class BuildContext:
             return []
         selected = []
         for match in self._glob(base, parts[first_wildcard:]):
-            if excludes.ignored(match):
-                continue
             relpath = self._resolve(source, _split(_join(base, match)), instruction)
             st = self._lstat_visible(source, relpath, instruction)
+            # --exclude drops matched files; a matched directory is still copied
+            # (its destination made), its excluded contents left out, as in BuildKit
+            if excludes.ignored(match) and not stat.S_ISDIR(st.st_mode):
+                continue
             name = match.rsplit("/", 1)[-1]
             selected.append(
                 Selected(self, source, name, relpath, stat.S_ISDIR(st.st_mode), excludes)
             )
         return selected
 
-    def resolve(self, path: str, doing: str) -> str:
-        """The context path ``path`` leads to, symlinks on it followed inside the root."""
-        return self._resolve(path, _split(path), doing)
+    def resolve(self, path: str, doing: str, *, confine: bool = True) -> str:
+        """The context path ``path`` leads to, symlinks on it followed inside the root.
 
-    def _resolve(self, source: str, parts: list[str], instruction: str) -> str:
+        ``confine=False`` refuses (ContextError) a path that leads above the
+        root instead: the Dockerfile and ignore file are read so.
+        """
+        return self._resolve(path, _split(path), doing, confine)
+
+    def _resolve(self, source: str, parts: list[str], instruction: str, confine: bool = True) -> str:
         """Follow ``parts`` from the root like a chroot would; return the real relpath.
 
-        Symlinks on the way must themselves be visible (not ignored). In the
-        build context, anything leading out of the root is an error.
+        Symlinks on the way must themselves be visible (not ignored).
         """
         pending = list(parts)
         resolved: list[str] = []
         last_link: tuple[str, str] | None = None
+        confined: tuple[str, str] | None = None  # a symlink that led above the root, for messages
         followed = 0
         while pending:
             part = pending.pop(0)
@@ -200,15 +203,15 @@ class BuildContext:
             if part == "..":
                 if resolved:
                     resolved.pop()
-                elif not self.rootfs:
-                    raise self._outside(source, instruction, last_link)
+                elif last_link is not None:
+                    confined = self._confined(source, instruction, last_link, confine)
                 continue
             candidate = _join("/".join(resolved), part)
             try:
                 with self._object(candidate) as (fd, st):
                     target = safeopen.read_link(fd) if stat.S_ISLNK(st.st_mode) else None
             except (FileNotFoundError, NotADirectoryError):
-                raise self._not_found(source, instruction) from None
+                raise self._not_found(source, instruction, confined) from None
             if target is None:
                 resolved.append(part)
                 continue
@@ -221,11 +224,26 @@ class BuildContext:
                 )
             last_link = (candidate, target)
             if target.startswith("/"):
-                if not self.rootfs:
-                    raise self._outside(source, instruction, last_link)
+                confined = self._confined(source, instruction, last_link, confine)
                 resolved = []
             pending = _split(target) + pending
+        if confined is not None:
+            try:
+                with self._object("/".join(resolved)):
+                    pass
+            except (FileNotFoundError, NotADirectoryError):
+                raise self._not_found(source, instruction, confined) from None
         return "/".join(resolved)
+
+    def _confined(
+        self, source: str, instruction: str, link: tuple[str, str], confine: bool
+    ) -> tuple[str, str]:
+        if not confine:
+            raise ContextError(
+                f"{instruction} failed: forbidden path outside the build context: {source}"
+                f" (symlink {link[0]} -> {link[1]})"
+            )
+        return link
 
     def _lstat_visible(self, source: str, relpath: str, instruction: str) -> os.stat_result:
         try:
@@ -273,21 +291,22 @@ class BuildContext:
             level = matches
         return level
 
-    def _not_found(self, source: str, instruction: str) -> ContextError:
-        if self.rootfs:
-            return MissingSource(f"{instruction} failed: {source}: not found in {self.label}")
-        return MissingSource(
-            f"{instruction} failed: file not found in build context"
-            f" or excluded by .dockerignore: {source}"
-        )
-
-    def _outside(
-        self, source: str, instruction: str, link: tuple[str, str] | None = None
+    def _not_found(
+        self, source: str, instruction: str, confined: tuple[str, str] | None = None
     ) -> ContextError:
-        message = f"{instruction} failed: forbidden path outside the build context: {source}"
-        if link is not None:
-            message += f" (symlink {link[0]} -> {link[1]})"
-        return ContextError(message)
+        if self.rootfs:
+            message = f"{instruction} failed: {source}: not found in {self.label}"
+        else:
+            message = (
+                f"{instruction} failed: file not found in build context"
+                f" or excluded by .dockerignore: {source}"
+            )
+        if confined is not None:
+            message += (
+                f" (the symlink {confined[0]} -> {confined[1]} leads above the {self.label}'s root,"
+                " so it is followed inside it, as BuildKit does)"
+            )
+        return MissingSource(message)
 
     # -- reading the tree, fd-relative (see safeopen) --
 
@@ -411,8 +430,6 @@ class BuildContext:
         re-included by an exception (then it must be walked, as BuildKit does)."""
         dir_path = str(self.root / ctx_rel) if ctx_rel else str(self.root)
         for name, st, link, xattrs in self._list(ctx_rel, details=True):
-            if stat.S_ISSOCK(st.st_mode):
-                continue  # sockets are not copied
             child_ctx = _join(ctx_rel, name)
             child_rel = _join(rel, name)
             ignored = self.ignore.ignored(child_ctx)
@@ -502,19 +519,6 @@ def read_xattrs(path: str | Path, *, follow: bool = False) -> list[tuple[str, by
         except OSError:
             continue
     return result
-
-
-def _climbs_out(source: str) -> bool:
-    """True if ``..`` in the path (taken relative to the root) goes above the root."""
-    depth = 0
-    for part in source.split("/"):
-        if part == "..":
-            depth -= 1
-            if depth < 0:
-                return True
-        elif part not in ("", "."):
-            depth += 1
-    return False
 
 
 def _join(head: str, tail: str) -> str:

@@ -23,7 +23,7 @@ from typing import ClassVar
 from imgbuild.dockerfile.heredoc import Heredoc, chomp, parse_heredoc_word
 from imgbuild.dockerfile.lines import InstructionLine, go_trim_space
 from imgbuild.dockerfile.mounts import MountError, MountSpec, parse_mount
-from imgbuild.dockerfile.shell import expand_word, go_quote
+from imgbuild.dockerfile.shell import did_you_mean, expand_word, go_quote
 from imgbuild.errors import DockerfileError, ExpansionError, SourceLocation
 
 NETWORK_MODES = ("default", "none", "host")
@@ -365,9 +365,9 @@ class _Flags:
 
     def _unknown(self, name: str, kinds: dict[str, str]) -> str:
         if not kinds:
-            return f"Unknown flag: --{name} ({self.keyword} takes no flags)"
+            return f"unknown flag: --{name} ({self.keyword} takes no flags)"
         valid = ", ".join("--" + k for k in sorted(kinds))
-        return f"Unknown flag: --{name} ({self.keyword} accepts {valid})"
+        return f"unknown flag: --{name}{did_you_mean(name, kinds)} ({self.keyword} accepts {valid})"
 
 
 def _flags(node: InstructionLine, kinds: dict[str, str] | None = None) -> dict[str, object]:

@@ -425,23 +425,30 @@ def _json_array(rest: str) -> list[str] | None:
 
     None means "not JSON": the caller then uses the shell form (BuildKit's
     rule, e.g. ``CMD ['a']`` is a shell command). A JSON array holding
-    anything but strings is an error. As with Go's json.Decoder, text after
-    the closing bracket is ignored.
+    anything but strings is an error. As with Go's json.Unmarshal (BuildKit
+    >= 1.9; older ones used a json.Decoder), text after the closing bracket
+    other than JSON whitespace makes it the shell form: ``RUN ["a"] b`` runs
+    ``["a"] b`` in the shell.
     """
     rest = _lstrip_space(rest)
     if not rest.startswith("["):
         return None
     decoder = json.JSONDecoder(parse_constant=_reject_constant)
     try:
-        value, _ = decoder.raw_decode(rest)
+        value, end = decoder.raw_decode(rest)
     except (ValueError, RecursionError):
         # RecursionError: absurdly deep nesting; Go would also give up on it.
+        return None
+    if rest[end:].strip(_JSON_SPACE):
         return None
     if not isinstance(value, list):
         return None
     if not all(isinstance(item, str) for item in value):
         raise _LineError("when using JSON array syntax, arrays must be comprised of strings only")
     return [_replace_lone_surrogates(item) for item in value]
+
+
+_JSON_SPACE = " \t\n\r"  # what Go's JSON allows around a value
 
 
 def _reject_constant(name: str) -> None:

@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from imgbuild.dockerfile.shell import did_you_mean, go_quote
+
 MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
 SHARING_MODES = ("shared", "private", "locked")
 _KEYS = (
@@ -95,7 +97,8 @@ def parse_mount(text: str, expand: Callable[[str], str] | None = None) -> MountS
             raise MountError(f"invalid field '{field_text}' must be a key=value pair")
         if key not in _KEYS:
             raise MountError(
-                f"unexpected key '{key}' in '{field_text}' (known keys: {', '.join(_KEYS)})"
+                f"unexpected key '{key}' in '{field_text}'{did_you_mean(key, _KEYS)}"
+                f" (known keys: {', '.join(_KEYS)})"
             )
         if key == "from" and _uses_variable(value):
             raise MountError(
@@ -150,7 +153,8 @@ def _set_value(mount: MountSpec, key: str, value: str) -> bool:
     elif key == "type":
         if value.lower() not in MOUNT_TYPES:
             raise MountError(
-                f"unsupported mount type {value!r} (use one of {', '.join(MOUNT_TYPES)})"
+                f"unsupported mount type {go_quote(value)}{did_you_mean(value.lower(), MOUNT_TYPES)}"
+                f" (use one of {', '.join(MOUNT_TYPES)})"
             )
         mount.type = value.lower()
     elif key in ("readonly", "ro"):

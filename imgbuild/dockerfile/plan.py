@@ -5,8 +5,9 @@ BuildKit's rules, which we follow:
 - Each FROM starts a stage. ``FROM x AS name`` names it (names are compared
   case-insensitively). The image of a FROM is expanded with the global ARGs;
   if the result is the name of an *earlier* stage, the stage builds on it.
-- ``COPY --from=X`` and ``RUN --mount=...,from=X``: X is a stage name (any
-  stage, as long as no cycle results) or a stage index (an earlier stage);
+- ``COPY --from=X`` and ``RUN --mount=...,from=X``: X is a stage name or a
+  stage index (an earlier stage; a COPY naming a later stage fails once that
+  stage is built, as BuildKit dispatches stages in file order);
   anything else is an image reference. (BuildKit looks a numeric mount
   ``from`` up as an image name, which no registry serves; buildah and we
   take it as a stage index, as for COPY.)
@@ -22,11 +23,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from imgbuild.dockerfile.instructions import Arg, Copy, Env, From, Instruction, Run, description
+from imgbuild.dockerfile.instructions import (
+    Arg,
+    Copy,
+    Env,
+    From,
+    Instruction,
+    Onbuild,
+    Run,
+    description,
+)
 from imgbuild.dockerfile.scope import PROXY_ARGS, StageScope
 from imgbuild.dockerfile.shell import (
     MAX_VALUE,
     Lexer,
+    closest,
     go_quote,
     is_too_big_error,
     is_unset_variable_error,
@@ -102,6 +113,20 @@ class Plan:
             predefined_args=self.predefined_args,
             escape=self.dockerfile.directives.escape,
             filename=self.dockerfile.filename,
+        )
+
+    def source_date_epoch(self) -> int | None:
+        """BuildKit's ``SOURCE_DATE_EPOCH`` build arg (or the default of a global
+        ``ARG SOURCE_DATE_EPOCH``): seconds since the epoch, or None when unset,
+        empty or ``context`` (a local context has no time of its own)."""
+        value = self.build_args.get("SOURCE_DATE_EPOCH", self.global_args.get("SOURCE_DATE_EPOCH"))
+        if value in (None, "", "context"):
+            return None
+        if value.isascii() and value.isdigit():
+            return int(value)
+        why = "a stage's time is not supported, " if _stage_named(self.stages, value) else ""
+        raise PlanError(
+            f"{self.dockerfile.filename}: invalid SOURCE_DATE_EPOCH: {value} ({why}give a number of seconds since 1970)"
         )
 
     def source_stage(self, reference: str) -> int | None:
@@ -201,7 +226,10 @@ class _Planner:
         self._find_dependencies()
         self._check_cycles()
         target = self._find_target(target_name)
+        # BuildKit's built-in TARGETSTAGE: the stage being built ("default" if unnamed)
+        self.predefined["TARGETSTAGE"] = self.stages[target].name or "default"
         needed = self._needed(target)
+        self._check_copy_order(needed)
         levels = self._levels(needed)
         self._describe_args(set(needed))
         unused = self._unused_build_args(needed)
@@ -315,13 +343,22 @@ class _Planner:
 
     def _find_dependencies(self) -> None:
         for stage in self.stages:
-            for instruction in stage.instructions:
+            for instruction in stage.instructions + self._inherited_triggers(stage):
                 if isinstance(instruction, Copy) and instruction.from_stage is not None:
                     self._add_source(stage, instruction, instruction.from_stage, "COPY --from")
                 if isinstance(instruction, Run):
                     for mount in instruction.mounts:
                         if mount.from_ and mount.type != "tmpfs":
                             self._add_source(stage, instruction, mount.from_, "RUN --mount=from")
+
+    def _inherited_triggers(self, stage: Stage) -> list[Instruction]:
+        """The ONBUILD triggers of the stage this one is built FROM: they run
+        first in this stage, so what they copy from, it needs (as BuildKit's
+        initOnBuildTriggers)."""
+        if stage.base_stage is None:
+            return []
+        base = self.stages[stage.base_stage]
+        return [i.trigger for i in base.instructions if isinstance(i, Onbuild) and i.trigger is not None]
 
     def _add_source(self, stage: Stage, instruction: Instruction, reference: str, flag: str) -> None:
         """A stage (by name or index) or an image that ``instruction`` reads from."""
@@ -383,16 +420,36 @@ class _Planner:
                 return instruction
         return stage.from_instruction
 
+    def _check_copy_order(self, needed: list[int]) -> None:
+        """BuildKit dispatches the stages it builds in file order, so a
+        ``COPY --from`` that names a later stage fails (as in buildah and Docker)."""
+        for index in needed:
+            stage = self.stages[index]
+            for instruction in stage.instructions + self._inherited_triggers(stage):
+                if not isinstance(instruction, Copy) or instruction.from_stage is None:
+                    continue
+                source = self._stage_by_name(instruction.from_stage)
+                if source is not None and source > index:
+                    raise self._error(
+                        f"cannot copy from stage {go_quote(instruction.from_stage)}, it needs to be "
+                        f"defined before current stage {go_quote(stage.name or f'stage-{index}')}: "
+                        "move that stage above this one",
+                        instruction,
+                    )
+
     def _find_target(self, name: str | None) -> int:
         if not self.stages:
-            raise PlanError(f"{self.filename}: no build stage (the Dockerfile has no FROM)")
+            raise PlanError(f"{self.filename}: dockerfile contains no stages to build (it needs a FROM line)")
         if name is None or name == "":
             return len(self.stages) - 1
         index = self._stage_by_name(name)
         if index is None:
-            known = ", ".join(s.name for s in self.stages if s.name) or "none"
+            names = [s.name for s in self.stages if s.name]
+            close = closest(name.lower(), names)
+            hint = f" (did you mean {close}?)" if close else ""
             raise PlanError(
-                f"{self.filename}: target stage {name!r} could not be found (named stages: {known})"
+                f"{self.filename}: target stage {go_quote(name)} could not be found{hint};"
+                f" named stages: {', '.join(names) or 'none'}"
             )
         return index
 
@@ -485,6 +542,10 @@ class _Planner:
             result.add(current)
             todo.extend(self.global_deps.get(current, ()))
         return result
+
+
+def _stage_named(stages: list[Stage], name: str) -> bool:
+    return any(stage.name == name.lower() for stage in stages)
 
 
 def _as_int(text: str) -> int | None:

@@ -66,6 +66,7 @@ PROXY_ARGS = (
     "ALL_PROXY",
     "all_proxy",
 )
+PROXY_KINDS = ("http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "all_proxy")
 
 
 class StageScope:
@@ -139,11 +140,18 @@ class StageScope:
     def proxy_env(self) -> dict[str, str]:
         """Proxy build args not declared as ARG: add them to RUN's environment,
         but not to cache keys (as BuildKit)."""
-        return {
-            name: self.build_args[name]
-            for name in PROXY_ARGS
-            if name in self.build_args and name not in self._env
-        }
+        # As BuildKit: the build arg's name is matched without case, and RUN gets
+        # the value under both spellings (http_proxy=X gives HTTP_PROXY too).
+        found: dict[str, str] = {}
+        for name in sorted(self.build_args):
+            if name.lower() in PROXY_KINDS:
+                found[name.lower()] = self.build_args[name]
+        env = {}
+        for kind, value in found.items():
+            for name in (kind.upper(), kind):
+                if name not in self._env:
+                    env[name] = value
+        return env
 
     def image_env(self) -> list[str]:
         """What goes into the image config's Env: base image env and ENV only."""
@@ -175,6 +183,15 @@ class StageScope:
 
     def is_declared(self, name: str) -> bool:
         return name in self._args
+
+    def inherit_args(self, args: Mapping[str, str]) -> None:
+        """Start with the ARGs (and values) of the stage this one is built FROM,
+        as BuildKit's dispatch state does (``FROM base AS child``)."""
+        for name, value in args.items():
+            self._args[name] = value
+            self._set(name, value)
+            self._from_arg.add(name)
+        self._check_variables_size()
 
     # -- changing -------------------------------------------------------------
 

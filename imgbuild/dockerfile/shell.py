@@ -22,6 +22,7 @@ calls.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -648,3 +649,16 @@ def expand_word(word: str, env: Mapping[str, str], escape: str = "\\") -> str:
 def expand_words(text: str, env: Mapping[str, str], escape: str = "\\") -> list[str]:
     """Expand and split into words, as BuildKit's ProcessWords."""
     return Lexer(escape).process(text, env).words
+
+
+def did_you_mean(word: str, choices) -> str:
+    """``": did you mean X?"`` for the choice closest to a mistyped ``word``, or "",
+    as BuildKit's suggestions in its error messages."""
+    close = closest(word, choices)
+    return f": did you mean {close}?" if close else ""
+
+
+def closest(word: str, choices) -> str | None:
+    """The choice most like ``word``, if one is close enough to be a typo of it."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return close[0] if close else None

@@ -5,11 +5,14 @@ bzip2, xz or zstd and recognised by content, never by name, the way Docker's
 ``archive.Untar`` does when run in a chroot of the destination (BuildKit's
 file-op backend calls it so):
 
-- entry names are cleaned; an absolute name lands inside the destination
-  (``/../x`` too), a name that climbs out with ``..`` is refused;
-- a symlink's target joined to the entry's directory, and a hardlink's
-  target, must stay inside (Docker's breakout check); symlinks are stored
-  as written;
+- entry names are cleaned from the destination as from a root: an absolute
+  name, or one that climbs out with ``..``, lands inside (``../x`` is ``x``),
+  as Docker's breakout check finds nothing to refuse in a chroot of the
+  destination (BuildKit's chrootarchive);
+- symlinks are stored as written, whatever they point at (in the image they
+  resolve inside its root); a hardlink's target is taken from the
+  destination as from a root (``../x`` is ``x``); a hardlink to the
+  destination itself is refused;
 - an entry's parent directories are found as in a chroot of the
   destination: a symlink there (planted by an earlier entry, say) is
   followed, but never above the destination; missing ones are created
@@ -299,21 +302,12 @@ def _set_xattr(target: int | bytes, key: str, value: bytes) -> None:
 
 
 def _entry_path(name: str) -> str | None:
-    """An archive entry's path relative to the destination, cleaned as Docker
-    does (``/x`` and ``/../x`` are inside); None if it climbs out (``../x``)."""
-    cleaned = go_clean(name)
-    if cleaned.startswith("/"):
-        return go_clean(cleaned[1:] or ".")
-    if cleaned == ".." or cleaned.startswith("../"):
-        return None
-    return cleaned
+    """An archive entry's path relative to the destination, cleaned from it as
+    from a root (``/x``, ``/../x`` and ``../x`` are all ``x``)."""
+    return go_clean("/" + name)[1:] or "."
 
 
 def _join_inside(base: str, link: str) -> str | None:
-    """Docker's check for link targets: ``filepath.Join(base, link)`` (which
-    keeps an absolute ``link`` below ``base``) must stay inside the destination.
-    Returns the joined path relative to the destination, or None."""
-    cleaned = go_clean(f"{base}/{link}")
-    if cleaned == ".." or cleaned.startswith("../"):
-        return None
-    return cleaned
+    """``filepath.Join(base, link)`` in a chroot of the destination: relative
+    to it, never above it (an absolute ``link`` is below ``base``, as Docker joins)."""
+    return go_clean(f"/{base}/{link}")[1:] or "."

@@ -45,6 +45,7 @@ from imgbuild.registry.client import (
 from imgbuild.registry.reference import parse_reference
 from imgbuild.registry.sources import remember_blobs
 from imgbuild.store import Store
+from imgbuild.units import plural
 
 MAX_INDEX_DEPTH = 3  # an index may point at an index; this deep and no deeper
 
@@ -183,8 +184,8 @@ def check_diff_ids(layers: list[Descriptor], config: dict, where: str) -> None:
     diff_ids = config.get("rootfs", {}).get("diff_ids") or []
     if len(diff_ids) != len(layers):
         raise ImgbuildError(
-            f"{where}: malformed image: the manifest has {len(layers)} layers but the config "
-            f"lists {len(diff_ids)} diff_ids"
+            f"{where}: malformed image: the manifest has {plural(len(layers), 'layer')} but the config "
+            f"lists {plural(len(diff_ids), 'diff_id')}"
         )
     for diff_id in diff_ids:
         check_digest(diff_id)

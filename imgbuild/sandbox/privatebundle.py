@@ -3,7 +3,7 @@
 Run as a program, not imported (``sandbox.py`` starts it; standard library only,
 so it runs under ``python -I -S``)::
 
-    python3 -I -S privatebundle.py MOUNT_POINT SIZE ERROR_FILE [--reap PID_FILE] -- RUNTIME ARG...
+    python3 -I -S privatebundle.py MOUNT_POINT SIZE ERROR_FILE [--stdin FD] [--reap PID_FILE] -- RUNTIME ARG...
 
 It reads the bundle's files as JSON on stdin (``{"files": [{"path", "data"
 (base64), "mode", "uid", "gid"}]}``), then:
@@ -15,7 +15,8 @@ It reads the bundle's files as JSON on stdin (``{"files": [{"path", "data"
 3. sets the umask to 022, so that the mount points the runtime creates in the
    root filesystem (``/proc`` in a ``FROM scratch`` image) do not depend on the
    umask of whoever runs imgbuild, and replaces itself with the runtime, whose
-   stdin is /dev/null.
+   stdin is /dev/null, or the inherited descriptor FD with ``--stdin FD``
+   (``imgbuild run -i``).
 
 With ``--reap PID_FILE`` (the runtime runs ``run --detach --pid-file
 PID_FILE``) it stays instead: a child subreaper, it runs the runtime, which
@@ -59,12 +60,19 @@ class LaunchError(Exception):
 
 
 def main(argv: list[str]) -> int:
+    stdin_fd = None
     pid_file = None
-    if len(argv) > 6 and argv[4] == "--reap":
-        pid_file = argv[5]
+    while len(argv) > 6 and argv[4] in ("--stdin", "--reap"):
+        if argv[4] == "--stdin":
+            stdin_fd = int(argv[5])
+        else:
+            pid_file = argv[5]
         argv = argv[:4] + argv[6:]
     if len(argv) < 6 or argv[4] != "--":
-        print("usage: privatebundle.py MOUNT_POINT SIZE ERROR_FILE [--reap PID_FILE] -- RUNTIME ARG...", file=sys.stderr)
+        print(
+            "usage: privatebundle.py MOUNT_POINT SIZE ERROR_FILE [--stdin FD] [--reap PID_FILE] -- RUNTIME ARG...",
+            file=sys.stderr,
+        )
         return 2
     mount_point, size, error_file, command = argv[1], int(argv[2]), argv[3], argv[5:]
     try:
@@ -81,9 +89,9 @@ def main(argv: list[str]) -> int:
         for entry in files:
             _write_file(mount_point, entry)
         os.umask(0o022)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
+        source = os.open(os.devnull, os.O_RDONLY) if stdin_fd is None else stdin_fd
+        os.dup2(source, 0)
+        os.close(source)
         if pid_file is not None:
             _call(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "become a child subreaper")
             return _run_and_reap(command, pid_file)

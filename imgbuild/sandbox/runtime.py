@@ -51,6 +51,7 @@ from pathlib import Path
 
 from imgbuild.errors import Interrupted, SandboxError
 from imgbuild.safeopen import resolve_in_root
+from imgbuild.sandbox.console import run_with_console
 from imgbuild.sandbox.overlay import finish_despite_interrupts
 from imgbuild.sandbox.spec import BundleFiles, RunSpec, make_config
 from imgbuild.sandbox.users import ResolvedUser
@@ -69,6 +70,7 @@ def run_container(
     workdir: Path,
     on_output: Callable[[bytes], None] | None = None,
     cancel: threading.Event | None = None,
+    stdin_fd: int | None = None,
 ) -> int:
     """Run ``spec`` in a container on ``rootfs`` and return its exit status.
 
@@ -80,7 +82,9 @@ def run_container(
     container is started detached and reaped by the launcher, so the runtime
     does not copy the two through pipes of its own, which reordered them).
     Without ``on_output`` they go to our own stdout and stderr (``imgbuild
-    run``). Stdin is /dev/null.
+    run``). Stdin is /dev/null, or ``stdin_fd`` when given
+    (``imgbuild run -i``). With ``spec.terminal`` the process gets a
+    pseudo-terminal instead (``imgbuild run -t``): see ``sandbox.console``.
 
     Setting ``cancel`` (from another thread: signals reach only the main one)
     kills the container and raises ``Interrupted``; so does any exception
@@ -110,7 +114,14 @@ def run_container(
         _make_cwd(rootfs, spec.cwd, spec.user)
         stubs = _MountStubs.record(rootfs, _stub_candidates(config["mounts"]))
         try:
-            status = _run(runtime, container_id, run_dir, files, on_output, cancel)
+            if spec.terminal:
+                status = run_with_console(
+                    _launcher(run_dir, files, None), _runtime_command(runtime, run_dir), files.payload(),
+                    container_id, run_dir, stdin_fd,
+                )
+                _raise_launch_or_runtime_error(runtime, run_dir, status)
+            else:
+                status = _run(runtime, container_id, run_dir, files, on_output, cancel, stdin_fd)
         except BaseException:
             finish_despite_interrupts(
                 lambda: _delete_container(runtime, container_id, report_errors=False)
@@ -256,6 +267,31 @@ def _is_plain_path(rootfs: Path, relative: str) -> bool:
 # --- running -----------------------------------------------------------------------
 
 
+def _launcher(run_dir: Path, files: BundleFiles, stdin_fd: int | None, reaping: list[str] = ()) -> list[str]:
+    """The private-bundle launcher's command line, up to its ``--``; ``reaping``: ``--reap PID_FILE``."""
+    launcher = [sys.executable, "-I", "-S", str(_LAUNCHER), str(run_dir / "bundle"), str(files.size())]
+    launcher.append(str(run_dir / "launch-error"))
+    if stdin_fd is not None:
+        launcher += ["--stdin", str(stdin_fd)]
+    return [*launcher, *reaping, "--"]
+
+
+def _runtime_command(runtime: str, run_dir: Path) -> list[str]:
+    """``RUNTIME --log ... --log-format json``: what goes before ``run``."""
+    return [runtime, "--log", _log_destination(runtime, run_dir / "runtime.log"), "--log-format", "json"]
+
+
+def _raise_launch_or_runtime_error(runtime: str, run_dir: Path, returncode: int) -> None:
+    launch_error = run_dir / "launch-error"
+    if launch_error.exists():
+        with open(launch_error, "rb") as handle:
+            reason = handle.read(_CHUNK).decode(errors="replace").strip()
+        raise SandboxError(f"cannot start {runtime} with a private bundle: {reason}")
+    runtime_errors = _runtime_errors(run_dir / "runtime.log")
+    if returncode != 0 and runtime_errors:
+        raise SandboxError(f"{runtime} could not run the container: {'; '.join(runtime_errors)}")
+
+
 def _run(
     runtime: str,
     container_id: str,
@@ -263,27 +299,32 @@ def _run(
     files: BundleFiles,
     on_output: Callable[[bytes], None] | None,
     cancel: threading.Event | None,
+    stdin_fd: int | None = None,
 ) -> int:
-    log = run_dir / "runtime.log"
-    launch_error = run_dir / "launch-error"
-    bundle = run_dir / "bundle"
-    command = [runtime, "--log", _log_destination(runtime, log), "--log-format", "json", "run"]
+    command = _runtime_command(runtime, run_dir) + ["run"]
     reaping = []
-    if on_output is not None:
+    if on_output is not None:  # one pipe for stdout and stderr: see run_container
         pid_file = run_dir / "container.pid"
         command += ["--detach", "--pid-file", str(pid_file)]
         reaping = ["--reap", str(pid_file)]
-    command += ["--bundle", str(bundle), container_id]
-    launcher = [sys.executable, "-I", "-S", str(_LAUNCHER), str(bundle), str(files.size())]
+    command += ["--bundle", str(run_dir / "bundle"), container_id]
     output = subprocess.PIPE if on_output is not None else None
     error_output = subprocess.STDOUT if on_output is not None else None
-    process = subprocess.Popen(
-        [*launcher, str(launch_error), *reaping, "--", *command],
-        stdin=subprocess.PIPE,
-        stdout=output,
-        stderr=error_output,
-        start_new_session=True,
-    )
+    # The launcher's own stdin carries the bundle: the process's stdin goes
+    # beside it, under another number, and becomes its stdin after the read.
+    passed = None if stdin_fd is None else os.dup(stdin_fd)
+    try:
+        process = subprocess.Popen(
+            [*_launcher(run_dir, files, passed, reaping), *command],
+            stdin=subprocess.PIPE,
+            stdout=output,
+            stderr=error_output,
+            start_new_session=True,
+            pass_fds=() if passed is None else (passed,),
+        )
+    finally:
+        if passed is not None:
+            os.close(passed)
     try:
         _send_bundle(process, files)
         returncode = _wait(process, on_output, cancel)
@@ -293,13 +334,7 @@ def _run(
     finally:
         if process.stdout is not None:
             process.stdout.close()
-    if launch_error.exists():
-        with open(launch_error, "rb") as handle:
-            reason = handle.read(_CHUNK).decode(errors="replace").strip()
-        raise SandboxError(f"cannot start {runtime} with a private bundle: {reason}")
-    runtime_errors = _runtime_errors(log)
-    if returncode != 0 and runtime_errors:
-        raise SandboxError(f"{runtime} could not run the container: {'; '.join(runtime_errors)}")
+    _raise_launch_or_runtime_error(runtime, run_dir, returncode)
     return returncode if returncode >= 0 else 128 - returncode
 
 

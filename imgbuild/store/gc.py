@@ -43,6 +43,7 @@ from imgbuild.store import Store
 from imgbuild.store.atomic import fsync_dir
 from imgbuild.store.lock import LiveBuilds
 from imgbuild.store.mounts import mounts_under, remove_tree
+from imgbuild.units import plural
 
 HEX = frozenset("0123456789abcdef")
 
@@ -294,7 +295,7 @@ def sweep_snapshots(
     live = [os.path.realpath(directory).rstrip("/") + "/" for directory in live_work_dirs]
     mounted = [point for point in mounts_under(store.root) if not any(point.startswith(d) for d in live)]
     if mounted:
-        result.kept_reason = f"{len(ids)} snapshots kept: {mounted[0]} is mounted in the store"
+        result.kept_reason = f"{plural(len(ids), 'snapshot')} kept: {mounted[0]} is mounted in the store"
         return result
     for snapshot_id in ids:
         holder = store.make_temp_dir("pruned-snapshot-")

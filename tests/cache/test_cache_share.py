@@ -455,9 +455,11 @@ def test_a_miss_is_explained_against_the_imported_cache(tmp_path, root, counter)
 
 
 def test_a_cached_build_that_is_only_pushed_downloads_no_layer(tmp_path, root, counter, registry):
-    """--push of a fully cached build: the registry mounts the layers from the
-    cache's repository (cross-repository blob mount); none is downloaded. When
-    the registry will not mount, each layer is downloaded and uploaded."""
+    """--output type=registry of a fully cached build: the registry mounts the
+    layers from the cache's repository (cross-repository blob mount); none is
+    downloaded. --push keeps the image in the store too, as docker build --push
+    does, so its layers are downloaded; and when the registry will not mount,
+    each layer is uploaded."""
     context = make_context(tmp_path, counter.host)
     unique = f"{os.getpid()}{tmp_path.name.replace('_', '').lower()}"
     built = build(root, context, "--cache-to", f"type=registry,ref={registry.host}/onlypushed/cache{unique}:c,mode=max")
@@ -469,7 +471,7 @@ def test_a_cached_build_that_is_only_pushed_downloads_no_layer(tmp_path, root, c
         root_b = empty_root(tmp_path / "b")
         base_blobs = stored_blobs(root_b)
         pushed = build(
-            root_b, context, "-t", f"{relay.host}/onlypushed/app{unique}:1", "--push",
+            root_b, context, "--output", f"type=registry,name={relay.host}/onlypushed/app{unique}:1",
             "--cache-from", f"type=registry,ref={relay.host}/onlypushed/cache{unique}:c",
             "--cache-to", f"type=registry,ref={relay.host}/onlypushed/again{unique}:c,mode=max",
         )
@@ -490,6 +492,7 @@ def test_a_cached_build_that_is_only_pushed_downloads_no_layer(tmp_path, root, c
     assert all(entry["inputs"] and entry["place"] for entry in exported["entries"])
     assert exported["fileLists"]
     assert not own_layers & stored_blobs(root_b)
+    assert f"onlypushed/app{unique}" not in run_cli(root_b, "images").stdout, "an image without its layers is not tagged"
     assert run_cli(root_b, "fsck", check=False).returncode == 0
     pushed_manifest = _manifest(registry.host, f"{registry.host}/onlypushed/app{unique}:1")
     assert {layer["digest"] for layer in pushed_manifest["layers"]} >= own_layers
@@ -514,3 +517,6 @@ def test_a_cached_build_that_is_only_pushed_downloads_no_layer(tmp_path, root, c
         assert relay.blob_puts() == 7  # the five layers, the base layer and the config
     assert own_layers <= stored_blobs(root_d)
     assert run_cli(root_d, "fsck", check=False).returncode == 0
+    # --push kept the image in the store, tagged: the pipeline's next step can run it.
+    ran = run_cli(root_d, "run", f"{relay.host}/onlypushed/other{unique}:1", "cat", "/three")
+    assert ran.stdout == "fixed answer\nb\n"

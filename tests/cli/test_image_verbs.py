@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from imagetools import make_busybox_image
+from imagetools import BUSYBOX, GROUP, PASSWD, make_busybox_image
 from store.storetools import add_layer, blob_files, image_from_layers, make_small_image
 
 from imgbuild.cli.images import created_since, human_duration, human_size
@@ -46,7 +46,8 @@ def test_images_lists_tags_with_docker_columns(cli, store, busybox):
     lines = result.stdout.splitlines()
     assert re.split(r"\s{2,}", lines[0]) == ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]
     rows = [re.split(r"\s{2,}", line) for line in lines[1:]]
-    busybox_size = busybox.config_descriptor.size + busybox.layers[0].size
+    # SIZE is unpacked, as Docker shows it: the regular files (busybox, passwd, group).
+    busybox_size = BUSYBOX.stat().st_size + len(PASSWD) + len(GROUP)
     # Newest first; IMAGE ID is the config digest, as in Docker.
     assert [row[:3] for row in rows] == [
         ["team/app", "1", image_id(newer)],
@@ -68,7 +69,7 @@ def test_images_quiet_json_and_filter(cli, store, busybox):
     rows = [json.loads(line) for line in cli("images", "--format", "json").stdout.splitlines()]
     by_tag = {(row["Repository"], row["Tag"]): row for row in rows}
     assert set(by_tag) == {("busybox", "latest"), ("busybox", "1.36"), ("<none>", "<none>")}
-    assert by_tag["busybox", "latest"]["ID"] == busybox.config_descriptor.digest
+    assert by_tag["busybox", "latest"]["ID"] == image_id(busybox)  # short, as in Docker
     assert by_tag["busybox", "latest"]["Digest"] == busybox.digest
 
     filtered = cli("images", "busybox:1.36").stdout.splitlines()
@@ -178,7 +179,8 @@ def test_inspect_prints_descriptor_manifest_and_config(cli, busybox):
     assert document["RepoTags"] == ["busybox:latest"]
     assert document["Descriptor"]["digest"] == busybox.digest
     assert document["Manifest"] == busybox.manifest
-    assert document["Config"] == busybox.config
+    assert document["ImageConfig"] == busybox.config
+    assert document["Config"]["Env"] == busybox.config["config"]["Env"]  # Docker's Config
 
 
 def test_inspect_reports_unknown_names_and_fails(cli, busybox):
@@ -203,9 +205,9 @@ def test_history_is_newest_first_with_missing_ids_and_truncation(cli, store):
     rows = [re.split(r"\s{2,}", line) for line in lines[1:]]
     assert [row[0] for row in rows] == [image_id(image), "<missing>", "<missing>"]
     assert rows[0][2] == long_command[:44] + "…"
-    assert rows[0][3] == human_size(image.layers[1].size) and rows[0][4] == "by hand"
+    assert rows[0][3] == "5kB" and rows[0][4] == "by hand"  # unpacked, as Docker shows it
     assert rows[1][2:4] == ["ENV A=1", "0B"]
-    assert rows[2][2:4] == ["ADD rootfs.tar /", human_size(image.layers[0].size)]
+    assert rows[2][2:4] == ["ADD rootfs.tar /", "4B"]
 
     full = cli("history", "--no-trunc", "hist:1").stdout
     assert long_command in full and image.config_descriptor.digest in full
@@ -213,7 +215,7 @@ def test_history_is_newest_first_with_missing_ids_and_truncation(cli, store):
         json.loads(line)
         for line in cli("history", "--format", "json", "hist:1").stdout.splitlines()
     ]
-    assert [row["empty_layer"] for row in as_json] == [False, True, False]
+    assert [row["Size"] for row in as_json] == ["5kB", "0B", "4B"]
 
 
 # --- save, load, fsck ---------------------------------------------------------------

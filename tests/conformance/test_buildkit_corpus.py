@@ -132,7 +132,7 @@ def test_negative_testfile(name):
 # Dockerfiles past the parser (BuildKit's instructions.Parse rejects them).
 # imgbuild's full parse must agree; the first error is the one reported.
 TYPED_REJECTIONS = {
-    "flags": (3, "Unknown flag: --user"),
+    "flags": (3, "unknown flag: --user"),
     "health": (4, "HEALTHCHECK requires at least one argument"),
     "json": (1, "no build stage in current context"),
     "jeztah-invalid-json-json-inside-string": (1, "no build stage in current context"),

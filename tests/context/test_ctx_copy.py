@@ -136,15 +136,19 @@ def test_missing_parents_get_the_chown_user(ctx_dir, rootfs):
     assert info(rootfs / "etc")[1:] == (0, 0)
 
 
-def test_setuid_and_setgid_survive_and_chmod_replaces_only_permissions(ctx_dir, rootfs):
+def test_setuid_and_setgid_survive_and_chmod_sets_the_whole_mode(ctx_dir, rootfs):
     copy_into(rootfs, sel(ctx_dir, "run.sh"), "/bin/")
     assert info(rootfs / "bin" / "run.sh") == (0o4755, 0, 0)
     copy_into(rootfs, sel(ctx_dir, "run.sh", "src"), "/chmodded/", chmod=0o640)
     out = rootfs / "chmodded"
-    assert info(out / "run.sh")[0] == 0o4640  # BuildKit keeps the special bits
+    # current BuildKit (fsutil copyFileInfo): an octal --chmod is the whole mode, special bits too
+    assert info(out / "run.sh")[0] == 0o640
     assert info(out / "main.go")[0] == 0o640
-    assert info(out / "lib")[0] == 0o2640  # copied directories too
-    assert info(out)[0] == 0o755  # but not the destination it created
+    assert info(out / "lib")[0] == 0o640  # copied directories too
+    assert info(out)[0] == 0o640  # and (dockerfile >= 1.15) the destination it created
+    copy_into(rootfs, sel(ctx_dir, "src/main.go"), "/special/", chmod=0o4750)
+    assert info(rootfs / "special" / "main.go")[0] == 0o4750
+    assert info(rootfs / "special")[0] == 0o750
 
 
 def test_destination_symlinks_resolve_inside_the_rootfs(tmp_path, ctx_dir, rootfs):

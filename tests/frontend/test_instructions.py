@@ -55,7 +55,7 @@ def test_from():
     assert (second.image, second.stage_name, second.platform) == ("build", None, None)
     assert "FROM requires either one or three" in error_of("FROM a b\n").message
     assert "invalid name for build stage" in error_of("FROM a AS 9x\n").message
-    assert "Unknown flag: --plat" in error_of("FROM --plat=x a\n").message
+    assert "unknown flag: --plat: did you mean platform?" in error_of("FROM --plat=x a\n").message
 
 
 def test_run_shell_and_exec_form():
@@ -158,7 +158,7 @@ def test_copy_and_add_flags():
         False,
     )
     assert add.sources == ["https://example.com/x.tgz"]
-    assert "Unknown flag: --from (ADD accepts" in error_of("FROM x\nADD --from=a b c\n").message
+    assert "unknown flag: --from (ADD accepts" in error_of("FROM x\nADD --from=a b c\n").message
     assert (
         "Duplicate flag specified: --chown"
         in error_of("FROM x\nCOPY --chown=1 --chown=2 a b\n").message

@@ -86,7 +86,9 @@ def test_flags_are_split_off_with_quotes_removed():
     [
         ('["a", "b c"]', ["a", "b c"], True),
         ("[ ]", [], True),
-        ('["a"] trailing junk is ignored, as by Go\'s json.Decoder', ["a"], True),
+        # BuildKit >= 1.9 (json.Unmarshal): text after the array makes it the shell form
+        ('["a"] trailing text', ['["a"] trailing text'], False),
+        ('["a"] \t', ["a"], True),  # JSON whitespace after it is fine
         ("['single']", ["['single']"], False),
         ('["unterminated"', ['["unterminated"'], False),
         ("[NaN]", ["[NaN]"], False),  # not JSON for Go either

@@ -101,7 +101,7 @@ def test_missing_dockerfile_and_unknown_target(tmp_path):
     (tmp_path / "Dockerfile").write_text("FROM busybox AS a\n")
     result = imgbuild("outline", "--target", "b", str(tmp_path))
     assert result.returncode == 2
-    assert "target stage 'b' could not be found" in result.stderr
+    assert 'target stage "b" could not be found' in result.stderr
 
 
 def test_invalid_utf8_is_shown_not_a_crash(tmp_path):

@@ -60,11 +60,13 @@ def test_copy_from_index_image_and_later_stage():
         "FROM busybox AS c\n"
     )
     result = make(text)
-    assert result.stages[0].deps == {2}  # a later stage by name is fine without a cycle
+    assert result.stages[0].deps == {2}
     assert result.stages[1].deps == {0}
     assert result.stages[1].images == ["alpine:3"]
-    assert result.needed == [2]  # the default target is the last stage
-    assert make(text, target="a").needed == [2, 0]
+    assert result.needed == [2]  # the default target is the last stage: stage a is not built
+    # building a: BuildKit dispatches stages in file order, so a later stage cannot be copied from
+    with pytest.raises(PlanError, match='cannot copy from stage "c", it needs to be defined before current stage "a"'):
+        make(text, target="a")
 
 
 def test_mount_from_index_is_a_stage_like_copy_from():
@@ -187,8 +189,11 @@ def test_unknown_target():
     with pytest.raises(PlanError) as caught:
         make("FROM a AS build\nFROM b\n", target="deploy")
     assert str(caught.value) == (
-        "Dockerfile: target stage 'deploy' could not be found (named stages: build)"
+        'Dockerfile: target stage "deploy" could not be found; named stages: build'
     )
+    with pytest.raises(PlanError) as caught:
+        make("FROM a AS build\nFROM b\n", target="bulid")
+    assert 'target stage "bulid" could not be found (did you mean build?)' in str(caught.value)
 
 
 def test_global_arg_errors():
