@@ -138,14 +138,19 @@ def test_a_dockerfile_on_stdin_builds_with_an_empty_context(root):
     assert copy.returncode == 1 and "x" in copy.stderr
 
 
-def test_stdin_refuses_an_escaping_archive_and_two_stdins(root):
+def test_stdin_confines_a_climbing_archive_and_refuses_two_stdins(root):
+    """``../outside`` lands inside the context, as Docker's Untar puts it."""
     evil = io.BytesIO()
     with tarfile.open(fileobj=evil, mode="w") as tar:
-        info = tarfile.TarInfo("../outside")
-        tar.addfile(info, io.BytesIO(b""))
-    completed = imgbuild(root, "build", "-", input=evil.getvalue())
-    assert completed.returncode == 1 and "outside" in completed.stderr
-    assert "Traceback" not in completed.stderr
+        for name, data in (("Dockerfile", b"FROM busybox\nCOPY outside /outside\nRUN cat /outside\n"),
+                           ("../outside", b"confined\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    completed = imgbuild(root, "build", "--progress", "plain", "-", input=evil.getvalue())
+    assert completed.returncode == 0, completed.stderr
+    assert "#2 confined" in completed.stderr
+    assert list((root / "tmp").rglob("outside")) == []  # nothing left beside the context either
     both = imgbuild(root, "build", "-f", "-", "-", input=b"FROM busybox\n")
     assert both.returncode == 2 and "cannot both come from standard input" in both.stderr
 

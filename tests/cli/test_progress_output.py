@@ -96,7 +96,7 @@ def test_the_tail_of_a_short_output_says_line_not_lines(root, tmp_path):
     context = write_context(tmp_path / "ctx", "FROM busybox\nRUN echo only-one; exit 5\n")
     completed = imgbuild(root, "build", str(context))
     assert completed.returncode == 1
-    assert "last line of its output:\n    only-one" in completed.stderr
+    assert "last 1 line of its output:\n    only-one" in completed.stderr
 
 
 # --- --progress json ------------------------------------------------------------------------------------
