@@ -27,6 +27,7 @@ from imgbuild.builder.baseimage import base_state, onbuild_triggers, resolve_ima
 from imgbuild.builder.copystep import plan_copy
 from imgbuild.builder.finalimage import (
     BuildResult,
+    remove_result_files,
     tag_image,
     write_final_image,
     write_result_files,
@@ -50,7 +51,15 @@ from imgbuild.context.source import BuildContext
 from imgbuild.context.statcache import StatCache
 from imgbuild.dockerfile import Add, Arg, Cmd, Copy, Env, Run, Workdir
 from imgbuild.dockerfile.checks import check, check_config, warnings_before
-from imgbuild.errors import BuildError, DockerfileError, ImgbuildError, Interrupted, SourceLocation
+from imgbuild.errors import (
+    BuildError,
+    DockerfileError,
+    ImgbuildError,
+    Interrupted,
+    SourceLocation,
+    Terminated,
+    UsageError,
+)
 from imgbuild.image import LayerRef, Platform
 from imgbuild.sandbox.cacerts import read_ca_certs
 from imgbuild.store import Store, remove_tree
@@ -66,7 +75,7 @@ class Builder:
     def __init__(self, store: Store, options: BuildOptions, progress: Progress | None = None):
         self.store = store
         self.options = options
-        self.progress = progress or make_progress(options.progress)
+        self.progress = progress or make_progress(options.progress, explain=options.explain)
         self.progress.explain = self.progress.explain or options.explain
         sources = [open_source(spec, store, options.insecure_registries) for spec in options.cache_from]
         for source in sources:
@@ -82,6 +91,7 @@ class Builder:
         self.dockerfile_name = "Dockerfile"
         self.context: BuildContext | None = None
         self.secrets = {secret.id: secret for secret in options.secrets}
+        self.named_contexts: dict[str, BuildContext] = {}  # --build-context NAME=DIR, opened on use
         self.ca_certs = read_ca_certs(options.ca_certs)  # PEM; a bad file is a usage error now
         self.lease = None  # the store's build lease while the build runs
         self.base_configs: dict[int, dict] = {}  # stage index -> its base image's config
@@ -90,6 +100,8 @@ class Builder:
 
     def build(self) -> BuildResult:
         started = time.monotonic()
+        # A failed build must not leave the files of an earlier one behind.
+        remove_result_files(self.options)
         # A bad IMGBUILD_MAX_CACHE is a usage error before the build, not after it.
         limits = limits_for(self.store, self.options.max_cache, self.options.min_free)
         self._sweep_dead_work()
@@ -251,7 +263,9 @@ class Builder:
         try:
             return read_build_file(self.options.context, path, "Dockerfile").decode("utf-8")
         except FileNotFoundError:
-            raise ImgbuildError(f"no Dockerfile at {path}: give one with -f FILE") from None
+            raise UsageError(f"no Dockerfile at {path}: give one with -f FILE") from None
+        except IsADirectoryError:
+            raise UsageError(f"the Dockerfile {path} is a directory: give a file with -f FILE") from None
         except OSError as error:  # a directory, unreadable, ...
             raise ImgbuildError(f"cannot read the Dockerfile {path}: {error.strerror}") from None
         except UnicodeDecodeError as error:
@@ -310,7 +324,9 @@ class Builder:
             step = None
             if isinstance(instruction, LAYER_KINDS):
                 step_index += 1
-                step = self.progress.new_step(stage_label, step_index, step_count, instruction.source.strip())
+                step = self.progress.new_step(
+                    stage_label, step_index, step_count, instruction.text, instruction.line, instruction.end_line
+                )
             state.instruction = instruction  # for the record of the step's key (layerstep.py)
             try:
                 self._step(stage, state, scope, instruction, step)
@@ -334,7 +350,10 @@ class Builder:
     # --- one step ----------------------------------------------------------------
 
     def _step(self, stage, state: StageState, scope, instruction, step: Step | None) -> None:
-        created = ic.timestamp(self.options.source_date_epoch)
+        # None: dated when the image is written, from the layer steps around it
+        # (finalimage.fill_created), so a cached rebuild keeps every time.
+        epoch = self.options.source_date_epoch
+        created = ic.timestamp(epoch) if epoch is not None else None
         if isinstance(instruction, Arg):
             resolved = scope.apply(instruction)
             words = [p.name if p.default is None else f"{p.name}={p.default}" for p in resolved.pairs]
@@ -398,7 +417,26 @@ class Builder:
                 )
             self.cache.fetch_layers(self.results[index].layers)
             return self.results[index].layers
+        named = self.options.build_contexts.get(origin)
+        if named is not None and named.directory is not None:
+            raise BuildError(
+                f"--from={origin}: the build context {origin} is a directory; only COPY --from={origin} reads it"
+            )
         return image_layers(resolve_image(self, origin), origin)
+
+    def directory_context(self, origin: str) -> BuildContext | None:
+        """``--build-context NAME=DIR`` for ``COPY --from=NAME``, read as the build
+        context is (a stage of that name comes first); None for anything else."""
+        named = self.options.build_contexts.get(origin)
+        if named is None or named.directory is None or self.plan.source_stage(origin) is not None:
+            return None
+        with self.counts_lock:
+            if origin not in self.named_contexts:
+                label = f"build context {origin}"
+                context = BuildContext(named.directory, IgnoreMatcher([]), self.context.stat_cache, label=label)
+                context.keep_listings()
+                self.named_contexts[origin] = context
+            return self.named_contexts[origin]
 
 
 def default_dockerfile(context: Path) -> Path:
@@ -412,11 +450,15 @@ def default_dockerfile(context: Path) -> Path:
 
 def build(store: Store, options: BuildOptions, progress: Progress | None = None) -> BuildResult:
     """Build ``options.context`` as the options say; returns the image and step counts."""
-    builder = Builder(store, options, progress)
+    progress = progress or make_progress(options.progress, explain=options.explain)
     try:
-        return builder.build()
+        progress.begin()
+        return Builder(store, options, progress).build()
+    except ImgbuildError as error:
+        progress.build_failed(error)
+        raise
     finally:
-        builder.progress.close()
+        progress.close()
 
 
 def _located(error: ImgbuildError, filename: str, instruction) -> ImgbuildError:
@@ -434,7 +476,7 @@ def signals_raise_interrupt():
         return
 
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:

@@ -309,8 +309,8 @@ def to_instruction(node: InstructionLine, filename: str, escape: str = "\\") -> 
 
 
 def _location(node: InstructionLine, filename: str) -> SourceLocation:
-    first = node.source.split("\n", 1)[0] if node.source else node.original
-    return SourceLocation(filename, node.line, first.rstrip("\r"))
+    # every line it spans: the error snippet quotes them all
+    return SourceLocation(filename, node.line, node.source or node.original)
 
 
 def _convert(node: InstructionLine, escape: str) -> Instruction:

@@ -329,8 +329,7 @@ def _located(error: ExpansionError, instruction: Instruction, scope: StageScope)
 
 
 def _location(instruction: Instruction, scope: StageScope) -> SourceLocation:
-    first = instruction.source.split("\n", 1)[0] if instruction.source else instruction.text
-    return SourceLocation(scope.filename, instruction.line, first.rstrip("\r"))
+    return SourceLocation(scope.filename, instruction.line, instruction.source or instruction.text)
 
 
 def _expand(instruction: Instruction, scope: StageScope) -> Instruction:

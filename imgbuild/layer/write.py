@@ -141,6 +141,11 @@ def changeset_is_empty(changeset: Path) -> bool:
         return next(entries, None) is None
 
 
+def check_compression(compression: str, level: int | None) -> None:
+    """Raise UsageError unless ``level`` suits ``compression``: for flags, before any work."""
+    _check_options(compression, level, None)
+
+
 def _check_options(compression: str, level: int | None, source_date_epoch: int | None) -> int:
     if compression not in MEDIA_TYPES:
         raise UsageError(

@@ -117,6 +117,7 @@ class RunSpec:
     hostname: str = DEFAULT_HOSTNAME
     mounts: list[Mount] = field(default_factory=list)
     hosts: str | None = None  # /etc/hosts content; None: localhost lines and the hostname
+    extra_hosts: list[tuple[str, str]] = field(default_factory=list)  # (name, address): --add-host
     resolv_conf: str | None = None  # /etc/resolv.conf content; None: derived from the host's
     terminal: bool = False  # a pseudo-terminal for stdin/stdout/stderr (imgbuild run -t)
     privileged: bool = False  # `imgbuild run --privileged`; see _make_privileged
@@ -303,6 +304,7 @@ def _system_mounts() -> list[dict]:
 
 def _etc_mounts(spec: RunSpec, bundle: Path, files: BundleFiles) -> list[dict]:
     hosts = spec.hosts if spec.hosts is not None else _default_hosts(spec.hostname)
+    hosts += "".join(f"{address}\t{name}\n" for name, address in spec.extra_hosts)
     resolv_conf = spec.resolv_conf
     if resolv_conf is None:
         resolv_conf = _host_resolv_conf(keep_loopback=spec.network == "host")
