@@ -39,6 +39,21 @@ def parse_duration(text: str, what: str = "duration") -> float:
     return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
 
 
+
+def parse_until_filter(filters: list[str]) -> float | None:
+    """The seconds of the last ``--filter until=DURATION`` of a prune verb (None: no filter);
+    any other filter is a UsageError."""
+    from imgbuild.errors import UsageError
+
+    until = None
+    for text in filters:
+        name, _, value = text.partition("=")
+        if name.strip() != "until" or not value:
+            raise UsageError(f"--filter {text!r}: the filter this prune knows is until=DURATION (until=24h)")
+        until = parse_duration(value.strip(), "--filter until")
+    return until
+
+
 def plural(count: int, noun: str, plural_form: str | None = None) -> str:
     """``1 image``, ``2 images``, ``0 entries``: a count with its noun in the right number."""
     if count == 1:

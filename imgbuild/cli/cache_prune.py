@@ -16,9 +16,8 @@ import sys
 
 from imgbuild.cache.prune import prune
 from imgbuild.cli.cache_du import print_rows
-from imgbuild.errors import UsageError
 from imgbuild.store import Store
-from imgbuild.units import human_size, parse_duration, parse_size, plural
+from imgbuild.units import human_size, parse_size, parse_until_filter, plural
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     keep = parse_size(args.keep_storage, "--keep-storage") if args.keep_storage else None
     result = prune(
-        Store(args.root), all_entries=args.all, keep_storage=keep, until=_until(args.filter), dry_run=args.dry_run
+        Store(args.root), all_entries=args.all, keep_storage=keep, until=parse_until_filter(args.filter), dry_run=args.dry_run
     )
     if args.format == "json":
         print(json.dumps(result.to_json(), sort_keys=True, indent=2))
@@ -46,15 +45,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: nothing pruned: {result.skipped_reason}; try again when it is done", file=sys.stderr)
     return 0
 
-
-def _until(filters: list[str]) -> float | None:
-    until = None
-    for text in filters:
-        name, _, value = text.partition("=")
-        if name.strip() != "until" or not value:
-            raise UsageError(f"--filter {text!r}: the filter this prune knows is until=DURATION (until=24h)")
-        until = parse_duration(value.strip(), "--filter until")
-    return until
 
 
 def _print(result) -> None:

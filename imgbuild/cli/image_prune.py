@@ -33,7 +33,7 @@ from imgbuild.store.gc import (
     referenced_blobs,
     sweep_blobs,
 )
-from imgbuild.units import human_size, parse_duration
+from imgbuild.units import human_size, parse_until_filter
 
 
 @dataclass
@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    until = parse_until(args.filter)
+    until = parse_until_filter(args.filter)
     if not args.force and not _confirmed(args.all):
         return 0
     result = prune_images(Store(args.root), all_images=args.all, until=until)
@@ -84,15 +84,6 @@ def _print(result: ImagePruneResult) -> None:
         print()
     print(f"Total reclaimed space: {human_size(result.freed_bytes)}")
 
-
-def parse_until(filters: list[str]) -> float | None:
-    until = None
-    for text in filters:
-        name, _, value = text.partition("=")
-        if name.strip() != "until" or not value:
-            raise UsageError(f"--filter {text!r}: the filter image prune knows is until=DURATION (until=24h)")
-        until = parse_duration(value.strip(), "--filter until")
-    return until
 
 
 def _confirmed(all_images: bool) -> bool:
