@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         argv = _with_default_verb(argv)
-        args = make_parser(only=_verb_of(argv)).parse_args(argv)
+        # no verb (--version, --help): import no verb module at all
+        args = make_parser(only=_verb_of(argv) or "").parse_args(argv)
         if args.version:
             from imgbuild import __version__
 
