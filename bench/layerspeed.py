@@ -2,7 +2,7 @@
 tar | zstd -T0 -3 on the same tree (issue 12's target: at least 60% of zstd's
 rate, and faster than gzip -1 when the output is gzip).
 
-    python3 bench/layerspeed.py [--dir DIR] [--runs 3] [--smoke]
+    python3 bench/layerspeed.py [--dir DIR] [--runs 3] [--smoke] [--workdir-parent /var/tmp]
 
 Without --dir it generates the benchmark's big context (20,002 files, 205 MB;
 --smoke: the small shape) in a temp dir. Every candidate writes to /dev/null,
@@ -70,7 +70,8 @@ def report(rows: list[dict]) -> str:
     lines = ["| candidate | median s | MB/s of tar | ÷ tar \\| zstd -T0 -3 |", "|---|---:|---:|---:|"]
     for row in rows:
         share = row["mb_per_s"] / zstd["mb_per_s"]
-        lines.append(f"| {row['candidate']} | {row['seconds']:.2f} | {row['mb_per_s']:.0f} | {share:.2f} |")
+        name = row["candidate"].replace("|", "\\|")  # a markdown table cell
+        lines.append(f"| {name} | {row['seconds']:.2f} | {row['mb_per_s']:.0f} | {share:.2f} |")
     return "\n".join(lines)
 
 
@@ -79,11 +80,12 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, help="measure this tree (default: generate the big context)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="a small tree, one run")
+    parser.add_argument("--workdir-parent", default="/var/tmp", help="where the generated tree goes")
     args = parser.parse_args()
     if args.dir:
         print(report(measure(args.dir, args.runs)))
         return 0
-    with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="imgbuild-layerspeed-") as work:
+    with tempfile.TemporaryDirectory(dir=args.workdir_parent, prefix="imgbuild-layerspeed-") as work:
         tree = Path(work) / "big"
         tree.mkdir()
         files, size = write_big_context(tree, SMOKE_SHAPE if args.smoke else ContextShape())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,18 @@ def test_benchmark_smoke_run_reports_every_scenario(tmp_path):
     assert document["machine"]["cores"] == os.cpu_count()
     # the work dir with its store and contexts is gone
     assert [p.name for p in tmp_path.iterdir()] == ["results"]
+
+
+def test_layerspeed_smoke_reports_every_candidate(tmp_path):
+    process = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "layerspeed.py"), "--smoke", "--workdir-parent", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    rows = [line for line in process.stdout.splitlines() if line.startswith("| ") and "candidate" not in line]
+    names = [re.split(r"(?<!\\)\|", row)[1].strip() for row in rows]
+    assert names == [
+        "imgbuild gzip (default)", "imgbuild gzip level 6 (zlib)", "imgbuild zstd (default)",
+        "imgbuild uncompressed", "tar \\| gzip -1", "tar \\| zstd -T0 -3", "tar \\| sha256sum",
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == []  # the generated tree is gone
