@@ -23,12 +23,26 @@ class SourceLocation:
     text: str = ""
 
 
+SNIPPET_LINES = 12  # of an instruction's lines, the error quotes at most these (a long heredoc)
+
+
 def format_located(location: SourceLocation, message: str) -> str:
-    """``Dockerfile:LINE: message`` and the offending line, as BuildKit prints errors."""
+    """``Dockerfile:LINE: message`` and the lines of the instruction, as BuildKit prints errors.
+
+    An instruction continued over several lines is quoted whole, each line
+    with its number.
+    """
     text = f"{location.filename}:{location.line}: {message}"
-    if location.text:
-        text += f"\n  {location.line:>4} | {location.text.splitlines()[0].rstrip()}"
+    lines = location.text.splitlines()
+    for number, line in enumerate(lines[:SNIPPET_LINES], start=location.line):
+        text += f"\n  {number:>4} | {line.rstrip()}"
+    if len(lines) > SNIPPET_LINES:
+        text += f"\n       | ... {_lines(len(lines) - SNIPPET_LINES)} more"
     return text
+
+
+def _lines(count: int) -> str:
+    return f"{count} line" if count == 1 else f"{count} lines"
 
 
 class ImgbuildError(Exception):
@@ -36,6 +50,9 @@ class ImgbuildError(Exception):
 
     exit_code = 1
     location: SourceLocation | None = None
+    # Already shown as a ``build_failed`` event (--progress json): the CLI
+    # does not print it again, so the JSON stream stays JSON.
+    reported = False
 
     def located(self, location: SourceLocation) -> ImgbuildError:
         """Prefix the message with the Dockerfile line it came from, once."""
@@ -79,6 +96,16 @@ class ExpansionError(DockerfileError):
 
 class PlanError(DockerfileError):
     """The stages do not form a buildable plan: unknown stage, cycle, bad target."""
+
+
+class CheckFailed(DockerfileError):
+    """Build checks found warnings and the check config says ``error=true``
+    (``# check=error=true`` or ``--build-arg BUILDKIT_DOCKERFILE_CHECK=error=true``).
+
+    Exit code 1: the Dockerfile is valid, but the policy it or the build asks
+    for failed, as BuildKit fails such a build."""
+
+    exit_code = 1
 
 
 class ContextError(ImgbuildError):
@@ -181,9 +208,35 @@ class ManifestNotFound(RegistryError):
 
 
 class Interrupted(ImgbuildError):
-    """The user stopped the build (SIGINT/SIGTERM). Exit code 130, as shells use."""
+    """The user stopped the build (SIGINT/SIGTERM). Exit code 130, as shells use;
+    143 when SIGTERM stopped it (``exit_code_of``)."""
 
     exit_code = 130
+
+
+class Terminated(KeyboardInterrupt):  # noqa: N818 - named as the signal's effect, like KeyboardInterrupt
+    """SIGTERM, raised in the main thread: the same cleanup as Ctrl-C runs, then
+    the CLI exits 143 (128 + SIGTERM), as Docker does."""
+
+
+SIGTERM_EXIT = 143
+SIGINT_EXIT = 130
+
+
+def exit_code_of(error: BaseException) -> int:
+    """The CLI's exit code for ``error``: its class's, but 143 for a build that
+    SIGTERM stopped (its ``Interrupted`` was raised while handling ``Terminated``)."""
+    if isinstance(error, Terminated):
+        return SIGTERM_EXIT
+    if isinstance(error, KeyboardInterrupt):
+        return SIGINT_EXIT
+    if isinstance(error, Interrupted):
+        cause = error.__context__
+        while cause is not None:
+            if isinstance(cause, Terminated):
+                return SIGTERM_EXIT
+            cause = cause.__context__
+    return getattr(error, "exit_code", 1)
 
 
 class CommandNotFound(ImgbuildError):

@@ -21,6 +21,8 @@ if [[ "${1:-}" == "--test" ]]; then
     packages+=(gcc libc6-dev)
     # tests/faults puts a store on a small loop-mounted ext4 to fill its disk
     packages+=(e2fsprogs)
+    # tests/cli renders the `imgbuild layers --format html` report in headless Chromium
+    packages+=(chromium)
 fi
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -203,6 +203,12 @@ def _names_from_annotations(annotations: dict[str, str]) -> list[str]:
     return []
 
 
+def copy_image_tree(store: Store, archive: ArchiveReader, descriptor: Descriptor) -> None:
+    """Copy one image (a manifest or an index) of an OCI layout into the store, untagged,
+    every blob verified; ``archive`` may be any reader with ``has``/``open``/``read_bytes``."""
+    _copy_tree(store, archive, descriptor, 0)
+
+
 def _copy_tree(store: Store, archive: ArchiveReader, descriptor: Descriptor, depth: int) -> None:
     """Copy a manifest or index and everything it refers to, each blob verified."""
     if depth > MAX_INDEX_DEPTH:

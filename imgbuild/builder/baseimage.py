@@ -35,6 +35,7 @@ def base_state(builder, stage) -> StageState:
         key = cache_key({"base": "scratch", "platform": platform_key})
         return StageState(config, [], key, base_name="scratch", base_digest="scratch")
     image = resolve_image(builder, stage.base, stage.platform)
+    builder.base_configs[stage.index] = image.config  # for the build checks (Env, Shell)
     config = json.loads(json.dumps(image.config))
     config.pop("created", None)
     ic.ensure_path(config)
@@ -59,6 +60,7 @@ def base_key(image: Image, platform: str) -> str:
 def resolve_image(builder, name: str, platform_flag: str | None = None) -> Image:
     """A base image for ``platform_flag`` (default: the build's platform)."""
     platform = Platform.parse(platform_flag) if platform_flag else builder.platform
+    name = _named_image(builder, name)
     # Pinned as it is resolved, so a collection (an rmi of it meanwhile) keeps its blobs.
     with builder.store.writer_lease():
         image = _find_image(builder, name, platform)
@@ -66,6 +68,18 @@ def resolve_image(builder, name: str, platform_flag: str | None = None) -> Image
             builder.lease.pin(image.digest)
     _check_platform(name, image, platform)
     return image
+
+
+def _named_image(builder, name: str) -> str:
+    """``--build-context NAME=docker-image://IMAGE`` puts IMAGE where the Dockerfile says NAME."""
+    named = builder.options.build_contexts.get(name)
+    if named is None:
+        return name
+    if named.image is None:
+        raise BuildError(
+            f"the build context {name} is a directory: an image cannot start from it; COPY --from={name} reads it"
+        )
+    return named.image
 
 
 def onbuild_triggers(state: StageState) -> list:

@@ -27,6 +27,7 @@ from imgbuild.builder.baseimage import base_state, onbuild_triggers, resolve_ima
 from imgbuild.builder.copystep import plan_copy
 from imgbuild.builder.finalimage import (
     BuildResult,
+    remove_result_files,
     tag_image,
     write_final_image,
     write_result_files,
@@ -49,7 +50,16 @@ from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.source import BuildContext
 from imgbuild.context.statcache import StatCache
 from imgbuild.dockerfile import Add, Arg, Cmd, Copy, Env, Run, Workdir
-from imgbuild.errors import BuildError, DockerfileError, ImgbuildError, Interrupted, SourceLocation
+from imgbuild.dockerfile.checks import check, check_config, warnings_before
+from imgbuild.errors import (
+    BuildError,
+    DockerfileError,
+    ImgbuildError,
+    Interrupted,
+    SourceLocation,
+    Terminated,
+    UsageError,
+)
 from imgbuild.image import LayerRef, Platform
 from imgbuild.store import Store, remove_tree
 from imgbuild.units import human_size, plural
@@ -73,7 +83,7 @@ class Builder:
     def __init__(self, store: Store, options: BuildOptions, progress: Progress | None = None):
         self.store = store
         self.options = options
-        self.progress = progress or make_progress(options.progress)
+        self.progress = progress or make_progress(options.progress, explain=options.explain)
         self.progress.explain = self.progress.explain or options.explain
         sources = [open_source(spec, store, options.insecure_registries) for spec in options.cache_from]
         for source in sources:
@@ -89,19 +99,24 @@ class Builder:
         self.dockerfile_name = "Dockerfile"
         self.context: BuildContext | None = None
         self.secrets = {secret.id: secret for secret in options.secrets}
+        self.named_contexts: dict[str, BuildContext] = {}  # --build-context NAME=DIR, opened on use
         self.ca_certs = _read_ca_certs(options.ca_certs)  # PEM; a bad file is a usage error now
         self.lease = None  # the store's build lease while the build runs
+        self.base_configs: dict[int, dict] = {}  # stage index -> its base image's config
 
     # --- the whole build ---------------------------------------------------------
 
     def build(self) -> BuildResult:
         started = time.monotonic()
+        # A failed build must not leave the files of an earlier one behind.
+        remove_result_files(self.options)
         # A bad IMGBUILD_MAX_CACHE is a usage error before the build, not after it.
         limits = limits_for(self.store, self.options.max_cache, self.options.min_free)
         self._sweep_dead_work()
         text = self._read_dockerfile()
-        parsed = frontend.parse(text, self.dockerfile_name)
+        parsed = self._parse(text)
         plan = frontend.plan(parsed, self.options.build_args, self.options.target, str(self.platform))
+        check_config(parsed, plan.build_args)  # a bad # check= fails now, not after the build
         for name in plan.unused_build_args:
             self.progress.warning(f"build arg {name} was given but no stage declares it (ARG {name})")
         self.plan = plan
@@ -118,7 +133,14 @@ class Builder:
             # this build looked up, wrote or resolved (imgbuild.store.lock).
             with signals_raise_interrupt(), self.store.build_lease() as self.lease:
                 self._seed_cache_mounts()
-                self._build_stages(plan)
+                try:
+                    self._build_stages(plan)
+                except Interrupted:
+                    raise
+                except ImgbuildError:
+                    self._show_checks(parsed, plan)  # BuildKit shows them with the error too
+                    raise
+                self._run_checks(parsed, plan)
                 target = self.results[plan.target]
                 elsewhere = self._layers_left_in_registry(target)
                 image = write_final_image(self.store, self.options, self.platform, target, elsewhere)
@@ -146,6 +168,33 @@ class Builder:
         self.progress.finished(
             Summary(image.digest, image.config_descriptor.digest, size, self.steps_cached, self.steps_run, seconds, tags)
         )
+        return result
+
+    def _parse(self, text: str):
+        """Parse; a parse error comes after the check warnings of the lines
+        before it, as BuildKit prints them (testWarningsBeforeError)."""
+        try:
+            return frontend.parse(text, self.dockerfile_name)
+        except DockerfileError as error:
+            for warning in warnings_before(text, error, self.options.build_args).warnings:
+                self.progress.check_warning(warning)
+            raise
+
+    def _run_checks(self, parsed, plan) -> None:
+        """BuildKit's build checks on the stages built, once their base images
+        are known; with ``error=true`` a warning fails the build before any
+        image is written, as in BuildKit."""
+        error = self._show_checks(parsed, plan).error()
+        if error is not None:
+            raise error
+
+    def _show_checks(self, parsed, plan):
+        result = check(
+            parsed, plan, stages=plan.needed, ignore=self.context.ignore,
+            base_config=lambda stage: self.base_configs.get(stage.index), base_platforms=True,
+        )
+        for warning in result.warnings:
+            self.progress.check_warning(warning)
         return result
 
     def _sweep_dead_work(self) -> None:
@@ -222,7 +271,9 @@ class Builder:
         try:
             return read_build_file(self.options.context, path, "Dockerfile").decode("utf-8")
         except FileNotFoundError:
-            raise ImgbuildError(f"no Dockerfile at {path}: give one with -f FILE") from None
+            raise UsageError(f"no Dockerfile at {path}: give one with -f FILE") from None
+        except IsADirectoryError:
+            raise UsageError(f"the Dockerfile {path} is a directory: give a file with -f FILE") from None
         except OSError as error:  # a directory, unreadable, ...
             raise ImgbuildError(f"cannot read the Dockerfile {path}: {error.strerror}") from None
         except UnicodeDecodeError as error:
@@ -281,7 +332,9 @@ class Builder:
             step = None
             if isinstance(instruction, LAYER_KINDS):
                 step_index += 1
-                step = self.progress.new_step(stage_label, step_index, step_count, instruction.source.strip())
+                step = self.progress.new_step(
+                    stage_label, step_index, step_count, instruction.text, instruction.line, instruction.end_line
+                )
             state.instruction = instruction  # for the record of the step's key (layerstep.py)
             try:
                 self._step(stage, state, scope, instruction, step)
@@ -305,7 +358,10 @@ class Builder:
     # --- one step ----------------------------------------------------------------
 
     def _step(self, stage, state: StageState, scope, instruction, step: Step | None) -> None:
-        created = ic.timestamp(self.options.source_date_epoch)
+        # None: dated when the image is written, from the layer steps around it
+        # (finalimage.fill_created), so a cached rebuild keeps every time.
+        epoch = self.options.source_date_epoch
+        created = ic.timestamp(epoch) if epoch is not None else None
         if isinstance(instruction, Arg):
             resolved = scope.apply(instruction)
             words = [p.name if p.default is None else f"{p.name}={p.default}" for p in resolved.pairs]
@@ -369,7 +425,26 @@ class Builder:
                 )
             self.cache.fetch_layers(self.results[index].layers)
             return self.results[index].layers
+        named = self.options.build_contexts.get(origin)
+        if named is not None and named.directory is not None:
+            raise BuildError(
+                f"--from={origin}: the build context {origin} is a directory; only COPY --from={origin} reads it"
+            )
         return image_layers(resolve_image(self, origin), origin)
+
+    def directory_context(self, origin: str) -> BuildContext | None:
+        """``--build-context NAME=DIR`` for ``COPY --from=NAME``, read as the build
+        context is (a stage of that name comes first); None for anything else."""
+        named = self.options.build_contexts.get(origin)
+        if named is None or named.directory is None or self.plan.source_stage(origin) is not None:
+            return None
+        with self.counts_lock:
+            if origin not in self.named_contexts:
+                label = f"build context {origin}"
+                context = BuildContext(named.directory, IgnoreMatcher([]), self.context.stat_cache, label=label)
+                context.keep_listings()
+                self.named_contexts[origin] = context
+            return self.named_contexts[origin]
 
 
 def default_dockerfile(context: Path) -> Path:
@@ -383,11 +458,15 @@ def default_dockerfile(context: Path) -> Path:
 
 def build(store: Store, options: BuildOptions, progress: Progress | None = None) -> BuildResult:
     """Build ``options.context`` as the options say; returns the image and step counts."""
-    builder = Builder(store, options, progress)
+    progress = progress or make_progress(options.progress, explain=options.explain)
     try:
-        return builder.build()
+        progress.begin()
+        return Builder(store, options, progress).build()
+    except ImgbuildError as error:
+        progress.build_failed(error)
+        raise
     finally:
-        builder.progress.close()
+        progress.close()
 
 
 def _located(error: ImgbuildError, filename: str, instruction) -> ImgbuildError:
@@ -405,7 +484,7 @@ def signals_raise_interrupt():
         return
 
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:

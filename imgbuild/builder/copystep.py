@@ -133,13 +133,17 @@ def plan_copy(builder, state: StageState, instruction, downloads_dir: Path, *, i
     downloads = Downloads(downloads_dir, request.checksum)
     fetch_for_key(request, downloads)
     origin = getattr(instruction, "from_stage", None)
+    context = builder.context
+    named = builder.directory_context(origin) if origin else None
+    if named is not None:  # --build-context NAME=DIR: read as the build context is
+        origin, context = None, named
     if origin:
         source_opener = layers_opener(builder.store, builder.source_layers(origin))
         with _source_context(source_opener, origin, None) as source_context:
             source_key = source_digests(request, source_context, downloads)
     else:
         source_opener = None
-        source_key = source_digests(request, builder.context, downloads)
+        source_key = source_digests(request, context, downloads)
     document = {
         "step": name,
         "instruction": instruction_document(instruction),
@@ -151,7 +155,7 @@ def plan_copy(builder, state: StageState, instruction, downloads_dir: Path, *, i
     history = " ".join(words + [instruction.dest]) + " # imgbuild"
 
     def execute(space):
-        with space.mounted() as merged, _source_context(source_opener, origin, builder.context) as source_context:
+        with space.mounted() as merged, _source_context(source_opener, origin, context) as source_context:
             run_copy(request, source_context, merged, downloads)
 
     return LayerWork(document, history, execute, independent=bool(instruction.link))

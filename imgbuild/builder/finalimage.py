@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.options import BuildOptions
 from imgbuild.builder.state import StageResult
-from imgbuild.errors import BuildError
+from imgbuild.errors import BuildError, UsageError
 from imgbuild.image import Image, Platform
 from imgbuild.store import Store, normalise_tag
 
@@ -29,7 +30,14 @@ def write_final_image(
     config = json.loads(json.dumps(target.config))
     if options.labels:
         ic.add_labels(config, options.labels)
-    config["created"] = ic.timestamp(options.source_date_epoch)
+    history = config.get("history") or []
+    fill_created(history)
+    if options.source_date_epoch is not None:
+        config["created"] = ic.timestamp(options.source_date_epoch)
+    else:
+        config["created"] = _last_created(history)
+        if config["created"] is None:
+            del config["created"]  # FROM scratch and metadata only: no time to give
     config["rootfs"] = {"type": "layers", "diff_ids": [layer.diff_id for layer in target.layers]}
     config["architecture"] = platform.architecture
     config["os"] = platform.os
@@ -37,7 +45,45 @@ def write_final_image(
         config["variant"] = platform.variant
     else:
         config.pop("variant", None)
-    return store.write_image(config, [layer.blob for layer in target.layers], elsewhere=elsewhere)
+    # --annotation: the manifest's (its digest changes; the image ID does not)
+    layers = [layer.blob for layer in target.layers]
+    return store.write_image(config, layers, options.annotations or None, elsewhere=elsewhere)
+
+
+def fill_created(history: list[dict]) -> None:
+    """Date the history entries of config-only steps as BuildKit does.
+
+    Steps that make a layer carry the time their cache entry was first built
+    (``layerstep.py``); a config-only step gets the time of the layer step
+    before it, or, before the first layer step of this build, the time of
+    that first layer step. No entry carries the clock of this build, so a
+    fully cached rebuild writes the same config.
+    """
+    fallback = None
+    seen_undated = False
+    for entry in history:  # the first new layer time (else the last known one)
+        if entry.get("created"):
+            fallback = entry["created"]
+            if seen_undated:
+                break
+        else:
+            seen_undated = True
+    seen_undated = False
+    for entry in history:
+        if entry.get("created"):
+            if seen_undated:
+                fallback = entry["created"]
+            continue
+        seen_undated = True
+        if fallback is None:
+            entry.pop("created", None)
+        else:
+            entry["created"] = fallback
+
+
+def _last_created(history: list[dict]) -> str | None:
+    """The image's ``created``: its newest step's, as BuildKit writes it."""
+    return next((entry["created"] for entry in reversed(history) if entry.get("created")), None)
 
 
 def tag_image(store: Store, options: BuildOptions, image: Image) -> list[str]:
@@ -47,6 +93,22 @@ def tag_image(store: Store, options: BuildOptions, image: Image) -> list[str]:
     if not tags:
         store.keep_untagged(image.manifest_descriptor)
     return tags
+
+
+def remove_result_files(options: BuildOptions) -> None:
+    """Remove ``--iidfile`` and ``--metadata-file`` before the build starts, as
+    Docker does: a build that fails leaves none, never an earlier build's."""
+    for path in (options.iidfile, options.metadata_file):
+        if path is None:
+            continue
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            raise UsageError(f"{path} is a directory: give a file to write the build's results to") from None
+        except OSError as error:  # as a failed write of it would be, found before the build
+            raise BuildError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def image_size(image: Image) -> int:

@@ -33,6 +33,11 @@ def timestamp(epoch: int | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def time_text(seconds: float) -> str:
+    """RFC 3339 time, to the microsecond, of a moment given in seconds since the epoch."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def container_config(config: dict) -> dict:
     if not isinstance(config.get("config"), dict):
         config["config"] = {}
@@ -169,7 +174,8 @@ def go_duration(nanoseconds: int | None) -> str:
     return text + f"{seconds}{fraction}s"
 
 
-def add_history(config: dict, created_by: str, *, empty_layer: bool, created: str) -> None:
+def add_history(config: dict, created_by: str, *, empty_layer: bool, created: str | None) -> None:
+    """``created`` None: the image's final step fills it in (``finalimage.fill_created``)."""
     entry = {"created": created, "created_by": created_by, "comment": HISTORY_COMMENT}
     if empty_layer:
         entry["empty_layer"] = True

@@ -7,6 +7,7 @@ workspace on a miss. This module does the rest the same way for all of them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,8 +34,13 @@ class LayerWork:
     independent: bool = False
 
 
-def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWork, created: str) -> None:
-    """Reuse the cached layer for the step's key, or do the work and commit it."""
+def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWork, created: str | None) -> None:
+    """Reuse the cached layer for the step's key, or do the work and commit it.
+
+    ``created`` (SOURCE_DATE_EPOCH) or else the time the step's cache entry
+    was first built dates the step's history entry, as in BuildKit: a fully
+    cached rebuild gives the same image, however much later it runs.
+    """
     lookup_key, key = step_keys(state.key, work.document, independent=work.independent)
     record = None  # what the key was made of: built at most once, and only when needed
     cache_disabled = builder.cache_disabled(stage)
@@ -70,6 +76,7 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
             builder.cache.fetch_layers([layer])  # recompressing reads it
         layer = recompress(builder.store, layer, options.compression, options.compression_level)
         state.layers.append(layer)
+    created = created or _first_built(builder, lookup_key)
     ic.add_history(state.config, work.created_by, empty_layer=layer is None, created=created)
     # On a hit too: entries from before schema 3 get their record then.
     if builder.cache.needs_inputs(lookup_key):
@@ -77,6 +84,17 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
         builder.cache.keep_inputs(lookup_key, *record)
     state.key = key
     state.entry_key = lookup_key
+
+
+def _first_built(builder, lookup_key: str) -> str:
+    """When the cache entry for ``lookup_key`` was first built: as recorded, as an
+    imported cache says (its blob still to come), or now."""
+    row = builder.store.db.cache_entry(lookup_key)
+    if row is not None:
+        return ic.time_text(row["created"])
+    pending = builder.cache.pending_entry(lookup_key)
+    created = pending.columns.get("created") if pending is not None else None
+    return ic.time_text(created or time.time())
 
 
 def _inputs_of(builder, stage, state: StageState, work: LayerWork, lookup_key: str, key: str):

@@ -6,7 +6,9 @@ the CLI and the Python API accept exactly the same strings as buildx does.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,6 +73,20 @@ class BuildOptions:
     # --cache-to / --cache-from (imgbuild.cache.share.CacheSpec)
     cache_to: list = field(default_factory=list)
     cache_from: list = field(default_factory=list)
+    # buildx flags: --add-host, --annotation (the manifest's), --build-context, --ssh
+    extra_hosts: list[tuple[str, str]] = field(default_factory=list)  # (name, address)
+    annotations: dict[str, str] = field(default_factory=dict)
+    build_contexts: dict[str, NamedContext] = field(default_factory=dict)
+    ssh: dict[str, Path] = field(default_factory=dict)  # id -> agent socket
+
+
+@dataclass
+class NamedContext:
+    """``--build-context NAME=DIR`` (``directory``) or ``NAME=docker-image://REF`` (``image``)."""
+
+    name: str
+    directory: Path | None = None
+    image: str | None = None
 
 
 def _key_values(text: str, what: str) -> dict[str, str]:
@@ -167,3 +183,100 @@ def parse_key_value_list(items: list[str], what: str, environ: dict | None = Non
             value = environ[key]
         result[key] = value
     return result
+
+
+def parse_labels(items: list[str]) -> dict[str, str]:
+    """``--label K=V``; a bare ``K`` is the label K with an empty value, as in Docker."""
+    labels: dict[str, str] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not key:
+            raise UsageError(f"--label {item!r}: expected KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+def parse_add_host(text: str) -> tuple[str, str]:
+    """``--add-host NAME:IP`` (or ``NAME=IP``, as newer Docker takes it)."""
+    separator = "=" if "=" in text else ":"
+    name, sep, address = text.partition(separator)
+    if not sep or not name or not address:
+        raise UsageError(f"--add-host {text!r}: expected NAME:IP, e.g. db:10.0.0.5")
+    if address == "host-gateway":
+        raise UsageError(f"--add-host {text!r}: host-gateway has no meaning here: RUN uses the host's network")
+    try:
+        ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        raise UsageError(f"--add-host {text!r}: {address!r} is not an IP address") from None
+    if any(c.isspace() for c in name):
+        raise UsageError(f"--add-host {text!r}: a host name has no spaces")
+    return name, address.strip("[]")
+
+
+ANNOTATION_LEVELS = ("manifest",)
+
+
+def parse_annotation(text: str) -> tuple[str, str]:
+    """``--annotation [manifest:]KEY=VALUE`` as buildx takes it; only the manifest's
+    (imgbuild makes one manifest per build, no index)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"--annotation {text!r}: expected KEY=VALUE or manifest:KEY=VALUE")
+    level, colon, rest = key.partition(":")
+    if colon and "." not in level and "/" not in level:  # a level prefix, not part of the key
+        if level.split("[", 1)[0] not in ANNOTATION_LEVELS:
+            raise UsageError(
+                f"--annotation {text!r}: only manifest annotations are supported (a build makes one manifest, no index)"
+            )
+        if "[" in level:
+            raise UsageError(f"--annotation {text!r}: a build makes one platform; leave out [PLATFORM]")
+        key = rest
+    return key, value
+
+
+def parse_build_context(text: str) -> NamedContext:
+    """``--build-context NAME=DIR`` or ``NAME=docker-image://REF``."""
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise UsageError(f"--build-context {text!r}: expected NAME=DIR or NAME=docker-image://IMAGE")
+    if value.startswith("docker-image://"):
+        return NamedContext(name, image=value.removeprefix("docker-image://"))
+    if "://" in value:
+        scheme = value.split("://", 1)[0]
+        raise UsageError(
+            f"--build-context {text!r}: {scheme}:// contexts are not supported; give a directory or docker-image://IMAGE"
+        )
+    directory = Path(value)
+    if not directory.is_dir():
+        raise UsageError(f"--build-context {text!r}: {value} is not a directory")
+    return NamedContext(name, directory=directory)
+
+
+def parse_ssh(text: str, environ: dict | None = None) -> tuple[str, Path]:
+    """``--ssh default`` ($SSH_AUTH_SOCK) or ``--ssh ID=SOCKET``: an SSH agent to forward.
+
+    Key files (buildx also loads them into an agent of its own) are refused:
+    load the key into an agent and forward that.
+    """
+    environ = os.environ if environ is None else environ
+    ssh_id, sep, value = text.partition("=")
+    if not ssh_id:
+        raise UsageError(f"--ssh {text!r}: expected default or ID=SOCKET")
+    if not sep:
+        value = environ.get("SSH_AUTH_SOCK", "")
+        if not value:
+            raise UsageError(
+                f"--ssh {text}: SSH_AUTH_SOCK is not set; start an agent (ssh-agent) or give {ssh_id}=SOCKET"
+            )
+    if "," in value:
+        raise UsageError(f"--ssh {text!r}: give one agent socket, not a list of keys")
+    try:
+        mode = os.stat(value).st_mode
+    except OSError as error:
+        raise UsageError(f"--ssh {text!r}: cannot use {value}: {error.strerror}") from None
+    if not stat.S_ISSOCK(mode):
+        raise UsageError(
+            f"--ssh {text!r}: {value} is not an SSH agent socket; imgbuild forwards agents, not key files: "
+            f"run `ssh-add {value}` in an agent and give --ssh {ssh_id}=$SSH_AUTH_SOCK"
+        )
+    return ssh_id, Path(value)

@@ -1,13 +1,17 @@
 """Build progress for people and machines: a live rich display, plain lines, JSON events.
 
 The engine calls one ``Progress`` object; which one is chosen by ``--progress``
-(``auto`` means tty on a terminal, plain when ``CI`` is set or stdout is not a
-terminal). Every method is thread-safe because stages build concurrently.
+(``auto`` means tty on a terminal, plain when ``CI`` is set or the stream is not
+a terminal; ``tty`` without a terminal is plain too). Every method is
+thread-safe because stages build concurrently. The JSON events and their
+fields are documented in docs/progress.md; ``SCHEMA`` is their version.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
+import logging
 import os
 import sys
 import threading
@@ -16,10 +20,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from imgbuild.errors import UsageError
+from imgbuild.errors import ImgbuildError, UsageError, exit_code_of
 from imgbuild.units import human_size
 
 MODES = ("auto", "tty", "plain", "json", "quiet")
+SCHEMA = 1  # of the JSON events: a field renamed or retyped makes it 2 (docs/progress.md)
+# RUN's stdout and stderr share one pipe, so that their order is kept (docs/progress.md)
+RUN_OUTPUT = "stdout+stderr"
 
 
 @dataclass
@@ -30,13 +37,16 @@ class Step:
     stage: str
     index: int  # 1-based within the stage
     count: int  # steps in the stage
-    text: str  # the instruction as written (first line)
+    text: str  # the instruction, its continuation lines joined (as BuildKit shows it)
+    line: int = 0  # where it is in the Dockerfile: first and last line (0: not known)
+    end_line: int = 0
     state: str = "waiting"  # waiting, running, cached, done, failed
     started: float = 0.0
     duration: float = 0.0
     tail: deque = field(default_factory=lambda: deque(maxlen=6))
     miss: str | None = None  # why it missed the cache (imgbuild.cache.explain), when asked
-
+    partial: str = ""  # output after its last newline, shown once the line ends
+    decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
 
     @property
     def label(self) -> str:
@@ -58,12 +68,17 @@ class Summary:
 def choose_mode(mode: str, stream: TextIO | None = None) -> str:
     if mode not in MODES:
         raise UsageError(f"--progress must be one of {', '.join(MODES[:-1])}, not {mode!r}")
-    if mode != "auto":
-        return mode
     stream = stream or sys.stderr
-    if os.environ.get("CI") or not stream.isatty():
-        return "plain"
-    return "tty"
+    if mode == "auto":
+        return "plain" if in_ci() or not stream.isatty() else "tty"
+    if mode == "tty" and not stream.isatty():
+        return "plain"  # a live display needs a terminal; a log file gets lines
+    return mode
+
+
+def in_ci() -> bool:
+    """``CI`` set to something other than false (CI=false is a common way to say "not CI")."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def make_progress(mode: str, stream: TextIO | None = None, *, explain: bool = False) -> Progress:
@@ -98,9 +113,13 @@ class Progress:
     def wants_misses(self) -> bool:
         return self.shows_misses or self.explain
 
-    def new_step(self, stage: str, index: int, count: int, text: str) -> Step:
+    def begin(self) -> None:
         with self.lock:
-            step = Step(len(self.steps) + 1, stage, index, count, text.splitlines()[0] if text else "")
+            self._show_begin()
+
+    def new_step(self, stage: str, index: int, count: int, text: str, line: int = 0, end_line: int = 0) -> Step:
+        with self.lock:
+            step = Step(len(self.steps) + 1, stage, index, count, " ".join(text.splitlines()), line, end_line or line)
             self.steps.append(step)
             return step
 
@@ -116,24 +135,48 @@ class Progress:
             step.state = "cached"
             self._show_cached(step)
 
-    def output(self, step: Step, data: bytes) -> None:
-        text = data.decode("utf-8", "replace")
+    def output(self, step: Step, data: bytes, stream: str = RUN_OUTPUT) -> None:
+        """Output of a running step, in chunks as it comes: shown a whole line at a time."""
         with self.lock:
-            for line in text.splitlines():
-                step.tail.append(line)
-            self._show_output(step, text)
+            lines = (step.partial + step.decoder.decode(data)).split("\n")
+            step.partial = lines.pop()
+            self._lines(step, lines, stream)
+
+    def _flush(self, step: Step) -> None:
+        """The output's last line, if it did not end with a newline."""
+        rest = step.partial + step.decoder.decode(b"", final=True)
+        step.partial = ""
+        if rest:
+            self._lines(step, [rest], RUN_OUTPUT)
+
+    def _lines(self, step: Step, lines: list[str], stream: str) -> None:
+        if lines:
+            step.tail.extend(lines)
+            self._show_output(step, lines, stream)
 
     def done(self, step: Step) -> None:
         with self.lock:
+            self._flush(step)
             step.state = "done"
             step.duration = time.monotonic() - step.started
             self._show_done(step)
 
-    def failed(self, step: Step, message: str) -> None:
+    def failed(self, step: Step, message: str, exit_status: int | None = None) -> None:
+        """A step failed; ``exit_status`` is a RUN command's. A step that failed
+        before it started (a COPY source missing) is shown started first."""
         with self.lock:
+            if step.state == "waiting":
+                self.started(step)
+            self._flush(step)
             step.state = "failed"
             step.duration = time.monotonic() - step.started if step.started else 0.0
-            self._show_failed(step, message)
+            self._show_failed(step, message, exit_status)
+
+    def build_failed(self, error: ImgbuildError) -> None:
+        """The build ended with ``error``: the JSON display reports it (and marks
+        it reported, so the CLI does not print it again); the others leave it to the CLI."""
+        with self.lock:
+            self._show_build_failed(error)
 
     def info(self, message: str) -> None:
         with self.lock:
@@ -142,6 +185,14 @@ class Progress:
     def warning(self, message: str) -> None:
         with self.lock:
             self._show_warning(message)
+
+    def check_warning(self, warning) -> None:
+        """A build check's warning (``imgbuild.dockerfile.checks.CheckWarning``)."""
+        with self.lock:
+            self._show_check(warning)
+
+    def _show_check(self, warning) -> None:
+        self._show_warning(warning.format())
 
     def finished(self, summary: Summary) -> None:
         with self.lock:
@@ -153,11 +204,13 @@ class Progress:
         pass
 
     # what each display does; the silent base does nothing
+    def _show_begin(self) -> None: ...
     def _show_started(self, step: Step) -> None: ...
     def _show_cached(self, step: Step) -> None: ...
-    def _show_output(self, step: Step, text: str) -> None: ...
+    def _show_output(self, step: Step, lines: list[str], stream: str) -> None: ...
     def _show_done(self, step: Step) -> None: ...
-    def _show_failed(self, step: Step, message: str) -> None: ...
+    def _show_failed(self, step: Step, message: str, exit_status: int | None) -> None: ...
+    def _show_build_failed(self, error: ImgbuildError) -> None: ...
     def _show_info(self, message: str) -> None: ...
     def _show_warning(self, message: str) -> None: ...
     def _show_summary(self, summary: Summary) -> None: ...
@@ -173,10 +226,11 @@ def miss_lines(steps: list[Step]) -> list[str]:
 
 
 def summary_lines(summary: Summary) -> list[str]:
-    # "image ID" is Docker's: the config digest (what -q and --iidfile give)
+    # "image ID" is Docker's: the config digest (what -q and --iidfile give);
+    # the digest is the manifest's (NAME@DIGEST, --metadata-file's containerimage.digest)
     lines = [
         f"image ID {summary.config_digest}",
-        f"  manifest {summary.image_digest}, size {human_size(summary.size)}",
+        f"  digest {summary.image_digest}, size {human_size(summary.size)}",
         f"  steps: {summary.steps_cached} cached, {summary.steps_run} run, {summary.seconds:.1f}s",
     ]
     lines += [f"  tagged {tag}" for tag in summary.tags]
@@ -205,14 +259,14 @@ class PlainProgress(Progress):
         self._print(f"#{step.number} {step.label}")
         self._print(f"#{step.number} CACHED")
 
-    def _show_output(self, step: Step, text: str) -> None:
-        for line in text.splitlines():
+    def _show_output(self, step: Step, lines: list[str], stream: str) -> None:
+        for line in lines:
             self._print(f"#{step.number} {line}")
 
     def _show_done(self, step: Step) -> None:
         self._print(f"#{step.number} DONE {step.duration:.1f}s")
 
-    def _show_failed(self, step: Step, message: str) -> None:
+    def _show_failed(self, step: Step, message: str, exit_status: int | None) -> None:
         self._print(f"#{step.number} ERROR: {message.splitlines()[0] if message else ''}")
 
     def _show_info(self, message: str) -> None:
@@ -231,24 +285,44 @@ class PlainProgress(Progress):
 
 
 class JsonProgress(Progress):
-    """One JSON object a line, for programs that watch a build."""
+    """One JSON object a line, for programs that watch a build (docs/progress.md).
+
+    Nothing else is written to its stream while it is in use: warnings that
+    imgbuild logs become ``warning`` events, and the error that ends a build
+    is a ``build_failed`` event instead of the CLI's ``error:`` line.
+    """
 
     def __init__(self, stream: TextIO):
         super().__init__()
         self.stream = stream
+        self.log_handler = _EventLogHandler(self)
+        logging.getLogger("imgbuild").addHandler(self.log_handler)
 
     def _emit(self, event: str, **fields) -> None:
-        record = {"event": event, "time": round(time.time(), 3), **fields}
+        record = {"event": event, "schema": SCHEMA, "time": round(time.time(), 3), **fields}
         self.stream.write(json.dumps(record, sort_keys=True) + "\n")
         self.stream.flush()
 
     shows_misses = True
 
     def _step_fields(self, step: Step) -> dict:
-        fields = {"step": step.number, "stage": step.stage, "index": step.index, "count": step.count, "instruction": step.text}
+        fields = {
+            "step": step.number,
+            "stage": step.stage,
+            "index": step.index,
+            "count": step.count,
+            "instruction": step.text,
+            "line": step.line,
+            "end_line": step.end_line,
+        }
         if step.miss:
             fields["miss"] = step.miss
         return fields
+
+    def _show_begin(self) -> None:
+        from imgbuild import __version__
+
+        self._emit("build_started", version=__version__)
 
     def _show_started(self, step: Step) -> None:
         self._emit("step_started", **self._step_fields(step))
@@ -256,14 +330,26 @@ class JsonProgress(Progress):
     def _show_cached(self, step: Step) -> None:
         self._emit("step_cached", **self._step_fields(step))
 
-    def _show_output(self, step: Step, text: str) -> None:
-        self._emit("step_output", step=step.number, output=text)
+    def _show_output(self, step: Step, lines: list[str], stream: str) -> None:
+        self._emit("step_output", step=step.number, stream=stream, output="".join(line + "\n" for line in lines))
 
     def _show_done(self, step: Step) -> None:
         self._emit("step_done", duration=round(step.duration, 3), **self._step_fields(step))
 
-    def _show_failed(self, step: Step, message: str) -> None:
-        self._emit("step_failed", error=message, duration=round(step.duration, 3), **self._step_fields(step))
+    def _show_failed(self, step: Step, message: str, exit_status: int | None) -> None:
+        fields = {"error": message, "duration": round(step.duration, 3), **self._step_fields(step)}
+        if exit_status is not None:
+            fields["exit_status"] = exit_status
+        self._emit("step_failed", **fields)
+
+    def _show_build_failed(self, error: ImgbuildError) -> None:
+        fields: dict = {"error": str(error), "exit_code": exit_code_of(error)}
+        if error.location is not None:
+            fields["file"] = error.location.filename
+            fields["line"] = error.location.line
+            fields["end_line"] = error.location.line + max(len(error.location.text.splitlines()), 1) - 1
+        self._emit("build_failed", **fields)
+        error.reported = True
 
     def _show_info(self, message: str) -> None:
         self._emit("info", message=message)
@@ -271,9 +357,15 @@ class JsonProgress(Progress):
     def _show_warning(self, message: str) -> None:
         self._emit("warning", message=message)
 
+    def _show_check(self, warning) -> None:
+        self._emit("warning", message=warning.format(), check=warning.to_json())
+
     def _show_summary(self, summary: Summary) -> None:
         self._emit(
             "build_finished",
+            image_id=summary.config_digest,
+            digest=summary.image_digest,
+            # the names of schema 0, kept for the programs that read them
             image=summary.image_digest,
             config=summary.config_digest,
             size=summary.size,
@@ -282,6 +374,20 @@ class JsonProgress(Progress):
             seconds=round(summary.seconds, 3),
             tags=summary.tags,
         )
+
+    def close(self) -> None:
+        logging.getLogger("imgbuild").removeHandler(self.log_handler)
+
+
+class _EventLogHandler(logging.Handler):
+    """imgbuild's logged warnings as ``warning`` events (not text on the JSON stream)."""
+
+    def __init__(self, progress: JsonProgress):
+        super().__init__(logging.WARNING)
+        self.progress = progress
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.progress.warning(record.getMessage())
 
 
 class TtyProgress(Progress):

@@ -36,7 +36,7 @@ from imgbuild.errors import (
 from imgbuild.image import LayerRef
 from imgbuild.safeopen import resolve_in_root
 from imgbuild.sandbox.runtime import run_container
-from imgbuild.sandbox.spec import DEFAULT_PATH, RunSpec
+from imgbuild.sandbox.spec import DEFAULT_PATH, Mount, RunSpec
 from imgbuild.sandbox.users import resolve_user
 from imgbuild.store import Store
 
@@ -54,6 +54,8 @@ class RunOptions:
     env_files: list[str] = field(default_factory=list)
     interactive: bool = False  # -i: our stdin is the process's
     tty: bool = False  # -t: a pseudo-terminal, as docker run -t
+    privileged: bool = False
+    volumes: list[str] = field(default_factory=list)  # -v HOST:CONTAINER[:ro|rw]
 
 
 def argv_for(config: dict, command: list[str], entrypoint: str | None) -> list[str]:
@@ -124,6 +126,23 @@ def merged_env(config: dict, extra: list[str], environ: dict) -> list[str]:
     return [f"{k}={v}" for k, v in env.items()]
 
 
+def volume_mount(text: str) -> Mount:
+    """``-v HOST:CONTAINER[:ro|rw]``: a bind mount of an existing host directory or file.
+
+    Only absolute host paths: Docker's named volumes need a daemon to keep them.
+    """
+    parts = text.split(":")
+    access = "rw"
+    if len(parts) == 3 and parts[2] in ("ro", "rw"):
+        access = parts.pop()
+    if len(parts) != 2 or not all(part.startswith("/") for part in parts):
+        raise UsageError(f"-v {text!r}: expected /HOST/PATH:/CONTAINER/PATH[:ro|rw], both absolute")
+    source, destination = parts
+    if not os.path.exists(source):
+        raise UsageError(f"-v {text!r}: {source} does not exist on this machine; create it first")
+    return Mount("bind", destination, source=os.path.realpath(source), readonly=access == "ro")
+
+
 def find_command(rootfs: Path, command: str, env: list[str], cwd: str, image: str) -> None:
     """Fail as ``docker run`` does when ``command`` cannot run in the image: 127 when it is
     missing, 126 when it is not an executable file. Symlinks resolve inside the image; a
@@ -155,6 +174,7 @@ def run_image(store: Store, options: RunOptions, environ: dict) -> int:
         raise UsageError("the input device is not a TTY: drop -t, or run from a terminal")
     extra_env = [entry for path in options.env_files for entry in read_env_file(path)] + list(options.env)
     options = _with_env(options, extra_env)
+    mounts = [volume_mount(text) for text in options.volumes]
     image = store.load_image(options.image)
     config = image.config
     argv = argv_for(config, options.command, options.entrypoint)
@@ -163,13 +183,13 @@ def run_image(store: Store, options: RunOptions, environ: dict) -> int:
         # The lease tells `imgbuild rmi` and `fsck --repair` that the store is
         # in use: the container's root is mounted from a directory in tmp/.
         with store.writer_lease():
-            return _run_in_workspace(store, layers, config, argv, options, environ)
+            return _run_in_workspace(store, layers, config, argv, options, environ, mounts)
     except KeyboardInterrupt:
         raise Interrupted("interrupted; the container was stopped and its mounts removed") from None
 
 
 def _run_in_workspace(
-    store: Store, layers: list[LayerRef], config: dict, argv: list[str], options, environ
+    store: Store, layers: list[LayerRef], config: dict, argv: list[str], options, environ, mounts: list[Mount]
 ) -> int:
     """Mount the image under a throwaway upperdir and run ``argv``; SIGTERM cleans up as Ctrl-C."""
     container = ic.container_config(config)
@@ -191,6 +211,8 @@ def _run_in_workspace(
             user=resolve_user(merged, options.user if options.user is not None else container.get("User", "")),
             network=options.network,
             terminal=options.tty,
+            mounts=mounts,
+            privileged=options.privileged,
         )
         sys.stdout.flush()
         stdin_fd = sys.stdin.fileno() if options.interactive else None

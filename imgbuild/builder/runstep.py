@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 # of them (tests/perf checks what a fully cached build imports).
 
 OUTPUT_TAIL_LINES = 20
+OUTPUT_TAIL_BYTES = 64 * 1024  # enough for the last lines, bounded however long they are
 
 
 def plan_run(builder, stage, state: StageState, scope, instruction, step) -> LayerWork:
@@ -46,6 +47,8 @@ def plan_run(builder, stage, state: StageState, scope, instruction, step) -> Lay
         "mount_sources": source_keys,
         "network": run_network(builder, instruction),
     }
+    if builder.options.extra_hosts:  # in BuildKit's key too; absent, old keys stay valid
+        document["extra_hosts"] = [list(pair) for pair in builder.options.extra_hosts]
     env = scope.env_for_run()
     env.update(scope.proxy_env())  # reaches RUN, stays out of the key (as in BuildKit)
     # the ARGs in the order they were first declared, as BuildKit lists them
@@ -131,6 +134,7 @@ def _run_in(builder, space, merged: Path, instruction, argv, env: dict, user: st
             store_root=builder.store.root,
             workdir=cwd,
             secrets=builder.secrets,
+            ssh=builder.options.ssh,
             sources=roots,
             scratch=space.scratch,
             cancel=builder.cancel,
@@ -148,6 +152,7 @@ def _run_in(builder, space, merged: Path, instruction, argv, env: dict, user: st
                 user=resolved_user,
                 network=run_network(builder, instruction),
                 mounts=ca_mounts + script_mounts + prepared.mounts,
+                extra_hosts=list(builder.options.extra_hosts),
             )
             status, tail = _run_container(builder, merged, spec, space.scratch, step)
     if status != 0:
@@ -155,20 +160,25 @@ def _run_in(builder, space, merged: Path, instruction, argv, env: dict, user: st
 
 
 def _run_container(builder, merged: Path, spec: RunSpec, scratch: Path, step) -> tuple[int, list[str]]:
-    """Run the step; its exit status and the last lines of its output."""
+    """Run the step; its exit status and the last lines of its output.
+
+    The tail is cut into lines only at the end: a chunk may end inside a
+    line (or inside a UTF-8 character).
+    """
     from imgbuild.sandbox.runtime import run_container
 
-    tail: list[str] = []
+    tail = bytearray()
 
     def on_output(data: bytes) -> None:
         builder.progress.output(step, data)
-        tail.extend(data.decode("utf-8", "replace").splitlines())
-        del tail[:-OUTPUT_TAIL_LINES]
+        tail.extend(data)
+        del tail[:-OUTPUT_TAIL_BYTES]
 
     status = run_container(
         merged, spec, runtime=builder.options.runtime, workdir=scratch, on_output=on_output, cancel=builder.cancel
     )
-    return status, tail
+    lines = bytes(tail).decode("utf-8", "replace").splitlines()
+    return status, lines[-OUTPUT_TAIL_LINES:]
 
 
 def _fail(builder, instruction, status: int, tail: list[str], step) -> None:
@@ -177,5 +187,5 @@ def _fail(builder, instruction, status: int, tail: list[str], step) -> None:
     message = f"RUN {command} exited with code {status}"
     if output:
         message += f"\n  last {plural(len(tail), 'line')} of its output:\n{output}"
-    builder.progress.failed(step, message)
+    builder.progress.failed(step, message, exit_status=status)
     raise RunError(message, exit_status=status, output_tail="\n".join(tail))

@@ -74,9 +74,11 @@ class BuildCache:
             if step.layer is not None and not self.store.has_blob(step.layer.blob.digest):
                 with self.lock:
                     self.imported[step.layer.blob.digest] = source
-                    self.pending[key] = PendingEntry(_columns(key, step.parent_key, step.layer, step.created_by))
+                    self.pending[key] = PendingEntry(
+                        _columns(key, step.parent_key, step.layer, step.created_by, step.created)
+                    )
                 return CacheEntry(key, step.layer, step.created_by, 1)
-            layer = self.record(key, step.parent_key, step.layer, step.created_by, replace=True)
+            layer = self.record(key, step.parent_key, step.layer, step.created_by, replace=True, created=step.created)
             self.store.db.count_cache_hit(key)
             return CacheEntry(key, layer, step.created_by, 1)
         return None
@@ -150,7 +152,14 @@ class BuildCache:
             self.used.setdefault(stage_index, []).append(key)
 
     def record(
-        self, key: str, parent_key: str, layer: LayerRef | None, created_by: str, *, replace: bool = False
+        self,
+        key: str,
+        parent_key: str,
+        layer: LayerRef | None,
+        created_by: str,
+        *,
+        replace: bool = False,
+        created: float | None = None,
     ) -> LayerRef | None:
         """Record the layer a step made under ``key``; return the layer ``key`` stands for.
 
@@ -161,10 +170,11 @@ class BuildCache:
         build's layer while the next step's key already names a layer made on
         top of the first's: later builds would get an image no build made.
         ``replace`` (``--no-cache``) records ours whatever is there; so does a
-        recorded entry whose layer blob is gone.
+        recorded entry whose layer blob is gone. ``created``: when the step was
+        first built, for an imported entry (default: now).
         """
 
-        entry = _columns(key, parent_key, layer, created_by)
+        entry = _columns(key, parent_key, layer, created_by, created)
         existing = self.store.db.record_cache_entry(entry, keep_existing=self._keeps_existing(replace))
         return layer if existing is None else _layer_of(existing)
 
@@ -195,8 +205,9 @@ class BuildCache:
         self.store.db.record_cache_inputs(key, place.as_columns(), inputs, listings)
 
 
-def _columns(key: str, parent_key: str, layer: LayerRef | None, created_by: str) -> dict:
+def _columns(key: str, parent_key: str, layer: LayerRef | None, created_by: str, created: float | None = None) -> dict:
     return {
+        "created": created,
         "key": key,
         "parent_key": parent_key,
         "diff_id": layer.diff_id if layer else None,

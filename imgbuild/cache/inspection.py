@@ -7,6 +7,7 @@ the same dicts, so a script sees exactly what a person sees.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -253,21 +254,16 @@ def _apply_names(store: Store, digest: str, media_type: str, paths: set[str]) ->
     hide what is below); False when it is unreadable or there are too many."""
     added: list[str] = []
     try:
-        with store.open_blob(digest) as blob:
-            reader = TarReader(open_tar_stream(blob, media_type).read)
-            while (entry := reader.next_entry()) is not None:
-                name = _clean(entry.name.decode("utf-8", "surrogateescape"))
-                head, base = posixpath.split(name)
-                if base == OPAQUE_WHITEOUT.decode():
-                    _drop_below(paths, "/" + head if head else "")
-                elif base.startswith(WHITEOUT_PREFIX.decode()):
-                    gone = "/" + posixpath.join(head, base[len(WHITEOUT_PREFIX):])
-                    paths.discard(gone)
-                    _drop_below(paths, gone)
-                elif name:
-                    added.append("/" + name)
-                if len(paths) + len(added) > MAX_LOWER_PATHS:
-                    return False
+        for entry in walk_layer(store, digest, media_type):
+            if entry.kind == "opaque":
+                _drop_below(paths, entry.path if entry.path != "/" else "")
+            elif entry.kind == "whiteout":
+                paths.discard(entry.path)
+                _drop_below(paths, entry.path)
+            else:
+                added.append(entry.path)
+            if len(paths) + len(added) > MAX_LOWER_PATHS:
+                return False
     except ImgbuildError:
         return False
     paths.update(added)
@@ -293,13 +289,8 @@ def layer_changes(store: Store, digest: str, media_type: str | None, below: set[
     deleted: list[str] = []
     emptied: list[str] = []
     counts = {"written": 0, "deleted": 0, "emptied": 0, "written_bytes": 0, "added": 0, "changed": 0}
-    try:
-        with store.open_blob(digest) as blob:
-            reader = TarReader(open_tar_stream(blob, media_type).read)
-            while (entry := reader.next_entry()) is not None:
-                _note_entry(entry, written, deleted, emptied, counts, below)
-    except LayerError as error:
-        raise ImgbuildError(f"cannot read layer {digest}: {error}") from None
+    for entry in walk_layer(store, digest, media_type):
+        _note_entry(entry, written, deleted, emptied, counts, below)
     return {
         "below_known": below is not None,
         "written": written,
@@ -311,32 +302,94 @@ def layer_changes(store: Store, digest: str, media_type: str | None, below: set[
     }
 
 
-def _note_entry(entry, written: list, deleted: list, emptied: list, counts: dict, below: set[str] | None) -> None:
-    name = _clean(entry.name.decode("utf-8", "surrogateescape"))
-    if not name:
-        return  # the layer's root entry
-    head, base = posixpath.split(name)
+def _note_entry(entry: LayerEntry, written: list, deleted: list, emptied: list, counts: dict,
+                below: set[str] | None) -> None:
     room = len(written) + len(deleted) + len(emptied) < MAX_LAYER_PATHS
-    if base.encode("utf-8", "surrogateescape") == OPAQUE_WHITEOUT:
+    if entry.kind == "opaque":
         counts["emptied"] += 1
         if room:
-            emptied.append("/" + head if head else "/")
+            emptied.append(entry.path)
         return
-    if base.encode("utf-8", "surrogateescape").startswith(WHITEOUT_PREFIX):
+    if entry.kind == "whiteout":
         counts["deleted"] += 1
         if room:
-            deleted.append("/" + posixpath.join(head, base[len(WHITEOUT_PREFIX):]))
+            deleted.append(entry.path)
         return
-    kind = _KINDS.get(entry.type, "file")
-    size = entry.size if kind == "file" else 0
     counts["written"] += 1
-    counts["written_bytes"] += size
-    row = {"path": "/" + name, "type": kind, "size": size}
+    counts["written_bytes"] += entry.size
+    row = {"path": entry.path, "type": entry.kind, "size": entry.size}
     if below is not None:
         row["change"] = "changed" if row["path"] in below else "added"
         counts[row["change"]] += 1
     if room:
         written.append(row)
+
+
+@dataclass
+class LayerEntry:
+    """One entry of a layer tar as the layer means it.
+
+    ``kind`` is file, dir, symlink, hardlink, char, block or fifo for what
+    the layer writes at ``path``; ``whiteout`` when it deletes ``path``;
+    ``opaque`` when it hides everything below the directory ``path``.
+    ``size`` counts only a regular file's bytes. ``read_data`` reads the
+    file's bytes while the walk stands at this entry.
+    """
+
+    path: str  # absolute, cleaned: "/etc/motd"
+    kind: str
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    link: str  # a symlink's target, a hard link's first name
+    mtime_ns: int
+    reader: TarReader | None = None
+    hasher: object | None = None  # a hashlib object: sees every byte read_data returns
+
+    def read_data(self, limit: int) -> bytes:
+        """Up to ``limit`` bytes of a regular file's data (b"" for anything else)."""
+        if self.kind != "file" or self.reader is None:
+            return b""
+        chunks, total = [], 0
+        while total < limit and (chunk := self.reader.read_data(min(1 << 20, limit - total))):
+            chunks.append(chunk)
+            total += len(chunk)
+            if self.hasher is not None:
+                self.hasher.update(chunk)
+        return b"".join(chunks)
+
+
+def walk_layer(store: Store, digest: str, media_type: str | None) -> Iterator[LayerEntry]:
+    """The entries of a layer blob in the store, streamed: one entry in memory
+    at a time, its data read only if the caller asks (``read_data``)."""
+    try:
+        with store.open_blob(digest) as blob:
+            reader = TarReader(open_tar_stream(blob, media_type).read)
+            while (entry := reader.next_entry()) is not None:
+                layer_entry = _layer_entry(entry, reader)
+                if layer_entry is not None:
+                    yield layer_entry
+    except LayerError as error:
+        raise ImgbuildError(f"cannot read layer {digest}: {error}") from None
+
+
+def _layer_entry(entry, reader: TarReader) -> LayerEntry | None:
+    name = _clean(entry.name.decode("utf-8", "surrogateescape"))
+    if not name:
+        return None  # the layer's root entry
+    head, base = posixpath.split(name)
+    raw_base = base.encode("utf-8", "surrogateescape")
+    link = entry.linkname.decode("utf-8", "surrogateescape")
+    if raw_base == OPAQUE_WHITEOUT:
+        return LayerEntry("/" + head, "opaque", 0, 0, 0, 0, "", entry.mtime_ns)
+    if raw_base.startswith(WHITEOUT_PREFIX):
+        gone = "/" + posixpath.join(head, base[len(WHITEOUT_PREFIX):])
+        return LayerEntry(gone, "whiteout", 0, 0, 0, 0, "", entry.mtime_ns)
+    kind = _KINDS.get(entry.type, "file")
+    size = entry.size if kind == "file" else 0
+    return LayerEntry("/" + name, kind, size, entry.mode & 0o7777, entry.uid, entry.gid, link, entry.mtime_ns,
+                      reader if kind == "file" else None)
 
 
 _KINDS = {

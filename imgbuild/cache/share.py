@@ -118,6 +118,7 @@ class CachedStep:
     created_by: str
     inputs: dict | None = None  # the key's record (inputs.key_inputs), as exported
     place: dict | None = None  # PLACE_FIELDS
+    created: float | None = None  # when the exporter first built it: dates the step's history
 
 
 def exported_dockerfile(name: str) -> str:
@@ -150,6 +151,8 @@ def cache_document(store: Store, keys: list[str], pending: dict | None = None) -
             continue
         row, inputs = record.row, record.inputs
         entry = {"key": key, "parent": row["parent_key"] or "", "created_by": row["created_by"] or ""}
+        if row.get("created"):  # an importer's image then has the same times, so the same digest
+            entry["created"] = row["created"]
         if row["diff_id"]:
             blob = Descriptor(row["layer_media_type"], row["layer_digest"], row["layer_size"])
             entry["layer"] = {**blob.to_json(), "diffID": row["diff_id"]}
@@ -261,7 +264,15 @@ def _cached_step(item: dict) -> CachedStep:
         str(item.get("created_by") or ""),
         inputs if isinstance(inputs, dict) else None,
         _place(item.get("place")),
+        _created(item.get("created")),
     )
+
+
+def _created(value) -> float | None:
+    """An exported entry's time; anything but a plausible number is left out."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e11:
+        return None
+    return float(value)
 
 
 def _place(value) -> dict | None:

@@ -1,8 +1,12 @@
 """Command-line entry point: one module per verb in this package.
 
-Each verb module has ``add_arguments(parser)`` and ``run(args) -> int``.
-``imgbuild ARGS`` without a known verb means ``imgbuild build ARGS``, as
-``docker build`` users expect from a builder.
+Each verb module has ``add_arguments(parser)`` and ``run(args) -> int``;
+``VERBS`` lists them (a new verb is one line there). ``imgbuild FLAGS
+CONTEXT`` without a verb means ``imgbuild build FLAGS CONTEXT``, as
+``docker build`` users expect from a builder; a first word that is neither a
+verb, a flag nor a context path is an unknown verb (exit 2). A bare
+``imgbuild`` prints the help. Usage errors end with ``see 'imgbuild VERB
+--help'`` and exit 2.
 """
 
 from __future__ import annotations
@@ -10,14 +14,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
-from imgbuild.errors import ImgbuildError, UsageError
+from imgbuild.errors import ImgbuildError, Terminated, UsageError, exit_code_of
 
 # verb -> (module under imgbuild.cli, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "build": ("build", "build an image from a Dockerfile"),
     "outline": ("outline", "show the stages, build args and steps a build would run"),
+    "check": ("check", "run BuildKit's build checks on a Dockerfile, without building"),
     "run": ("run", "run an image once, attached, like docker run --rm"),
     "images": ("images", "list the images in the local store"),
     "tag": ("tag", "give an image another name"),
@@ -28,11 +35,14 @@ VERBS: dict[str, tuple[str, str]] = {
     "push": ("push", "push an image to a registry"),
     "save": ("save", "write images to an OCI or docker-archive tar"),
     "load": ("load", "read images from an OCI or docker-archive tar"),
+    "import": ("import_", "make a one-layer image from a root filesystem directory or tar"),
     "fsck": ("fsck", "verify every blob and reference in the store"),
     "cache": ("cache", "inspect, explain and prune the build cache"),
     "pin": ("pin", "pin a Dockerfile's base images to the digests their registries serve"),
     "image": ("image", "manage images: prune (and ls, rm, inspect, ... as docker image has them)"),
     "system": ("system", "show what the store takes on disk: df"),
+    "layers": ("layers", "show what each layer of an image adds, changes and removes, and wasted space"),
+    "diff": ("diff", "show the config, file and package differences between two images"),
 }
 
 
@@ -71,47 +81,88 @@ def make_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def _verb_of(argv: list[str]) -> str | None:
     """The verb in an argv that ``_with_default_verb`` has completed."""
-    return next((word for word in argv if word in VERBS), None)
+    i = _first_word(argv)
+    return argv[i] if i < len(argv) and argv[i] in VERBS else None
 
 
-def _with_default_verb(argv: list[str]) -> list[str]:
-    """Insert ``build`` unless the first non-global word is a verb."""
+def _first_word(argv: list[str]) -> int:
+    """The index of the first word after the global flags (``--root DIR``, ``--version``, ``-h``)."""
     i = 0
     while i < len(argv):
         word = argv[i]
         if word == "--root":
             i += 2
-            continue
-        if word.startswith("--root=") or word in ("--version", "-h", "--help"):
+        elif word.startswith("--root=") or word in ("--version", "-h", "--help"):
             i += 1
-            continue
-        break
-    if i < len(argv) and argv[i] in VERBS:
+        else:
+            break
+    return i
+
+
+def _looks_like_context(word: str) -> bool:
+    """A build context given without the verb: ``.``, ``-`` (a tar on stdin), a path, a directory."""
+    return word in (".", "..", "-") or "/" in word or os.path.isdir(word)
+
+
+def _with_default_verb(argv: list[str]) -> list[str]:
+    """Insert ``build`` before build flags or a context; refuse any other word."""
+    i = _first_word(argv)
+    if i >= len(argv) or argv[i] in VERBS:
         return argv
-    if i >= len(argv) and any(w in ("--version", "-h", "--help") for w in argv):
-        return argv
-    return argv[:i] + ["build"] + argv[i:]
+    word = argv[i]
+    if word.startswith("-") or _looks_like_context(word):
+        return argv[:i] + ["build"] + argv[i:]
+    raise UsageError(f"{word!r} is not an imgbuild command; see 'imgbuild --help'")
+
+
+def _with_help_hint(error: UsageError, verb: str | None) -> UsageError:
+    """End a usage error with where to read the right usage, once."""
+    message = str(error)
+    if not message.endswith("--help'"):
+        where = f"imgbuild {verb} --help" if verb else "imgbuild --help"
+        error.args = (f"{message}; see '{where}'",)
+    return error
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    verb = None
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
-        argv = _with_default_verb(argv)
-        # no verb (--version, --help): import no verb module at all
-        args = make_parser(only=_verb_of(argv) or "").parse_args(argv)
-        if args.version:
-            from imgbuild import __version__
+        try:
+            argv = _with_default_verb(argv)
+            verb = _verb_of(argv)
+            # no verb (--version, --help): import no verb module at all
+            parser = make_parser(only=verb or "")
+            args = parser.parse_args(argv)
+            if args.version:
+                from imgbuild import __version__
 
-            print(f"imgbuild {__version__}")
-            return 0
-        if args.root is None:
-            args.root = default_root()
-        return args._run(args)
+                print(f"imgbuild {__version__}")
+                return 0
+            if args.verb is None:  # a bare `imgbuild` (or only --root)
+                parser.print_help()
+                return 0
+            if args.root is None:
+                args.root = default_root()
+            return args._run(args)
+        except UsageError as error:
+            raise _with_help_hint(error, verb) from None
     except ImgbuildError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
+        if not error.reported:  # --progress json: it was the build_failed event
+            print(f"error: {error}", file=sys.stderr)
+        return exit_code_of(error)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: 130; SIGTERM (Terminated): 143
         print("error: interrupted", file=sys.stderr)
-        return 130
+        return exit_code_of(interrupt)
     except BrokenPipeError:
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame):
+    """SIGTERM unwinds like Ctrl-C (mounts and containers are cleaned up), then exits 143."""
+    raise Terminated

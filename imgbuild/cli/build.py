@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from imgbuild.builder.options import (
     COMPRESSIONS,
     BuildOptions,
+    parse_add_host,
+    parse_annotation,
+    parse_build_context,
     parse_key_value_list,
+    parse_labels,
     parse_output,
     parse_secret,
+    parse_ssh,
 )
 from imgbuild.cache.prune import parse_limit
 from imgbuild.cache.share import parse_cache_spec
+from imgbuild.cli.tag import target_name
 from imgbuild.context.buildfiles import read_dockerfile_stdin
-from imgbuild.errors import DockerfileError, UsageError
+from imgbuild.errors import DockerfileError, ImgbuildError, UsageError
+from imgbuild.image import Platform
+from imgbuild.layer.write import check_compression
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("context", metavar="CONTEXT", help="build context directory")
+    parser.add_argument(
+        "context", metavar="CONTEXT", help="build context directory; - for a tar archive (or a Dockerfile) on stdin"
+    )
     parser.add_argument("-f", "--file", help="Dockerfile (default CONTEXT/Dockerfile; - for stdin)")
     parser.add_argument("-t", "--tag", action="append", default=[], help="name:tag for the image (repeatable)")
     parser.add_argument("--build-arg", action="append", default=[], metavar="K[=V]", help="set a build arg")
@@ -66,12 +79,35 @@ def add_arguments(parser) -> None:
         "--cache-from", action="append", default=[], metavar="SPEC",
         help="import a cache: type=local,src=DIR or type=registry,ref=REF (repeatable)",
     )
+    parser.add_argument("--check", action="store_true", help="only run the build checks (as imgbuild check), build nothing")
     parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST", help="use plain HTTP for HOST")
+    # buildx flags users paste from their pipelines
+    parser.add_argument(
+        "--load", action="store_true", help="accepted as buildx has it: the image always goes to the local store"
+    )
+    parser.add_argument(
+        "--add-host", action="append", default=[], metavar="NAME:IP", help="a line for /etc/hosts in RUN"
+    )
+    parser.add_argument(
+        "--annotation", action="append", default=[], metavar="[manifest:]K=V", help="annotate the image manifest"
+    )
+    parser.add_argument(
+        "--build-context", action="append", default=[], metavar="NAME=DIR|docker-image://IMAGE",
+        help="a named context for FROM NAME, COPY --from=NAME, RUN --mount=from=NAME",
+    )
+    parser.add_argument(
+        "--ssh", action="append", default=[], metavar="default|ID=SOCKET", help="an SSH agent for RUN --mount=type=ssh"
+    )
 
 
 def options_from_args(args) -> BuildOptions:
+    """The build's options; for ``-`` (the context on stdin), the context is
+    filled in once stdin is read (``run``), after the flags are checked."""
     context = Path(args.context)
-    if not context.is_dir():
+    if args.context == "-":
+        if args.file == "-":
+            raise UsageError("the context (-) and the Dockerfile (-f -) cannot both come from standard input")
+    elif not context.is_dir():
         raise UsageError(f"build context {args.context!r} is not a directory")
     dockerfile = None
     dockerfile_text = None
@@ -86,6 +122,7 @@ def options_from_args(args) -> BuildOptions:
     if epoch is not None and not epoch.isdigit():
         raise UsageError(f"SOURCE_DATE_EPOCH must be a whole number of seconds, not {epoch!r}")
     outputs = [parse_output(text) for text in args.output]
+    check_flags(args, outputs)
     if args.push and not args.tag:
         raise UsageError("--push needs a name: add -t REGISTRY/NAME:TAG")
     if args.jobs < 0:
@@ -97,11 +134,11 @@ def options_from_args(args) -> BuildOptions:
         context=context,
         dockerfile=dockerfile,
         dockerfile_text=dockerfile_text,
-        tags=list(args.tag),
+        tags=[tag_name(tag) for tag in args.tag],
         build_args=parse_key_value_list(args.build_arg, "--build-arg"),
         target=args.target,
         platform=args.platform,
-        labels=parse_key_value_list(args.label, "--label", environ={}),
+        labels=parse_labels(args.label),
         no_cache=args.no_cache,
         no_cache_filter=list(args.no_cache_filter),
         explain=args.explain,
@@ -114,7 +151,7 @@ def options_from_args(args) -> BuildOptions:
         iidfile=Path(args.iidfile) if args.iidfile else None,
         metadata_file=Path(args.metadata_file) if args.metadata_file else None,
         jobs=args.jobs,
-        runtime=args.runtime or os.environ.get("IMGBUILD_RUNTIME") or "runc",
+        runtime=runtime_of(args),
         network=args.network,
         compression=args.compression,
         compression_level=args.compression_level,
@@ -124,16 +161,93 @@ def options_from_args(args) -> BuildOptions:
         min_free=args.min_free,
         cache_to=[parse_cache_spec(text, "--cache-to") for text in args.cache_to],
         cache_from=[parse_cache_spec(text, "--cache-from") for text in args.cache_from],
+        extra_hosts=[parse_add_host(text) for text in args.add_host],
+        annotations=dict(parse_annotation(text) for text in args.annotation),
+        build_contexts={c.name: c for c in map(parse_build_context, args.build_context)},
+        ssh=dict(parse_ssh(text) for text in args.ssh),
     )
+
+
+def with_stdin_context(options: BuildOptions, stdin) -> BuildOptions:
+    """The options with the context that came on stdin: ``-f NAME`` names a
+    file in it, as in ``docker build -f NAME - < context.tar``."""
+    dockerfile = stdin.directory / options.dockerfile if options.dockerfile is not None else None
+    if stdin.dockerfile_text is not None:  # stdin was a Dockerfile: the context is empty
+        dockerfile = None
+    return dataclasses.replace(
+        options, context=stdin.directory, dockerfile=dockerfile, dockerfile_text=stdin.dockerfile_text
+    )
+
+
+def check_flags(args, outputs) -> None:
+    """What can be wrong with the flags, found before any step runs (and
+    whether or not any will: a fully cached build still checks them)."""
+    check_compression(args.compression, args.compression_level)
+    for output in outputs:
+        compression = output.compression or args.compression
+        level = output.compression_level if output.compression_level is not None else args.compression_level
+        if output.compression is not None or output.compression_level is not None:
+            check_compression(compression, level)
+    if args.platform:
+        check_platform(args.platform)
+    runtime = runtime_of(args)
+    if shutil.which(runtime) is None:
+        raise UsageError(f"OCI runtime {runtime!r} not found: install it, or choose runc (--runtime runc)")
+
+
+def tag_name(text: str) -> str:
+    """A ``-t`` name, checked as ``imgbuild tag`` checks its target (one a registry can take)."""
+    try:
+        return target_name(text)
+    except UsageError as error:
+        raise UsageError(f"-t {text!r}: {error}") from None
+
+
+def check_platform(text: str) -> None:
+    if "," in text:
+        raise UsageError(
+            f"--platform {text!r}: multi-platform builds are not supported yet; build each platform on its own"
+        )
+    Platform.parse(text)
+
+
+def runtime_of(args) -> str:
+    return args.runtime or os.environ.get("IMGBUILD_RUNTIME") or "runc"
 
 
 def run(args) -> int:
     from imgbuild.builder.builder import build
+    from imgbuild.builder.progress import make_progress
     from imgbuild.store import Store
 
-    options = options_from_args(args)
-    result = build(Store(args.root), options)
+    try:
+        options = options_from_args(args)
+        store = Store(args.root)
+        with build_context(args, store, options) as options:
+            if args.check:  # the build checks only; nothing is built
+                from imgbuild.cli.check import check_build
+
+                return check_build(options, args.root)
+            result = build(store, options)
+    except ImgbuildError as error:
+        if args.progress == "json" and not args.quiet and not error.reported:  # the JSON stream stays JSON
+            progress = make_progress("json")
+            progress.build_failed(error)
+            progress.close()
+        raise
     if args.quiet:
         # the image ID, as docker build -q prints and --iidfile holds; not the manifest digest
         print(result.image.config_descriptor.digest)
     return 0
+
+
+@contextmanager
+def build_context(args, store, options: BuildOptions):
+    """The options, with the context read from stdin first for ``-`` (removed afterwards)."""
+    if args.context != "-":
+        yield options
+        return
+    from imgbuild.context.stdin import context_from_stdin
+
+    with context_from_stdin(store) as stdin:
+        yield with_stdin_context(options, stdin)

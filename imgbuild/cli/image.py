@@ -1,7 +1,7 @@
 """``imgbuild image SUBCOMMAND``: Docker's ``docker image`` group.
 
 ``prune`` is its own; ``ls``, ``rm``, ``inspect``, ``history``, ``tag``,
-``save``, ``load``, ``pull`` and ``push`` are the verbs of the same names
+``save``, ``load``, ``pull``, ``push`` and ``import`` are the verbs of the same names
 (``images``, ``rmi``, ...), for hands used to ``docker image ls``.
 
 Subcommand groups (``image``, ``system``) share ``add_group`` and ``run_group``:
@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "load": ("load", "the same as imgbuild load"),
     "pull": ("pull", "the same as imgbuild pull"),
     "push": ("push", "the same as imgbuild push"),
+    "import": ("import_", "the same as imgbuild import"),
 }
 
 

@@ -27,6 +27,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("-w", "--workdir", help="working directory (default: the image's WORKDIR)")
     parser.add_argument("--entrypoint", help="override the image's ENTRYPOINT and drop its CMD ('' clears the ENTRYPOINT)")
     parser.add_argument("--runtime", default=None, help="OCI runtime: runc (default) or crun")
+    parser.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CONTAINER[:ro]", help="bind-mount a host path (absolute) into the container")
+    parser.add_argument("--privileged", action="store_true", help="all capabilities, no seccomp, all devices, writable /sys and cgroups (docs/container.md)")
     parser.add_argument("image", metavar="IMAGE")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD")
 
@@ -44,6 +46,8 @@ def run(args) -> int:
         workdir=args.workdir,
         entrypoint=args.entrypoint,
         runtime=args.runtime or os.environ.get("IMGBUILD_RUNTIME") or "runc",
+        privileged=args.privileged,
+        volumes=list(args.volume),
         env_files=list(args.env_file),
         interactive=args.interactive,
         tty=args.tty,

@@ -11,7 +11,8 @@ Layers, each usable on its own:
 - ``scope``: ARG/ENV visibility in a stage (``StageScope``) and
   ``expanded(instruction, scope)``;
 - ``plan``: stages, dependencies, ``--target``, parallel levels;
-- ``outline``: what ``imgbuild outline`` prints.
+- ``outline``: what ``imgbuild outline`` prints;
+- ``checks``: BuildKit's build checks over the parsed file and its plan.
 
 The entry points are ``parse(text, filename)`` and ``plan(dockerfile, ...)``.
 """

@@ -49,14 +49,22 @@ class Instruction:
     source: str
     text: str
     comments: list[str] = field(default_factory=list)  # comment lines directly above
+    # Facts only the build checks (checks.py) need: the keyword as written
+    # ("run", "Copy"), and where an empty line inside a continuation ended it.
+    keyword_as_written: str = field(default="", compare=False)
+    empty_continuation_line: int | None = field(default=None, compare=False)
 
 
 @dataclass
 class KeyValue:
-    """One ``key=value`` of ENV or LABEL, as written."""
+    """One ``key=value`` of ENV or LABEL, as written.
+
+    ``legacy`` is the old ``ENV key value`` form (no ``=``).
+    """
 
     key: str
     value: str
+    legacy: bool = field(default=False, compare=False)
 
 
 @dataclass
@@ -79,6 +87,8 @@ class From(Instruction):
     image: str  # as written, e.g. "${BASE}:1" or the name of an earlier stage
     stage_name: str | None = None  # lower-cased, as BuildKit compares stage names
     platform: str | None = None  # --platform, as written
+    stage_name_as_written: str | None = field(default=None, compare=False)  # "Build" for "build"
+    as_keyword: str | None = field(default=None, compare=False)  # "AS", "as", "As" as written
 
 
 @dataclass(kw_only=True)
@@ -299,8 +309,8 @@ def to_instruction(node: InstructionLine, filename: str, escape: str = "\\") -> 
 
 
 def _location(node: InstructionLine, filename: str) -> SourceLocation:
-    first = node.source.split("\n", 1)[0] if node.source else node.original
-    return SourceLocation(filename, node.line, first.rstrip("\r"))
+    # every line it spans: the error snippet quotes them all
+    return SourceLocation(filename, node.line, node.source or node.original)
 
 
 def _convert(node: InstructionLine, escape: str) -> Instruction:
@@ -314,6 +324,8 @@ def _convert(node: InstructionLine, escape: str) -> Instruction:
         source=node.source,
         text=go_trim_space(node.original),
         comments=list(node.comments),
+        keyword_as_written=node.keyword,
+        empty_continuation_line=node.empty_continuation_line,
     )
     return converter(node, common, escape)
 
@@ -390,8 +402,9 @@ _STAGE_NAME = re.compile(r"[a-z][a-z0-9\-_.]*\Z")
 
 def _from(node: InstructionLine, common: dict, escape: str) -> From:
     args = node.args
-    stage_name = None
+    stage_name = as_keyword = written_name = None
     if len(args) == 3 and args[1].lower() == "as":
+        as_keyword, written_name = args[1], args[2]
         stage_name = args[2].lower()
         if not _STAGE_NAME.match(stage_name):
             raise _InstructionError(
@@ -403,7 +416,14 @@ def _from(node: InstructionLine, common: dict, escape: str) -> From:
             "FROM requires either one or three arguments (FROM image [AS name])"
         )
     flags = _flags(node, {"platform": "string"})
-    return From(image=args[0], stage_name=stage_name, platform=flags["platform"], **common)
+    return From(
+        image=args[0],
+        stage_name=stage_name,
+        platform=flags["platform"],
+        stage_name_as_written=written_name,
+        as_keyword=as_keyword,
+        **common,
+    )
 
 
 def _command_line(node: InstructionLine) -> tuple[list[str], bool]:
@@ -569,7 +589,7 @@ def _key_values(node: InstructionLine) -> list[KeyValue]:
         key, value = node.args[i], node.args[i + 1]
         if key == "":
             raise _InstructionError(f"{keyword} names can not be blank")
-        pairs.append(KeyValue(key, value))
+        pairs.append(KeyValue(key, value, legacy=node.args[i + 2] == ""))
     return pairs
 
 

@@ -71,6 +71,9 @@ class InstructionLine:
     comments: list[str] = field(default_factory=list)  # comment lines right above
     heredocs: list[Heredoc] = field(default_factory=list)  # raw: chomp not applied
     trigger: InstructionLine | None = None  # for ONBUILD
+    # the last line of the instruction when empty lines sat inside its
+    # continuation (BuildKit's NoEmptyContinuation check points there)
+    empty_continuation_line: int | None = None
 
     @property
     def command(self) -> str:
@@ -113,6 +116,7 @@ class _LineReader:
             self.scanner.directives.escape = escape
         self.pos = 0  # index of the next physical line to read
         self.warnings: list[str] = []
+        self.empty_continuation_line: int | None = None  # of the instruction being read
 
     @property
     def escape(self) -> str:
@@ -148,6 +152,7 @@ class _LineReader:
             if _is_comment(raw):
                 continue
             start = self.pos
+            self.empty_continuation_line = None
             logical, complete = self.trim_continuation(stripped)
             if complete and logical == "":
                 continue
@@ -192,6 +197,7 @@ class _LineReader:
             parts.append(text)
         joined = "".join(parts)
         if had_empty:
+            self.empty_continuation_line = self.pos
             self.warnings.append(f"Empty continuation line found in: {joined}")
         return joined
 
@@ -202,6 +208,7 @@ class _LineReader:
             raise self.error(str(error), start) from None
         node.line = start
         node.comments = comments
+        node.empty_continuation_line = self.empty_continuation_line
         if _can_have_heredocs(node) and "<<" in logical:
             node.heredocs = self.read_heredocs(logical, start)
         node.end_line = self.pos

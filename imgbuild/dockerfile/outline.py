@@ -121,7 +121,8 @@ def _changes(before: Instruction, after: Instruction) -> dict:
 
 def _plain(value):
     if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
+        # compare=False fields are facts for the build checks (KeyValue.legacy), not values
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.compare}
     if isinstance(value, list):
         return [_plain(item) for item in value]
     return value

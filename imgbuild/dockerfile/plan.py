@@ -255,8 +255,7 @@ class _Planner:
         )
 
     def _error(self, message: str, instruction: Instruction, kind=PlanError) -> DockerfileError:
-        first = instruction.source.split("\n", 1)[0] if instruction.source else instruction.text
-        return kind(message, SourceLocation(self.filename, instruction.line, first.rstrip("\r")))
+        return kind(message, SourceLocation(self.filename, instruction.line, instruction.source or instruction.text))
 
     def _expand_global(
         self, word: str, instruction: Instruction, value_of: str | None = None

@@ -106,6 +106,7 @@ class StageScope:
         self._args: dict[str, str | None] = {}  # ARGs declared in this stage
         self._from_arg: set[str] = set()  # names whose current value came from an ARG
         self._reads: set[str] = set()
+        self._unmatched: set[str] = set()  # names expansions found unset (UndefinedVar)
         self._growth = 0  # characters this instruction's expansions added so far
 
     # -- reading ------------------------------------------------------------
@@ -127,6 +128,7 @@ class StageScope:
         lexer = Lexer("\\", skip_quotes=True)
         result = lexer.process(text, self._env)
         self._reads |= result.matched
+        self._unmatched |= result.unmatched
         self._count_growth(text, result.result)
         return result.result
 
@@ -180,6 +182,12 @@ class StageScope:
             for name in sorted(self._reads)
             if name in self._from_arg and name in self._env
         }
+
+    def take_unmatched(self) -> set[str]:
+        """Names that expansions since the last call found unset (for the
+        UndefinedVar build check), and forget them."""
+        names, self._unmatched = self._unmatched, set()
+        return names
 
     def is_declared(self, name: str) -> bool:
         return name in self._args
@@ -278,6 +286,7 @@ class StageScope:
     def _process(self, word: str, env: Mapping[str, str], max_size: int | None = None):
         result = Lexer(self.escape, max_size=max_size).process(word, env)
         self._reads |= result.matched
+        self._unmatched |= result.unmatched
         self._count_growth(word, result.result)
         return result
 
@@ -320,8 +329,7 @@ def _located(error: ExpansionError, instruction: Instruction, scope: StageScope)
 
 
 def _location(instruction: Instruction, scope: StageScope) -> SourceLocation:
-    first = instruction.source.split("\n", 1)[0] if instruction.source else instruction.text
-    return SourceLocation(scope.filename, instruction.line, first.rstrip("\r"))
+    return SourceLocation(scope.filename, instruction.line, instruction.source or instruction.text)
 
 
 def _expand(instruction: Instruction, scope: StageScope) -> Instruction:

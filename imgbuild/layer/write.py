@@ -43,6 +43,7 @@ import zstandard
 from isal import igzip_threaded
 
 from imgbuild.errors import LayerError, UsageError
+from imgbuild.layer.fdtree import DIR_FLAGS, proc_path
 from imgbuild.layer.tarformat import (
     BLOCK_DEVICE,
     CHAR_DEVICE,
@@ -73,6 +74,7 @@ _FAST_GZIP_LEVEL = 1
 _GZIP_BLOCK = 1 << 20
 _LEVEL_RANGES = {"gzip": range(0, 10), "zstd": range(1, 23)}
 _CHUNK = 1 << 20
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _SECOND = 1_000_000_000
 # xattrs a layer carries: user.* (minus overlayfs' own user.overlay.*) and
 # security.* (security.capability above all). trusted.* holds overlay internals.
@@ -107,7 +109,7 @@ def write_layer(
     """
     level = _check_options(compression, level, source_date_epoch)
     root = os.fsencode(changeset)
-    if not os.path.isdir(root) or os.path.islink(root):
+    if os.path.islink(root) or not os.path.isdir(root):
         raise LayerError(f"changeset {changeset} is not a directory")
     blob = _HashingWriter(out)
     with _compressing(compression, level, blob) as compressor:
@@ -115,7 +117,7 @@ def write_layer(
         for entry, source in _layer_entries(root, source_date_epoch):
             tar.write(encode_header(entry))
             if source is not None:
-                _copy_contents(source, entry.size, tar)
+                _copy_contents(root, source, entry.size, tar)
         tar.write(END_OF_ARCHIVE)
     return _digests(tar, blob, compression)
 
@@ -149,6 +151,11 @@ def changeset_is_empty(changeset: Path) -> bool:
     """True when the changeset has no entries: the step changed nothing and adds no layer."""
     with os.scandir(changeset) as entries:
         return next(entries, None) is None
+
+
+def check_compression(compression: str, level: int | None) -> None:
+    """Raise UsageError unless ``level`` suits ``compression``: for flags, before any work."""
+    _check_options(compression, level, None)
 
 
 def _check_options(compression: str, level: int | None, source_date_epoch: int | None) -> int | None:
@@ -279,43 +286,94 @@ def _open_compressor(compression: str, level: int | None, blob: _HashingWriter):
 # Walking the changeset
 
 
-def _walk(root: bytes) -> Iterator[tuple[bytes, os.stat_result]]:
-    """(relative path, lstat) of everything under root, depth first, names sorted bytewise."""
-    pending = [name for name in sorted(os.listdir(root), reverse=True)]
-    while pending:
-        relative = pending.pop()
-        info = os.lstat(os.path.join(root, relative))
-        yield relative, info
-        if stat.S_ISDIR(info.st_mode):
-            children = sorted(os.listdir(os.path.join(root, relative)), reverse=True)
-            pending.extend(relative + b"/" + name for name in children)
+@dataclass(frozen=True)
+class _Found:
+    """One entry of the walk, reachable as ``name`` in the open directory ``dir_fd``."""
+
+    relative: bytes
+    info: os.stat_result
+    dir_fd: int
+    name: bytes
+
+
+def _walk(root: bytes) -> Iterator[_Found]:
+    """Everything under root, depth first, names sorted bytewise.
+
+    Every directory is opened with O_NOFOLLOW from its parent's descriptor
+    and every entry is looked at relative to that, so a symlink (in the
+    tree, or swapped in while we read it) is never followed. An entry's
+    ``dir_fd`` stays open until the caller asks for the next one.
+    """
+    root_fd = os.open(root, DIR_FLAGS)
+    stack = [(root_fd, b"", iter(_sorted_names(root_fd)))]
+    try:
+        while stack:
+            dir_fd, prefix, names = stack[-1]
+            name = next(names, None)
+            if name is None:
+                os.close(stack.pop()[0])
+                continue
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            yield _Found(prefix + name, info, dir_fd, name)
+            if stat.S_ISDIR(info.st_mode):
+                child = _open_walked_directory(root, prefix + name, dir_fd, info)
+                stack.append((child, prefix + name + b"/", iter(_sorted_names(child))))
+    finally:
+        for dir_fd, _, _ in stack:
+            os.close(dir_fd)
+
+
+def _open_walked_directory(root: bytes, relative: bytes, dir_fd: int, info: os.stat_result) -> int:
+    """The directory just walked, refused if something else is there now."""
+    name = relative.rsplit(b"/", 1)[-1]
+    try:
+        fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as error:
+        if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        fd = None
+    if fd is not None:
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) == (info.st_dev, info.st_ino):
+            return fd
+        os.close(fd)
+    raise LayerError(
+        f"{os.fsdecode(os.path.join(root, relative))} changed while it was written into the "
+        "layer (it is no longer the directory that was read); is something still changing it?"
+    )
+
+
+def _sorted_names(dir_fd: int) -> list[bytes]:
+    return sorted(os.fsencode(name) for name in os.listdir(dir_fd))
 
 
 def _layer_entries(
     root: bytes, source_date_epoch: int | None
-) -> Iterator[tuple[TarEntry, bytes | None]]:
+) -> Iterator[tuple[TarEntry, _Found | None]]:
     """The tar entries for the changeset, each with the file to copy its data from."""
     first_paths: dict[tuple[int, int], bytes] = {}  # (dev, ino) -> first path, for hardlinks
     try:
-        for relative, info in _walk(root):
-            path = os.path.join(root, relative)
+        for found in _walk(root):
             try:
-                yield from _entries_for(relative, path, info, first_paths, source_date_epoch)
+                yield from _entries_for(found, first_paths, source_date_epoch)
             except OSError as error:
                 raise LayerError(
-                    f"cannot read {os.fsdecode(path)} for the layer: {error}"
+                    f"cannot read {_shown(root, found)} for the layer: {error}"
                 ) from error
     except OSError as error:
         raise LayerError(f"cannot read the changeset {os.fsdecode(root)}: {error}") from error
 
 
+def _shown(root: bytes, found: _Found) -> str:
+    return os.fsdecode(os.path.join(root, found.relative))
+
+
 def _entries_for(
-    relative: bytes,
-    path: bytes,
-    info: os.stat_result,
+    found: _Found,
     first_paths: dict[tuple[int, int], bytes],
     source_date_epoch: int | None,
-) -> Iterator[tuple[TarEntry, bytes | None]]:
+) -> Iterator[tuple[TarEntry, _Found | None]]:
+    relative, info = found.relative, found.info
     mode = info.st_mode
     entry = TarEntry(
         name=relative,
@@ -334,10 +392,10 @@ def _entries_for(
         yield entry, None
         return
     if stat.S_ISSOCK(mode):
-        log.warning("skipping socket %s: sockets cannot be stored in a layer", os.fsdecode(path))
+        log.warning("skipping socket %s: sockets cannot be stored in a layer", os.fsdecode(relative))
         return
-    all_xattrs = _read_xattrs(path)
-    _refuse_overlay_references(path, all_xattrs)
+    all_xattrs = _read_xattrs(proc_path(found.dir_fd, found.name))
+    _refuse_overlay_references(relative, all_xattrs)
     if stat.S_ISDIR(mode):
         entry.type = DIRECTORY
         entry.name = relative + b"/"
@@ -365,10 +423,10 @@ def _entries_for(
     entry.xattrs = _layer_xattrs(all_xattrs)
     if stat.S_ISREG(mode):
         entry.size = info.st_size
-        yield entry, path
+        yield entry, found
     elif stat.S_ISLNK(mode):
         entry.type = SYMLINK
-        entry.linkname = os.readlink(path)
+        entry.linkname = os.readlink(found.name, dir_fd=found.dir_fd)
         yield entry, None
     elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         entry.type = CHAR_DEVICE if stat.S_ISCHR(mode) else BLOCK_DEVICE
@@ -392,11 +450,10 @@ def set_times_as_written(root: Path | str, source_date_epoch: int | None) -> Non
     tree its blob extracts to, so a later step sees the same times whether
     its base was built here, pulled or loaded.
     """
-    top = os.fsencode(root)
-    for relative, info in _walk(top):
-        wanted = _entry_mtime(info, source_date_epoch)
-        if info.st_mtime_ns != wanted:
-            os.utime(os.path.join(top, relative), ns=(wanted, wanted), follow_symlinks=False)
+    for found in _walk(os.fsencode(root)):
+        wanted = _entry_mtime(found.info, source_date_epoch)
+        if found.info.st_mtime_ns != wanted:
+            os.utime(found.name, ns=(wanted, wanted), dir_fd=found.dir_fd, follow_symlinks=False)
 
 
 def _entry_mtime(info: os.stat_result, source_date_epoch: int | None) -> int:
@@ -423,13 +480,13 @@ def _read_xattrs(path: bytes) -> dict[str, bytes]:
     return values
 
 
-def _refuse_overlay_references(path: bytes, xattrs: dict[str, bytes]) -> None:
+def _refuse_overlay_references(relative: bytes, xattrs: dict[str, bytes]) -> None:
     # With redirect_dir or metacopy, an upperdir entry points at lower-layer
     # data instead of holding it, so the upperdir alone is not the diff.
     for feature in ("redirect", "metacopy"):
         if f"trusted.overlay.{feature}" in xattrs or f"user.overlay.{feature}" in xattrs:
             raise LayerError(
-                f"{os.fsdecode(path)} is an overlayfs {feature} entry: its content lives in a "
+                f"{os.fsdecode(relative)} is an overlayfs {feature} entry: its content lives in a "
                 "lower layer, so the changeset cannot be written as a layer; mount the "
                 "overlay with redirect_dir=off,metacopy=off"
             )
@@ -443,24 +500,34 @@ def _layer_xattrs(xattrs: dict[str, bytes]) -> dict[str, bytes]:
     }
 
 
-def _copy_contents(path: bytes, size: int, tar: _HashingWriter) -> None:
-    """Stream exactly ``size`` bytes of the file (the size its header announced)."""
+def _copy_contents(root: bytes, found: _Found, size: int, tar: _HashingWriter) -> None:
+    """Stream exactly ``size`` bytes of the file (the size its header announced).
+
+    The file is opened without following a symlink and without blocking (a
+    FIFO swapped in would hang a plain open), then checked to be the regular
+    file that was walked: a special file's contents are never read.
+    """
+    shown = _shown(root, found)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(found.name, _FILE_FLAGS, dir_fd=found.dir_fd)
     except OSError as error:
-        raise LayerError(f"cannot read {os.fsdecode(path)} for the layer: {error}") from error
+        raise LayerError(f"cannot read {shown} for the layer: {error}") from error
     try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode) or opened.st_ino != found.info.st_ino:
+            raise LayerError(
+                f"{shown} changed while it was written into the layer; "
+                "is something still changing the directory?"
+            )
         left = size
         while left:
             try:
                 chunk = os.read(fd, min(_CHUNK, left))
             except OSError as error:
-                raise LayerError(
-                    f"cannot read {os.fsdecode(path)} for the layer: {error}"
-                ) from error
+                raise LayerError(f"cannot read {shown} for the layer: {error}") from error
             if not chunk:
                 raise LayerError(
-                    f"{os.fsdecode(path)} shrank while it was written into the layer; "
+                    f"{shown} shrank while it was written into the layer; "
                     "is something still changing the changeset?"
                 )
             tar.write(chunk)

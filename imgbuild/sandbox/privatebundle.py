@@ -3,7 +3,7 @@
 Run as a program, not imported (``sandbox.py`` starts it; standard library only,
 so it runs under ``python -I -S``)::
 
-    python3 -I -S privatebundle.py MOUNT_POINT SIZE ERROR_FILE [--stdin FD] -- RUNTIME ARG...
+    python3 -I -S privatebundle.py MOUNT_POINT SIZE ERROR_FILE [--stdin FD] [--reap PID_FILE] -- RUNTIME ARG...
 
 It reads the bundle's files as JSON on stdin (``{"files": [{"path", "data"
 (base64), "mode", "uid", "gid"}]}``), then:
@@ -17,6 +17,14 @@ It reads the bundle's files as JSON on stdin (``{"files": [{"path", "data"
    umask of whoever runs imgbuild, and replaces itself with the runtime, whose
    stdin is /dev/null, or the inherited descriptor FD with ``--stdin FD``
    (``imgbuild run -i``).
+
+With ``--reap PID_FILE`` (the runtime runs ``run --detach --pid-file
+PID_FILE``) it stays instead: a child subreaper, it runs the runtime, which
+starts the container and exits, then adopts the container's process and
+exits with its status (128+N for signal N, as a shell reports it). The
+container then writes to this program's stdout and stderr itself, not through
+the runtime's two copying pipes: when both are one pipe, a build step's output
+keeps the order in which it was written.
 
 The bundle holds ``config.json`` (with the values of ``--secret env=``) and the
 secret files. The tmpfs exists in no other namespace: on the host the mount
@@ -38,6 +46,7 @@ import os
 import sys
 
 CLONE_NEWNS = 0x00020000
+PR_SET_CHILD_SUBREAPER = 36
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_REC = 0x4000
@@ -52,11 +61,18 @@ class LaunchError(Exception):
 
 def main(argv: list[str]) -> int:
     stdin_fd = None
-    if len(argv) > 6 and argv[4] == "--stdin":
-        stdin_fd = int(argv[5])
+    pid_file = None
+    while len(argv) > 6 and argv[4] in ("--stdin", "--reap"):
+        if argv[4] == "--stdin":
+            stdin_fd = int(argv[5])
+        else:
+            pid_file = argv[5]
         argv = argv[:4] + argv[6:]
     if len(argv) < 6 or argv[4] != "--":
-        print("usage: privatebundle.py MOUNT_POINT SIZE ERROR_FILE [--stdin FD] -- RUNTIME ARG...", file=sys.stderr)
+        print(
+            "usage: privatebundle.py MOUNT_POINT SIZE ERROR_FILE [--stdin FD] [--reap PID_FILE] -- RUNTIME ARG...",
+            file=sys.stderr,
+        )
         return 2
     mount_point, size, error_file, command = argv[1], int(argv[2]), argv[3], argv[5:]
     try:
@@ -76,12 +92,51 @@ def main(argv: list[str]) -> int:
         source = os.open(os.devnull, os.O_RDONLY) if stdin_fd is None else stdin_fd
         os.dup2(source, 0)
         os.close(source)
+        if pid_file is not None:
+            _call(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "become a child subreaper")
+            return _run_and_reap(command, pid_file)
         os.execvp(command[0], command)
     except (LaunchError, OSError, ValueError, KeyError) as error:
         _report(error_file, str(error))
     except BaseException as error:  # noqa: BLE001 - the parent must get a reason, whatever it is
         _report(error_file, f"{type(error).__name__}: {error}")
     return LAUNCH_FAILED
+
+
+def _run_and_reap(command: list[str], pid_file: str) -> int:
+    """Run the runtime (``run --detach``), then wait for the container it left to us."""
+    runtime = os.fork()
+    if runtime == 0:
+        try:
+            os.execvp(command[0], command)
+        finally:
+            os._exit(127)
+    reaped: dict[int, int] = {}  # the container may end before the runtime does
+    status = _exit_code(_wait_for(runtime, reaped))
+    if status != 0:
+        return status  # it could not start the container; its log says why
+    with open(pid_file, "rb") as handle:
+        container = int(handle.read(64).strip())
+    return _exit_code(_wait_for(container, reaped))
+
+
+def _wait_for(pid: int, reaped: dict[int, int]) -> int:
+    """Reap children (orphans come to a subreaper) until ``pid`` has exited; its wait status."""
+    while pid not in reaped:
+        try:
+            child, status = os.waitpid(-1, 0)
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            raise LaunchError(f"process {pid} ended without us seeing its status") from None
+        reaped[child] = status
+    return reaped[pid]
+
+
+def _exit_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
 
 
 def _read_payload(stream) -> list[dict]:

@@ -105,6 +105,7 @@ def prepared_mounts(
     sources: dict,
     scratch: Path,
     cancel: threading.Event | None = None,
+    ssh: dict[str, Path] | None = None,
 ) -> Iterator[PreparedMounts]:
     """Make the host side of every ``RUN --mount`` and clean it up afterwards.
 
@@ -113,6 +114,7 @@ def prepared_mounts(
     ``cancel`` set while waiting for a ``sharing=locked`` cache stops the wait.
     """
     prepared = PreparedMounts()
+    ssh_number = 0  # BuildKit's default targets: /run/buildkit/ssh_agent.0, .1, ...
     with ExitStack() as stack:
         for spec in specs:
             target = _absolute(spec.target, workdir) if spec.target else ""
@@ -123,6 +125,11 @@ def prepared_mounts(
                 prepared.mounts.append(stack.enter_context(_bind_mount(spec, target, sources, scratch)))
             elif spec.type == "secret":
                 mount = stack.enter_context(_secret_mount(spec, target, secrets, prepared.env))
+                if mount is not None:
+                    prepared.mounts.append(mount)
+            elif spec.type == "ssh":
+                mount = _ssh_mount(spec, target, ssh or {}, prepared.env, ssh_number)
+                ssh_number += 1
                 if mount is not None:
                     prepared.mounts.append(mount)
             elif spec.type == "tmpfs":
@@ -236,6 +243,24 @@ def _bind_mount(spec, target: str, sources: dict, scratch: Path) -> Iterator[Mou
     os.chown(upper, lower_info.st_uid, lower_info.st_gid)
     with mount_overlay([lower], upper, layer / "work", layer / "merged") as merged:
         yield Mount("bind", target, str(merged if is_dir else merged / source.name), readonly=False)
+
+
+def _ssh_mount(spec, target: str, agents: dict[str, Path], env: dict[str, str], number: int) -> Mount | None:
+    """``RUN --mount=type=ssh``: the ``--ssh`` agent socket, bound in, and
+    SSH_AUTH_SOCK naming it. Without that ``--ssh``, skipped as BuildKit skips
+    it, unless ``required``."""
+    ssh_id = spec.id or "default"
+    agent = agents.get(ssh_id)
+    if agent is None:
+        if spec.required:
+            hint = "--ssh default" if ssh_id == "default" else f"--ssh {ssh_id}=SOCKET"
+            raise BuildError(f"RUN --mount=type=ssh,id={ssh_id} is required but no agent was given: add {hint}")
+        return None
+    # The socket is bound as it is on the host (owner and mode too): connecting
+    # needs write access to it, so the mount is writable.
+    target = target or f"/run/buildkit/ssh_agent.{number}"
+    env["SSH_AUTH_SOCK"] = target
+    return Mount("bind", target, str(agent), readonly=False)
 
 
 @contextmanager

@@ -77,11 +77,12 @@ def run_container(
     A process killed by signal N gives 128+N, as shells report it. The bundle
     is made in a fresh directory under ``workdir`` and removed afterwards.
 
-    With ``on_output`` the process's stdout and stderr are merged and passed to
-    it chunk by chunk as they come. Each stream keeps its order, but runc
-    copies the two through separate pipes, so how they interleave can vary (as
-    in BuildKit). Without ``on_output`` they go to our own stdout and stderr
-    (``imgbuild run``). Stdin is /dev/null, or ``stdin_fd`` when given
+    With ``on_output`` the process's stdout and stderr are one pipe, passed
+    to it chunk by chunk as they come, in the order they were written (the
+    container is started detached and reaped by the launcher, so the runtime
+    does not copy the two through pipes of its own, which reordered them).
+    Without ``on_output`` they go to our own stdout and stderr (``imgbuild
+    run``). Stdin is /dev/null, or ``stdin_fd`` when given
     (``imgbuild run -i``). With ``spec.terminal`` the process gets a
     pseudo-terminal instead (``imgbuild run -t``): see ``sandbox.console``.
 
@@ -266,13 +267,13 @@ def _is_plain_path(rootfs: Path, relative: str) -> bool:
 # --- running -----------------------------------------------------------------------
 
 
-def _launcher(run_dir: Path, files: BundleFiles, stdin_fd: int | None) -> list[str]:
-    """The private-bundle launcher's command line, up to its ``--``."""
+def _launcher(run_dir: Path, files: BundleFiles, stdin_fd: int | None, reaping: list[str] = ()) -> list[str]:
+    """The private-bundle launcher's command line, up to its ``--``; ``reaping``: ``--reap PID_FILE``."""
     launcher = [sys.executable, "-I", "-S", str(_LAUNCHER), str(run_dir / "bundle"), str(files.size())]
     launcher.append(str(run_dir / "launch-error"))
     if stdin_fd is not None:
         launcher += ["--stdin", str(stdin_fd)]
-    return [*launcher, "--"]
+    return [*launcher, *reaping, "--"]
 
 
 def _runtime_command(runtime: str, run_dir: Path) -> list[str]:
@@ -300,7 +301,13 @@ def _run(
     cancel: threading.Event | None,
     stdin_fd: int | None = None,
 ) -> int:
-    command = _runtime_command(runtime, run_dir) + ["run", "--bundle", str(run_dir / "bundle"), container_id]
+    command = _runtime_command(runtime, run_dir) + ["run"]
+    reaping = []
+    if on_output is not None:  # one pipe for stdout and stderr: see run_container
+        pid_file = run_dir / "container.pid"
+        command += ["--detach", "--pid-file", str(pid_file)]
+        reaping = ["--reap", str(pid_file)]
+    command += ["--bundle", str(run_dir / "bundle"), container_id]
     output = subprocess.PIPE if on_output is not None else None
     error_output = subprocess.STDOUT if on_output is not None else None
     # The launcher's own stdin carries the bundle: the process's stdin goes
@@ -308,7 +315,7 @@ def _run(
     passed = None if stdin_fd is None else os.dup(stdin_fd)
     try:
         process = subprocess.Popen(
-            [*_launcher(run_dir, files, passed), *command],
+            [*_launcher(run_dir, files, passed, reaping), *command],
             stdin=subprocess.PIPE,
             stdout=output,
             stderr=error_output,

@@ -64,6 +64,18 @@ MASKED_PATHS = [
     "/sys/firmware",
     "/sys/devices/virtual/powercap",
 ]
+# Linux's capabilities by number (linux/capability.h, up to 5.9).
+CAPABILITY_NAMES = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG",
+    "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+]  # fmt: skip
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 NOFILE_LIMIT = 1048576
 
@@ -105,8 +117,10 @@ class RunSpec:
     hostname: str = DEFAULT_HOSTNAME
     mounts: list[Mount] = field(default_factory=list)
     hosts: str | None = None  # /etc/hosts content; None: localhost lines and the hostname
+    extra_hosts: list[tuple[str, str]] = field(default_factory=list)  # (name, address): --add-host
     resolv_conf: str | None = None  # /etc/resolv.conf content; None: derived from the host's
     terminal: bool = False  # a pseudo-terminal for stdin/stdout/stderr (imgbuild run -t)
+    privileged: bool = False  # `imgbuild run --privileged`; see _make_privileged
 
 
 # --- config.json -------------------------------------------------------------------
@@ -137,7 +151,8 @@ def make_config(rootfs: Path, spec: RunSpec, bundle: Path, files: BundleFiles) -
     if spec.network == "none":
         namespaces.append({"type": "network"})
     nofile = _nofile_limit()
-    return {
+    capabilities = own_capabilities() if spec.privileged else DEFAULT_CAPABILITIES
+    config = {
         "ociVersion": "1.0.2",
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": spec.hostname,
@@ -152,9 +167,9 @@ def make_config(rootfs: Path, spec: RunSpec, bundle: Path, files: BundleFiles) -
                 "additionalGids": _additional_gids(spec.user),
             },
             "capabilities": {
-                "bounding": DEFAULT_CAPABILITIES,
-                "effective": DEFAULT_CAPABILITIES,
-                "permitted": DEFAULT_CAPABILITIES,
+                "bounding": capabilities,
+                "effective": capabilities,
+                "permitted": capabilities,
                 "inheritable": [],
                 "ambient": [],
             },
@@ -177,6 +192,46 @@ def make_config(rootfs: Path, spec: RunSpec, bundle: Path, files: BundleFiles) -
             "seccomp": default_profile(DEFAULT_CAPABILITIES),
         },
     }
+    if spec.privileged:
+        _make_privileged(config)
+    return config
+
+
+def own_capabilities() -> list[str]:
+    """Every capability in our own bounding set: all that --privileged can
+    pass on (a host that is itself a container may lack some; asking the
+    runtime for one we lack fails the start)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        mask = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("CapBnd:"))
+    except (OSError, StopIteration, ValueError):
+        return list(DEFAULT_CAPABILITIES)
+    return [name for number, name in enumerate(CAPABILITY_NAMES) if mask >> number & 1]
+
+
+def _make_privileged(config: dict) -> None:
+    """What ``docker run --privileged`` changes, for a container that runs
+    imgbuild (overlay mounts, runc) itself: every capability we have (set above), no
+    seccomp filter, no masked or read-only /proc and /sys paths, every device
+    allowed by the device cgroup (the nested runtime makes /dev/null and the
+    rest with mknod), /sys writable and the host's cgroup hierarchies at
+    /sys/fs/cgroup, writable, for the nested runtime's cgroups.
+    """
+    linux = config["linux"]
+    for key in ("seccomp", "maskedPaths", "readonlyPaths"):
+        linux.pop(key)
+    linux["resources"] = {"devices": [{"allow": True, "access": "rwm"}]}
+    for mount in config["mounts"]:
+        if mount["destination"] == "/sys":
+            mount["options"] = [option for option in mount["options"] if option != "ro"]
+    cgroups = {
+        "destination": "/sys/fs/cgroup",
+        "type": "bind",
+        "source": "/sys/fs/cgroup",
+        "options": ["rbind", "rw", "nosuid", "noexec", "nodev"],
+    }
+    position = next(i for i, mount in enumerate(config["mounts"]) if mount["destination"] == "/sys") + 1
+    config["mounts"].insert(position, cgroups)
 
 
 def _additional_gids(user: ResolvedUser) -> list[int]:
@@ -249,6 +304,7 @@ def _system_mounts() -> list[dict]:
 
 def _etc_mounts(spec: RunSpec, bundle: Path, files: BundleFiles) -> list[dict]:
     hosts = spec.hosts if spec.hosts is not None else _default_hosts(spec.hostname)
+    hosts += "".join(f"{address}\t{name}\n" for name, address in spec.extra_hosts)
     resolv_conf = spec.resolv_conf
     if resolv_conf is None:
         resolv_conf = _host_resolv_conf(keep_loopback=spec.network == "host")

@@ -73,6 +73,13 @@ def normalise_tag(name: str) -> str:
     return name if ":" in last else f"{name}:latest"
 
 
+def _repository(name: str) -> str:
+    """``host:5000/app`` of ``host:5000/app:1``."""
+    head, _, last = name.rpartition("/")
+    last = last.rsplit(":", 1)[0]
+    return f"{head}/{last}" if head else last
+
+
 class Store:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).absolute()
@@ -277,6 +284,8 @@ class Store:
         for ref, descriptor in entries:
             if ref == key:
                 return descriptor
+        if "@" in name:
+            return self._resolve_repo_digest(name, entries)
         digest_like = name.removeprefix("sha256:")
         if len(digest_like) >= 6 and all(c in "0123456789abcdef" for c in digest_like):
             matches = {d.digest: d for _, d in entries if d.digest.split(":", 1)[1].startswith(digest_like)}
@@ -290,6 +299,15 @@ class Store:
                 data = self.read_blob("sha256:" + digest_like)
                 document = parse_json_document(data, name)
                 return Descriptor.for_bytes(media_type_of(document, OCI_MANIFEST), data)
+        raise ImageNotFound(f"no image named {name!r} in the store at {self.root} (see `imgbuild images`)")
+
+    def _resolve_repo_digest(self, name: str, entries) -> Descriptor:
+        """``app@sha256:...`` (Docker's RepoDigests form): an image of that
+        repository whose manifest digest that is."""
+        repository, _, digest = name.partition("@")
+        for ref, descriptor in entries:
+            if ref and descriptor.digest == digest and _repository(ref) == _repository(normalise_tag(repository)):
+                return descriptor
         raise ImageNotFound(f"no image named {name!r} in the store at {self.root} (see `imgbuild images`)")
 
     # --- images ----------------------------------------------------------

@@ -284,6 +284,7 @@ class IndexDB:
             if row is not None and keep_existing(row):
                 return row
             now = time.time()
+            created = entry.get("created") or now  # an imported entry keeps its exporter's time
             conn.execute(
                 "INSERT OR REPLACE INTO cache(key, parent_key, diff_id, layer_digest, layer_media_type,"
                 " layer_size, created_by, created, last_used, hits) VALUES (?,?,?,?,?,?,?,?,?,0)",
@@ -295,7 +296,7 @@ class IndexDB:
                     entry["layer_media_type"],
                     entry["layer_size"],
                     entry["created_by"],
-                    now,
+                    created,
                     now,
                 ),
             )

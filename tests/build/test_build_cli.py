@@ -166,7 +166,7 @@ def test_progress_plain(store, context, imgbuild_cli):
     assert "#2 [2/2] COPY data.txt /" in lines
     image = Store(store.root).load_image("plain:1")
     assert f"image ID {image.config_descriptor.digest}" in lines
-    assert any(line.startswith(f"  manifest {image.digest}, size ") for line in lines)
+    assert any(line.startswith(f"  digest {image.digest}, size ") for line in lines)
     again = imgbuild_cli(store.root, "--progress", "plain", "-t", "plain:1", str(context))
     assert "#1 CACHED" in again.stderr.splitlines()
     assert "steps: 2 cached, 0 run" in again.stderr
