@@ -42,7 +42,11 @@ from typing import BinaryIO
 import zstandard
 from isal import igzip_threaded
 
-from imgbuild.errors import LayerError, UsageError
+from imgbuild.errors import LayerError
+
+# check_compression, MEDIA_TYPES and DEFAULT_LEVELS are named here too, for callers of this module
+from imgbuild.layer.compression import DEFAULT_LEVELS, MEDIA_TYPES, check_compression  # noqa: F401
+from imgbuild.layer.compression import check_options as _check_options
 from imgbuild.layer.fdtree import DIR_FLAGS, proc_path
 from imgbuild.layer.tarformat import (
     BLOCK_DEVICE,
@@ -63,16 +67,9 @@ from imgbuild.layer.tarwrite import encode_header
 
 log = logging.getLogger(__name__)
 
-MEDIA_TYPES = {
-    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
-    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
-    "uncompressed": "application/vnd.oci.image.layer.v1.tar",
-}
-DEFAULT_LEVELS = {"gzip": 6, "zstd": 3}  # the levels the docs and --help name
 # gzip without a level: ISA-L level 1 (of 0-3), in blocks of this size.
 _FAST_GZIP_LEVEL = 1
 _GZIP_BLOCK = 1 << 20
-_LEVEL_RANGES = {"gzip": range(0, 10), "zstd": range(1, 23)}
 _CHUNK = 1 << 20
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _SECOND = 1_000_000_000
@@ -151,33 +148,6 @@ def changeset_is_empty(changeset: Path) -> bool:
     """True when the changeset has no entries: the step changed nothing and adds no layer."""
     with os.scandir(changeset) as entries:
         return next(entries, None) is None
-
-
-def check_compression(compression: str, level: int | None) -> None:
-    """Raise UsageError unless ``level`` suits ``compression``: for flags, before any work."""
-    _check_options(compression, level, None)
-
-
-def _check_options(compression: str, level: int | None, source_date_epoch: int | None) -> int | None:
-    if compression not in MEDIA_TYPES:
-        raise UsageError(
-            f"unknown layer compression {compression!r}; use gzip, zstd or uncompressed"
-        )
-    if source_date_epoch is not None and source_date_epoch < 0:
-        raise UsageError(f"SOURCE_DATE_EPOCH must not be negative, got {source_date_epoch}")
-    if compression == "uncompressed":
-        if level is not None:
-            raise UsageError("a compression level makes no sense for uncompressed layers")
-        return 0
-    if level is None:
-        return None if compression == "gzip" else DEFAULT_LEVELS[compression]
-    allowed = _LEVEL_RANGES[compression]
-    if level not in allowed:
-        raise UsageError(
-            f"{compression} compression level must be {allowed.start}..{allowed.stop - 1}, "
-            f"not {level}"
-        )
-    return level
 
 
 class _HashingWriter:

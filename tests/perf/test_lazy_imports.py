@@ -34,17 +34,28 @@ sys.argv = ["imgbuild", *sys.argv[2:]]
 runpy.run_module("imgbuild", run_name="__main__")
 """
 
-# Prefixes a cache hit or --version has no use for.
+# Prefixes a cache hit or --version has no use for. (The reference parser
+# imgbuild.registry.reference and imgbuild.layer.compression, which checks
+# the flags, are cheap and used by every build.)
 NEVER_ON_A_HIT = (
     "requests",
     "urllib3",
     "rich",
     "zstandard",
     "ssl",
-    "imgbuild.registry",
+    "imgbuild.registry.client",
+    "imgbuild.registry.auth",
+    "imgbuild.registry.pull",
+    "imgbuild.registry.push",
+    "imgbuild.registry.sources",
     "imgbuild.http_session",
     "imgbuild.archive",
-    "imgbuild.layer",
+    "isal",
+    "imgbuild.layer.write",
+    "imgbuild.layer.extract",
+    "imgbuild.layer.decompress",
+    "imgbuild.layer.untar",
+    "imgbuild.layer.tarread",
     "imgbuild.sandbox.overlay",
     "imgbuild.sandbox.runtime",
     "imgbuild.sandbox.runmounts",
