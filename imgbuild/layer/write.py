@@ -101,8 +101,8 @@ def write_layer(
     """Write the changeset directory as a layer blob to ``out`` and return its digests.
 
     ``compression`` is "gzip", "zstd" or "uncompressed"; without ``level``, gzip
-    is ISA-L's fast level in threads (module docstring) and zstd is level 3. With ``source_date_epoch``, mtimes newer than it are
-    clamped to it.
+    is ISA-L's fast level in threads (module docstring) and zstd is level 3.
+    With ``source_date_epoch``, mtimes newer than it are clamped to it.
     """
     level = _check_options(compression, level, source_date_epoch)
     root = os.fsencode(changeset)
