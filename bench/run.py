@@ -95,6 +95,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--smoke", action="store_true", help="one run each on a tiny big context: checks the harness"
     )
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS,
+        help="where the JSON report and the build logs go (default bench/results)",
+    )
     args = parser.parse_args(argv)
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = set(args.tools) - set(ALL_TOOLS)
@@ -117,7 +121,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     raise_priority(args.nice)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
-    logs = RESULTS / f"logs-{stamp}"
+    logs = args.results / f"logs-{stamp}"
     logs.mkdir(parents=True)
     workdir = Path(tempfile.mkdtemp(prefix="imgbuild-bench-", dir=args.workdir_parent))
     tools: list[Tool] = []
@@ -245,7 +249,7 @@ def run_benchmark(
         "runs": runs,
         "markdown_table": report.markdown_table(rows),
     }
-    out = RESULTS / f"{stamp}.json"
+    out = args.results / f"{stamp}.json"
     out.write_text(json.dumps(document, indent=2) + "\n")
     print(f"\nwrote {out} (logs in {logs}); total {elapsed / 60:.1f} min")
     return 0

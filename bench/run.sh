@@ -25,4 +25,7 @@ if ((${#missing[@]})); then
     done
 fi
 
-exec python3 bench/run.py "$@"
+# imgbuild's own dependencies (zstandard, isal, ...) come from the project's
+# virtualenv, which install-deps.sh creates or updates.
+bash scripts/install-deps.sh >/dev/null
+exec .venv/bin/python bench/run.py "$@"

@@ -61,12 +61,20 @@ from imgbuild.errors import (
     UsageError,
 )
 from imgbuild.image import LayerRef, Platform
-from imgbuild.sandbox.cacerts import read_ca_certs
 from imgbuild.store import Store, remove_tree
 from imgbuild.units import human_size, plural
 
 # The steps BuildKit numbers "[2/5]" in its progress: those that make layers.
 LAYER_KINDS = (Run, Copy, Add, Workdir)
+
+
+def _read_ca_certs(paths: list[Path]) -> bytes:
+    """The --ca-cert files as one PEM text; without any, the sandbox code is not even loaded."""
+    if not paths:
+        return b""
+    from imgbuild.sandbox.cacerts import read_ca_certs
+
+    return read_ca_certs(paths)
 
 
 class Builder:
@@ -92,7 +100,7 @@ class Builder:
         self.context: BuildContext | None = None
         self.secrets = {secret.id: secret for secret in options.secrets}
         self.named_contexts: dict[str, BuildContext] = {}  # --build-context NAME=DIR, opened on use
-        self.ca_certs = read_ca_certs(options.ca_certs)  # PEM; a bad file is a usage error now
+        self.ca_certs = _read_ca_certs(options.ca_certs)  # PEM; a bad file is a usage error now
         self.lease = None  # the store's build lease while the build runs
         self.base_configs: dict[int, dict] = {}  # stage index -> its base image's config
 

@@ -48,7 +48,6 @@ from imgbuild.builder.fetch import Fetched
 from imgbuild.context.source import Entry, Selected
 from imgbuild.errors import BuildError, NotADirectory, UntarError, disk_full, is_disk_full
 from imgbuild.gopath import go_clean
-from imgbuild.layer import untar
 from imgbuild.safeopen import kind_of, resolve_in_root
 
 HEREDOC_MODE = 0o644
@@ -457,6 +456,8 @@ def archive_compression(path: Path | Selected) -> str | None:
     try:
         if isinstance(path, Path) and not stat.S_ISREG(os.lstat(path).st_mode):
             return None
+        from imgbuild.layer import untar  # tar code loads only for ADD of a local file
+
         with _open_raw(path) as raw:
             return untar.archive_compression(raw)
     except OSError:
@@ -474,6 +475,8 @@ def _extract_archive(
     name = _source_text(item)
     if not stat.S_ISDIR(os.lstat(dest).st_mode):
         raise _Refused(f"cannot extract {name} into non-directory {target.text}")
+    from imgbuild.layer import untar
+
     try:
         with _open_raw(item if isinstance(item, Selected) else item.path) as raw:
             untar.untar(raw, dest, chown=chown, source=name)

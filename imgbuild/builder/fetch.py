@@ -12,7 +12,6 @@ download, which lets the caller skip it on a cache hit.
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import os
 import posixpath
@@ -123,6 +122,8 @@ def _http_date(value: str | None) -> float | None:
     if not value:
         return None
     try:
+        import email.utils  # only for an ADD URL's Last-Modified
+
         return email.utils.parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError):
         return None

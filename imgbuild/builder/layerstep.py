@@ -15,7 +15,6 @@ from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.progress import Step
 from imgbuild.builder.rootfs import Workspace, compressed_as, recompress, workspace
 from imgbuild.builder.state import StageState
-from imgbuild.cache.explain import MissedStep, explain_miss
 from imgbuild.cache.inputs import digests_in, key_inputs, place_of
 from imgbuild.cache.keys import step_keys
 
@@ -116,6 +115,8 @@ def _why_missed(builder, stage, state: StageState, work: LayerWork, record, look
     """Why the step missed (``cache/explain.py``), when the progress shows it; else None."""
     if not builder.progress.wants_misses:
         return None
+    from imgbuild.cache.explain import MissedStep, explain_miss  # only for a miss that is shown
+
     place, inputs, listings = record
     missed = MissedStep(
         key=lookup_key,

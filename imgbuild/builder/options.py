@@ -11,9 +11,12 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgbuild.errors import UsageError
-from imgbuild.sandbox.runmounts import SecretSpec
+
+if TYPE_CHECKING:
+    from imgbuild.sandbox.runmounts import SecretSpec
 
 OUTPUT_TYPES = ("image", "oci", "docker", "local", "registry", "tar")
 COMPRESSIONS = ("gzip", "zstd", "uncompressed")
@@ -149,6 +152,8 @@ def parse_output(text: str) -> OutputSpec:
 
 def parse_secret(text: str) -> SecretSpec:
     """Parse ``--secret id=X[,src=FILE|,env=VAR]`` as buildx does."""
+    from imgbuild.sandbox.runmounts import SecretSpec  # the sandbox loads only for a --secret
+
     values = _key_values(text, "--secret")
     secret_id = values.pop("id", "")
     if not secret_id:

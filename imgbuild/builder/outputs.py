@@ -12,12 +12,16 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from imgbuild.archive.names import ArchivedImage
-from imgbuild.archive.save import write_archive
-from imgbuild.builder.export import export_tree
 from imgbuild.builder.options import OutputSpec
 from imgbuild.builder.rootfs import mounted_layers, recompress
+
+if TYPE_CHECKING:
+    from imgbuild.archive.names import ArchivedImage
+
+# archive and export code is imported by the output that uses it: a build
+# without --output loads none of it.
 from imgbuild.errors import BuildError, UsageError
 from imgbuild.image import OCI_INDEX, Image, LayerRef, canonical_json
 from imgbuild.store import Store, normalise_tag
@@ -111,6 +115,9 @@ def _push(store: Store, image: Image, names: list[str], options, progress, fetch
 
 
 def _write_archive_output(store: Store, image: Image, names: list[str], spec: OutputSpec) -> None:
+    from imgbuild.archive.names import ArchivedImage
+    from imgbuild.archive.save import write_archive
+
     destination = Path(spec.dest)
     images = [ArchivedImage(list(names), image.manifest_descriptor)]
     if spec.type == "oci" and not spec.tar:
@@ -167,6 +174,8 @@ def _place_blob(store: Store, digest: str, target: Path) -> None:
 
 def _write_rootfs(store: Store, layers: list[LayerRef], spec: OutputSpec, progress) -> None:
     """``type=local``: the final root filesystem as a directory; ``type=tar``: as a tar file."""
+    from imgbuild.builder.export import export_tree
+
     destination = Path(spec.dest)
     with mounted_layers(store, layers) as merged:
         if spec.type == "local":

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from imgbuild.errors import DigestMismatch
 from imgbuild.image import Descriptor, Image, LayerRef, chain_ids
-from imgbuild.layer.decompress import open_tar_stream
-from imgbuild.layer.write import changeset_is_empty, compress_tar, set_times_as_written, write_layer
-from imgbuild.sandbox.overlay import mount_overlay, prune_copied_up_dirs
 from imgbuild.store import Store, remove_tree
+
+# The layer writer, the decompressors and overlayfs are imported where they
+# are used: a fully cached build needs none of them (tests/perf).
 
 
 def image_layers(image: Image, name: str) -> list[LayerRef]:
@@ -61,11 +61,15 @@ class Workspace:
 
     @contextmanager
     def mounted(self) -> Iterator[Path]:
+        from imgbuild.sandbox.overlay import mount_overlay
+
         with mount_overlay(self.lowerdirs, self.upper, self.work, self.merged) as merged:
             yield merged
 
     def commit(self, *, compression: str, level: int | None, source_date_epoch: int | None) -> LayerRef | None:
         """After unmounting: the upperdir as a layer, or None when nothing changed."""
+        from imgbuild.sandbox.overlay import prune_copied_up_dirs
+
         prune_copied_up_dirs(self.upper, self.lowerdirs)
         return commit_directory(
             self.store,
@@ -121,6 +125,8 @@ def commit_directory(
     """Write ``changes`` (an unmounted upperdir) as a layer and adopt it as the
     snapshot of that layer on top of ``parent_chain_id`` (None: at the bottom),
     with the times its tar records: the tree a pull of the layer would extract."""
+    from imgbuild.layer.write import changeset_is_empty, set_times_as_written, write_layer
+
     if changeset_is_empty(changes):
         return None
     with store.blob_writer() as blob:
@@ -149,6 +155,9 @@ def recompress(store: Store, layer: LayerRef, compression: str, level: int | Non
         media_type = row["media_type"]
         if compressed_as(media_type, compression) and store.has_blob(row["digest"]):
             return LayerRef(layer.diff_id, Descriptor(media_type, row["digest"], row["size"]), layer.origin)
+    from imgbuild.layer.decompress import open_tar_stream
+    from imgbuild.layer.write import compress_tar
+
     with store.open_blob(layer.blob.digest) as source, store.blob_writer() as blob:
         digests = compress_tar(open_tar_stream(source, layer.blob.media_type or None), blob, compression, level)
         if digests.diff_id != layer.diff_id:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.layerstep import LayerWork
@@ -14,12 +15,13 @@ from imgbuild.cache.keys import instruction_document
 from imgbuild.context.source import BuildContext
 from imgbuild.context.views import context_view_opener
 from imgbuild.errors import BuildError, RunError
-from imgbuild.sandbox.cacerts import ca_cert_mounts
-from imgbuild.sandbox.runmounts import PIPES_DIR, prepared_mounts, script_mount
-from imgbuild.sandbox.runtime import run_container
-from imgbuild.sandbox.spec import RunSpec
-from imgbuild.sandbox.users import resolve_user
 from imgbuild.units import plural
+
+if TYPE_CHECKING:
+    from imgbuild.sandbox.spec import RunSpec
+
+# The sandbox modules are imported where a step runs: a cache hit needs none
+# of them (tests/perf checks what a fully cached build imports).
 
 OUTPUT_TAIL_LINES = 20
 OUTPUT_TAIL_BYTES = 64 * 1024  # enough for the last lines, bounded however long they are
@@ -72,6 +74,8 @@ def _argv(state: StageState, instruction) -> list[str]:
     if instruction.exec_form:
         return list(instruction.command)
     if script is not None and script.script_name:
+        from imgbuild.sandbox.runmounts import PIPES_DIR
+
         return [f"{PIPES_DIR}/{script.script_name}"]
     if script is not None:
         return ic.with_shell(state.config, script.shell_command)
@@ -113,6 +117,11 @@ def _stage_files_key(source_opener, origin: str, source: str) -> str:
 
 
 def _run_in(builder, space, merged: Path, instruction, argv, env: dict, user: str, cwd: str, roots: dict, step) -> None:
+    from imgbuild.sandbox.cacerts import ca_cert_mounts
+    from imgbuild.sandbox.runmounts import prepared_mounts, script_mount
+    from imgbuild.sandbox.spec import RunSpec
+    from imgbuild.sandbox.users import resolve_user
+
     resolved_user = resolve_user(merged, user)
     script = instruction.inline_script()
     with ExitStack() as stack:
@@ -156,6 +165,8 @@ def _run_container(builder, merged: Path, spec: RunSpec, scratch: Path, step) ->
     The tail is cut into lines only at the end: a chunk may end inside a
     line (or inside a UTF-8 character).
     """
+    from imgbuild.sandbox.runtime import run_container
+
     tail = bytearray()
 
     def on_output(data: bytes) -> None:

@@ -14,8 +14,6 @@ import re
 from pathlib import Path
 
 from imgbuild.image import Descriptor
-from imgbuild.layer.extract import apply_layer
-from imgbuild.layer.write import write_layer
 from imgbuild.store import Store, remove_tree
 
 MOUNT_NAME = re.compile(r"^[0-9a-f]{24}$")  # runmounts.cache_mount_dir's names
@@ -27,6 +25,8 @@ def cache_mount_layers(store: Store, compression: str) -> list[dict]:
     for directory in sorted(store.cache_mounts_dir.iterdir()):
         if not MOUNT_NAME.match(directory.name) or directory.is_symlink() or not directory.is_dir():
             continue  # lock files, private copies
+        from imgbuild.layer.write import write_layer
+
         with store.blob_writer() as blob:
             digests = write_layer(directory, blob, compression=compression)
         layer = Descriptor(digests.media_type, digests.digest, digests.size)
@@ -46,6 +46,8 @@ def seed_cache_mounts(store: Store, source) -> int:
         staging = Path(store.make_temp_dir("cache-mount-"))
         try:
             os.chmod(staging, 0o755)  # as a new cache mount; the layer's root entry may say otherwise
+            from imgbuild.layer.extract import apply_layer
+
             with store.open_blob(layer.digest) as blob:
                 apply_layer(blob, staging, media_type=layer.media_type or None)
             try:

@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             argv = _with_default_verb(argv)
             verb = _verb_of(argv)
-            parser = make_parser(only=verb)
+            # no verb (--version, --help): import no verb module at all
+            parser = make_parser(only=verb or "")
             args = parser.parse_args(argv)
             if args.version:
                 from imgbuild import __version__

@@ -26,7 +26,7 @@ from imgbuild.cli.tag import target_name
 from imgbuild.context.buildfiles import read_dockerfile_stdin
 from imgbuild.errors import DockerfileError, ImgbuildError, UsageError
 from imgbuild.image import Platform
-from imgbuild.layer.write import check_compression
+from imgbuild.layer.compression import check_compression
 
 
 def add_arguments(parser) -> None:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from imgbuild.context.source import BuildContext
 from imgbuild.gopath import go_clean
-from imgbuild.sandbox.overlay import bind_mounted
 from imgbuild.store import Store, remove_tree
 
 
@@ -70,6 +69,8 @@ def _pinned_sources(context: BuildContext, sources: dict[str, list], view: Path)
                         _link_entries(selected.context, selected.entries(), target)
                         continue
                     target.mkdir(parents=True, exist_ok=True)
+                    from imgbuild.sandbox.overlay import bind_mounted  # only when a view is mounted
+
                     mounts.enter_context(bind_mounted(f"/proc/self/fd/{fd}", target))
         yield
 

@@ -6,7 +6,23 @@ xz for ADD). ``untar`` extracts ADD's local archives by Docker's rules;
 ``fdtree`` holds the no-symlink-followed file operations both extractors use.
 """
 
-from imgbuild.layer.extract import ApplyStats, apply_layer
-from imgbuild.layer.write import LayerDigests, changeset_is_empty, write_layer
+import importlib
 
-__all__ = ["ApplyStats", "LayerDigests", "apply_layer", "changeset_is_empty", "write_layer"]
+# name -> module: loaded on first use, so that importing one submodule (untar
+# for ADD, tarformat) or a cache hit does not load the extractor, the writer
+# and their compressors.
+_EXPORTS = {
+    "ApplyStats": "extract",
+    "apply_layer": "extract",
+    "LayerDigests": "write",
+    "changeset_is_empty": "write",
+    "write_layer": "write",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"imgbuild.layer.{_EXPORTS[name]}"), name)

@@ -26,7 +26,6 @@ import base64
 import binascii
 import os
 import re
-import ssl
 import stat
 from pathlib import Path
 
@@ -103,6 +102,8 @@ def _read_cert_file(path: Path) -> bytes:
 
 def _checked_pem(path: Path, number: int, body: bytes) -> bytes:
     """One certificate block, checked by OpenSSL, written back in a normal form."""
+    import ssl  # here, not at the top: a build without --ca-cert loads no OpenSSL
+
     try:
         der = base64.b64decode(b"".join(body.split()), validate=True)
         # OpenSSL parses it as an X.509 certificate (no default store loaded: only this one)

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 from imgbuild.errors import DigestMismatch, MountedError
 from imgbuild.image import Descriptor
-from imgbuild.layer.extract import apply_layer
 from imgbuild.store.mounts import remove_tree
 
 if TYPE_CHECKING:
@@ -43,6 +42,8 @@ def ensure_snapshot(store: Store, layer: Descriptor, diff_id: str, chain_id: str
     if existing is not None:
         store.db.touch_snapshot(chain_id)
         return existing
+
+    from imgbuild.layer.extract import apply_layer  # only here: a cache hit extracts nothing
 
     staging = store.make_temp_dir("snap-")
     try:

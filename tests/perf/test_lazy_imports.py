@@ -1,0 +1,121 @@
+"""What `imgbuild --version` and a fully cached build import (issue 12).
+
+A warm no-op rebuild is mostly Python start-up and imports, so the modules a
+cache hit does not use must stay unloaded: the registry client (requests,
+urllib3, ssl), rich, zstandard, the archive code, the layer writer and
+extractor, and the sandbox (overlayfs, runc). Each command runs in a fresh
+interpreter that writes ``sys.modules`` to a file when it exits. No time is
+measured here: bench/ reports speed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from imagetools import make_busybox_image, require_root_and_runc
+
+from imgbuild.store import Store
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Runs imgbuild's __main__ and records every module loaded by the time it exits.
+RECORDER = """\
+import atexit, runpy, sys
+out = sys.argv[1]
+def record():
+    with open(out, "w") as f:
+        f.write("\\n".join(sorted(sys.modules)))
+atexit.register(record)
+sys.argv = ["imgbuild", *sys.argv[2:]]
+runpy.run_module("imgbuild", run_name="__main__")
+"""
+
+# Prefixes a cache hit or --version has no use for. (The reference parser
+# imgbuild.registry.reference and imgbuild.layer.compression, which checks
+# the flags, are cheap and used by every build.)
+NEVER_ON_A_HIT = (
+    "requests",
+    "urllib3",
+    "rich",
+    "zstandard",
+    "ssl",
+    "imgbuild.registry.client",
+    "imgbuild.registry.auth",
+    "imgbuild.registry.pull",
+    "imgbuild.registry.push",
+    "imgbuild.registry.sources",
+    "imgbuild.http_session",
+    "imgbuild.archive",
+    "isal",
+    "imgbuild.layer.write",
+    "imgbuild.layer.extract",
+    "imgbuild.layer.decompress",
+    "imgbuild.layer.untar",
+    "imgbuild.layer.tarread",
+    "imgbuild.sandbox.overlay",
+    "imgbuild.sandbox.runtime",
+    "imgbuild.sandbox.runmounts",
+    "imgbuild.sandbox.spec",
+    "imgbuild.sandbox.cacerts",
+    "imgbuild.builder.export",
+)
+
+DOCKERFILE = """\
+FROM busybox:latest
+ARG VERSION=1.0
+ENV APP_HOME=/app VERSION=$VERSION
+WORKDIR /app
+COPY app/ ./
+RUN echo built > /app/built.txt
+COPY settings.conf /etc/app/settings.conf
+USER 1000
+CMD ["sh", "/app/main.sh"]
+"""
+
+
+def loaded_modules(tmp_path: Path, *args: str) -> tuple[set[str], subprocess.CompletedProcess]:
+    out = tmp_path / f"modules-{len(list(tmp_path.glob('modules-*')))}"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.run(
+        [sys.executable, "-c", RECORDER, str(out), *args],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    return set(out.read_text().split("\n")), process
+
+
+def unwanted(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == p or m.startswith(p + ".") for p in NEVER_ON_A_HIT))
+
+
+def test_version_imports_no_verb(tmp_path):
+    modules, process = loaded_modules(tmp_path, "--version")
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.startswith("imgbuild ")
+    assert unwanted(modules) == []
+    assert not [m for m in modules if m.startswith(("imgbuild.cli.", "imgbuild.builder", "imgbuild.store"))]
+
+
+@pytest.mark.root
+def test_fully_cached_build_imports_only_what_a_hit_needs(tmp_path, store_root):
+    require_root_and_runc()
+    make_busybox_image(Store(store_root))
+    context = tmp_path / "context"
+    (context / "app").mkdir(parents=True)
+    (context / "app" / "main.sh").write_text("echo app\n")
+    (context / "settings.conf").write_text("mode=test\n")
+    (context / "Dockerfile").write_text(DOCKERFILE)
+    build = ("--root", str(store_root), "build", "-t", "lazy:1", "--progress", "plain", str(context))
+
+    cold, process = loaded_modules(tmp_path, *build)
+    assert process.returncode == 0, process.stderr
+    # the recorder sees what a build that runs steps loads: the check below can fail
+    assert "imgbuild.layer.write" in cold and "imgbuild.sandbox.runtime" in cold
+
+    warm, process = loaded_modules(tmp_path, *build)
+    assert process.returncode == 0, process.stderr
+    assert "4 cached, 0 run" in process.stdout + process.stderr
+    assert unwanted(warm) == []
