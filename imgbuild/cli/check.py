@@ -107,8 +107,10 @@ def check_dockerfile(text, filename, context: Path, dockerfile_path, *, build_ar
         planned, failure = None, error
     ignore = IgnoreMatcher(load_ignore_patterns(context, dockerfile_path))
     stages = None if not target or planned is None else planned.needed
+    # A base image found in the store is the one the build would use: compare its
+    # platform, as BuildKit's --check does with the images it resolves.
     result = check(dockerfile, planned, build_args=build_args, stages=stages, ignore=ignore,
-                   base_config=base_config)
+                   base_config=base_config, base_platforms=base_config is not None)
     return result, failure or result.error()
 
 

@@ -16,8 +16,9 @@ follow BuildKit (``frontend/dockerfile/linter`` and ``dockerfile2llb``):
   UndefinedVar, LegacyKeyValueFormat, SecretsUsedInArgOrEnv,
   WorkdirRelativePath, JSONArgsRecommended, MultipleInstructionsDisallowed,
   ExposeProtoCasing, ExposeInvalidFormat, CopyIgnoredFile;
-- InvalidBaseImagePlatform needs the pulled base image, so only a build
-  reports it (``base_image_platform``).
+- InvalidBaseImagePlatform needs the base image: a build reports it with
+  the images it resolved, ``imgbuild check`` with those in the local store
+  (``base_image_platform``).
 
 Which rules run comes from ``# check=skip=A,B;error=true;experimental=C``
 at the top of the file, or, replacing it, the ``BUILDKIT_DOCKERFILE_CHECK``
@@ -344,9 +345,9 @@ def check(
     ``ignore`` is the context's .dockerignore (None: no CopyIgnoredFile);
     ``base_config`` gives the image config of a stage's base image, or None
     when it is not known (then only ``PATH`` is assumed in its environment);
-    ``base_platforms``: the base images were pulled for this build, so
-    InvalidBaseImagePlatform compares their platforms (a build does this,
-    ``imgbuild check`` does not, as in BuildKit); ``parse_only``: only the
+    ``base_platforms``: ``base_config`` gives the images the build would
+    use, so InvalidBaseImagePlatform compares their platforms (a build, and
+    ``imgbuild check`` with the images in the local store); ``parse_only``: only the
     rules BuildKit runs while it reads each instruction (for the lines before
     a parse error, see ``warnings_before``).
     """

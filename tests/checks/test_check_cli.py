@@ -124,8 +124,9 @@ def test_bad_check_directive_fails_before_building(run, tmp_path):
 
 def test_base_image_of_another_platform(run, tmp_path, store_root):
     """testBaseImagePlatformMismatch: BuildKit warns (InvalidBaseImagePlatform)
-    and builds; imgbuild keeps refusing such a base (docs/checks.md), and
-    ``imgbuild check``, which pulls nothing, does not report it (as BuildKit)."""
+    and builds; imgbuild keeps refusing such a base (docs/checks.md). A check
+    reports it for a base in the local store, as docker build --check does
+    for the images it resolves; one that is not there is never pulled."""
     ctx = context(tmp_path, "FROM scratch\nCOPY hello.txt /\n")
     assert run("build", "--progress", "plain", "-t", "base:host", str(ctx))[0] == 0
     store = Store(store_root)
@@ -137,7 +138,17 @@ def test_base_image_of_another_platform(run, tmp_path, store_root):
 
     (ctx / "Dockerfile").write_text("FROM base:other\nENV foo=bar\n")
     code, out, err = run("check", str(ctx))
+    assert code == 0, err
+    assert (
+        f'Dockerfile:1: InvalidBaseImagePlatform: Base image base:other was pulled with platform "linux/{other}", '
+        f'expected "linux/{Platform.host().architecture}" for current build'
+    ) in out, out
+    code, out, err = run("build", "--check", str(ctx))
+    assert code == 0 and "InvalidBaseImagePlatform" in out, out + err
+    (ctx / "Dockerfile").write_text("FROM base:notinthestore\nENV foo=bar\n")
+    code, out, err = run("check", str(ctx))
     assert (code, out) == (0, "Check complete, no warnings found.\n")
+    (ctx / "Dockerfile").write_text("FROM base:other\nENV foo=bar\n")
     code, out, err = run("build", "--progress", "plain", "-t", "child:1", str(ctx))
     assert code == 1
     assert f"image base:other is for linux/{other}" in err
