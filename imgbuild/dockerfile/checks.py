@@ -52,7 +52,7 @@ from imgbuild.dockerfile.instructions import (
     Workdir,
 )
 from imgbuild.dockerfile.plan import platform_args
-from imgbuild.dockerfile.shell import Lexer, go_quote
+from imgbuild.dockerfile.shell import Lexer, go_parse_bool, go_quote
 from imgbuild.errors import (
     CheckFailed,
     DockerfileError,
@@ -60,6 +60,7 @@ from imgbuild.errors import (
     SourceLocation,
     format_located,
 )
+from imgbuild.gopath import go_clean
 
 if TYPE_CHECKING:
     from imgbuild.context.dockerignore import IgnoreMatcher
@@ -277,12 +278,10 @@ def parse_check_options(text: str) -> CheckConfig:
 
 
 def _go_bool(value: str, part: str) -> bool:
-    # Go's strconv.ParseBool
-    if value in ("1", "t", "T", "TRUE", "true", "True"):
-        return True
-    if value in ("0", "f", "F", "FALSE", "false", "False"):
-        return False
-    raise ValueError(f'failed to parse check option "{part}": invalid syntax')
+    try:
+        return go_parse_bool(value)
+    except ValueError:
+        raise ValueError(f'failed to parse check option "{part}": invalid syntax') from None
 
 
 def check_config(dockerfile: Dockerfile, build_args: Mapping[str, str] | None = None) -> CheckConfig:
@@ -381,7 +380,7 @@ def base_image_platform(name: str, expected: str, actual: str) -> str | None:
     architecture is not the build's (a variant does not count), else None."""
     if expected.split("/")[:2] == actual.split("/")[:2]:
         return None
-    return f"Base image {name} was pulled with platform {_go_quote(actual)}, expected {_go_quote(expected)} for current build"
+    return f"Base image {name} was pulled with platform {go_quote(actual)}, expected {go_quote(expected)} for current build"
 
 
 _RESERVED_STAGE_NAMES = ("context", "scratch")
@@ -511,10 +510,10 @@ class _Checker:
                 continue
             if name in _RESERVED_STAGE_NAMES:
                 self.warn("ReservedStageName", stage[0],
-                          f"Stage name should not use the same name as reserved stage {_go_quote(name)}")
+                          f"Stage name should not use the same name as reserved stage {go_quote(name)}")
             if name in seen:
                 self.warn("DuplicateStageName", stage[0],
-                          f"Duplicate stage name {_go_quote(name)}, stage names should be unique")
+                          f"Duplicate stage name {go_quote(name)}, stage names should be unique")
             seen.add(name)
         self.instruction_casing()
 
@@ -613,7 +612,7 @@ class _Checker:
         if os_name in name or arch in name:
             return
         self.warn("FromPlatformFlagConstDisallowed", stage.from_instruction,
-                  f"FROM --platform flag should not use constant value {_go_quote(result.result)}", config=config)
+                  f"FROM --platform flag should not use constant value {go_quote(result.result)}", config=config)
 
     # -- the instructions of a stage -------------------------------------------------
 
@@ -707,7 +706,7 @@ class _Checker:
         elif isinstance(done, Workdir):
             if not facts.workdir_set and not done.path.startswith("/"):
                 self.warn("WorkdirRelativePath", instruction,
-                          f"Relative workdir {_go_quote(done.path)} can have unexpected results if the base "
+                          f"Relative workdir {go_quote(done.path)} can have unexpected results if the base "
                           "image changes", config=config)
             facts.workdir_set = True
         elif isinstance(instruction, Shell):
@@ -736,7 +735,7 @@ class _Checker:
     def secret(self, instruction: Instruction, kind: str, name: str, config: CheckConfig) -> None:
         if _SECRET.search(name) and not _NOT_SECRET.search(name):
             self.warn("SecretsUsedInArgOrEnv", instruction,
-                      f"Do not use ARG or ENV instructions for sensitive data ({kind} {_go_quote(name)})",
+                      f"Do not use ARG or ENV instructions for sensitive data ({kind} {go_quote(name)})",
                       config=config)
 
     def expose(self, instruction: Instruction, port: str, config: CheckConfig) -> None:
@@ -767,14 +766,14 @@ class _Checker:
         for source in done.sources:
             if isinstance(done, Add) and re.match(r"(?i)(https?|git)://|git@", source):
                 continue
-            path = _go_clean(source)
+            path = go_clean(source)
             if path in (".", "/") and not any(
                 not p.exclusion and p.text in ("*", "**", "**/*") for p in matcher.patterns
             ):
                 continue
             if matcher.matches(path):
                 self.warn("CopyIgnoredFile", instruction,
-                          f"Attempting to {verb} file {_go_quote(path)} that is excluded by .dockerignore",
+                          f"Attempting to {verb} file {go_quote(path)} that is excluded by .dockerignore",
                           config=config)
 
 
@@ -823,16 +822,6 @@ def _parse_platform(text: str) -> tuple[str, str] | None:
             return word, ""
         return "linux", _ARCH_ALIASES.get(word, word)
     return parts[0].lower(), _ARCH_ALIASES.get(parts[1].lower(), parts[1].lower())
-
-
-def _go_quote(text: str) -> str:
-    return go_quote(text)
-
-
-def _go_clean(path: str) -> str:
-    from imgbuild.gopath import go_clean
-
-    return go_clean(path)
 
 
 __all__ = [

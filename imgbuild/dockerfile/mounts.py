@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from imgbuild.dockerfile.shell import did_you_mean, go_quote
+from imgbuild.dockerfile.shell import did_you_mean, go_parse_bool, go_quote
 
 MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
 SHARING_MODES = ("shared", "private", "locked")
@@ -206,12 +206,10 @@ def _check(mount: MountSpec) -> None:
 
 
 def _go_bool(key: str, value: str) -> bool:
-    # Go's strconv.ParseBool
-    if value in ("1", "t", "T", "TRUE", "true", "True"):
-        return True
-    if value in ("0", "f", "F", "FALSE", "false", "False"):
-        return False
-    raise MountError(f"invalid value for {key}: {value}")
+    try:
+        return go_parse_bool(value)
+    except ValueError:
+        raise MountError(f"invalid value for {key}: {value}") from None
 
 
 def _unsigned(key: str, value: str, base: int) -> int:

@@ -65,6 +65,16 @@ def go_quote(text: str) -> str:
     return "".join(out)
 
 
+def go_parse_bool(value: str) -> bool:
+    """Go's ``strconv.ParseBool``, which BuildKit uses for boolean options;
+    raises ValueError for anything else."""
+    if value in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if value in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    raise ValueError(value)
+
+
 _GO_SHORT_ESCAPES = {
     "\a": "\\a",
     "\b": "\\b",
