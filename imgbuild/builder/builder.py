@@ -476,18 +476,25 @@ def _located(error: ImgbuildError, filename: str, instruction) -> ImgbuildError:
     return error.located(SourceLocation(filename, instruction.line, instruction.source))
 
 
-@contextmanager
 def signals_raise_interrupt():
     """SIGTERM behaves like Ctrl-C: the build stops and cleans up (main thread only)."""
+    return signal_raises(signal.SIGTERM, Terminated)
+
+
+@contextmanager
+def signal_raises(signum: int, exception: type[BaseException]):
+    """Within the block, signal ``signum`` raises ``exception`` (an interrupt the
+    ``with`` blocks unwind from); a no-op outside the main thread, where Python
+    cannot set handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
-        raise Terminated
+        raise exception
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signum, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signum, previous)

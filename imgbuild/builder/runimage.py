@@ -17,14 +17,11 @@ import posixpath
 import signal
 import stat
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from imgbuild.builder import imageconfig as ic
-from imgbuild.builder.builder import signals_raise_interrupt
+from imgbuild.builder.builder import signal_raises, signals_raise_interrupt
 from imgbuild.builder.rootfs import image_layers, workspace
 from imgbuild.errors import (
     BuildError,
@@ -195,7 +192,9 @@ def _run_in_workspace(
     container = ic.container_config(config)
     with (
         signals_raise_interrupt(),
-        _hangup_stops_the_run(),
+        # A closed terminal (SIGHUP) stops the container and cleans up, as Ctrl-C
+        # does; Python's default would end imgbuild at once and leave both behind.
+        signal_raises(signal.SIGHUP, KeyboardInterrupt),
         workspace(store, layers, prefix="run-") as space,
         space.mounted() as merged,
     ):
@@ -217,24 +216,6 @@ def _run_in_workspace(
         sys.stdout.flush()
         stdin_fd = sys.stdin.fileno() if options.interactive else None
         return run_container(merged, spec, runtime=options.runtime, workdir=space.scratch, stdin_fd=stdin_fd)
-
-
-@contextmanager
-def _hangup_stops_the_run() -> Iterator[None]:
-    """A closed terminal (SIGHUP) stops the container and cleans up, as Ctrl-C does;
-    Python's default would end imgbuild at once and leave both behind."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGHUP, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGHUP, previous)
 
 
 def _with_env(options: RunOptions, env: list[str]) -> RunOptions:
