@@ -15,7 +15,6 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from cli.clitools import cli_env, imgbuild, start_imgbuild
 from imagetools import make_busybox_image, require_root_and_runc
 
 from imgbuild.builder.builder import build
@@ -256,46 +256,6 @@ def build_df(tmp_path, shared_store) -> Callable[..., Built]:
 
 
 # --- the command line -----------------------------------------------------------------
-
-
-def cli_env(extra: dict | None = None) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(PROJECT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("CI", None)
-    env.update(extra or {})
-    return env
-
-
-def imgbuild(
-    root: Path,
-    *args: str,
-    input: str | None = None,
-    env: dict | None = None,
-    cwd=PROJECT,
-    timeout=120,
-):
-    """``python3 -m imgbuild --root ROOT ARGS`` as a user runs it; a CompletedProcess (text)."""
-    return subprocess.run(
-        [sys.executable, "-m", "imgbuild", "--root", str(root), *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        env=cli_env(env),
-        timeout=timeout,
-        cwd=str(cwd),
-    )
-
-
-def start_imgbuild(root: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    """The CLI in the background, in its own process group, output piped (for signal tests)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "imgbuild", "--root", str(root), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=cli_env(env),
-        cwd=str(PROJECT),
-        start_new_session=True,
-    )
 
 
 def run_image(root: Path, *args: str, env: dict | None = None):
