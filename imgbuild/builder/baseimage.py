@@ -97,7 +97,7 @@ def onbuild_triggers(state: StageState) -> list:
 def _find_image(builder, name: str, platform: Platform) -> Image:
     """From the local store, or pulled (always with --pull)."""
     if not builder.options.pull:
-        for candidate in _local_names(name):
+        for candidate in local_names(name):
             try:
                 return builder.store.load_image(candidate, platform)
             except ImageNotFound:
@@ -127,7 +127,7 @@ def _check_platform(name: str, image: Image, want: Platform) -> None:
         )
 
 
-def _local_names(name: str) -> list[str]:
+def local_names(name: str) -> list[str]:
     """The names a base image may have in the local store: as written, and Docker's short/long forms."""
     names = [name]
     bare = name

@@ -31,9 +31,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from imgbuild.cli.outline import _read_dockerfile, parse_build_args
+    from imgbuild.cli.outline import parse_build_args, read_dockerfile
 
-    text, filename = _read_dockerfile(args.file, args.context)
+    text, filename = read_dockerfile(args.file, args.context)
     dockerfile_path = None if args.file == "-" else Path(filename)
     return check_and_report(
         text,
@@ -54,10 +54,10 @@ def check_build(options, root: str) -> int:
         text, filename, path = options.dockerfile_text, "Dockerfile", None
     else:
         from imgbuild.builder.builder import default_dockerfile
-        from imgbuild.cli.outline import _read_dockerfile
+        from imgbuild.cli.outline import read_dockerfile
 
         path = options.dockerfile or default_dockerfile(options.context)
-        text, _ = _read_dockerfile(str(path), str(options.context))
+        text, _ = read_dockerfile(str(path), str(options.context))
         filename = str(options.dockerfile) if options.dockerfile else path.name
     return check_and_report(
         text,
@@ -125,7 +125,7 @@ def _store_lookup(root: str | None, platform: str | None):
     """Base image configs from the local store only: a check never pulls."""
     if not root or not os.path.isdir(root):
         return None
-    from imgbuild.builder.baseimage import _local_names as local_names
+    from imgbuild.builder.baseimage import local_names
     from imgbuild.image import Platform
     from imgbuild.store import Store
 

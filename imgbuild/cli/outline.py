@@ -54,7 +54,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    text, filename = _read_dockerfile(args.file, args.context)
+    text, filename = read_dockerfile(args.file, args.context)
     dockerfile = parse(text, filename)
     result = plan(
         dockerfile,
@@ -94,7 +94,7 @@ def parse_build_args(values: list[str], environ=None) -> dict[str, str]:
     return result
 
 
-def _read_dockerfile(path: str | None, context: str) -> tuple[str, str]:
+def read_dockerfile(path: str | None, context: str) -> tuple[str, str]:
     if path == "-":
         data = read_dockerfile_stdin()
         filename = "Dockerfile"
