@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import stat
 import sys
-import tempfile
 from pathlib import Path
 
 from imgbuild.dockerfile.pin import (
@@ -146,16 +145,11 @@ def _read_dockerfile(path: Path) -> str:
 
 def _write_atomically(path: Path, text: str) -> None:
     """Replace the file in one rename, keeping its mode; a symlink's target is replaced."""
+    from imgbuild.store.atomic import write_file_atomic
+
     target = Path(os.path.realpath(path))
-    mode = stat.S_IMODE(os.stat(target).st_mode)
-    handle = tempfile.NamedTemporaryFile("w", dir=target.parent, prefix=".pin-", delete=False, encoding="utf-8")
     try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, mode)
-        os.replace(handle.name, target)
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+        write_file_atomic(target, text.encode("utf-8"), mode=mode)
     except OSError as error:
-        os.unlink(handle.name)
         raise ImgbuildError(f"cannot write {path}: {error.strerror}; it is unchanged") from None
