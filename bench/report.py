@@ -35,11 +35,17 @@ class Row:
 
 
 def summarize(
-    scenario: str, title: str, by_tool: dict[str, list[BuildResult]], expect: str
+    scenario: str, title: str, by_tool: dict[str, list[BuildResult]], expect: str,
+    warmup_hits: dict[str, int] | None = None,
 ) -> list[Row]:
     """One row per tool; expect is "none" (cold), "all" (nothing changed), "some"
-    (one file changed) or "any" (an export, which has no cache)."""
-    rows = [_row(scenario, title, tool, results, expect) for tool, results in by_tool.items()]
+    (one file changed) or "any" (an export, which has no cache). warmup_hits:
+    each tool's cache hits in its untimed build of the unchanged context."""
+    warmup_hits = warmup_hits or {}
+    rows = [
+        _row(scenario, title, tool, results, expect, warmup_hits.get(tool, 0))
+        for tool, results in by_tool.items()
+    ]
     reference = next((r for r in rows if r.tool == REFERENCE_TOOL), None)
     for row in rows:
         if reference and reference.median_s and row.median_s is not None:
@@ -51,7 +57,9 @@ def summarize(
     return rows
 
 
-def _row(scenario: str, title: str, tool: str, results: list[BuildResult], expect: str) -> Row:
+def _row(
+    scenario: str, title: str, tool: str, results: list[BuildResult], expect: str, warmup_hits: int
+) -> Row:
     good = [r for r in results if not r.error]
     warnings = [f"run failed: {r.error}" for r in results if r.error]
     cached = [r.cached_steps for r in good]
@@ -61,6 +69,9 @@ def _row(scenario: str, title: str, tool: str, results: list[BuildResult], expec
         warnings.append("an unchanged rebuild reported no cache hit")
     if expect == "some" and not all(cached):
         warnings.append("a rebuild after one change reused nothing")
+    # A warm-up without hits was a cold build: it says nothing about a no-op.
+    if expect == "some" and warmup_hits and any(c >= warmup_hits for c in cached):
+        warnings.append("a rebuild after one change hit the cache as often as a no-op rebuild")
     return Row(
         scenario=scenario, title=title, tool=tool, runs=len(results), failed=len(results) - len(good),
         median_s=statistics.median(r.seconds for r in good) if good else None,
@@ -122,6 +133,7 @@ def run_record(result: BuildResult) -> dict:
         "cached_steps": result.cached_steps,
         "detail_kb": result.detail,
         "error": result.error,
+        "output_bytes": result.output_bytes,
         "log": str(result.log_path),
     }
 

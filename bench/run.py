@@ -272,8 +272,10 @@ def run_benchmark(
     headline: list[report.Headline] = []
     runs: dict[str, dict[str, list[dict]]] = {}
     for scenario in scenarios:
-        by_tool = run_scenario(scenario, tools, logs, unavailable, args.quiet_wait)
-        case_rows = report.summarize(scenario.key, scenario.title, by_tool, scenario.expect_cached)
+        by_tool, warmup_hits = run_scenario(scenario, tools, logs, unavailable, args.quiet_wait)
+        case_rows = report.summarize(
+            scenario.key, scenario.title, by_tool, scenario.expect_cached, warmup_hits
+        )
         rows += case_rows
         headline.append(report.headline(scenario.key, scenario.workload, scenario.case, case_rows))
         runs[scenario.key] = {
@@ -419,10 +421,11 @@ def unique_bases(scenarios: list[Scenario]) -> list[BaseImage]:
 def run_scenario(
     scenario: Scenario, tools: list[Tool], logs: Path, unavailable: dict[str, str],
     quiet_wait: float,
-) -> dict[str, list[BuildResult]]:
+) -> tuple[dict[str, list[BuildResult]], dict[str, int]]:
     """Interleave the tools run by run, so drift in the machine's state does
-    not favour one tool."""
+    not favour one tool. Returns each tool's results and its warm-up's cache hits."""
     by_tool: dict[str, list[BuildResult]] = {tool.name: [] for tool in tools}
+    warmup_hits: dict[str, int] = {}
     if not scenario.cold:
         for tool in tools:
             if tool.name in unavailable:
@@ -435,7 +438,9 @@ def run_scenario(
             os.sync()
             warm = tool.build(scenario.dockerfile, scenario.context, scenario.tag,
                               logs / f"{scenario.key}-{tool.name}-warmup.log")
-            print(f"[{scenario.key} warm-up] {tool.name}: {warm.seconds:.2f}s {warm.error}")
+            warmup_hits[tool.name] = warm.cached_steps
+            print(f"[{scenario.key} warm-up] {tool.name}: {warm.seconds:.2f}s, "
+                  f"{warm.cached_steps} cached {warm.error}")
     previous = "warm-up" if not scenario.cold else "none"
     for rep in range(scenario.reps):
         if scenario.before_run:
@@ -467,7 +472,7 @@ def run_scenario(
                   f"{result.seconds:.2f}s, {result.peak_kb / 1024:.0f} MB, "
                   f"cpu {result.cpu_s:.2f}s, others' cpu {result.background_cpu_s:.2f}s, "
                   f"{result.cached_steps} cached {result.error}", flush=True)
-    return by_tool
+    return by_tool, warmup_hits
 
 
 def run_order(tools: list[Tool], rep: int) -> list[Tool]:
