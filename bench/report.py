@@ -40,7 +40,8 @@ def summarize(
 ) -> list[Row]:
     """One row per tool; expect is "none" (cold), "all" (nothing changed), "some"
     (one file changed) or "any" (an export, which has no cache). warmup_hits:
-    each tool's cache hits in its untimed build of the unchanged context."""
+    each tool's cache hits in its untimed no-op rebuild of the unchanged
+    context, which a rebuild after one change must stay under."""
     warmup_hits = warmup_hits or {}
     rows = [
         _row(scenario, title, tool, results, expect, warmup_hits.get(tool, 0))
@@ -69,7 +70,6 @@ def _row(
         warnings.append("an unchanged rebuild reported no cache hit")
     if expect == "some" and not all(cached):
         warnings.append("a rebuild after one change reused nothing")
-    # A warm-up without hits was a cold build: it says nothing about a no-op.
     if expect == "some" and warmup_hits and any(c >= warmup_hits for c in cached):
         warnings.append("a rebuild after one change hit the cache as often as a no-op rebuild")
     return Row(

@@ -90,6 +90,6 @@ def test_a_change_that_reran_nothing_is_flagged(report):
         "imgbuild": [],
         "docker": ["a rebuild after one change hit the cache as often as a no-op rebuild"],
     }
-    # A warm-up that hit nothing was a cold build: no comparison.
-    rows = report.summarize("small-change", "small: change", by_tool, "some", {"imgbuild": 0, "docker": 0})
+    # Without a no-op's figure (no warm-up ran) there is nothing to compare with.
+    rows = report.summarize("small-change", "small: change", by_tool, "some")
     assert all(row.warnings == [] for row in rows)
