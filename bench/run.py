@@ -141,7 +141,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "(default -10; 0 leaves it)",
     )
     parser.add_argument(
-        "--smoke", action="store_true", help="one run each on a tiny big context: checks the harness"
+        "--smoke", action="store_true",
+        help="one run of each busybox case, small contexts and work: checks the harness",
     )
     parser.add_argument(
         "--results", type=Path, default=RESULTS,
@@ -152,6 +153,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = set(args.tools) - set(ALL_TOOLS)
     if unknown or "imgbuild" not in args.tools:
         parser.error(f"--tools must include imgbuild and name only {', '.join(ALL_TOOLS)}")
+    select_scenarios(parser, args)
+    if args.smoke:
+        args.reps = args.big_reps = args.debian_reps = 1
+    return args
+
+
+def select_scenarios(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """args.scenarios: the keys --workloads and --scenarios select together, in
+    WORKLOADS order; args.workloads: the workloads they belong to."""
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     if set(workloads) - set(WORKLOADS):
         parser.error(f"--workloads must name some of {', '.join(WORKLOADS)}")
@@ -163,14 +173,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if scenarios and not args.workloads:
         workloads = list(WORKLOADS)  # the scenarios named pick the workloads
     args.scenarios = [
-        key for w in workloads for key in WORKLOADS[w] if not scenarios or key in scenarios
+        key for w in WORKLOADS if w in workloads for key in WORKLOADS[w]
+        if not scenarios or key in scenarios
     ]
     if not args.scenarios:
         parser.error("--workloads and --scenarios select no scenario together")
     args.workloads = [w for w in WORKLOADS if any(k in args.scenarios for k in WORKLOADS[w])]
-    if args.smoke:
-        args.reps = args.big_reps = args.debian_reps = 1
-    return args
 
 
 def main(argv: list[str]) -> int:
