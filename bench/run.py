@@ -239,7 +239,7 @@ def run_benchmark(
     # The tree may change while the benchmark runs (others commit): take it first.
     commit = git_head()
     shape = SMOKE_SHAPE if args.smoke else ContextShape()
-    contexts = write_contexts(args.workloads, workdir, shape)
+    contexts, big_facts = write_contexts(args.workloads, workdir, shape)
     base_context = workdir / "ctx-base"
     make_base_context(base_context)
 
@@ -256,7 +256,7 @@ def run_benchmark(
         bases["debian"] = imgbuild.import_base(import_args, DEBIAN_IMAGE, "debian")
         remove_tree(tree)
         print(f"made the Debian base {DEBIAN_IMAGE} from {rootfs} in {time.monotonic() - t0:.0f}s")
-    scenarios = [s for s in make_scenarios(args, contexts, bases) if s.key in args.scenarios]
+    scenarios = [s for s in make_scenarios(args, contexts, big_facts, bases) if s.key in args.scenarios]
     needed = unique_bases(scenarios)
     unavailable: dict[str, str] = {}
     for name in args.tools:
@@ -313,7 +313,7 @@ def run_benchmark(
             "reps": args.reps, "big_reps": args.big_reps, "debian_reps": args.debian_reps,
             "smoke": args.smoke, "workloads": args.workloads, "scenarios": args.scenarios,
             "quiet_wait_s": args.quiet_wait, "quiet_cores": QUIET_CORES, "nice": args.nice,
-            "big_context": contexts.get("big_facts", {}) | {"shape": shape.__dict__},
+            "big_context": big_facts | {"shape": shape.__dict__},
             "buildah_storage_driver": Buildah.storage_driver,
             "debian_cache": str(args.debian_cache) if "debian" in bases else None,
         },
@@ -329,9 +329,13 @@ def run_benchmark(
     return 0
 
 
-def write_contexts(workloads: list[str], workdir: Path, shape: ContextShape) -> dict:
-    """Each selected workload's context under workdir; "big_facts" has the big one's size."""
-    contexts: dict = {}
+def write_contexts(
+    workloads: list[str], workdir: Path, shape: ContextShape
+) -> tuple[dict[str, Path], dict[str, int]]:
+    """Each selected workload's context under workdir, by workload; and the big
+    context's files and bytes (empty without it)."""
+    contexts: dict[str, Path] = {}
+    big_facts: dict[str, int] = {}
     for workload in workloads:
         directory = workdir / f"ctx-{workload}"
         contexts[workload] = directory
@@ -345,7 +349,7 @@ def write_contexts(workloads: list[str], workdir: Path, shape: ContextShape) -> 
             directory.mkdir()
             t0 = time.monotonic()
             files, size = write_big_context(directory, shape)
-            contexts["big_facts"] = {"files": files, "bytes": size}
+            big_facts = {"files": files, "bytes": size}
             print(f"generated the big context: {files} files, {size / 1e6:.0f} MB "
                   f"in {time.monotonic() - t0:.1f}s")
         else:
@@ -353,14 +357,15 @@ def write_contexts(workloads: list[str], workdir: Path, shape: ContextShape) -> 
                 write_debian_app(directory, DEBIAN_APPS[workload])
             except ValueError as error:
                 raise BenchError(str(error)) from error
-    return contexts
+    return contexts, big_facts
 
 
 COLD, WARM, CHANGED, EXPORT = "cold", "warm no-op", "one file changed", "export as OCI archive"
 
 
 def make_scenarios(
-    args: argparse.Namespace, contexts: dict, bases: dict[str, BaseImage]
+    args: argparse.Namespace, contexts: dict[str, Path], big_facts: dict[str, int],
+    bases: dict[str, BaseImage],
 ) -> list[Scenario]:
     """Every scenario of the selected workloads, in WORKLOADS order."""
     scenarios: list[Scenario] = []
@@ -385,7 +390,7 @@ def make_scenarios(
         add("multistage-cold", title, COLD, multi, "bench-multistage:1", args.reps, busybox)
         add("multistage-warm", title, WARM, multi, "bench-multistage:1", args.reps, busybox)
     if "big" in contexts:
-        big, facts = contexts["big"], contexts["big_facts"]
+        big, facts = contexts["big"], big_facts
         title = f"big ({facts['files']:,} files, {facts['bytes'] / 1e6:.0f} MB: COPY + RUN)"
         for key, case in (("big-cold", COLD), ("big-unchanged", WARM), ("big-export", EXPORT)):
             add(key, title, case, big, "bench-big:1", args.big_reps, busybox)
