@@ -67,7 +67,7 @@ def profile(args: argparse.Namespace, workdir: Path, out: Path) -> Counter[tuple
         write_big_context(big, ContextShape())
     make_base_context(base_context)
     tool = Imgbuild(workdir, out, REPO, sys.executable)
-    base = tool.make_base(base_context)
+    base = [tool.make_base(base_context)]
     tool.fresh_state(base)
     context = big if args.scenario.startswith("big") else small
     if args.scenario != "cold-small":

@@ -1,10 +1,14 @@
 """Benchmark imgbuild against buildah and docker/BuildKit, in one run.
 
-    python3 bench/run.py [--reps N] [--big-reps N] [--tools imgbuild,buildah,docker]
+    python3 bench/run.py [--workloads small,multistage,big,python,node,c] [--scenarios KEY,...]
+                         [--reps N] [--big-reps N] [--debian-reps N]
+                         [--tools imgbuild,buildah,docker] [--smoke]
 
-Run as root (bench/run.sh installs the peers first). Prints a table of median
-wall time and peak memory per scenario and tool, with ratios to imgbuild, and
-writes the full data to bench/results/DATE.json. See bench/README.md.
+Run as root (bench/run.sh installs the peers first). Prints the headline
+table (median seconds per tool and imgbuild ÷ the fastest peer, as issue 12
+has it, with every tool's peak memory), then a table per scenario and tool
+with each peer's ratio to imgbuild, and writes the full data to
+bench/results/DATE.json. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -25,17 +29,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import debian
 import report
 from measure import wait_for_quiet
 from scenarios import (
+    DEBIAN_APPS,
+    DEBIAN_IMAGE,
     SMOKE_SHAPE,
     ContextShape,
+    DebianApp,
     edit_big_context,
+    edit_debian_app,
+    edit_small_context,
     write_big_context,
+    write_debian_app,
+    write_multistage_context,
     write_small_context,
 )
 from tools import (
-    BaseArchives,
+    BaseImage,
     BenchError,
     Buildah,
     BuildResult,
@@ -48,7 +60,21 @@ from tools import (
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 ALL_TOOLS = ("imgbuild", "buildah", "docker")
-SCENARIO_KEYS = ("cold-small", "warm-small", "big-change", "big-unchanged")
+# Each workload's cases, in the order they run (issue 12's table).
+WORKLOADS = {
+    "small": ("cold-small", "warm-small", "small-change"),
+    "multistage": ("multistage-cold", "multistage-warm"),
+    "big": ("big-cold", "big-unchanged", "big-change", "big-export"),
+    "python": ("python-cold", "python-warm", "python-change"),
+    "node": ("node-cold", "node-change"),
+    "c": ("c-cold", "c-change"),
+}
+SCENARIO_KEYS = tuple(key for keys in WORKLOADS.values() for key in keys)
+DEBIAN_WORKLOADS = tuple(DEBIAN_APPS)
+# What the smoke runs unless --workloads says otherwise: the Debian workloads
+# download hundreds of MB and take minutes.
+SMOKE_WORKLOADS = ("small", "multistage", "big")
+DEBIAN_CACHE = Path("/var/tmp/imgbuild-bench-cache")
 # A build starts once the machine used less than this many cores for 0.5 s.
 QUIET_CORES = 0.3
 
@@ -56,28 +82,50 @@ QUIET_CORES = 0.3
 @dataclass
 class Scenario:
     key: str
-    title: str
+    workload: str  # the workload's title, as the report shows it
+    case: str  # "cold", "warm no-op", "one file changed", "export as OCI archive"
     dockerfile: Path
     context: Path
     tag: str
     reps: int
     cold: bool  # each run starts from a fresh tool state
-    expect_cached: str  # "none", "all" or "some": what a sane run reports
+    expect_cached: str  # "none", "all", "some" or "any" (an export): what a sane run reports
+    bases: list[BaseImage]  # the base images its Dockerfile starts from
     before_run: Callable[[int], None] | None = None
+    export: bool = False  # the timed command exports the built image instead of building it
+
+    @property
+    def title(self) -> str:
+        return f"{self.workload}: {self.case}"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=3, help="runs per small scenario (default 3)")
+    parser.add_argument(
+        "--reps", type=int, default=3, help="runs per small and multistage scenario (default 3)"
+    )
     parser.add_argument(
         "--big-reps", type=int, default=3, help="runs per big-context scenario (default 3)"
+    )
+    parser.add_argument(
+        "--debian-reps", type=int, default=3,
+        help="runs per Python, Node and C scenario (default 3)",
     )
     parser.add_argument(
         "--tools", default=",".join(ALL_TOOLS), help="comma-separated subset of " + ", ".join(ALL_TOOLS)
     )
     parser.add_argument(
-        "--scenarios", default=",".join(SCENARIO_KEYS),
-        help="comma-separated subset of " + ", ".join(SCENARIO_KEYS),
+        "--workloads", default="",
+        help="comma-separated subset of " + ", ".join(WORKLOADS)
+        + " (default: all; with --smoke: " + ",".join(SMOKE_WORKLOADS) + ")",
+    )
+    parser.add_argument(
+        "--scenarios", default="",
+        help="comma-separated subset of " + ", ".join(SCENARIO_KEYS) + " (default: all of the workloads')",
+    )
+    parser.add_argument(
+        "--debian-cache", type=Path, default=DEBIAN_CACHE,
+        help=f"where debootstrap's tree is cached between runs (default {DEBIAN_CACHE})",
     )
     parser.add_argument(
         "--workdir-parent", default="/var/tmp", help="where the temp work dir goes (default /var/tmp)"
@@ -93,7 +141,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "(default -10; 0 leaves it)",
     )
     parser.add_argument(
-        "--smoke", action="store_true", help="one run each on a tiny big context: checks the harness"
+        "--smoke", action="store_true",
+        help="one run of each busybox case, small contexts and work: checks the harness",
     )
     parser.add_argument(
         "--results", type=Path, default=RESULTS,
@@ -104,12 +153,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = set(args.tools) - set(ALL_TOOLS)
     if unknown or "imgbuild" not in args.tools:
         parser.error(f"--tools must include imgbuild and name only {', '.join(ALL_TOOLS)}")
-    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    if not args.scenarios or set(args.scenarios) - set(SCENARIO_KEYS):
-        parser.error(f"--scenarios must name some of {', '.join(SCENARIO_KEYS)}")
+    select_scenarios(parser, args)
     if args.smoke:
-        args.reps = args.big_reps = 1
+        args.reps = args.big_reps = args.debian_reps = 1
     return args
+
+
+def select_scenarios(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """args.scenarios: the keys --workloads and --scenarios select together, in
+    WORKLOADS order; args.workloads: the workloads they belong to."""
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if set(workloads) - set(WORKLOADS):
+        parser.error(f"--workloads must name some of {', '.join(WORKLOADS)}")
+    if not workloads:
+        workloads = list(SMOKE_WORKLOADS if args.smoke else WORKLOADS)
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    if set(scenarios) - set(SCENARIO_KEYS):
+        parser.error(f"--scenarios must name some of {', '.join(SCENARIO_KEYS)}")
+    if scenarios and not args.workloads:
+        workloads = list(WORKLOADS)  # the scenarios named pick the workloads
+    args.scenarios = [
+        key for w in WORKLOADS if w in workloads for key in WORKLOADS[w]
+        if not scenarios or key in scenarios
+    ]
+    if not args.scenarios:
+        parser.error("--workloads and --scenarios select no scenario together")
+    args.workloads = [w for w in WORKLOADS if any(k in args.scenarios for k in WORKLOADS[w])]
 
 
 def main(argv: list[str]) -> int:
@@ -170,19 +239,25 @@ def run_benchmark(
     # The tree may change while the benchmark runs (others commit): take it first.
     commit = git_head()
     shape = SMOKE_SHAPE if args.smoke else ContextShape()
-    small, big, base_context = workdir / "ctx-small", workdir / "ctx-big", workdir / "ctx-base"
-    small.mkdir()
-    write_small_context(small)
-    big.mkdir()
-    t0 = time.monotonic()
-    files, size = write_big_context(big, shape)
-    print(f"generated the big context: {files} files, {size / 1e6:.0f} MB "
-          f"in {time.monotonic() - t0:.1f}s")
+    contexts, big_facts = write_contexts(args.workloads, workdir, shape)
+    base_context = workdir / "ctx-base"
     make_base_context(base_context)
 
     imgbuild = Imgbuild(workdir, logs, REPO, sys.executable)
     tools.append(imgbuild)
-    base = imgbuild.make_base(base_context)
+    bases = {"busybox": imgbuild.make_base(base_context)}
+    if set(args.workloads) & set(DEBIAN_WORKLOADS):
+        t0 = time.monotonic()
+        rootfs = debian.rootfs_tar(args.debian_cache, imgbuild.setup_log)
+        tree = workdir / "debian-tree"
+        added = debian.prepare_tree(rootfs, tree, imgbuild.setup_log)
+        print(f"Debian base: host CA certificates added: {', '.join(added) or 'none'}")
+        import_args = debian.import_arguments(tree, DEBIAN_IMAGE)
+        bases["debian"] = imgbuild.import_base(import_args, DEBIAN_IMAGE, "debian")
+        remove_tree(tree)
+        print(f"made the Debian base {DEBIAN_IMAGE} from {rootfs} in {time.monotonic() - t0:.0f}s")
+    scenarios = [s for s in make_scenarios(args, contexts, big_facts, bases) if s.key in args.scenarios]
+    needed = unique_bases(scenarios)
     unavailable: dict[str, str] = {}
     for name in args.tools:
         if name == "buildah":
@@ -194,37 +269,31 @@ def run_benchmark(
         try:
             tool.start()
             versions[tool.name] = tool.version()
-            tool.fresh_state(base)
+            tool.fresh_state(needed)
         except BenchError as error:
             drop(tool, tools, unavailable, error)
     for name, reason in unavailable.items():
         print(f"NOTE: {name} is left out of this run: {reason}")
     print("versions: " + "; ".join(f"{k}: {v}" for k, v in versions.items()))
 
-    scenarios = [
-        Scenario("cold-small", "1 cold build, small Dockerfile", small / "Dockerfile", small,
-                 "bench-small:1", args.reps, cold=True, expect_cached="none"),
-        Scenario("warm-small", "2 warm rebuild, nothing changed", small / "Dockerfile", small,
-                 "bench-small:1", args.reps, cold=False, expect_cached="all"),
-        Scenario("big-change", "3 big context, one file changed", big / "Dockerfile", big,
-                 "bench-big:1", args.big_reps, cold=False, expect_cached="some",
-                 before_run=lambda rep: edit_big_context(big, rep + 1)),
-        Scenario("big-unchanged", "4 big context, nothing changed", big / "Dockerfile", big,
-                 "bench-big:1", args.big_reps, cold=False, expect_cached="all"),
-    ]
     rows: list[report.Row] = []
+    headline: list[report.Headline] = []
     runs: dict[str, dict[str, list[dict]]] = {}
     for scenario in scenarios:
-        if scenario.key not in args.scenarios:
-            continue
-        by_tool = run_scenario(scenario, tools, base, logs, unavailable, args.quiet_wait)
-        rows += report.summarize(scenario.key, scenario.title, by_tool, scenario.expect_cached)
+        by_tool, warmup_hits = run_scenario(scenario, tools, logs, unavailable, args.quiet_wait)
+        case_rows = report.summarize(
+            scenario.key, scenario.title, by_tool, scenario.expect_cached, warmup_hits
+        )
+        rows += case_rows
+        headline.append(report.headline(scenario.key, scenario.workload, scenario.case, case_rows))
         runs[scenario.key] = {
             name: [report.run_record(r) for r in results] for name, results in by_tool.items()
         }
 
-    table = report.text_table(rows)
-    print("\n" + table)
+    machine = machine_facts(workdir)
+    print("\nmachine: " + report.machine_line(machine, versions))
+    print("\n" + report.headline_text(headline, args.tools))
+    print("\n" + report.text_table(rows))
     for row in rows:
         for warning in row.warnings:
             print(f"WARNING {row.scenario} {row.tool}: {warning}")
@@ -236,17 +305,22 @@ def run_benchmark(
         # The commit the tree was at; uncommitted edits to imgbuild may add to it.
         "imgbuild_commit": commit,
         "elapsed_s": round(elapsed, 1),
-        "machine": machine_facts(workdir),
+        "machine": machine,
         "versions": versions,
+        "machine_line": report.machine_line(machine, versions),
         "unavailable": unavailable,
         "settings": {
-            "reps": args.reps, "big_reps": args.big_reps, "smoke": args.smoke,
+            "reps": args.reps, "big_reps": args.big_reps, "debian_reps": args.debian_reps,
+            "smoke": args.smoke, "workloads": args.workloads, "scenarios": args.scenarios,
             "quiet_wait_s": args.quiet_wait, "quiet_cores": QUIET_CORES, "nice": args.nice,
-            "big_context": {"files": files, "bytes": size, "shape": shape.__dict__},
+            "big_context": big_facts | {"shape": shape.__dict__},
             "buildah_storage_driver": Buildah.storage_driver,
+            "debian_cache": str(args.debian_cache) if "debian" in bases else None,
         },
+        "headline": [report.headline_record(h) for h in headline],
         "rows": [report.row_record(r) for r in rows],
         "runs": runs,
+        "headline_markdown": report.headline_markdown(headline, args.tools),
         "markdown_table": report.markdown_table(rows),
     }
     out = args.results / f"{stamp}.json"
@@ -255,21 +329,137 @@ def run_benchmark(
     return 0
 
 
+def write_contexts(
+    workloads: list[str], workdir: Path, shape: ContextShape
+) -> tuple[dict[str, Path], dict[str, int]]:
+    """Each selected workload's context under workdir, by workload; and the big
+    context's files and bytes (empty without it)."""
+    contexts: dict[str, Path] = {}
+    big_facts: dict[str, int] = {}
+    for workload in workloads:
+        directory = workdir / f"ctx-{workload}"
+        contexts[workload] = directory
+        if workload == "small":
+            directory.mkdir()
+            write_small_context(directory)
+        elif workload == "multistage":
+            directory.mkdir()
+            write_multistage_context(directory, shape)
+        elif workload == "big":
+            directory.mkdir()
+            t0 = time.monotonic()
+            files, size = write_big_context(directory, shape)
+            big_facts = {"files": files, "bytes": size}
+            print(f"generated the big context: {files} files, {size / 1e6:.0f} MB "
+                  f"in {time.monotonic() - t0:.1f}s")
+        else:
+            try:
+                write_debian_app(directory, DEBIAN_APPS[workload])
+            except ValueError as error:
+                raise BenchError(str(error)) from error
+    return contexts, big_facts
+
+
+COLD, WARM, CHANGED, EXPORT = "cold", "warm no-op", "one file changed", "export as OCI archive"
+
+
+def make_scenarios(
+    args: argparse.Namespace, contexts: dict[str, Path], big_facts: dict[str, int],
+    bases: dict[str, BaseImage],
+) -> list[Scenario]:
+    """Every scenario of the selected workloads, in WORKLOADS order."""
+    scenarios: list[Scenario] = []
+    busybox = [bases["busybox"]]
+
+    def add(key: str, workload: str, case: str, context: Path, tag: str, reps: int,
+            needs: list[BaseImage], **options) -> None:
+        expect = {COLD: "none", WARM: "all", CHANGED: "some", EXPORT: "any"}[case]
+        scenarios.append(Scenario(
+            key, workload, case, context / "Dockerfile", context, tag, reps, cold=case == COLD,
+            expect_cached=expect, bases=needs, export=case == EXPORT, **options,
+        ))  # fmt: skip
+
+    if "small" in contexts:
+        small, title = contexts["small"], "small (10 instructions)"
+        add("cold-small", title, COLD, small, "bench-small:1", args.reps, busybox)
+        add("warm-small", title, WARM, small, "bench-small:1", args.reps, busybox)
+        add("small-change", title, CHANGED, small, "bench-small:1", args.reps, busybox,
+            before_run=lambda rep: edit_small_context(small, rep + 1))
+    if "multistage" in contexts:
+        multi, title = contexts["multistage"], "multistage (2 stages x 2 s CPU)"
+        add("multistage-cold", title, COLD, multi, "bench-multistage:1", args.reps, busybox)
+        add("multistage-warm", title, WARM, multi, "bench-multistage:1", args.reps, busybox)
+    if "big" in contexts:
+        big, facts = contexts["big"], big_facts
+        title = f"big ({facts['files']:,} files, {facts['bytes'] / 1e6:.0f} MB: COPY + RUN)"
+        for key, case in (("big-cold", COLD), ("big-unchanged", WARM), ("big-export", EXPORT)):
+            add(key, title, case, big, "bench-big:1", args.big_reps, busybox)
+        add("big-change", title, CHANGED, big, "bench-big:1", args.big_reps, busybox,
+            before_run=lambda rep: edit_big_context(big, rep + 1))
+    for workload in DEBIAN_WORKLOADS:
+        if workload in contexts:
+            add_debian(add, workload, contexts[workload], args.debian_reps, bases)
+    order = {key: index for index, key in enumerate(SCENARIO_KEYS)}
+    return sorted(scenarios, key=lambda s: order[s.key])
+
+
+DEBIAN_TITLES = {
+    "python": "Python app (Debian, apt + venv + pip)",
+    "node": "Node app (Debian nodejs, npm ci)",
+    "c": "C program (gcc stage -> busybox)",
+}
+
+
+def add_debian(add: Callable, workload: str, context: Path, reps: int,
+               bases: dict[str, BaseImage]) -> None:
+    app: DebianApp = DEBIAN_APPS[workload]
+    # The C program's final stage is FROM busybox:local.
+    needs = [bases["debian"], bases["busybox"]] if workload == "c" else [bases["debian"]]
+    tag = f"bench-{workload}:1"
+    for key in WORKLOADS[workload]:
+        case = {"cold": COLD, "warm": WARM, "change": CHANGED}[key.split("-", 1)[1]]
+        options = {}
+        if case == CHANGED:
+            options["before_run"] = lambda rep: edit_debian_app(context, app, rep + 1)
+        add(key, DEBIAN_TITLES[workload], case, context, tag, reps, needs, **options)
+
+
+def unique_bases(scenarios: list[Scenario]) -> list[BaseImage]:
+    found: dict[str, BaseImage] = {}
+    for scenario in scenarios:
+        for base in scenario.bases:
+            found.setdefault(base.name, base)
+    return list(found.values())
+
+
 def run_scenario(
-    scenario: Scenario, tools: list[Tool], base: BaseArchives, logs: Path,
-    unavailable: dict[str, str], quiet_wait: float,
-) -> dict[str, list[BuildResult]]:
+    scenario: Scenario, tools: list[Tool], logs: Path, unavailable: dict[str, str],
+    quiet_wait: float,
+) -> tuple[dict[str, list[BuildResult]], dict[str, int]]:
     """Interleave the tools run by run, so drift in the machine's state does
-    not favour one tool."""
+    not favour one tool. Returns each tool's results and the cache hits of its
+    last untimed build (a no-op rebuild, for a change case)."""
     by_tool: dict[str, list[BuildResult]] = {tool.name: [] for tool in tools}
+    warmup_hits: dict[str, int] = {}
     if not scenario.cold:
         for tool in tools:
             if tool.name in unavailable:
                 continue
-            os.sync()
-            warm = tool.build(scenario.dockerfile, scenario.context, scenario.tag,
-                              logs / f"{scenario.key}-{tool.name}-warmup.log")
-            print(f"[{scenario.key} warm-up] {tool.name}: {warm.seconds:.2f}s {warm.error}")
+            try:
+                tool.ensure_bases(scenario.bases)
+            except BenchError as error:
+                unavailable[tool.name] = f"loading the base images for {scenario.key} failed: {error}"
+                continue
+            # A change case builds twice: the second build is a no-op for
+            # sure, and its cache hits are what an edit must bring down.
+            for build in range(2 if scenario.expect_cached == "some" else 1):
+                os.sync()
+                suffix = f"-{build + 1}" if build else ""
+                warm = tool.build(scenario.dockerfile, scenario.context, scenario.tag,
+                                  logs / f"{scenario.key}-{tool.name}-warmup{suffix}.log")
+                warmup_hits[tool.name] = warm.cached_steps
+                print(f"[{scenario.key} warm-up] {tool.name}: {warm.seconds:.2f}s, "
+                      f"{warm.cached_steps} cached {warm.error}")
     previous = "warm-up" if not scenario.cold else "none"
     for rep in range(scenario.reps):
         if scenario.before_run:
@@ -279,7 +469,7 @@ def run_scenario(
                 continue
             if scenario.cold:
                 try:
-                    tool.fresh_state(base)
+                    tool.fresh_state(scenario.bases)
                 except BenchError as error:
                     unavailable[tool.name] = f"fresh state for {scenario.key} failed: {error}"
                     continue
@@ -290,7 +480,10 @@ def run_scenario(
             os.sync()
             read_tree(scenario.context)
             waited, cores = wait_for_quiet(QUIET_CORES, quiet_wait) if quiet_wait else (0.0, 0.0)
-            result = tool.build(scenario.dockerfile, scenario.context, scenario.tag, log)
+            if scenario.export:
+                result = tool.export(scenario.tag, log)
+            else:
+                result = tool.build(scenario.dockerfile, scenario.context, scenario.tag, log)
             result.quiet_wait_s, result.busy_cores_before = waited, cores
             result.after, previous = previous, tool.name
             by_tool[tool.name].append(result)
@@ -298,7 +491,7 @@ def run_scenario(
                   f"{result.seconds:.2f}s, {result.peak_kb / 1024:.0f} MB, "
                   f"cpu {result.cpu_s:.2f}s, others' cpu {result.background_cpu_s:.2f}s, "
                   f"{result.cached_steps} cached {result.error}", flush=True)
-    return by_tool
+    return by_tool, warmup_hits
 
 
 def run_order(tools: list[Tool], rep: int) -> list[Tool]:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark imgbuild against buildah and docker/BuildKit. As root:
-#   bash bench/run.sh [--reps N] [--big-reps N] [--tools imgbuild,buildah,docker] [--smoke]
+#   bash bench/run.sh [--workloads small,multistage,big,python,node,c] [--scenarios KEY,...]
+#                     [--reps N] [--big-reps N] [--debian-reps N] [--tools imgbuild,buildah,docker] [--smoke]
 # Installs the peers from Debian if they are missing, then runs bench/run.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,7 @@ missing=()
 command -v buildah >/dev/null || missing+=(buildah)
 command -v runc >/dev/null || missing+=(runc)
 command -v busybox >/dev/null || missing+=(busybox-static)
+command -v debootstrap >/dev/null || missing+=(debootstrap)  # the Debian workloads' base
 [[ -x /usr/bin/time ]] || missing+=(time)  # GNU time takes the peak RSS (bench/measure.py)
 # The Debian client, not a newer one that may be first on PATH (see bench/README.md).
 [[ -x /usr/bin/docker && -x /usr/sbin/dockerd ]] || missing+=(docker.io)

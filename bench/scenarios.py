@@ -2,16 +2,20 @@
 
 Everything is generated from fixed seeds, so two runs build the same bytes.
 The Dockerfiles use only what all three tools accept (Docker 20.10's BuildKit
-has no heredocs).
+has no heredocs). The Debian workloads are copies of examples/, pointed at
+the benchmark's own Debian base.
 """
 
 from __future__ import annotations
 
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 BASE_IMAGE = "busybox:local"
+DEBIAN_IMAGE = "bench-debian:bookworm"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 SMALL_DOCKERFILE = f"""\
 FROM {BASE_IMAGE}
@@ -24,6 +28,28 @@ COPY config/settings.conf /etc/app/settings.conf
 RUN find /app -type f | sort | xargs sha256sum > /app/manifest.txt
 USER 1000
 CMD ["sh", "/app/main.sh"]
+"""
+
+# The app source file the small "one file changed" case edits before each run:
+# the first COPY takes it, so that COPY and every step after it rerun.
+SMALL_CHANGED_FILE = "app/main.sh"
+
+# Two independent stages of CPU work (different work, so no builder can share
+# one stage's result with the other), a final stage that copies from both.
+# The work's size comes from ContextShape (about 2 s of CPU each by default).
+MULTISTAGE_DOCKERFILE = f"""\
+FROM {BASE_IMAGE} AS digest
+ARG MEGABYTES
+RUN mkdir /out && dd if=/dev/zero bs=1M count=$MEGABYTES 2>/dev/null | sha256sum > /out/digest.txt
+
+FROM {BASE_IMAGE} AS count
+ARG LOOPS
+RUN mkdir /out && i=0 && while [ $i -lt $LOOPS ]; do i=$((i+1)); done && echo $i > /out/count.txt
+
+FROM {BASE_IMAGE}
+COPY --from=digest /out/digest.txt /result/digest.txt
+COPY --from=count /out/count.txt /result/count.txt
+CMD ["cat", "/result/digest.txt", "/result/count.txt"]
 """
 
 # The whole context goes in with one COPY, a RUN reads it, and a late COPY
@@ -52,12 +78,19 @@ class ContextShape:
     big_files: int = 10
     big_size: int = 11 * 1024 * 1024
     files_per_dir: int = 100
+    # The multistage workload's CPU work per stage: MB through sha256sum and
+    # iterations of a shell loop, each about 2 s of CPU on the reference machine.
+    multistage_megabytes: int = 400
+    multistage_loops: int = 2_000_000
 
     def files(self) -> int:
         return self.small_files + self.big_files + 2  # + Dockerfile + settings.txt
 
 
-SMOKE_SHAPE = ContextShape(small_files=300, big_files=2, big_size=1024 * 1024)
+SMOKE_SHAPE = ContextShape(
+    small_files=300, big_files=2, big_size=1024 * 1024, multistage_megabytes=4,
+    multistage_loops=20_000,
+)
 
 
 def write_small_context(directory: Path) -> None:
@@ -72,6 +105,21 @@ def write_small_context(directory: Path) -> None:
         (app / "lib" / f"module{i:02}.txt").write_text("\n".join(lines) + "\n")
     (directory / "config" / "settings.conf").write_text("mode=production\nworkers=4\n")
     (directory / "Dockerfile").write_text(SMALL_DOCKERFILE)
+
+
+def edit_small_context(directory: Path, revision: int) -> None:
+    """A new revision of the app's entry script, as a developer's edit makes."""
+    (directory / SMALL_CHANGED_FILE).write_text(
+        f'#!/bin/sh\n# revision {revision}\necho "app $VERSION"\n'
+    )
+
+
+def write_multistage_context(directory: Path, shape: ContextShape) -> None:
+    """The Dockerfile with the work's size filled in: the context holds nothing else."""
+    text = MULTISTAGE_DOCKERFILE.replace(
+        "ARG MEGABYTES", f"ARG MEGABYTES={shape.multistage_megabytes}"
+    ).replace("ARG LOOPS", f"ARG LOOPS={shape.multistage_loops}")
+    (directory / "Dockerfile").write_text(text)
 
 
 def write_big_context(directory: Path, shape: ContextShape) -> tuple[int, int]:
@@ -111,3 +159,52 @@ def edit_big_context(directory: Path, revision: int) -> int:
     data = f"revision={revision}\nfeature_flags=a,b,c\n".encode()
     (directory / BIG_CHANGED_FILE).write_bytes(data)
     return len(data)
+
+
+@dataclass
+class DebianApp:
+    """One of examples/ as a benchmark workload on the benchmark's Debian base."""
+
+    example: str
+    changed_file: str  # the source file the "one file changed" case edits
+    # The text in it that the edit extends: the greeting, so that the program
+    # changes (a comment would leave gcc's output, and the C image, the same).
+    marker: str
+    # Text the copy's Dockerfile must contain, and what it becomes.
+    rewrites: tuple[tuple[str, str], ...] = ()
+
+
+DEBIAN_APPS = {
+    "python": DebianApp("python-web", "app.py", '"Hello from python-web"'),
+    "node": DebianApp("node-web", "server.js", '"Hello from node-web"'),
+    # The issue's C workload: gcc in a Debian stage, the program copied into a
+    # small busybox final stage (the example's final stage is FROM scratch).
+    "c": DebianApp(
+        "c-hello", "hello.c", '"Hello from c-hello"', (("\nFROM scratch\n", f"\nFROM {BASE_IMAGE}\n"),)
+    ),
+}
+
+
+def write_debian_app(directory: Path, app: DebianApp) -> None:
+    """A copy of the example whose BASE defaults to the benchmark's Debian image.
+
+    Rewriting the ARG's default (not passing --build-arg) keeps every tool's
+    command line the same as in the other workloads.
+    """
+    shutil.copytree(EXAMPLES / app.example, directory)
+    dockerfile = directory / "Dockerfile"
+    text = dockerfile.read_text()
+    for old, new in (("ARG BASE=debian:bookworm", f"ARG BASE={DEBIAN_IMAGE}"), *app.rewrites):
+        if old not in text:
+            raise ValueError(f"{dockerfile}: expected {old!r}; examples/{app.example} changed")
+        text = text.replace(old, new)
+    dockerfile.write_text(text)
+    if (directory / app.changed_file).read_text().count(app.marker) != 1:
+        raise ValueError(f"{app.changed_file}: expected {app.marker} once; examples/{app.example} changed")
+
+
+def edit_debian_app(directory: Path, app: DebianApp, revision: int) -> None:
+    """The example's source file with the revision added to its greeting."""
+    original = (EXAMPLES / app.example / app.changed_file).read_text()
+    edited = original.replace(app.marker, f'{app.marker[:-1]}, revision {revision}"')
+    (directory / app.changed_file).write_text(edited)

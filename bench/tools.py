@@ -52,6 +52,7 @@ class BuildResult:
     quiet_wait_s: float = 0.0  # how long run.py waited for an idle machine first
     busy_cores_before: float = 0.0  # the machine's load just before the build
     after: str = ""  # the tool whose timed build ran just before this one
+    output_bytes: int = 0  # the size of what an export wrote
 
 
 def run_checked(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> str:
@@ -111,12 +112,36 @@ class Tool:
     def version(self) -> str:
         raise NotImplementedError
 
-    def fresh_state(self, base: BaseArchives) -> None:
-        """Empty every cache, keeping (or re-loading) only the base image."""
+    def fresh_state(self, bases: list[BaseImage]) -> None:
+        """Empty every cache, keeping (or re-loading) only the base images."""
+        raise NotImplementedError
+
+    def ensure_bases(self, bases: list[BaseImage]) -> None:
+        """Load those of bases the current state lacks (a cold case may have left some out)."""
         raise NotImplementedError
 
     def build(self, dockerfile: Path, context: Path, tag: str, log_path: Path) -> BuildResult:
         raise NotImplementedError
+
+    def export_command(self, tag: str, destination: Path) -> list[str]:
+        """The tool's own command that writes a built image to an archive file."""
+        raise NotImplementedError
+
+    def export(self, tag: str, log_path: Path) -> BuildResult:
+        """Time the export of tag to a file; the file is removed afterwards, untimed."""
+        destination = self.workdir / "export.tar"
+        destination.unlink(missing_ok=True)
+        result = self._measure(self.export_command(tag, destination), log_path)
+        if destination.exists():
+            result.output_bytes = destination.stat().st_size
+            destination.unlink()
+        elif not result.error:
+            result.error = f"no archive was written, see {log_path}"
+        return result
+
+    def _measure(self, argv: list[str], log_path: Path) -> BuildResult:
+        """Run a timed command of this tool (a build or an export)."""
+        return self._result(run_measured(argv, log_path, timeout=BUILD_TIMEOUT))
 
     def stop(self) -> None:
         """Stop what start() started; remove the tool's state."""
@@ -140,9 +165,10 @@ class Tool:
 
 
 @dataclass
-class BaseArchives:
-    """The busybox base image, exported once by imgbuild for every tool."""
+class BaseImage:
+    """A base image made once by imgbuild and exported for every tool."""
 
+    name: str
     oci_tar: Path
     docker_tar: Path
 
@@ -165,6 +191,7 @@ class Imgbuild(Tool):
         self.env.pop("IMGBUILD_ROOT", None)
         self.generation = 0
         self.root = self.workdir / "root-0"
+        self.loaded: set[str] = set()
 
     def command(self, root: Path, *args: str) -> list[str]:
         return [self.python, "-m", "imgbuild", "--root", str(root), *args]
@@ -172,7 +199,7 @@ class Imgbuild(Tool):
     def version(self) -> str:
         return run_checked(self.command(self.root, "--version"), self.setup_log, self.env).strip()
 
-    def make_base(self, base_context: Path) -> BaseArchives:
+    def make_base(self, base_context: Path) -> BaseImage:
         """Build busybox:local FROM scratch and export it in both archive formats.
 
         This first build also fills the bytecode cache of everything imgbuild imports.
@@ -182,27 +209,48 @@ class Imgbuild(Tool):
         root = self.workdir / "base-root"
         tag_args = ["-t", BASE_IMAGE, "--progress", "plain", str(base_context)]
         run_checked(self.command(root, "build", *tag_args), self.setup_log, self.env)
-        archives = BaseArchives(self.workdir / "base-oci.tar", self.workdir / "base-docker.tar")
-        for fmt, path in (("oci", archives.oci_tar), ("docker", archives.docker_tar)):
-            save = self.command(root, "save", BASE_IMAGE, "-o", str(path), "--format", fmt)
+        return self._save_base(root, BASE_IMAGE, "busybox")
+
+    def import_base(self, import_args: list[str], image: str, stem: str) -> BaseImage:
+        """`imgbuild import ...` into a scratch store; export the image in both formats."""
+        root = self.workdir / f"{stem}-root"
+        run_checked(self.command(root, *import_args), self.setup_log, self.env)
+        return self._save_base(root, image, stem)
+
+    def _save_base(self, root: Path, image: str, stem: str) -> BaseImage:
+        base = BaseImage(image, self.workdir / f"{stem}-oci.tar", self.workdir / f"{stem}-docker.tar")
+        for fmt, path in (("oci", base.oci_tar), ("docker", base.docker_tar)):
+            save = self.command(root, "save", image, "-o", str(path), "--format", fmt)
             run_checked(save, self.setup_log, self.env)
         remove_tree(root)
-        return archives
+        return base
 
-    def fresh_state(self, base: BaseArchives) -> None:
+    def fresh_state(self, bases: list[BaseImage]) -> None:
         remove_tree(self.root)
         self.generation += 1
         self.root = self.workdir / f"root-{self.generation}"
-        load = self.command(self.root, "load", "-i", str(base.oci_tar), "-q")
-        run_checked(load, self.setup_log, self.env)
+        self.loaded = set()
+        self.ensure_bases(bases)
+
+    def ensure_bases(self, bases: list[BaseImage]) -> None:
+        for base in bases:
+            if base.name not in self.loaded:
+                load = self.command(self.root, "load", "-i", str(base.oci_tar), "-q")
+                run_checked(load, self.setup_log, self.env)
+                self.loaded.add(base.name)
 
     def build(self, dockerfile: Path, context: Path, tag: str, log_path: Path) -> BuildResult:
         argv = self.command(
             self.root, "build", "-f", str(dockerfile), "-t", tag, "--progress", "plain",
             str(context),
         )
-        run = run_measured(argv, log_path, self.env, BUILD_TIMEOUT)
-        return self._result(run)
+        return self._measure(argv, log_path)
+
+    def export_command(self, tag: str, destination: Path) -> list[str]:
+        return self.command(self.root, "save", tag, "--format", "oci", "-o", str(destination))
+
+    def _measure(self, argv: list[str], log_path: Path) -> BuildResult:
+        return self._result(run_measured(argv, log_path, self.env, BUILD_TIMEOUT))
 
 
 class Buildah(Tool):
@@ -215,6 +263,16 @@ class Buildah(Tool):
         self.generation = 0
         self.root = self.workdir / "root-0"
         self.runroot = self.workdir / "run-0"
+        self.loaded: set[str] = set()
+        self.env = self._env()
+
+    def _env(self) -> dict[str, str]:
+        """buildah keeps RUN --mount=type=cache directories in $TMPDIR/buildah-cache-UID
+        (/var/tmp by default), outside its store: one temp dir per state keeps a
+        cold build cold."""
+        tmp = self.workdir / f"tmp-{self.generation}"
+        tmp.mkdir(exist_ok=True)
+        return dict(os.environ, TMPDIR=str(tmp))
 
     def command(self, *args: str) -> list[str]:
         return [
@@ -226,15 +284,24 @@ class Buildah(Tool):
         text = run_checked(["buildah", "--version"], self.setup_log)
         return text.strip() + f" (storage driver {self.storage_driver})"
 
-    def fresh_state(self, base: BaseArchives) -> None:
+    def fresh_state(self, bases: list[BaseImage]) -> None:
         self._drop_store()
         self.generation += 1
         self.root = self.workdir / f"root-{self.generation}"
         self.runroot = self.workdir / f"run-{self.generation}"
-        image_id = run_checked(
-            self.command("pull", "-q", f"oci-archive:{base.oci_tar}"), self.setup_log
-        ).strip().splitlines()[-1]
-        run_checked(self.command("tag", image_id, f"localhost/{BASE_IMAGE}"), self.setup_log)
+        self.env = self._env()
+        self.loaded = set()
+        self.ensure_bases(bases)
+
+    def ensure_bases(self, bases: list[BaseImage]) -> None:
+        for base in bases:
+            if base.name in self.loaded:
+                continue
+            image_id = run_checked(
+                self.command("pull", "-q", f"oci-archive:{base.oci_tar}"), self.setup_log
+            ).strip().splitlines()[-1]
+            run_checked(self.command("tag", image_id, f"localhost/{base.name}"), self.setup_log)
+            self.loaded.add(base.name)
 
     def _drop_store(self) -> None:
         if self.root.exists():
@@ -243,13 +310,20 @@ class Buildah(Tool):
             subprocess.run(self.command("rm", "--all"), capture_output=True)
         remove_tree(self.root)
         remove_tree(self.runroot)
+        remove_tree(self.workdir / f"tmp-{self.generation}")
 
     def build(self, dockerfile: Path, context: Path, tag: str, log_path: Path) -> BuildResult:
         argv = self.command(
             "bud", "--layers", "--isolation", "oci", "--runtime", "runc", "--network", "host",
             "--format", "docker", "-f", str(dockerfile), "-t", tag, str(context),
         )
-        return self._result(run_measured(argv, log_path, timeout=BUILD_TIMEOUT))
+        return self._measure(argv, log_path)
+
+    def export_command(self, tag: str, destination: Path) -> list[str]:
+        return self.command("push", tag, f"oci-archive:{destination}")
+
+    def _measure(self, argv: list[str], log_path: Path) -> BuildResult:
+        return self._result(run_measured(argv, log_path, self.env, BUILD_TIMEOUT))
 
     def stop(self) -> None:
         self._drop_store()
@@ -272,7 +346,8 @@ class Docker(Tool):
         self.env = dict(os.environ, DOCKER_BUILDKIT="1")
         self.env.pop("DOCKER_HOST", None)
         self.tags: set[str] = set()
-        self.base_loaded = False
+        # Base images stay loaded: a fresh state removes only what was built.
+        self.loaded: set[str] = set()
 
     def docker(self, *args: str) -> list[str]:
         return [self.client, "-H", f"unix://{self.socket}", *args]
@@ -311,27 +386,40 @@ class Docker(Tool):
         text = run_checked(self.docker("version", "--format", fmt), self.setup_log, self.env)
         return "docker " + text.strip()
 
-    def fresh_state(self, base: BaseArchives) -> None:
+    def fresh_state(self, bases: list[BaseImage]) -> None:
         if self.tags:
             run_checked(self.docker("rmi", "-f", *sorted(self.tags)), self.setup_log, self.env)
             self.tags.clear()
+        # -a: every build cache record, RUN --mount=type=cache directories included.
         run_checked(self.docker("builder", "prune", "-af"), self.setup_log, self.env)
         run_checked(self.docker("image", "prune", "-f"), self.setup_log, self.env)
-        if not self.base_loaded:
-            run_checked(self.docker("load", "-i", str(base.docker_tar)), self.setup_log, self.env)
-            self.base_loaded = True
+        self.ensure_bases(bases)
+
+    def ensure_bases(self, bases: list[BaseImage]) -> None:
+        for base in bases:
+            if base.name not in self.loaded:
+                run_checked(self.docker("load", "-i", str(base.docker_tar)), self.setup_log, self.env)
+                self.loaded.add(base.name)
 
     def build(self, dockerfile: Path, context: Path, tag: str, log_path: Path) -> BuildResult:
-        assert self.process is not None
-        daemons = {"dockerd": self.process.pid, "containerd": self.containerd_pid}
-        for pid in daemons.values():
-            if pid:
-                reset_peak(pid)
         argv = self.docker(
             "build", "--network", "host", "--progress", "plain", "-f", str(dockerfile),
             "-t", tag, str(context),
         )
         self.tags.add(tag)
+        return self._measure(argv, log_path)
+
+    def export_command(self, tag: str, destination: Path) -> list[str]:
+        # Docker 20.10 has no OCI export: `docker save` (docker-archive) is its archive.
+        return self.docker("save", "-o", str(destination), tag)
+
+    def _measure(self, argv: list[str], log_path: Path) -> BuildResult:
+        """The command's figures plus the daemons': the work happens in dockerd."""
+        assert self.process is not None
+        daemons = {"dockerd": self.process.pid, "containerd": self.containerd_pid}
+        for pid in daemons.values():
+            if pid:
+                reset_peak(pid)
         cpu_before = sum(cpu_seconds(pid) for pid in daemons.values() if pid)
         run = run_measured(argv, log_path, self.env, BUILD_TIMEOUT)
         daemon_cpu = sum(cpu_seconds(pid) for pid in daemons.values() if pid) - cpu_before

@@ -1,8 +1,10 @@
 """bench/ runs: one smoke run of the benchmark, imgbuild only (issue 12).
 
 This checks that the harness still works end to end (contexts, base image,
-the four scenarios, the cache checks, the report), so that it cannot rot
-between the side-by-side runs. Speed is never asserted here: bench/ reports it.
+every busybox-based scenario, the cache checks, the reports), so that it
+cannot rot between the side-by-side runs. The Debian workloads (Python, Node,
+C) are left out: they download hundreds of MB. Speed is never asserted here:
+bench/ reports it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import pytest
 from imagetools import require_root_and_runc
 
 REPO = Path(__file__).resolve().parents[2]
-SCENARIOS = ["cold-small", "warm-small", "big-change", "big-unchanged"]
+SCENARIOS = [
+    "cold-small", "warm-small", "small-change", "multistage-cold", "multistage-warm",
+    "big-cold", "big-unchanged", "big-change", "big-export",
+]  # fmt: skip
 
 
 @pytest.mark.root
@@ -38,16 +43,29 @@ def test_benchmark_smoke_run_reports_every_scenario(tmp_path):
     document = json.loads(reports[0].read_text())
 
     rows = {row["scenario"]: row for row in document["rows"]}
-    assert sorted(rows) == sorted(SCENARIOS)
+    assert list(rows) == SCENARIOS  # in issue 12's order
     for scenario, row in rows.items():
         assert row["tool"] == "imgbuild"
         # one run each, none failed, and the cache behaved as the scenario expects
         assert (row["runs"], row["failed"], row["warnings"]) == (1, 0, []), scenario
         assert row["median_s"] > 0 and row["peak_mb"] > 0
-    assert rows["cold-small"]["cached_steps"] == [0]
-    assert rows["warm-small"]["cached_steps"][0] > 0
+    for cold in ("cold-small", "multistage-cold", "big-cold"):
+        assert rows[cold]["cached_steps"] == [0], cold
+    # A no-op rebuild hits every step; after one edit only the steps before its COPY hit.
+    assert rows["warm-small"]["cached_steps"][0] > rows["small-change"]["cached_steps"][0] > 0
+    assert rows["big-unchanged"]["cached_steps"][0] > rows["big-change"]["cached_steps"][0] > 0
+    assert rows["multistage-warm"]["cached_steps"][0] > 0
+    export = document["runs"]["big-export"]["imgbuild"][0]
+    assert export["output_bytes"] > 1_000_000  # the smoke's big context is 3 MB, random parts
     assert document["settings"]["smoke"] is True
-    assert "| 1 cold build, small Dockerfile | imgbuild |" in document["markdown_table"]
+    assert "| small (10 instructions): cold | imgbuild |" in document["markdown_table"]
+
+    # The headline: issue 12's table, one line per scenario; no peer ran, so no ratio.
+    headline = document["headline"]
+    assert [line["scenario"] for line in headline] == SCENARIOS
+    assert all(line["ratio"] is None and line["runs_ok"] for line in headline)
+    assert headline[-1]["case"] == "export as OCI archive"
+    assert "| multistage (2 stages x 2 s CPU) | cold | " in document["headline_markdown"]
     assert document["machine"]["cores"] == os.cpu_count()
     # the work dir with its store and contexts is gone
     assert [p.name for p in tmp_path.iterdir()] == ["results"]
