@@ -101,19 +101,22 @@ def write_layer(
     compression: str = "gzip",
     level: int | None = None,
     source_date_epoch: int | None = None,
+    set_times: bool = False,
 ) -> LayerDigests:
     """Write the changeset directory as a layer blob to ``out`` and return its digests.
 
     ``compression`` is "gzip", "zstd" or "uncompressed"; without ``level``, gzip
     is ISA-L's fast level in threads (module docstring) and zstd is level 3.
-    With ``source_date_epoch``, mtimes newer than it are clamped to it.
+    With ``source_date_epoch``, mtimes newer than it are clamped to it. With
+    ``set_times``, each entry is also given the mtime its tar entry records,
+    as ``set_times_as_written`` does, in the same walk.
     """
     level = _check_options(compression, level, source_date_epoch)
     root = os.fsencode(changeset)
     if os.path.islink(root) or not os.path.isdir(root):
         raise LayerError(f"changeset {changeset} is not a directory")
     with _tar_stream(compression, level, out) as (tar, blob):
-        for entry, source in _layer_entries(root, source_date_epoch):
+        for entry, source in _layer_entries(root, source_date_epoch, set_times):
             tar.write(encode_header(entry))
             if source is not None:
                 _copy_contents(root, source, entry.size, tar)
@@ -404,14 +407,17 @@ def _sorted_names(dir_fd: int) -> list[bytes]:
 
 
 def _layer_entries(
-    root: bytes, source_date_epoch: int | None
+    root: bytes, source_date_epoch: int | None, set_times: bool = False
 ) -> Iterator[tuple[TarEntry, _Found | None]]:
-    """The tar entries for the changeset, each with the file to copy its data from."""
+    """The tar entries for the changeset, each with the file to copy its data from.
+    With ``set_times``, an entry gets its recorded mtime once its data is written."""
     first_paths: dict[tuple[int, int], bytes] = {}  # (dev, ino) -> first path, for hardlinks
     try:
         for found in _walk(root):
             try:
                 yield from _entries_for(found, first_paths, source_date_epoch)
+                if set_times:
+                    _set_time_as_written(found, source_date_epoch)
             except OSError as error:
                 raise LayerError(
                     f"cannot read {_shown(root, found)} for the layer: {error}"
@@ -507,9 +513,13 @@ def set_times_as_written(root: Path | str, source_date_epoch: int | None) -> Non
     its base was built here, pulled or loaded.
     """
     for found in _walk(os.fsencode(root)):
-        wanted = _entry_mtime(found.info, source_date_epoch)
-        if found.info.st_mtime_ns != wanted:
-            os.utime(found.name, ns=(wanted, wanted), dir_fd=found.dir_fd, follow_symlinks=False)
+        _set_time_as_written(found, source_date_epoch)
+
+
+def _set_time_as_written(found: _Found, source_date_epoch: int | None) -> None:
+    wanted = _entry_mtime(found.info, source_date_epoch)
+    if found.info.st_mtime_ns != wanted:
+        os.utime(found.name, ns=(wanted, wanted), dir_fd=found.dir_fd, follow_symlinks=False)
 
 
 def _entry_mtime(info: os.stat_result, source_date_epoch: int | None) -> int:

@@ -74,3 +74,28 @@ def test_pinned_tree_gives_the_pinned_digests(tmp_path: Path, compression: str):
 
     assert f"sha256:{hashlib.sha256(out.getvalue()).hexdigest()}" == digests.digest
     assert (digests.diff_id, digests.digest) == (DIFF_ID, PINNED[compression])
+
+
+def test_set_times_gives_every_entry_the_mtime_its_tar_entry_records(tmp_path: Path):
+    """write_layer(set_times=True) leaves the changeset as its blob extracts:
+    whole-second mtimes clamped to SOURCE_DATE_EPOCH, on every kind of entry,
+    and the blob is the one written without it (times change after each entry)."""
+    tree = tmp_path / "tree"
+    build_pinned_tree(tree)
+    epoch = 1_700_000_000
+    later = epoch + 500
+    os.utime(tree / "many" / "f0001", ns=(0, later * 10**9 + 123))
+    os.utime(tree / "etc", ns=(0, (epoch - 9) * 10**9 + 999_999_999))
+    os.utime(tree / "relative-link", ns=(0, epoch * 10**9 + 5), follow_symlinks=False)
+    os.utime(tree / "removed", ns=(0, -(10**9) * 7 - 7), follow_symlinks=False)  # before 1970
+    plain = write_layer(tree, io.BytesIO(), compression="uncompressed", source_date_epoch=epoch)
+
+    written = write_layer(tree, io.BytesIO(), compression="uncompressed", source_date_epoch=epoch, set_times=True)
+
+    assert written == plain
+    times = {path.relative_to(tree): path.lstat().st_mtime_ns for path in tree.rglob("*")}
+    assert times[Path("many/f0001")] == epoch * 10**9
+    assert times[Path("etc")] == (epoch - 9) * 10**9
+    assert times[Path("relative-link")] == epoch * 10**9
+    assert times[Path("removed")] == -8 * 10**9  # whole seconds round down
+    assert all(mtime % 10**9 == 0 and mtime <= epoch * 10**9 for mtime in times.values())
