@@ -201,12 +201,12 @@ class _TarStream:
     def __init__(self, sink):
         self._sink = sink
         self._sha256 = hashlib.sha256()
+        # Made on the first full buffer: a layer of a few files needs neither
+        # the thread nor more than one buffer.
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._to_hash: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
-        for _ in range(_BUFFERS - 1):
-            self._free.put(bytearray(_BLOCK))
-        self._hasher = threading.Thread(target=self._hash_blocks, name="layer-diff-id", daemon=True)
-        self._hasher.start()
+        self._hasher: threading.Thread | None = None
+        self._buffers = 1
         self._buffer = bytearray(_BLOCK)
         self._view = memoryview(self._buffer)
         self._used = 0
@@ -259,18 +259,34 @@ class _TarStream:
 
     def stop(self) -> None:
         """End the hashing thread (also after an error: it must not outlive the layer)."""
-        if self._hasher.is_alive():
+        if self._hasher is not None and self._hasher.is_alive():
             self._to_hash.put(None)
             self._hasher.join()
 
     def _hand_on(self, last: bool = False) -> None:
         self._sink.write(self._view[: self._used])
         self._view.release()
+        if last and self._hasher is None:  # the whole tar fit in one buffer
+            with memoryview(self._buffer) as view:
+                self._sha256.update(view[: self._used])
+            return
+        if self._hasher is None:
+            self._hasher = threading.Thread(target=self._hash_blocks, name="layer-diff-id", daemon=True)
+            self._hasher.start()
         self._to_hash.put((self._buffer, self._used))
         self._used = 0
         if not last:
-            self._buffer = self._free.get()
+            self._buffer = self._next_buffer()
             self._view = memoryview(self._buffer)
+
+    def _next_buffer(self) -> bytearray:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            if self._buffers == _BUFFERS:
+                return self._free.get()  # wait for the hash of the oldest
+        self._buffers += 1
+        return bytearray(_BLOCK)
 
     def _hash_blocks(self) -> None:
         while (item := self._to_hash.get()) is not None:

@@ -10,6 +10,7 @@ new digests: if that is ever meant, it needs its own decision, not a speed fix.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -99,3 +100,20 @@ def test_set_times_gives_every_entry_the_mtime_its_tar_entry_records(tmp_path: P
     assert times[Path("relative-link")] == epoch * 10**9
     assert times[Path("removed")] == -8 * 10**9  # whole seconds round down
     assert all(mtime % 10**9 == 0 and mtime <= epoch * 10**9 for mtime in times.values())
+
+
+@pytest.mark.parametrize("files", [0, 1, 1020, 1025])
+def test_diff_id_is_the_tars_digest_below_and_above_one_buffer(tmp_path: Path, files: int):
+    """A tar that fits the writer's first 1 MiB buffer is hashed there and then;
+    a longer one by its hashing thread (a one-byte file takes a header and a
+    data block, 1 KiB: 1020 of them and the end blocks just fit, 1025 do not).
+    Both must be the digest of the tar itself."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for index in range(files):
+        (tree / f"f{index:04}").write_bytes(b"x")
+    out = io.BytesIO()
+    digests = write_layer(tree, out, compression="gzip")
+    tar = gzip.decompress(out.getvalue())
+    assert len(tar) == digests.uncompressed_size
+    assert digests.diff_id == f"sha256:{hashlib.sha256(tar).hexdigest()}"
