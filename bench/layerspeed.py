@@ -90,7 +90,8 @@ with open("/dev/null", "wb") as out:
 def _time_in_child(tree: Path, compression: str, level: int | None, checkout: Path) -> tuple[float, float]:
     env = dict(os.environ, PYTHONPATH=str(checkout))
     args = [sys.executable, "-c", _CHILD, str(tree), compression, "-" if level is None else str(level)]
-    done = subprocess.run(args, env=env, check=True, capture_output=True, text=True)
+    # cwd too: "python -c" puts the working directory first on sys.path
+    done = subprocess.run(args, env=env, cwd=checkout, check=True, capture_output=True, text=True)
     wall, cpu = done.stdout.split()
     return float(wall), float(cpu)
 
