@@ -52,6 +52,7 @@ from imgbuild.safeopen import kind_of, resolve_in_root
 
 HEREDOC_MODE = 0o644
 URL_MODE = 0o600
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -317,40 +318,62 @@ class _TreeCopier:
                 )
             self.directories.append((entry, dest))
             return
-        _make_room_for_file(dest, self.display(dest))
         if stat.S_ISREG(st.st_mode):
             inode = (st.st_dev, st.st_ino)
             earlier = self.first_link.get(inode) if st.st_nlink > 1 else None
-            if earlier is not None:
-                os.link(earlier, dest, follow_symlinks=False)
-            else:
-                with self.item.context.open_for_reading(entry) as src_fd:
-                    _copy_fd_data(src_fd, dest)
+            if earlier is None:
+                self.copy_file(entry, dest)
                 if st.st_nlink > 1:
                     self.first_link[inode] = dest
-        elif stat.S_ISLNK(st.st_mode):
+                return
+            _make_room_for_file(dest, self.display(dest))
+            os.link(earlier, dest, follow_symlinks=False)
+            self.apply_metadata(entry, dest)
+            return
+        _make_room_for_file(dest, self.display(dest))
+        if stat.S_ISLNK(st.st_mode):
             os.symlink(entry.link or "", dest)
         elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
             os.mknod(dest, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev)
         elif stat.S_ISSOCK(st.st_mode):
             # no layer can carry a socket: BuildKit (fsutil) copies it as an empty file
-            os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+            os.close(os.open(dest, _NEW_FILE, 0o600))
         else:
             return
         self.apply_metadata(entry, dest)
 
-    def apply_metadata(self, entry: Entry, dest: Path) -> None:
-        """fsutil's copyFileInfo: owner, then mode, then times; then xattrs."""
+    def copy_file(self, entry: Entry, dest: Path) -> None:
+        """A regular file: created, filled and given its metadata through one
+        descriptor, so the destination path is looked up once (it is deep in
+        an overlay mount, where each lookup is slow), twice if something is
+        in the way."""
+        with self.item.context.open_for_reading(entry) as src_fd:
+            try:
+                dst_fd = os.open(dest, _NEW_FILE, 0o600)
+            except FileExistsError:
+                _make_room_for_file(dest, self.display(dest))
+                dst_fd = os.open(dest, _NEW_FILE, 0o600)
+            try:
+                _copy_fd_to_fd(src_fd, dst_fd)
+                self.apply_metadata(entry, dst_fd)
+            finally:
+                os.close(dst_fd)
+
+    def apply_metadata(self, entry: Entry, dest: Path | int) -> None:
+        """fsutil's copyFileInfo: owner, then mode, then times; then xattrs.
+        ``dest`` is the path, or a descriptor of the new file (then the
+        calls need no lookup; a descriptor is never a symlink)."""
         st = entry.st
         owner = self.chown or self.item.context.owner(st)
-        os.chown(dest, owner[0], owner[1], follow_symlinks=False)
+        by_path = not isinstance(dest, int)
+        os.chown(dest, owner[0], owner[1], follow_symlinks=not by_path)
         if not stat.S_ISLNK(st.st_mode):
             mode = stat.S_IMODE(st.st_mode) if self.chmod is None else self.chmod.apply(st.st_mode)
             os.chmod(dest, mode)  # after chown, which clears setuid/setgid
-        os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+        os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=not by_path)
         for name, value in entry.xattrs:
             try:
-                os.setxattr(dest, name, value, follow_symlinks=False)
+                os.setxattr(dest, name, value, follow_symlinks=not by_path)
             except OSError:
                 pass  # best effort, as BuildKit's xattr error handler
 
@@ -365,25 +388,23 @@ def _copy_file_data(source: Path, dest: Path) -> None:
     """Copy a file of imgbuild's own (a download) to a new file ``dest``."""
     src_fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        _copy_fd_data(src_fd, dest)
+        dst_fd = os.open(dest, _NEW_FILE, 0o600)
+        try:
+            _copy_fd_to_fd(src_fd, dst_fd)
+        finally:
+            os.close(dst_fd)
     finally:
         os.close(src_fd)
 
 
-def _copy_fd_data(src_fd: int, dest: Path) -> None:
-    dst_fd = os.open(
-        dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-    )
-    try:
-        size = os.fstat(src_fd).st_size
-        offset = 0
-        while offset < size:
-            sent = os.sendfile(dst_fd, src_fd, offset, min(size - offset, 1 << 30))
-            if sent == 0:
-                break
-            offset += sent
-    finally:
-        os.close(dst_fd)
+def _copy_fd_to_fd(src_fd: int, dst_fd: int) -> None:
+    size = os.fstat(src_fd).st_size
+    offset = 0
+    while offset < size:
+        sent = os.sendfile(dst_fd, src_fd, offset, min(size - offset, 1 << 30))
+        if sent == 0:
+            break
+        offset += sent
 
 
 # --- single files: URLs and heredocs --------------------------------------------
@@ -433,7 +454,7 @@ def _place_bytes(
 ) -> None:
     dest = _file_target(rootfs, target, name, chown, dir_mode)
     _make_room_for_file(dest, "/" + str(dest.relative_to(rootfs)))
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = os.open(dest, _NEW_FILE, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(content)
     _finish_single_file(dest, HEREDOC_MODE, None, chown, chmod)

@@ -125,15 +125,20 @@ def commit_directory(
     """Write ``changes`` (an unmounted upperdir) as a layer and adopt it as the
     snapshot of that layer on top of ``parent_chain_id`` (None: at the bottom),
     with the times its tar records: the tree a pull of the layer would extract."""
-    from imgbuild.layer.write import changeset_is_empty, set_times_as_written, write_layer
+    from imgbuild.layer.write import changeset_is_empty, write_layer
 
     if changeset_is_empty(changes):
         return None
     with store.blob_writer() as blob:
+        # set_times: in the same walk, not a second one over a big upperdir
         digests = write_layer(
-            changes, blob, compression=compression, level=level, source_date_epoch=source_date_epoch
+            changes,
+            blob,
+            compression=compression,
+            level=level,
+            source_date_epoch=source_date_epoch,
+            set_times=True,
         )
-    set_times_as_written(changes, source_date_epoch)
     store.record_layer(digests.digest, digests.diff_id, digests.media_type, digests.size)
     parent = [parent_chain_id] if parent_chain_id else []
     store.add_snapshot(chain_ids([*parent, digests.diff_id])[-1], digests.diff_id, changes)

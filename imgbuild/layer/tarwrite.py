@@ -27,7 +27,7 @@ def encode_header(entry: TarEntry) -> bytes:
     uid/size, sub-second or negative mtime) and every xattr go into one PAX
     extended header in front of the ustar block, its records sorted by key.
     """
-    return _encode(entry, _pax_header_name(entry.name), device_fields=True)
+    return _encode(entry, None, device_fields=True)
 
 
 def encode_archive_header(entry: TarEntry) -> bytes:
@@ -42,12 +42,27 @@ def encode_archive_header(entry: TarEntry) -> bytes:
     return _encode(entry, b"././@PaxHeader", device_fields=is_device)
 
 
-def _encode(entry: TarEntry, pax_name: bytes, *, device_fields: bool) -> bytes:
+def _encode(entry: TarEntry, pax_name: bytes | None, *, device_fields: bool) -> bytes:
+    # Most entries of a layer fit ustar as they are: checked first, in one go.
+    name, linkname = entry.name, entry.linkname
+    if (
+        not entry.xattrs
+        and len(name) <= 100
+        and len(linkname) <= 100
+        and name.isascii()
+        and linkname.isascii()
+        and 0 <= entry.uid < _MAX_7
+        and 0 <= entry.gid < _MAX_7
+        and 0 <= entry.size < _MAX_11
+        and 0 <= entry.mtime_ns < _MAX_MTIME_NS
+        and not entry.mtime_ns % 1_000_000_000
+    ):
+        return _ustar_block(entry, device_fields)
     records: dict[bytes, bytes] = {}
-    if len(entry.name) > 100 or not entry.name.isascii():
-        records[b"path"] = entry.name
-    if len(entry.linkname) > 100 or not entry.linkname.isascii():
-        records[b"linkpath"] = entry.linkname
+    if len(name) > 100 or not name.isascii():
+        records[b"path"] = name
+    if len(linkname) > 100 or not linkname.isascii():
+        records[b"linkpath"] = linkname
     for key, value, digits in (
         (b"uid", entry.uid, 7),
         (b"gid", entry.gid, 7),
@@ -58,13 +73,13 @@ def _encode(entry: TarEntry, pax_name: bytes, *, device_fields: bool) -> bytes:
     seconds, nanos = divmod(entry.mtime_ns, 1_000_000_000)
     if nanos or not _fits_octal(seconds, 11):
         records[b"mtime"] = _format_pax_time(entry.mtime_ns)
-    for name, value in entry.xattrs.items():
-        records[XATTR_KEY_PREFIX + name.encode("utf-8", "surrogateescape")] = value
+    for xattr, value in entry.xattrs.items():
+        records[XATTR_KEY_PREFIX + xattr.encode("utf-8", "surrogateescape")] = value
 
     header = b""
     if records:
         payload = b"".join(_pax_record(key, records[key]) for key in sorted(records))
-        pax = TarEntry(name=pax_name, type=PAX_HEADER, size=len(payload))
+        pax = TarEntry(name=pax_name or _pax_header_name(name), type=PAX_HEADER, size=len(payload))
         header = _ustar_block(pax, device_fields) + payload + padding(len(payload))
     return header + _ustar_block(entry, device_fields)
 
@@ -105,44 +120,42 @@ def _pax_header_name(name: bytes) -> bytes:
 # spent a quarter of its time filling header blocks field by field.
 _USTAR = struct.Struct(
     "100s"  # name
-    "8s8s8s12s12s"  # mode, uid, gid, size, mtime
+    "48s"  # mode, uid, gid (8 each), size, mtime (12 each): _NUMBERS
     "8s"  # checksum
     "1s"  # type
     "100s"  # linkname
     "8s"  # magic and version
-    "32s32s"  # uname, gname: empty, ids are numeric in layers
-    "8s8s"  # devmajor, devminor
+    "64x"  # uname, gname: empty, ids are numeric in layers
+    "16s"  # devmajor, devminor (8 each)
     "167x"  # prefix (unused: long names go to PAX) and the block's padding
 )
 assert _USTAR.size == BLOCK_SIZE
+_NUMBERS = b"%07o\x00%07o\x00%07o\x00%011o\x00%011o\x00"
+_DEVICES = b"%07o\x00%07o\x00"
+_MAX_7 = 8**7
+_MAX_11 = 8**11
+_MAX_MTIME_NS = _MAX_11 * 1_000_000_000
+# The checksum is the byte sum of the block with its own field as spaces; the
+# NUL padding adds nothing, so only the fields' own bytes are summed.
 _CHECKSUM_PLACEHOLDER = b" " * 8
+_CONSTANT_SUM = sum(_CHECKSUM_PLACEHOLDER) + sum(USTAR_MAGIC)
 
 
-def _octal(value: int, width: int) -> bytes:
+def _fit(value: int, limit: int) -> int:
     # Values that do not fit were moved to PAX records; ustar gets 0 then.
-    return b"%0*o\x00" % (width - 1, value if _fits_octal(value, width - 1) else 0)
+    return value if 0 <= value < limit else 0
 
 
 def _ustar_block(entry: TarEntry, device_fields: bool = True) -> bytes:
+    name, linkname, kind = entry.name[:100], entry.linkname[:100], entry.type
+    numbers = _NUMBERS % (
+        entry.mode & 0o7777,
+        _fit(entry.uid, _MAX_7),
+        _fit(entry.gid, _MAX_7),
+        _fit(entry.size, _MAX_11),
+        _fit(entry.mtime_ns // 1_000_000_000, _MAX_11),
+    )
     # else left NUL, as Python's tarfile leaves them on non-devices
-    devmajor = _octal(entry.devmajor, 8) if device_fields else b""
-    devminor = _octal(entry.devminor, 8) if device_fields else b""
-    fields = [
-        entry.name,
-        _octal(entry.mode & 0o7777, 8),
-        _octal(entry.uid, 8),
-        _octal(entry.gid, 8),
-        _octal(entry.size, 12),
-        _octal(entry.mtime_ns // 1_000_000_000, 12),
-        _CHECKSUM_PLACEHOLDER,
-        entry.type,
-        entry.linkname,
-        USTAR_MAGIC,
-        b"",
-        b"",
-        devmajor,
-        devminor,
-    ]
-    # the checksum is the byte sum of the block with its own field as spaces
-    fields[6] = b"%06o\x00 " % sum(_USTAR.pack(*fields))
-    return _USTAR.pack(*fields)
+    devices = _DEVICES % (_fit(entry.devmajor, _MAX_7), _fit(entry.devminor, _MAX_7)) if device_fields else b""
+    checksum = _CONSTANT_SUM + sum(name) + sum(numbers) + sum(kind[:1]) + sum(linkname) + sum(devices)
+    return _USTAR.pack(name, numbers, b"%06o\x00 " % checksum, kind, linkname, USTAR_MAGIC, devices)

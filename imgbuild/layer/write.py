@@ -32,7 +32,9 @@ import gzip
 import hashlib
 import logging
 import os
+import queue
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,6 +52,7 @@ from imgbuild.layer.compression import check_options as _check_options
 from imgbuild.layer.fdtree import DIR_FLAGS, proc_path
 from imgbuild.layer.tarformat import (
     BLOCK_DEVICE,
+    BLOCK_SIZE,
     CHAR_DEVICE,
     DIRECTORY,
     END_OF_ARCHIVE,
@@ -61,18 +64,19 @@ from imgbuild.layer.tarformat import (
     SYMLINK,
     WHITEOUT_PREFIX,
     TarEntry,
-    padding,
 )
 from imgbuild.layer.tarwrite import encode_header
 
 log = logging.getLogger(__name__)
 
-# gzip without a level: ISA-L level 1 (of 0-3), in blocks of this size.
+# gzip without a level: ISA-L level 1 (of 0-3), in blocks of this size,
+# which is also the size of the pieces the tar is handed on in.
 _FAST_GZIP_LEVEL = 1
-_GZIP_BLOCK = 1 << 20
-_CHUNK = 1 << 20
+_BLOCK = 1 << 20
+_BUFFERS = 4  # the tar's buffers: one being filled, the others waiting for their hash
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _SECOND = 1_000_000_000
+_ZEROS = bytes(BLOCK_SIZE)
 # xattrs a layer carries: user.* (minus overlayfs' own user.overlay.*) and
 # security.* (security.capability above all). trusted.* holds overlay internals.
 _KEPT_XATTR_PREFIXES = ("user.", "security.")
@@ -97,21 +101,22 @@ def write_layer(
     compression: str = "gzip",
     level: int | None = None,
     source_date_epoch: int | None = None,
+    set_times: bool = False,
 ) -> LayerDigests:
     """Write the changeset directory as a layer blob to ``out`` and return its digests.
 
     ``compression`` is "gzip", "zstd" or "uncompressed"; without ``level``, gzip
     is ISA-L's fast level in threads (module docstring) and zstd is level 3.
-    With ``source_date_epoch``, mtimes newer than it are clamped to it.
+    With ``source_date_epoch``, mtimes newer than it are clamped to it. With
+    ``set_times``, each entry is also given the mtime its tar entry records,
+    as ``set_times_as_written`` does, in the same walk.
     """
     level = _check_options(compression, level, source_date_epoch)
     root = os.fsencode(changeset)
     if os.path.islink(root) or not os.path.isdir(root):
         raise LayerError(f"changeset {changeset} is not a directory")
-    blob = _HashingWriter(out)
-    with _compressing(compression, level, blob) as compressor:
-        tar = _HashingWriter(compressor)
-        for entry, source in _layer_entries(root, source_date_epoch):
+    with _tar_stream(compression, level, out) as (tar, blob):
+        for entry, source in _layer_entries(root, source_date_epoch, set_times):
             tar.write(encode_header(entry))
             if source is not None:
                 _copy_contents(root, source, entry.size, tar)
@@ -126,19 +131,18 @@ def compress_tar(tar_stream, out: BinaryIO, compression: str, level: int | None 
     only the blob differs. For giving an existing layer another compression.
     """
     level = _check_options(compression, level, None)
-    blob = _HashingWriter(out)
-    with _compressing(compression, level, blob) as compressor:
-        tar = _HashingWriter(compressor)
-        while chunk := tar_stream.read(_CHUNK):
+    with _tar_stream(compression, level, out) as (tar, blob):
+        while chunk := tar_stream.read(_BLOCK):
             tar.write(chunk)
     return _digests(tar, blob, compression)
 
 
-def _digests(tar: _HashingWriter, blob: _HashingWriter, compression: str) -> LayerDigests:
+def _digests(tar: _TarStream, blob: _HashingWriter | None, compression: str) -> LayerDigests:
+    # An uncompressed blob is the tar itself: one hash serves as both digests.
     return LayerDigests(
         diff_id=tar.digest(),
-        digest=blob.digest(),
-        size=blob.size,
+        digest=blob.digest() if blob is not None else tar.digest(),
+        size=blob.size if blob is not None else tar.size,
         uncompressed_size=tar.size,
         media_type=MEDIA_TYPES[compression],
     )
@@ -171,57 +175,160 @@ class _HashingWriter:
         return f"sha256:{self._sha256.hexdigest()}"
 
 
-class _Uncompressed:
-    def __init__(self, sink: _HashingWriter):
-        self.write = sink.write
+class _ReadFailed(Exception):
+    """Reading a file's data failed (not writing the layer): its OSError is the cause."""
+
+
+class _TarStream:
+    """The tar on its way out: gathered in reused buffers of ``_BLOCK`` bytes,
+    each handed to ``sink`` when full and then hashed (the diff_id) by a thread.
+
+    Every piece the sink gets but the last is exactly ``_BLOCK`` bytes, cut at
+    fixed offsets of the tar, however the tar was written (write_layer's
+    headers and file data, compress_tar's reads): the threaded gzip writer
+    deflates each piece it gets as one block, so this keeps its output a
+    function of the tar alone. It also means a few hundred hash updates and
+    writes per layer instead of three per file, and file data read straight
+    into the buffer (``read_from``), without a bytes object per read.
+
+    The sink is written from the caller's thread, in order and at once: what
+    the sink has been given is all the tar written so far up to a whole
+    block. Only hashing, which releases the GIL, runs beside the walk; a
+    buffer is filled again once its hash is done. The sink must not keep the
+    memoryview it is given past its write call.
+    """
+
+    def __init__(self, sink):
+        self._sink = sink
+        self._sha256 = hashlib.sha256()
+        # Made on the first full buffer: a layer of a few files needs neither
+        # the thread nor more than one buffer.
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._to_hash: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
+        self._hasher: threading.Thread | None = None
+        self._buffers = 1
+        self._buffer = bytearray(_BLOCK)
+        self._view = memoryview(self._buffer)
+        self._used = 0
+        self.size = 0  # bytes written so far
+
+    def write(self, data: bytes) -> None:
+        used = self._used
+        end = used + len(data)
+        if end < _BLOCK:
+            self._buffer[used:end] = data
+            self._used = end
+            self.size += len(data)
+            return
+        with memoryview(data) as rest:
+            while rest:
+                room = _BLOCK - self._used
+                piece = rest[:room]
+                self._buffer[self._used : self._used + len(piece)] = piece
+                self._used += len(piece)
+                self.size += len(piece)
+                rest = rest[room:]
+                if self._used == _BLOCK:
+                    self._hand_on()
+
+    def read_from(self, fd: int, size: int) -> int:
+        """Append up to ``size`` bytes read from ``fd``; the count read (less only at
+        end of file). A failed read is _ReadFailed, a failed write of the sink itself."""
+        left = size
+        while left:
+            used = self._used
+            wanted = min(_BLOCK - used, left)
+            try:
+                got = os.readv(fd, [self._view[used : used + wanted]])
+            except OSError as error:
+                raise _ReadFailed(error) from error
+            if not got:
+                break
+            self._used = used + got
+            self.size += got
+            left -= got
+            if self._used == _BLOCK:
+                self._hand_on()
+        return size - left
+
+    def finish(self) -> None:
+        """Hand on what is left (the last, shorter piece) and wait for the hash."""
+        if self._used:
+            self._hand_on(last=True)
+        self.stop()
+
+    def stop(self) -> None:
+        """End the hashing thread (also after an error: it must not outlive the layer)."""
+        if self._hasher is not None and self._hasher.is_alive():
+            self._to_hash.put(None)
+            self._hasher.join()
+
+    def _hand_on(self, last: bool = False) -> None:
+        self._sink.write(self._view[: self._used])
+        self._view.release()
+        if last and self._hasher is None:  # the whole tar fit in one buffer
+            with memoryview(self._buffer) as view:
+                self._sha256.update(view[: self._used])
+            return
+        if self._hasher is None:
+            self._hasher = threading.Thread(target=self._hash_blocks, name="layer-diff-id", daemon=True)
+            self._hasher.start()
+        self._to_hash.put((self._buffer, self._used))
+        self._used = 0
+        if not last:
+            self._buffer = self._next_buffer()
+            self._view = memoryview(self._buffer)
+
+    def _next_buffer(self) -> bytearray:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            if self._buffers == _BUFFERS:
+                return self._free.get()  # wait for the hash of the oldest
+        self._buffers += 1
+        return bytearray(_BLOCK)
+
+    def _hash_blocks(self) -> None:
+        while (item := self._to_hash.get()) is not None:
+            buffer, length = item
+            with memoryview(buffer) as view:
+                self._sha256.update(view[:length])
+            self._free.put(buffer)
+
+    def digest(self) -> str:
+        return f"sha256:{self._sha256.hexdigest()}"
+
+
+class _Unchanged:
+    """The sink of an uncompressed layer: the tar goes to ``out`` as it is."""
+
+    def __init__(self, out: BinaryIO):
+        self.write = out.write
 
     def close(self) -> None:
         pass
 
 
-class _FixedBlocks:
-    """Hands the threaded gzip writer whole blocks at fixed offsets of the tar.
-
-    Its blocks are cut where its buffer is flushed, and a write that does not
-    fit flushes a partly full buffer: without this, the same tar written in
-    other pieces (write_layer's headers and chunks, compress_tar's reads)
-    would deflate to other bytes.
-    """
-
-    def __init__(self, sink, size: int):
-        self._sink = sink
-        self._size = size
-        self._pending = bytearray()
-
-    def write(self, data) -> int:
-        pending = self._pending
-        pending += data
-        if len(pending) >= self._size:
-            whole = len(pending) - len(pending) % self._size
-            with memoryview(pending) as view:
-                for start in range(0, whole, self._size):
-                    self._sink.write(view[start : start + self._size])
-            del pending[:whole]
-        return len(data)
-
-    def close(self) -> None:
-        try:
-            if self._pending:
-                self._sink.write(self._pending)
-                self._pending = bytearray()
-        finally:
-            self._sink.close()  # ends the writer's threads, after an error too
-
-
 @contextmanager
-def _compressing(compression: str, level: int | None, blob: _HashingWriter) -> Iterator:
-    """The compressor, closed when the block ends. On an error too: the threaded
-    gzip writer's threads must not outlive the layer (they would keep the
-    process from exiting); that close's own error is dropped for the first one."""
-    compressor = _open_compressor(compression, level, blob)
+def _tar_stream(compression: str, level: int | None, out: BinaryIO) -> Iterator[tuple[_TarStream, _HashingWriter | None]]:
+    """The tar stream into its compressor into ``out``, and the hashing writer
+    of the blob (None when uncompressed: the blob is the tar then).
+
+    The compressor is closed when the block ends, on an error too: the
+    threaded gzip writer's threads must not outlive the layer (they would
+    keep the process from exiting); that close's own error is dropped for
+    the first one."""
+    if compression == "uncompressed":
+        blob, compressor = None, _Unchanged(out)
+    else:
+        blob = _HashingWriter(out)
+        compressor = _open_compressor(compression, level, blob)
+    tar = _TarStream(compressor)
     try:
-        yield compressor
+        yield tar, blob
+        tar.finish()
     except BaseException:
+        tar.stop()
         try:
             compressor.close()
         except Exception:  # noqa: S110 - the error being raised says what went wrong
@@ -236,27 +343,25 @@ def _open_compressor(compression: str, level: int | None, blob: _HashingWriter):
         # on their number (see the module docstring), so any machine gives
         # the same blob. ISA-L's header has no name and mtime 0.
         threads = max(1, len(os.sched_getaffinity(0)))
-        writer = igzip_threaded.open(
-            blob, "wb", compresslevel=_FAST_GZIP_LEVEL, threads=threads, block_size=_GZIP_BLOCK
+        # _TarStream hands it whole blocks of this size, one deflate block each.
+        return igzip_threaded.open(
+            blob, "wb", compresslevel=_FAST_GZIP_LEVEL, threads=threads, block_size=_BLOCK
         )
-        return _FixedBlocks(writer, _GZIP_BLOCK)
     if compression == "gzip":
         # No file name and mtime 0 in the gzip header: the same tar gives the same bytes.
         return gzip.GzipFile(filename="", mode="wb", compresslevel=level, fileobj=blob, mtime=0)
-    if compression == "zstd":
-        # Multi-threaded zstd gives the same bytes for any number of workers >= 1
-        # (threads=-1 is one worker on a 1-CPU machine), so blobs match across
-        # machines; memory is a few buffers per worker, not per layer size.
-        compressor = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
-        return compressor.stream_writer(blob, closefd=False)
-    return _Uncompressed(blob)
+    # zstd: multi-threaded zstd gives the same bytes for any number of workers >= 1
+    # (threads=-1 is one worker on a 1-CPU machine), so blobs match across
+    # machines; memory is a few buffers per worker, not per layer size.
+    compressor = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
+    return compressor.stream_writer(blob, closefd=False)
 
 
 # ---------------------------------------------------------------------------
 # Walking the changeset
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: one per entry, and a frozen init costs twice as much
 class _Found:
     """One entry of the walk, reachable as ``name`` in the open directory ``dir_fd``."""
 
@@ -318,14 +423,17 @@ def _sorted_names(dir_fd: int) -> list[bytes]:
 
 
 def _layer_entries(
-    root: bytes, source_date_epoch: int | None
+    root: bytes, source_date_epoch: int | None, set_times: bool = False
 ) -> Iterator[tuple[TarEntry, _Found | None]]:
-    """The tar entries for the changeset, each with the file to copy its data from."""
+    """The tar entries for the changeset, each with the file to copy its data from.
+    With ``set_times``, an entry gets its recorded mtime once its data is written."""
     first_paths: dict[tuple[int, int], bytes] = {}  # (dev, ino) -> first path, for hardlinks
     try:
         for found in _walk(root):
             try:
                 yield from _entries_for(found, first_paths, source_date_epoch)
+                if set_times:
+                    _set_time_as_written(found, source_date_epoch)
             except OSError as error:
                 raise LayerError(
                     f"cannot read {_shown(root, found)} for the layer: {error}"
@@ -421,9 +529,13 @@ def set_times_as_written(root: Path | str, source_date_epoch: int | None) -> Non
     its base was built here, pulled or loaded.
     """
     for found in _walk(os.fsencode(root)):
-        wanted = _entry_mtime(found.info, source_date_epoch)
-        if found.info.st_mtime_ns != wanted:
-            os.utime(found.name, ns=(wanted, wanted), dir_fd=found.dir_fd, follow_symlinks=False)
+        _set_time_as_written(found, source_date_epoch)
+
+
+def _set_time_as_written(found: _Found, source_date_epoch: int | None) -> None:
+    wanted = _entry_mtime(found.info, source_date_epoch)
+    if found.info.st_mtime_ns != wanted:
+        os.utime(found.name, ns=(wanted, wanted), dir_fd=found.dir_fd, follow_symlinks=False)
 
 
 def _entry_mtime(info: os.stat_result, source_date_epoch: int | None) -> int:
@@ -463,6 +575,8 @@ def _refuse_overlay_references(relative: bytes, xattrs: dict[str, bytes]) -> Non
 
 
 def _layer_xattrs(xattrs: dict[str, bytes]) -> dict[str, bytes]:
+    if not xattrs:  # most entries
+        return {}
     return {
         name: value
         for name, value in sorted(xattrs.items())
@@ -470,38 +584,35 @@ def _layer_xattrs(xattrs: dict[str, bytes]) -> dict[str, bytes]:
     }
 
 
-def _copy_contents(root: bytes, found: _Found, size: int, tar: _HashingWriter) -> None:
+def _copy_contents(root: bytes, found: _Found, size: int, tar: _TarStream) -> None:
     """Stream exactly ``size`` bytes of the file (the size its header announced).
 
     The file is opened without following a symlink and without blocking (a
     FIFO swapped in would hang a plain open), then checked to be the regular
     file that was walked: a special file's contents are never read.
     """
-    shown = _shown(root, found)
     try:
         fd = os.open(found.name, _FILE_FLAGS, dir_fd=found.dir_fd)
     except OSError as error:
-        raise LayerError(f"cannot read {shown} for the layer: {error}") from error
+        raise LayerError(f"cannot read {_shown(root, found)} for the layer: {error}") from error
     try:
         opened = os.fstat(fd)
         if not stat.S_ISREG(opened.st_mode) or opened.st_ino != found.info.st_ino:
             raise LayerError(
-                f"{shown} changed while it was written into the layer; "
+                f"{_shown(root, found)} changed while it was written into the layer; "
                 "is something still changing the directory?"
             )
-        left = size
-        while left:
-            try:
-                chunk = os.read(fd, min(_CHUNK, left))
-            except OSError as error:
-                raise LayerError(f"cannot read {shown} for the layer: {error}") from error
-            if not chunk:
-                raise LayerError(
-                    f"{shown} shrank while it was written into the layer; "
-                    "is something still changing the changeset?"
-                )
-            tar.write(chunk)
-            left -= len(chunk)
+        try:
+            got = tar.read_from(fd, size)
+        except _ReadFailed as failed:
+            error = failed.__cause__
+            raise LayerError(f"cannot read {_shown(root, found)} for the layer: {error}") from error
+        if got < size:
+            raise LayerError(
+                f"{_shown(root, found)} shrank while it was written into the layer; "
+                "is something still changing the changeset?"
+            )
     finally:
         os.close(fd)
-    tar.write(padding(size))
+    if size % BLOCK_SIZE:
+        tar.write(_ZEROS[: BLOCK_SIZE - size % BLOCK_SIZE])

@@ -4,7 +4,9 @@ is never followed, a file swapped for a FIFO is never opened for reading.
 
 The swap happens at the worst moment, deterministically: while the writer
 hands the tar header of the entry to its output, before it reads what the
-header announced.
+header announced. The writer hands its output the tar in whole pieces of
+1 MiB, so a filler file first puts that header at the very end of the first
+piece.
 """
 
 from __future__ import annotations
@@ -20,9 +22,18 @@ import pytest
 from imgbuild.errors import LayerError
 from imgbuild.layer.write import write_layer
 
+PIECE = 1 << 20  # what the writer hands its output at a time (layer/write.py _BLOCK)
+HEADER = 512
+
+
+def add_filler(tree: Path) -> None:
+    """A file sorted first whose header and data fill the first piece but one
+    header: the next entry's header ends that piece."""
+    (tree / "0-filler").write_bytes(bytes(PIECE - 2 * HEADER))
+
 
 class _SwapOnHeader(io.BytesIO):
-    """An output that runs ``swap`` once, when the header naming ``name`` passes."""
+    """An output that runs ``swap`` once, when a piece ending with the header naming ``name`` passes."""
 
     def __init__(self, name: bytes, swap):
         super().__init__()
@@ -30,7 +41,7 @@ class _SwapOnHeader(io.BytesIO):
         self._swap = swap
 
     def write(self, data) -> int:
-        if self._swap is not None and bytes(data[:100]).rstrip(b"\0") == self._name:
+        if self._swap is not None and bytes(data[-HEADER:][:100]).rstrip(b"\0") == self._name:
             swap, self._swap = self._swap, None
             swap()
         return super().write(data)
@@ -55,6 +66,7 @@ def test_a_directory_swapped_for_a_symlink_is_not_followed(tmp_path):
     tree = tmp_path / "tree"
     (tree / "d").mkdir(parents=True)
     (tree / "d" / "inside").write_text("mine\n")
+    add_filler(tree)
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "host-secret").write_text("not yours\n")
@@ -76,6 +88,7 @@ def test_a_file_swapped_for_a_fifo_is_not_opened_for_reading(tmp_path):
     tree = tmp_path / "tree"
     tree.mkdir()
     (tree / "victim").write_text("regular\n")
+    add_filler(tree)
 
     def swap():
         os.rename(tree / "victim", tmp_path / "victim-moved")
