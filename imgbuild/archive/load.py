@@ -49,6 +49,9 @@ def load(store: Store, source: str | os.PathLike | BinaryIO) -> list[ArchivedIma
     detected: ``manifest.json`` means docker-archive (preferred, as Docker
     does, when an archive is both), else ``index.json`` means OCI.
     """
+    # A load killed mid-way left a partial blob and snapshot in its work
+    # dir: the next load removes them, as the next pull or build does.
+    store.sweep_dead_work()
     with store.writer_lease(), open_archive(store, source) as archive:
         if archive.has("manifest.json"):
             return _load_docker_archive(store, archive)
