@@ -2,12 +2,12 @@
 
 Steps: resolve the reference to a manifest (HEAD first, so an image we already
 have costs no download); an index or Docker manifest list picks the platform
-(the host's unless asked otherwise); the config and the layers we lack download
-in parallel, each verified against its digest while it streams into the store;
-the config's diff_ids are checked for form (their content is verified when a
-layer is first extracted); then the manifest (and the index it
-came from) are stored and, last, the tag is set, so a tag never points at an
-image with missing blobs.
+(the host's unless asked otherwise); the config downloads, its diff_ids are
+checked for form; the layers we lack download in parallel, each verified
+against its digest while it streams into the store and then extracted into
+its snapshot by the same worker, which proves its diff_id (as docker pull
+unpacks); then the manifest (and the index it came from) are stored and,
+last, the tag is set, so a tag never points at an image with missing blobs.
 
 The image is tagged in the store under Docker's familiar name of the reference,
 with the tag made explicit (``Reference.store_name``): ``busybox`` and
