@@ -51,7 +51,6 @@ from pathlib import Path
 
 from imgbuild.errors import Interrupted, SandboxError
 from imgbuild.safeopen import resolve_in_root
-from imgbuild.sandbox.console import run_with_console
 from imgbuild.sandbox.overlay import finish_despite_interrupts
 from imgbuild.sandbox.spec import BundleFiles, RunSpec, make_config
 from imgbuild.sandbox.users import ResolvedUser
@@ -122,6 +121,9 @@ def run_container(
         stubs = _MountStubs.record(rootfs, _stub_candidates(config["mounts"]))
         try:
             if spec.terminal:
+                # Only `imgbuild run -t` has one: a build's RUN does not import it (socket, termios).
+                from imgbuild.sandbox.console import run_with_console
+
                 status = run_with_console(
                     _launcher(run_dir, files, None), _runtime_command(runtime, run_dir), files.payload(),
                     container_id, run_dir, stdin_fd,
