@@ -160,7 +160,7 @@ def download_blobs(
     blobs: list[Descriptor],
     workers: int,
     report: Progress,
-    unpack: list[UnpackedLayer] = (),
+    unpack: Iterable[UnpackedLayer] = (),
     image: str = "",
 ) -> None:
     """Download the blobs the store lacks, a few at a time; stop at the first failure.
