@@ -2,7 +2,9 @@
 
 Every blob is verified against its digest and every layer's uncompressed
 content against the config's ``rootfs.diff_ids`` on its way into the store; the
-images are tagged only once all their blobs are in.
+images are tagged only once all their blobs are in. Each layer is extracted
+into its snapshot in the same pass (``store/snapshots.py``), so a build on a
+loaded image unpacks nothing.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from imgbuild.image import (
     OCI_MANIFEST,
     REF_NAME_ANNOTATION,
     Descriptor,
+    chain_ids,
     make_manifest,
     media_type_of,
     parse_json_document,
 )
 from imgbuild.layer.decompress import GZIP_MAGIC, ZSTD_MAGIC, open_tar_stream
 from imgbuild.store import Store
+from imgbuild.store.snapshots import StagedSnapshot, discard_staged, keep_snapshot, stage_snapshot
 from imgbuild.units import plural
 
 CONTAINERD_NAME_ANNOTATION = "io.containerd.image.name"
@@ -45,6 +49,9 @@ def load(store: Store, source: str | os.PathLike | BinaryIO) -> list[ArchivedIma
     detected: ``manifest.json`` means docker-archive (preferred, as Docker
     does, when an archive is both), else ``index.json`` means OCI.
     """
+    # A load killed mid-way left a partial blob and snapshot in its work
+    # dir: the next load removes them, as the next pull or build does.
+    store.sweep_dead_work()
     with store.writer_lease(), open_archive(store, source) as archive:
         if archive.has("manifest.json"):
             return _load_docker_archive(store, archive)
@@ -83,9 +90,11 @@ def _load_docker_image(
     config_descriptor = Descriptor.for_bytes(OCI_CONFIG, config_bytes)
     _check_digest_in_name(archive, config_path, config_descriptor.digest)
     layers = []
-    for path, diff_id in zip(layer_paths, diff_ids, strict=True):
-        if path not in layers_by_path:
-            layers_by_path[path] = _copy_layer(store, archive, path, diff_id, None)
+    for path, diff_id, chain_id in zip(layer_paths, diff_ids, chain_ids(diff_ids), strict=True):
+        if path in layers_by_path:  # an earlier image of the archive had it, maybe elsewhere in its stack
+            store.ensure_snapshot(layers_by_path[path], diff_id, chain_id, archive.label)
+        else:
+            layers_by_path[path] = _copy_layer(store, archive, path, diff_id, None, chain_id)
         layers.append(layers_by_path[path])
     store.write_blob(config_bytes, config_descriptor.digest)
     manifest_descriptor = store.put_json(make_manifest(config_descriptor, layers), OCI_MANIFEST)
@@ -100,40 +109,66 @@ def _check_digest_in_name(archive: ArchiveReader, path: str, digest: str) -> Non
 
 
 def _copy_layer(
-    store: Store, archive: ArchiveReader, path: str, diff_id: str, descriptor: Descriptor | None
+    store: Store,
+    archive: ArchiveReader,
+    path: str,
+    diff_id: str,
+    descriptor: Descriptor | None,
+    chain_id: str,
 ) -> Descriptor:
-    """Copy one layer into the store, verifying its blob digest (when known) and diff_id.
+    """Copy one layer into the store, verifying its blob digest (when known) and diff_id,
+    and extract it as the snapshot of ``chain_id`` on the way.
 
     One pass: the compressed bytes go into the blob writer while their
-    decompressed form is hashed. Without a descriptor (docker-archive), the
-    media type comes from the compression found.
+    decompressed form is hashed and extracted (Docker, too, unpacks what it
+    loads), so the first build on the image extracts nothing. Without a
+    descriptor (docker-archive), the media type comes from the compression found.
     """
     member, size = archive.open(path)
     if descriptor is not None and size != descriptor.size:
         raise ArchiveError(
             f"{archive.label}: {path} has {size} bytes, its descriptor says {descriptor.size}"
         )
-    with member, store.blob_writer(descriptor.digest if descriptor else None) as blob:
-        tee = _Tee(member, blob)
+    staged = None
+    try:
+        with member, store.blob_writer(descriptor.digest if descriptor else None) as blob:
+            tee = _Tee(member, blob)
+            staged, actual = _read_layer(store, archive, path, tee, chain_id)
+            tee.drain()
+            if actual != diff_id:
+                raise DigestMismatch(
+                    f"{archive.label}: layer {path} does not match the image config: its content "
+                    f"is {actual}, the config says {diff_id}"
+                )
+        media_type = descriptor.media_type if descriptor else _media_type_from_magic(tee.head)
+        if descriptor is None:
+            _check_digest_in_name(archive, path, blob.digest)
+        stored = Descriptor(media_type, blob.digest, blob.size)
+        if staged is None:
+            store.record_layer(blob.digest, diff_id, media_type, blob.size)
+        else:
+            keep_snapshot(store, staged, stored, diff_id, chain_id, archive.label)
+        return stored
+    finally:
+        discard_staged(staged)
+
+
+def _read_layer(
+    store: Store, archive: ArchiveReader, path: str, tee: _Tee, chain_id: str
+) -> tuple[StagedSnapshot | None, str]:
+    """Decompress the layer: extracted into a staged snapshot when the store has
+    none for ``chain_id``, else only hashed. Returns it and the content's digest."""
+    try:
+        if store.snapshot_path(chain_id) is None:
+            staged = stage_snapshot(store, tee, None)
+            return staged, staged.diff_id
         hasher = hashlib.sha256()
-        try:
-            stream = open_tar_stream(tee)
-            while chunk := stream.read(CHUNK):
-                hasher.update(chunk)
-        except LayerError as error:
-            raise ArchiveError(f"{archive.label}: layer {path}: {error}") from None
-        tee.drain()
-        actual = "sha256:" + hasher.hexdigest()
-        if actual != diff_id:
-            raise DigestMismatch(
-                f"{archive.label}: layer {path} does not match the image config: its content "
-                f"is {actual}, the config says {diff_id}"
-            )
-    media_type = descriptor.media_type if descriptor else _media_type_from_magic(tee.head)
-    if descriptor is None:
-        _check_digest_in_name(archive, path, blob.digest)
-    store.record_layer(blob.digest, diff_id, media_type, blob.size)
-    return Descriptor(media_type, blob.digest, blob.size)
+        stream = open_tar_stream(tee)
+        while chunk := stream.read(CHUNK):
+            hasher.update(chunk)
+        return None, "sha256:" + hasher.hexdigest()
+    except LayerError as error:
+        raise ArchiveError(f"{archive.label}: layer {path}: {error}") from None
 
 
 def _media_type_from_magic(head: bytes) -> str:
@@ -230,13 +265,15 @@ def _copy_tree(store: Store, archive: ArchiveReader, descriptor: Descriptor, dep
     is_image = len(diff_ids) == len(layers) and all(
         layer.media_type in LAYER_TYPES for layer in layers
     )
-    for position, layer in enumerate(layers):
-        if store.has_blob(layer.digest):
-            continue
-        if is_image:
-            _copy_layer(store, archive, blob_member_name(layer.digest), diff_ids[position], layer)
-        else:
+    if not is_image:
+        for layer in layers:
             _copy_opaque_blob(store, archive, layer)
+        return
+    for layer, diff_id, chain_id in zip(layers, diff_ids, chain_ids(diff_ids), strict=True):
+        if store.has_blob(layer.digest):
+            store.ensure_snapshot(layer, diff_id, chain_id, archive.label)
+        else:
+            _copy_layer(store, archive, blob_member_name(layer.digest), diff_id, layer, chain_id)
 
 
 def _copy_json_blob(

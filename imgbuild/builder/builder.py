@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -461,12 +462,22 @@ def build(store: Store, options: BuildOptions, progress: Progress | None = None)
     progress = progress or make_progress(options.progress, explain=options.explain)
     try:
         progress.begin()
-        return Builder(store, options, progress).build()
+        result = Builder(store, options, progress).build()
+        _wait_for_container_deletes(report_errors=True)
+        return result
     except ImgbuildError as error:
         progress.build_failed(error)
         raise
     finally:
+        _wait_for_container_deletes(report_errors=False)
         progress.close()
+
+
+def _wait_for_container_deletes(*, report_errors: bool) -> None:
+    """RUN steps leave their containers' deletes running (sandbox.runtime): done before we return."""
+    runtime = sys.modules.get("imgbuild.sandbox.runtime")  # only a build that ran a step imported it
+    if runtime is not None:
+        runtime.wait_for_deletes(report_errors=report_errors)
 
 
 def _located(error: ImgbuildError, filename: str, instruction) -> ImgbuildError:

@@ -79,6 +79,9 @@ def import_image(store: Store, options: ImportOptions, stdin: BinaryIO | None = 
     apply_changes(config, options.changes)
     with store.writer_lease():
         layer = _import_layer(store, options, stdin)
+        # A tar's snapshot is the tree it was applied into; a directory's
+        # layer is extracted now, so a build on the image unpacks nothing.
+        store.ensure_snapshot(layer.blob, layer.diff_id, layer.diff_id, normalise_tag(options.name))
         created = ic.timestamp(options.source_date_epoch)
         config["created"] = created
         config["rootfs"] = {"type": "layers", "diff_ids": [layer.diff_id]}

@@ -174,8 +174,11 @@ def _run_container(builder, merged: Path, spec: RunSpec, scratch: Path, step) ->
         tail.extend(data)
         del tail[:-OUTPUT_TAIL_BYTES]
 
+    # The container's delete overlaps the unmount and the commit; the build
+    # waits for it before it returns (builder.build).
     status = run_container(
-        merged, spec, runtime=builder.options.runtime, workdir=scratch, on_output=on_output, cancel=builder.cancel
+        merged, spec, runtime=builder.options.runtime, workdir=scratch, on_output=on_output,
+        cancel=builder.cancel, defer_delete=True,
     )
     lines = bytes(tail).decode("utf-8", "replace").splitlines()
     return status, lines[-OUTPUT_TAIL_LINES:]

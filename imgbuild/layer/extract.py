@@ -97,8 +97,8 @@ def apply_layer(
     source = _CountingSource(open_tar_stream(blob, media_type), max_bytes)
     reader = TarReader(source.read)
     root_fd = os.open(target, DIR_FLAGS)
+    applier = _Applier(root_fd)
     try:
-        applier = _Applier(root_fd)
         entries = 0
         while (entry := reader.next_entry()) is not None:
             entries += 1
@@ -110,6 +110,7 @@ def apply_layer(
         source.drain()
         applier.set_directory_times()
     finally:
+        applier.close()
         os.close(root_fd)
     return ApplyStats(entries=entries, bytes=source.total, diff_id=f"sha256:{source.hexdigest()}")
 
@@ -158,6 +159,17 @@ class _Applier:
     def __init__(self, root_fd: int):
         self._root_fd = root_fd
         self._directory_times: list[tuple[list[bytes], int]] = []
+        # The parent directory of the last entry, kept open: layers list a
+        # directory's entries together, and walking to it again for each one
+        # cost most of an extraction's syscalls. It stays right: only an entry
+        # whose parent is a proper ancestor of it can remove or replace it,
+        # and that entry moves this cache away first.
+        self._parent: tuple[tuple[bytes, ...], int] | None = None
+
+    def close(self) -> None:
+        if self._parent is not None:
+            os.close(self._parent[1])
+            self._parent = None
 
     def apply(self, entry: TarEntry, reader: TarReader) -> None:
         try:
@@ -190,24 +202,31 @@ class _Applier:
             # directory is ours, so its mode and owner stay ours.
             return
         name = parts[-1]
-        parent_fd = self._open_directory(parts[:-1], create=True, entry_name=entry.name)
-        try:
-            if name == OPAQUE_WHITEOUT:
-                os.setxattr(parent_fd, _OVERLAY_OPAQUE, b"y")
-            elif name.startswith(WHITEOUT_META_PREFIX):
-                log.debug("skipping AUFS metadata entry %s", show_name(entry.name))
-            elif name.startswith(WHITEOUT_PREFIX):
-                self._whiteout(parent_fd, name[len(WHITEOUT_PREFIX) :], entry)
-            elif entry.type == DIRECTORY:
-                self._directory(parent_fd, name, entry, parts)
-            elif entry.type == REGULAR:
-                self._regular_file(parent_fd, name, entry, reader)
-            elif entry.type == HARDLINK:
-                self._hardlink(parent_fd, name, entry)
-            else:
-                self._special_file(parent_fd, name, entry)
-        finally:
-            os.close(parent_fd)
+        parent_fd = self._parent_directory(parts[:-1], entry.name)
+        if name == OPAQUE_WHITEOUT:
+            os.setxattr(parent_fd, _OVERLAY_OPAQUE, b"y")
+        elif name.startswith(WHITEOUT_META_PREFIX):
+            log.debug("skipping AUFS metadata entry %s", show_name(entry.name))
+        elif name.startswith(WHITEOUT_PREFIX):
+            self._whiteout(parent_fd, name[len(WHITEOUT_PREFIX) :], entry)
+        elif entry.type == DIRECTORY:
+            self._directory(parent_fd, name, entry, parts)
+        elif entry.type == REGULAR:
+            self._regular_file(parent_fd, name, entry, reader)
+        elif entry.type == HARDLINK:
+            self._hardlink(parent_fd, name, entry)
+        else:
+            self._special_file(parent_fd, name, entry)
+
+    def _parent_directory(self, parts: list[bytes], entry_name: bytes) -> int:
+        """The (cached) descriptor of the directory an entry goes in, created if missing."""
+        key = tuple(parts)
+        if self._parent is not None and self._parent[0] == key:
+            return self._parent[1]
+        fd = self._open_directory(parts, create=True, entry_name=entry_name)
+        self.close()
+        self._parent = (key, fd)
+        return fd
 
     # -- entry kinds ---------------------------------------------------------
 
@@ -247,8 +266,7 @@ class _Applier:
     def _regular_file(
         self, parent_fd: int, name: bytes, entry: TarEntry, reader: TarReader
     ) -> None:
-        remove_entry(parent_fd, name, lstat_at(parent_fd, name))
-        fd = os.open(name, NEW_FILE_FLAGS, 0o600, dir_fd=parent_fd)
+        fd = _replacing(parent_fd, name, lambda: os.open(name, NEW_FILE_FLAGS, 0o600, dir_fd=parent_fd))
         try:
             write_entry_data(fd, entry, reader)
             # chown clears setuid/setgid and security.capability, so it goes first.
@@ -286,17 +304,16 @@ class _Applier:
             os.close(source_fd)
 
     def _special_file(self, parent_fd: int, name: bytes, entry: TarEntry) -> None:
-        remove_entry(parent_fd, name, lstat_at(parent_fd, name))
         if entry.type == SYMLINK:
             if not entry.linkname:
                 raise LayerError(f"layer entry {show_name(entry.name)}: symlink with no target")
             # The target is stored as is: we never follow it, overlayfs resolves
             # it inside the container's root.
-            os.symlink(entry.linkname, name, dir_fd=parent_fd)
+            _replacing(parent_fd, name, lambda: os.symlink(entry.linkname, name, dir_fd=parent_fd))
         elif entry.type in (CHAR_DEVICE, BLOCK_DEVICE, FIFO):
             kind = {CHAR_DEVICE: stat.S_IFCHR, BLOCK_DEVICE: stat.S_IFBLK, FIFO: stat.S_IFIFO}
             device = os.makedev(entry.devmajor, entry.devminor)
-            os.mknod(name, kind[entry.type] | 0o600, device, dir_fd=parent_fd)
+            _replacing(parent_fd, name, lambda: os.mknod(name, kind[entry.type] | 0o600, device, dir_fd=parent_fd))
         os.chown(name, entry.uid, entry.gid, dir_fd=parent_fd, follow_symlinks=False)
         if entry.type != SYMLINK:
             # We just created this node ourselves, so it is not a symlink.
@@ -347,6 +364,18 @@ def _open_component(dir_fd: int, part: bytes, create: bool) -> int:
             raise
     os.mkdir(part, 0o755, dir_fd=dir_fd)
     return os.open(part, DIR_FLAGS, dir_fd=dir_fd)
+
+
+def _replacing(parent_fd: int, name: bytes, create):
+    """``create()`` (which makes ``name`` and fails if it exists), after removing what
+    is there if anything is: in a tar a later entry replaces an earlier one.
+    Trying first saves an lstat per entry, most of which are new."""
+    try:
+        return create()
+    except FileExistsError:
+        pass
+    remove_entry(parent_fd, name, lstat_at(parent_fd, name))
+    return create()
 
 
 def _split_name(raw: bytes, entry_name: bytes, what: str) -> list[bytes]:

@@ -265,13 +265,14 @@ def _truncated(offset: int) -> LayerError:
 
 
 def _decode_ustar(block: bytes, offset: int) -> TarEntry:
-    unsigned = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
-    signed = unsigned - 256 * sum(1 for byte in block[:148] + block[156:] if byte > 127)
+    # The checksum field counts as eight spaces. Some old writers summed
+    # signed bytes: that sum is only worked out when the usual one fails.
+    unsigned = sum(block) - sum(block[148:156]) + 8 * 0x20
     try:
         stored = _parse_number(block[148:156], "checksum", offset)
     except LayerError:
         stored = None
-    if stored not in (unsigned, signed):
+    if stored != unsigned and stored != _signed_checksum(block, unsigned):
         raise LayerError(
             f"layer tar: invalid header at byte {offset} (bad checksum): "
             "not a tar stream, or corrupt"
@@ -295,6 +296,15 @@ def _decode_ustar(block: bytes, offset: int) -> TarEntry:
     )
 
 
+def _signed_checksum(block: bytes, unsigned: int) -> int:
+    high = block[:148] + block[156:]
+    return unsigned - 256 * (len(high) - len(high.translate(None, _HIGH_BYTES)))
+
+
+_HIGH_BYTES = bytes(range(128, 256))
+_OCTAL_DIGITS = b"01234567"
+
+
 def _nul_terminated(raw: bytes) -> bytes:
     return raw.split(b"\x00", 1)[0]
 
@@ -307,7 +317,7 @@ def _parse_number(raw: bytes, what: str, offset: int) -> int:
     text = raw.split(b"\x00", 1)[0].strip(b" ")
     if not text:
         return 0
-    if not all(48 <= byte <= 55 for byte in text):
+    if text.translate(None, _OCTAL_DIGITS):  # anything but octal digits left
         raise LayerError(f"layer tar: bad {what} field {raw!r} in the header at byte {offset}")
     return int(text, 8)
 

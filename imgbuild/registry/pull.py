@@ -2,12 +2,12 @@
 
 Steps: resolve the reference to a manifest (HEAD first, so an image we already
 have costs no download); an index or Docker manifest list picks the platform
-(the host's unless asked otherwise); the config and the layers we lack download
-in parallel, each verified against its digest while it streams into the store;
-the config's diff_ids are checked for form (their content is verified when a
-layer is first extracted); then the manifest (and the index it
-came from) are stored and, last, the tag is set, so a tag never points at an
-image with missing blobs.
+(the host's unless asked otherwise); the config downloads, its diff_ids are
+checked for form; the layers we lack download in parallel, each verified
+against its digest while it streams into the store and then extracted into
+its snapshot by the same worker, which proves its diff_id (as docker pull
+unpacks); then the manifest (and the index it came from) are stored and,
+last, the tag is set, so a tag never points at an image with missing blobs.
 
 The image is tagged in the store under Docker's familiar name of the reference,
 with the tag made explicit (``Reference.store_name``): ``busybox`` and
@@ -18,7 +18,7 @@ with the tag made explicit (``Reference.store_name``): ``busybox`` and
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from imgbuild.errors import ImgbuildError, RegistryError
 from imgbuild.image import (
@@ -29,6 +29,7 @@ from imgbuild.image import (
     Descriptor,
     Image,
     Platform,
+    chain_ids,
     check_digest,
     media_type_of,
     parse_json_document,
@@ -89,9 +90,14 @@ def _pull_into(store, client: RegistryClient, ref, want: Platform, tag_as, optio
         manifest = fetch_manifest(client, store, ref.repository, chosen.digest)
 
     config_descriptor, layers = image_blobs(manifest, str(ref))
-    download_blobs(client, store, ref.repository, [config_descriptor, *layers], options.workers, report)
+    download_blobs(client, store, ref.repository, [config_descriptor], options.workers, report)
     config = store.read_json(config_descriptor.digest, "image config")
-    check_diff_ids(layers, config, str(ref))
+    diff_ids = check_diff_ids(layers, config, str(ref))
+    stack = [
+        UnpackedLayer(layer, diff_id, chain_id)
+        for layer, diff_id, chain_id in zip(layers, diff_ids, chain_ids(diff_ids), strict=True)
+    ]
+    download_blobs(client, store, ref.repository, layers, options.workers, report, stack, str(ref))
     remember_blobs(store, ref.registry, ref.repository, [config_descriptor.digest, *(d.digest for d in layers)])
 
     for document in (manifest, *indexes):
@@ -138,6 +144,15 @@ def image_blobs(manifest: Manifest, where: str) -> tuple[Descriptor, list[Descri
     return config, layers
 
 
+@dataclass
+class UnpackedLayer:
+    """A layer of the image being pulled, at its place in the stack."""
+
+    blob: Descriptor
+    diff_id: str  # what the config claims; the extraction checks it
+    chain_id: str
+
+
 def download_blobs(
     client: RegistryClient,
     store: Store,
@@ -145,23 +160,41 @@ def download_blobs(
     blobs: list[Descriptor],
     workers: int,
     report: Progress,
+    unpack: Iterable[UnpackedLayer] = (),
+    image: str = "",
 ) -> None:
-    """Download the blobs the store lacks, a few at a time; stop at the first failure."""
+    """Download the blobs the store lacks, a few at a time; stop at the first failure.
+
+    Each layer in ``unpack`` is extracted into its snapshot as soon as its
+    blob is in the store, in the worker that downloaded it: extraction
+    overlaps the other downloads, and independent layers (each its own
+    directory) are extracted side by side. A layer whose content does not
+    match its diff_id fails the pull (``DigestMismatch`` naming ``image``)
+    before anything is tagged.
+    """
+    places: dict[str, list[UnpackedLayer]] = {}
+    for layer in unpack:
+        places.setdefault(layer.blob.digest, []).append(layer)
     unique = {blob.digest: blob for blob in blobs}
-    missing = []
+    present = []
     for blob in unique.values():
         if store.has_blob(blob.digest):
             _check_stored_size(store, blob, repository)
             report(TransferEvent("exists", blob.digest, blob.size, blob.media_type))
-        else:
-            missing.append(blob)
-    if not missing:
-        return
-    def fetch(blob: Descriptor) -> None:
-        client.fetch_blob(repository, blob, store)
+            present.append(blob)
 
-    for blob, _ in run_in_parallel(fetch, missing, workers):
-        report(TransferEvent("downloaded", blob.digest, blob.size, blob.media_type))
+    def fetch(blob: Descriptor) -> bool:
+        fetched = not store.has_blob(blob.digest)
+        if fetched:
+            client.fetch_blob(repository, blob, store)
+        for layer in places.get(blob.digest, ()):
+            store.ensure_snapshot(layer.blob, layer.diff_id, layer.chain_id, image)
+        return fetched
+
+    work = [blob for blob in unique.values() if blob not in present or blob.digest in places]
+    for blob, fetched in run_in_parallel(fetch, work, workers):
+        if fetched:
+            report(TransferEvent("downloaded", blob.digest, blob.size, blob.media_type))
 
 
 def _check_stored_size(store: Store, blob: Descriptor, repository: str) -> None:
@@ -175,11 +208,12 @@ def _check_stored_size(store: Store, blob: Descriptor, repository: str) -> None:
         )
 
 
-def check_diff_ids(layers: list[Descriptor], config: dict, where: str) -> None:
+def check_diff_ids(layers: list[Descriptor], config: dict, where: str) -> list[str]:
     """The config lists one well-formed diff_id per layer.
 
     They are only claims: the store records a layer's diff_id when extracting
-    it has proved it (``Store.ensure_snapshot``), never before.
+    it has proved it (``Store.ensure_snapshot``, as the pull unpacks each
+    layer), never before.
     """
     diff_ids = config.get("rootfs", {}).get("diff_ids") or []
     if len(diff_ids) != len(layers):
@@ -189,3 +223,4 @@ def check_diff_ids(layers: list[Descriptor], config: dict, where: str) -> None:
         )
     for diff_id in diff_ids:
         check_digest(diff_id)
+    return diff_ids

@@ -4,8 +4,14 @@ A step's root filesystem is an overlay: the parent layers' extracted snapshots
 are the lowerdirs (top-most first, as overlayfs wants them) and a fresh, empty
 upperdir receives what the step changes.
 
-Deep images: the kernel takes mount options as one page (4096 bytes), so 120
-layers with absolute snapshot paths do not fit. Like Docker's overlay2 driver
+The mount is made from this process with mount(2), every directory named by
+a descriptor, ``/proc/self/fd/N``: short names, whatever the store's path
+(commas or colons in it cannot break the option string), and no mount(8)
+process per step.
+
+Deep images: the kernel takes mount options as one page (4096 bytes), so
+past ~200 layers even those names do not fit (and 120 absolute snapshot
+paths would not either). Then, like Docker's overlay2 driver
 (its ``l/`` directory of short symlinks) we make a private directory, beside
 the work dir, of short symlinks ``0``, ``1``, ... pointing at the lowerdirs
 (and ``u``, ``w`` for the upper and work dirs) and run mount(8) with that directory as its working
@@ -63,14 +69,16 @@ def mount_overlay(
         Path(directory).mkdir(parents=True, exist_ok=True)
     target = Path(target).resolve()
 
-    # Beside the work dir, that is in the caller's scratch space (in a store,
-    # this process's owner directory): a kill -9 leaves it where the next
-    # start's sweep removes it, never in the system's /tmp.
-    links = Path(tempfile.mkdtemp(dir=Path(workdir).parent, prefix="overlay-links-"))
     mounts_before = _count_mounts_at(target)
+    links = None
     try:
-        options = _make_short_links(links, lowerdirs, Path(upperdir), Path(workdir))
-        _run_mount(options, target, cwd=links)
+        if not _mount_by_descriptors(lowerdirs, Path(upperdir), Path(workdir), target):
+            # Beside the work dir, that is in the caller's scratch space (in a store,
+            # this process's owner directory): a kill -9 leaves it where the next
+            # start's sweep removes it, never in the system's /tmp.
+            links = Path(tempfile.mkdtemp(dir=Path(workdir).parent, prefix="overlay-links-"))
+            options = _make_short_links(links, lowerdirs, Path(upperdir), Path(workdir))
+            _run_mount(options, target, cwd=links)
         yield target
     except BaseException:
         # Keep the original error; a busy mount is still detached.
@@ -79,6 +87,11 @@ def mount_overlay(
     _release(target, mounts_before, links, report_busy=True)
 
 
+# The upperdir must be the whole diff: redirects and metacopy-only entries
+# point into lower layers and would make an incomplete layer tar.
+_NO_REDIRECTS = "redirect_dir=off,metacopy=off"
+_MAX_OPTIONS = 4000  # the kernel copies one page of mount options
+_MAX_DESCRIPTOR_LAYERS = 200  # "/proc/self/fd/NNN:" is 18 bytes
 _MS_BIND = 0x1000
 _MS_REC = 0x4000
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
@@ -116,7 +129,7 @@ def finish_despite_interrupts(cleanup: Callable[[], None]) -> None:
             continue
 
 
-def _release(target: Path, mounts_before: int, links: Path, *, report_busy: bool) -> None:
+def _release(target: Path, mounts_before: int, links: Path | None, *, report_busy: bool) -> None:
     try:
         # Counted rather than remembered: an interrupt may land after mount(8)
         # mounted but before we knew it had.
@@ -126,7 +139,45 @@ def _release(target: Path, mounts_before: int, links: Path, *, report_busy: bool
         if report_busy:
             raise
     finally:
-        shutil.rmtree(links, ignore_errors=True)
+        if links is not None:
+            shutil.rmtree(links, ignore_errors=True)
+
+
+def _mount_by_descriptors(lowerdirs: list[Path], upperdir: Path, workdir: Path, target: Path) -> bool:
+    """mount(2) from this process, each directory named ``/proc/self/fd/N``; False
+    (nothing mounted) when the options would not fit in the kernel's one page.
+
+    The short names need no symlink directory and no mount(8) process (a few
+    ms a step); overlayfs resolves them at mount time, so closing the
+    descriptors afterwards changes nothing. A stack of more than ~200 layers
+    takes the symlink way.
+    """
+    if not lowerdirs:
+        return False  # FROM scratch: the symlink way brings the empty lowerdir overlayfs needs
+    if len(lowerdirs) > _MAX_DESCRIPTOR_LAYERS:
+        return False  # their names would not fit; and not hundreds of descriptors at once
+    directories = [Path(lowerdir) for lowerdir in lowerdirs] + [upperdir, workdir]
+    fds: list[int] = []
+    try:
+        for directory in directories:
+            fds.append(os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        names = [f"/proc/self/fd/{fd}" for fd in fds]
+        options = (
+            f"lowerdir={':'.join(names[:-2])},upperdir={names[-2]},workdir={names[-1]},"
+            + _NO_REDIRECTS
+        )
+        if len(options) >= _MAX_OPTIONS:
+            return False
+        if _libc.mount(b"overlay", os.fsencode(target), b"overlay", 0, options.encode()) != 0:
+            error = ctypes.get_errno()
+            raise SandboxError(
+                f"cannot mount the overlay on {target}: {os.strerror(error)} "
+                "(the kernel log, `dmesg | tail`, usually says why)"
+            )
+        return True
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _make_short_links(links: Path, lowerdirs: list[Path], upperdir: Path, workdir: Path) -> str:
@@ -140,9 +191,7 @@ def _make_short_links(links: Path, lowerdirs: list[Path], upperdir: Path, workdi
         names.append("empty")
     os.symlink(upperdir.resolve(), links / "u")
     os.symlink(workdir.resolve(), links / "w")
-    # The upperdir must be the whole diff: redirects and metacopy-only entries
-    # point into lower layers and would make an incomplete layer tar.
-    return f"lowerdir={':'.join(names)},upperdir=u,workdir=w,redirect_dir=off,metacopy=off"
+    return f"lowerdir={':'.join(names)},upperdir=u,workdir=w,{_NO_REDIRECTS}"
 
 
 def _run_mount(options: str, target: Path, cwd: Path) -> None:

@@ -5,8 +5,9 @@ so it runs under ``python -I -S``)::
 
     python3 -I -S privatebundle.py MOUNT_POINT SIZE ERROR_FILE [--stdin FD] [--reap PID_FILE] -- RUNTIME ARG...
 
-It reads the bundle's files as JSON on stdin (``{"files": [{"path", "data"
-(base64), "mode", "uid", "gid"}]}``), then:
+It reads the bundle's files on stdin, each as a line ``MODE UID GID
+PATH_BYTES DATA_BYTES`` followed by its path and its data (``spec.BundleFiles``;
+parsed without importing json or base64, which would cost each step ~7 ms), then:
 
 1. enters a new mount namespace, with every mount a slave of the host's (mounts
    made on the host still show; nothing made here leaks back);
@@ -39,9 +40,7 @@ exit status is 125.
 
 from __future__ import annotations
 
-import base64
 import ctypes
-import json
 import os
 import sys
 
@@ -139,11 +138,26 @@ def _exit_code(status: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def _read_payload(stream) -> list[dict]:
+def _read_payload(stream) -> list[tuple[str, bytes, int, int, int]]:
+    """The files as (path, data, mode, uid, gid)."""
     data = stream.read(MAX_PAYLOAD + 1)
     if len(data) > MAX_PAYLOAD:
         raise LaunchError(f"the bundle is larger than {MAX_PAYLOAD} bytes")
-    return json.loads(data)["files"]
+    files = []
+    position = 0
+    while position < len(data):
+        end = data.find(b"\n", position, position + 128)
+        fields = data[position:end].split(b" ") if end >= 0 else []
+        if len(fields) != 5 or not all(field.isdigit() for field in fields):
+            raise LaunchError(f"malformed bundle payload at byte {position}")
+        mode, uid, gid, path_size, data_size = (int(field) for field in fields)
+        start = end + 1
+        position = start + path_size + data_size
+        if position > len(data):
+            raise LaunchError("truncated bundle payload")
+        path = os.fsdecode(data[start : start + path_size])
+        files.append((path, data[start + path_size : position], mode, uid, gid))
+    return files
 
 
 def _call(result: int, what: str) -> None:
@@ -152,9 +166,9 @@ def _call(result: int, what: str) -> None:
         raise LaunchError(f"cannot {what}: {os.strerror(code)}")
 
 
-def _write_file(root: str, entry: dict) -> None:
+def _write_file(root: str, entry: tuple[str, bytes, int, int, int]) -> None:
     """Write one file below ``root``; its parent directories are made 0700."""
-    relative = entry["path"]
+    relative, content, mode, uid, gid = entry
     parts = relative.split("/")
     if relative.startswith("/") or any(part in ("", ".", "..") for part in parts):
         raise LaunchError(f"bad bundle path {relative!r}")
@@ -167,11 +181,11 @@ def _write_file(root: str, entry: dict) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(path, flags, 0o600)
     try:
-        data = memoryview(base64.b64decode(entry["data"]))
+        data = memoryview(content)
         while data:
             data = data[os.write(fd, data) :]
-        os.fchown(fd, int(entry["uid"]), int(entry["gid"]))
-        os.fchmod(fd, int(entry["mode"]))
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
     finally:
         os.close(fd)
 

@@ -51,7 +51,6 @@ from pathlib import Path
 
 from imgbuild.errors import Interrupted, SandboxError
 from imgbuild.safeopen import resolve_in_root
-from imgbuild.sandbox.console import run_with_console
 from imgbuild.sandbox.overlay import finish_despite_interrupts
 from imgbuild.sandbox.spec import BundleFiles, RunSpec, make_config
 from imgbuild.sandbox.users import ResolvedUser
@@ -71,6 +70,7 @@ def run_container(
     on_output: Callable[[bytes], None] | None = None,
     cancel: threading.Event | None = None,
     stdin_fd: int | None = None,
+    defer_delete: bool = False,
 ) -> int:
     """Run ``spec`` in a container on ``rootfs`` and return its exit status.
 
@@ -94,7 +94,13 @@ def run_container(
     Raises SandboxError when the runtime itself fails (missing, refuses the
     host, cannot start the process); the process's own failure is only an exit
     status.
+
+    With ``defer_delete`` a container that ran to its end is deleted
+    (``RUNTIME delete``, ~10 ms) while the caller goes on, for example to
+    unmount and commit the step; ``wait_for_deletes`` waits for those
+    deletes and reports a failed one (a build calls it before it returns).
     """
+    wait_for_deletes()
     _check_spec(spec)
     if shutil.which(runtime) is None:
         raise SandboxError(
@@ -115,6 +121,9 @@ def run_container(
         stubs = _MountStubs.record(rootfs, _stub_candidates(config["mounts"]))
         try:
             if spec.terminal:
+                # Only `imgbuild run -t` has one: a build's RUN does not import it (socket, termios).
+                from imgbuild.sandbox.console import run_with_console
+
                 status = run_with_console(
                     _launcher(run_dir, files, None), _runtime_command(runtime, run_dir), files.payload(),
                     container_id, run_dir, stdin_fd,
@@ -127,7 +136,10 @@ def run_container(
                 lambda: _delete_container(runtime, container_id, report_errors=False)
             )
             raise
-        _delete_container(runtime, container_id, report_errors=True)
+        if defer_delete:
+            _start_delete(runtime, container_id)
+        else:
+            _delete_container(runtime, container_id, report_errors=True)
         stubs.remove()
         return status
     finally:
@@ -405,6 +417,56 @@ def _delete_container(runtime: str, container_id: str, *, report_errors: bool) -
         raise SandboxError(
             f"{runtime} could not delete container {container_id}: {result.stderr.strip()}"
         )
+
+
+@dataclass
+class _Delete:
+    runtime: str
+    container_id: str
+    process: subprocess.Popen
+
+
+_deletes: list[_Delete] = []  # started, not yet waited for
+_deletes_lock = threading.Lock()  # steps run in threads
+
+
+def _start_delete(runtime: str, container_id: str) -> None:
+    process = subprocess.Popen(
+        [runtime, "delete", "--force", container_id],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    with _deletes_lock:
+        _deletes.append(_Delete(runtime, container_id, process))
+
+
+def wait_for_deletes(*, report_errors: bool = True) -> None:
+    """Wait for the deferred container deletes (``run_container(defer_delete=True)``).
+
+    Raises SandboxError for the first that failed, unless ``report_errors``
+    is false (an earlier error is on its way up).
+    """
+    with _deletes_lock:
+        pending = list(_deletes)
+        _deletes.clear()
+    failures = []
+    for delete in pending:
+        errors = _error_output(delete.process)
+        if delete.process.returncode != 0 and "does not exist" not in errors:
+            failures.append(f"{delete.runtime} could not delete container {delete.container_id}: {errors.strip()}")
+    if failures and report_errors:
+        raise SandboxError(failures[0])
+
+
+def _error_output(process: subprocess.Popen) -> str:
+    """The stderr of a short process, waited for to its end through interrupts."""
+    outcome: list[str] = []
+
+    def finish() -> None:
+        if not outcome:
+            outcome.append(process.communicate()[1])
+
+    finish_despite_interrupts(finish)
+    return outcome[0]
 
 
 def _runtime_errors(log: Path) -> list[str]:

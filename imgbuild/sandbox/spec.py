@@ -22,8 +22,6 @@ The container gets what a Docker/BuildKit RUN step gets:
 
 from __future__ import annotations
 
-import base64
-import json
 import resource
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,23 +125,39 @@ class RunSpec:
 
 
 @dataclass
+class BundleFile:
+    path: str  # relative to the bundle
+    data: bytes
+    mode: int
+    uid: int
+    gid: int
+
+
+@dataclass
 class BundleFiles:
     """The files of the private bundle, written there by ``privatebundle.py``."""
 
-    entries: list[dict] = field(default_factory=list)
+    entries: list[BundleFile] = field(default_factory=list)
 
     def add(self, path: str, data: bytes, mode: int = 0o600, uid: int = 0, gid: int = 0) -> str:
-        encoded = base64.b64encode(data).decode("ascii")
-        self.entries.append({"path": path, "data": encoded, "mode": mode, "uid": uid, "gid": gid})
+        self.entries.append(BundleFile(path, data, mode, uid, gid))
         return path
 
     def size(self) -> int:
         """Bytes of tmpfs they need, with a page per file and room for the directories."""
-        pages = sum(len(entry["data"]) * 3 // 4 // _PAGE + 1 for entry in self.entries)
+        pages = sum(len(entry.data) // _PAGE + 1 for entry in self.entries)
         return (pages + 16) * _PAGE
 
     def payload(self) -> bytes:
-        return json.dumps({"files": self.entries}).encode()
+        """What the launcher reads on stdin: per file a line ``MODE UID GID PATH_BYTES
+        DATA_BYTES``, then the path and the data. A format it parses without
+        importing a module (json and base64 cost it ~7 ms a step)."""
+        parts = []
+        for entry in self.entries:
+            path = entry.path.encode()
+            header = b"%d %d %d %d %d\n" % (entry.mode, entry.uid, entry.gid, len(path), len(entry.data))
+            parts += [header, path, entry.data]
+        return b"".join(parts)
 
 
 def make_config(rootfs: Path, spec: RunSpec, bundle: Path, files: BundleFiles) -> dict:

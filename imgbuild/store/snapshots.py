@@ -10,8 +10,9 @@ the store through ``add_snapshot``.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from imgbuild.errors import DigestMismatch, MountedError
 from imgbuild.image import Descriptor
@@ -30,19 +31,41 @@ def snapshot_path(store: Store, chain_id: str) -> Path | None:
     return path if path.is_dir() else None
 
 def ensure_snapshot(store: Store, layer: Descriptor, diff_id: str, chain_id: str, image: str = "") -> Path:
-    """The extracted directory of a layer, extracting the blob on first use.
+    """The extracted directory of a layer, extracting the blob if it has none yet.
 
     Snapshots are keyed by chain ID, not diff_id: overlayfs refuses a stack
     that names one directory twice, and images with two identical layers
     exist. ``diff_id`` is what the image config claims; the extraction
     checks it (``image`` names the image in the error) and only then is it
     recorded for the blob.
+
+    A pull, a load or an import calls this as each layer arrives (as Docker
+    and containerd unpack on pull), so a build on the image finds every
+    snapshot there; a build calls it too, for a store filled before that.
     """
     existing = snapshot_path(store, chain_id)
     if existing is not None:
         store.db.touch_snapshot(chain_id)
         return existing
+    with store.open_blob(layer.digest) as blob:
+        staged = stage_snapshot(store, blob, layer.media_type or None)
+    return keep_snapshot(store, staged, layer, diff_id, chain_id, image)
 
+
+@dataclass
+class StagedSnapshot:
+    """A layer extracted into the process's work directory, not yet checked or recorded."""
+
+    directory: Path
+    diff_id: str  # what the extracted stream hashed to
+
+
+def stage_snapshot(store: Store, stream: BinaryIO, media_type: str | None) -> StagedSnapshot:
+    """Extract a layer stream (compressed or not) into a new directory of the work dir.
+
+    The directory is removed if the extraction fails; after a ``kill -9`` the
+    next process sweeps the dead one's work dir (``store/owner.py``).
+    """
     from imgbuild.layer.extract import apply_layer  # only here: a cache hit extracts nothing
 
     staging = store.make_temp_dir("snap-")
@@ -50,15 +73,36 @@ def ensure_snapshot(store: Store, layer: Descriptor, diff_id: str, chain_id: str
         # A layer without a root entry says nothing of "/": give it the mode
         # Docker's layers have (mkdtemp's is 0700), whatever our umask.
         os.chmod(staging, 0o755)
-        with store.open_blob(layer.digest) as blob:
-            stats = apply_layer(blob, staging, media_type=layer.media_type or None)
-        if stats.diff_id != diff_id:
-            raise DigestMismatch(_diff_id_mismatch(image, layer.digest, diff_id, stats.diff_id))
+        stats = apply_layer(stream, staging, media_type=media_type)
+    except BaseException:
+        remove_tree(staging)
+        raise
+    return StagedSnapshot(staging, stats.diff_id)
+
+
+def keep_snapshot(
+    store: Store, staged: StagedSnapshot, layer: Descriptor, diff_id: str, chain_id: str, image: str = ""
+) -> Path:
+    """Check a staged extraction against the config's ``diff_id``, then record the
+    blob's diff_id and adopt the directory as the snapshot of ``chain_id``.
+
+    The blob must be in the store already. A mismatch removes the directory
+    and raises ``DigestMismatch`` naming ``image``.
+    """
+    try:
+        if staged.diff_id != diff_id:
+            raise DigestMismatch(_diff_id_mismatch(image, layer.digest, diff_id, staged.diff_id))
         store.record_layer(layer.digest, diff_id, layer.media_type, layer.size)
-        return add_snapshot(store, chain_id, diff_id, staging)
+        return add_snapshot(store, chain_id, diff_id, staged.directory)
     finally:
-        if staging.exists():
-            remove_tree(staging)
+        if staged.directory.exists():
+            remove_tree(staged.directory)
+
+
+def discard_staged(staged: StagedSnapshot | None) -> None:
+    if staged is not None and staged.directory.exists():
+        remove_tree(staged.directory)
+
 
 def add_snapshot(store: Store, chain_id: str, diff_id: str, directory: Path) -> Path:
     """Adopt ``directory`` (on the store's filesystem, holding layer ``diff_id``) as

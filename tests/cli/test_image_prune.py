@@ -50,11 +50,12 @@ def test_prune_removes_dangling_images_and_only_their_blobs(cli, stocked):
     store, kept, old, built_id = stocked
     dangling = _dangling(store)
     assert len(dangling) == 2
-    old_blobs = {old.manifest_digest, old.config_digest} | {
-        layer["digest"] for layer in store.read_json(old.manifest_digest)["layers"]
-    }
+    # The loaded image's layers stay with the snapshots `load` unpacked them
+    # into, as the built image's layer stays with the build cache's entry:
+    # `cache prune` removes both.
+    old_blobs = {old.manifest_digest, old.config_digest}
+    old_layers = {layer["digest"] for layer in store.read_json(old.manifest_digest)["layers"]}
     built = store.load_image(next(d for d in dangling if d.digest != old.manifest_digest))
-    # The built image's layer stays: the build cache uses it (cache prune removes it).
     expected_gone = old_blobs | {built.digest, built.config_descriptor.digest}
     expected_bytes = _on_disk(store, expected_gone)
     before = _blobs(store)
@@ -71,10 +72,14 @@ def test_prune_removes_dangling_images_and_only_their_blobs(cli, stocked):
     assert df["images"]["reclaimable_bytes"] == expected_bytes  # system df said so beforehand
     assert sorted(name for name, _ in store.refs()) == ["busybox:latest", "team/kept:1"]
     assert built.layers[0].digest in _blobs(store)
+    assert old_layers <= _blobs(store)
     assert cli("fsck").exit_code == 0
 
     again = cli("image", "prune", "-f")
     assert again.stdout == "Total reclaimed space: 0B\n"
+    # No image uses the loaded layers' snapshots any more: cache prune takes them and their blobs.
+    assert cli("cache", "prune").exit_code == 0
+    assert not old_layers & _blobs(store)
 
 
 def test_prune_all_with_until_keeps_what_is_newer(cli, stocked):

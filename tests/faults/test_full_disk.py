@@ -2,7 +2,7 @@
 
 The store lives on a 64 MiB ext4 file system of its own, loop-mounted for the
 test (and unmounted after it). A build whose COPY, or whose layer tar, does
-not fit, a base image whose layers do not fit extracted, and a pull of an
+not fit, a load of an image whose layers do not fit extracted, and a pull of an
 image that does not fit, must end with a DiskFull
 error (exit code 1, "No space left on device" and the path, no traceback),
 leave nothing mounted and nothing in tmp/, keep the images already there
@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import secrets
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -167,27 +169,41 @@ def test_pull_into_a_full_store_is_a_clear_error_and_leaves_no_partial_blob(smal
 
 
 def test_base_image_that_does_not_fit_extracted_is_a_clear_error(small_fs, tmp_path):
-    """The blobs fit, their extracted snapshots do not: the build says so and keeps nothing."""
+    """The blobs fit, their extracted snapshots do not: ``load`` unpacks the layers as it
+    copies them in, so it says so and keeps nothing; with room again, it loads and a
+    build on the image works."""
     root = small_fs / "store"
     images = _store_with_an_image(root, tmp_path)
-    layers = [compress_layer(random_layer(20 + n, 8 << 20), "gzip") for n in range(2)]
+    # Zeros: a few KiB of gzip each, 12 MiB each extracted; only the extraction can fill the disk.
+    layers = [compress_layer(_one_file_tar(f"zeros{n}", 12 << 20), "gzip") for n in range(2)]
     layout = tmp_path / "layout"
     write_layout(layout, "big:1", layers, "imgbuild full-disk test")
-    loaded = _imgbuild(root, "load", "-i", str(_oci_archive(layout, tmp_path / "big.tar")))
-    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
-    images["big:1"] = Store(root).resolve("big:1").digest
-    filler = _fill(small_fs, leave=10 << 20)  # the 16 MB of layers do not fit a second time
-    context = _context(tmp_path / "ctx", "FROM big:1\nCOPY small /small\n", {"small": b"small\n"})
+    archive = _oci_archive(layout, tmp_path / "big.tar")
+    filler = _fill(small_fs, leave=10 << 20)
 
-    failed = _build(root, context, "on-big")
+    failed = _imgbuild(root, "load", "-i", str(archive))
     _assert_disk_full(failed, root)
     assert "extracting layer entry" in failed.stderr
     _assert_store_intact(root, images)
+    assert "big:1" not in [name for name, _ in Store(root).refs()]
 
     filler.unlink()
+    loaded = _imgbuild(root, "load", "-i", str(archive))
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    images["big:1"] = Store(root).resolve("big:1").digest
+    context = _context(tmp_path / "ctx", "FROM big:1\nCOPY small /small\n", {"small": b"small\n"})
     done = _build(root, context, "on-big")
     assert done.returncode == 0, done.stdout + done.stderr
     _assert_store_intact(root, images)
+
+
+def _one_file_tar(name: str, size: int) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        info.size = size
+        tar.addfile(info, io.BytesIO(bytes(size)))
+    return buffer.getvalue()
 
 
 def _oci_archive(layout: Path, archive: Path) -> Path:

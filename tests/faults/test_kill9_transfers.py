@@ -1,4 +1,4 @@
-"""``kill -9`` of ``imgbuild pull`` and ``imgbuild push`` at seeded random moments.
+"""``kill -9`` of ``imgbuild pull``, ``load`` and ``push`` at seeded random moments.
 
 The image has four layers of 16 MB of seeded random bytes, stored
 uncompressed so no compressor sets the pace, and imgbuild reaches the real
@@ -10,7 +10,10 @@ checks that most do (the command had started and not ended).
 
 Pull: each run pulls into a fresh store and SIGKILLs the process group; the
 next ``imgbuild pull`` succeeds with the manifest digest of an uninterrupted
-pull, ``imgbuild fsck`` is clean, and no temp files or mounts remain. Push:
+pull, every layer has its snapshot (a pull unpacks as it downloads),
+``imgbuild fsck`` is clean, and no temp files or mounts remain. Load: the same
+with the image as an OCI archive, killed in the second half of a load's time
+(it prints nothing before it ends), while it copies and unpacks. Push:
 each run pushes from a fresh store (a store remembers where it pushed a blob
 and would mount it from there) to a repository name not used before and
 SIGKILLs it the same way; the next push succeeds, the registry serves the
@@ -33,6 +36,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +46,7 @@ from faults.faulttools import SlowProxy, mounts_under, random_layer
 from imagetools import temp_leftovers
 from ocitools import compress_layer, push_layout_raw, write_layout
 
-from imgbuild.image import OCI_MANIFEST, Descriptor
+from imgbuild.image import OCI_MANIFEST, Descriptor, chain_ids
 from imgbuild.store import Store
 
 pytestmark = pytest.mark.root
@@ -175,13 +179,61 @@ def test_kill9_during_pulls_then_the_next_pull_completes(tmp_path, registry, slo
         landing = _killed(_pull_command(root, reference), delay, root.parent / "killed.log")
         landings.append(landing)
         digest = _pull_ok(root, reference)
-        left = _store_problems(root)
+        left = _store_problems(root) + _missing_snapshots(root, reference)
         fault_stats.add("pulls", left, digest != expected, landing.finished)
         if left or digest != expected:
             failures.append(f"seed {_seed() + run} (kill after {delay:.2f}s): {digest} {left}")
         shutil.rmtree(root.parent)  # 100+ MB a run
     assert not failures, "\n".join(failures)
     _check_landings("pull", landings)
+
+
+def _missing_snapshots(root: Path, name: str) -> list[str]:
+    """The layers of image ``name`` that have no snapshot: a pull or load unpacks them all."""
+    store = Store(root)
+    image = store.load_image(name)
+    return [f"no snapshot of layer {n}" for n, chain_id in enumerate(chain_ids(image.diff_ids))
+            if store.snapshot_path(chain_id) is None]
+
+
+def test_kill9_during_loads_then_the_next_load_completes(tmp_path, source, fault_stats):
+    """``imgbuild load`` unpacks each layer as it copies it in: a kill mid-way leaves nothing."""
+    archive = tmp_path / "big.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name in ("oci-layout", "index.json", "blobs"):
+            tar.add(source.layout / name, arcname=name)
+    first = tmp_path / "reference" / "store"
+    began = time.monotonic()
+    done = _imgbuild(first, "load", "-i", str(archive))
+    assert done.returncode == 0, done.stdout + done.stderr
+    took = time.monotonic() - began
+    expected = Store(first).resolve("big").digest
+
+    failures, landings = [], []
+    for run in range(_runs()):
+        rng = random.Random(_seed() + run)
+        # load prints nothing until it is done: a moment in its second half,
+        # when Python has started and the layers are being copied and unpacked.
+        delay = rng.uniform(0.5 * took, 0.95 * took)
+        root = tmp_path / f"load-{run}" / "store"
+        root.parent.mkdir()
+        landing = _killed(_load_command(root, archive), delay, root.parent / "killed.log")
+        landing.started = (root / "index.db").exists()
+        landings.append(landing)
+        done = _imgbuild(root, "load", "-i", str(archive))
+        assert done.returncode == 0, done.stdout + done.stderr
+        digest = Store(root).resolve("big").digest
+        left = _store_problems(root) + _missing_snapshots(root, "big")
+        fault_stats.add("loads", left, digest != expected, landing.finished)
+        if left or digest != expected:
+            failures.append(f"seed {_seed() + run} (kill after {delay:.2f}s): {digest} {left}")
+        shutil.rmtree(root.parent)
+    assert not failures, "\n".join(failures)
+    _check_landings("load", landings)
+
+
+def _load_command(root: Path, archive: Path) -> list[str]:
+    return [sys.executable, "-m", "imgbuild", "--root", str(root), "load", "-i", str(archive)]
 
 
 def _pull_command(root: Path, reference: str) -> list[str]:

@@ -315,3 +315,28 @@ def test_bad_sparse_maps_are_refused(tmp_path: Path, regions, size, match):
     data = b"x" * 8 if match != "other data" else b"x" * 4
     with pytest.raises(LayerError, match=match):
         apply_blob(tar_bytes(sparse_member(regions, size, data)), tmp_path / "t")
+
+
+def _with_checksum(header: bytes, checksum: int) -> bytes:
+    return header[:148] + b"%06o\x00 " % checksum + header[156:]
+
+
+@pytest.mark.parametrize("form", ["unsigned", "signed"])
+def test_header_checksums_as_go_takes_them(tmp_path: Path, form: str):
+    # Go accepts the checksum summed over unsigned or over signed bytes (old
+    # Sun tar); a name with bytes above 127 tells the two apart.
+    name = "caf\xe9-\xff".encode("latin-1")
+    info, data = member(name.decode("latin-1"), data=b"x")
+    header = info.tobuf(tarfile.USTAR_FORMAT, encoding="latin-1", errors="strict")
+    archive = bytearray(header + data.ljust(512, b"\0") + bytes(1024))
+    blank = header[:148] + b" " * 8 + header[156:]
+    unsigned = sum(blank)
+    signed = unsigned - 256 * sum(1 for byte in blank if byte > 127)
+    assert unsigned != signed
+    archive[:512] = _with_checksum(header, unsigned if form == "unsigned" else signed)
+    apply_blob(bytes(archive), tmp_path)
+    assert os.listdir(tmp_path) == [name.decode("utf-8", "surrogateescape")]
+
+    archive[:512] = _with_checksum(header, unsigned + 1)
+    with pytest.raises(LayerError, match="bad checksum"):
+        apply_blob(bytes(archive), tmp_path / "again")

@@ -272,3 +272,30 @@ def test_overlay_xattrs_from_a_layer_are_ignored(sandbox: Sandbox):
     }
     applied_safely(sandbox, tar_bytes((info, data)))
     assert os.listxattr(sandbox.target / "d") == ["user.fine"]
+
+
+def test_a_directory_replaced_by_a_symlink_between_its_entries_is_not_gone_through(sandbox: Sandbox):
+    # The extractor keeps the last entry's directory open: the entry that
+    # replaces that directory must not leave the next one writing into it
+    # (or through the symlink now in its place).
+    blob = tar_bytes(
+        member("d", tarfile.DIRTYPE, mode=0o755),
+        member("d/a", data=b"a"),
+        link("d", str(sandbox.outside)),
+        member("d/b", data=b"b"),
+    )
+    refused(sandbox, blob, "symlink")
+    assert os.readlink(sandbox.target / "d") == str(sandbox.outside)
+    assert not (sandbox.outside / "b").exists()
+
+
+def test_a_directory_replaced_by_a_file_then_made_again_holds_only_later_entries(sandbox: Sandbox):
+    blob = tar_bytes(
+        member("d", tarfile.DIRTYPE, mode=0o755),
+        member("d/a", data=b"a"),
+        member("d", data=b"now a file"),
+        member("d", tarfile.DIRTYPE, mode=0o755),
+        member("d/b", data=b"b"),
+    )
+    applied_safely(sandbox, blob)
+    assert sorted(os.listdir(sandbox.target / "d")) == ["b"]

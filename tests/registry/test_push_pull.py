@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
+import os
+import tarfile
 
 import pytest
 import requests
-from imagetools import recorded_diff_id
+from imagetools import recorded_diff_id, temp_leftovers
+from ocitools import compress_layer, push_layout_raw, write_layout
 
-from imgbuild.errors import ImgbuildError, RegistryError, UsageError
+from imgbuild.errors import DigestMismatch, ImgbuildError, RegistryError, UsageError
 from imgbuild.image import (
     DOCKER_MANIFEST,
     OCI_INDEX,
@@ -18,6 +22,7 @@ from imgbuild.image import (
     Descriptor,
     Platform,
     canonical_json,
+    chain_ids,
 )
 from imgbuild.registry.client import RegistryOptions
 from imgbuild.registry.pull import pull
@@ -38,16 +43,18 @@ def other_platform() -> Platform:
 
 
 def assert_image_complete(store, image) -> None:
-    """Every blob is in the store and hashes to its name; each layer holds its diff_id.
+    """Every blob is in the store and hashes to its name; each layer holds its diff_id
+    and is unpacked into the snapshot of its place in the stack.
 
-    The store itself records a pulled layer's diff_id only once extracting the
-    layer has verified it, never from the config's word alone.
+    The pull extracts each layer as it arrives (as docker pull does), and the
+    store records a layer's diff_id only because that extraction verified it.
     """
     store.read_blob(image.digest)
     store.read_blob(image.config_descriptor.digest)
-    for layer, diff_id in zip(image.layers, image.diff_ids, strict=True):
+    for layer, diff_id, chain_id in zip(image.layers, image.diff_ids, chain_ids(image.diff_ids), strict=True):
         assert sha256(gzip.decompress(store.read_blob(layer.digest))) == diff_id
-        assert recorded_diff_id(store, layer.digest) is None
+        assert recorded_diff_id(store, layer.digest) == diff_id
+        assert store.snapshot_path(chain_id) is not None
 
 
 def test_push_then_skopeo_copies_it_back(registry, busybox_store, skopeo, tmp_path, new_repo):
@@ -303,3 +310,55 @@ def test_pull_of_a_non_image_is_refused(registry, make_store, new_repo):
     with pytest.raises(RegistryError, match="is not a container image"):
         pull(store, f"{registry.host}/{repo}:1")
     assert store.refs() == []
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_pull_unpacks_each_layer_at_its_place_in_the_stack(registry, make_store, new_repo, tmp_path):
+    """Layers [a, b, a]: three snapshots, one per chain ID, each holding its layer."""
+    a = compress_layer(_tar({"a": b"a\n"}), "gzip")
+    b = compress_layer(_tar({"b": b"b\n"}), "zstd")
+    manifest = write_layout(tmp_path / "layout", "stack", [a, b, a], "test")
+    repository = new_repo("stack")
+    push_layout_raw(tmp_path / "layout", manifest, registry.host, repository, "1")
+    target = f"{registry.host}/{repository}:1"
+    store = make_store("pulled")
+
+    image = pull(store, target)
+
+    snapshots = [store.snapshot_path(chain_id) for chain_id in chain_ids(image.diff_ids)]
+    assert None not in snapshots and len(set(snapshots)) == 3
+    assert [sorted(os.listdir(path)) for path in snapshots] == [["a"], ["b"], ["a"]]
+    assert temp_leftovers(store) == []
+
+
+def test_a_pulled_layer_that_lies_about_its_diff_id_fails_the_pull(registry, make_store, new_repo, tmp_path):
+    """The pull unpacks, so it proves every diff_id: a liar is refused, naming the image."""
+    good = compress_layer(_tar({"g": b"good\n"}), "gzip")
+    real = _tar({"f": b"real\n"})
+    liar = compress_layer(real, "gzip")
+    claimed = sha256(b"something else")
+    liar.diff_id = claimed
+    repository = new_repo("liar")
+    manifest = write_layout(tmp_path / "layout", "liar", [good, liar], "test")
+    push_layout_raw(tmp_path / "layout", manifest, registry.host, repository, "1")
+    target = f"{registry.host}/{repository}:1"
+    store = make_store("pulled")
+
+    with pytest.raises(DigestMismatch) as caught:
+        pull(store, target)
+
+    message = str(caught.value)
+    assert target in message and claimed in message and sha256(real) in message
+    assert store.refs() == []
+    assert recorded_diff_id(store, sha256(liar.data)) is None
+    assert not store.db.query("SELECT 1 FROM snapshots WHERE diff_id=?", (claimed,))
+    assert temp_leftovers(store) == []

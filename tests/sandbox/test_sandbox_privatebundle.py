@@ -5,8 +5,6 @@ Run for real, as the sandbox runs it, with a shell in place of the runtime.
 
 from __future__ import annotations
 
-import base64
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +13,7 @@ import pytest
 from sandbox.sandboxtools import needs_root_and_runc
 
 from imgbuild.sandbox import runtime as sandbox
+from imgbuild.sandbox.spec import BundleFiles
 from imgbuild.store.mounts import mounts_under
 
 pytestmark = pytest.mark.root
@@ -26,8 +25,11 @@ def _root():
     needs_root_and_runc()
 
 
-def _launch(mount_point: Path, error_file: Path, files: list[dict], command: list[str]):
-    payload = json.dumps({"files": files}).encode()
+def _launch(mount_point: Path, error_file: Path, files: list[tuple], command: list[str]):
+    bundle = BundleFiles()
+    for path, data, mode, uid, gid in files:
+        bundle.add(path, data, mode, uid, gid)
+    payload = bundle.payload()
     return subprocess.run(
         [sys.executable, "-I", "-S", str(LAUNCHER), str(mount_point), "1048576", str(error_file),
          "--", *command],
@@ -37,9 +39,8 @@ def _launch(mount_point: Path, error_file: Path, files: list[dict], command: lis
     )  # fmt: skip
 
 
-def _file(path: str, data: bytes, mode: int, uid: int = 0, gid: int = 0) -> dict:
-    encoded = base64.b64encode(data).decode()
-    return {"path": path, "data": encoded, "mode": mode, "uid": uid, "gid": gid}
+def _file(path: str, data: bytes, mode: int, uid: int = 0, gid: int = 0) -> tuple:
+    return path, data, mode, uid, gid
 
 
 def test_the_files_exist_only_in_the_commands_mount_namespace(tmp_path):
@@ -84,3 +85,24 @@ def test_a_command_that_cannot_start_is_reported(tmp_path):
     done = _launch(bundle, tmp_path / "error", [], [str(tmp_path / "no-such-runtime")])
     assert done.returncode == 125
     assert "No such file or directory" in (tmp_path / "error").read_text()
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"600 0 0 11 999\nconfig.json{}", "truncated bundle payload"),
+        (b"600 0 0 11\nconfig.json", "malformed bundle payload at byte 0"),
+        (b"600 0 0 1 1\nab" + b"x" * 200, "malformed bundle payload at byte 14"),
+    ],
+)
+def test_a_damaged_payload_is_refused_before_anything_is_written(tmp_path, payload, reason):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", str(LAUNCHER), str(bundle), "1048576", str(tmp_path / "error"), "--", "true"],
+        input=payload, capture_output=True, timeout=60,
+    )
+    assert done.returncode == 125
+    assert (tmp_path / "error").read_text() == reason
+    assert list(bundle.iterdir()) == []
+    assert mounts_under(tmp_path) == []
