@@ -39,6 +39,7 @@ from imgbuild.store.gc import (
     disk_usage,
     exclusive_lease,
     file_usage,
+    image_diff_ids,
     is_digest_name,
     live_blobs,
     referenced_blobs,
@@ -165,7 +166,7 @@ def measure(store: Store) -> StoreUsage:
         )
         for row in store.db.cache_rows_lru()
     ]
-    return StoreUsage(blobs, snapshots, store.db.layer_diff_ids(), image_blobs, _image_diff_ids(store), entries)
+    return StoreUsage(blobs, snapshots, store.db.layer_diff_ids(), image_blobs, image_diff_ids(store), entries)
 
 
 def protect_live_builds(store: Store, usage: StoreUsage) -> None:
@@ -194,16 +195,6 @@ def _blob_usage(store: Store) -> dict[str, int]:
         except FileNotFoundError:
             continue
     return blobs
-
-
-def _image_diff_ids(store: Store) -> set[str]:
-    diff_ids: set[str] = set()
-    for _, descriptor in store.refs():
-        try:
-            diff_ids.update(store.load_image(descriptor).diff_ids)
-        except ImgbuildError:
-            continue  # an index for another platform, or broken: its blobs are kept anyway
-    return diff_ids
 
 
 # --- choosing ----------------------------------------------------------------------

@@ -7,10 +7,10 @@ with ``-a`` every image goes, since nothing here runs containers from them
 for it). ``--filter until=24h`` keeps images created less than that long ago.
 On a terminal it asks first; elsewhere it needs ``-f``.
 
-Then the blobs nothing needs any more are removed, as after ``imgbuild rmi``;
-layers the build cache still uses stay (``imgbuild cache prune`` removes
-those). "Total reclaimed space" is what left the disk, measured as
-``imgbuild cache du`` measures (allocated bytes).
+Then the snapshots and blobs nothing needs any more are removed, as after
+``imgbuild rmi``; layers the build cache still uses stay (``imgbuild cache
+prune`` removes those). "Total reclaimed space" is what left the disk,
+measured as ``imgbuild cache du`` measures (allocated bytes).
 """
 
 from __future__ import annotations
@@ -25,14 +25,7 @@ from imgbuild.cli.images import parse_created
 from imgbuild.errors import ImgbuildError, UsageError
 from imgbuild.image import Descriptor
 from imgbuild.store import Store
-from imgbuild.store.gc import (
-    child_descriptors,
-    exclusive_lease,
-    file_usage,
-    pinned_blobs,
-    referenced_blobs,
-    sweep_blobs,
-)
+from imgbuild.store.gc import child_descriptors, exclusive_lease, file_usage, sweep_unused
 from imgbuild.units import human_size, parse_until_filter
 
 
@@ -153,10 +146,9 @@ def prune_images(store: Store, *, all_images: bool, until: float | None) -> Imag
             return result
         with store.lock():
             try:
-                keep = referenced_blobs(store) | pinned_blobs(store)
+                swept = sweep_unused(store, measure=file_usage)
             except ImgbuildError as error:
                 result.skipped_reason = f"{error}; run `imgbuild fsck`"
                 return result
-            swept = sweep_blobs(store, keep, measure=file_usage)
     result.deleted, result.freed_bytes = swept.removed, swept.freed_bytes
     return result

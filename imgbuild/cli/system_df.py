@@ -29,7 +29,7 @@ from imgbuild.cli.image_prune import choose, reachable
 from imgbuild.cli.images import created_since, short_id
 from imgbuild.errors import ImgbuildError
 from imgbuild.store import Store
-from imgbuild.store.gc import pinned_blobs
+from imgbuild.store.gc import cache_layer_blobs, unused_snapshots, used_diff_ids
 from imgbuild.units import human_size
 
 
@@ -113,9 +113,15 @@ def _prune_would_free(store: Store, usage: StoreUsage) -> int:
         return 0
     going = set(zip(gone.names, (d.digest for d in gone.descriptors), strict=True))
     staying = [d for name, d in store.refs() if (name, d.digest) not in going]
-    keep = reachable(store, staying) | pinned_blobs(store)
+    used = reachable(store, staying) | cache_layer_blobs(store)
+    # image prune removes the snapshots no staying image or cache entry uses, then the blobs
+    freed_snapshots = set(unused_snapshots(store.db.snapshot_rows(), used_diff_ids(store, used, staying), None))
+    kept_diff_ids = {diff_id for sid, (diff_id, _) in usage.snapshots.items() if sid not in freed_snapshots}
+    keep = used | {digest for digest, diff_id in usage.layer_diff_ids.items() if diff_id in kept_diff_ids}
     freed = reachable(store, gone.descriptors) - keep
-    return sum(usage.blobs.get(digest, 0) for digest in freed)
+    return sum(usage.blobs.get(digest, 0) for digest in freed) + sum(
+        usage.snapshots[sid][1] for sid in freed_snapshots if sid in usage.snapshots
+    )
 
 
 def _percent(part: int, whole: int) -> str:

@@ -5,6 +5,11 @@ image: index ▶ manifests ▶ config and layers), when the build cache points a
 it (``cache.layer_digest``), or when it is the layer of an extracted snapshot.
 Everything else under ``blobs/sha256`` is removed.
 
+``rmi`` and ``image prune`` first remove the snapshots whose layer no image
+and no cache entry uses any more (``sweep_unused``): pull and load unpack
+every layer as it arrives, so without that an image's layers would outlive
+the image until ``cache prune``, where ``docker rmi`` frees them at once.
+
 Safety against other imgbuild processes: writers hold ``Store.writer_lease()``
 (a shared flock on ``ROOT/gc.lock``) from their first blob until their tag is
 written. The collector takes that lock exclusively, waiting a few seconds at
@@ -53,6 +58,7 @@ class GcResult:
     removed: list[str] = field(default_factory=list)  # digests of the removed blobs
     freed_bytes: int = 0
     skipped_reason: str = ""  # set when the collection did not run
+    snapshots: int = 0  # snapshot directories removed
 
 
 def is_digest_name(name: str) -> bool:
@@ -176,21 +182,70 @@ def live_blobs(store: Store, live: LiveBuilds) -> set[str]:
 
 def pinned_blobs(store: Store) -> set[str]:
     """Blobs that the build cache or a snapshot still uses, tagged or not."""
-    pinned = {row["layer_digest"] for row in store.db.cache_layer_rows()}
-    return pinned | store.db.snapshot_blobs()
+    return cache_layer_blobs(store) | store.db.snapshot_blobs()
 
 
 def collect_garbage(store: Store) -> GcResult:
-    """Remove every blob that is neither referenced nor pinned (see the module doc)."""
+    """Remove the snapshots and blobs that nothing uses (see the module doc)."""
     with exclusive_lease(store, SIDE_LEASE_WAIT_SECONDS) as got_lease:
         if not got_lease:
             return GcResult(skipped_reason="another imgbuild process is writing to the store")
         with store.lock():
             try:
-                keep = referenced_blobs(store) | pinned_blobs(store) | live_blobs(store, store.live_builds())
+                return sweep_unused(store)
             except ImgbuildError as error:
                 return GcResult(skipped_reason=f"{error}; run `imgbuild fsck`")
-            return sweep_blobs(store, keep)
+
+
+def sweep_unused(store: Store, measure=None) -> GcResult:
+    """Remove the snapshots no image, cache entry or running build uses, then
+    every blob that is neither referenced nor pinned. The caller holds the
+    exclusive lease and the store lock."""
+    live = store.live_builds()
+    used = referenced_blobs(store) | cache_layer_blobs(store) | live_blobs(store, live)
+    rows = store.db.snapshot_rows()
+    unused = unused_snapshots(rows, used_diff_ids(store, used), live.fence)
+    sizes = {snapshot_id: disk_usage(store.snapshots_dir / str(snapshot_id)) for snapshot_id in unused}
+    swept = sweep_snapshots(store, unused, sizes, live.work_dirs)
+    result = sweep_blobs(store, used | store.db.snapshot_blobs(), measure)
+    result.snapshots = len(swept.removed)
+    result.freed_bytes += swept.freed_bytes
+    return result
+
+
+def cache_layer_blobs(store: Store) -> set[str]:
+    """The layer blobs the build cache points at."""
+    return {row["layer_digest"] for row in store.db.cache_layer_rows()}
+
+
+def used_diff_ids(store: Store, used_blobs: set[str], images: Iterable[Descriptor] | None = None) -> set[str]:
+    """The diff_ids of the layers that ``used_blobs`` and the images (default:
+    every stored image) name."""
+    known = store.db.layer_diff_ids()
+    return {known[digest] for digest in used_blobs if digest in known} | image_diff_ids(store, images)
+
+
+def image_diff_ids(store: Store, images: Iterable[Descriptor] | None = None) -> set[str]:
+    """Every diff_id the configs of ``images`` (default: every stored image) list."""
+    diff_ids: set[str] = set()
+    if images is None:
+        images = [descriptor for _, descriptor in store.refs()]
+    for descriptor in images:
+        try:
+            diff_ids.update(store.load_image(descriptor).diff_ids)
+        except ImgbuildError:
+            continue  # an index for another platform, or broken: its blobs are kept anyway
+    return diff_ids
+
+
+def unused_snapshots(rows: Iterable, used: set[str], fence: float | None) -> list[int]:
+    """Ids of the snapshots whose layer is not in ``used`` (diff_ids), leaving
+    those a running build may use (made or used since ``fence``)."""
+    return sorted(
+        row["id"]
+        for row in rows
+        if row["diff_id"] not in used and (fence is None or max(row["created"], row["last_used"]) < fence)
+    )
 
 
 def sweep_blobs(store: Store, keep: set[str], measure=None, only: set[str] | None = None) -> GcResult:

@@ -12,6 +12,7 @@ from cli.foreignimage import umoci_image
 from imagetools import make_busybox_image
 
 from imgbuild.store import Store
+from imgbuild.store.gc import disk_usage
 
 
 def _on_disk(store: Store, digests) -> int:
@@ -50,14 +51,19 @@ def test_prune_removes_dangling_images_and_only_their_blobs(cli, stocked):
     store, kept, old, built_id = stocked
     dangling = _dangling(store)
     assert len(dangling) == 2
-    # The loaded image's layers stay with the snapshots `load` unpacked them
-    # into, as the built image's layer stays with the build cache's entry:
-    # `cache prune` removes both.
+    # The loaded image's layers go with it, snapshots (`load` unpacked them)
+    # included, as `docker image prune` frees them; the built image's layer
+    # stays with the build cache's entry (`cache prune` removes it).
     old_blobs = {old.manifest_digest, old.config_digest}
     old_layers = {layer["digest"] for layer in store.read_json(old.manifest_digest)["layers"]}
+    old_diff_ids = set(store.load_image(old.manifest_digest).diff_ids)
+    old_snapshots = [row["id"] for row in store.db.snapshot_rows() if row["diff_id"] in old_diff_ids]
+    assert old_snapshots, "load unpacks every layer"
     built = store.load_image(next(d for d in dangling if d.digest != old.manifest_digest))
-    expected_gone = old_blobs | {built.digest, built.config_descriptor.digest}
-    expected_bytes = _on_disk(store, expected_gone)
+    expected_gone = old_blobs | old_layers | {built.digest, built.config_descriptor.digest}
+    expected_bytes = _on_disk(store, expected_gone) + sum(
+        disk_usage(store.snapshots_dir / str(sid)) for sid in old_snapshots
+    )
     before = _blobs(store)
     df = json.loads(cli("system", "df", "--format", "json").stdout)
 
@@ -72,14 +78,12 @@ def test_prune_removes_dangling_images_and_only_their_blobs(cli, stocked):
     assert df["images"]["reclaimable_bytes"] == expected_bytes  # system df said so beforehand
     assert sorted(name for name, _ in store.refs()) == ["busybox:latest", "team/kept:1"]
     assert built.layers[0].digest in _blobs(store)
-    assert old_layers <= _blobs(store)
+    assert not {row["id"] for row in store.db.snapshot_rows()} & set(old_snapshots)
+    assert not any((store.snapshots_dir / str(sid)).exists() for sid in old_snapshots)
     assert cli("fsck").exit_code == 0
 
     again = cli("image", "prune", "-f")
     assert again.stdout == "Total reclaimed space: 0B\n"
-    # No image uses the loaded layers' snapshots any more: cache prune takes them and their blobs.
-    assert cli("cache", "prune").exit_code == 0
-    assert not old_layers & _blobs(store)
 
 
 def test_prune_all_with_until_keeps_what_is_newer(cli, stocked):

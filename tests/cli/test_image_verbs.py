@@ -148,6 +148,34 @@ def test_rmi_untags_and_prunes_what_only_it_used(cli, store, busybox):
     assert store.load_image("second:1").digest == second.digest
 
 
+def test_rmi_frees_the_layers_and_snapshots_a_load_unpacked(cli, store, busybox, tmp_path):
+    """load unpacks every layer into a snapshot; rmi frees them with the image,
+    as ``docker rmi`` does, and keeps what another image still uses."""
+    from cli.foreignimage import umoci_image
+
+    from imgbuild.image import chain_ids
+
+    foreign = umoci_image(tmp_path / "umoci", "team/foreign:1", files={"f": os.urandom(30000)})
+    assert cli("load", "-i", str(foreign.archive)).exit_code == 0
+    image = store.load_image("team/foreign:1")
+    rows = [row for row in store.db.snapshot_rows() if row["diff_id"] in image.diff_ids]
+    assert rows, "load unpacks every layer"
+    for layer, diff_id, chain_id in zip(busybox.layers, busybox.diff_ids, chain_ids(busybox.diff_ids), strict=True):
+        store.ensure_snapshot(layer, diff_id, chain_id)  # as a build on busybox would
+    busybox_rows = [row["id"] for row in store.db.snapshot_rows() if row["diff_id"] in busybox.diff_ids]
+    assert busybox_rows
+
+    result = cli("rmi", "team/foreign:1")
+    assert result.exit_code == 0, result.stderr
+    layers = {layer.digest for layer in image.layers}
+    assert not layers & {"sha256:" + name for name in blob_files(store)}
+    assert not any((store.snapshots_dir / str(row["id"])).exists() for row in rows)
+    assert not {row["id"] for row in store.db.snapshot_rows()} & {row["id"] for row in rows}
+    # busybox is still tagged: its snapshots stay
+    assert {row["id"] for row in store.db.snapshot_rows()} >= set(busybox_rows)
+    assert cli("fsck").exit_code == 0
+
+
 def test_rmi_no_prune_keeps_blobs(cli, store, busybox):
     before = blob_files(store)
     result = cli("rmi", "--no-prune", "busybox")

@@ -53,31 +53,50 @@ def test_untagged_images_and_other_tags_keep_their_blobs(store_root):
     assert digests_of(untagged) | digests_of(image) == referenced_blobs(store)
 
 
-def test_build_cache_and_snapshots_pin_layer_blobs(store_root):
+def _snapshot(store, image):
+    directory = store.make_temp_dir("snap-")
+    return store.add_snapshot(image.diff_ids[0], image.diff_ids[0], directory)
+
+
+def test_build_cache_pins_layers_and_unused_snapshots_go(store_root):
+    """A cache entry keeps its layer blob (and that layer's snapshot); a
+    snapshot whose layer no image and no cache entry uses goes with its blob,
+    as ``docker rmi`` frees an image's layers; a tagged image keeps its own."""
     store = Store(store_root)
     cached = make_small_image(store, "cached:1", {"c": "cached layer"})
-    snapshotted = make_small_image(store, "snap:1", {"s": "snapshot layer"})
+    dropped = make_small_image(store, "snap:1", {"s": "snapshot layer"})
+    tagged = make_small_image(store, "kept:1", {"k": "kept layer"})
     cached_layer = cached.layers[0]
     now = time.time()
     store.db.execute(
         "INSERT INTO cache(key, layer_digest, created_by, created, last_used) VALUES (?,?,?,?,?)",
         ("sha256:" + "1" * 64, cached_layer.digest, "RUN true", now, now),
     )
-    snapshot_dir = store.make_temp_dir("snap-")
-    store.add_snapshot(snapshotted.diff_ids[0], snapshotted.diff_ids[0], snapshot_dir)
+    cached_snapshot, dropped_snapshot, tagged_snapshot = (_snapshot(store, i) for i in (cached, dropped, tagged))
 
     store.untag("cached:1")
     store.untag("snap:1")
     result = collect_garbage(store)
 
-    remaining = blob_files(store)
-    assert remaining == hexes({cached_layer.digest, snapshotted.layers[0].digest})
-    assert set(result.removed) == {
-        cached.digest,
-        cached.config_descriptor.digest,
-        snapshotted.digest,
-        snapshotted.config_descriptor.digest,
-    }
+    assert blob_files(store) == hexes({cached_layer.digest} | digests_of(tagged))
+    assert set(result.removed) == digests_of(dropped) | {cached.digest, cached.config_descriptor.digest}
+    assert result.snapshots == 1
+    assert cached_snapshot.is_dir() and tagged_snapshot.is_dir() and not dropped_snapshot.exists()
+    assert {row["diff_id"] for row in store.db.snapshot_rows()} == {cached.diff_ids[0], tagged.diff_ids[0]}
+    assert check_store(store).ok
+
+
+def test_a_running_build_keeps_the_snapshots_it_may_use(store_root):
+    store = Store(store_root)
+    image = make_small_image(store, "base:1", {"b": "base layer"})
+    with store.build_lease():  # a build that resolved base:1 and is unpacking it
+        snapshot = _snapshot(store, image)
+        store.untag("base:1")
+        result = collect_garbage(store)
+        assert snapshot.is_dir() and result.snapshots == 0
+        assert image.layers[0].digest in {"sha256:" + name for name in blob_files(store)}
+    assert collect_garbage(store).snapshots == 1
+    assert not snapshot.exists()
 
 
 def test_collection_is_skipped_while_a_writer_holds_the_lease(store_root):
