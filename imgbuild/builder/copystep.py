@@ -26,7 +26,6 @@ from imgbuild.builder.state import StageState
 from imgbuild.cache.keys import instruction_document
 from imgbuild.context.source import BuildContext
 from imgbuild.errors import BuildError
-from imgbuild.sandbox.users import MAX_ID, id_in_range, image_table
 
 
 @dataclass(frozen=True)
@@ -81,9 +80,10 @@ class CopyRequest:
 
 @dataclass
 class Downloads:
-    """The ADD URLs of one step, each downloaded at most once into ``directory``."""
+    """The ADD URLs of one step, each downloaded at most once into ``directory``
+    (None for a step with no URL source: nothing is downloaded)."""
 
-    directory: Path
+    directory: Path | None
     checksum: str | None
     files: dict[str, Fetched] = field(default_factory=dict)
 
@@ -122,10 +122,11 @@ def source_digests(request: CopyRequest, context: BuildContext, downloads: Downl
     return digests
 
 
-def plan_copy(builder, state: StageState, instruction, downloads_dir: Path, *, is_add: bool) -> LayerWork:
+def plan_copy(builder, state: StageState, instruction, downloads_dir: Path | None, *, is_add: bool) -> LayerWork:
     """The COPY/ADD step's key document and, for a miss, how to copy.
 
-    ``downloads_dir`` holds the step's ADD downloads until the step is done.
+    ``downloads_dir`` holds the step's ADD downloads until the step is done
+    (None when no source is a URL).
     """
     name = "ADD" if is_add else "COPY"
     workdir = ic.container_config(state.config).get("WorkingDir") or "/"
@@ -268,6 +269,8 @@ def _is_number(text: str) -> bool:
 
 
 def _checked_id(number: int, chown: str) -> int:
+    from imgbuild.sandbox.users import MAX_ID, id_in_range  # --chown runs on a miss only
+
     if not id_in_range(number):
         raise BuildError(
             f"invalid --chown={chown}: {number} is out of range; uids and gids must be in range 0-{MAX_ID}"
@@ -277,6 +280,8 @@ def _checked_id(number: int, chown: str) -> int:
 
 def _lookup_entry(rootfs: Path, table: str, name: str, what: str, chown: str) -> list[str]:
     """The fields of ``name``'s line in /etc/passwd or /etc/group of the image."""
+    from imgbuild.sandbox.users import image_table
+
     if not name:
         raise BuildError(f"invalid --chown={chown}: empty {what}")
     for fields in image_table(rootfs, table):

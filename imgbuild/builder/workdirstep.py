@@ -8,7 +8,6 @@ from imgbuild.builder.layerstep import LayerWork
 from imgbuild.builder.state import StageState
 from imgbuild.errors import BuildError, NotADirectory
 from imgbuild.safeopen import resolve_in_root
-from imgbuild.sandbox.users import resolve_user
 
 
 def plan_workdir(state: StageState, instruction) -> LayerWork | None:
@@ -25,6 +24,8 @@ def plan_workdir(state: StageState, instruction) -> LayerWork | None:
             target = resolve_in_root(merged, path)
             if target.is_dir():
                 return
+            from imgbuild.sandbox.users import resolve_user  # the step runs: a miss
+
             owner = resolve_user(merged, user) if user else None
             try:
                 mkdir_all(merged, path, (owner.uid, owner.gid) if owner else None)

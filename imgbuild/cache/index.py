@@ -15,7 +15,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from imgbuild.cache.share import CacheShareError
 from imgbuild.errors import ImgbuildError
 from imgbuild.image import Descriptor, LayerRef
 from imgbuild.store import Store
@@ -93,6 +92,8 @@ class BuildCache:
                 try:
                     source.fetch(self.store, layer.blob)
                 except ImgbuildError as error:
+                    from imgbuild.cache.share import CacheShareError  # only with --cache-from
+
                     raise CacheShareError(
                         f"cannot take layer {layer.blob.digest} from the imported cache {source.where}: {error}. "
                         "Export it again with --cache-to, or build without this --cache-from"

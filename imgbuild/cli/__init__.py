@@ -64,13 +64,17 @@ def make_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole CLI; with ``only``, just that verb's module is imported.
 
     Importing every verb would load what only some need (requests for pull
-    and push, ...); that start-up time is most of a warm no-op rebuild.
+    and push, ...); that start-up time is most of a warm no-op rebuild. With
+    ``only`` naming a verb, the other verbs get no parser at all: only the
+    top-level help lists them, and it is not shown then.
     """
     parser = _Parser(prog="imgbuild", description="Build OCI images from Dockerfiles, no daemon.")
     parser.add_argument("--root", default=None, help="store root (default $IMGBUILD_ROOT or ~/.local/share/imgbuild)")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="verb", parser_class=_Parser)
     for verb, (module_name, help_text) in VERBS.items():
+        if only and verb != only:
+            continue
         verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
         if only is None or verb == only:
             module = importlib.import_module(f"imgbuild.cli.{module_name}")

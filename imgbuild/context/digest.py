@@ -171,7 +171,10 @@ class RememberedSelection:
         return self.stat_cache.known_selection(self.key, self.fingerprint)
 
     def remember(self, digest: str) -> None:
-        if self.newest_ctime_ns >= self.started_ns - RACY_WINDOW_NS:
+        window = RACY_WINDOW_NS
+        if self.newest_ctime_ns % 1_000_000_000 == 0:
+            window = 1_000_000_000  # a file system that keeps whole seconds: a tick is a second
+        if self.newest_ctime_ns >= self.started_ns - window:
             return
         self.stat_cache.remember_selection(self.key, self.root, self.fingerprint, digest)
 

@@ -62,6 +62,14 @@ NEVER_ON_A_HIT = (
     "imgbuild.sandbox.spec",
     "imgbuild.sandbox.cacerts",
     "imgbuild.builder.export",
+    # the second round: --chown and USER lookups, --cache-from/--cache-to,
+    # did-you-mean messages, runc and tar outputs, platform (os.uname says it)
+    "imgbuild.sandbox",
+    "imgbuild.cache.share",
+    "imgbuild.cache.sharemounts",
+    "difflib",
+    "subprocess",
+    "platform",
 )
 
 DOCKERFILE = """\
