@@ -37,6 +37,19 @@ def test_identical_rebuild_is_all_cached(build_df, store):
     assert second.tree() == first.tree()
 
 
+def test_a_cached_rebuild_with_the_same_tag_leaves_index_json_alone(build_df, store):
+    first = build_df(DOCKERFILE, {"data": "x\n"}, store=store, tags=["same:1"])
+    index = store.layout / "index.json"
+    before = os.stat(index)
+    second = build_df(DOCKERFILE, context=first.context, store=store, tags=["same:1"])
+    assert second.result.steps_run == 0 and second.image.digest == first.image.digest
+    after = os.stat(index)
+    # not rewritten (a rename would give a new inode): nothing to fsync
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    other = build_df(DOCKERFILE, context=first.context, store=store, tags=["other:1"])
+    assert os.stat(index).st_ino != before.st_ino and other.result.steps_run == 0
+
+
 def test_identical_rebuild_with_source_date_epoch_is_the_same_image(build_df, store):
     first = build_df(DOCKERFILE, {"data": "x\n"}, store=store, source_date_epoch=1700000000)
     second = build_df(DOCKERFILE, context=first.context, store=store, source_date_epoch=1700000000)
