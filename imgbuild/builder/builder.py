@@ -43,7 +43,7 @@ from imgbuild.builder.runstep import plan_run
 from imgbuild.builder.state import StageResult, StageState
 from imgbuild.builder.workdirstep import plan_workdir
 from imgbuild.cache.index import BuildCache
-from imgbuild.cache.prune import Limits, collect_if_over, limits_for
+from imgbuild.cache.limits import Limits, limits_for, within_limits
 from imgbuild.context.buildfiles import load_ignore_patterns, read_build_file
 from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.source import BuildContext
@@ -263,6 +263,10 @@ class Builder:
 
     def _collect_garbage(self, limits: Limits) -> None:
         """Prune the cache when the store passes its limits (--max-cache, --min-free)."""
+        if within_limits(self.store, limits):
+            return  # the usual case: the prune code is not even loaded
+        from imgbuild.cache.prune import collect_if_over
+
         result = collect_if_over(self.store, limits)
         if result is None:
             return

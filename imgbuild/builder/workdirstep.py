@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from imgbuild.builder import imageconfig as ic
-from imgbuild.builder.copy import mkdir_all
 from imgbuild.builder.layerstep import LayerWork
 from imgbuild.builder.state import StageState
 from imgbuild.errors import BuildError, NotADirectory
@@ -24,7 +23,8 @@ def plan_workdir(state: StageState, instruction) -> LayerWork | None:
             target = resolve_in_root(merged, path)
             if target.is_dir():
                 return
-            from imgbuild.sandbox.users import resolve_user  # the step runs: a miss
+            from imgbuild.builder.copy import mkdir_all  # the step runs: a miss
+            from imgbuild.sandbox.users import resolve_user
 
             owner = resolve_user(merged, user) if user else None
             try:

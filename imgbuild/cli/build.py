@@ -20,7 +20,7 @@ from imgbuild.builder.options import (
     parse_secret,
     parse_ssh,
 )
-from imgbuild.cache.prune import parse_limit
+from imgbuild.cache.limits import parse_limit
 from imgbuild.cli.tag import target_name
 from imgbuild.context.buildfiles import read_dockerfile_stdin
 from imgbuild.errors import DockerfileError, ImgbuildError, UsageError

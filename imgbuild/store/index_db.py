@@ -27,7 +27,9 @@ from imgbuild.errors import DiskFull, disk_full
 # 3: every cache entry keeps the inputs of its key and where its step stood
 # (the ``cache`` columns below ``hits``, and ``file_lists``); a version-2
 # database gets the columns on open (its entries keep working, with no inputs).
-SCHEMA_VERSION = 3
+# 4: ``selection_digests`` (remembered context digests). A database already at
+# this version is opened without running the schema script again.
+SCHEMA_VERSION = 4
 
 # Columns version 3 added to ``cache``, with their types, for the migration.
 CACHE_COLUMNS_V3 = (
@@ -138,6 +140,8 @@ class IndexDB:
         # safe for two processes opening a new store at once.
         with full_disk_is_an_error(path, "opening the store's index"):
             conn = self.connection()
+            if self.schema_version() == SCHEMA_VERSION:
+                return  # every table and column is there: a cached build opens the index cheaply
             self._add_missing_cache_columns()
             conn.executescript(SCHEMA)
             if not self.has_legacy_snapshots():

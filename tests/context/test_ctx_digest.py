@@ -335,3 +335,14 @@ def test_a_file_swapped_while_the_digest_is_made_is_not_taken_next_time(aged_tre
     after, reused = remembered_digest(db, aged_tree)
     assert after == fresh_digest(aged_tree)
     assert not reused
+
+
+def test_a_version_3_index_gets_the_remembered_selections_table(tmp_path):
+    db_path = tmp_path / "index.db"
+    IndexDB(db_path)
+    with sqlite3.connect(db_path) as connection:  # as imgbuild before it had the table left it
+        connection.execute("DROP TABLE selection_digests")
+        connection.execute("PRAGMA user_version = 3")
+    db = IndexDB(db_path)
+    assert db.schema_version() == 4
+    assert db.selection_digest("no such key") is None  # the table is there
