@@ -24,6 +24,7 @@ no xattr, no symlink and no stat-cache row: one ``lstat`` per entry.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import marshal
 import os
@@ -31,7 +32,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -198,6 +199,24 @@ def selection_key(context: BuildContext, selected: Sequence[Selected], root: str
 
 def selection_fingerprint(context: BuildContext, selected: Sequence[Selected]) -> tuple[str, int]:
     """sha256 over every entry's path and lstat (never its content), and the newest ctime among them."""
+    with _no_collection():
+        return _fingerprint(context, selected)
+
+
+@contextmanager
+def _no_collection():
+    """A walk makes a few tuples per entry, tens of thousands, and no reference
+    cycles: the garbage collector would only walk them again and again meanwhile."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _fingerprint(context: BuildContext, selected: Sequence[Selected]) -> tuple[str, int]:
     rows = []
     newest = 0
     for item in selected:
