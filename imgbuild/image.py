@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform as host_platform
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +88,8 @@ class Platform:
 
     @classmethod
     def host(cls) -> Platform:
-        arch, variant = HOST_MACHINES.get(host_platform.machine(), (normalise_arch(host_platform.machine()), ""))
+        machine = os.uname().machine  # platform.machine(), without importing platform
+        arch, variant = HOST_MACHINES.get(machine, (normalise_arch(machine), ""))
         return cls("linux", arch, variant)
 
     @classmethod

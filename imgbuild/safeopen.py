@@ -33,7 +33,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import stat
 import threading
 from pathlib import Path
@@ -49,7 +48,7 @@ _RESOLVE_BENEATH = 0x08
 _EAGAIN_RETRIES = 16  # openat2 asks for a retry when a rename raced the walk
 
 _AT_FDCWD = -100
-_SYSCALL = _SYS_OPENAT2.get(platform.machine())
+_SYSCALL = _SYS_OPENAT2.get(os.uname().machine)  # what platform.machine() says, without importing it
 
 # None until probed; a test may set it to False to run the fallback walk.
 openat2_works: bool | None = None

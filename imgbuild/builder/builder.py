@@ -26,6 +26,7 @@ from imgbuild import dockerfile as frontend
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.baseimage import base_state, onbuild_triggers, resolve_image
 from imgbuild.builder.copystep import plan_copy
+from imgbuild.builder.fetch import is_url
 from imgbuild.builder.finalimage import (
     BuildResult,
     remove_result_files,
@@ -43,9 +44,7 @@ from imgbuild.builder.runstep import plan_run
 from imgbuild.builder.state import StageResult, StageState
 from imgbuild.builder.workdirstep import plan_workdir
 from imgbuild.cache.index import BuildCache
-from imgbuild.cache.prune import Limits, collect_if_over, limits_for
-from imgbuild.cache.share import export_cache, open_source
-from imgbuild.cache.sharemounts import seed_cache_mounts
+from imgbuild.cache.limits import Limits, limits_for, within_limits
 from imgbuild.context.buildfiles import load_ignore_patterns, read_build_file
 from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.source import BuildContext
@@ -86,7 +85,11 @@ class Builder:
         self.options = options
         self.progress = progress or make_progress(options.progress, explain=options.explain)
         self.progress.explain = self.progress.explain or options.explain
-        sources = [open_source(spec, store, options.insecure_registries) for spec in options.cache_from]
+        sources = []
+        if options.cache_from:  # the cache share code is loaded only for --cache-from/--cache-to
+            from imgbuild.cache.share import open_source
+
+            sources = [open_source(spec, store, options.insecure_registries) for spec in options.cache_from]
         for source in sources:
             source.warn = self.progress.warning
         self.cache = BuildCache(store, sources)
@@ -226,6 +229,10 @@ class Builder:
 
     def _seed_cache_mounts(self) -> None:
         """RUN --mount=type=cache directories an imported cache carries and this store lacks."""
+        if not self.cache.sources:
+            return
+        from imgbuild.cache.sharemounts import seed_cache_mounts
+
         for source in self.cache.sources:
             try:
                 made = seed_cache_mounts(self.store, source)
@@ -238,6 +245,10 @@ class Builder:
     def _export_cache(self, target: int) -> None:
         """--cache-to: mode=min the entries behind the final image's layers (the
         target stage and the stages it is FROM), mode=max every stage's."""
+        if not self.options.cache_to:
+            return
+        from imgbuild.cache.share import export_cache
+
         chain = []
         index = target
         while index is not None:
@@ -253,6 +264,10 @@ class Builder:
 
     def _collect_garbage(self, limits: Limits) -> None:
         """Prune the cache when the store passes its limits (--max-cache, --min-free)."""
+        if within_limits(self.store, limits):
+            return  # the usual case: the prune code is not even loaded
+        from imgbuild.cache.prune import collect_if_over
+
         result = collect_if_over(self.store, limits)
         if result is None:
             return
@@ -375,12 +390,15 @@ class Builder:
         if isinstance(expanded, Run):
             run_layer_step(self, stage, state, step, plan_run(self, stage, state, scope, expanded, step), created)
         elif isinstance(expanded, (Copy, Add)):
-            downloads_dir = self.store.make_temp_dir("add-")
+            # Only ADD URLs are downloaded: a COPY makes no directory (nor this
+            # process's work directory in the store) that a cache hit would remove again.
+            downloads_dir = self.store.make_temp_dir("add-") if any(map(is_url, expanded.sources)) else None
             try:
                 work = plan_copy(self, state, expanded, downloads_dir, is_add=isinstance(expanded, Add))
                 run_layer_step(self, stage, state, step, work, created)
             finally:
-                remove_tree(downloads_dir)
+                if downloads_dir is not None:
+                    remove_tree(downloads_dir)
         elif isinstance(expanded, Workdir):
             work = plan_workdir(state, expanded)
             if work is None:

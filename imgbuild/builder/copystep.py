@@ -15,10 +15,9 @@ import posixpath
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgbuild.builder import imageconfig as ic
-from imgbuild.builder.copy import HeredocFile, copy_into
-from imgbuild.builder.copymode import Chmod, parse_chmod
 from imgbuild.builder.fetch import Fetched, fetch_url, is_url
 from imgbuild.builder.layerstep import LayerWork
 from imgbuild.builder.rootfs import layers_opener
@@ -26,7 +25,11 @@ from imgbuild.builder.state import StageState
 from imgbuild.cache.keys import instruction_document
 from imgbuild.context.source import BuildContext
 from imgbuild.errors import BuildError
-from imgbuild.sandbox.users import MAX_ID, id_in_range, image_table
+
+if TYPE_CHECKING:
+    # The copy itself runs on a miss only: a cache hit does not load it.
+    from imgbuild.builder.copy import HeredocFile
+    from imgbuild.builder.copymode import Chmod
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,11 @@ class CopyRequest:
 
     @classmethod
     def from_instruction(cls, instruction, *, is_add: bool, workdir: str) -> CopyRequest:
-        chmod = parse_chmod(instruction.chmod) if instruction.chmod else None
+        chmod = None
+        if instruction.chmod:
+            from imgbuild.builder.copymode import parse_chmod
+
+            chmod = parse_chmod(instruction.chmod)
         if getattr(instruction, "keep_git_dir", False):
             raise BuildError("ADD --keep-git-dir: git sources are not supported")
         sources = list(instruction.sources)
@@ -63,7 +70,11 @@ class CopyRequest:
             for source in sources:
                 if is_url(source):
                     raise BuildError(f"source can't be a URL for COPY: {source} (use ADD)")
-        heredocs = [HeredocFile(doc.name, doc.content) for doc in instruction.heredocs]
+        heredocs = []
+        if instruction.heredocs:
+            from imgbuild.builder.copy import HeredocFile
+
+            heredocs = [HeredocFile(doc.name, doc.content) for doc in instruction.heredocs]
         return cls(
             is_add=is_add,
             sources=sources,
@@ -81,9 +92,10 @@ class CopyRequest:
 
 @dataclass
 class Downloads:
-    """The ADD URLs of one step, each downloaded at most once into ``directory``."""
+    """The ADD URLs of one step, each downloaded at most once into ``directory``
+    (None for a step with no URL source: nothing is downloaded)."""
 
-    directory: Path
+    directory: Path | None
     checksum: str | None
     files: dict[str, Fetched] = field(default_factory=dict)
 
@@ -122,10 +134,11 @@ def source_digests(request: CopyRequest, context: BuildContext, downloads: Downl
     return digests
 
 
-def plan_copy(builder, state: StageState, instruction, downloads_dir: Path, *, is_add: bool) -> LayerWork:
+def plan_copy(builder, state: StageState, instruction, downloads_dir: Path | None, *, is_add: bool) -> LayerWork:
     """The COPY/ADD step's key document and, for a miss, how to copy.
 
-    ``downloads_dir`` holds the step's ADD downloads until the step is done.
+    ``downloads_dir`` holds the step's ADD downloads until the step is done
+    (None when no source is a URL).
     """
     name = "ADD" if is_add else "COPY"
     workdir = ic.container_config(state.config).get("WorkingDir") or "/"
@@ -178,6 +191,7 @@ def _source_context(source_opener, origin: str | None, build_context: BuildConte
 
 def run_copy(request: CopyRequest, context: BuildContext, rootfs: Path, downloads: Downloads) -> None:
     """Copy the request's sources from ``context`` into ``rootfs``."""
+    from imgbuild.builder.copy import copy_into
     chown = resolve_chown(rootfs, request.chown) if request.chown else None
     if request.parents:
         _copy_with_parents(request, context, rootfs, chown)
@@ -209,6 +223,8 @@ def _copy_with_parents(request: CopyRequest, context: BuildContext, rootfs: Path
     As in BuildKit, a ``/./`` in a source is a pivot: only the part after it
     is kept (``COPY --parents ./x/./y/*.txt /d/`` gives ``/d/y/a.txt``).
     """
+    from imgbuild.builder.copy import copy_into
+
     destination = request.dest.rstrip("/") or "/"
     for source in request.sources:
         pivot = _pivot_prefix(source)
@@ -268,6 +284,8 @@ def _is_number(text: str) -> bool:
 
 
 def _checked_id(number: int, chown: str) -> int:
+    from imgbuild.sandbox.users import MAX_ID, id_in_range  # --chown runs on a miss only
+
     if not id_in_range(number):
         raise BuildError(
             f"invalid --chown={chown}: {number} is out of range; uids and gids must be in range 0-{MAX_ID}"
@@ -277,6 +295,8 @@ def _checked_id(number: int, chown: str) -> int:
 
 def _lookup_entry(rootfs: Path, table: str, name: str, what: str, chown: str) -> list[str]:
     """The fields of ``name``'s line in /etc/passwd or /etc/group of the image."""
+    from imgbuild.sandbox.users import image_table
+
     if not name:
         raise BuildError(f"invalid --chown={chown}: empty {what}")
     for fields in image_table(rootfs, table):

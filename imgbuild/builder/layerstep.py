@@ -76,19 +76,29 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
             builder.cache.fetch_layers([layer])  # recompressing reads it
         layer = recompress(builder.store, layer, options.compression, options.compression_level)
         state.layers.append(layer)
-    created = created or _first_built(builder, lookup_key)
+    created = created or _first_built(builder, lookup_key, entry)
     ic.add_history(state.config, work.created_by, empty_layer=layer is None, created=created)
     # On a hit too: entries from before schema 3 get their record then.
-    if builder.cache.needs_inputs(lookup_key):
+    if _needs_inputs(builder, lookup_key, entry):
         record = record or _inputs_of(builder, stage, state, work, lookup_key, key)
         builder.cache.keep_inputs(lookup_key, *record)
     state.key = key
     state.entry_key = lookup_key
 
 
-def _first_built(builder, lookup_key: str) -> str:
-    """When the cache entry for ``lookup_key`` was first built: as recorded, as an
-    imported cache says (its blob still to come), or now."""
+def _needs_inputs(builder, lookup_key: str, entry) -> bool:
+    """Does the entry still lack the record of its key's inputs? As the hit's
+    lookup read it, if it did."""
+    if entry is not None and entry.keeps_inputs is not None:
+        return not entry.keeps_inputs
+    return builder.cache.needs_inputs(lookup_key)
+
+
+def _first_built(builder, lookup_key: str, entry=None) -> str:
+    """When the cache entry for ``lookup_key`` was first built: as recorded (as the
+    hit's lookup read it), as an imported cache says (its blob still to come), or now."""
+    if entry is not None and entry.created is not None:
+        return ic.time_text(entry.created)
     row = builder.store.db.cache_entry(lookup_key)
     if row is not None:
         return ic.time_text(row["created"])

@@ -6,7 +6,6 @@ the CLI and the Python API accept exactly the same strings as buildx does.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import stat
 from dataclasses import dataclass, field
@@ -204,6 +203,8 @@ def parse_add_host(text: str) -> tuple[str, str]:
         raise UsageError(f"--add-host {text!r}: expected NAME:IP, e.g. db:10.0.0.5")
     if address == "host-gateway":
         raise UsageError(f"--add-host {text!r}: host-gateway has no meaning here: RUN uses the host's network")
+    import ipaddress  # only with --add-host
+
     try:
         ipaddress.ip_address(address.strip("[]"))
     except ValueError:

@@ -9,7 +9,6 @@ rewritten.
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -186,6 +185,8 @@ def _write_rootfs(store: Store, layers: list[LayerRef], spec: OutputSpec, progre
         # A tar file makes nothing special on the host: devices and set-id
         # bits are entries in it, created only by whoever extracts it.
         destination.parent.mkdir(parents=True, exist_ok=True)
+        import subprocess  # only for this output
+
         command = ["tar", "--numeric-owner", "--xattrs", "-C", str(merged), "-cf", str(destination), "."]
         result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:

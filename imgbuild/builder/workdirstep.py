@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from imgbuild.builder import imageconfig as ic
-from imgbuild.builder.copy import mkdir_all
 from imgbuild.builder.layerstep import LayerWork
 from imgbuild.builder.state import StageState
 from imgbuild.errors import BuildError, NotADirectory
 from imgbuild.safeopen import resolve_in_root
-from imgbuild.sandbox.users import resolve_user
 
 
 def plan_workdir(state: StageState, instruction) -> LayerWork | None:
@@ -25,6 +23,9 @@ def plan_workdir(state: StageState, instruction) -> LayerWork | None:
             target = resolve_in_root(merged, path)
             if target.is_dir():
                 return
+            from imgbuild.builder.copy import mkdir_all  # the step runs: a miss
+            from imgbuild.sandbox.users import resolve_user
+
             owner = resolve_user(merged, user) if user else None
             try:
                 mkdir_all(merged, path, (owner.uid, owner.gid) if owner else None)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from imgbuild.cache.share import CacheShareError
 from imgbuild.errors import ImgbuildError
 from imgbuild.image import Descriptor, LayerRef
 from imgbuild.store import Store
@@ -35,6 +34,11 @@ class CacheEntry:
     layer: LayerRef | None  # None: the step ran and changed nothing
     created_by: str
     hits: int
+    # As the lookup read them from the store's row (None: ask again), so a
+    # hit costs one query: when the entry was first built, whether it keeps
+    # the inputs of its key.
+    created: float | None = None
+    keeps_inputs: bool | None = None
 
 
 class BuildCache:
@@ -64,7 +68,9 @@ class BuildCache:
             # unknown, or pruned behind our back: an imported cache may have it, else rebuild the step
             return self._lookup_imported(key)
         self.store.db.count_cache_hit(key)
-        return CacheEntry(key, layer, row["created_by"], row["hits"] + 1)
+        return CacheEntry(
+            key, layer, row["created_by"], row["hits"] + 1, created=row["created"], keeps_inputs=row["inputs"] is not None
+        )
 
     def _lookup_imported(self, key: str) -> CacheEntry | None:
         for source in self.sources:
@@ -93,6 +99,8 @@ class BuildCache:
                 try:
                     source.fetch(self.store, layer.blob)
                 except ImgbuildError as error:
+                    from imgbuild.cache.share import CacheShareError  # only with --cache-from
+
                     raise CacheShareError(
                         f"cannot take layer {layer.blob.digest} from the imported cache {source.where}: {error}. "
                         "Export it again with --cache-to, or build without this --cache-from"

@@ -31,7 +31,13 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from imgbuild.errors import ImgbuildError, UsageError
+from imgbuild.cache.limits import (  # noqa: F401 (limits_for, parse_limit: here too, as before)
+    Limits,
+    limits_for,
+    parse_limit,
+    within_limits,
+)
+from imgbuild.errors import ImgbuildError
 from imgbuild.store import Store
 from imgbuild.store.gc import (
     LEASE_WAIT_SECONDS,
@@ -47,15 +53,6 @@ from imgbuild.store.gc import (
     sweep_snapshots,
     sweep_statcache,
 )
-
-# BuildKit's defaults (buildkitd config, gcpolicy_unix.go): keep at most
-# min(80% of the disk, 100GB), keep 20% of the disk free, but never collect
-# below a reserve of min(10% of the disk, 10GB).
-DEFAULT_MAX_CACHE = "80%"
-MAX_CACHE_CAP = 100 * 10**9
-DEFAULT_MIN_FREE = "20%"
-RESERVE_PERCENT = 10
-RESERVE_CAP = 10 * 10**9
 
 
 @dataclass
@@ -310,49 +307,6 @@ def _apply(store: Store, usage: StoreUsage, plan: PrunePlan, result: PruneResult
 # --- automatic collection after a build ----------------------------------------------
 
 
-@dataclass
-class Limits:
-    max_cache: int  # bytes the store's blobs and snapshots may take
-    min_free: int  # bytes to keep free on the store's filesystem
-    reserve: int  # a full disk never collects the store below this
-
-
-def parse_limit(text: str, disk_bytes: int, what: str) -> int:
-    """A size (``10GB``) or a share of the store's filesystem (``80%``)."""
-    from imgbuild.units import parse_size
-
-    text = text.strip()
-    if text.endswith("%"):
-        number = text[:-1].strip()
-        if not number.isdigit() or int(number) > 100:
-            raise UsageError(f"{what} {text!r}: a percentage is a whole number from 0% to 100%")
-        return disk_bytes * int(number) // 100
-    return parse_size(text, what)
-
-
-def limits_for(store: Store, max_cache: str | None = None, min_free: str | None = None) -> Limits:
-    """The limits of automatic collection: the flags, else IMGBUILD_MAX_CACHE and
-    IMGBUILD_MIN_FREE, else BuildKit's defaults (see the constants above)."""
-    info = os.statvfs(store.root)
-    disk = info.f_blocks * info.f_frsize
-    max_text, max_what = _setting(max_cache, "--max-cache", "IMGBUILD_MAX_CACHE", DEFAULT_MAX_CACHE)
-    free_text, free_what = _setting(min_free, "--min-free", "IMGBUILD_MIN_FREE", DEFAULT_MIN_FREE)
-    max_bytes = parse_limit(max_text, disk, max_what)
-    if max_what == "the default":
-        max_bytes = min(max_bytes, MAX_CACHE_CAP)
-    reserve = min(disk * RESERVE_PERCENT // 100, RESERVE_CAP, max_bytes)
-    return Limits(max_bytes, parse_limit(free_text, disk, free_what), reserve)
-
-
-def _setting(flag_value: str | None, flag: str, variable: str, default: str) -> tuple[str, str]:
-    """(the text, where it came from) of one limit: the flag, the environment, the default."""
-    if flag_value:
-        return flag_value, flag
-    if os.environ.get(variable):
-        return os.environ[variable], variable
-    return default, "the default"
-
-
 def collection_target(store: Store, limits: Limits, used: int) -> int | None:
     """The size to prune the store down to, or None when it is within its limits."""
     info = os.statvfs(store.root)
@@ -372,9 +326,8 @@ def collect_if_over(store: Store, limits: Limits) -> PruneResult | None:
     """After a build: prune least recently used entries when the store passes its
     limits (first those no image uses, then, if that is not enough, with
     ``--all``). None when within limits; skipped while other writers run."""
-    info = os.statvfs(store.root)
-    if (info.f_blocks - info.f_bfree) * info.f_frsize <= limits.max_cache and info.f_bavail * info.f_frsize >= limits.min_free:
-        return None  # the store cannot take more than the filesystem uses: no walk needed
+    if within_limits(store, limits):
+        return None
     with exclusive_lease(store, SIDE_LEASE_WAIT_SECONDS) as no_writers:
         if not no_writers:
             return PruneResult(skipped_reason="another imgbuild process is using the store")

@@ -20,8 +20,7 @@ from imgbuild.builder.options import (
     parse_secret,
     parse_ssh,
 )
-from imgbuild.cache.prune import parse_limit
-from imgbuild.cache.share import parse_cache_spec
+from imgbuild.cache.limits import parse_limit
 from imgbuild.cli.tag import target_name
 from imgbuild.context.buildfiles import read_dockerfile_stdin
 from imgbuild.errors import DockerfileError, ImgbuildError, UsageError
@@ -159,8 +158,8 @@ def options_from_args(args) -> BuildOptions:
         source_date_epoch=int(epoch) if epoch is not None else None,
         max_cache=args.max_cache,
         min_free=args.min_free,
-        cache_to=[parse_cache_spec(text, "--cache-to") for text in args.cache_to],
-        cache_from=[parse_cache_spec(text, "--cache-from") for text in args.cache_from],
+        cache_to=_cache_specs(args.cache_to, "--cache-to"),
+        cache_from=_cache_specs(args.cache_from, "--cache-from"),
         extra_hosts=[parse_add_host(text) for text in args.add_host],
         annotations=dict(parse_annotation(text) for text in args.annotation),
         build_contexts={c.name: c for c in map(parse_build_context, args.build_context)},
@@ -213,6 +212,15 @@ def check_platform(text: str) -> None:
 
 def runtime_of(args) -> str:
     return args.runtime or os.environ.get("IMGBUILD_RUNTIME") or "runc"
+
+
+def _cache_specs(texts: list[str], flag: str) -> list:
+    """--cache-from/--cache-to; the cache share code is loaded only when one is given."""
+    if not texts:
+        return []
+    from imgbuild.cache.share import parse_cache_spec
+
+    return [parse_cache_spec(text, flag) for text in texts]
 
 
 def run(args) -> int:

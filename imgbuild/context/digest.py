@@ -11,21 +11,32 @@ not here: they are in the instruction text, which the key also covers.
 File contents are hashed once and remembered twice: for the build
 (``ContentHasher``'s memo, by stat identity) and across builds (the stat
 cache, by path and stat identity).
+
+A whole selection's digest is remembered too (``RememberedSelection``),
+under a fingerprint of what a walk with ``lstat`` alone sees of it: names,
+types, modes, owners, sizes, inodes, link counts and times of every entry.
+Whatever else the digest reads changes one of those: new bytes change the
+size or mtime and always the ctime, as does a changed xattr; a symlink
+target only changes with a new inode. So when the fingerprint is the one
+remembered, the digest is too, and a warm rebuild of a large context reads
+no xattr, no symlink and no stat-cache row: one ``lstat`` per entry.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import marshal
 import os
 import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imgbuild.context.statcache import ReadStats, StatCache, stat_identity
+from imgbuild.context.statcache import RACY_WINDOW_NS, ReadStats, StatCache, stat_identity
 
 if TYPE_CHECKING:
     from imgbuild.context.source import BuildContext, Entry, Selected
@@ -35,6 +46,10 @@ READ_CHUNK = 1 << 20
 # A listing kept for ``cache inspect`` (not for the key) stops after this many
 # entries: the key still covers them all, the listing says how many it left out.
 MAX_LISTED_ENTRIES = 10_000
+
+# Part of every remembered selection's key: bump it when the records that
+# ``selection_digest`` hashes change, so no digest of the old records is reused.
+RECORDS_VERSION = 1
 
 
 class ContentHasher:
@@ -74,11 +89,17 @@ class ContentHasher:
         return digest
 
 
-def selection_digest(context: BuildContext, selected: Sequence[Selected], listing: Listing | None = None) -> str:
+def selection_digest(
+    context: BuildContext,
+    selected: Sequence[Selected],
+    listing: Listing | None = None,
+    remembered: RememberedSelection | None = None,
+) -> str:
     """sha256 over exactly what copying ``selected`` from ``context`` reads (see the module doc).
 
     ``listing``, if given, gets one row per entry from the same pass (no file
-    is read twice), for the record of the key's inputs.
+    is read twice), for the record of the key's inputs; ``remembered``, if
+    given, keeps the digest under its fingerprint for the next build.
     """
     hasher = context.hasher
     digest = hashlib.sha256()
@@ -91,6 +112,8 @@ def selection_digest(context: BuildContext, selected: Sequence[Selected], listin
             seen_inodes: dict[tuple[int, int], str] = {}
             for entry in item.entries():
                 digest.update(_entry_record(context, entry, seen_inodes, listing))
+        if remembered is not None:
+            remembered.remember("sha256:" + digest.hexdigest())
     finally:
         if hasher.stat_cache is not None:
             hasher.stat_cache.flush()
@@ -124,6 +147,88 @@ def _entry_record(
     for name, value in entry.xattrs:
         record += b"\0xattr\0" + os.fsencode(name) + b"\0%d:" % len(value) + value
     return b"%d:" % len(record) + record + b"\n"
+
+
+class RememberedSelection:
+    """A selection's digest as an earlier build left it, if nothing it reads changed since.
+
+    Made before the digest is computed: the fingerprint is of the tree as
+    it was then. ``known()`` is the remembered digest when the fingerprint is
+    the same; ``remember(digest)`` keeps a new one, unless an entry changed
+    within ``RACY_WINDOW_NS`` of the walk (a change within the same clock
+    tick could leave its ctime as it was, as the stat cache's rule says).
+    A file that changes while the digest is computed gets a newer ctime
+    than the fingerprint holds, so the next build does not take the digest.
+    """
+
+    def __init__(self, context: BuildContext, selected: Sequence[Selected]):
+        self.stat_cache = context.stat_cache
+        self.started_ns = time.time_ns()
+        self.root = os.path.abspath(context.root)
+        self.key = selection_key(context, selected, self.root)
+        self.fingerprint, self.newest_ctime_ns = selection_fingerprint(context, selected)
+
+    def known(self) -> str | None:
+        return self.stat_cache.known_selection(self.key, self.fingerprint)
+
+    def remember(self, digest: str) -> None:
+        window = RACY_WINDOW_NS
+        if self.newest_ctime_ns % 1_000_000_000 == 0:
+            window = 1_000_000_000  # a file system that keeps whole seconds: a tick is a second
+        if self.newest_ctime_ns >= self.started_ns - window:
+            return
+        self.stat_cache.remember_selection(self.key, self.root, self.fingerprint, digest)
+
+
+def selection_key(context: BuildContext, selected: Sequence[Selected], root: str) -> str:
+    """What names a selection across builds: the context's root and how it is
+    read (ignore patterns, owners), and each selected item with its --exclude."""
+
+    def patterns(matcher) -> list:
+        return [(pattern.text, pattern.exclusion) for pattern in matcher.patterns]
+
+    document = (
+        RECORDS_VERSION,
+        root,
+        context.rootfs,
+        patterns(context.ignore),
+        [(item.relpath, item.name, item.is_dir, patterns(item.exclude)) for item in selected],
+    )
+    return hashlib.sha256(repr(document).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def selection_fingerprint(context: BuildContext, selected: Sequence[Selected]) -> tuple[str, int]:
+    """sha256 over every entry's path and lstat (never its content), and the newest ctime among them."""
+    with _no_collection():
+        return _fingerprint(context, selected)
+
+
+@contextmanager
+def _no_collection():
+    """A walk makes a few tuples per entry, tens of thousands, and no reference
+    cycles: the garbage collector would only walk them again and again meanwhile."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _fingerprint(context: BuildContext, selected: Sequence[Selected]) -> tuple[str, int]:
+    rows = []
+    newest = 0
+    for item in selected:
+        rows.append((item.relpath, item.is_dir))
+        for rel, _, st, *_ in context.entries(item, details=False):
+            ctime = st.st_ctime_ns
+            # st[:7] is (mode, ino, dev, nlink, uid, gid, size), in one call
+            rows.append((rel, st[:7], st.st_mtime_ns, ctime, st.st_rdev))
+            if ctime > newest:
+                newest = ctime
+    # marshal format 2 has no back-references: the same rows give the same bytes
+    return hashlib.sha256(marshal.dumps(rows, 2)).hexdigest(), newest
 
 
 class Listing:

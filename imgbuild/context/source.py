@@ -33,9 +33,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from imgbuild import safeopen
-from imgbuild.context.digest import ContentHasher, Listing, selection_digest
+from imgbuild.context.digest import ContentHasher, Listing, RememberedSelection, selection_digest
 from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.statcache import StatCache
 from imgbuild.errors import ContextError
@@ -55,13 +56,14 @@ class MissingSource(ContextError):
 # --- what a source selects ---------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One filesystem object a copy of a Selected reads.
 
     Everything but a regular file's bytes is read with the listing, through
     descriptors (never by path string); the bytes are read later through
     ``BuildContext.open_for_reading``, which checks it is still this inode.
+    A tuple, not a dataclass: a walk makes one per file, and a large
+    context has tens of thousands.
     """
 
     rel: str  # below the selected item, "/"-separated; "" is the item itself
@@ -125,6 +127,8 @@ class BuildContext:
         # selection digest -> the files it covered, for the record of each
         # key's inputs (``keep_listings``); None keeps none.
         self.listings: dict[str, Listing] | None = None
+        # digests an earlier build remembered: listed only when asked (``listing_of``)
+        self._unlisted: dict[str, Sequence[Selected]] = {}
 
     @classmethod
     def for_rootfs(cls, root: Path, label: str = "the source stage") -> BuildContext:
@@ -262,7 +266,7 @@ class BuildContext:
         if not stat.S_ISDIR(st.st_mode) or not self.ignore.may_reinclude_below(relpath):
             return False
         # An excluded directory is there if something below it is re-included.
-        below = self._walk(relpath, "", _NO_EXCLUDES)
+        below = self._walk(relpath, "", _NO_EXCLUDES, details=False)
         return next(below, None) is not None
 
     def _glob(self, base: str, patterns: list[str]) -> list[str]:
@@ -276,7 +280,7 @@ class BuildContext:
             last = depth == len(patterns) - 1
             matches = []
             for directory in level:
-                for name, st in self._list(_join(base, directory)):
+                for name, st, _, _ in self._list(_join(base, directory)):
                     try:
                         if not go_match(pattern, name):
                             continue
@@ -384,9 +388,12 @@ class BuildContext:
             return self._changed(relpath, _why_refused(error))
         return ContextError(f"cannot read {relpath or '.'} in the {self.label}: {error.strerror}")
 
-    def _list(self, ctx_rel: str, details: bool = False) -> list[tuple[str, os.stat_result]]:
-        """(name, lstat) of a directory's children in byte order, read through
-        one descriptor; with ``details`` also each symlink's target and xattrs."""
+    def _list(
+        self, ctx_rel: str, details: bool = False
+    ) -> list[tuple[str, os.stat_result, str | None, tuple]]:
+        """(name, lstat, symlink target, xattrs) of a directory's children in
+        byte order, read through one descriptor; without ``details`` the
+        target is None and the xattrs are empty (not read)."""
         root = safeopen.open_root(self.root)
         try:
             dir_fd = safeopen.open_beneath(root, ctx_rel, os.O_RDONLY | os.O_DIRECTORY)
@@ -399,9 +406,12 @@ class BuildContext:
         try:
             with os.scandir(dir_fd) as listing:
                 children = [(child.name, child.stat(follow_symlinks=False)) for child in listing]
-            children.sort(key=lambda child: os.fsencode(child[0]))
+            if all(name.isascii() for name, _ in children):
+                children.sort(key=_first)  # the same order as the bytes, cheaper
+            else:
+                children.sort(key=lambda child: os.fsencode(child[0]))
             if not details:
-                return children
+                return [(name, st, None, ()) for name, st in children]
             return [(name, st, *_details(dir_fd, name, st)) for name, st in children]
         except OSError as error:
             # an entry went away or changed its type between the listing and its stat
@@ -411,35 +421,45 @@ class BuildContext:
 
     # -- walking a selection --
 
-    def entries(self, selected: Selected) -> list[Entry]:
+    def entries(self, selected: Selected, *, details: bool = True) -> list[Entry]:
+        """The item and everything below it that a copy reads (``Selected.entries``).
+
+        Without ``details``, symlink targets and xattrs are not read (None and
+        empty): only names and lstat, for ``selection_fingerprint``.
+        """
         relpath = selected.relpath
         try:
             with self._object(relpath) as (fd, st):
-                link = safeopen.read_link(fd) if stat.S_ISLNK(st.st_mode) else None
-                xattrs = read_xattrs(safeopen.xattr_path(fd), follow=True)
+                link = xattrs = None
+                if details:
+                    link = safeopen.read_link(fd) if stat.S_ISLNK(st.st_mode) else None
+                    xattrs = read_xattrs(safeopen.xattr_path(fd), follow=True)
         except (FileNotFoundError, NotADirectoryError):
             raise self._changed(relpath, "it was removed") from None
-        result = [Entry("", str(selected.path), st, relpath, link, tuple(xattrs))]
+        result = [Entry("", str(selected.path), st, relpath, link, tuple(xattrs or ()))]
         if stat.S_ISDIR(st.st_mode):
-            result.extend(self._walk(relpath, "", selected.exclude))
+            result.extend(self._walk(relpath, "", selected.exclude, details))
         return result
 
-    def _walk(self, ctx_rel: str, rel: str, exclude: IgnoreMatcher) -> Iterator[Entry]:
+    def _walk(self, ctx_rel: str, rel: str, exclude: IgnoreMatcher, details: bool = True) -> Iterator[Entry]:
         """Entries below a directory in sorted order, skipping ignored and excluded
         paths; an excluded directory appears only if something below it is
         re-included by an exception (then it must be walked, as BuildKit does)."""
         dir_path = str(self.root / ctx_rel) if ctx_rel else str(self.root)
-        for name, st, link, xattrs in self._list(ctx_rel, details=True):
-            child_ctx = _join(ctx_rel, name)
-            child_rel = _join(rel, name)
-            ignored = self.ignore.ignored(child_ctx)
-            excluded = exclude.ignored(child_rel)
+        # A walk makes these for every file of the context: no calls it can skip.
+        ignore = self.ignore if self.ignore else None
+        excluding = exclude if exclude else None
+        for name, st, link, xattrs in self._list(ctx_rel, details):
+            child_ctx = f"{ctx_rel}/{name}" if ctx_rel else name
+            child_rel = f"{rel}/{name}" if rel else name
+            ignored = ignore is not None and ignore.ignored(child_ctx)
+            excluded = excluding is not None and excluding.ignored(child_rel)
             entry = Entry(child_rel, f"{dir_path}/{name}", st, child_ctx, link, xattrs)
             is_dir = stat.S_ISDIR(st.st_mode)
             if not ignored and not excluded:
                 yield entry
                 if is_dir:
-                    yield from self._walk(child_ctx, child_rel, exclude)
+                    yield from self._walk(child_ctx, child_rel, exclude, details)
                 continue
             if not is_dir:
                 continue
@@ -448,7 +468,7 @@ class BuildContext:
             if excluded and not exclude.may_reinclude_below(child_rel):
                 continue
             shown = False
-            for below in self._walk(child_ctx, child_rel, exclude):
+            for below in self._walk(child_ctx, child_rel, exclude, details):
                 if not shown:
                     yield entry
                     shown = True
@@ -459,12 +479,21 @@ class BuildContext:
     def digest(self, selected: Sequence[Selected]) -> str:
         """sha256 over exactly what copying ``selected`` reads, never mtimes (``digest.py``).
 
-        With ``keep_listings`` on, the files it covered are kept under the digest.
+        With ``keep_listings`` on, the files it covered are kept under the
+        digest. With a stat cache, a digest remembered for the same tree (same
+        names and lstat of every entry) is taken as it is (``digest.py``).
         """
+        remembered = RememberedSelection(self, selected) if self.stat_cache is not None else None
+        if remembered is not None:
+            known = remembered.known()
+            if known is not None:
+                if self.listings is not None and known not in self.listings:
+                    self._unlisted[known] = selected
+                return known
         if self.listings is None:
-            return selection_digest(self, selected)
+            return selection_digest(self, selected, None, remembered)
         listing = Listing()
-        digest = selection_digest(self, selected, listing)
+        digest = selection_digest(self, selected, listing, remembered)
         self.listings[digest] = listing
         return digest
 
@@ -474,7 +503,16 @@ class BuildContext:
             self.listings = {}
 
     def listing_of(self, digest: str) -> Listing | None:
-        return None if self.listings is None else self.listings.get(digest)
+        """The files ``digest`` covered. For a remembered digest (a cache hit
+        needs no listing) the files are listed now, as they are now."""
+        if self.listings is None:
+            return None
+        unlisted = self._unlisted.pop(digest, None)
+        if unlisted is not None and digest not in self.listings:
+            listing = Listing()
+            selection_digest(self, unlisted, listing)
+            self.listings[digest] = listing
+        return self.listings.get(digest)
 
     def content_sha256(self, entry: Entry) -> str:
         """sha256 of a regular file's bytes, from the caches when its stat is unchanged."""
@@ -519,6 +557,10 @@ def read_xattrs(path: str | Path, *, follow: bool = False) -> list[tuple[str, by
         except OSError:
             continue
     return result
+
+
+def _first(pair: tuple) -> str:
+    return pair[0]
 
 
 def _join(head: str, tail: str) -> str:

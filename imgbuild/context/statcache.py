@@ -44,8 +44,10 @@ class StatCache:
         self._pending: dict[str, tuple[int, int, int, int, int, str]] = {}
         self._loaded: dict[str, tuple[int, int, int, int, int, str]] = {}
         self._preloaded_dirs: list[str] = []
+        self._selections: list[tuple[str, str, str, str]] = []  # (key, root, fingerprint, digest)
         self.hits = 0
         self.misses = 0
+        self.selection_hits = 0  # whole selections taken as remembered (``known_selection``)
 
     def preload(self, directory: str) -> None:
         """Read every entry below ``directory`` in one query (a warm rehash of a
@@ -80,15 +82,32 @@ class StatCache:
         with self._lock:
             self._pending[path] = (*stat_identity(st), sha256)
 
+    def known_selection(self, key: str, fingerprint: str) -> str | None:
+        """The digest remembered for selection ``key`` if its fingerprint is
+        ``fingerprint`` (``digest.RememberedSelection``), else None."""
+        with self._lock:
+            queued = [row for row in self._selections if row[0] == key]
+            row = (queued[-1][2], queued[-1][3]) if queued else self._db.selection_digest(key)
+        if row is None or row[0] != fingerprint:
+            return None
+        self.selection_hits += 1
+        return row[1]
+
+    def remember_selection(self, key: str, root: str, fingerprint: str, digest: str) -> None:
+        """Queue a selection's digest under its fingerprint (written by ``flush``)."""
+        with self._lock:
+            self._selections.append((key, root, fingerprint, digest))
+
     def flush(self) -> None:
         """Write the queued entries in one transaction."""
         with self._lock:
-            if not self._pending:
+            if not self._pending and not self._selections:
                 return
             rows = [(path, *values) for path, values in self._pending.items()]
             self._loaded.update(self._pending)
             self._pending.clear()
-            self._db.write_statcache(rows)
+            selections, self._selections = self._selections, []
+            self._db.write_statcache(rows, selections)
 
     def close(self) -> None:
         self.flush()

@@ -15,7 +15,6 @@ element (empty list for a bare ``CMD``).
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -331,6 +330,8 @@ def _convert(node: InstructionLine, escape: str) -> Instruction:
 
 
 def _unknown_instruction(keyword: str) -> str:
+    import difflib  # only for this error: a cache hit never loads it
+
     message = f"unknown instruction: {keyword}"
     close = difflib.get_close_matches(keyword.upper(), list(INSTRUCTION_TYPES), n=1, cutoff=0.6)
     if close:

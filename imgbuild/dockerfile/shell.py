@@ -22,7 +22,6 @@ calls.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -670,5 +669,7 @@ def did_you_mean(word: str, choices) -> str:
 
 def closest(word: str, choices) -> str | None:
     """The choice most like ``word``, if one is close enough to be a typo of it."""
+    import difflib  # only for error messages: a cache hit never loads it
+
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return close[0] if close else None

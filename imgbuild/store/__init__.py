@@ -251,6 +251,8 @@ class Store:
             index = self._read_index()
             manifests = [m for m in index.get("manifests", []) if _ref_name(m) != name]
             manifests.append(descriptor.with_annotations(annotations).to_json())
+            if manifests == index.get("manifests"):
+                return  # already so (a cached rebuild): no rewrite, no fsync
             index["manifests"] = manifests
             self._write_index(index)
 

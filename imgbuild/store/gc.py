@@ -391,4 +391,15 @@ def sweep_statcache(store: Store) -> int:
             stale.append(row["path"])
     if stale:
         store.db.delete_statcache_rows(stale)
+    # Remembered selection digests of contexts that are gone (the rest are
+    # replaced when their context changes, so they stay one per selection).
+    gone = []
+    for root in store.db.selection_roots():
+        try:
+            os.lstat(root)
+        except OSError as error:
+            if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
+                gone.append(root)
+    if gone:
+        store.db.delete_selections_of(gone)
     return len(stale)

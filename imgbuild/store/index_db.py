@@ -27,7 +27,9 @@ from imgbuild.errors import DiskFull, disk_full
 # 3: every cache entry keeps the inputs of its key and where its step stood
 # (the ``cache`` columns below ``hits``, and ``file_lists``); a version-2
 # database gets the columns on open (its entries keep working, with no inputs).
-SCHEMA_VERSION = 3
+# 4: ``selection_digests`` (remembered context digests). A database already at
+# this version is opened without running the schema script again.
+SCHEMA_VERSION = 4
 
 # Columns version 3 added to ``cache``, with their types, for the migration.
 CACHE_COLUMNS_V3 = (
@@ -107,6 +109,15 @@ CREATE TABLE IF NOT EXISTS statcache (
     sha256      TEXT NOT NULL
 );
 
+-- Selection digests of build contexts, remembered under a fingerprint of
+-- every selected entry's lstat (imgbuild.context.digest.RememberedSelection).
+CREATE TABLE IF NOT EXISTS selection_digests (
+    key         TEXT PRIMARY KEY,   -- the context root, its ignore patterns, the items selected
+    root        TEXT NOT NULL,      -- the context root, for sweeping
+    fingerprint TEXT NOT NULL,
+    digest      TEXT NOT NULL
+);
+
 -- Registry repositories known to hold a blob, for cross-repository mounts
 -- on push (imgbuild.registry.sources).
 CREATE TABLE IF NOT EXISTS blob_sources (
@@ -129,6 +140,8 @@ class IndexDB:
         # safe for two processes opening a new store at once.
         with full_disk_is_an_error(path, "opening the store's index"):
             conn = self.connection()
+            if self.schema_version() == SCHEMA_VERSION:
+                return  # every table and column is there: a cached build opens the index cheaply
             self._add_missing_cache_columns()
             conn.executescript(SCHEMA)
             if not self.has_legacy_snapshots():
@@ -429,13 +442,30 @@ class IndexDB:
         )
         return rows[0] if rows else None
 
-    def write_statcache(self, rows: list[tuple]) -> None:
+    def write_statcache(self, rows: list[tuple], selections: list[tuple] = ()) -> None:
+        """Stat-cache rows and remembered selections ((key, root, fingerprint, digest)), in one transaction."""
         with self.transaction() as conn:
             conn.executemany(
                 "INSERT OR REPLACE INTO statcache (path, dev, ino, size, mtime_ns, ctime_ns, sha256)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
+            conn.executemany(
+                "INSERT OR REPLACE INTO selection_digests (key, root, fingerprint, digest) VALUES (?, ?, ?, ?)",
+                selections,
+            )
+
+    def selection_digest(self, key: str) -> tuple[str, str] | None:
+        """(fingerprint, digest) remembered for a selection key, or None."""
+        rows = self.query("SELECT fingerprint, digest FROM selection_digests WHERE key = ?", (key,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def selection_roots(self) -> list[str]:
+        return [row[0] for row in self.query("SELECT DISTINCT root FROM selection_digests")]
+
+    def delete_selections_of(self, roots: list[str]) -> None:
+        with self.transaction() as conn:
+            conn.executemany("DELETE FROM selection_digests WHERE root=?", [(root,) for root in roots])
 
     # --- where blobs came from, for cross-repository mounts ---------------------------
 

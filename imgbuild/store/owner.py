@@ -26,7 +26,6 @@ import os
 import re
 import secrets
 import shutil
-import subprocess
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +176,8 @@ def _clean(directory: Path, runtime: str, result: SweepResult) -> bool:
 
 def _delete_containers_under(directory: Path, runtime: str) -> list[str]:
     """``runtime delete -f`` every container whose bundle lies in ``directory``."""
+    import subprocess  # only after a killed build: a build's start-up does not load it
+
     if shutil.which(runtime) is None:
         return []
     listing = subprocess.run([runtime, "list", "--format", "json"], capture_output=True, text=True)

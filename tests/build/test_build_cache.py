@@ -37,6 +37,19 @@ def test_identical_rebuild_is_all_cached(build_df, store):
     assert second.tree() == first.tree()
 
 
+def test_a_cached_rebuild_with_the_same_tag_leaves_index_json_alone(build_df, store):
+    first = build_df(DOCKERFILE, {"data": "x\n"}, store=store, tags=["same:1"])
+    index = store.layout / "index.json"
+    before = os.stat(index)
+    second = build_df(DOCKERFILE, context=first.context, store=store, tags=["same:1"])
+    assert second.result.steps_run == 0 and second.image.digest == first.image.digest
+    after = os.stat(index)
+    # not rewritten (a rename would give a new inode): nothing to fsync
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    other = build_df(DOCKERFILE, context=first.context, store=store, tags=["other:1"])
+    assert os.stat(index).st_ino != before.st_ino and other.result.steps_run == 0
+
+
 def test_identical_rebuild_with_source_date_epoch_is_the_same_image(build_df, store):
     first = build_df(DOCKERFILE, {"data": "x\n"}, store=store, source_date_epoch=1700000000)
     second = build_df(DOCKERFILE, context=first.context, store=store, source_date_epoch=1700000000)
@@ -53,6 +66,27 @@ def test_one_changed_byte_misses_from_that_copy_on(build_df, store):
     second = build_df(DOCKERFILE, context=first.context, store=store)
     assert (second.result.steps_cached, second.result.steps_run) == (1, 2)
     assert second.tree()["after"].data == b"0123456780\n"
+
+
+@pytest.mark.parametrize("change", ["xattr", "same_size_bytes"])
+def test_a_change_with_the_mtime_restored_misses_after_a_remembered_context(build_df, store, change):
+    """The warm builds take the context's digest as remembered (one lstat per
+    file, no xattr read); a change that only the ctime shows must still miss."""
+    first = build_df(DOCKERFILE, {"data": "0123456789\n"}, store=store)
+    time.sleep(0.2)  # files changed within 50 ms of a build are not remembered
+    for _ in range(2):
+        warm = build_df(DOCKERFILE, context=first.context, store=store)
+        assert warm.result.steps_run == 0
+    assert store.db.query("SELECT count(*) FROM selection_digests")[0][0] >= 1
+    data = first.context / "data"
+    before = os.stat(data)
+    if change == "xattr":
+        os.setxattr(data, "user.x", b"1")  # setfattr -n user.x -v 1 data
+    else:
+        data.write_text("0123456780\n")
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))  # touch -d: the same mtime
+    changed = build_df(DOCKERFILE, context=first.context, store=store)
+    assert (changed.result.steps_cached, changed.result.steps_run) == (1, 2)
 
 
 def test_touching_a_file_hits(build_df, store):

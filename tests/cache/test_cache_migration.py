@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from imgbuild.store.index_db import SCHEMA_VERSION
+
 pytestmark = pytest.mark.root
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -99,7 +101,7 @@ def test_a_store_written_by_schema_2_code_is_migrated(old_code, tmp_path, build,
     assert version == 2 and len(old_rows) == 3
 
     entries = {entry["key"]: entry for entry in ls(root)}  # the new code opens it
-    assert _db_rows(root)[0] == 3
+    assert _db_rows(root)[0] == SCHEMA_VERSION
     assert set(entries) == set(old_rows)
     for key, (diff_id, layer_digest, hits) in old_rows.items():
         entry = entries[key]
@@ -139,7 +141,7 @@ def test_migration_keeps_hits(root, tmp_path, build, ls, write_context):
     finished = build(root, context)
     assert (finished["cached"], finished["run"]) == (3, 0)
     after = {entry["key"]: entry for entry in ls(root)}
-    assert _db_rows(root)[0] == 3
+    assert _db_rows(root)[0] == SCHEMA_VERSION
     assert set(after) == set(before)
     for key, entry in after.items():
         assert entry["hits"] == 1

@@ -179,6 +179,25 @@ def test_prune_forgets_stat_cache_rows_that_can_never_hit_again(tmp_path):
     assert result["statcache_rows"] >= 2
 
 
+def test_prune_forgets_remembered_selections_of_contexts_that_are_gone(tmp_path):
+    root = tmp_path / "store"
+    new_store(root)
+    for name in ("stays", "goes"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "file.txt").write_text(name)
+    time.sleep(0.2)  # files changed within 50 ms of a build are not remembered
+    for name in ("stays", "goes"):
+        build(root, tmp_path / name, "FROM busybox\nCOPY file.txt /file.txt\n")
+    remembered = {path for (path,) in rows(root, "SELECT root FROM selection_digests")}
+    assert {str(tmp_path / "stays"), str(tmp_path / "goes")} <= remembered
+    subprocess.run(["rm", "-r", str(tmp_path / "goes")], check=True)
+
+    cli_json(root, "cache", "prune")
+
+    left = {path for (path,) in rows(root, "SELECT root FROM selection_digests")}
+    assert str(tmp_path / "stays") in left and str(tmp_path / "goes") not in left
+
+
 def test_a_build_over_max_cache_collects_the_cache_afterwards(tmp_path):
     root = _kept_and_gone(tmp_path)
     entries = entries_by_instruction(root)

@@ -164,3 +164,15 @@ def test_a_bare_label_gets_an_empty_value_as_in_docker(root, tmp_path):
     assert built.returncode == 0, built.stderr
     labels = Store(root).load_image("labels:1").config["config"]["Labels"]
     assert labels == {"bad": "", "k": "v"}
+
+
+@pytest.mark.parametrize("argv", [["images"], ["--version"], ["no-such-verb"], ["build", "--no-such-flag"]])
+def test_main_leaves_a_callers_garbage_collector_as_it_was(capsys, tmp_path, argv):
+    # main() turns the collector off while it imports a verb; a caller in the
+    # same process gets it back on, and none of its objects frozen.
+    import gc
+
+    frozen = gc.get_freeze_count()
+    main(["--root", str(tmp_path), *argv])
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == frozen

@@ -202,3 +202,147 @@ def test_same_size_rewrite_with_restored_mtime_is_noticed(tmp_path):
     os.utime(root / "f.txt", ns=(st.st_atime_ns, st.st_mtime_ns))  # ctime still moves
     second, reads = rehash()
     assert reads == 1 and second != first
+
+
+# --- remembered selection digests (digest.RememberedSelection) ------------------------
+
+
+def remembered_digest(db, root, source="app", *, rootfs=False):
+    """The digest with the store's stat cache, and whether the remembered one was taken."""
+    with StatCache(IndexDB(db)) as cache:
+        ctx = BuildContext(root, IgnoreMatcher([]), cache, rootfs=rootfs)
+        digest = ctx.digest(ctx.select(source))
+        return digest, cache.selection_hits == 1
+
+
+def fresh_digest(root, source="app", *, rootfs=False):
+    """The digest from nothing remembered: what every cached answer must equal."""
+    ctx = BuildContext(root, IgnoreMatcher([]), None, rootfs=rootfs)
+    return ctx.digest(ctx.select(source))
+
+
+@pytest.fixture
+def aged_tree(tree):
+    # Entries changed in the last 50 ms are racily clean: nothing is remembered.
+    time.sleep(0.2)
+    return tree
+
+
+def test_an_unchanged_selection_is_taken_as_remembered(aged_tree, tmp_path):
+    db = tmp_path / "index.db"
+    first, reused = remembered_digest(db, aged_tree)
+    assert not reused
+    with StatCache(IndexDB(db)) as cache:
+        ctx = BuildContext(aged_tree, IgnoreMatcher([]), cache)
+        second = ctx.digest(ctx.select("app"))
+        # no file read, no stat-cache row looked up: only the walk
+        assert cache.selection_hits == 1 and cache.hits + cache.misses == 0
+        assert ctx.read_stats.files == 0
+    assert first == second == fresh_digest(aged_tree)
+
+
+def _restoring_times(path, change):
+    """Run ``change`` on ``path``, then put its atime and mtime back (as ``touch -d``)."""
+    before = os.lstat(path)
+    change()
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns), follow_symlinks=False)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "same_size_bytes_mtime_restored",
+        "xattr_mtime_restored",
+        "dir_xattr_mtime_restored",
+        "mode",
+        "file_replaced_by_symlink",
+        "symlink_retargeted",
+        "new_file",
+        "removed_file",
+    ],
+)
+def test_a_remembered_selection_is_not_taken_after_a_change(aged_tree, tmp_path, change):
+    db = tmp_path / "index.db"
+    before, _ = remembered_digest(db, aged_tree)
+    assert remembered_digest(db, aged_tree) == (before, True)  # the shortcut is in use
+    app = aged_tree / "app"
+    main = app / "main.py"
+    if change == "same_size_bytes_mtime_restored":
+        _restoring_times(main, lambda: main.write_bytes(b"print('hellO')\n"))
+    elif change == "xattr_mtime_restored":
+        _restoring_times(main, lambda: os.setxattr(main, "user.x", b"1"))
+    elif change == "dir_xattr_mtime_restored":
+        _restoring_times(app / "lib", lambda: os.setxattr(app / "lib", "user.x", b"1"))
+    elif change == "mode":
+        os.chmod(main, 0o600)
+    elif change == "file_replaced_by_symlink":
+        main.unlink()
+        os.symlink("lib/util.py", main)
+    elif change == "symlink_retargeted":
+        os.unlink(app / "util-link")
+        os.symlink("lib/./util.py", app / "util-link")
+    elif change == "new_file":
+        (app / "new.txt").write_bytes(b"")
+    elif change == "removed_file":
+        (app / "data.bin").unlink()
+    after, reused = remembered_digest(db, aged_tree)
+    assert not reused
+    assert after == fresh_digest(aged_tree) != before
+
+
+def test_a_remembered_rootfs_selection_is_not_taken_after_a_chown(aged_tree, tmp_path):
+    # COPY --from keeps owners: the owner is in the digest there
+    db = tmp_path / "index.db"
+    before, _ = remembered_digest(db, aged_tree, rootfs=True)
+    assert remembered_digest(db, aged_tree, rootfs=True) == (before, True)
+    main = aged_tree / "app" / "main.py"
+    _restoring_times(main, lambda: os.chown(main, 1000, 1000))
+    after, reused = remembered_digest(db, aged_tree, rootfs=True)
+    assert not reused
+    assert after == fresh_digest(aged_tree, rootfs=True) != before
+
+
+def test_a_recently_changed_selection_is_not_remembered(tree, tmp_path):
+    # written just now: a change within the same clock tick might not move its ctime
+    db = tmp_path / "index.db"
+    remembered_digest(db, tree)
+    assert remembered_digest(db, tree)[1] is False
+
+
+def test_a_file_swapped_while_the_digest_is_made_is_not_taken_next_time(aged_tree, tmp_path, monkeypatch):
+    """The fingerprint is taken before the digest: a file swapped in between
+    (same size, same mtime) is hashed in its new state, and the next build
+    sees a fingerprint that is not the remembered one."""
+    from imgbuild.context import digest as digest_module
+
+    main = aged_tree / "app" / "main.py"
+    spare = aged_tree / "spare"
+    spare.write_bytes(b"print('hellO')\n")
+    os.utime(spare, ns=(os.lstat(main).st_atime_ns, os.lstat(main).st_mtime_ns))
+    real_fingerprint = digest_module.selection_fingerprint
+
+    def fingerprint_then_swap(context, selected):
+        result = real_fingerprint(context, selected)
+        if spare.exists():
+            os.rename(spare, main)
+        return result
+
+    monkeypatch.setattr(digest_module, "selection_fingerprint", fingerprint_then_swap)
+    db = tmp_path / "index.db"
+    raced, _ = remembered_digest(db, aged_tree)
+    monkeypatch.undo()
+    time.sleep(0.2)
+    after, reused = remembered_digest(db, aged_tree)
+    assert after == fresh_digest(aged_tree)
+    assert not reused
+
+
+def test_a_version_3_index_gets_the_remembered_selections_table(tmp_path):
+    db_path = tmp_path / "index.db"
+    IndexDB(db_path)
+    with sqlite3.connect(db_path) as connection:  # as imgbuild before it had the table left it
+        connection.execute("DROP TABLE selection_digests")
+        connection.execute("PRAGMA user_version = 3")
+    db = IndexDB(db_path)
+    assert db.schema_version() == 4
+    assert db.selection_digest("no such key") is None  # the table is there
