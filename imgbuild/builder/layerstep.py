@@ -56,12 +56,11 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
         options = builder.options
         if not work.independent:
             builder.cache.fetch_layers(state.layers)  # layers an imported cache stood for
-        compression = layer_compression(builder, stage)
         with workspace(builder.store, [] if work.independent else state.layers) as space:
             work.execute(space)
             layer = space.commit(
-                compression=compression,
-                level=options.compression_level if compression == options.compression else None,
+                compression=options.compression,
+                level=options.compression_level,
                 source_date_epoch=options.source_date_epoch,
             )
         # Another build may have recorded this key meanwhile: go on with its layer.
@@ -73,11 +72,9 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
     builder.cache.note_used(stage.index, lookup_key)
     if layer is not None:
         options = builder.options
-        # A builder stage's layer stays as it is, whatever its compression (layer_compression)
-        if layer_compression(builder, stage) == options.compression:
-            if not compressed_as(layer.blob.media_type, options.compression):
-                builder.cache.fetch_layers([layer])  # recompressing reads it
-            layer = recompress(builder.store, layer, options.compression, options.compression_level)
+        if not compressed_as(layer.blob.media_type, options.compression):
+            builder.cache.fetch_layers([layer])  # recompressing reads it
+        layer = recompress(builder.store, layer, options.compression, options.compression_level)
         state.layers.append(layer)
     created = created or _first_built(builder, lookup_key)
     ic.add_history(state.config, work.created_by, empty_layer=layer is None, created=created)
@@ -87,29 +84,6 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
         builder.cache.keep_inputs(lookup_key, *record)
     state.key = key
     state.entry_key = lookup_key
-
-
-def layer_compression(builder, stage) -> str:
-    """The compression of the layers a step of ``stage`` writes.
-
-    The layers of a stage the image is not made of (one that is only copied
-    or mounted from: a builder stage) never leave the store, so they are
-    written uncompressed, as Docker and buildah keep every layer: compressing
-    a big toolchain layer nobody pulls costs more than the rest of its commit.
-    ``--cache-to mode=max`` exports them, so then they are compressed as the
-    image's are. A later build that makes such a stage part of its image
-    compresses the cached layer then (``recompress``).
-    """
-    compression = builder.options.compression
-    if compression == "uncompressed" or any(spec.mode == "max" for spec in builder.options.cache_to):
-        return compression
-    plan = builder.plan
-    index = plan.target
-    while index is not None:
-        if index == stage.index:
-            return compression
-        index = plan.stages[index].base_stage
-    return "uncompressed"
 
 
 def _first_built(builder, lookup_key: str) -> str:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild.cache.share import parse_cache_spec
 from imgbuild.errors import RunError
 from imgbuild.image import Descriptor, Platform, new_config
 from imgbuild.layer.write import write_layer
@@ -132,51 +131,3 @@ def test_a_failing_stage_stops_the_stages_running_beside_it(
     assert completed.returncode == 1
     assert "exited with code 4" in completed.stderr
     assert mounts_under(store.root) == []
-
-
-GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-TAR = "application/vnd.oci.image.layer.v1.tar"
-
-
-def test_a_stage_only_copied_from_keeps_its_layers_uncompressed(build_df, store):
-    # The builder stage's layers never leave the store: written as plain tar.
-    # The image's own layers are gzip; built as the target later, the cached
-    # builder layer is compressed then, with the same content.
-    dockerfile = (
-        "FROM busybox AS tools\nRUN echo made > /made && mkdir /more && echo x > /more/x\n"
-        "FROM busybox\nCOPY --from=tools /made /made\n"
-    )
-    built = build_df(dockerfile, store=store)
-    builder_layer = built.result.stages[0].layers[-1]
-    assert builder_layer.blob.media_type == TAR
-    assert store.has_blob(builder_layer.blob.digest)
-    assert [layer.media_type for layer in built.image.layers] == [GZIP, GZIP]
-    assert built.tree()["made"].data == b"made\n"
-
-    as_target = build_df(dockerfile, store=store, target="tools")
-
-    assert as_target.result.steps_cached == 1
-    assert [layer.media_type for layer in as_target.image.layers] == [GZIP, GZIP]
-    assert as_target.image.diff_ids[-1] == builder_layer.diff_id
-    assert as_target.tree()["more/x"].data == b"x\n"
-
-
-def test_a_stage_built_on_by_the_target_keeps_the_image_compression(build_df, store):
-    built = build_df(
-        "FROM busybox AS base\nRUN echo base > /base\n"
-        "FROM busybox AS tools\nRUN echo tool > /tool\n"
-        "FROM base\nCOPY --from=tools /tool /tool\n",
-        store=store,
-    )
-    assert built.result.stages[1].layers[-1].blob.media_type == TAR
-    assert [layer.media_type for layer in built.image.layers] == [GZIP, GZIP, GZIP]
-
-
-def test_cache_to_mode_max_keeps_every_stage_compressed(build_df, store, tmp_path):
-    # mode=max exports the builder stage's entries: its layers go out gzip, as the image's.
-    built = build_df(
-        "FROM busybox AS tools\nRUN echo tool > /tool\nFROM busybox\nCOPY --from=tools /tool /tool\n",
-        store=store,
-        cache_to=[parse_cache_spec(f"type=local,dest={tmp_path / 'exported'},mode=max", "--cache-to")],
-    )
-    assert built.result.stages[0].layers[-1].blob.media_type == GZIP
