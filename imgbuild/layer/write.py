@@ -1,7 +1,8 @@
 """Write a changeset directory (an overlay upperdir) as a reproducible layer blob.
 
 One streaming pass: the tar bytes are hashed (the diff_id) on their way into the
-compressor, whose output is hashed (the blob digest) on its way to ``out``. File
+compressor, whose output is hashed (the blob digest) on its way to ``out`` (by
+``out`` itself when it is a store blob, which hashes what it writes). File
 contents are copied in chunks, so memory does not grow with the layer.
 
 The tar is reproducible: entries in a depth-first walk with each directory's
@@ -137,7 +138,7 @@ def compress_tar(tar_stream, out: BinaryIO, compression: str, level: int | None 
     return _digests(tar, blob, compression)
 
 
-def _digests(tar: _TarStream, blob: _HashingWriter | None, compression: str) -> LayerDigests:
+def _digests(tar: _TarStream, blob: _HashingWriter | _HashedByOut | None, compression: str) -> LayerDigests:
     # An uncompressed blob is the tar itself: one hash serves as both digests.
     return LayerDigests(
         diff_id=tar.digest(),
@@ -173,6 +174,26 @@ class _HashingWriter:
 
     def digest(self) -> str:
         return f"sha256:{self._sha256.hexdigest()}"
+
+
+class _HashedByOut:
+    """Passes bytes on to an ``out`` that hashes what it writes itself (the
+    store's BlobWriter, via ``content_digest``): its digest is the blob's,
+    and hashing the blob here as well would do the same work twice."""
+
+    def __init__(self, out):
+        self._out = out
+        self.write = out.write
+
+    @property
+    def size(self) -> int:
+        return self._out.size  # empty when it was handed over: all of it is the blob
+
+    def flush(self) -> None:
+        pass  # nothing buffered here; the sink is flushed by its owner
+
+    def digest(self) -> str:
+        return self._out.content_digest()
 
 
 class _ReadFailed(Exception):
@@ -310,7 +331,7 @@ class _Unchanged:
 
 
 @contextmanager
-def _tar_stream(compression: str, level: int | None, out: BinaryIO) -> Iterator[tuple[_TarStream, _HashingWriter | None]]:
+def _tar_stream(compression: str, level: int | None, out: BinaryIO) -> Iterator[tuple[_TarStream, _HashingWriter | _HashedByOut | None]]:
     """The tar stream into its compressor into ``out``, and the hashing writer
     of the blob (None when uncompressed: the blob is the tar then).
 
@@ -321,7 +342,7 @@ def _tar_stream(compression: str, level: int | None, out: BinaryIO) -> Iterator[
     if compression == "uncompressed":
         blob, compressor = None, _Unchanged(out)
     else:
-        blob = _HashingWriter(out)
+        blob = _blob_hasher(out)
         compressor = _open_compressor(compression, level, blob)
     tar = _TarStream(compressor)
     try:
@@ -337,7 +358,15 @@ def _tar_stream(compression: str, level: int | None, out: BinaryIO) -> Iterator[
     compressor.close()
 
 
-def _open_compressor(compression: str, level: int | None, blob: _HashingWriter):
+def _blob_hasher(out: BinaryIO) -> _HashingWriter | _HashedByOut:
+    """What hashes the compressed blob: ``out`` itself when it hashes what it
+    writes from its first byte (a store blob), else a writer of our own."""
+    if getattr(out, "size", None) == 0 and callable(getattr(out, "content_digest", None)):
+        return _HashedByOut(out)
+    return _HashingWriter(out)
+
+
+def _open_compressor(compression: str, level: int | None, blob: _HashingWriter | _HashedByOut):
     if compression == "gzip" and level is None:
         # Threads compress while the walk goes on; the output does not depend
         # on their number (see the module docstring), so any machine gives

@@ -40,6 +40,15 @@ class BlobWriter:
         self.size += len(data)
         return len(data)
 
+    def content_digest(self) -> str:
+        """The digest of the bytes written so far, as hashed on their way into the file.
+
+        A writer that needs the blob's digest (the layer writer) takes this
+        one instead of hashing the same bytes again; ``commit`` names the
+        file by this same hash, so the two cannot disagree.
+        """
+        return "sha256:" + self._hash.hexdigest()
+
     def commit(self) -> str:
         try:
             self._file.flush()
@@ -48,7 +57,7 @@ class BlobWriter:
         except OSError as error:
             self.discard()
             raise self._failed(error) from None
-        digest = "sha256:" + self._hash.hexdigest()
+        digest = self.content_digest()
         if self.expected_digest and digest != self.expected_digest:
             self.discard()
             raise DigestMismatch(f"blob content has digest {digest}, expected {self.expected_digest}")

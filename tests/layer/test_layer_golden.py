@@ -21,6 +21,7 @@ import pytest
 from layer.layer_support import build_every_kind, set_times
 
 from imgbuild.layer import write_layer
+from imgbuild.store import Store
 
 pytestmark = [
     pytest.mark.root,
@@ -75,6 +76,23 @@ def test_pinned_tree_gives_the_pinned_digests(tmp_path: Path, compression: str):
 
     assert f"sha256:{hashlib.sha256(out.getvalue()).hexdigest()}" == digests.digest
     assert (digests.diff_id, digests.digest) == (DIFF_ID, PINNED[compression])
+
+
+@pytest.mark.parametrize("compression", sorted(PINNED))
+def test_pinned_tree_written_into_the_store_gives_the_pinned_blob(tmp_path: Path, compression: str):
+    # Into a store blob, the writer takes the blob's digest from the store's
+    # own hash of what it wrote: it must still be the pinned one, and the name
+    # and size of the file the store keeps.
+    build_pinned_tree(tmp_path / "tree")
+    store = Store(tmp_path / "store")
+
+    with store.blob_writer() as blob:
+        digests = write_layer(tmp_path / "tree", blob, compression=compression, source_date_epoch=1_700_000_000)
+
+    assert (digests.diff_id, digests.digest) == (DIFF_ID, PINNED[compression])
+    stored = store.blob_path(digests.digest).read_bytes()
+    assert f"sha256:{hashlib.sha256(stored).hexdigest()}" == digests.digest
+    assert len(stored) == digests.size
 
 
 def test_set_times_gives_every_entry_the_mtime_its_tar_entry_records(tmp_path: Path):
