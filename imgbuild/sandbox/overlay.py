@@ -234,10 +234,14 @@ def prune_copied_up_dirs(upperdir: Path, lowerdirs: list[Path]) -> list[str]:
     turning the upperdir into a layer. Returns the removed paths (relative).
     """
     removed = []
-    for directory, _subdirs, _files in os.walk(upperdir, topdown=False):
-        path = Path(directory)
-        if path == Path(upperdir):
+    gone: set[str] = set()  # directories removed below, which the walk listed before removing them
+    top = os.fspath(upperdir)
+    for directory, subdirs, files in os.walk(top, topdown=False):
+        # Only an empty directory can go: the walk's own listing rules out
+        # the others without a lookup (most of a big RUN layer's directories).
+        if directory == top or files or any(os.path.join(directory, name) not in gone for name in subdirs):
             continue
+        path = Path(directory)
         relative = path.relative_to(upperdir).as_posix()
         if any(path.iterdir()) or _is_opaque(path) or _is_redirected(path):
             continue
@@ -247,6 +251,7 @@ def prune_copied_up_dirs(upperdir: Path, lowerdirs: list[Path]) -> list[str]:
         if shadowed is not None and _same_directory_metadata(path, shadowed):
             _rmdir_keeping_parent_times(path)
             removed.append(relative)
+            gone.add(directory)
     return removed
 
 
