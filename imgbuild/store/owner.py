@@ -30,7 +30,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgbuild.errors import MountedError, StoreError
+from imgbuild.errors import MountedError, StoreError, disk_full, is_disk_full
 from imgbuild.store.mounts import remove_tree, unmount_all_under
 
 _OWNER_NAME = re.compile(r"owner-[0-9]+-[0-9a-f]{16}")
@@ -47,11 +47,21 @@ class WorkOwner:
         try:
             self._fd = _create_locked(tmp_dir, self.lock_path)
         except OSError as error:
+            if is_disk_full(error):
+                raise disk_full(error, "making this process's lock file", tmp_dir) from None
             raise StoreError(
                 f"cannot make this process's lock file in {tmp_dir}: {error.strerror} "
                 "(the store needs a filesystem with O_TMPFILE, such as ext4, xfs, btrfs or tmpfs)"
             ) from None
-        self.path.mkdir(mode=0o700)
+        try:
+            self.path.mkdir(mode=0o700)
+        except OSError as error:
+            # the lock file is named already: without this it would look like a killed process's work
+            os.unlink(self.lock_path)
+            os.close(self._fd)
+            if is_disk_full(error):
+                raise disk_full(error, "making this process's work directory", tmp_dir) from None
+            raise StoreError(f"cannot make this process's work directory {self.path}: {error.strerror}") from None
         # Stores are opened in-process by tests and the API too: release with
         # the object, and at interpreter exit at the latest.
         self._finalizer = weakref.finalize(self, _release, self.path, self.lock_path, self._fd)
