@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import shutil
 import subprocess
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin
@@ -43,6 +45,17 @@ class LayerBlob:
 
 def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def python_tar(files: dict[str, bytes]) -> bytes:
+    """A layer tar of regular files (mode 0644, owner 0, mtime 0) written by Python's tarfile."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
 
 
 def _gzip_members(tar: bytes, members: int) -> bytes:

@@ -3,13 +3,12 @@ arrives, as ``docker load`` does, so the first build on the image extracts nothi
 
 from __future__ import annotations
 
-import io
 import tarfile
 from pathlib import Path
 
 import pytest
 from imagetools import recorded_diff_id, temp_leftovers
-from ocitools import LayerBlob, compress_layer, sha256_digest, write_layout
+from ocitools import LayerBlob, compress_layer, python_tar, sha256_digest, write_layout
 from store.storetools import add_layer, image_from_layers
 
 from imgbuild.archive.load import load
@@ -67,10 +66,10 @@ def test_loading_again_extracts_nothing(stack_store, tmp_path):
 
 
 def test_a_layer_that_lies_about_its_diff_id_leaves_no_snapshot(tmp_path):
-    tar = _tar({"f": b"real\n"})
+    tar = python_tar({"f": b"real\n"})
     lying = compress_layer(tar, "gzip")
     lying.diff_id = sha256_digest(b"something else")
-    archive = _layout_archive(tmp_path, [compress_layer(_tar({"g": b"good\n"}), "gzip"), lying])
+    archive = _layout_archive(tmp_path, [compress_layer(python_tar({"g": b"good\n"}), "gzip"), lying])
     store = Store(tmp_path / "store")
 
     with pytest.raises(DigestMismatch, match="does not match the image config"):
@@ -78,19 +77,9 @@ def test_a_layer_that_lies_about_its_diff_id_leaves_no_snapshot(tmp_path):
 
     # The good bottom layer got its snapshot; the liar got none, and no tag.
     rows = store.db.snapshot_rows()
-    assert [row["diff_id"] for row in rows] == [sha256_digest(_tar({"g": b"good\n"}))]
+    assert [row["diff_id"] for row in rows] == [sha256_digest(python_tar({"g": b"good\n"}))]
     assert store.refs() == []
     assert temp_leftovers(store) == []
-
-
-def _tar(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def _layout_archive(tmp_path: Path, layers: list[LayerBlob]) -> Path:

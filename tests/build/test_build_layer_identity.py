@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import os
 import stat
 import subprocess
-import tarfile
 import uuid
 from pathlib import Path
 
 import pytest
 from imagetools import recorded_diff_id
+from ocitools import python_tar
 
 from imgbuild.errors import DigestMismatch
 from imgbuild.image import (
@@ -54,18 +53,6 @@ def _tool(*args: str) -> str:
     completed = subprocess.run(list(args), capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, f"{args}: {completed.stderr}"
     return completed.stdout
-
-
-def _layer_tar(files: dict[str, bytes]) -> bytes:
-    """A plain layer tar written by Python's tarfile, with fixed metadata."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
 
 
 class HandMadeLayout:
@@ -157,7 +144,7 @@ def test_two_identical_layers_in_one_build_work(build_df, store):
 
 def test_a_pulled_base_with_duplicate_diff_ids_works(build_df, store, registry, layout, base_layer):
     busybox_blob, busybox_diff_id = base_layer
-    f_tar, g_tar = _layer_tar({"f": b"x\n"}), _layer_tar({"g": b"y\n"})
+    f_tar, g_tar = python_tar({"f": b"x\n"}), python_tar({"g": b"y\n"})
     f_blob = gzip.compress(f_tar, mtime=0)
     layers = [(busybox_blob, OCI_LAYER_GZIP), (f_blob, OCI_LAYER_GZIP), (g_tar, OCI_LAYER), (f_blob, OCI_LAYER_GZIP)]
     diff_ids = [busybox_diff_id, _sha256(f_tar), _sha256(g_tar), _sha256(f_tar)]
@@ -219,7 +206,7 @@ def test_output_compression_is_honoured_with_source_date_epoch(build_df, store, 
 
 def test_a_pulled_layer_whose_diff_id_is_wrong_is_refused(build_df, store, registry, layout, base_layer):
     busybox_blob, busybox_diff_id = base_layer
-    real = _layer_tar({"f": b"real\n"})
+    real = python_tar({"f": b"real\n"})
     blob = gzip.compress(real, mtime=0)
     claimed = _sha256(b"something else")
     layout.image("liar", [(busybox_blob, OCI_LAYER_GZIP), (blob, OCI_LAYER_GZIP)], [busybox_diff_id, claimed])
@@ -242,7 +229,7 @@ def test_recompress_never_takes_a_blob_by_an_unverified_diff_id(build_df, store,
     dockerfile = "FROM busybox\nRUN echo mine > /mine\n"
     ours = build_df(dockerfile, store=store, source_date_epoch=EPOCH, compression="zstd")
     busybox_blob, busybox_diff_id = base_layer
-    impostor = gzip.compress(_layer_tar({"mine": b"not yours\n"}), mtime=0)
+    impostor = gzip.compress(python_tar({"mine": b"not yours\n"}), mtime=0)
     claims = [busybox_diff_id, ours.image.diff_ids[-1]]
     layout.image("impostor", [(busybox_blob, OCI_LAYER_GZIP), (impostor, OCI_LAYER_GZIP)], claims)
     target = _repo(registry, "impostor") + ":1"

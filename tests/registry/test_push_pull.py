@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import os
-import tarfile
 
 import pytest
 import requests
 from imagetools import recorded_diff_id, temp_leftovers
-from ocitools import compress_layer, push_layout_raw, write_layout
+from ocitools import compress_layer, push_layout_raw, python_tar, write_layout
 
 from imgbuild.errors import DigestMismatch, ImgbuildError, RegistryError, UsageError
 from imgbuild.image import (
@@ -312,20 +310,10 @@ def test_pull_of_a_non_image_is_refused(registry, make_store, new_repo):
     assert store.refs() == []
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def test_pull_unpacks_each_layer_at_its_place_in_the_stack(registry, make_store, new_repo, tmp_path):
     """Layers [a, b, a]: three snapshots, one per chain ID, each holding its layer."""
-    a = compress_layer(_tar({"a": b"a\n"}), "gzip")
-    b = compress_layer(_tar({"b": b"b\n"}), "zstd")
+    a = compress_layer(python_tar({"a": b"a\n"}), "gzip")
+    b = compress_layer(python_tar({"b": b"b\n"}), "zstd")
     manifest = write_layout(tmp_path / "layout", "stack", [a, b, a], "test")
     repository = new_repo("stack")
     push_layout_raw(tmp_path / "layout", manifest, registry.host, repository, "1")
@@ -342,8 +330,8 @@ def test_pull_unpacks_each_layer_at_its_place_in_the_stack(registry, make_store,
 
 def test_a_pulled_layer_that_lies_about_its_diff_id_fails_the_pull(registry, make_store, new_repo, tmp_path):
     """The pull unpacks, so it proves every diff_id: a liar is refused, naming the image."""
-    good = compress_layer(_tar({"g": b"good\n"}), "gzip")
-    real = _tar({"f": b"real\n"})
+    good = compress_layer(python_tar({"g": b"good\n"}), "gzip")
+    real = python_tar({"f": b"real\n"})
     liar = compress_layer(real, "gzip")
     claimed = sha256(b"something else")
     liar.diff_id = claimed
