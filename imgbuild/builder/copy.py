@@ -72,6 +72,8 @@ class _Refused(Exception):
 
 @dataclass(frozen=True)
 class _Destination:
+    """Where a COPY or ADD writes: the destination as written and as resolved."""
+
     text: str  # as written, for messages
     path: str  # absolute and clean, inside the rootfs
     is_dir: bool  # the user said it is a directory (trailing "/", ".")

@@ -34,12 +34,16 @@ _ACTION = re.compile(r"([-+=])([ugo]|[rwxXst]*)")
 
 @dataclass(frozen=True)
 class _Action:
+    """One operator of a symbolic ``--chmod`` clause, as in ``+x`` or ``=rw``."""
+
     op: str  # "+", "-" or "="
     perms: str  # letters of rwxXst, or one of u/g/o (copy that class's bits)
 
 
 @dataclass(frozen=True)
 class _Clause:
+    """One comma-separated part of a symbolic ``--chmod``: who, then what to change."""
+
     who: str  # letters of ugo; "" means all (with a umask of 0, as "a")
     actions: tuple[_Action, ...]
 
