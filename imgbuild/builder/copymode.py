@@ -22,9 +22,8 @@ import re
 import stat
 from dataclasses import dataclass
 
+from imgbuild.builder.copy import DEFAULT_DIR_MODE
 from imgbuild.errors import BuildError
-
-DEFAULT_DIR_MODE = 0o755
 
 _WHO_BITS = {"u": 0o4700, "g": 0o2070, "o": 0o0007}
 _PERM_BITS = {"r": 0o444, "w": 0o222, "x": 0o111}

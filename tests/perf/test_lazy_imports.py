@@ -106,6 +106,10 @@ NEVER_ON_A_COPY = (
     "imgbuild.cache.prune",
     "imgbuild.store.gc",
     "difflib",
+    # the overlay is mounted by mount(2) on descriptors: no mount(8) process
+    "subprocess",
+    # no --chmod to parse
+    "imgbuild.builder.copymode",
     # zstd layers only: zstandard loads platform, which compiles regexes
     "zstandard",
     "platform",
