@@ -42,6 +42,8 @@ class Struct(dict):
 
 @dataclass(frozen=True)
 class GoNil:
+    """A nil slice, map or pointer, as Go's templates print it."""
+
     text: str  # how Go's %v prints it
     omitempty: bool = False  # a Struct field JSON leaves out when it is nil
 
@@ -140,6 +142,8 @@ _TOKEN = re.compile(
 
 @dataclass
 class _Token:
+    """A word of a template action: a field, variable, literal, function or punctuation."""
+
     kind: str
     text: str
     column: int
@@ -161,6 +165,8 @@ def _tokens(action: str, column: int) -> list[_Token]:
 
 @dataclass
 class _Action:
+    """A ``{{ ... }}`` of the template, split into tokens."""
+
     tokens: list[_Token]
     text: str
     column: int
@@ -231,22 +237,30 @@ def _action_end(template: str, position: int) -> int:
 
 @dataclass
 class _Command:
+    """One command of a pipeline: its operands."""
+
     operands: list[Any]  # ('field', names) ('var', name, names) ('lit', value) ('fn', name) ('pipe', _Pipeline)
 
 
 @dataclass
 class _Pipeline:
+    """Commands joined by ``|``, with the variables the pipeline declares."""
+
     declare: list[str]
     commands: list[_Command]
 
 
 @dataclass
 class _Print:
+    """An action that prints its pipeline's value."""
+
     pipeline: _Pipeline
 
 
 @dataclass
 class _Block:
+    """An ``if``, ``range`` or ``with`` block, with its ``else`` part."""
+
     kind: str  # if | range | with
     pipeline: _Pipeline
     body: list = field(default_factory=list)

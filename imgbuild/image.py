@@ -70,6 +70,8 @@ def check_digest(digest: str) -> str:
 
 @dataclass(frozen=True)
 class Platform:
+    """An OCI platform: os, architecture and variant."""
+
     os: str = "linux"
     architecture: str = "amd64"
     variant: str = ""
@@ -145,6 +147,8 @@ def normalise_arch(machine: str) -> str:
 
 @dataclass(frozen=True)
 class Descriptor:
+    """An OCI content descriptor: media type, digest and size of a blob."""
+
     media_type: str
     digest: str
     size: int

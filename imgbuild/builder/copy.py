@@ -41,15 +41,19 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from imgbuild.builder.copymode import DEFAULT_DIR_MODE, Chmod, parse_chmod
 from imgbuild.builder.fetch import Fetched
 from imgbuild.context.source import Entry, Selected
 from imgbuild.errors import BuildError, NotADirectory, UntarError, disk_full, is_disk_full
 from imgbuild.gopath import go_clean
 from imgbuild.safeopen import kind_of, resolve_in_root
 
+if TYPE_CHECKING:
+    # copymode.py is loaded when a --chmod is parsed (copystep.py), not for every COPY
+    from imgbuild.builder.copymode import Chmod
+
+DEFAULT_DIR_MODE = 0o755  # directories a COPY creates, without --chmod
 HEREDOC_MODE = 0o644
 URL_MODE = 0o600
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -72,6 +76,8 @@ class _Refused(Exception):
 
 @dataclass(frozen=True)
 class _Destination:
+    """Where a COPY or ADD writes: the destination as written and as resolved."""
+
     text: str  # as written, for messages
     path: str  # absolute and clean, inside the rootfs
     is_dir: bool  # the user said it is a directory (trailing "/", ".")
@@ -115,6 +121,8 @@ def copy_into(
         )
     rootfs = Path(rootfs)
     if isinstance(chmod, int):
+        from imgbuild.builder.copymode import parse_chmod
+
         chmod = parse_chmod(f"{chmod:o}")
     dir_mode = chmod.created_dir_mode if chmod is not None else DEFAULT_DIR_MODE
     for item, is_archive in zip(selected, archives, strict=True):

@@ -22,9 +22,8 @@ import re
 import stat
 from dataclasses import dataclass
 
+from imgbuild.builder.copy import DEFAULT_DIR_MODE
 from imgbuild.errors import BuildError
-
-DEFAULT_DIR_MODE = 0o755
 
 _WHO_BITS = {"u": 0o4700, "g": 0o2070, "o": 0o0007}
 _PERM_BITS = {"r": 0o444, "w": 0o222, "x": 0o111}
@@ -34,12 +33,16 @@ _ACTION = re.compile(r"([-+=])([ugo]|[rwxXst]*)")
 
 @dataclass(frozen=True)
 class _Action:
+    """One operator of a symbolic ``--chmod`` clause, as in ``+x`` or ``=rw``."""
+
     op: str  # "+", "-" or "="
     perms: str  # letters of rwxXst, or one of u/g/o (copy that class's bits)
 
 
 @dataclass(frozen=True)
 class _Clause:
+    """One comma-separated part of a symbolic ``--chmod``: who, then what to change."""
+
     who: str  # letters of ugo; "" means all (with a umask of 0, as "a")
     actions: tuple[_Action, ...]
 

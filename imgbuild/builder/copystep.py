@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class CopyRequest:
+    """A COPY or ADD after expansion: what the copy step reads, and where and how it writes."""
+
     is_add: bool
     sources: list[str]
     heredocs: list[HeredocFile]

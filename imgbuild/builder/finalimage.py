@@ -16,6 +16,8 @@ from imgbuild.store import Store, normalise_tag
 
 @dataclass
 class BuildResult:
+    """What a build made: the target's image, each built stage and the step counts."""
+
     image: Image
     stages: dict[int, StageResult]
     steps_cached: int

@@ -63,6 +63,8 @@ MAX_TAR_ENTRIES = 2_000_000
 
 @dataclass
 class ImportOptions:
+    """What ``imgbuild import`` was asked to make, from its flags."""
+
     source: str  # a directory, a tar file, or "-" for standard input
     name: str  # NAME[:TAG]
     changes: list[str] = field(default_factory=list)

@@ -39,6 +39,8 @@ class OutputSpec:
 
 @dataclass
 class BuildOptions:
+    """Everything ``imgbuild build`` was asked for, from its flags."""
+
     context: Path
     dockerfile: Path | None = None  # default: CONTEXT/Dockerfile
     dockerfile_text: str | None = None  # `-f -`: the Dockerfile came on stdin

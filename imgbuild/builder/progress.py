@@ -56,6 +56,8 @@ class Step:
 
 @dataclass
 class Summary:
+    """The lines printed when a build finished: image, size, step counts and tags."""
+
     image_digest: str
     config_digest: str
     size: int

@@ -40,6 +40,8 @@ from imgbuild.store import Store
 
 @dataclass
 class RunOptions:
+    """What ``imgbuild run`` was asked for, from its flags."""
+
     image: str
     command: list[str] = field(default_factory=list)
     env: list[str] = field(default_factory=list)  # K=V, or K to take $K

@@ -26,6 +26,8 @@ class StageState:
 
 @dataclass
 class StageResult:
+    """A built stage: its config and layers, for the stages that build on it or copy from it."""
+
     index: int
     name: str | None
     config: dict

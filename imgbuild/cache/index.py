@@ -30,6 +30,8 @@ class PendingEntry:
 
 @dataclass
 class CacheEntry:
+    """A cache index row: the layer a step key stands for."""
+
     key: str
     layer: LayerRef | None  # None: the step ran and changed nothing
     created_by: str

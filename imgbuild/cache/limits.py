@@ -26,6 +26,8 @@ RESERVE_CAP = 10 * 10**9
 
 @dataclass
 class Limits:
+    """How much disk the store may take, in bytes, after the percentages were worked out."""
+
     max_cache: int  # bytes the store's blobs and snapshots may take
     min_free: int  # bytes to keep free on the store's filesystem
     reserve: int  # a full disk never collects the store below this

@@ -111,6 +111,8 @@ class StoreUsage:
 
 @dataclass
 class PrunePlan:
+    """What a prune will remove, worked out before anything is removed."""
+
     entries: list[Entry]  # the cache entries to remove
     blobs: set[str]  # blob digests to remove
     snapshots: set[int]  # snapshot ids to remove
@@ -119,6 +121,8 @@ class PrunePlan:
 
 @dataclass
 class PruneResult:
+    """What a prune removed, and the store's size before and after."""
+
     entries: list[Entry] = field(default_factory=list)
     blobs: int = 0  # blob files removed
     snapshots: int = 0  # snapshot directories removed

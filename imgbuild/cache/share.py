@@ -201,6 +201,8 @@ def cache_manifest(config: Descriptor, layers: list[Descriptor]) -> dict:
 
 @dataclass
 class CacheIndex:
+    """An exported build cache's config: its steps, cache mounts and file lists."""
+
     steps: dict[str, CachedStep]
     mounts: list[tuple[str, Descriptor]]  # cache mount directory name -> its tar
     file_lists: dict[str, dict] = field(default_factory=dict)  # source digest -> its files

@@ -34,6 +34,8 @@ TRUNCATE_AT = 45  # docker history's width for CREATED BY
 
 @dataclass
 class HistoryRow:
+    """One row of ``imgbuild history``, as ``docker history`` prints it."""
+
     image_id: str  # "sha256:..." for the newest row, "<missing>" for the others
     created: str  # RFC 3339 or ""
     created_by: str

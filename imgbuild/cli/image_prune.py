@@ -31,12 +31,16 @@ from imgbuild.units import human_size, parse_until_filter
 
 @dataclass
 class PruneChoice:
+    """The index.json entries ``image prune`` chose, and their descriptors."""
+
     names: list[str | None]  # index.json entries to remove: a tag, or None for an untagged entry
     descriptors: list[Descriptor]
 
 
 @dataclass
 class ImagePruneResult:
+    """What ``image prune`` untagged, deleted and freed, or why it did nothing."""
+
     untagged: list[str] = field(default_factory=list)  # "untagged: NAME" lines
     deleted: list[str] = field(default_factory=list)  # digests of the removed blobs
     freed_bytes: int = 0

@@ -33,6 +33,8 @@ from imgbuild.units import human_size
 
 @dataclass
 class ImageSummary:
+    """One row of ``imgbuild images``."""
+
     repository: str  # "<none>" for an untagged image
     tag: str  # "<none>" for an untagged image
     image_id: str  # "sha256:<config digest>"

@@ -28,6 +28,8 @@ CHUNK = 1 << 20
 
 @dataclass
 class StdinContext:
+    """A build context read from stdin: an archive unpacked, or a lone Dockerfile."""
+
     directory: Path  # the context: the archive's entries, or empty
     dockerfile_text: str | None  # the Dockerfile when stdin was one, not an archive
 

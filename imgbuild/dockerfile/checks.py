@@ -73,6 +73,8 @@ _DOCS = "https://docs.docker.com/go/dockerfile/rule/"
 
 @dataclass(frozen=True)
 class Rule:
+    """A build check BuildKit names, with the page that explains it."""
+
     name: str
     description: str
     url: str
@@ -176,6 +178,8 @@ RULES: dict[str, Rule] = {
 
 @dataclass
 class CheckWarning:
+    """One thing a build check found, at a Dockerfile line."""
+
     rule: str
     message: str
     filename: str
@@ -207,6 +211,8 @@ class CheckWarning:
 
 @dataclass
 class CheckResult:
+    """The warnings of all checks, with the ``# check=`` config they ran under."""
+
     warnings: list[CheckWarning]
     config: CheckConfig
 

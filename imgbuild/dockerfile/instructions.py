@@ -82,6 +82,8 @@ class ArgPair:
 
 @dataclass(kw_only=True)
 class From(Instruction):
+    """FROM IMAGE [AS NAME], with ``--platform``."""
+
     keyword: ClassVar[str] = "FROM"
     image: str  # as written, e.g. "${BASE}:1" or the name of an earlier stage
     stage_name: str | None = None  # lower-cased, as BuildKit compares stage names
@@ -92,6 +94,8 @@ class From(Instruction):
 
 @dataclass(kw_only=True)
 class _CommandLine(Instruction):
+    """What RUN, CMD and ENTRYPOINT share: a command in exec or shell form."""
+
     command: list[str]
     exec_form: bool
     heredocs: list[Heredoc] = field(default_factory=list)
@@ -114,6 +118,8 @@ class InlineScript:
 
 @dataclass(kw_only=True)
 class Run(_CommandLine):
+    """RUN, with its ``--mount``, ``--network`` and ``--security`` flags."""
+
     keyword: ClassVar[str] = "RUN"
     mounts: list[MountSpec] = field(default_factory=list)
     network: str | None = None  # default | none | host
@@ -144,16 +150,22 @@ class Run(_CommandLine):
 
 @dataclass(kw_only=True)
 class Cmd(_CommandLine):
+    """CMD: the image's default command or arguments."""
+
     keyword: ClassVar[str] = "CMD"
 
 
 @dataclass(kw_only=True)
 class Entrypoint(_CommandLine):
+    """ENTRYPOINT: the image's command."""
+
     keyword: ClassVar[str] = "ENTRYPOINT"
 
 
 @dataclass(kw_only=True)
 class _FileCopy(Instruction):
+    """What COPY and ADD share: sources, destination and the flags both take."""
+
     sources: list[str]  # paths/URLs as written (heredoc sources are in ``heredocs``)
     dest: str
     heredocs: list[Heredoc] = field(default_factory=list)  # inline files, named by heredoc
@@ -166,6 +178,8 @@ class _FileCopy(Instruction):
 
 @dataclass(kw_only=True)
 class Copy(_FileCopy):
+    """COPY, from the context, a stage (``--from``) or an image."""
+
     keyword: ClassVar[str] = "COPY"
     from_stage: str | None = None  # --from: a stage name, a stage index or an image
     parents: bool = False
@@ -173,6 +187,8 @@ class Copy(_FileCopy):
 
 @dataclass(kw_only=True)
 class Add(_FileCopy):
+    """ADD: COPY plus URLs, git sources, archive unpacking and ``--checksum``."""
+
     keyword: ClassVar[str] = "ADD"
     checksum: str | None = None
     keep_git_dir: bool = False
@@ -181,30 +197,40 @@ class Add(_FileCopy):
 
 @dataclass(kw_only=True)
 class Env(Instruction):
+    """ENV KEY=VALUE ... (or the legacy ``ENV KEY VALUE``)."""
+
     keyword: ClassVar[str] = "ENV"
     pairs: list[KeyValue]
 
 
 @dataclass(kw_only=True)
 class Label(Instruction):
+    """LABEL KEY=VALUE ..."""
+
     keyword: ClassVar[str] = "LABEL"
     pairs: list[KeyValue]
 
 
 @dataclass(kw_only=True)
 class Arg(Instruction):
+    """ARG NAME[=DEFAULT] ..."""
+
     keyword: ClassVar[str] = "ARG"
     pairs: list[ArgPair]
 
 
 @dataclass(kw_only=True)
 class Expose(Instruction):
+    """EXPOSE PORT[/PROTOCOL] ..."""
+
     keyword: ClassVar[str] = "EXPOSE"
     ports: list[str]  # as written: "80", "53/udp", "8000-8010"
 
 
 @dataclass(kw_only=True)
 class Volume(Instruction):
+    """VOLUME PATH ..., in JSON or plain form."""
+
     keyword: ClassVar[str] = "VOLUME"
     paths: list[str]
     exec_form: bool = False
@@ -212,24 +238,32 @@ class Volume(Instruction):
 
 @dataclass(kw_only=True)
 class Workdir(Instruction):
+    """WORKDIR PATH."""
+
     keyword: ClassVar[str] = "WORKDIR"
     path: str
 
 
 @dataclass(kw_only=True)
 class User(Instruction):
+    """USER NAME[:GROUP] or UID[:GID]."""
+
     keyword: ClassVar[str] = "USER"
     user: str
 
 
 @dataclass(kw_only=True)
 class Shell(Instruction):
+    """SHELL ["executable", "parameters"]: the shell for shell-form commands."""
+
     keyword: ClassVar[str] = "SHELL"
     shell: list[str]
 
 
 @dataclass(kw_only=True)
 class StopSignal(Instruction):
+    """STOPSIGNAL SIGNAL, as a name or a number."""
+
     keyword: ClassVar[str] = "STOPSIGNAL"
     signal: str
 
@@ -263,6 +297,8 @@ class Onbuild(Instruction):
 
 @dataclass(kw_only=True)
 class Maintainer(Instruction):
+    """MAINTAINER NAME (deprecated; kept in the config's author field)."""
+
     keyword: ClassVar[str] = "MAINTAINER"
     maintainer: str
 

@@ -64,6 +64,8 @@ class ArgInfo:
 
 @dataclass
 class Stage:
+    """A stage of the Dockerfile: its FROM after expansion and its instructions."""
+
     index: int
     name: str | None
     base: str  # the FROM image after expansion (or the base stage's name)
@@ -92,6 +94,8 @@ class Stage:
 
 @dataclass
 class Plan:
+    """The stages to build for a target, in an order that builds each after what it needs."""
+
     dockerfile: Dockerfile  # what this plan is for
     stages: list[Stage]
     target: int

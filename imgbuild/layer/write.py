@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import zstandard
 from isal import igzip_threaded
 
 from imgbuild.errors import LayerError
@@ -382,6 +381,8 @@ def _open_compressor(compression: str, level: int | None, blob: _HashingWriter |
     # zstd: multi-threaded zstd gives the same bytes for any number of workers >= 1
     # (threads=-1 is one worker on a 1-CPU machine), so blobs match across
     # machines; memory is a few buffers per worker, not per layer size.
+    import zstandard  # only when asked for: it loads platform too, ~3 ms of every build
+
     compressor = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
     return compressor.stream_writer(blob, closefd=False)
 

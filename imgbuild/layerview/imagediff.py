@@ -29,6 +29,8 @@ TOP_FIELDS = ("architecture", "os", "variant", "os.version", "author")
 
 @dataclass
 class Side:
+    """One of the two images ``imgbuild diff`` compares, read."""
+
     label: str
     image: object
     tree: MergedTree

@@ -30,6 +30,8 @@ IMGBUILD_MARK = " # imgbuild"  # imgbuild ends the history of the steps it ran w
 
 @dataclass
 class Options:
+    """What ``imgbuild layers`` was asked to show, from its flags."""
+
     changes: tuple[str, ...] = CHANGES
     sort: str = "path"  # or "size"
     min_size: int = 0
@@ -42,6 +44,8 @@ class Options:
 
 @dataclass
 class Analysis:
+    """Each layer's changes and the image's wasted space, as ``imgbuild layers`` reports them."""
+
     image: Image
     layers: list[dict]
     history: list[dict]

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 @dataclass
 class Node:
+    """A path of the merged image tree, and the layer that last wrote it."""
+
     kind: str  # file, dir, symlink, ...
     size: int
     layer: int  # index of the layer that last wrote it

@@ -34,6 +34,8 @@ TOP_PATHS = 100  # wasted paths kept, the biggest first
 
 @dataclass
 class PathFigures:
+    """How often a path was written across the layers, and the bytes that took."""
+
     count: int = 0
     cumulative: int = 0
     smallest: int = -1
@@ -139,6 +141,8 @@ class CiConfigError(UsageError):
 
 @dataclass
 class RuleResult:
+    """The outcome of one of dive's CI rules."""
+
     rule: str  # dive's key
     threshold: str  # as configured
     status: str  # pass, fail, disabled

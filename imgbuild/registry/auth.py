@@ -52,6 +52,8 @@ TOKEN_MIN_LIFETIME = 60  # seconds; the spec's default when the server gives non
 
 @dataclass(frozen=True)
 class Credentials:
+    """A registry user name and password, and where they came from."""
+
     username: str
     password: str = field(repr=False)
     source: str = ""  # where they came from, for messages: a file or a helper
@@ -153,6 +155,8 @@ def _from_helper(helper: str, registry: str) -> Credentials | None:
 
 @dataclass(frozen=True)
 class Challenge:
+    """One challenge of a registry's WWW-Authenticate header."""
+
     scheme: str  # lower-case: "basic", "bearer"
     params: dict[str, str]
 

@@ -421,6 +421,8 @@ def _delete_container(runtime: str, container_id: str, *, report_errors: bool) -
 
 @dataclass
 class _Delete:
+    """A ``runtime delete`` started in the background, to wait for before exiting."""
+
     runtime: str
     container_id: str
     process: subprocess.Popen

@@ -126,6 +126,8 @@ class RunSpec:
 
 @dataclass
 class BundleFile:
+    """A file written into the bundle, for the container to see."""
+
     path: str  # relative to the bundle
     data: bytes
     mode: int

@@ -45,6 +45,8 @@ ROOT = ResolvedUser()
 
 @dataclass
 class _PasswdEntry:
+    """A line of the image's /etc/passwd."""
+
     name: str
     uid: int
     gid: int
@@ -53,6 +55,8 @@ class _PasswdEntry:
 
 @dataclass
 class _GroupEntry:
+    """A line of the image's /etc/group."""
+
     name: str
     gid: int
     members: list[str]

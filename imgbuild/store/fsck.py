@@ -44,6 +44,8 @@ from imgbuild.store.owner import dead_owners, is_owner_entry
 
 @dataclass
 class Problem:
+    """One thing fsck found wrong in the store."""
+
     kind: str  # corrupt-blob, missing-blob, size-mismatch, bad-document, stray-file, ...
     subject: str  # the digest, path or tag the problem is about
     message: str
@@ -55,6 +57,8 @@ class Problem:
 
 @dataclass
 class FsckReport:
+    """What fsck checked, found and repaired."""
+
     problems: list[Problem] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)  # what --repair did, one line each
     notes: list[str] = field(default_factory=list)  # worth knowing, not a problem

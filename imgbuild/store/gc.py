@@ -55,6 +55,8 @@ HEX = frozenset("0123456789abcdef")
 
 @dataclass
 class GcResult:
+    """What a blob collection removed, or why it did not run."""
+
     removed: list[str] = field(default_factory=list)  # digests of the removed blobs
     freed_bytes: int = 0
     skipped_reason: str = ""  # set when the collection did not run
@@ -322,6 +324,8 @@ def _entry_usage(fd: int, name: str, seen: set, pending: list[int]) -> int:
 
 @dataclass
 class SnapshotSweep:
+    """Which unused snapshot directories a sweep removed."""
+
     removed: list[int] = field(default_factory=list)  # snapshot ids
     freed_bytes: int = 0
     kept_reason: str = ""  # set when snapshots that could go were kept

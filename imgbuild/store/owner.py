@@ -100,6 +100,8 @@ def _release(path: Path, lock_path: Path, fd: int) -> None:
 
 @dataclass
 class SweepResult:
+    """What cleaning up after dead builds removed, and what it could not."""
+
     removed: list[str]  # owner directories removed
     containers: list[str]  # runc containers deleted
     unmounted: list[str]  # mount points unmounted
