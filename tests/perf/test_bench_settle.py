@@ -1,0 +1,108 @@
+"""bench/run.py: a cold case deletes every tool's old state before it times any
+tool, and settles after the deletions on ext4 without a journal.
+
+There, a file created within a minute of mass deletion in its block group
+makes the kernel scan every freed inode (fs/ext4/ialloc.c, recently_deleted):
+deleting one tool's store just before timing the next would bill that tool
+for it. The order is checked with stand-in tools that record what the harness
+asks of them; the filesystem check reads mountinfo and sysfs files made here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture
+def run(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    return importlib.import_module("run")
+
+
+def mountinfo(tmp_path: Path, *mounts: tuple[str, str, str]) -> str:
+    """A mountinfo file with (mount point, fstype, source) lines."""
+    lines = [
+        f"{20 + i} 1 254:{i} / {point} rw,relatime shared:{i} - {fstype} {source} rw\n"
+        for i, (point, fstype, source) in enumerate(mounts)
+    ]
+    path = tmp_path / "mountinfo"
+    path.write_text("".join(lines))
+    return str(path)
+
+
+def sysfs(tmp_path: Path, device: str, journal_task: str) -> Path:
+    root = tmp_path / "ext4"
+    (root / device).mkdir(parents=True)
+    (root / device / "journal_task").write_text(journal_task + "\n")
+    return root
+
+
+def test_ext4_without_a_journal_needs_the_reuse_delay(run, tmp_path):
+    info = mountinfo(tmp_path, ("/", "ext4", "/dev/vdz"), ("/var/tmp/mem", "tmpfs", "tmpfs"))
+    no_journal = sysfs(tmp_path, "vdz", "<none>")
+    assert run.inode_reuse_delay(Path("/var/tmp/bench"), info, no_journal) == run.INODE_REUSE_DELAY
+    assert run.INODE_REUSE_DELAY > 60
+    # a mount below takes precedence
+    assert run.inode_reuse_delay(Path("/var/tmp/mem/bench"), info, no_journal) == 0
+
+
+def test_ext4_with_a_journal_or_another_filesystem_needs_none(run, tmp_path):
+    info = mountinfo(tmp_path, ("/", "ext4", "/dev/vdz"))
+    assert run.inode_reuse_delay(Path("/var/tmp"), info, sysfs(tmp_path, "vdz", "812")) == 0
+    info = mountinfo(tmp_path, ("/", "xfs", "/dev/vdz"))
+    assert run.inode_reuse_delay(Path("/var/tmp"), info, tmp_path / "none") == 0
+
+
+class Recorder:
+    """Stands in for a tool: records the harness's calls in a shared list."""
+
+    def __init__(self, name: str, calls: list[str]):
+        self.name = name
+        self.calls = calls
+
+    def fresh_state(self, bases) -> None:
+        self.calls.append(f"fresh {self.name}")
+
+    def build(self, dockerfile, context, tag, log_path):
+        from tools import BuildResult
+
+        self.calls.append(f"build {self.name}")
+        return BuildResult(
+            seconds=1.0, peak_kb=1024, cpu_s=1.0, background_cpu_s=0.0, exit_code=0,
+            cached_steps=0, log_path=log_path, error="",
+        )  # fmt: skip
+
+
+def scenario(run, tmp_path: Path, cold: bool):
+    (tmp_path / "ctx").mkdir()
+    return run.Scenario(
+        key="cold-x", workload="x", case="cold" if cold else "warm no-op",
+        dockerfile=tmp_path / "ctx" / "Dockerfile", context=tmp_path / "ctx", tag="x:1", reps=2,
+        cold=cold, expect_cached="none", bases=[],
+    )  # fmt: skip
+
+
+def test_a_cold_run_deletes_every_old_state_then_settles_then_times(run, tmp_path, monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(run, "settle_after_deletions", lambda seconds: calls.append(f"settle {seconds}"))
+    tools = [Recorder("imgbuild", calls), Recorder("docker", calls)]
+    by_tool, _ = run.run_scenario(scenario(run, tmp_path, True), tools, tmp_path, {}, 0.0, 61.0)
+    assert calls == [
+        "fresh imgbuild", "fresh docker", "settle 61.0", "build imgbuild", "build docker",
+        "fresh docker", "fresh imgbuild", "settle 61.0", "build docker", "build imgbuild",
+    ]  # fmt: skip
+    assert [len(results) for results in by_tool.values()] == [2, 2]
+
+
+def test_a_warm_run_neither_deletes_nor_settles(run, tmp_path, monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(run, "settle_after_deletions", lambda seconds: calls.append(f"settle {seconds}"))
+    tools = [Recorder("imgbuild", calls)]
+    tools[0].ensure_bases = lambda bases: None
+    run.run_scenario(scenario(run, tmp_path, False), tools, tmp_path, {}, 0.0, 61.0)
+    assert calls == ["build imgbuild", "build imgbuild", "build imgbuild"]  # warm-up, 2 timed
