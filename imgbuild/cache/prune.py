@@ -1,10 +1,12 @@
 """Bounding the build cache: what it takes on disk (``cache du``), pruning it
 (``cache prune``) and collecting it after a build when it passes a limit.
 
-Every size here is measured on disk (imgbuild.store.gc.disk_usage): the
-blob files under ``oci/blobs/sha256`` and the snapshot trees under
-``snapshots/``, in allocated bytes as ``du -B1`` counts them. The index's
-sizes are what the layers' descriptors say, not what the store takes.
+Every size here is measured on disk: the blob files under
+``oci/blobs/sha256`` and the snapshot trees under ``snapshots/``, in allocated
+bytes as ``du -B1`` counts them. A snapshot never changes, so its size is
+measured once and kept in the index (imgbuild.store.gc.snapshot_sizes). The
+layers' sizes in the index are what their descriptors say, not what the store
+takes, and are not used here.
 
 What a prune keeps, after it has chosen the cache entries to remove:
 
@@ -42,13 +44,13 @@ from imgbuild.store import Store
 from imgbuild.store.gc import (
     LEASE_WAIT_SECONDS,
     SIDE_LEASE_WAIT_SECONDS,
-    disk_usage,
     exclusive_lease,
     file_usage,
     image_diff_ids,
     is_digest_name,
     live_blobs,
     referenced_blobs,
+    snapshot_sizes,
     sweep_blobs,
     sweep_snapshots,
     sweep_statcache,
@@ -150,9 +152,9 @@ def measure(store: Store) -> StoreUsage:
     needs is unknown, and nothing may be judged reclaimable.
     """
     blobs = _blob_usage(store)
-    snapshots = {}
-    for row in store.db.snapshot_rows():
-        snapshots[row["id"]] = (row["diff_id"], disk_usage(store.snapshots_dir / str(row["id"])))
+    rows = store.db.snapshot_rows()
+    sizes = snapshot_sizes(store, rows)
+    snapshots = {row["id"]: (row["diff_id"], sizes[row["id"]]) for row in rows}
     image_blobs = referenced_blobs(store)
     entries = [
         Entry(
@@ -353,4 +355,4 @@ def collect_if_over(store: Store, limits: Limits) -> PruneResult | None:
 
 def _store_bytes(store: Store) -> int:
     blobs = sum(_blob_usage(store).values())
-    return blobs + sum(disk_usage(store.snapshots_dir / str(row["id"])) for row in store.db.snapshot_rows())
+    return blobs + sum(snapshot_sizes(store, store.db.snapshot_rows()).values())

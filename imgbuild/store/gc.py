@@ -27,8 +27,9 @@ started, and every blob of the images they resolved (``live_blobs``).
 go, under the same exclusive lease, and then uses the sweeps here: snapshots
 whose layer no remaining cache entry or image uses (``sweep_snapshots``),
 blobs (``sweep_blobs``), and stat-cache rows that can never hit again
-(``sweep_statcache``). Sizes are measured on disk (``disk_usage``), never
-taken from the index.
+(``sweep_statcache``). Sizes are measured on disk (``disk_usage``); a
+snapshot's once, then kept in the index, since it never changes
+(``snapshot_sizes``).
 """
 
 from __future__ import annotations
@@ -207,7 +208,7 @@ def sweep_unused(store: Store, measure=None) -> GcResult:
     used = referenced_blobs(store) | cache_layer_blobs(store) | live_blobs(store, live)
     rows = store.db.snapshot_rows()
     unused = unused_snapshots(rows, used_diff_ids(store, used), live.fence)
-    sizes = {snapshot_id: disk_usage(store.snapshots_dir / str(snapshot_id)) for snapshot_id in unused}
+    sizes = snapshot_sizes(store, [row for row in rows if row["id"] in set(unused)])
     swept = sweep_snapshots(store, unused, sizes, live.work_dirs)
     result = sweep_blobs(store, used | store.db.snapshot_blobs(), measure)
     result.snapshots = len(swept.removed)
@@ -288,11 +289,39 @@ def disk_usage(path: os.PathLike) -> int:
     Walked fd-relative without following symlinks; an entry removed meanwhile
     counts as nothing.
     """
+    return _tree_usage(path) or 0
+
+
+def snapshot_sizes(store: Store, rows: Iterable) -> dict[int, int]:
+    """Snapshot id -> bytes on disk, for the snapshot ``rows`` (``snapshot_rows``).
+
+    A snapshot's directory never changes once it has its row, so its size is
+    measured once and kept in the index: a build's limits check (and ``cache
+    du``) walks only the snapshots made since. A row whose directory is not
+    there yet (the rename follows the row) or any more counts as nothing and
+    is measured again next time.
+    """
+    sizes: dict[int, int] = {}
+    measured: dict[int, int] = {}
+    for row in rows:
+        if row["disk_bytes"] is not None:
+            sizes[row["id"]] = row["disk_bytes"]
+            continue
+        size = _tree_usage(store.snapshots_dir / str(row["id"]))
+        sizes[row["id"]] = size or 0
+        if size is not None:
+            measured[row["id"]] = size
+    store.db.record_snapshot_sizes(measured)
+    return sizes
+
+
+def _tree_usage(path: os.PathLike) -> int | None:
+    """``disk_usage``, but None when ``path`` is not there."""
     seen: set[tuple[int, int]] = set()
     try:
         top = os.open(path, _DIR_FLAGS)
     except FileNotFoundError:
-        return 0
+        return None
     total = 0
     pending = [top]
     while pending:

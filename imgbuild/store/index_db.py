@@ -29,7 +29,9 @@ from imgbuild.errors import DiskFull, disk_full
 # database gets the columns on open (its entries keep working, with no inputs).
 # 4: ``selection_digests`` (remembered context digests). A database already at
 # this version is opened without running the schema script again.
-SCHEMA_VERSION = 4
+# 5: ``snapshots.disk_bytes``, each snapshot's size on disk, measured once (a
+# snapshot never changes); a version-4 database gets the column on open.
+SCHEMA_VERSION = 5
 
 # Columns version 3 added to ``cache``, with their types, for the migration.
 CACHE_COLUMNS_V3 = (
@@ -57,7 +59,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
     chain_id    TEXT NOT NULL UNIQUE,  -- the layer and every layer below it
     diff_id     TEXT NOT NULL,         -- the layer the directory holds
     created     REAL NOT NULL,
-    last_used   REAL NOT NULL
+    last_used   REAL NOT NULL,
+    disk_bytes  INTEGER            -- du of the directory, NULL until first measured
 );
 CREATE INDEX IF NOT EXISTS snapshots_by_diff_id ON snapshots(diff_id);
 
@@ -143,6 +146,7 @@ class IndexDB:
             if self.schema_version() == SCHEMA_VERSION:
                 return  # every table and column is there: a cached build opens the index cheaply
             self._add_missing_cache_columns()
+            self._add_snapshot_size_column()
             conn.executescript(SCHEMA)
             if not self.has_legacy_snapshots():
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -191,6 +195,21 @@ class IndexDB:
         if not columns:
             return []  # a new store: SCHEMA creates the table whole
         return [(name, kind) for name, kind in CACHE_COLUMNS_V3 if name not in columns]
+
+    def _add_snapshot_size_column(self) -> None:
+        """Version 4 to 5: ``snapshots.disk_bytes``, NULL until each snapshot is measured."""
+        if not self._needs_snapshot_size_column(self.connection()):
+            return
+        with self.transaction() as conn:
+            if self._needs_snapshot_size_column(conn):
+                conn.execute("ALTER TABLE snapshots ADD COLUMN disk_bytes INTEGER")
+
+    @staticmethod
+    def _needs_snapshot_size_column(conn: sqlite3.Connection) -> bool:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(snapshots)")}
+        # No table: SCHEMA makes it whole. No chain_id: version 1, whose table
+        # is dropped and made again by drop_legacy_snapshots.
+        return "chain_id" in columns and "disk_bytes" not in columns
 
     def has_legacy_snapshots(self) -> bool:
         """True for a version-1 database: its snapshots table is keyed by diff_id."""
@@ -267,8 +286,17 @@ class IndexDB:
         self.execute("UPDATE snapshots SET last_used=? WHERE chain_id=?", (time.time(), chain_id))
 
     def snapshot_rows(self) -> list[sqlite3.Row]:
-        """Rows (id, chain_id, diff_id, created, last_used) of every snapshot."""
-        return self.query("SELECT id, chain_id, diff_id, created, last_used FROM snapshots")
+        """Rows (id, chain_id, diff_id, created, last_used, disk_bytes) of every snapshot."""
+        return self.query("SELECT id, chain_id, diff_id, created, last_used, disk_bytes FROM snapshots")
+
+    def record_snapshot_sizes(self, sizes: dict[int, int]) -> None:
+        """Keep each snapshot's measured size on disk (``disk_bytes``), once."""
+        if sizes:
+            with self.transaction() as conn:
+                conn.executemany(
+                    "UPDATE snapshots SET disk_bytes = ? WHERE id = ? AND disk_bytes IS NULL",
+                    [(size, snapshot_id) for snapshot_id, size in sizes.items()],
+                )
 
     def delete_snapshot_row(self, snapshot_id: int) -> None:
         self.execute("DELETE FROM snapshots WHERE id=?", (snapshot_id,))

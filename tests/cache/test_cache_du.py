@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import sqlite3
 import subprocess
 
 import pytest
@@ -119,3 +120,40 @@ def test_sizes_and_durations_read_as_docker_reads_them():
         512, 1024, 1024, 3 * 2**29, 2 * 2**20, 10 * 2**30,
     ]
     assert [parse_duration(text) for text in ("90s", "24h", "1h30m", "7d")] == [90, 86400, 5400, 7 * 86400]
+
+
+def test_a_snapshot_is_measured_once_and_its_size_kept(tmp_path):
+    """A snapshot never changes once made: the first measurement (a build's limits
+    check, ``cache du``) keeps its size in the index, and later ones read it there
+    instead of walking the tree again (on a full disk every build would)."""
+    root = _store(tmp_path)
+    assert rows(root, "SELECT COUNT(*) FROM snapshots WHERE disk_bytes IS NOT NULL") == [(0,)]
+
+    first = cli_json(root, "cache", "du")
+
+    kept = dict(rows(root, "SELECT id, disk_bytes FROM snapshots"))
+    assert kept and all(size == _du(root / "snapshots" / str(sid)) for sid, size in kept.items())
+    assert first["total_bytes"] == measured_bytes(root)
+    # What is kept is what the next measurement uses: a changed figure in the
+    # index moves the report by exactly that much.
+    some_id = next(iter(kept))
+    with sqlite3.connect(root / "index.db") as db:
+        db.execute("UPDATE snapshots SET disk_bytes = disk_bytes + 4096 WHERE id = ?", (some_id,))
+    assert cli_json(root, "cache", "du")["total_bytes"] == first["total_bytes"] + 4096
+
+
+def test_a_snapshot_row_without_its_directory_is_not_measured_as_empty(tmp_path):
+    """The row comes just before the directory's rename: a measurement in between
+    counts nothing, but must not keep 0 as the snapshot's size for good."""
+    root = _store(tmp_path)
+    sid = rows(root, "SELECT MAX(id) FROM snapshots")[0][0]
+    directory = root / "snapshots" / str(sid)
+    aside = root / "tmp" / "aside"
+    directory.rename(aside)
+    try:
+        cli_json(root, "cache", "du")
+        assert rows(root, "SELECT disk_bytes FROM snapshots WHERE id = ?", (sid,)) == [(None,)]
+    finally:
+        aside.rename(directory)
+    cli_json(root, "cache", "du")
+    assert rows(root, "SELECT disk_bytes FROM snapshots WHERE id = ?", (sid,)) == [(_du(directory),)]
