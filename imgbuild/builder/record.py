@@ -192,13 +192,13 @@ def _ready(store, args) -> bool:
     """What the builder checks or does first: the runtime is there, no killed
     build left work to clean up (``sweep_dead_work``), the store is within its limits."""
     from imgbuild.cache.limits import limits_for, within_limits
+    from imgbuild.store.owner import has_dead_owners
 
     runtime = args.runtime or os.environ.get("IMGBUILD_RUNTIME") or "runc"
     if shutil.which(runtime) is None:
         return False
-    with os.scandir(store.tmp_dir) as entries:
-        if any(True for _ in entries):  # a killed build's work, or a build running now
-            return False
+    if has_dead_owners(store.tmp_dir):  # the builder would clean up after a killed build first
+        return False
     return within_limits(store, limits_for(store, args.max_cache, args.min_free))
 
 
