@@ -235,11 +235,13 @@ def _selections_hold(found: Plan, record: dict) -> bool:
 
 
 def _store_holds(store, record: dict) -> bool:
-    """The cache entries are there as the build used them, and every blob of the image and of those entries."""
+    """The cache entries are there as the build used them, and every blob of the image and of those entries.
+    An entry that lost the record of its inputs (a store of an older schema) gets it back from a
+    normal build's hit, so it takes one."""
     entries = record["entries"]
     rows = store.db.cache_layers([key for key, _, _ in entries])
     for key, digest, created in entries:
-        if rows.get(key) != (digest, created):
+        if rows.get(key) != (digest, created, True):
             return False
     digests = set(record["blobs"]) | {digest for _, digest, _ in entries if digest}
     return all(store.has_blob(digest) for digest in digests)
@@ -402,7 +404,7 @@ class Journal:
             "size": size,
             "tags": list(result.tags),
             "cached": result.steps_cached + result.steps_run,  # a rebuild finds every layer step cached
-            "entries": [[key, *rows[key]] for key in sorted(rows)],
+            "entries": [[key, *rows[key][:2]] for key in sorted(rows)],
             "lookups": [key for key, _, _ in self.lookups],
             "bases": self.bases,
             "selections": [

@@ -297,14 +297,17 @@ class IndexDB:
     def count_cache_hit(self, key: str) -> None:
         self.execute("UPDATE cache SET hits = hits + 1, last_used = ? WHERE key = ?", (time.time(), key))
 
-    def cache_layers(self, keys: list[str]) -> dict[str, tuple[str | None, float]]:
-        """key -> (layer digest, created) of the entries among ``keys`` that exist."""
+    def cache_layers(self, keys: list[str]) -> dict[str, tuple[str | None, float, bool]]:
+        """key -> (layer digest, created, whether it keeps its inputs) of the entries among ``keys`` that exist."""
         found = {}
         for start in range(0, len(keys), 500):  # SQLite's limit on bound parameters
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for row in self.query(f"SELECT key, layer_digest, created FROM cache WHERE key IN ({marks})", tuple(chunk)):
-                found[row[0]] = (row[1], row[2])
+            rows = self.query(
+                f"SELECT key, layer_digest, created, inputs IS NOT NULL FROM cache WHERE key IN ({marks})", tuple(chunk)
+            )
+            for row in rows:
+                found[row[0]] = (row[1], row[2], bool(row[3]))
         return found
 
     def record_cache_entry(self, entry: dict, *, keep_existing) -> sqlite3.Row | None:

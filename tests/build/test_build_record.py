@@ -144,10 +144,11 @@ def _hits(root: Path) -> list[tuple[str, int]]:
         return db.execute("SELECT key, hits FROM cache").fetchall()
 
 
-@pytest.mark.parametrize("mode", ["plain", "json", "quiet"])
+@pytest.mark.parametrize("mode", ["plain", "json", "quiet", "explain"])
 def test_the_record_prints_what_the_normal_path_prints(store, context, tmp_path, mode):
     (context / "Dockerfile").write_text(DOCKERFILE + "ENV LEGACY value\n")  # a build-check warning
-    flags = ["-t", "t:1", "--build-arg", "UNUSED=1", "--progress", mode] + (["-q"] if mode == "quiet" else [])
+    flags = ["-t", "t:1", "--build-arg", "UNUSED=1", "--progress", "plain" if mode == "explain" else mode]
+    flags += {"quiet": ["-q"], "explain": ["--explain"]}.get(mode, [])
     build(store.root, context, *flags, tmp=tmp_path)
     taken = build(store.root, context, *flags, tmp=tmp_path)
     assert taken.from_record
@@ -155,9 +156,11 @@ def test_the_record_prints_what_the_normal_path_prints(store, context, tmp_path,
     assert not normal.from_record
     assert _shown(taken.completed.stdout) == _shown(normal.completed.stdout)
     assert _shown(taken.completed.stderr) == _shown(normal.completed.stderr)
-    if mode == "plain":
+    if mode in ("plain", "explain"):
         assert "CACHED" in taken.completed.stderr and "UNUSED" in taken.completed.stderr
         assert "LegacyKeyValueFormat" in taken.completed.stderr
+    if mode == "explain":
+        assert "every step was cached" in taken.completed.stderr
 
 
 def _shown(text: str) -> list:
