@@ -161,8 +161,11 @@ def replay(found: Plan, args, store, started: float) -> bool:
     text = store.db.build_record(found.key)
     if text is None:
         return False
-    record = json.loads(text)
-    if not _ready(store, args) or not _bases_hold(store, record) or not _selections_hold(found, record):
+    try:
+        record = json.loads(text)
+        if not _ready(store, args) or not _bases_hold(store, record) or not _selections_hold(found, record):
+            return False
+    except (ValueError, KeyError, TypeError):  # a record this code cannot read: the builder writes a new one
         return False
     from imgbuild.builder.progress import Summary, make_progress
 
@@ -177,7 +180,7 @@ def replay(found: Plan, args, store, started: float) -> bool:
             store.db.count_build_record_hit(found.key, record["lookups"])
         if args.iidfile and not _write_iidfile(Path(args.iidfile), record["config"]):
             return False  # the normal build says why it cannot be written
-        _show(progress, record, args.explain)
+        _show(progress, record)
         size, tags = record["size"], record["tags"]
         seconds = time.monotonic() - started
         progress.finished(Summary(record["image"]["digest"], record["config"], size, record["cached"], 0, seconds, tags))
@@ -266,7 +269,7 @@ def _write_iidfile(path: Path, config_digest: str) -> bool:
     return True
 
 
-def _show(progress, record: dict, explain: bool) -> None:
+def _show(progress, record: dict) -> None:
     """What the builder shows of a fully cached build: every step cached, and the warnings."""
     progress.begin()
     for event in record["events"]:
