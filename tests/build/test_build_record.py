@@ -262,6 +262,17 @@ def test_an_image_removed_by_rmi_is_built_again(builds, store, context):
     assert all(Store(store.root).has_blob(layer.digest) for layer in image.layers)
 
 
+def test_an_image_prune_that_removed_the_base_fails_the_build_as_the_normal_path_does(builds, store, context):
+    builds()
+    assert builds().from_record
+    imgbuild = [sys.executable, "-m", "imgbuild", "--root", str(store.root)]
+    subprocess.run([*imgbuild, "image", "prune", "-a", "-f"], check=True, capture_output=True, env=cli_env(), cwd=str(PROJECT))
+    failed = subprocess.run(
+        [*imgbuild, "build", "-q", "-t", "t:1", str(context)], capture_output=True, text=True, env=cli_env(), cwd=str(PROJECT)
+    )
+    assert failed.returncode == 1 and "busybox" in failed.stderr, failed.stderr
+
+
 def test_a_pruned_cache_misses_the_record(builds, store):
     first = builds()
     assert builds().from_record
