@@ -255,8 +255,11 @@ def _tag(store, record: dict) -> None:
     from imgbuild.image import Descriptor
 
     descriptor = Descriptor.from_json(record["image"])
+    tagged = {name: (found.digest, found.size) for name, found in store.refs() if name}
     for tag in record["tags"]:
-        store.tag(tag, descriptor)
+        # a tag already on the image stays where it is in index.json (no rewrite, no fsync)
+        if tagged.get(tag) != (descriptor.digest, descriptor.size):
+            store.tag(tag, descriptor)
     if not record["tags"]:
         store.keep_untagged(descriptor)
 

@@ -125,6 +125,18 @@ def test_a_noop_rebuild_comes_from_the_record_with_the_image_of_the_normal_path(
     assert again.image_id == first.image_id == normal.image_id == tagged(store.root)
 
 
+def test_a_record_leaves_index_json_alone_when_the_tag_is_there(builds, store, tmp_path):
+    builds()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "Dockerfile").write_text("FROM busybox\nRUN echo other > /other\n")
+    build(store.root, other, "-q", "-t", "t:2", tmp=tmp_path)  # t:1 is no longer the last entry
+    index = store.root / "oci" / "index.json"
+    before = (index.read_bytes(), index.stat().st_ino, index.stat().st_mtime_ns)
+    assert builds().from_record
+    assert (index.read_bytes(), index.stat().st_ino, index.stat().st_mtime_ns) == before
+
+
 def test_a_record_is_not_a_cache_miss_of_a_step(builds, store):
     """Hits count as the normal path counts them: once per step and build."""
     builds()
