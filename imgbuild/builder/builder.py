@@ -126,9 +126,10 @@ class Builder:
         plan = frontend.plan(parsed, self.options.build_args, self.options.target, str(self.platform))
         check_config(parsed, plan.build_args)  # a bad # check= fails now, not after the build
         for name in plan.unused_build_args:
-            self.progress.warning(f"build arg {name} was given but no stage declares it (ARG {name})")
+            message = f"build arg {name} was given but no stage declares it (ARG {name})"
+            self.progress.warning(message)
             if self.journal is not None:
-                self.journal.warned(f"build arg {name} was given but no stage declares it (ARG {name})")
+                self.journal.warned(message)
         self.plan = plan
         epoch = plan.source_date_epoch()
         if self.options.source_date_epoch is None and epoch is not None:
