@@ -120,6 +120,7 @@ def test_a_noop_rebuild_comes_from_the_record_with_the_image_of_the_normal_path(
     assert not first.from_record
     again = builds()
     assert again.from_record
+    assert not any(name.startswith("imgbuild.dockerfile") for name in again.modules)  # nor the front end
     normal = builds(env=BYPASS)
     assert not normal.from_record
     assert again.image_id == first.image_id == normal.image_id == tagged(store.root)
