@@ -96,12 +96,23 @@ def onbuild_triggers(state: StageState) -> list:
 
 def _find_image(builder, name: str, platform: Platform) -> Image:
     """From the local store, or pulled (always with --pull)."""
+    journal = getattr(builder, "journal", None)  # the build's record notes what each name resolved to
     if not builder.options.pull:
         for candidate in local_names(name):
             try:
-                return builder.store.load_image(candidate, platform)
+                descriptor = builder.store.resolve(candidate)
+            except ImageNotFound:
+                descriptor = None
+            if journal is not None:
+                journal.resolved(candidate, descriptor)
+            if descriptor is None:
+                continue
+            try:
+                return builder.store.load_image(descriptor, platform)
             except ImageNotFound:
                 continue
+    if journal is not None:
+        journal.refuse(f"the base image {name} was pulled")
     from imgbuild.registry.pull import (
         pull,  # on demand: most builds never pull, and it is slow to import
     )

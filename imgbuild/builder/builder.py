@@ -45,7 +45,7 @@ from imgbuild.builder.state import StageResult, StageState
 from imgbuild.builder.workdirstep import plan_workdir
 from imgbuild.cache.index import BuildCache
 from imgbuild.cache.limits import Limits, limits_for, within_limits
-from imgbuild.context.buildfiles import load_ignore_patterns, read_build_file
+from imgbuild.context.buildfiles import default_dockerfile, load_ignore_patterns, read_build_file
 from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.source import BuildContext
 from imgbuild.context.statcache import StatCache
@@ -80,8 +80,10 @@ def _read_ca_certs(paths: list[Path]) -> bytes:
 class Builder:
     """One build: what it was asked, and what every stage and step shares while it runs."""
 
-    def __init__(self, store: Store, options: BuildOptions, progress: Progress | None = None):
+    def __init__(self, store: Store, options: BuildOptions, progress: Progress | None = None, journal=None):
         self.store = store
+        # what this build's record (builder/record.py) needs to know; None: no record is kept
+        self.journal = journal
         self.options = options
         self.progress = progress or make_progress(options.progress, explain=options.explain)
         self.progress.explain = self.progress.explain or options.explain
@@ -118,11 +120,16 @@ class Builder:
         limits = limits_for(self.store, self.options.max_cache, self.options.min_free)
         self._sweep_dead_work()
         text = self._read_dockerfile()
+        if self.journal is not None:
+            self.journal.read_dockerfile(text)
         parsed = self._parse(text)
         plan = frontend.plan(parsed, self.options.build_args, self.options.target, str(self.platform))
         check_config(parsed, plan.build_args)  # a bad # check= fails now, not after the build
         for name in plan.unused_build_args:
-            self.progress.warning(f"build arg {name} was given but no stage declares it (ARG {name})")
+            message = f"build arg {name} was given but no stage declares it (ARG {name})"
+            self.progress.warning(message)
+            if self.journal is not None:
+                self.journal.warned(message)
         self.plan = plan
         epoch = plan.source_date_epoch()
         if self.options.source_date_epoch is None and epoch is not None:
@@ -130,6 +137,7 @@ class Builder:
             self.options = dataclasses.replace(self.options, source_date_epoch=epoch)
         self.context = self._open_context()
         self.context.keep_listings()  # each key's inputs name the files it read
+        self.context.journal = self.journal
         try:
             # SIGTERM must clean up like Ctrl-C for the whole build, outputs
             # included: a type=local output copies from a mounted overlay.
@@ -169,6 +177,8 @@ class Builder:
         result = BuildResult(image, self.results, self.steps_cached, self.steps_run, seconds, tags)
         write_result_files(self.options, result)
         size = sum(layer.blob.size for layer in target.layers)
+        if self.journal is not None:
+            self.journal.keep(self, result, size)
         self.progress.finished(
             Summary(image.digest, image.config_descriptor.digest, size, self.steps_cached, self.steps_run, seconds, tags)
         )
@@ -188,9 +198,12 @@ class Builder:
         """BuildKit's build checks on the stages built, once their base images
         are known; with ``error=true`` a warning fails the build before any
         image is written, as in BuildKit."""
-        error = self._show_checks(parsed, plan).error()
+        result = self._show_checks(parsed, plan)
+        error = result.error()
         if error is not None:
             raise error
+        if self.journal is not None:
+            self.journal.checked(result.warnings)
 
     def _show_checks(self, parsed, plan):
         result = check(
@@ -351,6 +364,8 @@ class Builder:
                 step = self.progress.new_step(
                     stage_label, step_index, step_count, instruction.text, instruction.line, instruction.end_line
                 )
+                if self.journal is not None:
+                    self.journal.stepped(stage_label, step_index, step_count, instruction)
             state.instruction = instruction  # for the record of the step's key (layerstep.py)
             try:
                 self._step(stage, state, scope, instruction, step)
@@ -393,6 +408,8 @@ class Builder:
             # Only ADD URLs are downloaded: a COPY makes no directory (nor this
             # process's work directory in the store) that a cache hit would remove again.
             downloads_dir = self.store.make_temp_dir("add-") if any(map(is_url, expanded.sources)) else None
+            if downloads_dir is not None and self.journal is not None:
+                self.journal.refuse("ADD downloads a URL")
             try:
                 work = plan_copy(self, state, expanded, downloads_dir, is_add=isinstance(expanded, Add))
                 run_layer_step(self, stage, state, step, work, created)
@@ -466,21 +483,13 @@ class Builder:
             return self.named_contexts[origin]
 
 
-def default_dockerfile(context: Path) -> Path:
-    """CONTEXT/Dockerfile, or CONTEXT/dockerfile if only that exists (BuildKit's fallback)."""
-    path = Path(context) / "Dockerfile"
-    lower = Path(context) / "dockerfile"
-    if not os.path.lexists(path) and os.path.lexists(lower):
-        return lower
-    return path
-
-
-def build(store: Store, options: BuildOptions, progress: Progress | None = None) -> BuildResult:
-    """Build ``options.context`` as the options say; returns the image and step counts."""
+def build(store: Store, options: BuildOptions, progress: Progress | None = None, journal=None) -> BuildResult:
+    """Build ``options.context`` as the options say; returns the image and step counts.
+    ``journal`` (``record.Journal``): keep a build record of it for the next rebuild."""
     progress = progress or make_progress(options.progress, explain=options.explain)
     try:
         progress.begin()
-        result = Builder(store, options, progress).build()
+        result = Builder(store, options, progress, journal).build()
         _wait_for_container_deletes(report_errors=True)
         return result
     except ImgbuildError as error:

@@ -70,6 +70,7 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
         builder.progress.done(step)
         builder.count(cached=False)
     builder.cache.note_used(stage.index, lookup_key)
+    entry_layer = layer  # as the cache entry has it (the build's record checks the entry still does)
     if layer is not None:
         options = builder.options
         if not compressed_as(layer.blob.media_type, options.compression):
@@ -77,6 +78,8 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
         layer = recompress(builder.store, layer, options.compression, options.compression_level)
         state.layers.append(layer)
     created = created or _first_built(builder, lookup_key, entry)
+    if builder.journal is not None:
+        builder.journal.used(lookup_key, entry_layer, created)
     ic.add_history(state.config, work.created_by, empty_layer=layer is None, created=created)
     # On a hit too: entries from before schema 3 get their record then.
     if _needs_inputs(builder, lookup_key, entry):

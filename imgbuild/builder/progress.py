@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import codecs
 import json
-import logging
 import os
 import sys
 import threading
@@ -297,7 +296,9 @@ class JsonProgress(Progress):
     def __init__(self, stream: TextIO):
         super().__init__()
         self.stream = stream
-        self.log_handler = _EventLogHandler(self)
+        import logging  # only here: a cached build taken from its record prints without it
+
+        self.log_handler = _event_log_handler(self)
         logging.getLogger("imgbuild").addHandler(self.log_handler)
 
     def _emit(self, event: str, **fields) -> None:
@@ -378,18 +379,20 @@ class JsonProgress(Progress):
         )
 
     def close(self) -> None:
+        import logging
+
         logging.getLogger("imgbuild").removeHandler(self.log_handler)
 
 
-class _EventLogHandler(logging.Handler):
-    """imgbuild's logged warnings as ``warning`` events (not text on the JSON stream)."""
+def _event_log_handler(progress: JsonProgress):
+    """A handler that makes imgbuild's logged warnings ``warning`` events (not text on the JSON stream)."""
+    import logging
 
-    def __init__(self, progress: JsonProgress):
-        super().__init__(logging.WARNING)
-        self.progress = progress
+    class EventLogHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            progress.warning(record.getMessage())
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.progress.warning(record.getMessage())
+    return EventLogHandler(logging.WARNING)
 
 
 class TtyProgress(Progress):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -224,21 +225,29 @@ def _cache_specs(texts: list[str], flag: str) -> list:
 
 
 def run(args) -> int:
-    from imgbuild.builder.builder import build
-    from imgbuild.builder.progress import make_progress
+    from imgbuild.builder import record
     from imgbuild.store import Store
 
+    started = time.monotonic()
     try:
         options = options_from_args(args)
         store = Store(args.root)
+        # A fully cached rebuild is taken from the build's record, without the builder (builder/record.py).
+        found = record.plan(args)
+        if found is not None and record.replay(found, args, store, started):
+            return 0
+        from imgbuild.builder.builder import build
+
         with build_context(args, store, options) as options:
             if args.check:  # the build checks only; nothing is built
                 from imgbuild.cli.check import check_build
 
                 return check_build(options, args.root)
-            result = build(store, options)
+            result = build(store, options, journal=record.Journal(found) if found is not None else None)
     except ImgbuildError as error:
         if args.progress == "json" and not args.quiet and not error.reported:  # the JSON stream stays JSON
+            from imgbuild.builder.progress import make_progress
+
             progress = make_progress("json")
             progress.build_failed(error)
             progress.close()

@@ -92,6 +92,15 @@ def read_dockerfile_stdin(stream: BinaryIO | None = None) -> bytes:
     return data
 
 
+def default_dockerfile(context: Path) -> Path:
+    """CONTEXT/Dockerfile, or CONTEXT/dockerfile if only that exists (BuildKit's fallback)."""
+    path = Path(context) / "Dockerfile"
+    lower = Path(context) / "dockerfile"
+    if not os.path.lexists(path) and os.path.lexists(lower):
+        return lower
+    return path
+
+
 def _candidates(context_dir: Path, dockerfile: Path | None) -> list[Path]:
     """The ignore files that may apply, the winner first: ``<Dockerfile>.dockerignore``
     next to the Dockerfile wins over ``CONTEXT/.dockerignore``."""
@@ -116,6 +125,11 @@ def _read_ignore_file(context_dir: Path, dockerfile: Path | None) -> tuple[Path,
         except OSError as error:
             raise ContextError(f"cannot read {path}: {error.strerror}") from None
     return None
+
+
+def applying_ignore_file(context_dir: Path, dockerfile: Path | None) -> tuple[Path, bytes] | None:
+    """The ignore file that applies (see ``_candidates``) and its bytes; None if there is neither."""
+    return _read_ignore_file(context_dir, dockerfile)
 
 
 def ignore_file_for(context_dir: Path, dockerfile: Path | None) -> Path | None:

@@ -172,12 +172,16 @@ class RememberedSelection:
         return self.stat_cache.known_selection(self.key, self.fingerprint)
 
     def remember(self, digest: str) -> None:
+        if self.settled():
+            self.stat_cache.remember_selection(self.key, self.root, self.fingerprint, digest)
+
+    def settled(self) -> bool:
+        """Whether no entry changed so shortly before the walk that a change in
+        the same clock tick could have left the fingerprint as it is."""
         window = RACY_WINDOW_NS
         if self.newest_ctime_ns % 1_000_000_000 == 0:
             window = 1_000_000_000  # a file system that keeps whole seconds: a tick is a second
-        if self.newest_ctime_ns >= self.started_ns - window:
-            return
-        self.stat_cache.remember_selection(self.key, self.root, self.fingerprint, digest)
+        return self.newest_ctime_ns < self.started_ns - window
 
 
 def selection_key(context: BuildContext, selected: Sequence[Selected], root: str) -> str:

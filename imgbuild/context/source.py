@@ -129,6 +129,8 @@ class BuildContext:
         self.listings: dict[str, Listing] | None = None
         # digests an earlier build remembered: listed only when asked (``listing_of``)
         self._unlisted: dict[str, Sequence[Selected]] = {}
+        # what the build's record notes of each selection (imgbuild.builder.record); None: nothing
+        self.journal = None
 
     @classmethod
     def for_rootfs(cls, root: Path, label: str = "the source stage") -> BuildContext:
@@ -155,6 +157,12 @@ class BuildContext:
         wildcard that matches nothing selects nothing, as in BuildKit, but the
         directory before its first wildcard must exist.
         """
+        selected = self._select(source, exclude, instruction)
+        if self.journal is not None:
+            self.journal.selected(source, exclude, selected)
+        return selected
+
+    def _select(self, source: str, exclude: Sequence[str], instruction: str) -> list[Selected]:
         excludes = IgnoreMatcher(list(exclude), source="--exclude")
         parts = [part for part in go_clean("/" + source).split("/") if part]
         first_wildcard = next((i for i, part in enumerate(parts) if has_wildcards(part)), None)
@@ -484,6 +492,8 @@ class BuildContext:
         names and lstat of every entry) is taken as it is (``digest.py``).
         """
         remembered = RememberedSelection(self, selected) if self.stat_cache is not None else None
+        if self.journal is not None:
+            self.journal.digested(selected, remembered)
         if remembered is not None:
             known = remembered.known()
             if known is not None:

@@ -29,9 +29,11 @@ from imgbuild.errors import DiskFull, disk_full
 # database gets the columns on open (its entries keep working, with no inputs).
 # 4: ``selection_digests`` (remembered context digests). A database already at
 # this version is opened without running the schema script again.
-# 5: ``snapshots.disk_bytes``, each snapshot's size on disk, measured once (a
-# snapshot never changes); a version-4 database gets the column on open.
-SCHEMA_VERSION = 5
+# 5: ``build_records`` (fully cached builds, imgbuild.builder.record); the
+# schema script adds the table to a version-4 database.
+# 6: ``snapshots.disk_bytes``, each snapshot's size on disk, measured once (a
+# snapshot never changes); an older database gets the column on open.
+SCHEMA_VERSION = 6
 
 # Columns version 3 added to ``cache``, with their types, for the migration.
 CACHE_COLUMNS_V3 = (
@@ -119,6 +121,14 @@ CREATE TABLE IF NOT EXISTS selection_digests (
     root        TEXT NOT NULL,      -- the context root, for sweeping
     fingerprint TEXT NOT NULL,
     digest      TEXT NOT NULL
+);
+
+-- version 5: what a build from the CLI gave, under a digest of everything that
+-- decides it, so a fully cached rebuild needs no builder (imgbuild.builder.record).
+CREATE TABLE IF NOT EXISTS build_records (
+    key         TEXT PRIMARY KEY,
+    record      TEXT NOT NULL,      -- JSON
+    used        REAL NOT NULL
 );
 
 -- Registry repositories known to hold a blob, for cross-repository mounts
@@ -315,6 +325,19 @@ class IndexDB:
     def count_cache_hit(self, key: str) -> None:
         self.execute("UPDATE cache SET hits = hits + 1, last_used = ? WHERE key = ?", (time.time(), key))
 
+    def cache_layers(self, keys: list[str]) -> dict[str, tuple[str | None, float, bool]]:
+        """key -> (layer digest, created, whether it keeps its inputs) of the entries among ``keys`` that exist."""
+        found = {}
+        for start in range(0, len(keys), 500):  # SQLite's limit on bound parameters
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.query(
+                f"SELECT key, layer_digest, created, inputs IS NOT NULL FROM cache WHERE key IN ({marks})", tuple(chunk)
+            )
+            for row in rows:
+                found[row[0]] = (row[1], row[2], bool(row[3]))
+        return found
+
     def record_cache_entry(self, entry: dict, *, keep_existing) -> sqlite3.Row | None:
         """Record ``entry`` (the ``cache`` columns but the times and hits) unless
         ``keep_existing(row)`` says the row already there for its key stands;
@@ -487,6 +510,33 @@ class IndexDB:
         """(fingerprint, digest) remembered for a selection key, or None."""
         rows = self.query("SELECT fingerprint, digest FROM selection_digests WHERE key = ?", (key,))
         return (rows[0][0], rows[0][1]) if rows else None
+
+    # --- build records (imgbuild.builder.record) ------------------------------------
+
+    def build_record(self, key: str) -> str | None:
+        rows = self.query("SELECT record FROM build_records WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def write_build_record(self, key: str, record: str, keep: int) -> None:
+        """Keep ``record`` under ``key``, and only the ``keep`` last used records."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO build_records (key, record, used) VALUES (?, ?, ?)", (key, record, time.time())
+            )
+            conn.execute(
+                "DELETE FROM build_records WHERE key NOT IN (SELECT key FROM build_records ORDER BY used DESC LIMIT ?)",
+                (keep,),
+            )
+
+    def count_build_record_hit(self, key: str, cache_keys: list[str]) -> None:
+        """A build taken from the record ``key``: the record and the cache entries
+        it stands for are used now (as each lookup of a cached step counts it), in one transaction."""
+        now = time.time()
+        with self.transaction() as conn:
+            conn.execute("UPDATE build_records SET used = ? WHERE key = ?", (now, key))
+            conn.executemany(
+                "UPDATE cache SET hits = hits + 1, last_used = ? WHERE key = ?", [(now, k) for k in cache_keys]
+            )
 
     def selection_roots(self) -> list[str]:
         return [row[0] for row in self.query("SELECT DISTINCT root FROM selection_digests")]

@@ -11,7 +11,7 @@ import pytest
 from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.source import BuildContext
 from imgbuild.context.statcache import StatCache
-from imgbuild.store.index_db import IndexDB
+from imgbuild.store.index_db import SCHEMA_VERSION, IndexDB
 
 
 def make_tree(root, files):
@@ -344,5 +344,5 @@ def test_a_version_3_index_gets_the_remembered_selections_table(tmp_path):
         connection.execute("DROP TABLE selection_digests")
         connection.execute("PRAGMA user_version = 3")
     db = IndexDB(db_path)
-    assert db.schema_version() == 4
+    assert db.schema_version() == SCHEMA_VERSION
     assert db.selection_digest("no such key") is None  # the table is there

@@ -1,0 +1,350 @@
+"""Build records (imgbuild.builder.record): a fully cached rebuild without the builder.
+
+Every build here is the real CLI in a fresh interpreter on a real store. A
+build taken from its record never imports the builder
+(``imgbuild.builder.builder``), so the modules loaded say which way a build
+went; what it gave is compared with the normal path, the same build with
+``IMGBUILD_NO_BUILD_RECORD=1``. Each change that must miss the record is
+made after a build that kept one: the build after it must run the builder
+and give the image the normal path gives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cli.clitools import cli_env
+
+from imgbuild.store import Store
+from imgbuild.store.index_db import SCHEMA_VERSION
+
+PROJECT = Path(__file__).resolve().parents[2]
+BYPASS = {"IMGBUILD_NO_BUILD_RECORD": "1"}
+# The store's automatic collection stays off: other work on the machine can
+# take the disk below the default 20% free, and a store over its limits is
+# (rightly) not taken from a record.
+UNLIMITED = {"IMGBUILD_MIN_FREE": "0", "IMGBUILD_MAX_CACHE": "100%"}
+
+# imgbuild's __main__, and the names of the modules loaded by its end, to a file
+RECORDER = """\
+import atexit, runpy, sys
+out = sys.argv[1]
+def record():
+    with open(out, "w") as f:
+        f.write("\\n".join(sorted(sys.modules)))
+atexit.register(record)
+sys.argv = ["imgbuild", *sys.argv[2:]]
+runpy.run_module("imgbuild", run_name="__main__")
+"""
+
+DOCKERFILE = """\
+FROM busybox
+ARG V=none
+COPY a.txt /a.txt
+RUN echo "v=$V" > /v && cat /a.txt > /copy-of-a
+COPY d* /dirs/
+RUN --mount=type=bind,source=m.txt,target=/m cp /m /m-copy
+COPY tree/ /tree/
+WORKDIR /
+"""
+
+
+class Built:
+    def __init__(self, completed: subprocess.CompletedProcess, modules: set[str]):
+        self.completed = completed
+        self.modules = modules
+
+    @property
+    def from_record(self) -> bool:
+        return "imgbuild.builder.builder" not in self.modules
+
+    @property
+    def image_id(self) -> str:
+        return self.completed.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def context(tmp_path) -> Path:
+    directory = tmp_path / "context"
+    directory.mkdir()
+    (directory / "Dockerfile").write_text(DOCKERFILE)
+    (directory / "a.txt").write_text("aaaa\n")
+    (directory / "m.txt").write_text("mount\n")
+    (directory / "d1").mkdir()
+    (directory / "d1" / "one").write_text("1\n")
+    (directory / "tree" / "sub").mkdir(parents=True)
+    (directory / "tree" / "sub" / "file").write_text("file\n")
+    (directory / "tree" / "other").write_text("other\n")
+    return directory
+
+
+def build(root: Path, context: Path, *flags: str, env: dict | None = None, tmp: Path) -> Built:
+    """``imgbuild build -q -t t:1 FLAGS CONTEXT`` (a fresh interpreter), and the modules it loaded."""
+    modules_file = tmp / "modules.txt"
+    completed = subprocess.run(
+        [sys.executable, "-c", RECORDER, str(modules_file), "--root", str(root), "build", *flags, str(context)],
+        capture_output=True,
+        text=True,
+        env=cli_env({**UNLIMITED, **(env or {})}),
+        cwd=str(PROJECT),
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    modules = set(modules_file.read_text().split("\n"))
+    return Built(completed, modules)
+
+
+def tagged(root: Path, tag: str = "t:1") -> str:
+    """The config digest (image ID) ``tag`` points at, read from the store."""
+    return Store(root).load_image(tag).config_descriptor.digest
+
+
+@pytest.fixture
+def builds(store, context, tmp_path):
+    """builds(*flags, env=..., at=context) -> Built, on this test's store, tagged t:1."""
+
+    def run(*flags: str, env: dict | None = None, at: Path | None = None) -> Built:
+        return build(store.root, at or context, "-q", "-t", "t:1", *flags, env=env, tmp=tmp_path)
+
+    return run
+
+
+def test_a_noop_rebuild_comes_from_the_record_with_the_image_of_the_normal_path(builds, store):
+    first = builds()
+    assert not first.from_record
+    again = builds()
+    assert again.from_record
+    assert not any(name.startswith("imgbuild.dockerfile") for name in again.modules)  # nor the front end
+    normal = builds(env=BYPASS)
+    assert not normal.from_record
+    assert again.image_id == first.image_id == normal.image_id == tagged(store.root)
+
+
+def test_a_record_leaves_index_json_alone_when_the_tag_is_there(builds, store, tmp_path):
+    builds()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "Dockerfile").write_text("FROM busybox\nRUN echo other > /other\n")
+    build(store.root, other, "-q", "-t", "t:2", tmp=tmp_path)  # t:1 is no longer the last entry
+    index = store.root / "oci" / "index.json"
+    before = (index.read_bytes(), index.stat().st_ino, index.stat().st_mtime_ns)
+    assert builds().from_record
+    assert (index.read_bytes(), index.stat().st_ino, index.stat().st_mtime_ns) == before
+
+
+def test_a_record_is_not_a_cache_miss_of_a_step(builds, store):
+    """Hits count as the normal path counts them: once per step and build."""
+    builds()
+    hits = dict(_hits(store.root))
+    assert builds().from_record
+    after_record = dict(_hits(store.root))
+    builds(env=BYPASS)
+    after_normal = dict(_hits(store.root))
+    assert {key: after_record[key] - hits[key] for key in hits} == {
+        key: after_normal[key] - after_record[key] for key in hits
+    }
+    assert set(after_record.values()) != set(hits.values())
+
+
+def _hits(root: Path) -> list[tuple[str, int]]:
+    with sqlite3.connect(root / "index.db") as db:
+        return db.execute("SELECT key, hits FROM cache").fetchall()
+
+
+@pytest.mark.parametrize("mode", ["plain", "json", "quiet", "explain"])
+def test_the_record_prints_what_the_normal_path_prints(store, context, tmp_path, mode):
+    (context / "Dockerfile").write_text(DOCKERFILE + "ENV LEGACY value\n")  # a build-check warning
+    flags = ["-t", "t:1", "--build-arg", "UNUSED=1", "--progress", "plain" if mode == "explain" else mode]
+    flags += {"quiet": ["-q"], "explain": ["--explain"]}.get(mode, [])
+    build(store.root, context, *flags, tmp=tmp_path)
+    taken = build(store.root, context, *flags, tmp=tmp_path)
+    assert taken.from_record
+    normal = build(store.root, context, *flags, env=BYPASS, tmp=tmp_path)
+    assert not normal.from_record
+    assert _shown(taken.completed.stdout) == _shown(normal.completed.stdout)
+    assert _shown(taken.completed.stderr) == _shown(normal.completed.stderr)
+    if mode in ("plain", "explain"):
+        assert "CACHED" in taken.completed.stderr and "UNUSED" in taken.completed.stderr
+        assert "LegacyKeyValueFormat" in taken.completed.stderr
+    if mode == "explain":
+        assert "every step was cached" in taken.completed.stderr
+
+
+def _shown(text: str) -> list:
+    """Output without what differs from run to run: the clock and the seconds taken."""
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            event.pop("time", None)
+            event.pop("seconds", None)
+            lines.append(event)
+        else:
+            lines.append(re.sub(r", [0-9.]+s$", "", line))
+    return lines
+
+
+def _edit_same_size_keep_mtime(context: Path, root: Path) -> None:
+    path = context / "tree" / "sub" / "file"
+    st = path.stat()
+    path.write_text("FILE\n")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _xattr(context: Path, root: Path) -> None:
+    os.setxattr(context / "tree" / "other", "user.note", b"1")
+
+
+def _move_base(context: Path, root: Path) -> None:
+    other = context.parent / "other-base"
+    other.mkdir()
+    (other / "Dockerfile").write_text("FROM busybox\nRUN echo moved > /moved\n")
+    subprocess.run(
+        [sys.executable, "-m", "imgbuild", "--root", str(root), "build", "-q", "-t", "busybox:latest", str(other)],
+        check=True, capture_output=True, env=cli_env(), cwd=str(PROJECT),
+    )
+
+
+CHANGES = {
+    "dockerfile": lambda c, r: (c / "Dockerfile").write_text(DOCKERFILE + "ENV E=1\n"),
+    "dockerignore": lambda c, r: (c / ".dockerignore").write_text("tree/other\n"),
+    "edited_same_size_mtime_restored": _edit_same_size_keep_mtime,
+    "added": lambda c, r: (c / "tree" / "new").write_text("new\n"),
+    "added_to_wildcard": lambda c, r: (c / "d2").mkdir(),
+    "removed": lambda c, r: (c / "tree" / "other").unlink(),
+    "renamed": lambda c, r: (c / "tree" / "other").rename(c / "tree" / "renamed"),
+    "chmod": lambda c, r: (c / "tree" / "other").chmod(0o600),
+    "xattr": _xattr,
+    "bind_mounted_file": lambda c, r: (c / "m.txt").write_text("mounted, longer\n"),
+    "base_tag_moved": _move_base,
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_a_change_misses_the_record_and_gives_the_normal_image(builds, store, context, change):
+    first = builds()
+    assert builds().from_record
+    CHANGES[change](context, store.root)
+    changed = builds()
+    assert not changed.from_record
+    assert changed.image_id != first.image_id
+    normal = builds(env=BYPASS)
+    assert normal.image_id == changed.image_id == tagged(store.root)
+    again = builds()  # the build that missed kept the record of the new image
+    assert again.from_record and again.image_id == changed.image_id
+
+
+@pytest.mark.parametrize("before, after", [("V=1", "V=2"), ("V=1", "W=1")])
+def test_a_build_arg_change_misses_the_record(builds, store, before, after):
+    first = builds("--build-arg", before)
+    assert builds("--build-arg", before).from_record
+    changed = builds("--build-arg", after)
+    assert not changed.from_record
+    assert changed.image_id != first.image_id
+    assert builds("--build-arg", after, env=BYPASS).image_id == changed.image_id
+
+
+def test_the_environment_value_of_a_bare_build_arg_is_in_the_key(builds, store):
+    first = builds("--build-arg", "V", env={"V": "one"})
+    assert builds("--build-arg", "V", env={"V": "one"}).from_record
+    changed = builds("--build-arg", "V", env={"V": "two"})
+    assert not changed.from_record and changed.image_id != first.image_id
+    unset = builds("--build-arg", "V")
+    assert not unset.from_record
+    assert unset.image_id == builds("--build-arg", "V", env=BYPASS).image_id
+    assert unset.image_id not in (first.image_id, changed.image_id)
+
+
+def test_an_image_removed_by_rmi_is_built_again(builds, store, context):
+    first = builds()
+    assert builds().from_record
+    subprocess.run(
+        [sys.executable, "-m", "imgbuild", "--root", str(store.root), "rmi", "t:1"],
+        check=True, capture_output=True, env=cli_env(), cwd=str(PROJECT),
+    )
+    again = builds()
+    assert not again.from_record
+    assert again.image_id == first.image_id == tagged(store.root)
+    image = Store(store.root).load_image("t:1")
+    assert all(Store(store.root).has_blob(layer.digest) for layer in image.layers)
+
+
+def test_an_image_prune_that_removed_the_base_fails_the_build_as_the_normal_path_does(builds, store, context):
+    builds()
+    assert builds().from_record
+    imgbuild = [sys.executable, "-m", "imgbuild", "--root", str(store.root)]
+    subprocess.run([*imgbuild, "image", "prune", "-a", "-f"], check=True, capture_output=True, env=cli_env(), cwd=str(PROJECT))
+    failed = subprocess.run(
+        [*imgbuild, "build", "-q", "-t", "t:1", str(context)], capture_output=True, text=True, env=cli_env(), cwd=str(PROJECT)
+    )
+    assert failed.returncode == 1 and "busybox" in failed.stderr, failed.stderr
+
+
+def test_a_pruned_cache_misses_the_record(builds, store):
+    first = builds()
+    assert builds().from_record
+    subprocess.run(
+        [sys.executable, "-m", "imgbuild", "--root", str(store.root), "cache", "prune", "--all"],
+        check=True, capture_output=True, env=cli_env(), cwd=str(PROJECT),
+    )
+    again = builds()
+    assert not again.from_record
+    # the RUN steps ran again: their history dates the image anew
+    assert again.image_id != first.image_id
+    assert builds(env=BYPASS).image_id == again.image_id == tagged(store.root)
+
+
+def test_a_no_cache_build_takes_no_record_and_the_next_build_its_entries(builds, store):
+    first = builds()
+    assert builds().from_record
+    fresh = builds("--no-cache")
+    assert not fresh.from_record and fresh.image_id != first.image_id
+    # the entries --no-cache replaced stand for another image now: the old record does not hold
+    after = builds()
+    assert not after.from_record
+    assert after.image_id == fresh.image_id == builds(env=BYPASS).image_id
+
+
+def test_flags_the_record_cannot_stand_for_take_the_normal_path(builds, store, tmp_path):
+    builds()
+    assert builds().from_record
+    out = tmp_path / "image.tar"
+    assert not builds("--output", f"type=oci,dest={out}").from_record
+    assert out.is_file()
+    assert not builds("--no-cache-filter", "0").from_record
+
+
+def test_a_store_over_its_limits_is_not_taken_from_a_record(builds, store):
+    builds()
+    assert builds().from_record
+    assert not builds("--max-cache", "1KB").from_record
+
+
+def test_iidfile_is_written_from_the_record(builds, store, tmp_path):
+    iidfile = tmp_path / "iid"
+    first = builds("--iidfile", str(iidfile))
+    iidfile.write_text("stale")
+    taken = builds("--iidfile", str(iidfile))
+    assert taken.from_record
+    assert iidfile.read_text() == first.image_id
+
+
+def test_a_store_of_version_4_gets_the_records_table(store_root):
+    """Version 4 had neither the records (5) nor the snapshots' sizes (6)."""
+    Store(store_root)
+    with sqlite3.connect(store_root / "index.db") as db:
+        db.execute("DROP TABLE build_records")
+        db.execute("ALTER TABLE snapshots DROP COLUMN disk_bytes")
+        db.execute("PRAGMA user_version = 4")
+    Store(store_root)
+    with sqlite3.connect(store_root / "index.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert db.execute("SELECT count(*) FROM build_records").fetchone()[0] == 0
+        assert "disk_bytes" in {row[1] for row in db.execute("PRAGMA table_info(snapshots)")}
