@@ -24,8 +24,8 @@ again: its steps (all cached), build-arg warnings and build-check warnings.
 The next build with the same key takes the record (``replay``) only if all of
 that still holds: the names resolve to the same images, every selection
 selects the same items with the same fingerprint, every cache entry is there
-with its layer, the image and its blobs are in the store, the store is within
-its limits and no killed build left work to clean up. Then it tags the image,
+with its layer, the image and its blobs are in the store, the collection after
+a build would prune nothing and no killed build left work to clean up. Then it tags the image,
 counts the cache hits, writes ``--iidfile`` and prints what the builder would.
 Anything else, and any doubt, is the normal build, which writes a new record.
 Flags the record cannot stand for (``--no-cache``, ``--pull``, ``--output``,
@@ -70,7 +70,7 @@ KEYED = (
     "load",
 )
 # Flags that only change what is printed or written beside the image, or that
-# the replay checks itself (the runtime is there; the store within its limits).
+# the replay checks itself (the runtime is there; nothing for the collection after a build to prune).
 NOT_KEYED = (
     "context",
     "file",
@@ -193,7 +193,8 @@ def replay(found: Plan, args, store, started: float) -> bool:
 
 def _ready(store, args) -> bool:
     """What the builder checks or does first: the runtime is there, no killed
-    build left work to clean up (``sweep_dead_work``), the store is within its limits."""
+    build left work to clean up (``sweep_dead_work``), and the collection after
+    the build would have nothing to prune."""
     from imgbuild.cache.limits import limits_for, within_limits
     from imgbuild.store.owner import has_dead_owners
 
@@ -202,7 +203,14 @@ def _ready(store, args) -> bool:
         return False
     if has_dead_owners(store.tmp_dir):  # the builder would clean up after a killed build first
         return False
-    return within_limits(store, limits_for(store, args.max_cache, args.min_free))
+    limits = limits_for(store, args.max_cache, args.min_free)
+    if within_limits(store, limits):
+        return True
+    # Past a limit, as when something else filled the disk: the store is
+    # measured, and only a store the collection would prune takes the builder.
+    from imgbuild.cache.prune import would_collect
+
+    return not would_collect(store, limits)
 
 
 def _bases_hold(store, record: dict) -> bool:

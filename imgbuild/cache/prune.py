@@ -328,6 +328,16 @@ def collection_target(store: Store, limits: Limits, used: int) -> int | None:
     return target
 
 
+def would_collect(store: Store, limits: Limits) -> bool:
+    """True when the collection after a build would prune: the store passes a
+    limit and is above the reserve (a disk filled by something else is not)."""
+    if within_limits(store, limits):
+        return False
+    with store.lock():
+        used = _store_bytes(store)
+    return collection_target(store, limits, used) is not None
+
+
 def collect_if_over(store: Store, limits: Limits) -> PruneResult | None:
     """After a build: prune least recently used entries when the store passes its
     limits (first those no image uses, then, if that is not enough, with

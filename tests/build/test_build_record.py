@@ -327,6 +327,14 @@ def test_a_store_over_its_limits_is_not_taken_from_a_record(builds, store):
     assert not builds("--max-cache", "1KB").from_record
 
 
+def test_a_disk_filled_by_something_else_still_takes_the_record(builds, store):
+    """Less free than --min-free, but the store is below the reserve (10% of the
+    disk, at most 10GB) that a full disk never collects under: the collection
+    would prune nothing, so the record stands."""
+    builds()
+    assert builds("--min-free", "100%").from_record
+
+
 def test_iidfile_is_written_from_the_record(builds, store, tmp_path):
     iidfile = tmp_path / "iid"
     first = builds("--iidfile", str(iidfile))
