@@ -53,8 +53,6 @@ the socket closes (imgbuild is done, or was killed) it waits for the
 launchers still running and exits.
 """
 
-from __future__ import annotations
-
 import ctypes
 import os
 import sys
@@ -178,7 +176,9 @@ def serve() -> int:
     finally:
         connection.close()
         _reap_children(block=True)
-    return 0
+    # Nothing is buffered and nothing needs finalizing: exit at once (Python's own
+    # shutdown cost ~7 ms, which the end of a build waited for).
+    os._exit(0)
 
 
 def _serve_one(connection, body: bytes, fds: list[int]) -> None:
