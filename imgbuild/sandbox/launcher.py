@@ -55,6 +55,12 @@ class Launched:
         self.returncode: int | None = None
         self.stdout = open(stdout, "rb", buffering=0)  # noqa: SIM115 - the caller closes it, as Popen's
 
+    def forked(self) -> bool:
+        """Wait until the service has forked it (its PID is in); False if the service
+        ended first, taking the request with it."""
+        self._read(_PID_WAIT_SECONDS, until_pid=True)
+        return self.pid is not None
+
     def poll(self) -> int | None:
         self._read(0)
         return self.returncode
@@ -128,6 +134,21 @@ class _Service:
         """Fork a launcher with ``arguments`` (privatebundle.py's, ``--reap`` among them) and the
         bundle; stdin /dev/null, stdout and stderr one pipe, whose read end it returns with it."""
         body = _request(arguments, payload)
+        for _attempt in (1, 2):
+            launched, service = self._send_request(body)
+            if launched.forked():
+                return launched
+            # The service died with the request (killed after we last saw it
+            # alive): the next attempt goes to a fresh one.
+            launched.stdout.close()
+            with self._lock:
+                self._discard(service)
+        raise SandboxError(
+            "the private-bundle launcher service ended before it started the step, twice: "
+            f"try `{sys.executable} -I -S {_LAUNCHER} --serve < /dev/null`"
+        )
+
+    def _send_request(self, body: bytes) -> tuple[Launched, subprocess.Popen]:
         status_read, status_write = os.pipe()
         output_read, output_write = os.pipe()
         devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -135,6 +156,7 @@ class _Service:
             with self._lock:
                 self._send(body, [devnull, output_write, output_write, status_write])
                 self._running += 1
+                service = self._process
         except BaseException:
             os.close(status_read)
             os.close(output_read)
@@ -142,7 +164,7 @@ class _Service:
         finally:
             for fd in (devnull, output_write, status_write):
                 os.close(fd)
-        return Launched(status_read, output_read)
+        return Launched(status_read, output_read), service
 
     def finished(self) -> None:
         with self._lock:
@@ -195,6 +217,14 @@ class _Service:
             theirs.close()
         self._socket = ours
         self._owner = os.getpid()
+
+    def _discard(self, service: subprocess.Popen) -> None:
+        """Drop ``service``, which lost a request: make sure it is gone, and reap it
+        (unless another step has started a fresh one meanwhile)."""
+        if self._process is service and self._owner == os.getpid():
+            service.kill()
+            service.wait()
+            self._close()
 
     def _close(self) -> None:
         if self._socket is not None and self._owner == os.getpid():

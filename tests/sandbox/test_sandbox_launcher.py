@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,26 @@ def test_a_killed_service_is_started_again_for_the_next_step(tmp_path, busybox):
     os.kill(service, signal.SIGKILL)
 
     assert run_step(tmp_path, busybox, "two", runtime, args=["echo", "two"]) == (0, b"two\n")
+    assert int(log_rows(log)[1][1]) not in (service, os.getpid())
+
+
+def test_a_step_whose_request_died_with_the_service_goes_to_a_fresh_one(tmp_path, busybox):
+    # The service is alive when the step sends its request, and killed before it
+    # reads it: the step must not fail for that.
+    runtime, log = logging_runtime(tmp_path)
+    assert run_step(tmp_path, busybox, "one", runtime, args=["true"]) == (0, b"")
+    service = int(log_rows(log)[0][1])
+    assert service != os.getpid()
+    os.kill(service, signal.SIGSTOP)
+    outcome = []
+    step = threading.Thread(
+        target=lambda: outcome.append(run_step(tmp_path, busybox, "two", runtime, args=["echo", "two"]))
+    )
+    step.start()
+    time.sleep(0.5)  # the request is in the stopped service's socket
+    os.kill(service, signal.SIGKILL)
+    step.join(timeout=60)
+    assert outcome == [(0, b"two\n")]
     assert int(log_rows(log)[1][1]) not in (service, os.getpid())
 
 
