@@ -358,7 +358,16 @@ def _run(
     return returncode if returncode >= 0 else 128 - returncode
 
 
-def _run_launched(runtime, container_id, run_dir, files, command, reaping, on_output, cancel) -> int:
+def _run_launched(
+    runtime: str,
+    container_id: str,
+    run_dir: Path,
+    files: BundleFiles,
+    command: list[str],
+    reaping: list[str],
+    on_output: Callable[[bytes], None],
+    cancel: threading.Event | None,
+) -> int:
     """``_run`` through the launcher service (``launcher.py``): no Python start-up per step."""
     from imgbuild.sandbox import launcher
 
