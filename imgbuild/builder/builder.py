@@ -386,6 +386,17 @@ class Builder:
             args=scope.args_in_scope(),
         )
 
+    def prepare_for_runs(self, stage, instruction) -> None:
+        """A step of ``stage`` missed, so every step after it runs too: if a RUN is
+        among them, start the launcher service (sandbox.launcher) now, so that its
+        start-up overlaps this step's own work."""
+        instructions = stage.instructions
+        position = next((n for n, candidate in enumerate(instructions) if candidate is instruction), 0)
+        if any(isinstance(candidate, Run) for candidate in instructions[position:]):
+            from imgbuild.sandbox import launcher
+
+            launcher.prepare()
+
     # --- one step ----------------------------------------------------------------
 
     def _step(self, stage, state: StageState, scope, instruction, step: Step | None) -> None:
@@ -501,10 +512,14 @@ def build(store: Store, options: BuildOptions, progress: Progress | None = None,
 
 
 def _wait_for_container_deletes(*, report_errors: bool) -> None:
-    """RUN steps leave their containers' deletes running (sandbox.runtime): done before we return."""
+    """RUN steps leave their containers' deletes running (sandbox.runtime) and the
+    launcher service (sandbox.launcher) started: both done before we return."""
     runtime = sys.modules.get("imgbuild.sandbox.runtime")  # only a build that ran a step imported it
     if runtime is not None:
         runtime.wait_for_deletes(report_errors=report_errors)
+    launcher = sys.modules.get("imgbuild.sandbox.launcher")
+    if launcher is not None and not report_errors:  # the last call, in the finally
+        launcher.stop()
 
 
 def _located(error: ImgbuildError, filename: str, instruction) -> ImgbuildError:

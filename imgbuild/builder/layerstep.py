@@ -53,6 +53,7 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
         record = _inputs_of(builder, stage, state, work, lookup_key, key)
         builder.progress.started(step, _why_missed(builder, stage, state, work, record, lookup_key, cache_disabled))
         builder.missed_keys.add(key)  # the steps on top of it miss with it
+        builder.prepare_for_runs(stage, state.instruction)
         options = builder.options
         if not work.independent:
             builder.cache.fetch_layers(state.layers)  # layers an imported cache stood for

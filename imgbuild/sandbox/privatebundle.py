@@ -36,9 +36,22 @@ is left to clean up.
 
 On failure before the runtime starts, the reason goes to ERROR_FILE and the
 exit status is 125.
-"""
 
-from __future__ import annotations
+Serving (``privatebundle.py --serve``, for a build's RUN steps): starting
+Python costs each step ~15 ms, so a build starts this program once and has
+it fork a launcher per step. Its stdin is a Unix stream socket; each request
+is ``LENGTH\n`` and then LENGTH bytes: a line ``ARGS_BYTES ENV_BYTES CWD_BYTES``,
+the arguments above (without the program name) and the environment, each
+entry ending in a NUL byte, the working directory, then the bundle's files
+as on stdin above. Four descriptors come with its first bytes (SCM_RIGHTS):
+the runtime's stdin, stdout and stderr, and a pipe for the status. The forked
+launcher does what one run does (always ``--reap``), in a session of its
+own, and writes its PID and then its exit status to the status pipe, each
+as a decimal line. This program itself stays single-threaded (so forking
+it is safe), holds no mount or file of a step, reaps its children, and when
+the socket closes (imgbuild is done, or was killed) it waits for the
+launchers still running and exits.
+"""
 
 import ctypes
 import os
@@ -59,23 +72,49 @@ class LaunchError(Exception):
 
 
 def main(argv: list[str]) -> int:
-    stdin_fd = None
-    pid_file = None
-    while len(argv) > 6 and argv[4] in ("--stdin", "--reap"):
-        if argv[4] == "--stdin":
-            stdin_fd = int(argv[5])
-        else:
-            pid_file = argv[5]
-        argv = argv[:4] + argv[6:]
-    if len(argv) < 6 or argv[4] != "--":
+    if argv[1:] == ["--serve"]:
+        return serve()
+    parsed = _arguments(argv[1:])
+    if parsed is None:
         print(
             "usage: privatebundle.py MOUNT_POINT SIZE ERROR_FILE [--stdin FD] [--reap PID_FILE] -- RUNTIME ARG...",
             file=sys.stderr,
         )
         return 2
-    mount_point, size, error_file, command = argv[1], int(argv[2]), argv[3], argv[5:]
+    mount_point, size, error_file, stdin_fd, pid_file, command = parsed
     try:
-        files = _read_payload(sys.stdin.buffer)
+        data = sys.stdin.buffer.read(MAX_PAYLOAD + 1)
+    except OSError as error:
+        _report(error_file, str(error))
+        return LAUNCH_FAILED
+    stdin_source = os.open(os.devnull, os.O_RDONLY) if stdin_fd is None else stdin_fd
+    return launch(mount_point, size, error_file, data, stdin_source, pid_file, command, None)
+
+
+def _arguments(args: list[str]):
+    """(MOUNT_POINT, SIZE, ERROR_FILE, stdin FD or None, PID_FILE or None, command), or None."""
+    stdin_fd = None
+    pid_file = None
+    while len(args) > 5 and args[3] in ("--stdin", "--reap"):
+        if args[3] == "--stdin":
+            stdin_fd = int(args[4])
+        else:
+            pid_file = args[4]
+        args = args[:3] + args[5:]
+    if len(args) < 5 or args[3] != "--" or not args[1].isdigit():
+        return None
+    return args[0], int(args[1]), args[2], stdin_fd, pid_file, args[4:]
+
+
+def launch(mount_point, size, error_file, data, stdin_source, pid_file, command, env) -> int:
+    """Everything after reading the arguments: the private tmpfs, the files, the runtime.
+
+    ``stdin_source`` becomes the runtime's stdin; ``env`` (None: ours) its
+    environment. Returns an exit status; without ``pid_file`` it does not
+    return unless the runtime cannot be started.
+    """
+    try:
+        files = _parse_payload(data)
         libc = ctypes.CDLL(None, use_errno=True)
         _call(libc.unshare(CLONE_NEWNS), "unshare the mount namespace")
         _call(libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None), "make / a slave mount")
@@ -88,13 +127,12 @@ def main(argv: list[str]) -> int:
         for entry in files:
             _write_file(mount_point, entry)
         os.umask(0o022)
-        source = os.open(os.devnull, os.O_RDONLY) if stdin_fd is None else stdin_fd
-        os.dup2(source, 0)
-        os.close(source)
+        os.dup2(stdin_source, 0)
+        os.close(stdin_source)
         if pid_file is not None:
             _call(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "become a child subreaper")
-            return _run_and_reap(command, pid_file)
-        os.execvp(command[0], command)
+            return _run_and_reap(command, pid_file, env)
+        _exec(command, env)
     except (LaunchError, OSError, ValueError, KeyError) as error:
         _report(error_file, str(error))
     except BaseException as error:  # noqa: BLE001 - the parent must get a reason, whatever it is
@@ -102,12 +140,162 @@ def main(argv: list[str]) -> int:
     return LAUNCH_FAILED
 
 
-def _run_and_reap(command: list[str], pid_file: str) -> int:
+def _exec(command: list[str], env: dict | None) -> None:
+    if env is None:
+        os.execvp(command[0], command)
+    os.execvpe(command[0], command, env)
+
+
+# --- serving a build (--serve) ----------------------------------------------------
+
+_REQUEST_FDS = 4  # the runtime's stdin, stdout and stderr, and the status pipe
+_MAX_REQUEST = MAX_PAYLOAD + 1024 * 1024  # the bundle, the arguments and the environment
+_INT_SIZE = 4
+
+
+def serve() -> int:
+    """Fork a launcher for each request on the socket on stdin, until it closes."""
+    import _socket  # the C module: ``socket`` would import enum and selectors
+
+    connection = _socket.socket(fileno=os.dup(0))  # a descriptor no launcher keeps
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    try:
+        while True:
+            _reap_children(block=False)
+            request = _receive(connection, _socket)
+            if request is None:
+                break
+            body, fds = request
+            child = os.fork()
+            if child == 0:
+                _serve_one(connection, body, fds)  # never returns
+            for fd in fds:
+                os.close(fd)
+    finally:
+        connection.close()
+        _reap_children(block=True)
+    # Nothing is buffered and nothing needs finalizing: exit at once (Python's own
+    # shutdown cost ~7 ms, which the end of a build waited for).
+    os._exit(0)
+
+
+def _serve_one(connection, body: bytes, fds: list[int]) -> None:
+    """In the forked child: one launcher run, its PID and exit status on the status pipe."""
+    code = LAUNCH_FAILED
+    status = None
+    try:
+        connection.close()
+        stdin_source, stdout, stderr, status = fds
+        os.set_inheritable(status, False)  # neither the runtime nor the container keeps it
+        os.setsid()  # a terminal's Ctrl-C reaches imgbuild only
+        os.dup2(stdout, 1)
+        os.dup2(stderr, 2)
+        for fd in (stdout, stderr):
+            if fd not in (1, 2):
+                os.close(fd)
+        _write_line(status, os.getpid())
+        arguments, env, cwd, data = _parse_request(body)
+        parsed = _arguments(arguments)
+        if parsed is None or parsed[4] is None:
+            raise LaunchError("malformed launch request")
+        mount_point, size, error_file, _stdin_fd, pid_file, command = parsed
+        os.chdir(cwd)
+        code = launch(mount_point, size, error_file, data, stdin_source, pid_file, command, env)
+    except BaseException as error:  # noqa: BLE001 - a child of the server must never return into its loop
+        # Only a bug of ours gets here (launch reports its own failures): say so in the output.
+        try:
+            os.write(2, f"imgbuild launcher: {type(error).__name__}: {error}\n".encode())
+        except OSError:
+            pass
+    finally:
+        try:
+            if status is not None:
+                _write_line(status, code)
+        finally:
+            os._exit(code)
+
+
+def _write_line(fd: int, number: int) -> None:
+    os.write(fd, b"%d\n" % number)  # shorter than PIPE_BUF: one write, never split
+
+
+def _receive(connection, _socket):
+    """The next request as (body, descriptors); None when the socket is closed."""
+    space = _socket.CMSG_SPACE(_REQUEST_FDS * _INT_SIZE)
+    data, ancillary, _flags, _address = connection.recvmsg(64, space)
+    fds = _descriptors(ancillary, _socket)
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None
+    end = data.find(b"\n")
+    if end < 0 or not data[:end].isdigit() or int(data[:end]) > _MAX_REQUEST or len(fds) != _REQUEST_FDS:
+        raise LaunchError("malformed launch request")  # imgbuild sent it: a bug, not an input
+    length = int(data[:end])
+    parts = [data[end + 1 :]]
+    received = len(parts[0])
+    while received < length:  # exactly this request: the next one's descriptors stay queued
+        chunk = connection.recv(min(length - received, 1 << 20))
+        if not chunk:
+            raise LaunchError("the launch request was cut short")
+        parts.append(chunk)
+        received += len(chunk)
+    return b"".join(parts), fds
+
+
+def _descriptors(ancillary, _socket) -> list[int]:
+    fds = []
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % _INT_SIZE
+            fds += [int.from_bytes(data[i : i + _INT_SIZE], sys.byteorder) for i in range(0, usable, _INT_SIZE)]
+    return fds
+
+
+def _parse_request(body: bytes) -> tuple[list[str], dict[str, str], str, bytes]:
+    """A request body: (arguments, environment, working directory, bundle payload)."""
+    end = body.find(b"\n", 0, 128)
+    fields = body[:end].split(b" ") if end >= 0 else []
+    if len(fields) != 3 or not all(field.isdigit() for field in fields):
+        raise LaunchError("malformed launch request")
+    args_size, env_size, cwd_size = (int(field) for field in fields)
+    start = end + 1
+    arguments = _nul_terminated(body[start : start + args_size])
+    start += args_size
+    env = {}
+    for entry in _nul_terminated(body[start : start + env_size]):
+        name, _, value = entry.partition("=")
+        env[name] = value
+    start += env_size
+    cwd = os.fsdecode(body[start : start + cwd_size])
+    return arguments, env, cwd, body[start + cwd_size :]
+
+
+def _nul_terminated(data: bytes) -> list[str]:
+    return [os.fsdecode(item) for item in data.split(b"\0")[:-1]]
+
+
+def _reap_children(*, block: bool) -> None:
+    """Wait for the launchers that ended (their CPU time then counts for us, and so for imgbuild)."""
+    while True:
+        try:
+            child, _status = os.waitpid(-1, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+        if child == 0:
+            return
+
+
+def _run_and_reap(command: list[str], pid_file: str, env: dict | None) -> int:
     """Run the runtime (``run --detach``), then wait for the container it left to us."""
     runtime = os.fork()
     if runtime == 0:
         try:
-            os.execvp(command[0], command)
+            _exec(command, env)
         finally:
             os._exit(127)
     reaped: dict[int, int] = {}  # the container may end before the runtime does
@@ -138,9 +326,8 @@ def _exit_code(status: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def _read_payload(stream) -> list[tuple[str, bytes, int, int, int]]:
+def _parse_payload(data: bytes) -> list[tuple[str, bytes, int, int, int]]:
     """The files as (path, data, mode, uid, gid)."""
-    data = stream.read(MAX_PAYLOAD + 1)
     if len(data) > MAX_PAYLOAD:
         raise LaunchError(f"the bundle is larger than {MAX_PAYLOAD} bytes")
     files = []
