@@ -10,8 +10,9 @@ digest of everything that decides the build before it reads the context:
 - the context's path, the Dockerfile's path and bytes, the ignore file's
   path and bytes;
 - every flag that goes into the image (``KEYED``), the environment's value of
-  each ``--build-arg NAME`` given without a value, ``SOURCE_DATE_EPOCH``, and
-  the platform built for.
+  each ``--build-arg NAME`` given without a value, ``SOURCE_DATE_EPOCH``, the
+  platform built for and the platform building, ``-f`` as given;
+- the name, size and mtime of every source file of imgbuild itself.
 
 The record says what else the build depended on, as the build saw it
 (``Journal``): what each base image name resolved to in the store, each
@@ -142,10 +143,35 @@ def _plan(args) -> Plan | None:
         "flags": {name: getattr(args, name, None) for name in KEYED},
         "environment": {name: os.environ.get(name) for name in [*bare_args, "SOURCE_DATE_EPOCH"]},
         "platform": args.platform or str(Platform.host()),
+        "build_platform": str(Platform.host()),  # $BUILDPLATFORM, even with --platform
+        "file_as_given": args.file,  # messages name the Dockerfile as it was given
+        "code": _code_fingerprint(),
     }
     key = _sha256(json.dumps(document, sort_keys=True, default=str).encode("utf-8", "surrogateescape"))
     patterns = [] if ignore is None else read_ignore_file(ignore[1].decode("utf-8", errors="surrogateescape"))
     return Plan(key, context, _sha256(text), patterns)
+
+
+def _code_fingerprint() -> str:
+    """A digest of the name, size and mtime of imgbuild's own source files.
+
+    The version alone does not change when the code does (a development
+    install, an upgrade from git), and a record kept by other code could
+    then give another image than the normal build would. ~130 ``lstat``s.
+    """
+    package = Path(__file__).resolve().parents[1]
+    entries = []
+    pending = [package]
+    while pending:
+        directory = pending.pop()
+        with os.scandir(directory) as listing:
+            for entry in listing:
+                if entry.is_dir(follow_symlinks=False) and entry.name != "__pycache__":
+                    pending.append(Path(entry.path))
+                elif entry.name.endswith(".py"):
+                    info = entry.stat(follow_symlinks=False)
+                    entries.append(f"{entry.path}\0{info.st_size}\0{info.st_mtime_ns}")
+    return _sha256("\n".join(sorted(entries)).encode("utf-8", "surrogateescape"))
 
 
 def _sha256(data: bytes) -> str:

@@ -58,7 +58,10 @@ class Launched:
     def forked(self) -> bool:
         """Wait until the service has forked it (its PID is in); False if the service
         ended first, taking the request with it."""
-        self._read(_PID_WAIT_SECONDS, until_pid=True)
+        # No timeout: only the end of the pipe (the service died) means the
+        # request was lost; a slow service that then forks must not be taken
+        # for a dead one, or two launchers would run the same container.
+        self._read(None, until_pid=True)
         return self.pid is not None
 
     def poll(self) -> int | None:
@@ -74,11 +77,18 @@ class Launched:
         """SIGKILL the launcher (its container goes with ``RUNTIME delete``)."""
         if self.pid is None:
             self._read(_PID_WAIT_SECONDS, until_pid=True)
-        if self._pidfd is not None and self.returncode is None:
+        if self.returncode is None and self._pidfd is not None:
             try:
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
             except ProcessLookupError:
                 pass  # it ended meanwhile
+        elif self.returncode is None and self.pid is not None:
+            # No pidfd (a kernel before 5.3, or a seccomp profile without it).
+            # Until its status line is in, the launcher is unreaped, so its PID is still its own.
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def _read(self, timeout: float | None, *, until_pid: bool = False) -> bool:
         """Read the status pipe until the exit status (or the PID) is in, or ``timeout`` passes."""
@@ -102,8 +112,8 @@ class Launched:
                 try:
                     # While it runs it is unreaped (a child of the service), so the PID is its own.
                     self._pidfd = os.pidfd_open(self.pid)
-                except ProcessLookupError:
-                    pass
+                except OSError:
+                    pass  # gone already, or no pidfd_open here (ENOSYS, EPERM): kill() uses the PID
             else:
                 self._finish(int(line))
 
@@ -237,7 +247,10 @@ def _request(arguments: list[str], payload: bytes) -> bytes:
     """``LENGTH\\n`` and the body ``privatebundle.py`` parses (its module doc)."""
     args = b"".join(os.fsencode(argument) + b"\0" for argument in arguments)
     env = b"".join(os.fsencode(f"{name}={value}") + b"\0" for name, value in os.environ.items())
-    cwd = os.fsencode(os.getcwd())
+    try:
+        cwd = os.fsencode(os.getcwd())
+    except FileNotFoundError:
+        cwd = b"/"  # our working directory was removed; a launcher started by Popen would have inherited that
     body = b"%d %d %d\n" % (len(args), len(env), len(cwd)) + args + env + cwd + payload
     return b"%d\n" % len(body) + body
 

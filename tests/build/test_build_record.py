@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -356,3 +357,22 @@ def test_a_store_of_version_4_gets_the_records_table(store_root):
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         assert db.execute("SELECT count(*) FROM build_records").fetchone()[0] == 0
         assert "disk_bytes" in {row[1] for row in db.execute("PRAGMA table_info(snapshots)")}
+
+
+def test_a_change_to_imgbuild_itself_misses_the_record(builds, store, tmp_path):
+    """The version string stays the same through a development install or an
+    upgrade from git: a record kept by other code is not taken."""
+    code = tmp_path / "code"
+    shutil.copytree(PROJECT / "imgbuild", code / "imgbuild", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {"PYTHONPATH": str(code), "PYTHONSAFEPATH": "1"}  # not the checkout from the working directory
+    runs = subprocess.run(
+        [sys.executable, "-c", "import imgbuild; print(imgbuild.__file__)"],
+        capture_output=True, text=True, check=True, env=cli_env(env), cwd=str(PROJECT),
+    )  # fmt: skip
+    assert runs.stdout.startswith(str(code))  # the copy is what the builds run
+    assert not builds(env=env).from_record
+    assert builds(env=env).from_record
+    module = code / "imgbuild" / "image.py"
+    os.utime(module, ns=(module.stat().st_atime_ns, module.stat().st_mtime_ns + 10**9))
+    assert not builds(env=env).from_record
+    assert builds(env=env).from_record

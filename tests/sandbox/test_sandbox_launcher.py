@@ -7,6 +7,7 @@ that started it and that launcher's parent.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import signal
@@ -113,3 +114,25 @@ def test_a_bundle_larger_than_a_socket_buffer_arrives_whole(tmp_path, busybox):
     )
     assert status == 0
     assert output.split()[0].decode() == hashlib.md5(secret).hexdigest()
+
+
+def test_steps_run_where_pidfd_open_is_missing(tmp_path, busybox, monkeypatch):
+    """A kernel before 5.3, or a seccomp profile that does not know pidfd_open
+    (older Docker): the call fails with ENOSYS or EPERM, and steps still run.
+    (The missing syscall is stood in for: this kernel has it.)"""
+    runtime, _log = logging_runtime(tmp_path)
+
+    def no_pidfd_open(pid, flags=0):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd_open)
+    assert run_step(tmp_path, busybox, "one", runtime, args=["echo", "one"]) == (0, b"one\n")
+
+
+def test_a_step_runs_when_our_working_directory_was_removed(tmp_path, busybox, monkeypatch):
+    runtime, _log = logging_runtime(tmp_path)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert run_step(tmp_path, busybox, "one", runtime, args=["echo", "one"]) == (0, b"one\n")
