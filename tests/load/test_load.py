@@ -6,7 +6,7 @@ random moments within about half a second of each other, 8 real
 ``python -m imgbuild build`` processes: three of one Dockerfile (two from the
 same context directory, one from a copy), two of another, and three more
 Dockerfiles. All of them start with the same steps (``FROM busybox``,
-``RUN echo one``, ``COPY shared.txt``) or the same base2 stack, so they race
+``RUN sleep 2 && echo one``, ``COPY shared.txt``) or the same base2 stack, so they race
 on the same cache keys, layer blobs and snapshots; one builds with zstd, one
 untagged, and identical ones write the same tag. While they run, two
 ``imgbuild push`` processes push the prepared image to the registry on
@@ -59,16 +59,18 @@ from imgbuild.store import Store
 
 pytestmark = pytest.mark.root
 
+# The first RUN of a, b and c sleeps: every round then has builds running
+# when the pushes and collections start (within 1.2 s), however fast builds get.
 COMMON = """\
 FROM busybox AS base
-RUN echo one > /one
+RUN sleep 2 && echo one > /one
 COPY shared.txt /shared.txt
 RUN cat /shared.txt /one > /two
 """
 DOCKERFILES = {
     "a": COMMON + "FROM base2\nCOPY --from=base /two /two\nRUN echo a > /a && cat /etc/base2 >> /a\n",
     "b": COMMON + "FROM busybox\nCOPY --from=base /two /two\nCOPY own.txt /own.txt\n",
-    "c": "FROM busybox\nRUN echo one > /one\nCOPY shared.txt /shared.txt\nRUN echo c > /c\n",
+    "c": "FROM busybox\nRUN sleep 2 && echo one > /one\nCOPY shared.txt /shared.txt\nRUN echo c > /c\n",
     "d": "FROM base2\nCOPY shared.txt /shared.txt\nRUN cat /etc/base2 /shared.txt > /d\n",
 }
 
