@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli.clitools import MODULE_RECORDER as RECORDER
 from cli.clitools import cli_env
 
 from imgbuild.store import Store
@@ -33,17 +34,6 @@ BYPASS = {"IMGBUILD_NO_BUILD_RECORD": "1"}
 # (rightly) not taken from a record.
 UNLIMITED = {"IMGBUILD_MIN_FREE": "0", "IMGBUILD_MAX_CACHE": "100%"}
 
-# imgbuild's __main__, and the names of the modules loaded by its end, to a file
-RECORDER = """\
-import atexit, runpy, sys
-out = sys.argv[1]
-def record():
-    with open(out, "w") as f:
-        f.write("\\n".join(sorted(sys.modules)))
-atexit.register(record)
-sys.argv = ["imgbuild", *sys.argv[2:]]
-runpy.run_module("imgbuild", run_name="__main__")
-"""
 
 DOCKERFILE = """\
 FROM busybox

@@ -14,6 +14,19 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
 
+# ``python -c MODULE_RECORDER OUT ARGS...``: runs imgbuild's __main__ with ARGS
+# and writes the names of every module loaded by its exit to OUT, one a line.
+MODULE_RECORDER = """\
+import atexit, runpy, sys
+out = sys.argv[1]
+def record():
+    with open(out, "w") as f:
+        f.write("\\n".join(sorted(sys.modules)))
+atexit.register(record)
+sys.argv = ["imgbuild", *sys.argv[2:]]
+runpy.run_module("imgbuild", run_name="__main__")
+"""
+
 
 def cli_env(extra: dict | None = None) -> dict:
     env = dict(os.environ)

@@ -22,23 +22,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli.clitools import MODULE_RECORDER as RECORDER
 from imagetools import make_busybox_image, require_root_and_runc
 
 from imgbuild.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Runs imgbuild's __main__ and records every module loaded by the time it exits.
-RECORDER = """\
-import atexit, runpy, sys
-out = sys.argv[1]
-def record():
-    with open(out, "w") as f:
-        f.write("\\n".join(sorted(sys.modules)))
-atexit.register(record)
-sys.argv = ["imgbuild", *sys.argv[2:]]
-runpy.run_module("imgbuild", run_name="__main__")
-"""
 
 # Prefixes a cache hit or --version has no use for. (The reference parser
 # imgbuild.registry.reference and imgbuild.layer.compression, which checks
@@ -156,8 +146,8 @@ def test_version_imports_no_verb(tmp_path):
     assert not [m for m in modules if m.startswith(("imgbuild.cli.", "imgbuild.builder", "imgbuild.store"))]
 
 
-@pytest.mark.root
-def test_fully_cached_build_imports_only_what_a_hit_needs(tmp_path, store_root):
+def _store_and_context(tmp_path, store_root) -> tuple[Path, tuple[str, ...]]:
+    """A store with busybox, a context of DOCKERFILE, and the CLI arguments building it."""
     require_root_and_runc()
     make_busybox_image(Store(store_root))
     context = tmp_path / "context"
@@ -165,7 +155,12 @@ def test_fully_cached_build_imports_only_what_a_hit_needs(tmp_path, store_root):
     (context / "app" / "main.sh").write_text("echo app\n")
     (context / "settings.conf").write_text("mode=test\n")
     (context / "Dockerfile").write_text(DOCKERFILE)
-    build = ("--root", str(store_root), "build", "-t", "lazy:1", "--progress", "plain", str(context))
+    return context, ("--root", str(store_root), "build", "-t", "lazy:1", "--progress", "plain", str(context))
+
+
+@pytest.mark.root
+def test_fully_cached_build_imports_only_what_a_hit_needs(tmp_path, store_root):
+    _context, build = _store_and_context(tmp_path, store_root)
 
     cold, process = loaded_modules(tmp_path, *build)
     assert process.returncode == 0, process.stderr
@@ -180,14 +175,7 @@ def test_fully_cached_build_imports_only_what_a_hit_needs(tmp_path, store_root):
 
 @pytest.mark.root
 def test_rebuild_after_one_file_changed_imports_only_what_a_copy_needs(tmp_path, store_root):
-    require_root_and_runc()
-    make_busybox_image(Store(store_root))
-    context = tmp_path / "context"
-    (context / "app").mkdir(parents=True)
-    (context / "app" / "main.sh").write_text("echo app\n")
-    (context / "settings.conf").write_text("mode=test\n")
-    (context / "Dockerfile").write_text(DOCKERFILE)
-    build = ("--root", str(store_root), "build", "-t", "lazy:1", "--progress", "plain", str(context))
+    context, build = _store_and_context(tmp_path, store_root)
     cold, process = loaded_modules(tmp_path, *build)
     assert process.returncode == 0, process.stderr
     # the recorder sees what a build that runs steps loads: the check below can fail
