@@ -331,11 +331,14 @@ def collection_target(store: Store, limits: Limits, used: int) -> int | None:
 def would_collect(store: Store, limits: Limits) -> bool:
     """True when the collection after a build would prune: the store passes a
     limit and is above the reserve (a disk filled by something else is not)."""
-    if within_limits(store, limits):
-        return False
+    return not within_limits(store, limits) and _target_now(store, limits) is not None
+
+
+def _target_now(store: Store, limits: Limits) -> int | None:
+    """``collection_target`` for the store as measured now."""
     with store.lock():
         used = _store_bytes(store)
-    return collection_target(store, limits, used) is not None
+    return collection_target(store, limits, used)
 
 
 def collect_if_over(store: Store, limits: Limits) -> PruneResult | None:
@@ -347,9 +350,7 @@ def collect_if_over(store: Store, limits: Limits) -> PruneResult | None:
     with exclusive_lease(store, SIDE_LEASE_WAIT_SECONDS) as no_writers:
         if not no_writers:
             return PruneResult(skipped_reason="another imgbuild process is using the store")
-        with store.lock():
-            used = _store_bytes(store)
-        target = collection_target(store, limits, used)
+        target = _target_now(store, limits)
     if target is None:
         return None
     result = prune(store, keep_storage=target, wait=SIDE_LEASE_WAIT_SECONDS)
