@@ -30,49 +30,6 @@ from imgbuild.store import Store
 REPO = Path(__file__).resolve().parents[2]
 
 
-# Prefixes a cache hit or --version has no use for. (The reference parser
-# imgbuild.registry.reference and imgbuild.layer.compression, which checks
-# the flags, are cheap and used by every build.)
-NEVER_ON_A_HIT = (
-    "requests",
-    "urllib3",
-    "rich",
-    "zstandard",
-    "ssl",
-    "imgbuild.registry.client",
-    "imgbuild.registry.auth",
-    "imgbuild.registry.pull",
-    "imgbuild.registry.push",
-    "imgbuild.registry.sources",
-    "imgbuild.http_session",
-    "imgbuild.archive",
-    "isal",
-    "imgbuild.layer.write",
-    "imgbuild.layer.extract",
-    "imgbuild.layer.decompress",
-    "imgbuild.layer.untar",
-    "imgbuild.layer.tarread",
-    "imgbuild.sandbox.overlay",
-    "imgbuild.sandbox.runtime",
-    "imgbuild.sandbox.runmounts",
-    "imgbuild.sandbox.spec",
-    "imgbuild.sandbox.cacerts",
-    "imgbuild.builder.export",
-    # the second round: --chown and USER lookups, --cache-from/--cache-to,
-    # did-you-mean messages, runc and tar outputs, platform (os.uname says it)
-    "imgbuild.sandbox",
-    "imgbuild.cache.share",
-    "imgbuild.cache.sharemounts",
-    "difflib",
-    "subprocess",
-    "platform",
-    "imgbuild.builder.copy",
-    "imgbuild.builder.copymode",
-    # a store within its limits is not collected: the prune code stays unloaded
-    "imgbuild.cache.prune",
-    "imgbuild.store.gc",
-)
-
 # A rebuild where one copied file changed runs that COPY and writes its
 # layer (gzip, ISA-L) into the store, and nothing else.
 NEVER_ON_A_COPY = (
@@ -109,6 +66,19 @@ NEVER_ON_A_COPY = (
     "zstandard",
     "platform",
 )
+
+# Prefixes a cache hit or --version has no use for: all of the above, and
+# nothing is copied, written or run (no layer writer, no sandbox at all). (The
+# reference parser imgbuild.registry.reference and imgbuild.layer.compression,
+# which checks the flags, are cheap and used by every build.)
+NEVER_ON_A_HIT = NEVER_ON_A_COPY + (
+    "isal",
+    "imgbuild.layer.write",
+    "imgbuild.sandbox",
+    "imgbuild.builder.copy",
+    "imgbuild.cache.sharemounts",
+)
+
 
 DOCKERFILE = """\
 FROM busybox:latest
