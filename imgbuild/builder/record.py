@@ -222,12 +222,12 @@ def _ready(store, args) -> bool:
     build left work to clean up (``sweep_dead_work``), and the collection after
     the build would have nothing to prune."""
     from imgbuild.cache.limits import limits_for, within_limits
-    from imgbuild.store.owner import has_dead_owners
+    from imgbuild.store.owner import dead_owners
 
     runtime = args.runtime or os.environ.get("IMGBUILD_RUNTIME") or "runc"
     if shutil.which(runtime) is None:
         return False
-    if has_dead_owners(store.tmp_dir):  # the builder would clean up after a killed build first
+    if dead_owners(store.tmp_dir):  # the builder would clean up after a killed build first
         return False
     limits = limits_for(store, args.max_cache, args.min_free)
     if within_limits(store, limits):

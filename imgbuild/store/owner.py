@@ -140,16 +140,6 @@ def sweep_dead_owners(tmp_dir: Path, runtime: str = "runc") -> SweepResult:
     return result
 
 
-def has_dead_owners(tmp_dir: Path) -> bool:
-    """Whether ``sweep_dead_owners`` would find work to clean up (it is not done here)."""
-    for lock_path in _lock_files(tmp_dir):
-        fd = _try_lock(lock_path)
-        if fd is not None:
-            os.close(fd)
-            return True
-    return False
-
-
 def _lock_files(tmp_dir: Path) -> list[Path]:
     return sorted(
         tmp_dir / name
