@@ -366,3 +366,16 @@ def test_a_change_to_imgbuild_itself_misses_the_record(builds, store, tmp_path):
     os.utime(module, ns=(module.stat().st_atime_ns, module.stat().st_mtime_ns + 10**9))
     assert not builds(env=env).from_record
     assert builds(env=env).from_record
+
+
+def test_work_left_by_a_killed_build_takes_the_builder_which_cleans_it_up(builds, store):
+    """What a kill -9 leaves in tmp/ (an owner directory whose lock nobody
+    holds) is swept by the builder first; a record does not skip that."""
+    builds()
+    assert builds().from_record
+    left = store.root / "tmp" / "owner-999999-0123456789abcdef"
+    (left / "work").mkdir(parents=True)
+    left.with_name(left.name + ".lock").touch()
+    assert not builds().from_record
+    assert not left.exists() and not left.with_name(left.name + ".lock").exists()
+    assert builds().from_record
