@@ -61,9 +61,13 @@ def test_ext4_with_a_journal_or_another_filesystem_needs_none(run, tmp_path):
 class Recorder:
     """Stands in for a tool: records the harness's calls in a shared list."""
 
-    def __init__(self, name: str, calls: list[str]):
+    def __init__(self, name: str, calls: list[str], deletes_in_bulk: bool = False):
         self.name = name
         self.calls = calls
+        self.deletes_in_bulk = deletes_in_bulk
+
+    def ensure_bases(self, bases) -> None:
+        pass
 
     def fresh_state(self, bases) -> None:
         self.calls.append(f"fresh {self.name}")
@@ -78,12 +82,12 @@ class Recorder:
         )  # fmt: skip
 
 
-def scenario(run, tmp_path: Path, cold: bool):
-    (tmp_path / "ctx").mkdir()
+def scenario(run, tmp_path: Path, cold: bool, expect_cached: str = "none", many_files: bool = False):
+    (tmp_path / "ctx").mkdir(exist_ok=True)
     return run.Scenario(
         key="cold-x", workload="x", case="cold" if cold else "warm no-op",
         dockerfile=tmp_path / "ctx" / "Dockerfile", context=tmp_path / "ctx", tag="x:1", reps=2,
-        cold=cold, expect_cached="none", bases=[],
+        cold=cold, expect_cached=expect_cached, bases=[], many_files=many_files,
     )  # fmt: skip
 
 
@@ -103,6 +107,43 @@ def test_a_warm_run_neither_deletes_nor_settles(run, tmp_path, monkeypatch):
     calls: list[str] = []
     monkeypatch.setattr(run, "settle_after_deletions", lambda seconds: calls.append(f"settle {seconds}"))
     tools = [Recorder("imgbuild", calls)]
-    tools[0].ensure_bases = lambda bases: None
     run.run_scenario(scenario(run, tmp_path, False), tools, tmp_path, {}, 0.0, 61.0)
     assert calls == ["build imgbuild", "build imgbuild", "build imgbuild"]  # warm-up, 2 timed
+
+
+def test_a_tool_that_deletes_in_bulk_runs_last_in_every_run(run):
+    tools = [Recorder("buildah", [], deletes_in_bulk=True), Recorder("imgbuild", []), Recorder("docker", [])]
+    orders = [[tool.name for tool in run.run_order(tools, rep)] for rep in range(4)]
+    assert orders == [
+        ["imgbuild", "docker", "buildah"], ["docker", "imgbuild", "buildah"],
+        ["imgbuild", "docker", "buildah"], ["docker", "imgbuild", "buildah"],
+    ]  # fmt: skip
+    # without one, every permutation in turn, as before
+    plain = [Recorder(name, []) for name in ("a", "b", "c")]
+    assert len({tuple(t.name for t in run.run_order(plain, rep)) for rep in range(6)}) == 6
+
+
+def test_after_a_bulk_deletion_a_build_of_many_files_waits_for_the_settle(run, tmp_path, monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(run, "settle_after_deletions", lambda seconds: calls.append(f"settle {seconds}"))
+    tools = [Recorder("buildah", calls, deletes_in_bulk=True), Recorder("imgbuild", calls)]
+    change = scenario(run, tmp_path, False, expect_cached="some", many_files=True)
+    run.run_scenario(change, tools, tmp_path, {}, 0.0, 61.0)
+    assert calls == [
+        "build buildah", "build buildah", "build imgbuild", "build imgbuild",  # warm-ups
+        "build imgbuild", "build buildah", "settle 61.0", "build imgbuild", "build buildah",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("expect_cached", "many_files"),
+    [("all", True), ("some", False)],
+    ids=["no-op-builds-delete-nothing", "few-files-written"],
+)
+def test_no_settle_between_builds_otherwise(run, tmp_path, monkeypatch, expect_cached, many_files):
+    calls: list[str] = []
+    monkeypatch.setattr(run, "settle_after_deletions", lambda seconds: calls.append(f"settle {seconds}"))
+    tools = [Recorder("buildah", calls, deletes_in_bulk=True), Recorder("imgbuild", calls)]
+    warm = scenario(run, tmp_path, False, expect_cached=expect_cached, many_files=many_files)
+    run.run_scenario(warm, tools, tmp_path, {}, 0.0, 61.0)
+    assert not [call for call in calls if call.startswith("settle")]
