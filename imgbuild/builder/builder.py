@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import sys
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -109,6 +108,9 @@ class Builder:
         self.ca_certs = _read_ca_certs(options.ca_certs)  # PEM; a bad file is a usage error now
         self.lease = None  # the store's build lease while the build runs
         self.base_configs: dict[int, dict] = {}  # stage index -> its base image's config
+        # A RUN ran or is about to: its container's delete and the launcher
+        # service must end before the build returns (finish_sandbox).
+        self.used_sandbox = False
 
     # --- the whole build ---------------------------------------------------------
 
@@ -395,7 +397,21 @@ class Builder:
         if any(isinstance(candidate, Run) for candidate in instructions[position:]):
             from imgbuild.sandbox import launcher
 
+            self.used_sandbox = True
             launcher.prepare()
+
+    def finish_sandbox(self, *, report_errors: bool) -> None:
+        """Wait for the deferred deletes of the RUN steps' containers
+        (sandbox.runtime); on the last call (``report_errors`` false: in the
+        build's ``finally``, maybe with an error on its way up) also stop the
+        launcher service (sandbox.launcher)."""
+        if not self.used_sandbox:
+            return  # the sandbox modules were never loaded
+        from imgbuild.sandbox import launcher, runtime
+
+        runtime.wait_for_deletes(report_errors=report_errors)
+        if not report_errors:
+            launcher.stop()
 
     # --- one step ----------------------------------------------------------------
 
@@ -498,28 +514,20 @@ def build(store: Store, options: BuildOptions, progress: Progress | None = None,
     """Build ``options.context`` as the options say; returns the image and step counts.
     ``journal`` (``record.Journal``): keep a build record of it for the next rebuild."""
     progress = progress or make_progress(options.progress, explain=options.explain)
+    builder = None
     try:
         progress.begin()
-        result = Builder(store, options, progress, journal).build()
-        _wait_for_container_deletes(report_errors=True)
+        builder = Builder(store, options, progress, journal)
+        result = builder.build()
+        builder.finish_sandbox(report_errors=True)
         return result
     except ImgbuildError as error:
         progress.build_failed(error)
         raise
     finally:
-        _wait_for_container_deletes(report_errors=False)
+        if builder is not None:
+            builder.finish_sandbox(report_errors=False)
         progress.close()
-
-
-def _wait_for_container_deletes(*, report_errors: bool) -> None:
-    """RUN steps leave their containers' deletes running (sandbox.runtime) and the
-    launcher service (sandbox.launcher) started: both done before we return."""
-    runtime = sys.modules.get("imgbuild.sandbox.runtime")  # only a build that ran a step imported it
-    if runtime is not None:
-        runtime.wait_for_deletes(report_errors=report_errors)
-    launcher = sys.modules.get("imgbuild.sandbox.launcher")
-    if launcher is not None and not report_errors:  # the last call, in the finally
-        launcher.stop()
 
 
 def _located(error: ImgbuildError, filename: str, instruction) -> ImgbuildError:

@@ -167,6 +167,7 @@ def _run_container(builder, merged: Path, spec: RunSpec, scratch: Path, step) ->
     """
     from imgbuild.sandbox.runtime import run_container
 
+    builder.used_sandbox = True
     tail = bytearray()
 
     def on_output(data: bytes) -> None:
