@@ -242,6 +242,18 @@ class _Service:
         self._socket = None
         self._process = None
 
+    def forget_in_child(self) -> None:
+        """In a child forked without exec (multiprocessing's fork method): let go
+        of the parent's service. Its socket's copy is closed here, so the service
+        still ends when the parent closes its end, not when this child exits; the
+        child starts a service of its own if it runs a step."""
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        if self._socket is not None:
+            self._socket.close()  # our copy only: the parent's descriptor stays open
+        self._socket = None
+        self._process = None
+        self._running = 0
+
 
 def _request(arguments: list[str], payload: bytes) -> bytes:
     """``LENGTH\\n`` and the body ``privatebundle.py`` parses (its module doc)."""
@@ -256,6 +268,7 @@ def _request(arguments: list[str], payload: bytes) -> bytes:
 
 
 _service = _Service()
+os.register_at_fork(after_in_child=_service.forget_in_child)
 
 
 def prepare() -> None:

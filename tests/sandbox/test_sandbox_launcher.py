@@ -136,3 +136,24 @@ def test_a_step_runs_when_our_working_directory_was_removed(tmp_path, busybox, m
     monkeypatch.chdir(gone)
     gone.rmdir()
     assert run_step(tmp_path, busybox, "one", runtime, args=["echo", "one"]) == (0, b"one\n")
+
+
+def test_a_child_forked_without_exec_does_not_keep_the_service_alive():
+    # multiprocessing's fork method: the child has a copy of every descriptor.
+    # The service ends when its socket closes; a copy left in a child that
+    # lives on would keep it (and its launchers' reaping) alive with it.
+    from imgbuild.sandbox import launcher
+
+    launcher.prepare()
+    service = launcher._service._process
+    assert service is not None and service.poll() is None
+    child = os.fork()
+    if child == 0:
+        time.sleep(30)  # a long-lived worker that never runs a step
+        os._exit(0)
+    try:
+        launcher.stop()  # waits up to 5 s for the service to end
+        assert service.poll() is not None, "the service outlived stop(): the forked child holds its socket"
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
