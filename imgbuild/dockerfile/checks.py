@@ -690,6 +690,8 @@ class _Checker:
             for name in scope.take_unmatched()
             if not scope.is_declared(name) and name not in facts.declared and name not in _NON_ENV_ARGS
         )
+        if not names:
+            return  # the usual case: the suggestions below sort the whole environment
         known = sorted(scope.env_for_run())
         for name in names:
             hint = suggest(name, known)

@@ -85,7 +85,7 @@ _GO_SHORT_ESCAPES = {
 }
 
 
-_PLAIN_RUNS: dict[str, re.Pattern[str]] = {}
+_PLAIN_RUNS: dict[tuple[str, bool, str | None], re.Pattern[str]] = {}
 MAX_NESTING = 64  # ${...} inside ${...}; far beyond any real Dockerfile
 # Expansion can grow a word exponentially (ENV a=$a$a, forty times over), and
 # BuildKit sets no limit. Ours: a word may grow by 1 MiB over its text as
@@ -226,6 +226,10 @@ class Lexer:
         A result longer than ``max_size`` is an ExpansionError whose
         ``too_big`` is true, raised as soon as it is, before the memory goes.
         """
+        if self._plain_run(None).fullmatch(text):
+            # Nothing to expand, quote or split (most keys and values): the scan
+            # below would give the same, three times slower.
+            return ProcessResult(text, [text])
         self._limit = self.max_size if self.max_size is not None else len(text) + MAX_EXPANSION_GROWTH
         self._scanner = _Scanner(text)
         self._env = env
@@ -310,16 +314,11 @@ class Lexer:
 
     def _plain_run(self, stop: str | None) -> re.Pattern[str]:
         """Regex for characters that need no special handling (a speed-up only)."""
-        special = {"$", self.escape} | _GO_SPACES
-        if not self.skip_quotes:
-            special |= {"'", '"'}
-        if stop is not None:
-            special.add(stop)
-        key = "".join(sorted(special))
+        # Keyed by the switches that decide the set, not by the set itself:
+        # working the set out costs as much as the run it saves (per word).
+        key = (self.escape, self.skip_quotes, stop)
         if key not in _PLAIN_RUNS:
-            _PLAIN_RUNS[key] = re.compile(
-                "[^" + "".join(re.escape(c) for c in sorted(special)) + "]+"
-            )
+            _PLAIN_RUNS[key] = _plain_run_pattern(self.escape, self.skip_quotes, stop)
         return _PLAIN_RUNS[key]
 
     def _single_quoted(self) -> str:
@@ -673,3 +672,12 @@ def closest(word: str, choices) -> str | None:
 
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return close[0] if close else None
+
+
+def _plain_run_pattern(escape: str, skip_quotes: bool, stop: str | None) -> re.Pattern[str]:
+    special = {"$", escape} | _GO_SPACES
+    if not skip_quotes:
+        special |= {"'", '"'}
+    if stop is not None:
+        special.add(stop)
+    return re.compile("[^" + "".join(re.escape(c) for c in sorted(special)) + "]+")

@@ -103,6 +103,22 @@ def test_raw_quotes_and_escapes():
     assert lexer.process("'a b' \"c\" \\d", {}).words == ["'a b'", '"c"', "\\d"]
 
 
+PLAIN_LOOKING = ["k0", "v", "/usr/bin:/bin", "C:\\dir", "a`b", "naïve", "x\x1cy", "a b", "a\u00a0b", "tab\there",
+                 "'q'", '"q"', "a\\ b", "a` b", ""]
+
+
+@pytest.mark.parametrize("escape", ["\\", "`"])
+@pytest.mark.parametrize("word", PLAIN_LOOKING)
+def test_words_without_expansions_come_out_as_the_full_scan_makes_them(word, escape):
+    # A word with nothing to expand, quote, escape or split takes a short cut
+    # (most ENV keys and values); an empty ${E} in front forces the full scan.
+    env = {"E": ""}
+    for skip_quotes in (False, True):
+        short = Lexer(escape, skip_quotes=skip_quotes).process(word, env)
+        scanned = Lexer(escape, skip_quotes=skip_quotes).process("${E}" + word, env)
+        assert (short.result, short.words) == (scanned.result, scanned.words)
+
+
 def test_large_input_is_linear_enough():
     text = "plain text $X " * 20000
     assert expand_word(text, ENV).count("a-b-c") == 20000
