@@ -462,10 +462,11 @@ def run_scenario(
     the freed inodes (see inode_reuse_delay), which would bill one tool for
     another's clean-up. For the same reason a tool that deletes in bulk after
     its builds runs last (run_order), and in a case whose builds write many
-    files the next build after one of its builds that ran steps waits for the
-    settle too (the next run's first tool, or its own next run)."""
+    files the first timed build after any of its builds (warm-ups included)
+    waits for the settle too: the next run's first, or its own next run."""
     by_tool: dict[str, list[BuildResult]] = {tool.name: [] for tool in tools}
     warmup_hits: dict[str, int] = {}
+    deleted_in_bulk = False  # by a tool's command since the last settle
     if not scenario.cold:
         for tool in tools:
             if tool.name in unavailable:
@@ -483,10 +484,10 @@ def run_scenario(
                 warm = tool.build(scenario.dockerfile, scenario.context, scenario.tag,
                                   logs / f"{scenario.key}-{tool.name}-warmup{suffix}.log")
                 warmup_hits[tool.name] = warm.cached_steps
+                deleted_in_bulk = deleted_in_bulk or tool.deletes_in_bulk
                 print(f"[{scenario.key} warm-up] {tool.name}: {warm.seconds:.2f}s, "
                       f"{warm.cached_steps} cached {warm.error}")
     previous = "warm-up" if not scenario.cold else "none"
-    deleted_in_bulk = False  # by the build before, since the last settle
     for rep in range(scenario.reps):
         if scenario.before_run:
             scenario.before_run(rep)
@@ -500,7 +501,8 @@ def run_scenario(
                 continue
             if deleted_in_bulk and scenario.many_files:
                 settle_after_deletions(settle)
-            deleted_in_bulk = tool.deletes_in_bulk and scenario.expect_cached in ("none", "some")
+                deleted_in_bulk = False
+            deleted_in_bulk = deleted_in_bulk or tool.deletes_in_bulk
             log = logs / f"{scenario.key}-{tool.name}-{rep + 1}.log"
             # Flush what earlier builds wrote, so that writeback does not land
             # inside this tool's timing; give every tool the context in the

@@ -99,8 +99,8 @@ class Tool:
     name = ""
     # A regex matching one cache hit in the tool's build output.
     cache_hit_pattern = ""
-    # Does each build that runs steps end by deleting about as many files as
-    # it wrote? On ext4 without a journal that slows whoever creates files in
+    # Does each build end by deleting about as many files as its steps wrote
+    # or read? On ext4 without a journal that slows whoever creates files in
     # the next minute (run.py: run_order, run_scenario).
     deletes_in_bulk = False
 
