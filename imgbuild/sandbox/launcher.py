@@ -133,7 +133,6 @@ class _Service:
         self._lock = threading.Lock()  # steps of parallel stages launch from their threads
         self._process: subprocess.Popen | None = None
         self._socket: socket.socket | None = None
-        self._owner = 0  # the PID that started it: a forked copy of imgbuild starts its own
         self._running = 0  # launched and not yet ended
 
     def prepare(self) -> None:
@@ -183,7 +182,7 @@ class _Service:
     def stop(self) -> None:
         """End the service, unless a launcher of another build in this process still runs."""
         with self._lock:
-            if self._running > 0 or self._process is None or self._owner != os.getpid():
+            if self._running > 0 or self._process is None:
                 return
             process = self._process
             self._close()
@@ -210,7 +209,7 @@ class _Service:
                     ) from None
 
     def _ensure_started(self) -> None:
-        if self._process is not None and self._owner == os.getpid() and self._process.poll() is None:
+        if self._process is not None and self._process.poll() is None:
             return
         self._close()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -226,18 +225,17 @@ class _Service:
         finally:
             theirs.close()
         self._socket = ours
-        self._owner = os.getpid()
 
     def _discard(self, service: subprocess.Popen) -> None:
         """Drop ``service``, which lost a request: make sure it is gone, and reap it
         (unless another step has started a fresh one meanwhile)."""
-        if self._process is service and self._owner == os.getpid():
+        if self._process is service:
             service.kill()
             service.wait()
             self._close()
 
     def _close(self) -> None:
-        if self._socket is not None and self._owner == os.getpid():
+        if self._socket is not None:
             self._socket.close()
         self._socket = None
         self._process = None
@@ -248,10 +246,7 @@ class _Service:
         still ends when the parent closes its end, not when this child exits; the
         child starts a service of its own if it runs a step."""
         self._lock = threading.Lock()  # another thread may have held it at the fork
-        if self._socket is not None:
-            self._socket.close()  # our copy only: the parent's descriptor stays open
-        self._socket = None
-        self._process = None
+        self._close()  # our copy of the socket only: the parent's descriptor stays open
         self._running = 0
 
 
