@@ -24,6 +24,14 @@ def run(monkeypatch):
     return importlib.import_module("run")
 
 
+@pytest.fixture
+def calls(run, monkeypatch) -> list[str]:
+    """What the harness asked of the stand-in tools, settles included, in order."""
+    recorded: list[str] = []
+    monkeypatch.setattr(run, "settle_after_deletions", lambda seconds: recorded.append(f"settle {seconds}"))
+    return recorded
+
+
 def mountinfo(tmp_path: Path, *mounts: tuple[str, str, str]) -> str:
     """A mountinfo file with (mount point, fstype, source) lines."""
     lines = [
@@ -91,9 +99,7 @@ def scenario(run, tmp_path: Path, cold: bool, expect_cached: str = "none", many_
     )  # fmt: skip
 
 
-def test_a_cold_run_deletes_every_old_state_then_settles_then_times(run, tmp_path, monkeypatch):
-    calls: list[str] = []
-    monkeypatch.setattr(run, "settle_after_deletions", lambda seconds: calls.append(f"settle {seconds}"))
+def test_a_cold_run_deletes_every_old_state_then_settles_then_times(run, tmp_path, calls):
     tools = [Recorder("imgbuild", calls), Recorder("docker", calls)]
     by_tool, _ = run.run_scenario(scenario(run, tmp_path, True), tools, tmp_path, {}, 0.0, 61.0)
     assert calls == [
@@ -103,9 +109,7 @@ def test_a_cold_run_deletes_every_old_state_then_settles_then_times(run, tmp_pat
     assert [len(results) for results in by_tool.values()] == [2, 2]
 
 
-def test_a_warm_run_neither_deletes_nor_settles(run, tmp_path, monkeypatch):
-    calls: list[str] = []
-    monkeypatch.setattr(run, "settle_after_deletions", lambda seconds: calls.append(f"settle {seconds}"))
+def test_a_warm_run_neither_deletes_nor_settles(run, tmp_path, calls):
     tools = [Recorder("imgbuild", calls)]
     run.run_scenario(scenario(run, tmp_path, False), tools, tmp_path, {}, 0.0, 61.0)
     assert calls == ["build imgbuild", "build imgbuild", "build imgbuild"]  # warm-up, 2 timed
@@ -124,11 +128,9 @@ def test_a_tool_that_deletes_in_bulk_runs_last_in_every_run(run):
 
 
 @pytest.mark.parametrize("expect_cached", ["some", "all"], ids=["one-file-changed", "no-op"])
-def test_after_a_bulk_deletion_a_build_of_many_files_waits_for_the_settle(run, tmp_path, monkeypatch, expect_cached):
+def test_after_a_bulk_deletion_a_build_of_many_files_waits_for_the_settle(run, tmp_path, calls, expect_cached):
     # buildah's no-op rebuilds of the big workload delete in bulk too, so its
     # warm-up builds count as much as its timed ones.
-    calls: list[str] = []
-    monkeypatch.setattr(run, "settle_after_deletions", lambda seconds: calls.append(f"settle {seconds}"))
     tools = [Recorder("buildah", calls, deletes_in_bulk=True), Recorder("imgbuild", calls)]
     warm = scenario(run, tmp_path, False, expect_cached=expect_cached, many_files=True)
     run.run_scenario(warm, tools, tmp_path, {}, 0.0, 61.0)
@@ -139,19 +141,15 @@ def test_after_a_bulk_deletion_a_build_of_many_files_waits_for_the_settle(run, t
     ]  # fmt: skip
 
 
-def test_no_settle_between_builds_of_few_files(run, tmp_path, monkeypatch):
-    calls: list[str] = []
-    monkeypatch.setattr(run, "settle_after_deletions", lambda seconds: calls.append(f"settle {seconds}"))
+def test_no_settle_between_builds_of_few_files(run, tmp_path, calls):
     tools = [Recorder("buildah", calls, deletes_in_bulk=True), Recorder("imgbuild", calls)]
     change = scenario(run, tmp_path, False, expect_cached="some", many_files=False)
     run.run_scenario(change, tools, tmp_path, {}, 0.0, 61.0)
     assert not [call for call in calls if call.startswith("settle")]
 
 
-def test_a_cold_run_of_many_files_settles_once_per_run(run, tmp_path, monkeypatch):
+def test_a_cold_run_of_many_files_settles_once_per_run(run, tmp_path, calls):
     # The fresh states' settle covers the deletions of the run before.
-    calls: list[str] = []
-    monkeypatch.setattr(run, "settle_after_deletions", lambda seconds: calls.append(f"settle {seconds}"))
     tools = [Recorder("buildah", calls, deletes_in_bulk=True), Recorder("imgbuild", calls)]
     run.run_scenario(scenario(run, tmp_path, True, many_files=True), tools, tmp_path, {}, 0.0, 61.0)
     assert calls == [
