@@ -25,12 +25,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import debian
 import report
+import scratchfs
 from measure import wait_for_quiet
 from scenarios import (
     DEBIAN_APPS,
@@ -134,6 +136,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--workdir-parent", default="/var/tmp", help="where the temp work dir goes (default /var/tmp)"
     )
     parser.add_argument(
+        "--scratch-fs", choices=("auto", "on", "off"), default="auto",
+        help="run in a journaled ext4 made on a loop device (a sparse file in --workdir-parent); "
+        "auto (the default): when --workdir-parent is on ext4 without a journal, except "
+        "with --smoke (see bench/scratchfs.py)",
+    )
+    parser.add_argument(
+        "--scratch-gib", type=int, default=scratchfs.DEFAULT_SIZE_GIB,
+        help=f"size of the scratch filesystem in GiB (default {scratchfs.DEFAULT_SIZE_GIB}; "
+        "the file is sparse, but this much must be free)",
+    )
+    parser.add_argument(
         "--quiet-wait", type=float, default=15.0,
         help="before each build, wait up to this many seconds for the machine to be idle "
         "(default 15; 0 turns it off)",
@@ -141,8 +154,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--settle", type=float, default=None,
         help="in a cold case, after every tool's old state is deleted, sync and wait this "
-        "many seconds before the first timed build (default: 61 on ext4 without a journal, "
-        "which avoids reusing inodes freed in the last minute, 0 elsewhere and with --smoke)",
+        "many seconds before the first timed build (default: 61 if the work dir is on ext4 "
+        "without a journal, which avoids reusing inodes freed in the last minute, 0 elsewhere "
+        "and with --smoke)",
     )
     parser.add_argument(
         "--nice", type=int, default=-10,
@@ -163,9 +177,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if unknown or "imgbuild" not in args.tools:
         parser.error(f"--tools must include imgbuild and name only {', '.join(ALL_TOOLS)}")
     select_scenarios(parser, args)
-    if args.settle is None:
-        # The smoke checks the harness, not the figures: no minute per cold run.
-        args.settle = 0.0 if args.smoke else inode_reuse_delay(Path(args.workdir_parent))
+    if args.scratch_fs == "auto":
+        # The smoke checks the harness, not the figures: no filesystem of its own.
+        needed = not args.smoke and inode_reuse_delay(Path(args.workdir_parent)) > 0
+        args.scratch_fs = "on" if needed else "off"
     if args.smoke:
         args.reps = args.big_reps = args.debian_reps = 1
     return args
@@ -204,27 +219,49 @@ def main(argv: list[str]) -> int:
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
     logs = args.results / f"logs-{stamp}"
     logs.mkdir(parents=True)
-    workdir = Path(tempfile.mkdtemp(prefix="imgbuild-bench-", dir=args.workdir_parent))
-    tools: list[Tool] = []
-    started = time.monotonic()
     try:
-        return run_benchmark(args, workdir, logs, stamp, tools, started)
+        with ExitStack() as stack:
+            parent = Path(args.workdir_parent)
+            if args.scratch_fs == "on":
+                parent = make_scratch(stack, parent, args.scratch_gib, logs / "scratchfs.log")
+                if parent == Path(args.workdir_parent):
+                    args.scratch_fs = "off"  # unavailable: the note said why
+            if args.settle is None:
+                # The smoke checks the harness, not the figures: no minute per cold run.
+                args.settle = 0.0 if args.smoke else inode_reuse_delay(parent)
+            workdir = Path(tempfile.mkdtemp(prefix="imgbuild-bench-", dir=parent))
+            tools: list[Tool] = []
+            stack.callback(clean_up, workdir, tools)
+            return run_benchmark(args, workdir, logs, stamp, tools, time.monotonic())
     except KeyboardInterrupt:
         print("interrupted: cleaning up", file=sys.stderr)
         return 130
     except BenchError as error:
         print(f"run.py: {error}", file=sys.stderr)
         return 1
-    finally:
-        cleanup_started = time.monotonic()
-        # Last started, first stopped: dockerd goes down before the slow deletes.
-        for tool in reversed(tools):
-            try:
-                tool.stop()
-            except Exception as error:  # clean up the others whatever happens
-                print(f"cleanup of {tool.name} failed: {error}", file=sys.stderr)
-        remove_tree(workdir)
-        print(f"cleaned up {workdir} in {time.monotonic() - cleanup_started:.0f}s")
+
+
+def make_scratch(stack: ExitStack, parent: Path, size_gib: int, log: Path) -> Path:
+    """The scratch filesystem's mount point, or parent if it cannot be made."""
+    try:
+        mountpoint = stack.enter_context(scratchfs.scratch_filesystem(parent, size_gib, log))
+    except scratchfs.ScratchUnavailable as error:
+        print(f"NOTE: running in {parent}, without a scratch filesystem: {error}")
+        return parent
+    print(f"scratch filesystem: journaled ext4, {size_gib} GiB, on {mountpoint}")
+    return mountpoint
+
+
+def clean_up(workdir: Path, tools: list[Tool]) -> None:
+    started = time.monotonic()
+    # Last started, first stopped: dockerd goes down before the slow deletes.
+    for tool in reversed(tools):
+        try:
+            tool.stop()
+        except Exception as error:  # clean up the others whatever happens
+            print(f"cleanup of {tool.name} failed: {error}", file=sys.stderr)
+    remove_tree(workdir)
+    print(f"cleaned up {workdir} in {time.monotonic() - started:.0f}s")
 
 
 def raise_priority(nice: int) -> None:
@@ -327,7 +364,7 @@ def run_benchmark(
             "reps": args.reps, "big_reps": args.big_reps, "debian_reps": args.debian_reps,
             "smoke": args.smoke, "workloads": args.workloads, "scenarios": args.scenarios,
             "quiet_wait_s": args.quiet_wait, "quiet_cores": QUIET_CORES, "nice": args.nice,
-            "settle_s": args.settle,
+            "settle_s": args.settle, "scratch_fs": args.scratch_fs,
             "big_context": big_facts | {"shape": shape.__dict__},
             "buildah_storage_driver": Buildah.storage_driver,
             "debian_cache": str(args.debian_cache) if "debian" in bases else None,
