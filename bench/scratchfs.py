@@ -44,7 +44,9 @@ def scratch_filesystem(parent: Path, size_gib: int, log: Path) -> Iterator[Path]
     """Mount a new journaled ext4 of size_gib (a sparse file in parent) and
     yield its mount point; unmount it, detach its loop device and delete the
     file afterwards."""
-    stem = parent / f"imgbuild-bench-scratch-{os.getpid()}"
+    # Short: dockerd's containerd puts its socket five levels below the work
+    # dir, and a socket's path has at most 107 bytes.
+    stem = parent / f"imgbuild-fs-{os.getpid()}"
     image, mountpoint = stem.with_suffix(".img"), stem
     _check_room(parent, size_gib)
     with open(image, "xb") as file:
