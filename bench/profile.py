@@ -20,11 +20,13 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
-from run import REPO, RESULTS, make_base_context
+from run import REPO, RESULTS, inode_reuse_delay, make_base_context, make_scratch
 from scenarios import ContextShape, edit_big_context, write_big_context, write_small_context
+from scratchfs import DEFAULT_SIZE_GIB
 from tools import BenchError, Imgbuild, remove_tree
 
 SCENARIOS = ("warm-small", "cold-small", "big-change", "big-unchanged")
@@ -45,14 +47,18 @@ def main(argv: list[str]) -> int:
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
     out = RESULTS / f"profile-{args.scenario}-{stamp}"
     out.mkdir(parents=True)
-    workdir = Path(tempfile.mkdtemp(prefix="imgbuild-profile-", dir="/var/tmp"))
     try:
-        stacks = profile(args, workdir, out)
+        with ExitStack() as stack:
+            parent = Path("/var/tmp")
+            # The same filesystem as bench/run.py's runs (see bench/scratchfs.py).
+            if inode_reuse_delay(parent) > 0:
+                parent = make_scratch(stack, parent, DEFAULT_SIZE_GIB, out / "scratchfs.log")
+            workdir = Path(tempfile.mkdtemp(prefix="imgbuild-profile-", dir=parent))
+            stack.callback(remove_tree, workdir)
+            stacks = profile(args, workdir, out)
     except BenchError as error:
         print(f"profile.py: {error}", file=sys.stderr)
         return 1
-    finally:
-        remove_tree(workdir)
     print_hotspots(stacks, args.top)
     print(f"\nraw stacks in {out}")
     return 0
