@@ -9,8 +9,8 @@ a journal the kernel makes no such check.
 This skews the benchmark:
 - The cold cases delete each tool's old state, some 150,000 files a run.
 - The next builds then took 1.5-2.5x as long, all of it kernel time. Under
-  perf, half of the busy samples of an apt-get RUN were recently_deleted and
-  the block lookups under it.
+  perf, some 40 % of the busy samples of an apt-get RUN were recently_deleted
+  and the block lookups under it.
 - A `sync` and 61 s of settle were not enough. The first new inode written
   into a table block dirties it again, and that gives the block's other freed
   inodes the six-minute window.
