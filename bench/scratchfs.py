@@ -49,8 +49,11 @@ def scratch_filesystem(parent: Path, size_gib: int, log: Path) -> Iterator[Path]
     stem = parent / f"imgbuild-fs-{os.getpid()}"
     image, mountpoint = stem.with_suffix(".img"), stem
     _check_room(parent, size_gib)
-    with open(image, "xb") as file:
-        file.truncate(size_gib << 30)
+    try:
+        with open(image, "xb") as file:
+            file.truncate(size_gib << 30)
+    except OSError as error:
+        raise ScratchUnavailable(f"cannot make {image}: {error.strerror}") from error
     device, made = "", None
     try:
         # Inode tables and journal written now: no ext4lazyinit writing in
@@ -62,8 +65,10 @@ def scratch_filesystem(parent: Path, size_gib: int, log: Path) -> Iterator[Path]
         mountpoint.mkdir()
         made = mountpoint
         _run(["mount", "-t", "ext4", device, str(mountpoint)], log)
-    except BaseException:
+    except BaseException as error:
         _release(image, made, device, log)
+        if isinstance(error, OSError):
+            raise ScratchUnavailable(f"cannot make {mountpoint}: {error.strerror}") from error
         raise
     try:
         yield mountpoint
@@ -83,7 +88,10 @@ def _release(image: Path, mountpoint: Path | None, device: str, log: Path) -> No
 
 
 def _check_room(parent: Path, size_gib: int) -> None:
-    free = shutil.disk_usage(parent).free
+    try:
+        free = shutil.disk_usage(parent).free
+    except OSError as error:
+        raise ScratchUnavailable(f"cannot use {parent}: {error.strerror}") from error
     if free < size_gib << 30:
         raise ScratchUnavailable(
             f"{parent} has {free / 2**30:.0f} GiB free, the scratch filesystem needs "

@@ -67,6 +67,13 @@ def test_too_little_room_makes_nothing(scratchfs, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_missing_parent_is_a_clear_error(scratchfs, tmp_path):
+    with pytest.raises(scratchfs.ScratchUnavailable, match="cannot use .*missing"):
+        with scratchfs.scratch_filesystem(tmp_path / "missing", 1, tmp_path / "log"):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unavailable_scratch_runs_in_the_parent_with_a_note(run, scratchfs, tmp_path, capsys):
     with ExitStack() as stack:
         parent = run.make_scratch(stack, tmp_path, 10**6, tmp_path / "log")
