@@ -7,18 +7,9 @@ medians, and that a failed run or a failed cache check marks its line.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-@pytest.fixture
-def report(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    return importlib.import_module("report")
 
 
 def result(seconds: float, cpu: float, peak_mb: int, cached: int = 0, error: str = ""):

@@ -10,26 +10,12 @@ mount, no loop device, no file.
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-@pytest.fixture
-def run(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    return importlib.import_module("run")
-
-
-@pytest.fixture
-def scratchfs(run):
-    return importlib.import_module("scratchfs")
 
 
 def loop_devices() -> str:

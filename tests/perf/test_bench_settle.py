@@ -10,18 +10,9 @@ asks of them; the filesystem check reads mountinfo and sysfs files made here.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-@pytest.fixture
-def run(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    return importlib.import_module("run")
 
 
 @pytest.fixture
