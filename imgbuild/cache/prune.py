@@ -49,6 +49,7 @@ from imgbuild.store.gc import (
     image_diff_ids,
     is_digest_name,
     live_blobs,
+    maybe_in_use,
     referenced_blobs,
     snapshot_sizes,
     sweep_blobs,
@@ -181,9 +182,7 @@ def protect_live_builds(store: Store, usage: StoreUsage) -> None:
     usage.live_builds = len(live.started)
     usage.live_work_dirs = live.work_dirs
     usage.live_blobs = live_blobs(store, live)
-    usage.live_snapshots = {
-        row["id"] for row in store.db.snapshot_rows() if max(row["created"], row["last_used"]) >= live.fence
-    }
+    usage.live_snapshots = {row["id"] for row in store.db.snapshot_rows() if maybe_in_use(row, live.fence)}
 
 
 def _blob_usage(store: Store) -> dict[str, int]:

@@ -243,12 +243,17 @@ def image_diff_ids(store: Store, images: Iterable[Descriptor] | None = None) -> 
 
 def unused_snapshots(rows: Iterable, used: set[str], fence: float | None) -> list[int]:
     """Ids of the snapshots whose layer is not in ``used`` (diff_ids), leaving
-    those a running build may use (made or used since ``fence``)."""
+    those a running build may use."""
     return sorted(
-        row["id"]
-        for row in rows
-        if row["diff_id"] not in used and (fence is None or max(row["created"], row["last_used"]) < fence)
+        row["id"] for row in rows if row["diff_id"] not in used and not maybe_in_use(row, fence)
     )
+
+
+def maybe_in_use(row, fence: float | None) -> bool:
+    """May a running build use this snapshot (a ``snapshot_rows`` row)? Yes if it
+    was made or used since ``fence``, when the oldest running build started
+    (``Store.live_builds``); None: no build runs."""
+    return fence is not None and max(row["created"], row["last_used"]) >= fence
 
 
 def sweep_blobs(store: Store, keep: set[str], measure=None, only: set[str] | None = None) -> GcResult:

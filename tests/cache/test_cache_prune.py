@@ -27,6 +27,7 @@ from cache.prunetools import (
 )
 from imagetools import temp_leftovers
 from load.loadtools import cli_command, cli_env
+from store.storetools import make_small_image
 
 from imgbuild.cache.prune import Limits, collect_if_over, collection_target, prune
 from imgbuild.store import Store
@@ -353,6 +354,23 @@ class HeldEndpoint:
         self.release.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+def test_a_prune_keeps_a_snapshot_a_running_build_mounted(tmp_path):
+    """The prune's side of the running-build rule (``protect_live_builds``): a
+    snapshot made before the build started and used by it since stays, though
+    no cache entry, image or blob written since keeps it; after the build it goes."""
+    store = Store(tmp_path / "root")
+    image = make_small_image(store, "old:1", {"o": "old layer"})
+    snapshot = store.add_snapshot(image.diff_ids[0], image.diff_ids[0], store.make_temp_dir("snap-"))
+    store.untag("old:1")
+    time.sleep(FENCE_MARGIN + 0.2)  # all of it older than the build's fence
+    with store.build_lease():
+        store.db.touch_snapshot(image.diff_ids[0])  # the build mounts it
+        assert prune(store, all_entries=True, wait=5).snapshots == 0
+        assert snapshot.is_dir()
+    assert prune(store, all_entries=True, wait=5).snapshots == 1
+    assert not snapshot.exists()
 
 
 def test_a_prune_while_a_build_runs_frees_what_it_cannot_need(tmp_path):

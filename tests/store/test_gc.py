@@ -9,6 +9,7 @@ from store.storetools import add_layer, blob_files, image_from_layers, make_smal
 from imgbuild.store import Store
 from imgbuild.store.fsck import check_store
 from imgbuild.store.gc import collect_garbage, referenced_blobs
+from imgbuild.store.lock import FENCE_MARGIN
 
 
 def digests_of(image) -> set[str]:
@@ -95,6 +96,24 @@ def test_a_running_build_keeps_the_snapshots_it_may_use(store_root):
         result = collect_garbage(store)
         assert snapshot.is_dir() and result.snapshots == 0
         assert image.layers[0].digest in {"sha256:" + name for name in blob_files(store)}
+    assert collect_garbage(store).snapshots == 1
+    assert not snapshot.exists()
+
+
+def test_a_snapshot_a_running_build_used_stays_though_nothing_else_keeps_it(store_root):
+    """A snapshot made long before the build started, of an image untagged
+    since, but mounted by the build after it started (its last_used is past
+    the build's fence): no image, cache entry or blob written since names it,
+    so only the running-build rule keeps it until the build ends."""
+    store = Store(store_root)
+    image = make_small_image(store, "old:1", {"o": "old layer"})
+    snapshot = _snapshot(store, image)
+    store.untag("old:1")
+    time.sleep(FENCE_MARGIN + 0.2)  # all of it older than the build's fence
+    with store.build_lease():
+        store.db.touch_snapshot(image.diff_ids[0])  # the build mounts it
+        result = collect_garbage(store)
+        assert snapshot.is_dir() and result.snapshots == 0
     assert collect_garbage(store).snapshots == 1
     assert not snapshot.exists()
 
