@@ -13,11 +13,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from debiantools import recipe
+
 PROJECT = Path(__file__).resolve().parents[2]
 EXAMPLES = PROJECT / "examples"
 BASE = "debian:bookworm"
-HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
-DEBIAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEBIAN_PATH = recipe.DEBIAN_PATH
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Apps:
     def build(self, context: Path, tag: str, *args: str) -> Built:
         metadata_file = self.work / f"{tag.replace(':', '-').replace('/', '-')}.json"
         # The proxy's CA for pip and npm, as a user behind it would pass it.
-        ca_certs = [arg for cert in host_ca_certs() for arg in ("--ca-cert", str(cert))]
+        ca_certs = [arg for cert in recipe.host_ca_certs() for arg in ("--ca-cert", str(cert))]
         started = time.monotonic()
         completed = self.imgbuild(
             # zstd: the Debian layers are hundreds of MB, and gzip is the slowest part of writing them
@@ -76,11 +77,6 @@ class Apps:
              "-e", "HOST=127.0.0.1", "-e", f"PORT={port}", *args, image],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-
-
-def host_ca_certs() -> list[Path]:
-    """The CAs the host trusts beyond Debian's (the proxy's on our machines)."""
-    return sorted(p for p in HOST_CA_DIR.glob("*.crt") if p.is_file() and not p.is_symlink())
 
 
 def _step_states(events: list[dict]) -> list[tuple[str, str, str]]:

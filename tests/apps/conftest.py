@@ -16,16 +16,13 @@ them.
 from __future__ import annotations
 
 import gc
-import os
 import shutil
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from apps.apptools import BASE, DEBIAN_PATH, Apps, tail
 from comparetools import mounts_under, runc_containers_under
-from debiantools import debian_rootfs_tar
+from debiantools import debian_rootfs_tar, unpack_like_docker_images
 from imagetools import require_root_and_runc
 
 
@@ -36,12 +33,7 @@ def apps(tmp_path_factory) -> Apps:
     work = tmp_path_factory.mktemp("apps")
     root = work / "store"
     tree = work / "debian"
-    tree.mkdir()
-    subprocess.run(
-        ["tar", "--numeric-owner", "--xattrs", "-xf", str(debian_rootfs_tar()), "-C", str(tree)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    _configure_like_docker_images(tree)
+    unpack_like_docker_images(debian_rootfs_tar(), tree)
     apps = Apps(root, work)
     started = time.monotonic()
     imported = apps.imgbuild(
@@ -58,25 +50,3 @@ def apps(tmp_path_factory) -> Apps:
     left = mounts_under(root) + runc_containers_under(root)
     assert not left, f"left behind under {root}: {left}"
     shutil.rmtree(root)
-
-
-# What Docker's official Debian images (debuerreotype) add to the tree, so that
-# the examples meet the base they meet there: no .deb files or package caches
-# kept after apt runs, no translations fetched, dpkg without fsync.
-DOCKER_IMAGE_CONFIG = {
-    "etc/apt/apt.conf.d/docker-clean": (
-        'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb '
-        '/var/cache/apt/*.bin || true"; };\n'
-        'APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb '
-        '/var/cache/apt/*.bin || true"; };\n'
-        'Dir::Cache::pkgcache "";\nDir::Cache::srcpkgcache "";\n'
-    ),
-    "etc/apt/apt.conf.d/docker-no-languages": 'Acquire::Languages "none";\n',
-    "etc/dpkg/dpkg.cfg.d/docker-apt-speedup": "# a build that loses power is run again\nforce-unsafe-io\n",
-}
-
-
-def _configure_like_docker_images(tree: Path) -> None:
-    for name, text in DOCKER_IMAGE_CONFIG.items():
-        (tree / name).write_text(text)
-        os.chmod(tree / name, 0o644)
