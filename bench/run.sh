@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark imgbuild against buildah and docker/BuildKit. As root:
 #   bash bench/run.sh [--workloads small,multistage,big,python,node,c] [--scenarios KEY,...]
-#                     [--reps N] [--big-reps N] [--debian-reps N] [--tools imgbuild,buildah,docker] [--smoke]
+#                     [--reps N] [--big-reps N] [--debian-reps N] [--quick-reps N]
+#                     [--tools imgbuild,buildah,docker] [--smoke]
 # Installs the peers from Debian if they are missing, then runs bench/run.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
