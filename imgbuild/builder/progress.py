@@ -1,4 +1,4 @@
-"""Build progress for people and machines: a live rich display, plain lines, JSON events.
+"""Build progress for people and machines: a live display, plain lines, JSON events.
 
 The engine calls one ``Progress`` object; which one is chosen by ``--progress``
 (``auto`` means tty on a terminal, plain when ``CI`` is set or the stream is not
@@ -396,7 +396,9 @@ def _event_log_handler(progress: JsonProgress):
 
 
 class TtyProgress(Progress):
-    """A live rich display: every step with its state and time, a tail of running output."""
+    """A live display on a terminal: every step with its state and time, a
+    tail of running output (``terminal.LiveRegion``; what it shows from
+    outside is stripped of control characters there)."""
 
     STATE_STYLE = {
         "waiting": ("dim", "·"),
@@ -408,33 +410,24 @@ class TtyProgress(Progress):
 
     def __init__(self, stream: TextIO):
         super().__init__()
-        from rich.console import Console
-        from rich.live import Live
+        from imgbuild.builder.terminal import LiveRegion
 
-        self.console = Console(file=stream)
         self.messages: list[str] = []
-        self.live = Live(console=self.console, refresh_per_second=8, transient=False, get_renderable=self._render)
-        self.live.start()
+        self.region = LiveRegion(stream, self.lock, self._frame)
+        self.region.start()
 
-    def _render(self):
-        from rich.console import Group
-        from rich.text import Text
-
-        with self.lock:
-            lines = []
-            for message in self.messages:
-                lines.append(Text(message, style="yellow"))
-            for step in self.steps:
-                style, mark = self.STATE_STYLE[step.state]
-                seconds = time.monotonic() - step.started if step.state == "running" else step.duration
-                timing = "CACHED" if step.state == "cached" else f"{seconds:.1f}s"
-                lines.append(Text(f"{mark} {step.label}  {timing}", style=style))
-                if step.miss:
-                    lines.append(Text(f"    miss: {step.miss}", style="dim"))
-                if step.state in ("running", "failed"):
-                    for tail_line in step.tail:
-                        lines.append(Text(f"    {tail_line}", style="dim"))
-            return Group(*lines)
+    def _frame(self) -> list[tuple[str, str, str]]:
+        lines = [("yellow", message, "") for message in self.messages]
+        for step in self.steps:
+            style, mark = self.STATE_STYLE[step.state]
+            seconds = time.monotonic() - step.started if step.state == "running" else step.duration
+            timing = "CACHED" if step.state == "cached" else f"{seconds:.1f}s"
+            lines.append((style, f"{mark} {step.label}", f"  {timing}"))
+            if step.miss:
+                lines.append(("dim", f"    miss: {step.miss}", ""))
+            if step.state in ("running", "failed"):
+                lines += [("dim", f"    {tail_line}", "") for tail_line in step.tail]
+        return lines
 
     def _show_warning(self, message: str) -> None:
         self.messages.append(f"WARNING: {message}")
@@ -443,14 +436,14 @@ class TtyProgress(Progress):
         self.messages.append(message)
 
     def _show_summary(self, summary: Summary) -> None:
-        self.live.stop()
+        self.region.stop()
         for line in summary_lines(summary):
-            self.console.print(line, highlight=False)
+            self.region.print(line)
 
     def _show_misses(self, lines: list[str]) -> None:
-        self.live.stop()
+        self.region.stop()
         for line in lines:
-            self.console.print(line, highlight=False, markup=False)
+            self.region.print(line)
 
     def close(self) -> None:
-        self.live.stop()
+        self.region.stop()

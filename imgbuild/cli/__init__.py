@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             raise _with_help_hint(error, verb) from None
     except ImgbuildError as error:
         if not error.reported:  # --progress json: it was the build_failed event
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {_for_stderr(str(error))}", file=sys.stderr)
         return exit_code_of(error)
     except KeyboardInterrupt as interrupt:  # Ctrl-C: 130; SIGTERM (Terminated): 143
         print("error: interrupted", file=sys.stderr)
@@ -185,6 +185,17 @@ def _collect_from_now_on(collecting: bool, *, freeze: bool) -> None:
         if freeze:
             gc.freeze()
         gc.enable()
+
+
+def _for_stderr(message: str) -> str:
+    """An error as a terminal shows it: a message can quote what came from
+    outside (a RUN step's last lines, a layer's file names), whose escape
+    sequences must not drive the user's terminal. A log keeps it as it is."""
+    if not sys.stderr.isatty():
+        return message
+    from imgbuild.builder.terminal import printable
+
+    return "\n".join(printable(line) for line in message.split("\n"))
 
 
 def _terminate(signum, frame):

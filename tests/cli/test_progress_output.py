@@ -182,3 +182,69 @@ def test_ci_false_is_not_ci(root, tmp_path, ci, plain):
     assert code == 0, output
     assert ("#1 [1/1] RUN echo on-a-terminal" in output) == plain
     assert "[1/1] RUN echo on-a-terminal" in output
+
+
+# --- the tty display: what reaches the terminal --------------------------------------------------
+
+# Sequences a RUN step (or a package's install script) can print, and the
+# Dockerfile can hold, that must not drive the user's terminal: set the
+# window title (OSC), clear the screen, move the cursor, answer back (DECID),
+# the 8-bit CSI, a bell.
+HOSTILE_OUTPUT = "\\033]0;pwned\\007\\033[2J\\033[10;10H\\033Z\\233" "6n\\007"
+OUR_SEQUENCE = re.compile(r"\x1b\[(?:[0-9;]*m|[0-9]*A|J|\?25[lh])")  # colors, up, erase, cursor
+
+
+def test_tty_display_keeps_escape_sequences_off_the_terminal(root, tmp_path):
+    # The step fails, so its last lines stay in the display's last frame and
+    # in the error the CLI prints; the title also rides in the Dockerfile's text.
+    dockerfile = (
+        "FROM busybox\n"
+        f"RUN printf 'before\\n{HOSTILE_OUTPUT}after\\n\\033[31mred\\033[0m\\n'; echo '\x1b]0;in-dockerfile\x07'; exit 3\n"
+    )
+    context = write_context(tmp_path / "ctx", dockerfile)
+    args = [sys.executable, "-m", "imgbuild", "--root", str(root), "build", "--no-cache", str(context)]
+    code, output = on_a_terminal(args, cli_env())
+    assert code == 1, output
+    assert "✗ [1/1] RUN printf" in output  # the live display drew it, and the error follows
+    assert "exited with code 3" in output
+    shown = OUR_SEQUENCE.sub("", output)
+    assert "after" in shown and "red" in shown  # the lines, without what drove the terminal
+    for control in ("\x1b", "\x07", "\x9b", "\u009b"):
+        assert control not in shown, repr(shown)
+    assert "in-dockerfile" not in shown  # an OSC is dropped whole (in the label, the output and the error)
+
+
+def test_plain_output_keeps_what_a_step_wrote(root, tmp_path):
+    # The plain display is a log, as BuildKit's: bytes as the step wrote them.
+    context = write_context(tmp_path / "ctx", "FROM busybox\nRUN printf '\\033[31mred\\033[0m\\n'\n")
+    completed = imgbuild(root, "build", "--no-cache", "--progress", "plain", str(context))
+    assert completed.returncode == 0, completed.stderr
+    assert "#1 \x1b[31mred\x1b[0m" in completed.stderr.splitlines()
+
+
+def test_what_is_written_to_stderr_during_the_display_shows_above_it():
+    """A logged warning or a stray print while the display is live (imgbuild's
+    layer writer logs one for a socket it skips) goes above the frame, whole."""
+    import threading
+
+    from imgbuild.builder.terminal import LiveRegion
+
+    leader, follower = pty.openpty()
+    stream = os.fdopen(follower, "w", encoding="utf-8", closefd=True)
+    steps = ["▶ [1/1] RUN make"]
+    region = LiveRegion(stream, threading.RLock(), lambda: [("yellow", step, "  1.0s") for step in steps])
+    saved = sys.stderr
+    region.start()
+    try:
+        region.refresh()
+        print("WARNING: skipping socket /tmp/x", file=sys.stderr)
+        steps[0] = "✓ [1/1] RUN make"
+        region.stop()
+    finally:
+        region.stop()
+        assert sys.stderr is saved  # given back, whatever happened
+    stream.close()
+    screen = read_terminal(leader, timeout=5).decode()
+    warning = screen.index("WARNING: skipping socket /tmp/x")
+    assert screen.index("▶ [1/1] RUN make") < warning < screen.rindex("✓ [1/1] RUN make  1.0s")
+    assert screen.endswith("✓ [1/1] RUN make  1.0s\x1b[0m\r\n\x1b[?25h")

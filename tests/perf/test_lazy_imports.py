@@ -3,7 +3,7 @@ file changed import (issue 12).
 
 A warm no-op rebuild is mostly Python start-up and imports, so the modules a
 cache hit does not use must stay unloaded: the registry client (requests,
-urllib3, ssl), rich, zstandard, the archive code, the layer writer and
+urllib3, ssl), rich (also on a terminal: the tty display is our own), zstandard, the archive code, the layer writer and
 extractor, and the sandbox (overlayfs, runc). A rebuild that reruns one COPY
 loads the layer writer and the overlay mount, but still no registry, runc,
 zstd or --chmod code. Each command runs in a fresh interpreter that writes
@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import ast
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from cli.clitools import MODULE_RECORDER as RECORDER
-from imagetools import make_busybox_image, require_root_and_runc
+from imagetools import make_busybox_image, read_terminal, require_root_and_runc
 
 from imgbuild.store import Store
 
@@ -157,6 +158,45 @@ def test_rebuild_after_one_file_changed_imports_only_what_a_copy_needs(tmp_path,
     assert "3 cached, 1 run" in process.stdout + process.stderr
     assert "imgbuild.layer.write" in changed  # the COPY wrote a layer
     assert unwanted(changed, NEVER_ON_A_COPY) == []
+
+
+def loaded_modules_on_a_terminal(tmp_path: Path, *args: str) -> tuple[set[str], str, int]:
+    """As loaded_modules, with stdout and stderr on a pseudo-terminal: the tty display."""
+    out = tmp_path / f"modules-{len(list(tmp_path.glob('modules-*')))}"
+    env = dict(os.environ, PYTHONPATH=str(REPO), IMGBUILD_MAX_CACHE="100%", IMGBUILD_MIN_FREE="0%")
+    env.pop("CI", None)  # in CI, --progress auto is plain even on a terminal
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-c", RECORDER, str(out), *args],
+        stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, env=env,
+    )  # fmt: skip
+    os.close(follower)
+    screen = read_terminal(leader).decode("utf-8", "replace")
+    return set(out.read_text().split("\n")), screen, process.wait(timeout=300)
+
+
+@pytest.mark.root
+def test_a_build_on_a_terminal_draws_its_display_without_rich(tmp_path, store_root):
+    # rich's Live took ~20 ms to import, which every interactive build paid;
+    # imgbuild.builder.terminal draws the display now.
+    context, build = _store_and_context(tmp_path, store_root)
+    on_a_terminal = tuple(arg for arg in build if arg not in ("--progress", "plain"))  # auto: tty
+
+    cold, screen, code = loaded_modules_on_a_terminal(tmp_path, *on_a_terminal)
+    assert code == 0, screen
+    assert "imgbuild.builder.terminal" in cold  # the tty display drew the build: the check below can fail
+    assert unwanted(cold, ("rich",)) == []
+
+    (context / "settings.conf").write_text("mode=changed\n")
+    changed, screen, code = loaded_modules_on_a_terminal(tmp_path, *on_a_terminal)
+    assert code == 0, screen
+    assert "3 cached, 1 run" in screen
+    assert unwanted(changed, NEVER_ON_A_COPY) == []
+
+    warm, screen, code = loaded_modules_on_a_terminal(tmp_path, *on_a_terminal)
+    assert code == 0, screen
+    assert "4 cached, 0 run" in screen and "imgbuild.builder.terminal" in warm
+    assert unwanted(warm) == []
 
 
 def dataclasses_without_docstring(root: Path) -> list[str]:
