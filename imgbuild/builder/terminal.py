@@ -144,8 +144,12 @@ class LiveRegion:
         parts += [text + "\n" for text in above]
         parts += [self._styled(style, text) + "\n" for style, text in lines]
         parts.append("\x1b[?25h" if final else "\x1b[?25l")  # no cursor blinking in the frame
-        self.stream.write("".join(parts))
-        self.stream.flush()
+        try:
+            self.stream.write("".join(parts))
+            self.stream.flush()
+        except OSError:  # the terminal went away (a closed ssh session): the build goes on without it
+            self.drawn = 0
+            return
         self.drawn = 0 if final else len(lines)
 
     def _styled(self, style: str, text: str) -> str:

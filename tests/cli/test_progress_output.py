@@ -7,6 +7,7 @@ docs/progress.md documents the JSON events these tests read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -248,3 +249,24 @@ def test_what_is_written_to_stderr_during_the_display_shows_above_it():
     warning = screen.index("WARNING: skipping socket /tmp/x")
     assert screen.index("▶ [1/1] RUN make") < warning < screen.rindex("✓ [1/1] RUN make  1.0s")
     assert screen.endswith("✓ [1/1] RUN make  1.0s\x1b[0m\r\n\x1b[?25h")
+
+
+def test_a_terminal_that_went_away_does_not_end_the_build():
+    """Closing the terminal (an ssh session that dropped) makes its writes fail
+    with EIO; the display gives up drawing and the build goes on."""
+    import threading
+
+    from imgbuild.builder.terminal import LiveRegion
+
+    leader, follower = pty.openpty()
+    stream = os.fdopen(follower, "w", encoding="utf-8", closefd=True)
+    region = LiveRegion(stream, threading.RLock(), lambda: [("", "▶ [1/1] RUN make", "  1.0s")])
+    region.start()
+    os.close(leader)
+    try:
+        region.refresh()
+        region.stop()  # neither raises
+    finally:
+        region.stop()
+        with contextlib.suppress(OSError):  # what the failed writes left in the buffer
+            stream.close()
