@@ -28,8 +28,8 @@ _ESCAPE_SEQUENCE = re.compile(
     r"|(?:\x1b[\]PX^_]|[\x9d\x90\x98\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
     r"|\x1b[ -/]*[0-~]?"
 )
-# Any control character left (C0, DEL, C1) shows as "?"; a tab as a space.
-_CONTROLS = {code: "?" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))} | {0x09: " "}
+# Any control character left (C0, DEL, C1) shows as "?" (tabs are expanded first).
+_CONTROLS = {code: "?" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
 
 STYLES = {"dim": "2", "yellow": "33", "cyan": "36", "green": "32", "bold red": "1;31"}
 REFRESH_SECONDS = 0.125  # 8 frames a second, as rich's Live drew them
@@ -38,9 +38,9 @@ REFRESH_SECONDS = 0.125  # 8 frames a second, as rich's Live drew them
 def printable(text: str) -> str:
     """``text`` as a terminal should show it in one line: what a carriage
     return leaves of a rewritten line (a progress bar's last state), without
-    escape sequences, other control characters as "?"."""
+    escape sequences, tabs as spaces, other control characters as "?"."""
     text = text.rstrip("\r").rpartition("\r")[2]
-    return _ESCAPE_SEQUENCE.sub("", text).translate(_CONTROLS)
+    return _ESCAPE_SEQUENCE.sub("", text).expandtabs().translate(_CONTROLS)
 
 
 def fit(text: str, columns: int) -> str:
