@@ -120,7 +120,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--quick-reps", type=int, default=10,
         help="runs per warm no-op and one-file rebuild of the small, multistage, Python, Node and "
         "C workloads (default 10, even: both orders of imgbuild and docker equally often): they "
-        "take 0.1-0.3 s, where a few ms of noise swing a median of 3",
+        "take 0.07-0.3 s, where a few ms of noise swing a median of 3",
     )
     parser.add_argument(
         "--tools", default=",".join(ALL_TOOLS), help="comma-separated subset of " + ", ".join(ALL_TOOLS)

@@ -5,8 +5,8 @@ is removed, the tar, the image settings), so that the tests and the
 benchmark build on the same base. The tarball is cached under
 /var/cache/imgbuild-tests (or $IMGBUILD_TEST_CACHE), named by a hash of
 everything that decides its content; a lock keeps two test runs on one
-machine from both running debootstrap. Used by tests/interop (as a base other tools pack) and
-tests/apps (imported as the examples' Debian base).
+machine from both running debootstrap. Used by tests/interop (as a base
+other tools pack) and tests/apps (imported as the examples' Debian base).
 """
 
 from __future__ import annotations
