@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -320,7 +321,7 @@ def remove_buildah(tool: Buildah) -> list[str]:
 
 def mounts_under(path: Path) -> list[str]:
     """Mount points at or below ``path`` (from /proc/self/mountinfo), deepest first."""
-    prefix = str(path.resolve())
+    prefix = str(Path(path).resolve())
     found = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         point = line.split()[4].encode().decode("unicode_escape")
@@ -330,14 +331,21 @@ def mounts_under(path: Path) -> list[str]:
 
 
 def runc_containers_under(path: Path) -> list[str]:
-    """runc containers (default runc root) whose bundle lies under ``path``."""
-    listing = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True)
-    if listing.returncode != 0 or not listing.stdout.strip():
-        return []
-    prefix = str(path.resolve())
-    return [
-        c["id"] for c in json.loads(listing.stdout) or [] if c.get("bundle", "").startswith(prefix)
-    ]
+    """runc containers (default runc root) whose bundle lies below ``path``.
+
+    `runc list` fails now and then when another process's container goes away
+    while it reads the state directory (other builds share this host): it is
+    asked again, and a listing that keeps failing fails the test rather than
+    reading as "no container left"."""
+    for _ in range(10):
+        listing = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True)
+        if listing.returncode == 0:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"runc list failed: {listing.stderr.strip()}")
+    prefix = str(Path(path).resolve()) + "/"
+    return [c["id"] for c in json.loads(listing.stdout or "null") or [] if c.get("bundle", "").startswith(prefix)]
 
 
 def _buildah_leftovers(tool: Buildah) -> list[str]:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from faults.faulttools import FILESYSTEM_BYTES, mounts_under
+from comparetools import mounts_under
+from faults.faulttools import FILESYSTEM_BYTES
 from registrytools import die_with_parent, free_port, wait_for_registry
 
 PROJECT = Path(__file__).resolve().parent.parent

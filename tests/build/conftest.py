@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import zstandard
 from cli.clitools import cli_env, imgbuild, start_imgbuild
+from comparetools import runc_containers_under
 from imagetools import make_busybox_image, require_root_and_runc
 
 from imgbuild.builder.builder import build
@@ -285,26 +286,13 @@ def kill_group(process: subprocess.Popen) -> None:
         process.wait(timeout=30)
 
 
-def containers_under(root: Path) -> list[str]:
-    """runc containers whose bundle lies under ``root`` (a store root)."""
-    listing = subprocess.run(
-        ["runc", "list", "--format", "json"], check=True, capture_output=True, text=True
-    )
-    prefix = str(Path(root).resolve()) + "/"
-    return [
-        c["id"]
-        for c in json.loads(listing.stdout or "null") or []
-        if c.get("bundle", "").startswith(prefix)
-    ]
-
-
 def clear_leftovers(root: Path) -> None:
     """After a failed test: delete the containers and unmount what a killed build left.
 
     The runtime runs in a session of its own, so killing the CLI's process
     group does not stop a container it started.
     """
-    for container in containers_under(root):
+    for container in runc_containers_under(root):
         subprocess.run(["runc", "delete", "--force", container], capture_output=True)
     for point in sorted(mounts_under(root), reverse=True):
         subprocess.run(["umount", point], capture_output=True)

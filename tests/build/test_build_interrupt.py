@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
 import signal
-import subprocess
 import time
 
 import pytest
+from comparetools import runc_containers_under
 
 pytestmark = pytest.mark.root
 
@@ -18,18 +17,6 @@ MOUNTS = (
     "--mount=type=cache,target=/cache --mount=type=bind,source=.,target=/ctx,rw "
     "--mount=type=secret,id=token --mount=type=tmpfs,target=/scratch"
 )
-
-
-def _containers_under(root) -> list[str]:
-    listing = subprocess.run(
-        ["runc", "list", "--format", "json"], check=True, capture_output=True, text=True
-    )
-    prefix = str(root.resolve()) + "/"
-    return [
-        c["id"]
-        for c in json.loads(listing.stdout or "null") or []
-        if c.get("bundle", "").startswith(prefix)
-    ]
 
 
 def _secret_dirs() -> set[str]:
@@ -42,7 +29,7 @@ def _wait_for_container(root, process, count: int = 1, seconds: float = 60) -> l
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"the build ended early: {process.communicate()[1].decode()}")
-        running = _containers_under(root)
+        running = runc_containers_under(root)
         if len(running) >= count:
             return running
         time.sleep(0.1)
@@ -64,7 +51,7 @@ def context(tmp_path, write_files):
 
 
 def _assert_clean(root, context, secret_dirs_before, mounts_under, imgbuild_cli) -> None:
-    assert _containers_under(root) == []
+    assert runc_containers_under(root) == []
     assert mounts_under(root, context) == []
     assert _secret_dirs() <= secret_dirs_before
     fsck = imgbuild_cli(root, "fsck")
@@ -195,7 +182,7 @@ def test_interrupt_while_waiting_for_a_locked_cache_mount(
             time.sleep(0.1)  # until the waiter's step has its workspace: it then goes for the lock
         time.sleep(0.5)
         assert (
-            len(_containers_under(store.root)) == 1
+            len(runc_containers_under(store.root)) == 1
         )  # the waiter waits: its container is not started
         os.kill(waiter.pid, signal.SIGTERM)
         assert waiter.wait(timeout=20) == 143

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 import time
 
 import pytest
+from comparetools import runc_containers_under
 
 from imgbuild.builder.builder import build
 from imgbuild.builder.options import BuildOptions
@@ -118,18 +117,6 @@ def test_unknown_image_is_an_error(shared_root, run_image, no_traceback):
     assert "no-such-image" in completed.stderr
 
 
-def _containers_under(root) -> list[str]:
-    listing = subprocess.run(
-        ["runc", "list", "--format", "json"], capture_output=True, text=True, check=True
-    )
-    prefix = str(root.resolve()) + "/"
-    return [
-        c["id"]
-        for c in json.loads(listing.stdout or "null") or []
-        if c["bundle"].startswith(prefix)
-    ]
-
-
 def test_sigterm_stops_the_container_and_unmounts(
     shared_root, images, start_cli, kill_group, mounts_under, clear_leftovers
 ):
@@ -137,12 +124,12 @@ def test_sigterm_stops_the_container_and_unmounts(
     process = start_cli(shared_root, "run", "run-verb:app", "sleep", "60")
     try:
         deadline = time.monotonic() + 30
-        while not _containers_under(shared_root) and process.poll() is None:
+        while not runc_containers_under(shared_root) and process.poll() is None:
             assert time.monotonic() < deadline, "the container never started"
             time.sleep(0.1)
         os.kill(process.pid, signal.SIGTERM)
         code = process.wait(timeout=30)
-        left = _containers_under(shared_root), mounts_under(shared_root)
+        left = runc_containers_under(shared_root), mounts_under(shared_root)
     finally:
         kill_group(process)
         clear_leftovers(shared_root)  # if it left any, do not leave them too

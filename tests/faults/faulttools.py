@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import random
 import socket
 import subprocess
@@ -12,6 +11,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from comparetools import mounts_under, runc_containers_under
 
 FILESYSTEM_BYTES = 64 << 20  # the small file system (conftest.small_fs) a store fills
 
@@ -28,37 +29,11 @@ def random_layer(seed: int, size: int) -> bytes:
     return buffer.getvalue()
 
 
-def mounts_under(root: Path) -> list[str]:
-    """Mount points in /proc/self/mountinfo at or below ``root``."""
-    prefix = str(Path(root).resolve())
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].encode().decode("unicode_escape")
-        if point == prefix or point.startswith(prefix + "/"):
-            found.append(point)
-    return found
-
-
-def containers_under(root: Path) -> list[str]:
-    """runc containers whose bundle lies under ``root``."""
-    for _ in range(10):
-        # `runc list` fails now and then when another process's container goes
-        # away while it reads the state directory (other builds share this host).
-        listing = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True)
-        if listing.returncode == 0:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError(f"runc list failed: {listing.stderr.strip()}")
-    prefix = str(Path(root).resolve()) + "/"
-    return [c["id"] for c in json.loads(listing.stdout or "null") or [] if c.get("bundle", "").startswith(prefix)]
-
-
 def clear_leftovers(root: Path) -> None:
     """After a failed check: delete what a killed build left, so later tests run."""
-    for container in containers_under(root):
+    for container in runc_containers_under(root):
         subprocess.run(["runc", "delete", "--force", container], capture_output=True)
-    for point in sorted(mounts_under(root), key=lambda p: p.count("/"), reverse=True):
+    for point in mounts_under(root):  # deepest first
         subprocess.run(["umount", "-l", point], capture_output=True)
 
 

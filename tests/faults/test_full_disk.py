@@ -23,7 +23,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from faults.faulttools import FILESYSTEM_BYTES, mounts_under, random_layer
+from comparetools import mounts_under
+from faults.faulttools import FILESYSTEM_BYTES, random_layer
 from imagetools import make_busybox_image, temp_leftovers
 from ocitools import compress_layer, push_layout_raw, write_layout
 

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 import pytest
-from faults.faulttools import clear_leftovers, containers_under, mounts_under
+from comparetools import mounts_under, runc_containers_under
+from faults.faulttools import clear_leftovers
 from imagetools import make_busybox_image, temp_leftovers
 
 from imgbuild.store import Store
@@ -108,7 +109,7 @@ def _leftovers(root: Path, tmpdir: Path) -> list[str]:
     """What the killed build left after the next one ran (must be nothing)."""
     found = [f"mount {point}" for point in mounts_under(root)]
     found += [f"system temp {entry.name}" for entry in sorted(tmpdir.iterdir())]
-    found += [f"container {name}" for name in containers_under(root)]
+    found += [f"container {name}" for name in runc_containers_under(root)]
     fsck = subprocess.run(_command(root, "fsck"), capture_output=True, text=True, env=_env(), timeout=120)
     if fsck.returncode != 0:
         found.append(f"fsck: {fsck.stdout.strip()} {fsck.stderr.strip()}")
@@ -156,7 +157,7 @@ def test_kill9_at_seeded_points_leaves_nothing_and_rebuilds_the_same_image(tmp_p
 
 def _wait_for_container(root: Path, process: subprocess.Popen, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
-    while not containers_under(root):
+    while not runc_containers_under(root):
         assert process.poll() is None, "the build ended before its RUN step started"
         assert time.monotonic() < deadline, "the RUN step's container never appeared in `runc list`"
         time.sleep(0.05)
@@ -182,13 +183,13 @@ def test_fsck_repair_cleans_up_after_a_build_killed_mid_run(tmp_path):
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
         # runc runs in a session of its own: the step goes on, its root stays mounted.
-        assert containers_under(root) and mounts_under(root)
+        assert runc_containers_under(root) and mounts_under(root)
 
         report = subprocess.run(_command(root, "fsck"), capture_output=True, text=True, env=_env())
         assert report.returncode == 1 and "leftover-temp" in report.stdout, report.stdout + report.stderr
         repaired = subprocess.run(_command(root, "fsck", "--repair"), capture_output=True, text=True, env=_env())
         assert repaired.returncode == 0, repaired.stdout + repaired.stderr
-        assert containers_under(root) == [] and mounts_under(root) == []
+        assert runc_containers_under(root) == [] and mounts_under(root) == []
         assert temp_leftovers(Store(root)) == []
     finally:
         if process.poll() is None:

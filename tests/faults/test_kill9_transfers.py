@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from faults.faulttools import SlowProxy, mounts_under, random_layer
+from comparetools import mounts_under
+from faults.faulttools import SlowProxy, random_layer
 from imagetools import temp_leftovers
 from ocitools import compress_layer, push_layout_raw, write_layout
 

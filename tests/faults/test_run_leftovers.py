@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 import pytest
-from faults.faulttools import FILESYSTEM_BYTES, containers_under, mounts_under
+from comparetools import mounts_under, runc_containers_under
+from faults.faulttools import FILESYSTEM_BYTES
 from imagetools import make_busybox_image, temp_leftovers
 
 from imgbuild.store import Store
@@ -75,7 +76,7 @@ def _processes_with(marker: str) -> list[str]:
 
 def _nothing_left(root: Path, marker: str) -> list[str]:
     found = [f"process {line}" for line in _processes_with(marker)]
-    found += [f"container {name}" for name in containers_under(root)]
+    found += [f"container {name}" for name in runc_containers_under(root)]
     found += [f"mount {point}" for point in mounts_under(root)]
     found += [f"temp {name}" for name in temp_leftovers(Store(root))]
     fsck = subprocess.run(

@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from faults.faulttools import clear_leftovers, containers_under, mounts_under
+from comparetools import mounts_under, runc_containers_under
+from faults.faulttools import clear_leftovers
 from imagetools import make_busybox_image, temp_leftovers
 from load.loadtools import (
     cli_command,
@@ -258,7 +259,7 @@ def _pushed_digest_problems(registry_host: str, repo: str, expected: str, work: 
 
 def _leftovers(root: Path) -> list[str]:
     found = [f"mount {point}" for point in mounts_under(root)]
-    found += [f"container {name}" for name in containers_under(root)]
+    found += [f"container {name}" for name in runc_containers_under(root)]
     found += [f"temp {name}" for name in temp_leftovers(Store(root))]
     return found
 

@@ -7,10 +7,8 @@ runc.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -52,11 +50,3 @@ def needs_root_and_runc():
         pytest.skip("runc is not installed (scripts/install-deps.sh installs it)")
 
 
-def containers_under(directory: Path) -> list[str]:
-    """runc containers whose bundle lies under ``directory``."""
-    result = subprocess.run(
-        ["runc", "list", "--format", "json"], check=True, capture_output=True, text=True
-    )
-    containers = json.loads(result.stdout or "null") or []
-    prefix = str(directory.resolve()) + "/"
-    return [c["id"] for c in containers if c.get("bundle", "").startswith(prefix)]

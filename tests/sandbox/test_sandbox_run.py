@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from sandbox.sandboxtools import containers_under, make_busybox_rootfs, needs_root_and_runc
+from comparetools import runc_containers_under
+from sandbox.sandboxtools import make_busybox_rootfs, needs_root_and_runc
 
 from imgbuild.errors import Interrupted, SandboxError
 from imgbuild.sandbox.overlay import mount_overlay, prune_copied_up_dirs
@@ -32,7 +33,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 def _nothing_left_behind(tmp_path):
     needs_root_and_runc()
     yield
-    assert containers_under(tmp_path) == []
+    assert runc_containers_under(tmp_path) == []
     assert mounts_under(tmp_path) == []
 
 
@@ -463,13 +464,13 @@ def test_signal_exit_status_is_128_plus_n(tmp_path, step):
 
     def kill_when_running():
         for _ in range(1200):
-            ids = containers_under(tmp_path)
+            ids = runc_containers_under(tmp_path)
             if ids and _state(ids[0]) == "running":
                 subprocess.run(["runc", "kill", ids[0], "KILL"], check=True)
                 killed.append(ids[0])
                 return
             time.sleep(0.05)
-        for container_id in containers_under(tmp_path):  # never hang the suite
+        for container_id in runc_containers_under(tmp_path):  # never hang the suite
             subprocess.run(["runc", "delete", "--force", container_id])
 
     killer = threading.Thread(target=kill_when_running)
@@ -579,7 +580,7 @@ def test_interrupting_the_process_kills_the_container_and_unmounts(tmp_path, bus
     try:
         assert process.stdout.readline() == b"ready\n"
         assert mounts_under(tmp_path) == [str((tmp_path / "merged").resolve())]
-        assert len(containers_under(tmp_path)) == 1
+        assert len(runc_containers_under(tmp_path)) == 1
         process.send_signal(signum)
         stdout, stderr = process.communicate(timeout=120)
     finally:
@@ -587,7 +588,7 @@ def test_interrupting_the_process_kills_the_container_and_unmounts(tmp_path, bus
             process.kill()
             process.wait()
     assert (process.returncode, stdout) == (130, b"interrupted\n"), stderr.decode()
-    assert containers_under(tmp_path) == []
+    assert runc_containers_under(tmp_path) == []
     assert mounts_under(tmp_path) == []
     assert not _sleepers("4322")
     assert not any((tmp_path / "scratch").iterdir())  # the bundle is gone too
