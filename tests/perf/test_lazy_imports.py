@@ -3,8 +3,9 @@ file changed import (issue 12).
 
 A warm no-op rebuild is mostly Python start-up and imports, so the modules a
 cache hit does not use must stay unloaded: the registry client (requests,
-urllib3, ssl), rich (also on a terminal: the tty display is our own), zstandard, the archive code, the layer writer and
-extractor, and the sandbox (overlayfs, runc). A rebuild that reruns one COPY
+urllib3, ssl), rich (also on a terminal: the tty display is our own),
+zstandard, the archive code, the layer writer and extractor, and the sandbox
+(overlayfs, runc). A rebuild that reruns one COPY
 loads the layer writer and the overlay mount, but still no registry, runc,
 zstd or --chmod code. Each command runs in a fresh interpreter that writes
 ``sys.modules`` to a file when it exits. Creating dataclasses is the biggest
