@@ -94,12 +94,15 @@ def selection_digest(
     selected: Sequence[Selected],
     listing: Listing | None = None,
     remembered: RememberedSelection | None = None,
+    *,
+    hand_on: bool = False,
 ) -> str:
     """sha256 over exactly what copying ``selected`` from ``context`` reads (see the module doc).
 
     ``listing``, if given, gets one row per entry from the same pass (no file
     is read twice), for the record of the key's inputs; ``remembered``, if
-    given, keeps the digest under its fingerprint for the next build.
+    given, keeps the digest under its fingerprint for the next build;
+    ``hand_on`` leaves the walk for the copy that follows (``BuildContext.entries``).
     """
     hasher = context.hasher
     digest = hashlib.sha256()
@@ -110,7 +113,7 @@ def selection_digest(
             item_record = os.fsencode("item\0dir" if item.is_dir else f"item\0file\0{item.name}")
             digest.update(b"%d:" % len(item_record) + item_record + b"\n")
             seen_inodes: dict[tuple[int, int], str] = {}
-            for entry in item.entries():
+            for entry in item.entries(hand_on=hand_on):
                 digest.update(_entry_record(context, entry, seen_inodes, listing))
         if remembered is not None:
             remembered.remember("sha256:" + digest.hexdigest())

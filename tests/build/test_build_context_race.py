@@ -188,3 +188,30 @@ def test_a_run_bind_mount_of_a_swapped_context_directory_shows_the_checked_one(
     layers = _layers_bytes(store, result)
     assert SENTINEL not in layers
     assert INSIDE in layers
+
+
+def test_the_copy_copies_what_the_digest_covered(tmp_path, store_root, monkeypatch):
+    # The copy takes the list of entries the digest made for the step's key
+    # (BuildContext.entries, hand_on), instead of walking the context again:
+    # a file that appears in between is not copied (the key never covered it),
+    # and one that goes away in between stops the build.
+    context, _host = _make_context(tmp_path, COPY_DIRECTORY)
+    store = Store(store_root)
+    original = copy_module.copy_into
+    changes = []
+
+    def change_then_copy(*args, **kwargs):
+        changes.pop()()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(copy_module, "copy_into", change_then_copy)
+    changes.append(lambda: (context / "a" / "late.txt").write_bytes(b"after the digest\n"))
+    result = _build(store, context)
+    assert not changes
+    layer = _layers_bytes(store, result)
+    assert INSIDE in layer and b"after the digest" not in layer and b"late.txt" not in layer
+
+    changes.append(lambda: (context / "a" / "sub" / "secret.txt").unlink())
+    with pytest.raises(ContextError):
+        _build(store, context)
+    assert not changes
