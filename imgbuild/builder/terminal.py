@@ -28,8 +28,6 @@ _ESCAPE_SEQUENCE = re.compile(
     r"|(?:\x1b[\]PX^_]|[\x9d\x90\x98\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
     r"|\x1b[ -/]*[0-~]?"
 )
-# Any control character left (C0, DEL, C1) shows as "?" (tabs are expanded first).
-_CONTROLS = {code: "?" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
 
 STYLES = {"dim": "2", "yellow": "33", "cyan": "36", "green": "32", "bold red": "1;31"}
 REFRESH_SECONDS = 0.125  # 8 frames a second, as rich's Live drew them
@@ -38,9 +36,21 @@ REFRESH_SECONDS = 0.125  # 8 frames a second, as rich's Live drew them
 def printable(text: str) -> str:
     """``text`` as a terminal should show it in one line: what a carriage
     return leaves of a rewritten line (a progress bar's last state), without
-    escape sequences, tabs as spaces, other control characters as "?"."""
+    escape sequences, tabs as spaces, the rest as ``safe_chars`` leaves it."""
     text = text.rstrip("\r").rpartition("\r")[2]
-    return _ESCAPE_SEQUENCE.sub("", text).expandtabs().translate(_CONTROLS)
+    return safe_chars(_ESCAPE_SEQUENCE.sub("", text).expandtabs())
+
+
+def safe_chars(text: str) -> str:
+    """``text`` with nothing a terminal would act on or hide: bytes that were
+    not UTF-8 (kept with surrogate escapes, as file names are) as U+FFFD, and
+    every character that is not printable (controls, format characters such
+    as bidirectional overrides) as "?". For file names and instructions in
+    the verbs' tables as much as for the tty display."""
+    if text.isascii() and text.isprintable():
+        return text
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def fit(text: str, columns: int) -> str:

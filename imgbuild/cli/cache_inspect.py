@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from imgbuild.builder.terminal import safe_chars
 from imgbuild.cache.inspection import find_key, inspect_entry
-from imgbuild.cli.cache_ls import printable, show_table, stage_label
+from imgbuild.cli.cache_ls import show_table, stage_label
 from imgbuild.store import Store
 from imgbuild.units import human_size
 
@@ -34,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_entry(entry: dict) -> None:
     print(f"key:          {entry['key']}")
-    print(f"instruction:  {printable(entry['instruction'])}")
-    where = printable(entry["dockerfile"] or "?")
+    print(f"instruction:  {safe_chars(entry['instruction'])}")
+    where = safe_chars(entry["dockerfile"] or "?")
     if entry["line"] is not None:
         where += f":{entry['line']}"
     print(f"step:         {where}, stage {stage_label(entry['stage_index'], entry['stage_name'])}")

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 
+from imgbuild.builder.terminal import safe_chars
 from imgbuild.cache.inspection import FILTERS, list_entries, matches, parse_filters
 from imgbuild.cli.images import created_since, print_table
 from imgbuild.store import Store
@@ -66,17 +67,10 @@ def shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def printable(text: str) -> str:
-    """A file name that is not UTF-8 (kept with surrogate escapes) with U+FFFD
-    for its bad bytes, and no control characters, so a terminal shows it as is."""
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
 def show_table(headers: list[str], rows: list[list[str]], title: str | None = None) -> None:
     """A rich table on a terminal; Docker's plain columns for pipes and CI logs."""
-    rows = [[printable(cell) for cell in row] for row in rows]
-    title = printable(title) if title else title
+    rows = [[safe_chars(cell) for cell in row] for row in rows]
+    title = safe_chars(title) if title else title
     if not sys.stdout.isatty():
         if title:
             print(title)

@@ -11,8 +11,8 @@ import argparse
 import json
 import sys
 
+from imgbuild.builder.terminal import safe_chars
 from imgbuild.cache.inspection import entry_tree
-from imgbuild.cli.cache_ls import printable
 from imgbuild.store import Store
 from imgbuild.units import human_size
 
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 def _label(node: dict) -> str:
     size = human_size(node["layer_size"]) if node["layer_digest"] else "no layer"
     used = ", in an image" if node["in_image"] else ""
-    return printable(f"{node['short_key']}  {node['instruction']}  ({size}{used})")
+    return safe_chars(f"{node['short_key']}  {node['instruction']}  ({size}{used})")
 
 
 def _print_plain(roots: list[dict]) -> None:

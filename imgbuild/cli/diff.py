@@ -42,10 +42,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_table(report: dict) -> None:
-    from imgbuild.cli.cache_ls import printable
+    from imgbuild.builder.terminal import safe_chars
 
-    print(f"--- {printable(report['a']['image'])} ({report['a']['digest']})")
-    print(f"+++ {printable(report['b']['image'])} ({report['b']['digest']})")
+    print(f"--- {safe_chars(report['a']['image'])} ({report['a']['digest']})")
+    print(f"+++ {safe_chars(report['b']['image'])} ({report['b']['digest']})")
     print()
     print("config:" if report["config"] else "config: the same")
     for row in report["config"]:
@@ -55,11 +55,11 @@ def _print_table(report: dict) -> None:
     print()
     print(f"files: {counts['added']} added, {counts['removed']} removed, {counts['changed']} changed")
     for row in files["added"]:
-        print(f"  + {printable(row['path'])}")
+        print(f"  + {safe_chars(row['path'])}")
     for row in files["removed"]:
-        print(f"  - {printable(row['path'])}")
+        print(f"  - {safe_chars(row['path'])}")
     for row in files["changed"]:
-        print(f"  ~ {printable(row['path'])} ({', '.join(row['changes'])})")
+        print(f"  ~ {safe_chars(row['path'])} ({', '.join(row['changes'])})")
     for ecosystem, changes in report.get("packages", {}).items():
         print()
         print(f"{ecosystem} packages: {len(changes['added'])} added, {len(changes['removed'])} removed, "

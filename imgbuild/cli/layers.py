@@ -132,23 +132,23 @@ def _write(args: argparse.Namespace, report: dict) -> None:
 
 
 def _table(report: dict) -> str:
-    from imgbuild.cli.cache_ls import printable
+    from imgbuild.builder.terminal import safe_chars
 
-    lines = [f"image: {printable(report['image'])}  ({report['digest']})", ""]
+    lines = [f"image: {safe_chars(report['image'])}  ({report['digest']})", ""]
     marks = {"added": "+", "modified": "~", "removed": "-"}
     for layer in report["layers"]:
         counts = layer["counts"]
         lines.append(
             f"layer {layer['index']}  {human_size(layer['size']):>8}  {layer['origin']:<7}  "
-            f"{printable(layer['instruction'] or '(no history)')}"
+            f"{safe_chars(layer['instruction'] or '(no history)')}"
         )
         lines.append(
             f"  {layer['digest']}  +{counts['added']} ~{counts['modified']} -{counts['removed']}"
         )
         for row in layer["files"]:
             size = human_size(row["size"]) if row["type"] in ("file", "dir", "opaque") or row["change"] == "removed" else ""
-            link = f" -> {printable(row['link'])}" if row.get("link") else ""
-            path = printable(row["path"]) + ("/* (opaque: all below)" if row["type"] == "opaque" else "")
+            link = f" -> {safe_chars(row['link'])}" if row.get("link") else ""
+            path = safe_chars(row["path"]) + ("/* (opaque: all below)" if row["type"] == "opaque" else "")
             lines.append(f"    {marks[row['change']]} {size:>8}  {path}{link}")
         if layer["files_left_out"]:
             lines.append(f"    ... and {layer['files_left_out']} more")
@@ -156,7 +156,7 @@ def _table(report: dict) -> str:
     if "tree" in report:
         lines.append("merged filesystem (LAYER is the layer each path comes from):")
         for row in report["tree"]:
-            lines.append(f"  {row['layer']:>5}  {human_size(row['size']):>8}  {printable(row['path'])}")
+            lines.append(f"  {row['layer']:>5}  {human_size(row['size']):>8}  {safe_chars(row['path'])}")
         lines.append("")
     wasted = report["wasted"]
     lines.append(f"efficiency: {wasted['efficiency'] * 100:.4f} %")
@@ -165,7 +165,7 @@ def _table(report: dict) -> str:
     if wasted["top_wasted"]:
         lines.append("count  wasted  path")
         for row in wasted["top_wasted"][:20]:
-            lines.append(f"{row['count']:>5}  {human_size(row['wasted_bytes']):>8}  {printable(row['path'])}")
+            lines.append(f"{row['count']:>5}  {human_size(row['wasted_bytes']):>8}  {safe_chars(row['path'])}")
     for result in report.get("ci", []):
         lines.append(f"{result['status'].upper()}: {result['rule']}: {result['message'] or 'ok'}")
     return "\n".join(lines) + "\n"

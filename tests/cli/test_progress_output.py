@@ -190,8 +190,9 @@ def test_ci_false_is_not_ci(root, tmp_path, ci, plain):
 # Sequences a RUN step (or a package's install script) can print, and the
 # Dockerfile can hold, that must not drive the user's terminal: set the
 # window title (OSC), clear the screen, move the cursor, answer back (DECID),
-# the 8-bit CSI (U+009B, as UTF-8: the output is decoded as UTF-8), a bell.
-HOSTILE_OUTPUT = "\\033]0;pwned\\007\\033[2J\\033[10;10H\\033Z\\302\\233" "6n\\007"
+# the 8-bit CSI (U+009B, as UTF-8: the output is decoded as UTF-8), a bell,
+# a right-to-left override (U+202E) that would reorder what follows.
+HOSTILE_OUTPUT = "\\033]0;pwned\\007\\033[2J\\033[10;10H\\033Z\\302\\233" "6n\\007\\342\\200\\256"
 OUR_SEQUENCE = re.compile(r"\x1b\[(?:[0-9;]*m|[0-9]*A|J|\?25[lh])")  # colors, up, erase, cursor
 
 
@@ -210,7 +211,7 @@ def test_tty_display_keeps_escape_sequences_off_the_terminal(root, tmp_path):
     assert "exited with code 3" in output
     shown = OUR_SEQUENCE.sub("", output)
     assert "after" in shown and "red" in shown  # the lines, without what drove the terminal
-    for control in ("\x1b", "\x07", "\x9b"):
+    for control in ("\x1b", "\x07", "\x9b", "\u202e"):
         assert control not in shown, repr(shown)
     assert "in-dockerfile" not in shown  # an OSC is dropped whole (in the label, the output and the error)
 
