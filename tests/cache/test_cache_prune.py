@@ -27,7 +27,7 @@ from cache.prunetools import (
 )
 from imagetools import temp_leftovers
 from load.loadtools import cli_command, cli_env
-from store.storetools import make_small_image
+from store.storetools import make_small_image, snapshot_of
 
 from imgbuild.cache.prune import Limits, collect_if_over, collection_target, prune
 from imgbuild.store import Store
@@ -362,7 +362,7 @@ def test_a_prune_keeps_a_snapshot_a_running_build_mounted(tmp_path):
     no cache entry, image or blob written since keeps it; after the build it goes."""
     store = Store(tmp_path / "root")
     image = make_small_image(store, "old:1", {"o": "old layer"})
-    snapshot = store.add_snapshot(image.diff_ids[0], image.diff_ids[0], store.make_temp_dir("snap-"))
+    snapshot = snapshot_of(store, image)
     store.untag("old:1")
     time.sleep(FENCE_MARGIN + 0.2)  # all of it older than the build's fence
     with store.build_lease():

@@ -78,3 +78,8 @@ def run_python(script: str, *args: str, **kwargs) -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(PROJECT), str(PROJECT / "tests")])
     return subprocess.Popen([sys.executable, "-c", script, *args], env=env, **kwargs)
+
+
+def snapshot_of(store, image):
+    """A snapshot of ``image``'s first layer (an empty directory stands for its tree)."""
+    return store.add_snapshot(image.diff_ids[0], image.diff_ids[0], store.make_temp_dir("snap-"))

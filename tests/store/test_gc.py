@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from store.storetools import add_layer, blob_files, image_from_layers, make_small_image
+from store.storetools import add_layer, blob_files, image_from_layers, make_small_image, snapshot_of
 
 from imgbuild.store import Store
 from imgbuild.store.fsck import check_store
@@ -54,11 +54,6 @@ def test_untagged_images_and_other_tags_keep_their_blobs(store_root):
     assert digests_of(untagged) | digests_of(image) == referenced_blobs(store)
 
 
-def _snapshot(store, image):
-    directory = store.make_temp_dir("snap-")
-    return store.add_snapshot(image.diff_ids[0], image.diff_ids[0], directory)
-
-
 def test_build_cache_pins_layers_and_unused_snapshots_go(store_root):
     """A cache entry keeps its layer blob (and that layer's snapshot); a
     snapshot whose layer no image and no cache entry uses goes with its blob,
@@ -73,7 +68,7 @@ def test_build_cache_pins_layers_and_unused_snapshots_go(store_root):
         "INSERT INTO cache(key, layer_digest, created_by, created, last_used) VALUES (?,?,?,?,?)",
         ("sha256:" + "1" * 64, cached_layer.digest, "RUN true", now, now),
     )
-    cached_snapshot, dropped_snapshot, tagged_snapshot = (_snapshot(store, i) for i in (cached, dropped, tagged))
+    cached_snapshot, dropped_snapshot, tagged_snapshot = (snapshot_of(store, i) for i in (cached, dropped, tagged))
 
     store.untag("cached:1")
     store.untag("snap:1")
@@ -91,7 +86,7 @@ def test_a_running_build_keeps_the_snapshots_it_may_use(store_root):
     store = Store(store_root)
     image = make_small_image(store, "base:1", {"b": "base layer"})
     with store.build_lease():  # a build that resolved base:1 and is unpacking it
-        snapshot = _snapshot(store, image)
+        snapshot = snapshot_of(store, image)
         store.untag("base:1")
         result = collect_garbage(store)
         assert snapshot.is_dir() and result.snapshots == 0
@@ -107,7 +102,7 @@ def test_a_snapshot_a_running_build_used_stays_though_nothing_else_keeps_it(stor
     so only the running-build rule keeps it until the build ends."""
     store = Store(store_root)
     image = make_small_image(store, "old:1", {"o": "old layer"})
-    snapshot = _snapshot(store, image)
+    snapshot = snapshot_of(store, image)
     store.untag("old:1")
     time.sleep(FENCE_MARGIN + 0.2)  # all of it older than the build's fence
     with store.build_lease():
