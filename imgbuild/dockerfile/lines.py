@@ -9,14 +9,16 @@ instructions exist: that is ``instructions.py``. BuildKit's parser corpus
 (``tests/conformance``) is checked against this layer, because its ``result``
 files dump exactly this stage.
 
-dockerfile-parse reads the file into physical lines for us
-(``DockerfileParser.lines``). We do not use its ``structure`` (its grouping of
-lines into instructions) because it disagrees with BuildKit on 7 of the 33
-corpus files: it ends an instruction at a blank line inside a continuation
-(``escapes``, ``continueIndent``, ``brimstone-*``), treats a trailing escaped
-backslash ``\\\\`` as a continuation (``trailing-backslash``), drops a last
-line without a newline (``continue-at-eof``, ``env``), and knows neither
-heredocs nor the ``# check=`` directive. So the grouping below is ours and
+The file is split into physical lines with ``io.StringIO.readlines``, which
+is what dockerfile-parse's ``lines`` does: importing dockerfile-parse for that
+alone cost every parse ~5 ms, as it loads logging. Its ``structure`` (its
+grouping of lines into instructions, which ``imgbuild pin`` uses) is not used
+here because it disagrees with BuildKit on 7 of the 33 corpus files: it ends
+an instruction at a blank line inside a continuation (``escapes``,
+``continueIndent``, ``brimstone-*``), treats a trailing escaped backslash
+``\\\\`` as a continuation (``trailing-backslash``), drops a last line
+without a newline (``continue-at-eof``, ``env``), and knows neither heredocs
+nor the ``# check=`` directive. So the grouping below is ours and
 follows BuildKit's rules line by line.
 """
 
@@ -26,8 +28,6 @@ import io
 import json
 import re
 from dataclasses import dataclass, field
-
-from dockerfile_parse import DockerfileParser
 
 from imgbuild.dockerfile.directives import DirectiveError, Directives, DirectiveScanner
 from imgbuild.dockerfile.heredoc import Heredoc, heredocs_in_line
@@ -95,7 +95,7 @@ def read_physical_lines(text: str) -> list[str]:
     """The file's lines, each with its line ending, split on ``\\n`` only."""
     # StringIO with the default newline="\n" splits on \n only and keeps \r,
     # which is what BuildKit's scanner does.
-    return DockerfileParser(fileobj=io.StringIO(text)).lines
+    return io.StringIO(text).readlines()
 
 
 def parse_lines(text: str, filename: str = "Dockerfile", escape: str | None = None) -> ParsedLines:

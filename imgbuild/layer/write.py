@@ -31,7 +31,6 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
-import logging
 import os
 import queue
 import stat
@@ -66,8 +65,6 @@ from imgbuild.layer.tarformat import (
     TarEntry,
 )
 from imgbuild.layer.tarwrite import encode_header
-
-log = logging.getLogger(__name__)
 
 # gzip without a level: ISA-L level 1 (of 0-3), in blocks of this size,
 # which is also the size of the pieces the tar is handed on in.
@@ -500,7 +497,11 @@ def _entries_for(
         yield entry, None
         return
     if stat.S_ISSOCK(mode):
-        log.warning("skipping socket %s: sockets cannot be stored in a layer", os.fsdecode(relative))
+        import logging  # only here: few layers hold a socket, and loading logging costs every build ~3 ms
+
+        logging.getLogger(__name__).warning(
+            "skipping socket %s: sockets cannot be stored in a layer", os.fsdecode(relative)
+        )
         return
     all_xattrs = _read_xattrs(proc_path(found.dir_fd, found.name))
     _refuse_overlay_references(relative, all_xattrs)
