@@ -7,7 +7,7 @@ urllib3, ssl), rich (also on a terminal: the tty display is our own),
 zstandard, the archive code, the layer writer and extractor, and the sandbox
 (overlayfs, runc). A rebuild that reruns one COPY
 loads the layer writer and the overlay mount, but still no registry, runc,
-zstd or --chmod code. Each command runs in a fresh interpreter that writes
+zstd or --chmod code, nor logging, concurrent.futures or dockerfile-parse. Each command runs in a fresh interpreter that writes
 ``sys.modules`` to a file when it exits. Creating dataclasses is the biggest
 part of what imgbuild's own modules do at import; the last test keeps that
 from growing by a signature docstring per class. No time is measured here:
@@ -67,6 +67,12 @@ NEVER_ON_A_COPY = (
     # zstd layers only: zstandard loads platform, which compiles regexes
     "zstandard",
     "platform",
+    # ~5 ms each: stages run on plain threads, nothing is logged, and the
+    # Dockerfile's lines are split without dockerfile-parse (it loads logging)
+    "concurrent.futures",
+    "logging",
+    "traceback",
+    "dockerfile_parse",
 )
 
 # Prefixes a cache hit or --version has no use for: all of the above, and
