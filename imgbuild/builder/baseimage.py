@@ -17,7 +17,7 @@ def base_state(builder, stage) -> StageState:
     """The state a stage starts from: its FROM, before any of its instructions."""
     platform_key = str(builder.platform)
     if stage.base_stage is not None:
-        base = builder.results[stage.base_stage]
+        base = builder.stage_result(stage.base_stage)  # started before this stage: it waits for it
         config = json.loads(json.dumps(base.config))
         return StageState(
             config,

@@ -5,8 +5,9 @@ either changes the scope and the config (ARG, ENV and the metadata
 instructions, ``metadata.py``) or makes a layer: RUN (``runstep.py``),
 COPY/ADD (``copystep.py``) and WORKDIR (``workdirstep.py``) describe
 themselves as a ``LayerWork``, and ``layerstep.py`` looks their key up and,
-on a miss, does the work. Stages the target does not need are skipped;
-independent stages build in parallel threads (``--jobs``). The target stage
+on a miss, does the work. Stages the target does not need are skipped; the
+others build in parallel threads (``--jobs``), each waiting for another only
+where it uses it. The target stage
 becomes the image (``finalimage.py``), then the outputs are written.
 """
 
@@ -94,7 +95,11 @@ class Builder:
             source.warn = self.progress.warning
         self.cache = BuildCache(store, sources)
         self.cancel = threading.Event()
-        self.results: dict[int, StageResult] = {}
+        self.results: dict[int, StageResult] = {}  # stages that ended, by index
+        self.stage_levels: dict[int, int] = {}  # stage index -> its level in the plan
+        self.stage_threads: dict[int, int] = {}  # thread ident -> the stage it builds
+        self.stage_ended = threading.Condition()  # notified as a stage ends (or the build stops)
+        self.stage_failures: list[BaseException] = []
         self.counts_lock = threading.Lock()
         self.steps_cached = 0
         self.steps_run = 0
@@ -318,65 +323,83 @@ class Builder:
         return BuildContext(self.options.context, IgnoreMatcher(patterns), stat_cache)
 
     def _build_stages(self, plan) -> None:
-        jobs = self.options.jobs or os.cpu_count() or 1
-        try:
-            for level in plan.levels:
-                self._build_level([plan.stages[index] for index in level], jobs)
-        except KeyboardInterrupt:
-            self.cancel.set()
-            raise Interrupted("build interrupted; everything it mounted was unmounted") from None
-        except Interrupted:
-            self.cancel.set()
-            raise
-
-    def _build_level(self, stages: list, jobs: int) -> None:
-        """Builds stages that do not depend on each other, at most ``jobs`` at
-        once, each on a thread of its own; the first failure stops the others
-        and is raised here, after every thread has ended.
+        """Starts the stages the target needs, level by level (each stage after
+        those it uses), at most ``--jobs`` of them at a time, each on a thread
+        of its own. A stage does not wait for the stages it uses before it
+        starts, only where it uses one (``stage_result``: its FROM, a ``COPY
+        --from``, a ``RUN --mount=from=``), as BuildKit's solver does: the
+        final stage's own steps run while the stage it copies from still
+        builds. A stage only waits for stages of an earlier level, which start
+        before it, so the oldest unfinished stage can always go on. The first
+        failure stops the others and is raised here, after every thread has
+        ended.
 
         Plain threads rather than a ThreadPoolExecutor: concurrent.futures
         loads logging and traceback, ~5 ms of every build that parses its
-        Dockerfile. The main thread waits on a semaphore, not in
+        Dockerfile. The main thread waits on semaphores, not in
         ``Thread.join``: Python 3.11 takes a thread for ended when Ctrl-C
         interrupts a join of it, and would then exit under a running step
         (its container left behind)."""
-        waiting = list(reversed(stages))
-        failures: list[BaseException] = []
-        lock = threading.Lock()
+        self.stage_levels = {index: depth for depth, level in enumerate(plan.levels) for index in level}
+        slots = threading.Semaphore(self.options.jobs or os.cpu_count() or 1)
         ended = threading.Semaphore(0)
-
-        def take_stages() -> None:
-            try:
-                while not self.cancel.is_set():
-                    with lock:
-                        if not waiting:
-                            return
-                        stage = waiting.pop()
-                    result = self._build_stage(stage)
-                    self.results[result.index] = result
-            except BaseException as error:  # raised again by the main thread, after the others ended
-                with lock:
-                    failures.append(error)
-                self.cancel.set()
-            finally:
-                ended.release()
-
-        threads = [threading.Thread(target=take_stages, name="stage") for _ in range(min(jobs, len(stages)))]
+        threads = []
         try:
-            for thread in threads:
+            for stage in (plan.stages[index] for level in plan.levels for index in level):
+                slots.acquire()
+                if self.cancel.is_set():
+                    break
+                thread = threading.Thread(target=self._stage_thread, args=(stage, slots, ended), name="stage")
                 thread.start()
+                threads.append(thread)
             for _ in threads:
                 ended.acquire()
         except KeyboardInterrupt:  # Ctrl-C reaches the main thread: stop the stages, let them clean up
-            self.cancel.set()
+            self._stop_stages()
             for thread in threads:
-                if thread.ident is not None:  # started
-                    thread.join()
-            raise
+                thread.join()
+            raise Interrupted("build interrupted; everything it mounted was unmounted") from None
         for thread in threads:
             thread.join()  # they have all ended: this returns at once
-        if failures:
-            raise failures[0]
+        if self.stage_failures:
+            raise self.stage_failures[0]
+
+    def _stage_thread(self, stage, slots: threading.Semaphore, ended: threading.Semaphore) -> None:
+        self.stage_threads[threading.get_ident()] = stage.index
+        try:
+            result = self._build_stage(stage)
+            with self.stage_ended:
+                self.results[result.index] = result
+                self.stage_ended.notify_all()
+        except BaseException as error:  # raised again by the main thread, after the others ended
+            with self.stage_ended:
+                self.stage_failures.append(error)
+            self._stop_stages()
+        finally:
+            slots.release()
+            ended.release()
+
+    def _stop_stages(self) -> None:
+        """Every stage stops at its next step, and those waiting for another stage stop waiting."""
+        self.cancel.set()
+        with self.stage_ended:
+            self.stage_ended.notify_all()
+
+    def stage_result(self, index: int) -> StageResult | None:
+        """What a stage built, once it has ended: a stage that uses another waits
+        here. None for a stage not of an earlier level than the caller's."""
+        caller = self.stage_threads.get(threading.get_ident())
+        level = self.stage_levels.get(index)
+        if level is None or (caller is not None and level >= self.stage_levels[caller]):
+            # Only a base image's ONBUILD trigger can name such a stage (the plan
+            # cannot see it): waiting for it could wait for ever.
+            return None
+        with self.stage_ended:
+            while index not in self.results:
+                if self.cancel.is_set():
+                    raise Interrupted("build stopped")
+                self.stage_ended.wait()
+            return self.results[index]
 
     # --- one stage -------------------------------------------------------------
 
@@ -387,7 +410,7 @@ class Builder:
             raise _located(error, self.dockerfile_name, stage.from_instruction) from None
         scope = self.plan.scope_for(stage.index, ic.env_list(state.config))
         if stage.base_stage is not None:  # FROM an earlier stage: its ARGs carry over
-            scope.inherit_args(self.results[stage.base_stage].args)
+            scope.inherit_args(self.stage_result(stage.base_stage).args)
         state.scope = scope
         instructions = onbuild_triggers(state) + list(stage.instructions)
         # BuildKit names steps "[name 2/5]", and just "[2/5]" in a one-stage Dockerfile
@@ -516,15 +539,17 @@ class Builder:
         """Layers of ``--from=origin``: a stage by name or index, or an image."""
         index = self.plan.source_stage(origin)
         if index is not None:
-            if index not in self.results:
+            result = self.stage_result(index)
+            if result is None:
                 # only a base image's ONBUILD trigger can name a stage the plan did not see
                 raise BuildError(
                     f"--from={origin} names stage {self.plan.stages[index].label()}, which this build"
-                    " does not build (an ONBUILD trigger of a base image needs it, and imgbuild plans"
-                    " the stages before it reads base images): copy from that stage in this Dockerfile"
+                    " does not build before this one (an ONBUILD trigger of a base image needs it, and"
+                    " imgbuild plans the stages before it reads base images): copy from that stage in"
+                    " this Dockerfile"
                 )
-            self.cache.fetch_layers(self.results[index].layers)
-            return self.results[index].layers
+            self.cache.fetch_layers(result.layers)
+            return result.layers
         named = self.options.build_contexts.get(origin)
         if named is not None and named.directory is not None:
             raise BuildError(

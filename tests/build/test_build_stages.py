@@ -1,4 +1,4 @@
-"""Multi-stage builds: what gets built, --target, parallel stages, and a 120-layer base."""
+"""Multi-stage builds: what gets built, --target, parallel stages (a stage waits for\nanother only where it uses it), and a 120-layer base."""
 
 from __future__ import annotations
 
@@ -68,6 +68,35 @@ def test_with_one_job_the_rendezvous_times_out(build_df, store):
     """The same build with --jobs 1: proves the test above can fail."""
     with pytest.raises(RunError) as caught:
         build_df(_rendezvous_dockerfile(5), store=store, jobs=1)
+    assert caught.value.exit_status == 1
+
+
+def _waits_for_the_final_stage_dockerfile(seconds: int) -> str:
+    """A stage that waits for a marker the final stage's first RUN writes,
+    before the final stage copies from it: it passes only when the final
+    stage starts before the stage it copies from has ended (as in BuildKit)."""
+    mount = "--mount=type=cache,id=rendezvous-final,target=/rv,sharing=shared"
+    return (
+        "FROM busybox AS slow\n"
+        f"RUN {mount} i=0; while [ ! -e /rv/final ] && [ $i -lt {seconds * 10} ]; "
+        "do sleep 0.1; i=$((i+1)); done; test -e /rv/final && echo met > /slow\n"
+        "FROM busybox\n"
+        f"RUN {mount} touch /rv/final && echo own > /own\n"
+        "COPY --from=slow /slow /slow\n"
+    )
+
+
+def test_a_stage_runs_its_own_steps_while_the_stage_it_copies_from_builds(build_df, store):
+    built = build_df(_waits_for_the_final_stage_dockerfile(20), store=store, jobs=2)
+    tree = built.tree()
+    assert (tree["slow"].data, tree["own"].data) == (b"met\n", b"own\n")
+
+
+def test_with_one_job_the_final_stage_starts_after_the_stage_it_copies_from(build_df, store):
+    """The same build with --jobs 1: stages start in plan order, so the wait
+    times out (and the test above can fail)."""
+    with pytest.raises(RunError) as caught:
+        build_df(_waits_for_the_final_stage_dockerfile(3), store=store, jobs=1)
     assert caught.value.exit_status == 1
 
 

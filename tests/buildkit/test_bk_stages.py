@@ -433,3 +433,16 @@ def test_onbuild_of_image_copying_from_an_unplanned_stage_is_a_clear_error(bk):
         "FROM scratch\nCOPY --from=inputstage /out/foo /bar\n"
     )
     assert "--from=otherstage names stage otherstage, which this build does not build" in message
+
+
+def test_onbuild_of_image_copying_from_a_stage_that_waits_for_it_is_a_clear_error(bk):
+    """Not a BuildKit behaviour (not counted). The trigger runs in stage `a` and
+    names stage `later`, which copies from `a`: each would wait for the other.
+    A stage waits only for stages of an earlier level, so this is an error, not
+    a build that hangs."""
+    bk.build("FROM busybox\nONBUILD COPY --from=later /later /later\n", tags=["bk/onbuild-later:1"])
+    message = bk.error(
+        "FROM bk/onbuild-later:1 AS a\nRUN echo a > /a\n"
+        "FROM busybox AS later\nCOPY --from=a /a /a\nRUN echo later > /later\n"
+    )
+    assert "--from=later names stage later, which this build does not build before this one" in message
