@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,6 +92,16 @@ def store_root(tmp_path) -> Path:
     root = tmp_path / "store"
     root.mkdir()
     return root
+
+
+def pytest_configure(config):
+    # The tests that stop imgbuild with Ctrl-C need SIGINT to reach it. A shell
+    # starts a background command (`bash .ci/run &`) with SIGINT ignored, and an
+    # ignored signal stays ignored across exec: every imgbuild the tests start
+    # would ignore Ctrl-C, and those tests would wait for ever. A handler is
+    # reset to the default on exec, so with one here the children get the default.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_sessionfinish(session, exitstatus):

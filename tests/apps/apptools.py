@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from debiantools import recipe
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -121,13 +123,16 @@ def http_get(port: int, path: str = "/", wait: float = 60, server: subprocess.Po
 
 def stop(server: subprocess.Popen) -> None:
     """Ctrl-C for ``imgbuild run``: it stops the container and removes its mounts."""
-    if server.poll() is None:
-        server.send_signal(2)
-        try:
-            server.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.communicate()
+    if server.poll() is not None:
+        return
+    server.send_signal(signal.SIGINT)
+    try:
+        server.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        # not communicate(): a container that outlived imgbuild holds its pipes open
+        server.wait(timeout=30)
+        pytest.fail("imgbuild run did not stop within 30 s of Ctrl-C")
 
 
 def copy_example(name: str, destination: Path) -> Path:
