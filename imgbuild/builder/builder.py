@@ -401,6 +401,20 @@ class Builder:
                 self.stage_ended.wait()
             return self.results[index]
 
+    def _wait_for_stages_used_by(self, instruction) -> None:
+        """A step that copies or mounts from another stage starts (and is shown)
+        once that stage has ended, as BuildKit shows it: not as a step that runs
+        while it waits. A stage it cannot wait for is the step's error, later."""
+        origins = []
+        if isinstance(instruction, Copy) and instruction.from_stage:
+            origins.append(instruction.from_stage)
+        if isinstance(instruction, Run):
+            origins += [mount.from_ for mount in instruction.mounts if mount.from_ and mount.type != "tmpfs"]
+        for origin in origins:
+            index = self.plan.source_stage(origin)
+            if index is not None:
+                self.stage_result(index)
+
     # --- one stage -------------------------------------------------------------
 
     def _build_stage(self, stage) -> StageResult:
@@ -420,6 +434,7 @@ class Builder:
         for instruction in instructions:
             if self.cancel.is_set():
                 raise Interrupted("build stopped")
+            self._wait_for_stages_used_by(instruction)
             step = None
             if isinstance(instruction, LAYER_KINDS):
                 step_index += 1
