@@ -1,4 +1,5 @@
-"""Multi-stage builds: what gets built, --target, parallel stages (a stage waits for\nanother only where it uses it), and a 120-layer base."""
+"""Multi-stage builds: what gets built, --target, parallel stages (a stage waits for
+another only where it uses it), and a 120-layer base."""
 
 from __future__ import annotations
 

@@ -5,13 +5,13 @@ A warm no-op rebuild is mostly Python start-up and imports, so the modules a
 cache hit does not use must stay unloaded: the registry client (requests,
 urllib3, ssl), rich (also on a terminal: the tty display is our own),
 zstandard, the archive code, the layer writer and extractor, and the sandbox
-(overlayfs, runc). A rebuild that reruns one COPY
-loads the layer writer and the overlay mount, but still no registry, runc,
-zstd or --chmod code, nor logging, concurrent.futures or dockerfile-parse. Each command runs in a fresh interpreter that writes
-``sys.modules`` to a file when it exits. Creating dataclasses is the biggest
-part of what imgbuild's own modules do at import; the last test keeps that
-from growing by a signature docstring per class. No time is measured here:
-bench/ reports speed.
+(overlayfs, runc). A rebuild that reruns one COPY loads the layer writer
+and the overlay mount, but still no registry, runc, zstd or --chmod code,
+nor logging, concurrent.futures or dockerfile-parse. Each command runs in a
+fresh interpreter that writes ``sys.modules`` to a file when it exits.
+Creating dataclasses is the biggest part of what imgbuild's own modules do
+at import; the last test keeps that from growing by a signature docstring
+per class. No time is measured here: bench/ reports speed.
 """
 
 from __future__ import annotations
