@@ -50,6 +50,7 @@ from imgbuild.context.source import BuildContext
 from imgbuild.context.statcache import StatCache
 from imgbuild.dockerfile import Add, Arg, Cmd, Copy, Env, Run, Workdir
 from imgbuild.dockerfile.checks import check, check_config, warnings_before
+from imgbuild.dockerfile.plan import sources_of
 from imgbuild.errors import (
     BuildError,
     DockerfileError,
@@ -405,12 +406,7 @@ class Builder:
         """A step that copies or mounts from another stage starts (and is shown)
         once that stage has ended, as BuildKit shows it: not as a step that runs
         while it waits. A stage it cannot wait for is the step's error, later."""
-        origins = []
-        if isinstance(instruction, Copy) and instruction.from_stage:
-            origins.append(instruction.from_stage)
-        if isinstance(instruction, Run):
-            origins += [mount.from_ for mount in instruction.mounts if mount.from_ and mount.type != "tmpfs"]
-        for origin in origins:
+        for origin, _ in sources_of(instruction):
             index = self.plan.source_stage(origin)
             if index is not None:
                 self.stage_result(index)

@@ -348,12 +348,8 @@ class _Planner:
     def _find_dependencies(self) -> None:
         for stage in self.stages:
             for instruction in stage.instructions + self._inherited_triggers(stage):
-                if isinstance(instruction, Copy) and instruction.from_stage is not None:
-                    self._add_source(stage, instruction, instruction.from_stage, "COPY --from")
-                if isinstance(instruction, Run):
-                    for mount in instruction.mounts:
-                        if mount.from_ and mount.type != "tmpfs":
-                            self._add_source(stage, instruction, mount.from_, "RUN --mount=from")
+                for reference, flag in sources_of(instruction):
+                    self._add_source(stage, instruction, reference, flag)
 
     def _inherited_triggers(self, stage: Stage) -> list[Instruction]:
         """The ONBUILD triggers of the stage this one is built FROM: they run
@@ -550,6 +546,19 @@ class _Planner:
 
 def _stage_named(stages: list[Stage], name: str) -> bool:
     return any(stage.name == name.lower() for stage in stages)
+
+
+def sources_of(instruction: Instruction) -> list[tuple[str, str]]:
+    """What an instruction reads from another stage or an image, as
+    (reference, flag): a ``COPY --from`` and the ``RUN --mount`` that take
+    ``from=`` (all but tmpfs). The planner makes them dependencies; the
+    builder waits for those that are stages."""
+    sources = []
+    if isinstance(instruction, Copy) and instruction.from_stage is not None:
+        sources.append((instruction.from_stage, "COPY --from"))
+    if isinstance(instruction, Run):
+        sources += [(m.from_, "RUN --mount=from") for m in instruction.mounts if m.from_ and m.type != "tmpfs"]
+    return sources
 
 
 def _as_int(text: str) -> int | None:
