@@ -41,8 +41,24 @@ if (( ${#missing[@]} )); then
     apt-get install -y -q "${missing[@]}"
 fi
 
-if [[ ! -x .venv/bin/python ]]; then
-    python3 -m venv .venv
+# The virtualenv's interpreter is Debian's python3, which python3-venv and
+# python3-pip above belong to, also where another python3 comes first on PATH
+# (pyenv, a hand-built one); IMGBUILD_PYTHON names another. It matters for
+# speed: a cached build is mostly interpreter start-up and imports, and
+# pyenv's python, which loads libpython as a shared library, takes ~15 ms
+# longer for those than Debian's single binary (docs/benchmarks.md, "Issue
+# 12, eighth round"). A .venv made with another interpreter is made again.
+wanted=${IMGBUILD_PYTHON:-/usr/bin/python3}
+if ! python=$(command -v "$wanted"); then
+    echo "no Python interpreter $wanted: install python3-venv, or set IMGBUILD_PYTHON" >&2
+    exit 2
+fi
+python=$(readlink -f "$python")
+if [[ -x .venv/bin/python ]] && ! grep -qxF "executable = $python" .venv/pyvenv.cfg 2>/dev/null; then
+    echo "--- recreating .venv with $python"
+    "$python" -m venv --clear .venv
+elif [[ ! -x .venv/bin/python ]]; then
+    "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 # compat mode: a plain path in a .pth file. The default editable finder costs
