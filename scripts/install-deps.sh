@@ -49,11 +49,11 @@ fi
 # longer for those than Debian's single binary (docs/benchmarks.md, "Issue
 # 12, eighth round"). A .venv made with another interpreter is made again.
 wanted=${IMGBUILD_PYTHON:-/usr/bin/python3}
-if ! python=$(command -v "$wanted"); then
-    echo "no Python interpreter $wanted: install python3-venv, or set IMGBUILD_PYTHON" >&2
+# Its own path, as venv records it (a pyenv shim or a symlink stands for it).
+if ! python=$("$wanted" -c 'import os, sys; print(os.path.realpath(sys.executable))' 2>/dev/null); then
+    echo "cannot run the Python interpreter $wanted: install python3-venv, or set IMGBUILD_PYTHON" >&2
     exit 2
 fi
-python=$(readlink -f "$python")
 if [[ -x .venv/bin/python ]] && ! grep -qxF "executable = $python" .venv/pyvenv.cfg 2>/dev/null; then
     echo "--- recreating .venv with $python"
     "$python" -m venv --clear .venv
