@@ -54,11 +54,9 @@ if ! python=$("$wanted" -c 'import os, sys; print(os.path.realpath(sys.executabl
     echo "cannot run the Python interpreter $wanted: install python3-venv, or set IMGBUILD_PYTHON" >&2
     exit 2
 fi
-if [[ -x .venv/bin/python ]] && ! grep -qxF "executable = $python" .venv/pyvenv.cfg 2>/dev/null; then
-    echo "--- recreating .venv with $python"
+if ! grep -qxF "executable = $python" .venv/pyvenv.cfg 2>/dev/null; then
+    echo "--- making .venv with $python"
     "$python" -m venv --clear .venv
-elif [[ ! -x .venv/bin/python ]]; then
-    "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 # compat mode: a plain path in a .pth file. The default editable finder costs
