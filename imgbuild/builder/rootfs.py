@@ -15,6 +15,7 @@ from pathlib import Path
 from imgbuild.errors import DigestMismatch
 from imgbuild.image import Descriptor, Image, LayerRef, chain_ids
 from imgbuild.store import Store, remove_tree
+from imgbuild.store.atomic import FileSystemSync
 
 # The layer writer, the decompressors and overlayfs are imported where they
 # are used: a fully cached build needs none of them (tests/perf).
@@ -129,17 +130,23 @@ def commit_directory(
 
     if changeset_is_empty(changes):
         return None
-    with store.blob_writer() as blob:
-        # set_times: in the same walk, not a second one over a big upperdir
-        digests = write_layer(
-            changes,
-            blob,
-            compression=compression,
-            level=level,
-            source_date_epoch=source_date_epoch,
-            set_times=True,
-        )
-    store.record_layer(digests.digest, digests.diff_id, digests.media_type, digests.size)
+    # The tree becomes the layer's snapshot, so it must be on the disk before
+    # the snapshot's row is in the index. Its overlay was mounted volatile (no
+    # sync when unmounted, sandbox/overlay.py): the file system is synced here,
+    # while the layer is written (the sync waits on the disk, the writer on the CPU).
+    with FileSystemSync(changes, "committing a layer") as synced:
+        with store.blob_writer() as blob:
+            # set_times: in the same walk, not a second one over a big upperdir
+            digests = write_layer(
+                changes,
+                blob,
+                compression=compression,
+                level=level,
+                source_date_epoch=source_date_epoch,
+                set_times=True,
+            )
+        store.record_layer(digests.digest, digests.diff_id, digests.media_type, digests.size)
+        synced.wait()
     parent = [parent_chain_id] if parent_chain_id else []
     store.add_snapshot(chain_ids([*parent, digests.diff_id])[-1], digests.diff_id, changes)
     return LayerRef(digests.diff_id, Descriptor(digests.media_type, digests.digest, digests.size))

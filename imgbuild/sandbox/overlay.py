@@ -84,11 +84,20 @@ def mount_overlay(
         finish_despite_interrupts(lambda: _release(target, mounts_before, links, report_busy=False))
         raise
     _release(target, mounts_before, links, report_busy=True)
+    _clear_volatile_mark(Path(workdir))
 
 
 # The upperdir must be the whole diff: redirects and metacopy-only entries
 # point into lower layers and would make an incomplete layer tar.
 _NO_REDIRECTS = "redirect_dir=off,metacopy=off"
+# No sync of the whole upper file system when the overlay is unmounted, and
+# sync and fsync in a step do nothing (as Buildah mounts its build
+# containers). An upperdir that becomes a layer's snapshot is synced when it
+# is committed (builder/rootfs.commit_directory), beside the layer's write;
+# every other one is thrown away. Linux 5.10 and later; an older kernel
+# refuses the option (EINVAL), and its overlays are mounted without it.
+_VOLATILE = ",volatile"
+_volatile_refused = False  # the kernel said EINVAL to it once: not asked again
 _MAX_OPTIONS = 4000  # the kernel copies one page of mount options
 _MAX_DESCRIPTOR_LAYERS = 200  # "/proc/self/fd/NNN:" is 18 bytes
 _MS_BIND = 0x1000
@@ -165,10 +174,13 @@ def _mount_by_descriptors(lowerdirs: list[Path], upperdir: Path, workdir: Path, 
             f"lowerdir={':'.join(names[:-2])},upperdir={names[-2]},workdir={names[-1]},"
             + _NO_REDIRECTS
         )
-        if len(options) >= _MAX_OPTIONS:
+        if len(options) + len(_VOLATILE) >= _MAX_OPTIONS:
             return False
-        if _libc.mount(b"overlay", os.fsencode(target), b"overlay", 0, options.encode()) != 0:
-            error = ctypes.get_errno()
+        error = _mount_overlay_syscall(target, options + _volatile_option())
+        if error == errno.EINVAL and not _volatile_refused:
+            error = _mount_overlay_syscall(target, options)
+            _note_volatile_refused(error)
+        if error:
             raise SandboxError(
                 f"cannot mount the overlay on {target}: {os.strerror(error)} "
                 "(the kernel log, `dmesg | tail`, usually says why)"
@@ -177,6 +189,35 @@ def _mount_by_descriptors(lowerdirs: list[Path], upperdir: Path, workdir: Path, 
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _clear_volatile_mark(workdir: Path) -> None:
+    """After a clean unmount: the mark a volatile mount leaves in its work dir
+    (``work/incompat/volatile``), which makes overlayfs refuse these upper and
+    work dirs for good (after a crash their contents are not to be trusted).
+    This process unmounted them, so they may be mounted again (a test's
+    sandbox does; the kernel's overlayfs.rst allows it)."""
+    incompat = workdir / "work" / "incompat"
+    if incompat.is_dir() and not incompat.is_symlink():
+        shutil.rmtree(incompat)  # volatile/dirty, which the kernel made in our work dir
+
+
+def _mount_overlay_syscall(target: Path, options: str) -> int:
+    """mount(2) of an overlay with these options; 0 or the errno."""
+    if _libc.mount(b"overlay", os.fsencode(target), b"overlay", 0, options.encode()) != 0:
+        return ctypes.get_errno()
+    return 0
+
+
+def _volatile_option() -> str:
+    return "" if _volatile_refused else _VOLATILE
+
+
+def _note_volatile_refused(error_without: int) -> None:
+    """The mount failed with the option and succeeded without it: this kernel has no volatile overlays."""
+    global _volatile_refused
+    if not error_without:
+        _volatile_refused = True
 
 
 def _make_short_links(links: Path, lowerdirs: list[Path], upperdir: Path, workdir: Path) -> str:
@@ -196,8 +237,15 @@ def _make_short_links(links: Path, lowerdirs: list[Path], upperdir: Path, workdi
 def _run_mount(options: str, target: Path, cwd: Path) -> None:
     import subprocess  # only here: a COPY over descriptors mounts without it (~3 ms of imports)
 
-    command = ["mount", "-t", "overlay", "overlay", "-o", options, str(target)]
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    def mount(extra: str) -> subprocess.CompletedProcess:
+        command = ["mount", "-t", "overlay", "overlay", "-o", options + extra, str(target)]
+        return subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+
+    result = mount(_volatile_option())
+    if result.returncode != 0 and not _volatile_refused:
+        # mount(8) says "wrong fs type, bad option, ..." for the option an old kernel refuses
+        result = mount("")
+        _note_volatile_refused(result.returncode)
     if result.returncode != 0:
         raise SandboxError(
             f"cannot mount the overlay on {target}: {result.stderr.strip()} "

@@ -126,6 +126,35 @@ def test_deep_stacks_beyond_the_mount_option_page(tmp_path, count):
         assert (merged / f"file{count - 1}").read_text() == str(count - 1)
 
 
+def super_options(target: Path) -> list[str]:
+    """The overlay's own options at ``target``, as /proc/self/mountinfo lists them."""
+    point = os.path.realpath(target)
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            fields, _, rest = line.partition(" - ")
+            if fields.split()[4] == point:
+                return rest.split()[2].split(",")
+    raise AssertionError(f"{point} is not mounted")
+
+
+@pytest.mark.parametrize("count", [0, 1, 300])  # the symlink way, descriptors, symlinks again
+def test_overlays_are_volatile_so_unmounting_syncs_nothing(tmp_path, count):
+    # A step's upperdir is synced when its layer is committed (builder/rootfs.py);
+    # no unmount waits for every dirty page of the store's file system.
+    lowerdirs = [tmp_path / f"lower{index}" for index in range(count)]
+    for lowerdir in lowerdirs:
+        write(lowerdir / "file", "x")
+    with mount_overlay(lowerdirs, tmp_path / "upper", tmp_path / "work", tmp_path / "merged") as merged:
+        options = super_options(merged)
+        assert "fsync=volatile" in options or "volatile" in options, options  # 6.x says fsync=
+        (merged / "written").write_text("kept in the upperdir")
+    assert (tmp_path / "upper" / "written").read_text() == "kept in the upperdir"
+    # A volatile mount marks its work dir; after a clean unmount the mark goes,
+    # so the same dirs mount again (overlayfs refuses marked ones: EINVAL).
+    with mount_overlay(lowerdirs, tmp_path / "upper", tmp_path / "work", tmp_path / "merged") as merged:
+        assert (merged / "written").read_text() == "kept in the upperdir"
+
+
 def test_awkward_characters_in_paths(tmp_path):
     lower = tmp_path / "snap,with:colon and space"
     write(lower / "f", "ok")
