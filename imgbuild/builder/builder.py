@@ -377,6 +377,9 @@ class Builder:
                 self.stage_failures.append(error)
             self._stop_stages()
         finally:
+            # This thread's connection to the index: closed as the thread ends, not
+            # when the collector gets to it (sqlite3 connections are in a cycle).
+            self.store.db.close()
             slots.release()
             ended.release()
 

@@ -229,6 +229,7 @@ def run(args) -> int:
     from imgbuild.store import Store
 
     started = time.monotonic()
+    store = None
     try:
         options = options_from_args(args)
         store = Store(args.root)
@@ -237,7 +238,9 @@ def run(args) -> int:
         if found is not None and record.replay(found, args, store, started):
             return 0
         from imgbuild.builder.builder import build
+        from imgbuild.cli import freeze_late_imports
 
+        freeze_late_imports()
         with build_context(args, store, options) as options:
             if args.check:  # the build checks only; nothing is built
                 from imgbuild.cli.check import check_build
@@ -252,6 +255,12 @@ def run(args) -> int:
             progress.build_failed(error)
             progress.close()
         raise
+    finally:
+        if store is not None:
+            # Closing the last connection writes the index's WAL into index.db
+            # (the build's rows reach the disk here), now rather than whenever
+            # the collector frees the connection: it was frozen above.
+            store.db.close()
     if args.quiet:
         # the image ID, as docker build -q prints and --iidfile holds; not the manifest digest
         print(result.image.config_descriptor.digest)

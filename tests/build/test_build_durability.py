@@ -75,3 +75,19 @@ def test_a_failed_sync_fails_the_step_and_records_no_snapshot(build_df, store, m
     assert store.db.query("SELECT count(*) FROM snapshots")[0][0] == snapshots_before
     assert temp_leftovers(store) == []  # the step's upperdir went with its workspace
 
+
+def test_a_build_leaves_its_index_written_into_index_db(store, tmp_path, imgbuild_cli):
+    # The CLI freezes what it imported away from the collector, so the build
+    # closes its connections to index.db itself: the last close writes the WAL
+    # into the database and removes it (a connection nobody closed would leave
+    # the build's rows in index.db-wal until the next process).
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM busybox\nRUN echo x > /x\nCOPY f /f\n")
+    (context / "f").write_text("f\n")
+    store.db.close()  # this test's own connection, so that the CLI's is the last
+    built = imgbuild_cli(store.root, "build", "-t", "closed:1", "--progress", "plain", str(context))
+    assert built.returncode == 0, built.stderr
+    assert "0 cached, 2 run" in built.stderr
+    assert not (store.root / "index.db-wal").exists()
+    assert store.db.query("SELECT count(*) FROM cache")[0][0] >= 2  # the rows are in index.db
