@@ -3,12 +3,15 @@ and a file system's sync beside other work."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import tempfile
 import threading
 from pathlib import Path
 
 from imgbuild.errors import StoreError, disk_full, is_disk_full
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def write_file_atomic(path: Path, data: bytes, tmp_dir: Path | None = None, mode: int = 0o644) -> None:
@@ -96,9 +99,6 @@ class FileSystemSync:
 
 def sync_file_system(fd: int) -> None:
     """syncfs(2): everything written to the file system that holds ``fd`` reaches the disk."""
-    import ctypes  # loaded already wherever this runs (mounts); not for every use of the store
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syncfs(fd) != 0:
+    if _libc.syncfs(fd) != 0:
         error = ctypes.get_errno()
         raise OSError(error, os.strerror(error))
