@@ -207,19 +207,23 @@ def test_kill9_during_loads_then_the_next_load_completes(tmp_path, source, fault
     with tarfile.open(archive, "w") as tar:
         for name in ("oci-layout", "index.json", "blobs"):
             tar.add(source.layout / name, arcname=name)
-    first = tmp_path / "reference" / "store"
-    began = time.monotonic()
-    done = _imgbuild(first, "load", "-i", str(archive))
-    assert done.returncode == 0, done.stdout + done.stderr
-    took = time.monotonic() - began
-    expected = Store(first).resolve("big").digest
+    # The faster of two reference loads: timed once, a slow run (seen in CI:
+    # 6 of 10 kills came after the end) puts the kills past every later load.
+    took = float("inf")
+    for reference in ("reference", "reference-2"):
+        began = time.monotonic()
+        done = _imgbuild(tmp_path / reference / "store", "load", "-i", str(archive))
+        assert done.returncode == 0, done.stdout + done.stderr
+        took = min(took, time.monotonic() - began)
+    expected = Store(tmp_path / "reference" / "store").resolve("big").digest
 
     failures, landings = [], []
     for run in range(_runs()):
         rng = random.Random(_seed() + run)
         # load prints nothing until it is done: a moment in its second half,
-        # when Python has started and the layers are being copied and unpacked.
-        delay = rng.uniform(0.5 * took, 0.95 * took)
+        # when Python has started and the layers are being copied and
+        # unpacked, short of its end (a later load may still be faster).
+        delay = rng.uniform(0.5 * took, 0.8 * took)
         root = tmp_path / f"load-{run}" / "store"
         root.parent.mkdir()
         landing = _killed(_load_command(root, archive), delay, root.parent / "killed.log")
