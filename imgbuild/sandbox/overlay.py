@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from imgbuild.errors import Interrupted, SandboxError
-from imgbuild.store.mounts import MNT_DETACH, mount_points, umount2
+from imgbuild.store.mounts import MNT_DETACH, mount_points, remove_tree, umount2
 
 MAX_LOWERDIRS = 500  # overlayfs's own limit on the depth of a stack (OVL_MAX_STACK)
 _OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")
@@ -197,9 +197,10 @@ def _clear_volatile_mark(workdir: Path) -> None:
     work dirs for good (after a crash their contents are not to be trusted).
     This process unmounted them, so they may be mounted again (a test's
     sandbox does; the kernel's overlayfs.rst allows it)."""
-    incompat = workdir / "work" / "incompat"
-    if incompat.is_dir() and not incompat.is_symlink():
-        shutil.rmtree(incompat)  # volatile/dirty, which the kernel made in our work dir
+    try:
+        remove_tree(workdir / "work" / "incompat")  # volatile/dirty, made by the kernel
+    except FileNotFoundError:
+        pass  # mounted without the option (an older kernel)
 
 
 def _mount_overlay_syscall(target: Path, options: str) -> int:
