@@ -15,7 +15,7 @@ from pathlib import Path
 from imgbuild.errors import DigestMismatch
 from imgbuild.image import Descriptor, Image, LayerRef, chain_ids
 from imgbuild.store import Store, remove_tree
-from imgbuild.store.atomic import FileSystemSync
+from imgbuild.store.atomic import TreeSync
 
 # The layer writer, the decompressors and overlayfs are imported where they
 # are used: a fully cached build needs none of them (tests/perf).
@@ -132,9 +132,9 @@ def commit_directory(
         return None
     # The tree becomes the layer's snapshot, so it must be on the disk before
     # the snapshot's row is in the index. Its overlay was mounted volatile (no
-    # sync when unmounted, sandbox/overlay.py): the file system is synced here,
-    # while the layer is written (the sync waits on the disk, the writer on the CPU).
-    with FileSystemSync(changes, "committing a layer") as synced:
+    # sync when unmounted, sandbox/overlay.py): the tree is synced here, while
+    # the layer is written (the sync waits on the disk, the writer on the CPU).
+    with TreeSync(changes, "committing a layer") as synced:
         with store.blob_writer() as blob:
             # set_times: in the same walk, not a second one over a big upperdir
             digests = write_layer(
