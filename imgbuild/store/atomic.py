@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from imgbuild.errors import StoreError, disk_full, is_disk_full
+from imgbuild.store.mounts import DIR_FLAGS
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -55,7 +56,6 @@ def _remove_quietly(name: str) -> None:
 # syncfs, when nothing else was waiting to be written. 8 entries cover a
 # COPY or RUN of a few files, the step an edit-and-rebuild reruns.
 FILE_BY_FILE_LIMIT = 8
-_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # As the layer writer opens a file: no symlink followed, no FIFO waited on.
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -78,7 +78,7 @@ class TreeSync:
         self.directory = directory
         self.doing = doing
         self.error: OSError | None = None
-        self._fd = os.open(directory, _DIRECTORY_FLAGS)
+        self._fd = os.open(directory, DIR_FLAGS)
         self._thread = threading.Thread(target=self._sync, name="tree-sync")
         try:
             self._thread.start()
@@ -153,7 +153,7 @@ def _small_tree(root_fd: int, limit: int, directories: list[int]) -> list[tuple[
                 if entries > limit:
                     return None
                 if entry.is_dir(follow_symlinks=False):
-                    child = os.open(entry.name, _DIRECTORY_FLAGS, dir_fd=dir_fd)
+                    child = os.open(entry.name, DIR_FLAGS, dir_fd=dir_fd)
                     directories.append(child)
                     pending.append(child)
                 elif entry.is_file(follow_symlinks=False):

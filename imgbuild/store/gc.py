@@ -48,7 +48,7 @@ from imgbuild.image import INDEX_TYPES, MANIFEST_TYPES, Descriptor, media_type_o
 from imgbuild.store import Store
 from imgbuild.store.atomic import fsync_dir
 from imgbuild.store.lock import LiveBuilds
-from imgbuild.store.mounts import mounts_under, remove_tree
+from imgbuild.store.mounts import DIR_FLAGS, mounts_under, remove_tree
 from imgbuild.units import plural
 
 HEX = frozenset("0123456789abcdef")
@@ -279,8 +279,6 @@ def sweep_blobs(store: Store, keep: set[str], measure=None, only: set[str] | Non
 
 # --- measuring, and the sweeps of cache prune -------------------------------------------
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
 
 def file_usage(path: os.PathLike) -> int:
     """Bytes a file takes on disk (its allocated blocks, as ``du -B1`` counts them)."""
@@ -324,7 +322,7 @@ def _tree_usage(path: os.PathLike) -> int | None:
     """``disk_usage``, but None when ``path`` is not there."""
     seen: set[tuple[int, int]] = set()
     try:
-        top = os.open(path, _DIR_FLAGS)
+        top = os.open(path, DIR_FLAGS)
     except FileNotFoundError:
         return None
     total = 0
@@ -345,7 +343,7 @@ def _entry_usage(fd: int, name: str, seen: set, pending: list[int]) -> int:
     try:
         info = os.stat(name, dir_fd=fd, follow_symlinks=False)
         if stat.S_ISDIR(info.st_mode):
-            pending.append(os.open(name, _DIR_FLAGS, dir_fd=fd))
+            pending.append(os.open(name, DIR_FLAGS, dir_fd=fd))
             return 0
     except FileNotFoundError:
         return 0

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from imgbuild.errors import MountedError
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# How the store opens a directory it walks: never through a symlink (also store/gc.py, store/atomic.py).
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MNT_DETACH = 2
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -56,7 +57,7 @@ def remove_tree(path: Path) -> None:
     points = mounts_under(path)
     if points:
         raise MountedError(f"not removing {path}: {', '.join(points)} is mounted there (still in use?)")
-    top = os.open(path, _DIR_FLAGS)
+    top = os.open(path, DIR_FLAGS)
     frames = [(top, os.listdir(top), "")]  # (fd, names left to remove, path below ``path``)
     device = os.fstat(top).st_dev
     try:
@@ -73,7 +74,7 @@ def remove_tree(path: Path) -> None:
             if not stat.S_ISDIR(info.st_mode):
                 os.unlink(name, dir_fd=fd)
                 continue
-            child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            child = os.open(name, DIR_FLAGS, dir_fd=fd)
             if os.fstat(child).st_dev != device:
                 os.close(child)
                 raise MountedError(f"not removing {path}: something is mounted on {path / relative / name}")
