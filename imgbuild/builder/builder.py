@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from imgbuild import dockerfile as frontend
@@ -33,6 +31,7 @@ from imgbuild.builder.finalimage import (
     write_final_image,
     write_result_files,
 )
+from imgbuild.builder.lastcopy import after, last_copy_of
 from imgbuild.builder.layerstep import run_layer_step
 from imgbuild.builder.metadata import apply_metadata
 from imgbuild.builder.options import BuildOptions
@@ -40,10 +39,11 @@ from imgbuild.builder.outputs import only_pushed, write_outputs
 from imgbuild.builder.progress import Progress, Step, Summary, make_progress
 from imgbuild.builder.rootfs import image_layers
 from imgbuild.builder.runstep import plan_run
+from imgbuild.builder.signals import signals_raise_interrupt
 from imgbuild.builder.state import StageResult, StageState
 from imgbuild.builder.workdirstep import plan_workdir
 from imgbuild.cache.index import BuildCache
-from imgbuild.cache.limits import Limits, limits_for, within_limits
+from imgbuild.cache.limits import collect_after_build, limits_for
 from imgbuild.context.buildfiles import default_dockerfile, load_ignore_patterns, read_build_file
 from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.source import BuildContext
@@ -57,12 +57,11 @@ from imgbuild.errors import (
     ImgbuildError,
     Interrupted,
     SourceLocation,
-    Terminated,
     UsageError,
 )
 from imgbuild.image import LayerRef, Platform
 from imgbuild.store import Store, remove_tree
-from imgbuild.units import human_size, plural
+from imgbuild.units import plural
 
 # The steps BuildKit numbers "[2/5]" in its progress: those that make layers.
 LAYER_KINDS = (Run, Copy, Add, Workdir)
@@ -179,7 +178,7 @@ class Builder:
             raise Interrupted("build interrupted; everything it mounted was unmounted") from None
         finally:
             self.context.stat_cache.close()
-        self._collect_garbage(limits)
+        collect_after_build(self.store, limits, self.progress)
         seconds = time.monotonic() - started
         result = BuildResult(image, self.results, self.steps_cached, self.steps_run, seconds, tags)
         write_result_files(self.options, result)
@@ -281,22 +280,6 @@ class Builder:
                 self.store, spec, keys, self.cache, self.options.insecure_registries, self.options.compression
             )
             self.progress.info(f"exported {len(keys)} cache entries to {spec.path or spec.ref} ({descriptor.digest})")
-
-    def _collect_garbage(self, limits: Limits) -> None:
-        """Prune the cache when the store passes its limits (--max-cache, --min-free)."""
-        if within_limits(self.store, limits):
-            return  # the usual case: the prune code is not even loaded
-        from imgbuild.cache.prune import collect_if_over
-
-        result = collect_if_over(self.store, limits)
-        if result is None:
-            return
-        if result.skipped_reason:
-            self.progress.info(f"cache limits not checked ({result.skipped_reason}); the next build checks them")
-            return
-        self.progress.info(
-            f"cache over its limits: pruned {plural(len(result.entries), 'entry')}, freed {human_size(result.freed_bytes)}"
-        )
 
     def _read_dockerfile(self) -> str:
         if self.options.dockerfile_text is not None:
@@ -494,6 +477,8 @@ class Builder:
         # (finalimage.fill_created), so a cached rebuild keeps every time.
         epoch = self.options.source_date_epoch
         created = ic.timestamp(epoch) if epoch is not None else None
+        if step is not None and self.journal is not None:
+            self.journal.layer_step(stage.index, None)  # a layer step: the COPY before it is not the last one
         if isinstance(instruction, Arg):
             resolved = scope.apply(instruction)
             words = [p.name if p.default is None else f"{p.name}={p.default}" for p in resolved.pairs]
@@ -513,7 +498,10 @@ class Builder:
                 self.journal.refuse("ADD downloads a URL")
             try:
                 work = plan_copy(self, state, expanded, downloads_dir, is_add=isinstance(expanded, Add))
+                last = last_copy_of(self, stage, state, expanded, work) if self.journal is not None else None
                 run_layer_step(self, stage, state, step, work, created)
+                if last is not None:
+                    self.journal.layer_step(stage.index, after(last, state))
             finally:
                 if downloads_dir is not None:
                     remove_tree(downloads_dir)
@@ -611,27 +599,3 @@ def _located(error: ImgbuildError, filename: str, instruction) -> ImgbuildError:
     if isinstance(error, Interrupted):
         return error
     return error.located(SourceLocation(filename, instruction.line, instruction.source))
-
-
-def signals_raise_interrupt():
-    """SIGTERM behaves like Ctrl-C: the build stops and cleans up (main thread only)."""
-    return signal_raises(signal.SIGTERM, Terminated)
-
-
-@contextmanager
-def signal_raises(signum: int, exception: type[BaseException]):
-    """Within the block, signal ``signum`` raises ``exception`` (an interrupt the
-    ``with`` blocks unwind from); a no-op outside the main thread, where Python
-    cannot set handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise exception
-
-    previous = signal.signal(signum, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signum, previous)

@@ -15,7 +15,7 @@ from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.progress import Step
 from imgbuild.builder.rootfs import Workspace, compressed_as, recompress, workspace
 from imgbuild.builder.state import StageState
-from imgbuild.cache.inputs import digests_in, key_inputs, place_of
+from imgbuild.cache.inputs import digests_in, key_inputs, place_of, seen_by_step
 from imgbuild.cache.keys import step_keys
 
 
@@ -78,48 +78,55 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
             builder.cache.fetch_layers([layer])  # recompressing reads it
         layer = recompress(builder.store, layer, options.compression, options.compression_level)
         state.layers.append(layer)
-    created = created or _first_built(builder, lookup_key, entry)
+    created = created or first_built(builder.store, builder.cache, lookup_key, entry)
     if builder.journal is not None:
         builder.journal.used(lookup_key, entry_layer, created)
     ic.add_history(state.config, work.created_by, empty_layer=layer is None, created=created)
     # On a hit too: entries from before schema 3 get their record then.
-    if _needs_inputs(builder, lookup_key, entry):
+    if needs_inputs(builder.cache, lookup_key, entry):
         record = record or _inputs_of(builder, stage, state, work, lookup_key, key)
         builder.cache.keep_inputs(lookup_key, *record)
     state.key = key
     state.entry_key = lookup_key
 
 
-def _needs_inputs(builder, lookup_key: str, entry) -> bool:
+def needs_inputs(cache, lookup_key: str, entry) -> bool:
     """Does the entry still lack the record of its key's inputs? As the hit's
     lookup read it, if it did."""
     if entry is not None and entry.keeps_inputs is not None:
         return not entry.keeps_inputs
-    return builder.cache.needs_inputs(lookup_key)
+    return cache.needs_inputs(lookup_key)
 
 
-def _first_built(builder, lookup_key: str, entry=None) -> str:
+def first_built(store, cache, lookup_key: str, entry=None) -> str:
     """When the cache entry for ``lookup_key`` was first built: as recorded (as the
     hit's lookup read it), as an imported cache says (its blob still to come), or now."""
     if entry is not None and entry.created is not None:
         return ic.time_text(entry.created)
-    row = builder.store.db.cache_entry(lookup_key)
+    row = store.db.cache_entry(lookup_key)
     if row is not None:
         return ic.time_text(row["created"])
-    pending = builder.cache.pending_entry(lookup_key)
+    pending = cache.pending_entry(lookup_key)
     created = pending.columns.get("created") if pending is not None else None
     return ic.time_text(created or time.time())
 
 
 def _inputs_of(builder, stage, state: StageState, work: LayerWork, lookup_key: str, key: str):
     """Where the step stands, what its key was made of, and the files its source digests covered."""
-    place = place_of(builder, stage, state)
     parent = "" if work.independent else state.key
-    inputs = key_inputs(lookup_key, parent, work.document, chain_key=key, scope=state.scope)
+    sees = seen_by_step(state.scope) if state.scope is not None else None
+    place = place_of(builder, stage, state)
+    return inputs_record(builder.context, place, lookup_key, parent, work.document, key, sees)
+
+
+def inputs_record(context, place, lookup_key: str, parent_key: str, document: dict, chain_key: str, sees: dict | None):
+    """(place, inputs, listings) as ``BuildCache.keep_inputs`` takes them; the
+    listings are of the source digests in ``document``, from ``context``."""
+    inputs = key_inputs(lookup_key, parent_key, document, chain_key=chain_key, sees=sees)
     inputs["dockerfile_path"] = place.dockerfile_path  # not in the key: to find this step again
     listings = {}
-    for digest in digests_in(work.document):
-        listing = builder.context.listing_of(digest)
+    for digest in digests_in(document):
+        listing = context.listing_of(digest)
         if listing is not None:
             listings[digest] = listing.as_document()
     return place, inputs, listings

@@ -181,16 +181,25 @@ def _sha256(data: bytes) -> str:
 # --- taking a record ---------------------------------------------------------------
 
 
-def replay(found: Plan, args, store, started: float) -> bool:
+def replay(found: Plan, args, options, store, started: float) -> bool:
     """Finish the build from its record, as the builder would have; False
-    (nothing done, nothing printed) when the record is missing or no longer holds."""
+    (nothing done, nothing printed) when the record is missing or no longer holds.
+    When only the files of the target's last COPY changed, that step is
+    rebuilt from the record (``lastcopy.py``)."""
     text = store.db.build_record(found.key)
     if text is None:
         return False
     try:
         record = json.loads(text)
-        if not _ready(store, args) or not _bases_hold(store, record) or not _selections_hold(found, record):
+        if not _ready(store, args) or not _bases_hold(store, record):
             return False
+        changed = _changed_selections(found, record)
+        if changed is None:
+            return False
+        if changed:
+            from imgbuild.builder import lastcopy
+
+            return lastcopy.replay(found, args, options, store, started, record, changed)
     except (ValueError, KeyError, TypeError):  # a record this code cannot read: the builder writes a new one
         return False
     from imgbuild.builder.progress import Summary, make_progress
@@ -206,7 +215,8 @@ def replay(found: Plan, args, store, started: float) -> bool:
             store.db.count_build_record_hit(found.key, record["lookups"])
         if args.iidfile and not _write_iidfile(Path(args.iidfile), record["config"]):
             return False  # the normal build says why it cannot be written
-        _show(progress, record)
+        progress.begin()
+        show_events(progress, record["events"])
         size, tags = record["size"], record["tags"]
         seconds = time.monotonic() - started
         progress.finished(Summary(record["image"]["digest"], record["config"], size, record["cached"], 0, seconds, tags))
@@ -252,23 +262,25 @@ def _bases_hold(store, record: dict) -> bool:
     return True
 
 
-def _selections_hold(found: Plan, record: dict) -> bool:
-    """Every selection selects the same items, whose trees have the same lstat fingerprint."""
+def _changed_selections(found: Plan, record: dict) -> list[tuple] | None:
+    """The selections (source, exclude) whose trees changed while they still
+    select the same items; None when any selects other items (or cannot be read)."""
     from imgbuild.context.digest import selection_fingerprint
     from imgbuild.context.dockerignore import IgnoreMatcher
     from imgbuild.context.source import BuildContext
 
     context = BuildContext(found.context, IgnoreMatcher(found.ignore_patterns), None)
+    changed = []
     for source, exclude, items, fingerprint in record["selections"]:
         try:
             selected = context.select(source, exclude)
             if _items(selected) != items:
-                return False
+                return None
             if selected and selection_fingerprint(context, selected)[0] != fingerprint:
-                return False
+                changed.append((source, tuple(exclude)))
         except (ImgbuildError, OSError):
-            return False
-    return True
+            return None
+    return changed
 
 
 def _store_holds(store, record: dict) -> bool:
@@ -306,10 +318,9 @@ def _write_iidfile(path: Path, config_digest: str) -> bool:
     return True
 
 
-def _show(progress, record: dict) -> None:
-    """What the builder shows of a fully cached build: every step cached, and the warnings."""
-    progress.begin()
-    for event in record["events"]:
+def show_events(progress, events: list) -> None:
+    """What the builder showed, as it shows a cached build: each step cached, and the warnings."""
+    for event in events:
         kind = event[0]
         if kind == "step":
             progress.cached(progress.new_step(*event[1:]))
@@ -349,6 +360,12 @@ class Journal:
         self._lists: dict[int, tuple] = {}  # id of a selected list -> (its selection, the list)
         self.bases: dict[str, str | None] = {}  # name -> the digest it resolved to (None: not found)
         self.lookups: list[tuple[str, str | None, str]] = []  # (cache key, layer digest, history time)
+        # For a rebuild of the target's last COPY alone (lastcopy.py): the step
+        # each stage thread is at (its event), the steps that read each
+        # selection, and each stage's last layer step when it is such a COPY.
+        self.current: dict[int, int] = {}
+        self.selectors: dict[tuple, set] = {}
+        self.last_copies: dict[int, object] = {}
 
     def refuse(self, why: str) -> None:
         with self.lock:
@@ -367,6 +384,8 @@ class Journal:
             if entry["items"] != items:
                 self.refused = self.refused or f"{source} selected different files during the build"
             self._lists[id(selected)] = (key, selected)
+            # None: outside a step (the build checks): no COPY reads it alone
+            self.selectors.setdefault(key, set()).add(self.current.get(threading.get_ident()))
 
     def digested(self, selected: list, remembered) -> None:
         """A selection's digest is taken now: its fingerprint is of the tree it reads."""
@@ -397,7 +416,16 @@ class Journal:
 
     def stepped(self, stage_label: str, index: int, count: int, instruction) -> None:
         with self.lock:
+            self.current[threading.get_ident()] = len(self.events)
             self.events.append(["step", stage_label, index, count, instruction.text, instruction.line, instruction.end_line])
+
+    def layer_step(self, stage_index: int, last_copy) -> None:
+        """A layer step of the stage ended: ``last_copy`` (``lastcopy.LastCopy``)
+        when it is a COPY that can be rebuilt alone, else None."""
+        with self.lock:
+            if last_copy is not None:
+                last_copy.event = self.current[threading.get_ident()]
+            self.last_copies[stage_index] = last_copy
 
     def warned(self, message: str) -> None:
         with self.lock:
@@ -452,7 +480,19 @@ class Journal:
                 for (source, exclude), entry in self.selections.items()
             ],
             "events": self.events,
+            "last_copy": self._last_copy(builder, result),
         }
+
+    def _last_copy(self, builder, result) -> dict | None:
+        """The target's last layer step, when it is a COPY no other step read the sources of."""
+        target = builder.plan.target
+        last = self.last_copies.get(target)
+        if last is None:
+            return None
+        if any(self.selectors.get(key) != {last.event} for key in last.selections):
+            return None
+        last.config = result.stages[target].config
+        return last.to_json()
 
 
 def _items(selected: list) -> list[list]:

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from imgbuild.builder import imageconfig as ic
-from imgbuild.builder.builder import signal_raises, signals_raise_interrupt
 from imgbuild.builder.rootfs import image_layers, workspace
+from imgbuild.builder.signals import signal_raises, signals_raise_interrupt
 from imgbuild.errors import (
     BuildError,
     CommandNotExecutable,

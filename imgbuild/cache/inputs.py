@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from imgbuild.dockerfile.scope import PROXY_ARGS
-
 # Inputs documents carry this, so readers can tell their shape.
 INPUTS_FORMAT = 1
 
@@ -39,12 +37,12 @@ class StepPlace:
         return dict(self.__dict__)
 
 
-def key_inputs(lookup_key: str, parent_key: str, document: dict, *, chain_key: str, scope=None) -> dict:
+def key_inputs(lookup_key: str, parent_key: str, document: dict, *, chain_key: str, sees: dict | None = None) -> dict:
     """The record of a key: exactly what it was computed from (``keys.step_keys``),
-    and, apart (``sees``: not part of the key), the env and args the step saw."""
+    and, apart (``sees``: not part of the key), the env and args the step saw (``seen_by_step``)."""
     inputs = {"format": INPUTS_FORMAT, "key": lookup_key, "parent": parent_key, "document": document}
-    if scope is not None:
-        inputs["sees"] = seen_by_step(scope)
+    if sees is not None:
+        inputs["sees"] = sees
     if chain_key != lookup_key:
         inputs["chain_key"] = chain_key  # COPY --link: later steps chain from this one
     return inputs
@@ -54,6 +52,11 @@ def seen_by_step(scope) -> dict:
     """The environment and the ARG values in scope at a step, without proxy
     settings (they may hold credentials, and BuildKit keeps them out of keys).
     Secrets are never variables: a secret mount's value is read at run time."""
+    # Here, not at the top: importing the front end's package loads all of it
+    # (~12 ms), and a rebuild from the record (builder/lastcopy.py), ``cache
+    # inspect`` and cache export read this module without parsing anything.
+    from imgbuild.dockerfile.scope import PROXY_ARGS
+
     env = {name: value for name, value in scope.env_for_run().items() if name not in PROXY_ARGS}
     args = {name: value for name, value in scope.args_in_scope().items() if name not in PROXY_ARGS}
     # which env values an ARG set, so an explanation says "build arg X", not "ENV X"

@@ -75,3 +75,21 @@ def within_limits(store: Store, limits: Limits) -> bool:
     info = os.statvfs(store.root)
     used_on_disk = (info.f_blocks - info.f_bfree) * info.f_frsize
     return used_on_disk <= limits.max_cache and info.f_bavail * info.f_frsize >= limits.min_free
+
+
+def collect_after_build(store: Store, limits: Limits, progress) -> None:
+    """Prune the cache when the store passes its limits (--max-cache, --min-free)."""
+    if within_limits(store, limits):
+        return  # the usual case: the prune code is not even loaded
+    from imgbuild.cache.prune import collect_if_over
+    from imgbuild.units import human_size, plural
+
+    result = collect_if_over(store, limits)
+    if result is None:
+        return
+    if result.skipped_reason:
+        progress.info(f"cache limits not checked ({result.skipped_reason}); the next build checks them")
+        return
+    progress.info(
+        f"cache over its limits: pruned {plural(len(result.entries), 'entry')}, freed {human_size(result.freed_bytes)}"
+    )

@@ -235,7 +235,7 @@ def run(args) -> int:
         store = Store(args.root)
         # A fully cached rebuild is taken from the build's record, without the builder (builder/record.py).
         found = record.plan(args)
-        if found is not None and record.replay(found, args, store, started):
+        if found is not None and record.replay(found, args, options, store, started):
             return 0
         from imgbuild.builder.builder import build
         from imgbuild.cli import freeze_late_imports

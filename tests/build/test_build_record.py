@@ -18,11 +18,13 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from cli.clitools import MODULE_RECORDER as RECORDER
 from cli.clitools import cli_env
+from imagetools import make_busybox_image
 
 from imgbuild.store import Store
 from imgbuild.store.index_db import SCHEMA_VERSION
@@ -379,3 +381,206 @@ def test_work_left_by_a_killed_build_takes_the_builder_which_cleans_it_up(builds
     assert not builds().from_record
     assert not left.exists() and not left.with_name(left.name + ".lock").exists()
     assert builds().from_record
+
+
+# --- the target's last COPY, rebuilt from the record (builder/lastcopy.py) ----------
+
+APP = """\
+FROM busybox
+ARG V=none
+COPY a.txt /a.txt
+RUN --mount=type=bind,source=m.txt,target=/m cp /m /m-copy && echo "v=$V" > /v
+WORKDIR /app
+COPY app/ ./
+USER 1000
+EXPOSE 8000
+HEALTHCHECK CMD ["true"]
+CMD ["sh", "/app/main.sh"]
+"""
+
+
+EPOCH = {"SOURCE_DATE_EPOCH": "1700000000"}
+
+
+@pytest.fixture
+def app(tmp_path) -> Path:
+    directory = tmp_path / "app-context"
+    (directory / "app" / "lib").mkdir(parents=True)
+    files = {"Dockerfile": APP, "a.txt": "a\n", "m.txt": "m\n", "app/main.sh": "echo one\n", "app/lib/util.sh": "u=1\n"}
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return directory
+
+
+def _last_copy(built: Built) -> bool:
+    return built.from_record and "imgbuild.builder.lastcopy" in built.modules
+
+
+def _edit(app: Path, text: str = "echo two\n") -> None:
+    (app / "app" / "main.sh").write_text(text)
+    # Past the stat cache's racy window (50 ms): the build that reads the
+    # edit can then trust its digest, and keeps a record of it.
+    time.sleep(0.1)
+
+
+def test_an_edit_under_the_last_copy_rebuilds_that_step_alone_as_the_normal_path_would(builds, store, app):
+    first = builds(at=app)
+    assert builds(at=app).from_record
+    _edit(app)
+    taken = builds(at=app)
+    assert _last_copy(taken)
+    assert not any(name.startswith("imgbuild.dockerfile") for name in taken.modules)  # nor the front end
+    assert taken.image_id != first.image_id
+    normal = builds(env=BYPASS, at=app)
+    assert not normal.from_record
+    assert normal.image_id == taken.image_id == tagged(store.root)
+    again = builds(at=app)  # the rebuild kept the record of its image: a no-op is a plain replay
+    assert again.from_record and not _last_copy(again) and again.image_id == taken.image_id
+
+
+def test_an_edit_undone_finds_the_copy_cached_and_gives_the_first_image(builds, store, app):
+    first = builds(at=app)
+    _edit(app)
+    edited = builds(at=app)
+    assert _last_copy(edited) and edited.image_id != first.image_id
+    _edit(app, "echo one\n")
+    undone = builds(at=app)
+    assert _last_copy(undone) and undone.image_id == first.image_id == tagged(store.root)
+
+
+def test_with_source_date_epoch_it_gives_the_image_a_build_without_cache_gives(builds, store, app):
+    builds(at=app, env=EPOCH)
+    _edit(app)
+    taken = builds(at=app, env=EPOCH)
+    assert _last_copy(taken)
+    manifest = Store(store.root).load_image("t:1").digest
+    fresh = builds("--no-cache", at=app, env=EPOCH)
+    assert not fresh.from_record
+    assert fresh.image_id == taken.image_id and Store(store.root).load_image("t:1").digest == manifest
+
+
+def test_the_cache_entry_keeps_the_inputs_a_normal_build_keeps(store, app, tmp_path):
+    """The step's entry, its inputs, where it stood and its file list, as the
+    normal path records them for the same key in another store (the layers
+    made the same with SOURCE_DATE_EPOCH: the WORKDIR's time is the build's)."""
+    build(store.root, app, "-q", "-t", "t:1", env=EPOCH, tmp=tmp_path)
+    _edit(app)
+    assert _last_copy(build(store.root, app, "-q", "-t", "t:1", env=EPOCH, tmp=tmp_path))
+    other = Store(tmp_path / "other-store")
+    make_busybox_image(other, "busybox:latest")
+    build(other.root, app, "-q", "-t", "t:1", env={**EPOCH, **BYPASS}, tmp=tmp_path)
+    ours, theirs = _entries(store.root), _entries(other.root)
+    # the same keys, and ours has the last COPY of the first content too
+    assert theirs.keys() < ours.keys() and len(ours) == len(theirs) + 1
+    assert [ours[key][0] for key in ours.keys() - theirs.keys()] == ["COPY app/ ./ # imgbuild"]
+    assert {key: ours[key] for key in theirs} == theirs
+
+
+def _entries(root: Path) -> dict:
+    """key -> what the index keeps of each entry and its file lists, except when and how often it was used."""
+    columns = "created_by, parent_key, diff_id, layer_digest, inputs, parent_entry, base_digest, dockerfile, stage_index, line, instruction"
+    with sqlite3.connect(root / "index.db") as db:
+        rows = {row[0]: row[1:] for row in db.execute(f"SELECT key, {columns} FROM cache")}
+        lists = db.execute("SELECT key, files FROM cache_file_lists JOIN file_lists USING (digest)").fetchall()
+    return {key: (*row, sorted(files for k, files in lists if k == key)) for key, row in rows.items()}
+
+
+@pytest.mark.parametrize("mode", ["plain", "json", "explain"])
+def test_the_last_copy_prints_what_the_normal_path_prints(store, app, tmp_path, mode):
+    flags = ["-t", "t:1", "--progress", "plain" if mode == "explain" else mode]
+    flags += ["--explain"] if mode == "explain" else []
+    build(store.root, app, *flags, env=EPOCH, tmp=tmp_path)
+    _edit(app)
+    taken = build(store.root, app, *flags, env=EPOCH, tmp=tmp_path)
+    assert _last_copy(taken)
+    # the same edit, in another store, for the normal path (with SOURCE_DATE_EPOCH,
+    # the layers and so the sizes printed are the same: the WORKDIR's time is the build's)
+    other = Store(tmp_path / "other-store")
+    make_busybox_image(other, "busybox:latest")
+    _edit(app, "echo one\n")
+    build(other.root, app, *flags, env=EPOCH, tmp=tmp_path)
+    _edit(app)
+    normal = build(other.root, app, *flags, env={**EPOCH, **BYPASS}, tmp=tmp_path)
+    assert not normal.from_record
+    assert _steps_shown(taken.completed.stdout) == _steps_shown(normal.completed.stdout)
+    assert _steps_shown(taken.completed.stderr) == _steps_shown(normal.completed.stderr)
+    if mode != "json":
+        assert "1 file changed" in taken.completed.stderr and "3 cached, 1 run" in taken.completed.stderr, taken.completed.stderr
+
+
+def _steps_shown(text: str) -> list:
+    """``_shown``, and without the digests (the builds' times differ) or how long the step took."""
+    shown = _shown(re.sub(r"sha256:[0-9a-f]{64}", "sha256:*", text))
+    for event in shown:
+        if isinstance(event, dict):
+            event.pop("duration", None)
+    return shown
+
+
+LAST_COPY_CHANGES = {
+    "edited": lambda c: _edit(c),
+    "added": lambda c: (c / "app" / "new.sh").write_text("new\n"),
+    "removed": lambda c: (c / "app" / "lib" / "util.sh").unlink(),
+    "chmod": lambda c: (c / "app" / "main.sh").chmod(0o700),
+}
+BUILDER_CHANGES = {
+    "earlier_copy": lambda c: (c / "a.txt").write_text("changed\n"),
+    "bind_mount": lambda c: (c / "m.txt").write_text("changed\n"),
+    "dockerfile": lambda c: (c / "Dockerfile").write_text(APP + "ENV E=1\n"),
+}
+
+
+@pytest.mark.parametrize("change", sorted(LAST_COPY_CHANGES) + sorted(BUILDER_CHANGES))
+def test_only_a_change_under_the_last_copy_takes_it_alone(builds, store, app, change):
+    first = builds(at=app)
+    if change in BUILDER_CHANGES:
+        BUILDER_CHANGES[change](app)
+        _edit(app)  # with the last COPY's files too
+    else:
+        LAST_COPY_CHANGES[change](app)
+    changed = builds(at=app)
+    assert _last_copy(changed) == (change in LAST_COPY_CHANGES)
+    assert changed.from_record == (change in LAST_COPY_CHANGES)
+    assert changed.image_id != first.image_id
+    assert builds(env=BYPASS, at=app).image_id == changed.image_id == tagged(store.root)
+
+
+@pytest.mark.parametrize(
+    "dockerfile",
+    [
+        # another step reads the same files: its key changes too
+        APP.replace("WORKDIR /app\n", "RUN --mount=type=bind,source=app,target=/src ls /src > /listing\nWORKDIR /app\n"),
+        APP.replace("COPY a.txt /a.txt\n", "COPY app/ /early/\n"),
+        # the COPY is not the last layer step
+        APP + "RUN echo after > /tmp/after\n",
+        # nor one the record can redo alone
+        APP.replace("COPY app/ ./", "COPY --link app/ ./"),
+    ],
+    ids=["bind_mounted_too", "copied_twice", "run_after", "link"],
+)
+def test_a_copy_that_is_not_alone_takes_the_builder(builds, store, app, dockerfile):
+    (app / "Dockerfile").write_text(dockerfile)
+    first = builds(at=app)
+    _edit(app)
+    changed = builds(at=app)
+    assert not changed.from_record and changed.image_id != first.image_id
+    assert builds(env=BYPASS, at=app).image_id == changed.image_id == tagged(store.root)
+
+
+MULTISTAGE = """\
+FROM busybox AS deps
+RUN echo deps > /deps
+FROM busybox
+COPY --from=deps /deps /deps
+COPY app/ /app/
+CMD ["sh", "/app/main.sh"]
+"""
+
+
+def test_the_last_copy_of_a_multistage_target(builds, store, app):
+    (app / "Dockerfile").write_text(MULTISTAGE)
+    first = builds(at=app)
+    _edit(app)
+    taken = builds(at=app)
+    assert _last_copy(taken) and taken.image_id != first.image_id
+    assert builds(env=BYPASS, at=app).image_id == taken.image_id == tagged(store.root)
