@@ -49,7 +49,7 @@ from imgbuild.cache.index import BuildCache
 from imgbuild.cache.inputs import StepPlace, place_of, seen_by_step
 from imgbuild.cache.keys import step_keys
 from imgbuild.errors import ImgbuildError, Interrupted, SourceLocation
-from imgbuild.image import Descriptor, LayerRef, Platform
+from imgbuild.image import Descriptor, Image, LayerRef, Platform
 
 
 @dataclass
@@ -146,11 +146,8 @@ def after(last: LastCopy, state) -> LastCopy:
 def replay(found, args, options, store, started: float, record: dict, changed: list[tuple]) -> bool:
     """Rebuild the record's last COPY, whose selections ``changed``; False
     (nothing done, nothing printed) when this way cannot stand for the build."""
-    document = record.get("last_copy")
-    if not document:
-        return False
-    last = LastCopy.from_json(document)
-    if not set(changed) <= set(last.selections) or record["lookups"].count(last.lookup_key) != 1:
+    last = _last_copy_of_record(record)
+    if last is None or not set(changed) <= set(last.selections):
         return False
     from imgbuild.builder.progress import Summary, make_progress
     from imgbuild.builder.record import Journal
@@ -178,18 +175,17 @@ def replay(found, args, options, store, started: float, record: dict, changed: l
                     store.db.count_build_record_hit(found.key, lookups)
                 progress.begin()
                 remove_result_files(options)
-                ran = _build(store, options, progress, context, record, last)
+                built = _build(store, options, progress, context, record, last)
         finally:
             context.stat_cache.close()
         collect_after_build(store, limits, progress)
+        image, run = built.image, built.copied.steps_run
         seconds = time.monotonic() - started
-        cached = record["cached"] - ran.steps_run
-        result = BuildResult(ran.image, {}, cached, ran.steps_run, seconds, ran.tags)
-        write_result_files(options, result)
-        size = sum(layer.blob.size for layer in ran.layers)
-        _keep(store, found, record, last, journal, ran, size)
-        summary = Summary(ran.image.digest, ran.image.config_descriptor.digest, size, cached, ran.steps_run, seconds, ran.tags)
-        progress.finished(summary)
+        cached = record["cached"] - run
+        write_result_files(options, BuildResult(image, {}, cached, run, seconds, built.tags))
+        size = sum(layer.blob.size for layer in built.layers)
+        _keep(store, found, record, last, journal, built, size)
+        progress.finished(Summary(image.digest, image.config_descriptor.digest, size, cached, run, seconds, built.tags))
     except KeyboardInterrupt:
         raise Interrupted("build interrupted; everything it mounted was unmounted") from None
     except ImgbuildError as error:
@@ -198,21 +194,19 @@ def replay(found, args, options, store, started: float, record: dict, changed: l
     finally:
         progress.close()
     if args.quiet:
-        print(ran.image.config_descriptor.digest)
+        print(image.config_descriptor.digest)
     return True
 
 
-@dataclass
-class _Ran:
-    """What the rebuild of the step and the image gave."""
-
-    image: object
-    tags: list[str]
-    layers: list[LayerRef]  # the image's
-    steps_run: int  # 0 when the step's key was cached (an edit undone)
-    lookup_key: str
-    entry_layer: LayerRef | None  # as the cache entry has it
-    created: str  # the step's history time
+def _last_copy_of_record(record: dict) -> LastCopy | None:
+    """The record's ``LastCopy``, if it has one whose key only that step looked up."""
+    try:
+        last = LastCopy.from_json(record["last_copy"]) if record.get("last_copy") else None
+        if last is None or record["lookups"].count(last.lookup_key) != 1:
+            return None
+        return last
+    except (TypeError, KeyError, ValueError):  # a record this code cannot read: the builder runs
+        return None
 
 
 def _below_holds(store, record: dict, last: LastCopy) -> bool:
@@ -225,7 +219,28 @@ def _below_holds(store, record: dict, last: LastCopy) -> bool:
     return all(store.has_blob(layer.blob.digest) for layer in last.layers_below())
 
 
-def _build(store, options, progress, context, record: dict, last: LastCopy) -> _Ran:
+@dataclass
+class _Copied:
+    """What the step gave."""
+
+    layer: LayerRef | None  # as the image has it (None: the copy changed nothing)
+    entry_layer: LayerRef | None  # as the cache entry has it
+    lookup_key: str
+    created: str  # its history time
+    steps_run: int  # 0 when its key was cached (an edit undone)
+
+
+@dataclass
+class _Built:
+    """The image the rebuild wrote, and what its step gave."""
+
+    image: Image
+    tags: list[str]
+    layers: list[LayerRef]
+    copied: _Copied
+
+
+def _build(store, options, progress, context, record: dict, last: LastCopy) -> _Built:
     """The steps as the builder shows them, the COPY done as ``run_layer_step``
     does it, and the image as ``finalimage`` writes and tags it."""
     from imgbuild.builder.record import show_events
@@ -234,29 +249,27 @@ def _build(store, options, progress, context, record: dict, last: LastCopy) -> _
     show_events(progress, events[: last.event])
     step = progress.new_step(*events[last.event][1:])
     try:
-        ran = _copy_step(store, options, progress, context, last, step)
+        copied = _copy_step(store, options, progress, context, last, step)
     except ImgbuildError as error:
         if step.state != "failed":
             progress.failed(step, str(error))
         place = StepPlace(**last.place)
         raise error.located(SourceLocation(place.dockerfile, place.line or 0, last.source)) from None
     show_events(progress, events[last.event + 1 :])
-    layer, created = ran.pop("layer"), ran["created"]
-    layers = last.layers_below() + ([layer] if layer is not None else [])
+    layers = last.layers_below() + ([copied.layer] if copied.layer is not None else [])
     config = json.loads(json.dumps(last.config))
     entry = config["history"][last.history_index]
-    entry["created"] = created
-    if layer is None:
+    entry["created"] = copied.created
+    if copied.layer is None:
         entry["empty_layer"] = True
     else:
         entry.pop("empty_layer", None)
     target = StageResult(last.stage_index, None, config, layers, "")
     image = write_final_image(store, options, _platform(options), target)
-    tags = tag_image(store, options, image)
-    return _Ran(image, tags, layers, **ran)
+    return _Built(image, tag_image(store, options, image), layers, copied)
 
 
-def _copy_step(store, options, progress, context, last: LastCopy, step) -> dict:
+def _copy_step(store, options, progress, context, last: LastCopy, step) -> _Copied:
     """The COPY as ``layerstep.run_layer_step`` does a step that is not --link
     and whose parent was cached (no --cache-from: a record never stands for it)."""
     request = last.copy_request()
@@ -270,8 +283,7 @@ def _copy_step(store, options, progress, context, last: LastCopy, step) -> dict:
         progress.cached(step)
         layer = entry.layer
     else:
-        place = StepPlace(**last.place)
-        inputs = inputs_record(context, place, lookup_key, last.parent_key, document, key, last.sees)
+        inputs = inputs_record(context, StepPlace(**last.place), lookup_key, last.parent_key, document, key, last.sees)
         progress.started(step, _why_missed(store, progress, last, lookup_key, inputs))
         with workspace(store, last.layers_below()) as space:
             with space.mounted() as merged:
@@ -291,13 +303,7 @@ def _copy_step(store, options, progress, context, last: LastCopy, step) -> dict:
     if needs_inputs(cache, lookup_key, entry):
         inputs = inputs or inputs_record(context, StepPlace(**last.place), lookup_key, last.parent_key, document, key, last.sees)
         cache.keep_inputs(lookup_key, *inputs)
-    return {
-        "layer": layer,
-        "steps_run": 0 if entry is not None else 1,
-        "lookup_key": lookup_key,
-        "entry_layer": entry_layer,
-        "created": created,
-    }
+    return _Copied(layer, entry_layer, lookup_key, created, 0 if entry is not None else 1)
 
 
 def _why_missed(store, progress, last: LastCopy, lookup_key: str, inputs) -> str | None:
@@ -315,7 +321,7 @@ def _platform(options) -> Platform:
     return Platform.parse(options.platform) if options.platform else Platform.host()
 
 
-def _keep(store, found, record: dict, last: LastCopy, journal, ran: _Ran, size: int) -> None:
+def _keep(store, found, record: dict, last: LastCopy, journal, built: _Built, size: int) -> None:
     """The record of this build, for the next: the old one with the COPY's
     selections, entry and image as they are now; none when this build could
     not tell (a file changed as it was read). A record is only a shortcut:
@@ -325,7 +331,7 @@ def _keep(store, found, record: dict, last: LastCopy, journal, ran: _Ran, size: 
     from imgbuild.builder.record import KEEP_RECORDS
 
     try:
-        new = _next_record(store, record, last, journal, ran, size)
+        new = _next_record(store, record, last, journal, built, size)
         if new is not None:
             text = json.dumps(new, sort_keys=True, default=str)
             store.db.write_build_record(found.key, text, KEEP_RECORDS)
@@ -333,7 +339,7 @@ def _keep(store, found, record: dict, last: LastCopy, journal, ran: _Ran, size: 
         pass
 
 
-def _next_record(store, record: dict, last: LastCopy, journal, ran: _Ran, size: int) -> dict | None:
+def _next_record(store, record: dict, last: LastCopy, journal, built: _Built, size: int) -> dict | None:
     if journal.refused is not None:
         return None
     selections = []
@@ -344,22 +350,22 @@ def _next_record(store, record: dict, last: LastCopy, journal, ran: _Ran, size: 
                 return None
             fingerprint = now["fingerprint"]
         selections.append([source, exclude, items, fingerprint])
-    lookups = [ran.lookup_key if key == last.lookup_key else key for key in record["lookups"]]
+    copied = built.copied
+    lookups = [copied.lookup_key if key == last.lookup_key else key for key in record["lookups"]]
     rows = store.db.cache_layers(sorted(set(lookups)))
     old = {key: [digest, created] for key, digest, created in record["entries"]}
     for key in set(lookups):
         row = rows.get(key)
         if row is None:
             return None
-        if key == ran.lookup_key:
-            digest = ran.entry_layer.blob.digest if ran.entry_layer is not None else None
+        if key == copied.lookup_key:
+            digest = copied.entry_layer.blob.digest if copied.entry_layer is not None else None
             # an entry replaced since the step read it gives another image now
-            if row[0] != digest or (last.source_date_epoch is None and ic.time_text(row[1]) != ran.created):
+            if row[0] != digest or (last.source_date_epoch is None and ic.time_text(row[1]) != copied.created):
                 return None
         elif list(row[:2]) != old.get(key):
             return None
-    image = ran.image
-    next_copy = dataclasses.replace(last, lookup_key=ran.lookup_key)
+    image = built.image
     return {
         **record,
         "image": image.manifest_descriptor.to_json(),
@@ -369,5 +375,5 @@ def _next_record(store, record: dict, last: LastCopy, journal, ran: _Ran, size: 
         "entries": [[key, *rows[key][:2]] for key in sorted(rows)],
         "lookups": lookups,
         "selections": selections,
-        "last_copy": next_copy.to_json(),
+        "last_copy": dataclasses.replace(last, lookup_key=copied.lookup_key).to_json(),
     }

@@ -194,14 +194,14 @@ def replay(found: Plan, args, options, store, started: float) -> bool:
         if not _ready(store, args) or not _bases_hold(store, record):
             return False
         changed = _changed_selections(found, record)
-        if changed is None:
-            return False
-        if changed:
-            from imgbuild.builder import lastcopy
-
-            return lastcopy.replay(found, args, options, store, started, record, changed)
     except (ValueError, KeyError, TypeError):  # a record this code cannot read: the builder writes a new one
         return False
+    if changed is None:
+        return False
+    if changed:  # outside the try: an error while the step runs is the build's, not a record's
+        from imgbuild.builder import lastcopy
+
+        return lastcopy.replay(found, args, options, store, started, record, changed)
     from imgbuild.builder.progress import Summary, make_progress
 
     progress = make_progress("quiet" if args.quiet else args.progress, explain=args.explain)

@@ -23,6 +23,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from cli.clitools import MODULE_RECORDER
 from comparetools import mounts_under
 from faults.faulttools import FILESYSTEM_BYTES, random_layer
 from imagetools import make_busybox_image, temp_leftovers
@@ -124,6 +125,42 @@ def test_copy_bigger_than_the_disk_is_a_clear_error_and_the_store_stays_intact(s
     done = _build(root, context, "big")
     assert done.returncode == 0, done.stdout + done.stderr
     _assert_store_intact(root, images)
+
+
+def test_a_last_copy_from_the_record_that_does_not_fit_is_the_same_clear_error(small_fs, tmp_path):
+    """The COPY that a build record runs alone (builder/lastcopy.py) fails at
+    its line, as the builder's does, and leaves the store as it was."""
+    root = small_fs / "store"
+    images = _store_with_an_image(root, tmp_path)
+    context = _context(tmp_path / "ctx", "FROM busybox\nCOPY app/ /app/\nCMD [\"sh\"]\n", {})
+    (context / "app").mkdir()
+    (context / "app" / "main.sh").write_text("echo one\n")
+    assert _build(root, context, "app").returncode == 0  # keeps a record
+    images["app:latest"] = Store(root).resolve("app:latest").digest
+    (context / "app" / "big").write_bytes(random_layer(1, FILESYSTEM_BYTES * 3 // 2))
+
+    modules = tmp_path / "modules.txt"
+    failed = subprocess.run(
+        [sys.executable, "-c", MODULE_RECORDER, str(modules), "--root", str(root), "build", "--progress", "plain",
+         "-t", "app", str(context)],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )  # fmt: skip
+    assert "imgbuild.builder.lastcopy" in modules.read_text().split()
+    assert "imgbuild.builder.builder" not in modules.read_text().split()
+    _assert_disk_full(failed, root)
+    assert "Dockerfile:2" in failed.stderr and "COPY app/ /app/" in failed.stderr
+    _assert_store_intact(root, images)
+
+    (context / "app" / "big").write_bytes(b"small now\n")
+    done = _build(root, context, "app")
+    assert done.returncode == 0, done.stdout + done.stderr
+    _assert_store_intact(root, {tag: digest for tag, digest in images.items() if tag != "app:latest"})
+    rebuilt = Store(root).load_image("app").config_descriptor.digest
+    normal = subprocess.run(
+        [sys.executable, "-m", "imgbuild", "--root", str(root), "build", "-q", "-t", "app", str(context)],
+        capture_output=True, text=True, env={**_env(), "IMGBUILD_NO_BUILD_RECORD": "1"}, timeout=300,
+    )  # fmt: skip
+    assert normal.returncode == 0 and normal.stdout.strip() == rebuilt  # the builder's image
 
 
 def test_layer_bigger_than_the_free_space_is_a_clear_error_and_the_next_build_works(small_fs, tmp_path):
