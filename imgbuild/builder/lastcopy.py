@@ -340,6 +340,8 @@ def _keep(store, found, record: dict, last: LastCopy, journal, built: _Built, si
 
 
 def _next_record(store, record: dict, last: LastCopy, journal, built: _Built, size: int) -> dict | None:
+    from imgbuild.builder.record import image_fields
+
     if journal.refused is not None:
         return None
     selections = []
@@ -365,12 +367,9 @@ def _next_record(store, record: dict, last: LastCopy, journal, built: _Built, si
                 return None
         elif list(row[:2]) != old.get(key):
             return None
-    image = built.image
     return {
         **record,
-        "image": image.manifest_descriptor.to_json(),
-        "config": image.config_descriptor.digest,
-        "blobs": [image.digest, image.config_descriptor.digest, *(layer.digest for layer in image.layers)],
+        **image_fields(built.image),
         "size": size,
         "entries": [[key, *rows[key][:2]] for key in sorted(rows)],
         "lookups": lookups,

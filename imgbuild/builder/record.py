@@ -22,6 +22,10 @@ the cache entries its steps used (their layer and when they were first
 built), the image it gave, and what it printed that a cached rebuild prints
 again: its steps (all cached), build-arg warnings and build-check warnings.
 
+When the target's last layer step is a COPY of the build context, the record
+also keeps what a rebuild of that step alone needs (``lastcopy.py``): a build
+whose only change is in that COPY's files runs it from the record.
+
 The next build with the same key takes the record (``replay``) only if all of
 that still holds: the names resolve to the same images, every selection
 selects the same items with the same fingerprint, every cache entry is there
@@ -464,11 +468,8 @@ class Journal:
             # an entry replaced since the step read it (--no-cache elsewhere) gives another image now
             if row is None or row[0] != digest or (not epoch and time_text(row[1]) != created):
                 return None
-        image = result.image
         return {
-            "image": image.manifest_descriptor.to_json(),
-            "config": image.config_descriptor.digest,
-            "blobs": [image.digest, image.config_descriptor.digest, *(layer.digest for layer in image.layers)],
+            **image_fields(result.image),
             "size": size,
             "tags": list(result.tags),
             "cached": result.steps_cached + result.steps_run,  # a rebuild finds every layer step cached
@@ -493,6 +494,15 @@ class Journal:
             return None
         last.config = result.stages[target].config
         return last.to_json()
+
+
+def image_fields(image) -> dict:
+    """What a record keeps of the image the build gave."""
+    return {
+        "image": image.manifest_descriptor.to_json(),
+        "config": image.config_descriptor.digest,
+        "blobs": [image.digest, image.config_descriptor.digest, *(layer.digest for layer in image.layers)],
+    }
 
 
 def _items(selected: list) -> list[list]:

@@ -233,7 +233,8 @@ def run(args) -> int:
     try:
         options = options_from_args(args)
         store = Store(args.root)
-        # A fully cached rebuild is taken from the build's record, without the builder (builder/record.py).
+        # A fully cached rebuild is taken from the build's record, without the builder (builder/record.py),
+        # and so is one whose only change is in the files of the last COPY (builder/lastcopy.py).
         found = record.plan(args)
         if found is not None and record.replay(found, args, options, store, started):
             return 0
