@@ -5,7 +5,8 @@ Application Dockerfiles end as the docs advise: dependencies first, then
 ``COPY app.py ./`` (or ``COPY . .``) and only config (USER, EXPOSE, CMD).
 Editing a source file then changes that one step. The builder would import
 the front end and itself, parse, plan and look up every step again to find
-all but that one cached: some 25 ms of a rebuild of about 100 ms.
+all but that one cached: 17 ms of a rebuild of about 105 ms here
+(docs/benchmarks.md, "Issue 12, eleventh round").
 
 So a build that keeps a record (``record.py``) also keeps, when the target
 stage's last layer step is such a COPY, what that step needs (``LastCopy``):
