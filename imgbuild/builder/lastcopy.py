@@ -42,8 +42,15 @@ from imgbuild.builder.finalimage import (
     write_final_image,
     write_result_files,
 )
-from imgbuild.builder.layerstep import first_built, inputs_record, needs_inputs
-from imgbuild.builder.rootfs import recompress, workspace
+from imgbuild.builder.layerstep import (
+    LayerWork,
+    explained_miss,
+    first_built,
+    inputs_record,
+    make_layer,
+    needs_inputs,
+)
+from imgbuild.builder.rootfs import recompress
 from imgbuild.builder.signals import signals_raise_interrupt
 from imgbuild.builder.state import StageResult
 from imgbuild.cache.index import BuildCache
@@ -213,9 +220,9 @@ def _last_copy_of_record(record: dict) -> LastCopy | None:
 def _below_holds(store, record: dict, last: LastCopy) -> bool:
     """Every cache entry but the last COPY's is there as the build used it, and
     the blob of every layer below that COPY."""
-    entries = [entry for entry in record["entries"] if entry[0] != last.lookup_key]
-    rows = store.db.cache_layers([key for key, _, _ in entries])
-    if any(rows.get(key) != (digest, created, True) for key, digest, created in entries):
+    from imgbuild.builder.record import entries_hold
+
+    if not entries_hold(store, [entry for entry in record["entries"] if entry[0] != last.lookup_key]):
         return False
     return all(store.has_blob(layer.blob.digest) for layer in last.layers_below())
 
@@ -277,6 +284,7 @@ def _copy_step(store, options, progress, context, last: LastCopy, step) -> _Copi
     downloads = Downloads(None, None)  # a COPY downloads nothing
     document = {**last.document, "sources": source_digests(request, context, downloads)}
     lookup_key, key = step_keys(last.parent_key, document, independent=False)
+    place = StepPlace(**last.place)
     cache = BuildCache(store)
     entry = cache.lookup(lookup_key)
     inputs = None
@@ -284,17 +292,18 @@ def _copy_step(store, options, progress, context, last: LastCopy, step) -> _Copi
         progress.cached(step)
         layer = entry.layer
     else:
-        inputs = inputs_record(context, StepPlace(**last.place), lookup_key, last.parent_key, document, key, last.sees)
-        progress.started(step, _why_missed(store, progress, last, lookup_key, inputs))
-        with workspace(store, last.layers_below()) as space:
+        inputs = inputs_record(context, place, lookup_key, last.parent_key, document, key, last.sees)
+        why = None
+        if progress.wants_misses:  # every step below it was cached; a record stands for no --no-cache
+            why = explained_miss(store, inputs, lookup_key, last.parent_key, last.base)
+        progress.started(step, why)
+
+        def execute(space):
             with space.mounted() as merged:
                 run_copy(request, context, merged, downloads)
-            layer = space.commit(
-                compression=options.compression,
-                level=options.compression_level,
-                source_date_epoch=options.source_date_epoch,
-            )
-        layer = cache.record(lookup_key, last.parent_key, layer, last.created_by)
+
+        work = LayerWork(document, last.created_by, execute)
+        layer = make_layer(store, cache, options, work, last.layers_below(), lookup_key, last.parent_key)
         progress.done(step)
     entry_layer = layer
     if layer is not None:
@@ -302,20 +311,9 @@ def _copy_step(store, options, progress, context, last: LastCopy, step) -> _Copi
     epoch = options.source_date_epoch
     created = ic.timestamp(epoch) if epoch is not None else first_built(store, cache, lookup_key, entry)
     if needs_inputs(cache, lookup_key, entry):
-        inputs = inputs or inputs_record(context, StepPlace(**last.place), lookup_key, last.parent_key, document, key, last.sees)
+        inputs = inputs or inputs_record(context, place, lookup_key, last.parent_key, document, key, last.sees)
         cache.keep_inputs(lookup_key, *inputs)
     return _Copied(layer, entry_layer, lookup_key, created, 0 if entry is not None else 1)
-
-
-def _why_missed(store, progress, last: LastCopy, lookup_key: str, inputs) -> str | None:
-    """Why the step missed (``cache/explain.py``), when the progress shows it.
-    Every step below it was cached, and the record stands for no --no-cache."""
-    if not progress.wants_misses:
-        return None
-    from imgbuild.cache.explain import MissedStep, explain_miss
-
-    place, key_inputs, listings = inputs
-    return explain_miss(store, MissedStep(lookup_key, last.parent_key, key_inputs, listings, place, last.base))
 
 
 def _platform(options) -> Platform:

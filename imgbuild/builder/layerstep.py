@@ -57,17 +57,8 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
         options = builder.options
         if not work.independent:
             builder.cache.fetch_layers(state.layers)  # layers an imported cache stood for
-        with workspace(builder.store, [] if work.independent else state.layers) as space:
-            work.execute(space)
-            layer = space.commit(
-                compression=options.compression,
-                level=options.compression_level,
-                source_date_epoch=options.source_date_epoch,
-            )
-        # Another build may have recorded this key meanwhile: go on with its layer.
-        layer = builder.cache.record(
-            lookup_key, "" if work.independent else state.key, layer, work.created_by, replace=cache_disabled
-        )
+        below, parent_key = ([], "") if work.independent else (state.layers, state.key)
+        layer = make_layer(builder.store, builder.cache, options, work, below, lookup_key, parent_key, replace=cache_disabled)
         builder.progress.done(step)
         builder.count(cached=False)
     builder.cache.note_used(stage.index, lookup_key)
@@ -88,6 +79,20 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
         builder.cache.keep_inputs(lookup_key, *record)
     state.key = key
     state.entry_key = lookup_key
+
+
+def make_layer(store, cache, options, work: LayerWork, below: list, lookup_key: str, parent_key: str, *, replace: bool = False):
+    """Do the step's work in a workspace over the layers ``below``, commit it,
+    and record the layer under ``lookup_key``; the layer the key stands for."""
+    with workspace(store, below) as space:
+        work.execute(space)
+        layer = space.commit(
+            compression=options.compression,
+            level=options.compression_level,
+            source_date_epoch=options.source_date_epoch,
+        )
+    # Another build may have recorded this key meanwhile: go on with its layer.
+    return cache.record(lookup_key, parent_key, layer, work.created_by, replace=replace)
 
 
 def needs_inputs(cache, lookup_key: str, entry) -> bool:
@@ -136,25 +141,37 @@ def _why_missed(builder, stage, state: StageState, work: LayerWork, record, look
     """Why the step missed (``cache/explain.py``), when the progress shows it; else None."""
     if not builder.progress.wants_misses:
         return None
+    no_cache = ""
+    if disabled:
+        no_cache = "--no-cache" if builder.options.no_cache else f"--no-cache-filter {stage.label()}"
+    return explained_miss(
+        builder.store,
+        record,
+        lookup_key,
+        "" if work.independent else state.key,
+        stage.base,
+        independent=work.independent,
+        no_cache=no_cache,
+        parent_missed=state.key in builder.missed_keys,
+        imported=builder.cache.sources,
+    )
+
+
+def explained_miss(
+    store, record, lookup_key: str, parent_key: str, base: str, *, independent: bool = False,
+    no_cache: str = "", parent_missed: bool = False, imported=(),
+) -> str:
+    """``explain_miss`` of a step, from the (place, inputs, listings) of ``inputs_record``."""
     from imgbuild.cache.explain import MissedStep, explain_miss  # only for a miss that is shown
 
     place, inputs, listings = record
     missed = MissedStep(
         key=lookup_key,
-        parent_key="" if work.independent else state.key,
+        parent_key=parent_key,
         inputs=inputs,
         listings=listings,
         place=place,
-        base=stage.base,
-        independent=work.independent,
+        base=base,
+        independent=independent,
     )
-    no_cache = ""
-    if disabled:
-        no_cache = "--no-cache" if builder.options.no_cache else f"--no-cache-filter {stage.label()}"
-    return explain_miss(
-        builder.store,
-        missed,
-        no_cache=no_cache,
-        parent_missed=state.key in builder.missed_keys,
-        imported=builder.cache.sources,
-    )
+    return explain_miss(store, missed, no_cache=no_cache, parent_missed=parent_missed, imported=imported)

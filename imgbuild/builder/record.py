@@ -292,12 +292,17 @@ def _store_holds(store, record: dict) -> bool:
     An entry that lost the record of its inputs (a store of an older schema) gets it back from a
     normal build's hit, so it takes one."""
     entries = record["entries"]
-    rows = store.db.cache_layers([key for key, _, _ in entries])
-    for key, digest, created in entries:
-        if rows.get(key) != (digest, created, True):
-            return False
+    if not entries_hold(store, entries):
+        return False
     digests = set(record["blobs"]) | {digest for _, digest, _ in entries if digest}
     return all(store.has_blob(digest) for digest in digests)
+
+
+def entries_hold(store, entries: list) -> bool:
+    """Each [key, layer digest, first built] entry is in the cache as the build
+    used it, and keeps the record of its inputs."""
+    rows = store.db.cache_layers([key for key, _, _ in entries])
+    return all(rows.get(key) == (digest, created, True) for key, digest, created in entries)
 
 
 def _tag(store, record: dict) -> None:
