@@ -113,8 +113,6 @@ def last_copy_of(builder, stage, state, instruction, work) -> LastCopy | None:
     for a COPY this way cannot redo (``after`` fills in the rest)."""
     if instruction.keyword != "COPY" or instruction.from_stage or instruction.heredocs or instruction.link:
         return None
-    if work.independent or "sources" not in work.document:
-        return None
     workdir = ic.container_config(state.config).get("WorkingDir") or "/"
     request = CopyRequest.from_instruction(instruction, is_add=False, workdir=workdir)
     place = place_of(builder, stage, state)
