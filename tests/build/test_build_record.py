@@ -24,7 +24,9 @@ from pathlib import Path
 import pytest
 from cli.clitools import MODULE_RECORDER as RECORDER
 from cli.clitools import cli_env
-from imagetools import make_busybox_image
+from comparetools import run_tool
+from imagetools import make_busybox_image, make_busybox_rootfs
+from ocitools import BUSYBOX_PATH
 
 from imgbuild.store import Store
 from imgbuild.store.index_db import SCHEMA_VERSION
@@ -584,3 +586,31 @@ def test_the_last_copy_of_a_multistage_target(builds, store, app):
     taken = builds(at=app)
     assert _last_copy(taken) and taken.image_id != first.image_id
     assert builds(env=BYPASS, at=app).image_id == taken.image_id == tagged(store.root)
+
+
+def test_the_last_copy_on_a_base_umoci_made_and_skopeo_converted(builds, store, app, tmp_path):
+    """The layers below the COPY come from other tools (umoci's layer, in a
+    docker-archive that skopeo wrote: Docker media types), and umoci reads
+    the image the replay wrote."""
+    layout = tmp_path / "umoci-layout"
+    run_tool("umoci", "init", "--layout", str(layout))
+    run_tool("umoci", "new", "--image", f"{layout}:1")
+    run_tool("umoci", "config", "--image", f"{layout}:1", "--config.env", BUSYBOX_PATH, "--config.cmd", "sh")
+    run_tool("umoci", "insert", "--image", f"{layout}:1", str(make_busybox_rootfs(tmp_path / "rootfs")), "/")
+    archive = tmp_path / "base.tar"
+    run_tool("skopeo", "copy", "--quiet", f"oci:{layout}:1", f"docker-archive:{archive}:umoci-base:1")
+    loaded = subprocess.run(
+        [sys.executable, "-m", "imgbuild", "--root", str(store.root), "load", "-q", "-i", str(archive)],
+        capture_output=True, text=True, env=cli_env(), cwd=str(PROJECT),
+    )  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr
+    (app / "Dockerfile").write_text(APP.replace("FROM busybox", "FROM umoci-base:1"))
+    first = builds(at=app)
+    _edit(app)
+    taken = builds(at=app)
+    assert _last_copy(taken) and taken.image_id != first.image_id
+    assert builds(env=BYPASS, at=app).image_id == taken.image_id == tagged(store.root)
+    bundle = tmp_path / "bundle"
+    run_tool("umoci", "unpack", "--image", f"{store.root / 'oci'}:t:1", str(bundle))
+    assert (bundle / "rootfs" / "app" / "main.sh").read_text() == "echo two\n"
+    assert (bundle / "rootfs" / "app" / "lib" / "util.sh").read_text() == "u=1\n"
