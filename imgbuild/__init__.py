@@ -10,8 +10,7 @@ programs and tests:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False  # typing's own, without importing typing: 2 ms of every build
 if TYPE_CHECKING:
     from imgbuild.builder.finalimage import BuildResult
     from imgbuild.builder.options import BuildOptions

@@ -15,7 +15,6 @@ import posixpath
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.fetch import Fetched, fetch_url, is_url
@@ -26,6 +25,7 @@ from imgbuild.cache.keys import instruction_document
 from imgbuild.context.source import BuildContext
 from imgbuild.errors import BuildError
 
+TYPE_CHECKING = False  # typing's own, without importing typing: 2 ms of every build
 if TYPE_CHECKING:
     # The copy itself runs on a miss only: a cache hit does not load it.
     from imgbuild.builder.copy import HeredocFile

@@ -10,10 +10,10 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from imgbuild.errors import UsageError
 
+TYPE_CHECKING = False  # typing's own, without importing typing: 2 ms of every build
 if TYPE_CHECKING:
     from imgbuild.sandbox.runmounts import SecretSpec
 

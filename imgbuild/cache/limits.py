@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from imgbuild.errors import UsageError
 
+TYPE_CHECKING = False  # typing's own, without importing typing: 2 ms of every build
 if TYPE_CHECKING:
     from imgbuild.store import Store
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import BinaryIO
 
 from imgbuild import safeopen
 from imgbuild.context.dockerignore import IgnoreMatcher, read_ignore_file
 from imgbuild.context.source import BuildContext, MissingSource
 from imgbuild.errors import ContextError, UsageError
+
+TYPE_CHECKING = False  # typing's own, without importing typing: 2 ms of every build
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 # The most imgbuild reads of a Dockerfile or an ignore file: 16 MiB, the
 # largest gRPC message BuildKit's client takes by default (containerd's

@@ -34,10 +34,10 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from imgbuild.context.statcache import RACY_WINDOW_NS, ReadStats, StatCache, stat_identity
 
+TYPE_CHECKING = False  # typing's own, without importing typing: 2 ms of every build
 if TYPE_CHECKING:
     from imgbuild.context.source import BuildContext, Entry, Selected
 

@@ -13,8 +13,8 @@ import errno
 import os
 import shutil
 import stat
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing's own, without importing typing: 2 ms of every build
 if TYPE_CHECKING:
     from imgbuild.layer.tarformat import TarEntry
     from imgbuild.layer.tarread import TarReader

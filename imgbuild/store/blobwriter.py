@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from typing import TYPE_CHECKING
 
 from imgbuild.errors import DigestMismatch, StoreError, disk_full, is_disk_full
 from imgbuild.image import check_digest
 from imgbuild.store.atomic import fsync_dir
 
+TYPE_CHECKING = False  # typing's own, without importing typing: 2 ms of every build
 if TYPE_CHECKING:
     from imgbuild.store import Store
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import secrets
 import stat
 import threading
 import time
@@ -76,7 +75,7 @@ def build_lease(root: Path, work_dir: Path) -> Iterator[BuildLease]:
     """
     directory = root / BUILDS_DIR
     directory.mkdir(mode=0o700, exist_ok=True)
-    token = secrets.token_hex(8)
+    token = os.urandom(8).hex()  # as secrets.token_hex, without importing secrets into every build
     temporary = directory / f".{token}.new"
     final = directory / f"{os.getpid()}-{token}{BUILD_SUFFIX}"
     fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

@@ -24,7 +24,6 @@ import fcntl
 import json
 import os
 import re
-import secrets
 import shutil
 import weakref
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ class WorkOwner:
     """This process's owner directory in one store's tmp/, with its lock held."""
 
     def __init__(self, tmp_dir: Path):
-        name = f"owner-{os.getpid()}-{secrets.token_hex(8)}"
+        name = f"owner-{os.getpid()}-{os.urandom(8).hex()}"  # as secrets.token_hex(8)
         self.lock_path = tmp_dir / (name + _LOCK_SUFFIX)
         self.path = tmp_dir / name
         try:
