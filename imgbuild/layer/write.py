@@ -227,8 +227,11 @@ class _TarStream:
     memoryview it is given past its write call.
     """
 
-    def __init__(self, sink):
-        self._sink = sink
+    def __init__(self, open_sink):
+        # The sink is opened when the first block is handed on, told whether
+        # that block is the whole tar (``_open_compressor``'s one_block).
+        self._open_sink = open_sink
+        self.sink = None
         self._sha256 = hashlib.sha256()
         # Made on the first full buffer: a layer of a few files needs neither
         # the thread nor more than one buffer.
@@ -284,6 +287,8 @@ class _TarStream:
         """Hand on what is left (the last, shorter piece) and wait for the hash."""
         if self._used:
             self._hand_on(last=True)
+        elif self.sink is None:  # an empty tar still gets its compressor's header and trailer
+            self.sink = self._open_sink(True)
         self.stop()
 
     def stop(self) -> None:
@@ -293,7 +298,9 @@ class _TarStream:
             self._hasher.join()
 
     def _hand_on(self, last: bool = False) -> None:
-        self._sink.write(self._view[: self._used])
+        if self.sink is None:
+            self.sink = self._open_sink(last)
+        self.sink.write(self._view[: self._used])
         self._view.release()
         if last and self._hasher is None:  # the whole tar fit in one buffer
             with memoryview(self._buffer) as view:
@@ -343,27 +350,28 @@ def _tar_stream(compression: str, level: int | None, out: BinaryIO) -> Iterator[
     """The tar stream into its compressor into ``out``, and the hashing writer
     of the blob (None when uncompressed: the blob is the tar then).
 
-    The compressor is closed when the block ends, on an error too: the
-    threaded gzip writer's threads must not outlive the layer (they would
-    keep the process from exiting); that close's own error is dropped for
-    the first one."""
+    The compressor, opened with the first block, is closed when the block
+    ends, on an error too: the threaded gzip writer's threads must not
+    outlive the layer (they would keep the process from exiting); that
+    close's own error is dropped for the first one."""
     if compression == "uncompressed":
-        blob, compressor = None, _Unchanged(out)
+        blob = None
+        tar = _TarStream(lambda _one_block: _Unchanged(out))
     else:
         blob = _blob_hasher(out)
-        compressor = _open_compressor(compression, level, blob)
-    tar = _TarStream(compressor)
+        tar = _TarStream(lambda one_block: _open_compressor(compression, level, blob, one_block=one_block))
     try:
         yield tar, blob
         tar.finish()
     except BaseException:
         tar.stop()
-        try:
-            compressor.close()
-        except Exception:  # noqa: S110 - the error being raised says what went wrong
-            pass
+        if tar.sink is not None:
+            try:
+                tar.sink.close()
+            except Exception:  # noqa: S110 - the error being raised says what went wrong
+                pass
         raise
-    compressor.close()
+    tar.sink.close()
 
 
 def _blob_hasher(out: BinaryIO) -> _HashingWriter | _HashedByOut:
@@ -374,12 +382,13 @@ def _blob_hasher(out: BinaryIO) -> _HashingWriter | _HashedByOut:
     return _HashingWriter(out)
 
 
-def _open_compressor(compression: str, level: int | None, blob: _HashingWriter | _HashedByOut):
+def _open_compressor(compression: str, level: int | None, blob: _HashingWriter | _HashedByOut, *, one_block: bool):
     if compression == "gzip" and level is None:
         # Threads compress while the walk goes on; the output does not depend
         # on their number (see the module docstring), so any machine gives
-        # the same blob. ISA-L's header has no name and mtime 0.
-        threads = max(1, len(os.sched_getaffinity(0)))
+        # the same blob. ISA-L's header has no name and mtime 0. A tar of one
+        # block has one thread: a second one and its buffer cost ~0.3 ms.
+        threads = 1 if one_block else max(1, len(os.sched_getaffinity(0)))
         # _TarStream hands it whole blocks of this size, one deflate block each.
         return igzip_threaded.open(
             blob, "wb", compresslevel=_FAST_GZIP_LEVEL, threads=threads, block_size=_BLOCK

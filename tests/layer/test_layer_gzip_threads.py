@@ -7,12 +7,14 @@ import errno
 import gzip
 import hashlib
 import io
+import os
 import random
 import subprocess
 import threading
 from pathlib import Path
 
 import pytest
+from isal import igzip_threaded
 
 from imgbuild.layer import write_layer
 from imgbuild.layer.write import compress_tar
@@ -57,6 +59,31 @@ def test_same_tar_gives_the_same_gzip_blob_however_it_is_written(tmp_path: Path)
         digests = compress_tar(ReadsOf(tar, piece), again, "gzip")
         assert digests.digest == written.digest, f"read in pieces of {piece}"
         assert again.getvalue() == blob.getvalue()
+
+
+def test_a_layer_of_one_block_gives_the_bytes_of_two_compressing_threads(tmp_path: Path, monkeypatch):
+    # A tar that fits in one block is compressed by one thread: the blob
+    # must be the one ISA-L's writer gives with two (and with the block
+    # size write_layer hands it), or a machine's layer would differ.
+    asked = []  # the thread counts write_layer opens ISA-L's writer with
+    real_open = igzip_threaded.open
+    monkeypatch.setattr(igzip_threaded, "open", lambda *a, **kw: asked.append(kw["threads"]) or real_open(*a, **kw))
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "app.py").write_text("print('hello')\n" * 200)
+    blob = io.BytesIO()
+    written = write_layer(tmp_path / "tree", blob, compression="gzip", source_date_epoch=0)
+    tar = gzip.decompress(blob.getvalue())
+    assert len(tar) < 1 << 20 and asked == [1]
+    make_tree(tmp_path / "big")  # several blocks: a thread per core
+    write_layer(tmp_path / "big", io.BytesIO(), compression="gzip")
+    assert asked == [1, max(1, len(os.sched_getaffinity(0)))]
+
+    two = io.BytesIO()
+    # ISA-L level 1: write_layer's gzip without an explicit level
+    with igzip_threaded.open(two, "wb", compresslevel=1, threads=2, block_size=1 << 20) as out:
+        out.write(tar)
+    assert two.getvalue() == blob.getvalue()
+    assert written.digest == f"sha256:{hashlib.sha256(two.getvalue()).hexdigest()}"
 
 
 def test_threaded_gzip_is_standard_gzip_for_gnu_gzip(tmp_path: Path):
