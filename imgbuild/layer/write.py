@@ -201,11 +201,11 @@ class _ReadFailed(Exception):
 
 
 def _new_buffer() -> mmap.mmap:
-    """A buffer of ``_BLOCK`` bytes. An anonymous mapping, not a bytearray: its
-    pages are the kernel's zero page until written, so a layer of a few small
-    files does not pay for clearing a whole block (bytearray's calloc from the
-    heap did, ~0.7 ms a layer)."""
-    return mmap.mmap(-1, _BLOCK)
+    """A buffer of ``_BLOCK`` bytes. A private anonymous mapping, not a
+    bytearray: its pages are the kernel's zero page until written, so a layer
+    of a few small files does not pay for clearing a whole block (a bytearray
+    is cleared when made: 0.3-1.4 ms a layer in a build)."""
+    return mmap.mmap(-1, _BLOCK, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
 class _TarStream:
