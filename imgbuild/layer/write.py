@@ -210,7 +210,8 @@ def _new_buffer() -> mmap.mmap:
 
 class _TarStream:
     """The tar on its way out: gathered in reused buffers of ``_BLOCK`` bytes,
-    each handed to ``sink`` when full and then hashed (the diff_id) by a thread.
+    each handed to the sink when full (``open_sink`` makes it for the first)
+    and then hashed (the diff_id) by a thread.
 
     Every piece the sink gets but the last is exactly ``_BLOCK`` bytes, cut at
     fixed offsets of the tar, however the tar was written (write_layer's
