@@ -59,7 +59,7 @@ from imgbuild.errors import (
     SourceLocation,
     UsageError,
 )
-from imgbuild.image import LayerRef, Platform
+from imgbuild.image import LayerRef
 from imgbuild.store import Store, remove_tree
 from imgbuild.units import plural
 
@@ -104,7 +104,7 @@ class Builder:
         self.steps_cached = 0
         self.steps_run = 0
         self.missed_keys: set[str] = set()  # chain keys of the steps that missed (cache/explain.py)
-        self.platform = Platform.parse(options.platform) if options.platform else Platform.host()
+        self.platform = options.target_platform()
         self.dockerfile_name = "Dockerfile"
         self.context: BuildContext | None = None
         self.secrets = {secret.id: secret for secret in options.secrets}

@@ -136,6 +136,12 @@ def source_digests(request: CopyRequest, context: BuildContext, downloads: Downl
     return digests
 
 
+def copy_request(state: StageState, instruction, *, is_add: bool) -> CopyRequest:
+    """The step's request, relative to the working directory the stage is in."""
+    workdir = ic.container_config(state.config).get("WorkingDir") or "/"
+    return CopyRequest.from_instruction(instruction, is_add=is_add, workdir=workdir)
+
+
 def plan_copy(builder, state: StageState, instruction, downloads_dir: Path | None, *, is_add: bool) -> LayerWork:
     """The COPY/ADD step's key document and, for a miss, how to copy.
 
@@ -143,8 +149,7 @@ def plan_copy(builder, state: StageState, instruction, downloads_dir: Path | Non
     (None when no source is a URL).
     """
     name = "ADD" if is_add else "COPY"
-    workdir = ic.container_config(state.config).get("WorkingDir") or "/"
-    request = CopyRequest.from_instruction(instruction, is_add=is_add, workdir=workdir)
+    request = copy_request(state, instruction, is_add=is_add)
     downloads = Downloads(downloads_dir, request.checksum)
     fetch_for_key(request, downloads)
     origin = getattr(instruction, "from_stage", None)

@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 
 from imgbuild.builder import imageconfig as ic
-from imgbuild.builder.copystep import CopyRequest, Downloads, run_copy, source_digests
+from imgbuild.builder.copystep import CopyRequest, Downloads, copy_request, run_copy, source_digests
 from imgbuild.builder.finalimage import (
     BuildResult,
     remove_result_files,
@@ -57,7 +57,7 @@ from imgbuild.cache.index import BuildCache
 from imgbuild.cache.inputs import StepPlace, place_of, seen_by_step
 from imgbuild.cache.keys import step_keys
 from imgbuild.errors import ImgbuildError, Interrupted, SourceLocation
-from imgbuild.image import Descriptor, Image, LayerRef, Platform
+from imgbuild.image import Descriptor, Image, LayerRef
 
 
 @dataclass
@@ -113,8 +113,7 @@ def last_copy_of(builder, stage, state, instruction, work) -> LastCopy | None:
     for a COPY this way cannot redo (``after`` fills in the rest)."""
     if instruction.keyword != "COPY" or instruction.from_stage or instruction.heredocs or instruction.link:
         return None
-    workdir = ic.container_config(state.config).get("WorkingDir") or "/"
-    request = CopyRequest.from_instruction(instruction, is_add=False, workdir=workdir)
+    request = copy_request(state, instruction, is_add=False)
     place = place_of(builder, stage, state)
     return LastCopy(
         stage_index=stage.index,
@@ -271,7 +270,7 @@ def _build(store, options, progress, context, record: dict, last: LastCopy) -> _
     else:
         entry.pop("empty_layer", None)
     target = StageResult(last.stage_index, None, config, layers, "")
-    image = write_final_image(store, options, _platform(options), target)
+    image = write_final_image(store, options, options.target_platform(), target)
     return _Built(image, tag_image(store, options, image), layers, copied)
 
 
@@ -312,10 +311,6 @@ def _copy_step(store, options, progress, context, last: LastCopy, step) -> _Copi
         inputs = inputs or inputs_record(context, place, lookup_key, last.parent_key, document, key, last.sees)
         cache.keep_inputs(lookup_key, *inputs)
     return _Copied(layer, entry_layer, lookup_key, created, 0 if entry is not None else 1)
-
-
-def _platform(options) -> Platform:
-    return Platform.parse(options.platform) if options.platform else Platform.host()
 
 
 def _keep(store, found, record: dict, last: LastCopy, journal, built: _Built, size: int) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgbuild.errors import UsageError
+from imgbuild.image import Platform
 
 TYPE_CHECKING = False  # typing's own, without importing typing: 2 ms of every build
 if TYPE_CHECKING:
@@ -79,6 +80,10 @@ class BuildOptions:
     annotations: dict[str, str] = field(default_factory=dict)
     build_contexts: dict[str, NamedContext] = field(default_factory=dict)
     ssh: dict[str, Path] = field(default_factory=dict)  # id -> agent socket
+
+    def target_platform(self) -> Platform:
+        """The platform the image is built for: ``platform`` (``--platform``), or this host's."""
+        return Platform.parse(self.platform) if self.platform else Platform.host()
 
 
 @dataclass
