@@ -126,7 +126,8 @@ def commit_directory(
     """Write ``changes`` (an unmounted upperdir) as a layer and adopt it as the
     snapshot of that layer on top of ``parent_chain_id`` (None: at the bottom),
     with the times its tar records: the tree a pull of the layer would extract."""
-    from imgbuild.layer.write import changeset_is_empty, write_layer
+    from imgbuild.layer.changeset import changeset_is_empty
+    from imgbuild.layer.write import write_layer
 
     if changeset_is_empty(changes):
         return None

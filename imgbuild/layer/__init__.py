@@ -3,7 +3,8 @@
 The only tar code of the package. ``tarformat`` holds the tar encoding shared
 by both; ``decompress`` opens gzip, zstd and plain layer blobs (and bzip2 and
 xz for ADD). ``untar`` extracts ADD's local archives by Docker's rules;
-``fdtree`` holds the no-symlink-followed file operations both extractors use.
+``fdtree`` holds the no-symlink-followed file operations both extractors use;
+``changeset`` walks a step's upperdir as the writer does and sets its times.
 """
 
 import importlib
@@ -15,7 +16,7 @@ _EXPORTS = {
     "ApplyStats": "extract",
     "apply_layer": "extract",
     "LayerDigests": "write",
-    "changeset_is_empty": "write",
+    "changeset_is_empty": "changeset",
     "write_layer": "write",
 }
 

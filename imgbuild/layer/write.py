@@ -44,11 +44,12 @@ from pathlib import Path
 from isal import igzip_threaded
 
 from imgbuild.errors import LayerError
+from imgbuild.layer.changeset import Found, entry_mtime, set_time_as_written, walk
 
 # check_compression, MEDIA_TYPES and DEFAULT_LEVELS are named here too, for callers of this module
 from imgbuild.layer.compression import DEFAULT_LEVELS, MEDIA_TYPES, check_compression  # noqa: F401
 from imgbuild.layer.compression import check_options as _check_options
-from imgbuild.layer.fdtree import DIR_FLAGS, proc_path
+from imgbuild.layer.fdtree import proc_path
 from imgbuild.layer.tarformat import (
     BLOCK_DEVICE,
     BLOCK_SIZE,
@@ -76,7 +77,6 @@ _FAST_GZIP_LEVEL = 1
 _BLOCK = 1 << 20
 _BUFFERS = 4  # the tar's buffers: one being filled, the others waiting for their hash
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_SECOND = 1_000_000_000
 _ZEROS = bytes(BLOCK_SIZE)
 # xattrs a layer carries: user.* (minus overlayfs' own user.overlay.*) and
 # security.* (security.capability above all). trusted.* holds overlay internals.
@@ -110,7 +110,7 @@ def write_layer(
     is ISA-L's fast level in threads (module docstring) and zstd is level 3.
     With ``source_date_epoch``, mtimes newer than it are clamped to it. With
     ``set_times``, each entry is also given the mtime its tar entry records,
-    as ``set_times_as_written`` does, in the same walk.
+    as ``changeset.set_times_as_written`` does, in the same walk.
     """
     level = _check_options(compression, level, source_date_epoch)
     root = os.fsencode(changeset)
@@ -147,12 +147,6 @@ def _digests(tar: _TarStream, blob: _HashingWriter | _HashedByOut | None, compre
         uncompressed_size=tar.size,
         media_type=MEDIA_TYPES[compression],
     )
-
-
-def changeset_is_empty(changeset: Path) -> bool:
-    """True when the changeset has no entries: the step changed nothing and adds no layer."""
-    with os.scandir(changeset) as entries:
-        return next(entries, None) is None
 
 
 class _HashingWriter:
@@ -407,82 +401,21 @@ def _open_compressor(compression: str, level: int | None, blob: _HashingWriter |
 
 
 # ---------------------------------------------------------------------------
-# Walking the changeset
-
-
-@dataclass(slots=True)  # not frozen: one per entry, and a frozen init costs twice as much
-class _Found:
-    """One entry of the walk, reachable as ``name`` in the open directory ``dir_fd``."""
-
-    relative: bytes
-    info: os.stat_result
-    dir_fd: int
-    name: bytes
-
-
-def _walk(root: bytes) -> Iterator[_Found]:
-    """Everything under root, depth first, names sorted bytewise.
-
-    Every directory is opened with O_NOFOLLOW from its parent's descriptor
-    and every entry is looked at relative to that, so a symlink (in the
-    tree, or swapped in while we read it) is never followed. An entry's
-    ``dir_fd`` stays open until the caller asks for the next one.
-    """
-    root_fd = os.open(root, DIR_FLAGS)
-    stack = [(root_fd, b"", iter(_sorted_names(root_fd)))]
-    try:
-        while stack:
-            dir_fd, prefix, names = stack[-1]
-            name = next(names, None)
-            if name is None:
-                os.close(stack.pop()[0])
-                continue
-            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            yield _Found(prefix + name, info, dir_fd, name)
-            if stat.S_ISDIR(info.st_mode):
-                child = _open_walked_directory(root, prefix + name, dir_fd, info)
-                stack.append((child, prefix + name + b"/", iter(_sorted_names(child))))
-    finally:
-        for dir_fd, _, _ in stack:
-            os.close(dir_fd)
-
-
-def _open_walked_directory(root: bytes, relative: bytes, dir_fd: int, info: os.stat_result) -> int:
-    """The directory just walked, refused if something else is there now."""
-    name = relative.rsplit(b"/", 1)[-1]
-    try:
-        fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
-    except OSError as error:
-        if error.errno not in (errno.ELOOP, errno.ENOTDIR):
-            raise
-        fd = None
-    if fd is not None:
-        opened = os.fstat(fd)
-        if (opened.st_dev, opened.st_ino) == (info.st_dev, info.st_ino):
-            return fd
-        os.close(fd)
-    raise LayerError(
-        f"{os.fsdecode(os.path.join(root, relative))} changed while it was written into the "
-        "layer (it is no longer the directory that was read); is something still changing it?"
-    )
-
-
-def _sorted_names(dir_fd: int) -> list[bytes]:
-    return sorted(os.fsencode(name) for name in os.listdir(dir_fd))
+# The changeset's entries (its walk: changeset.py)
 
 
 def _layer_entries(
     root: bytes, source_date_epoch: int | None, set_times: bool = False
-) -> Iterator[tuple[TarEntry, _Found | None]]:
+) -> Iterator[tuple[TarEntry, Found | None]]:
     """The tar entries for the changeset, each with the file to copy its data from.
     With ``set_times``, an entry gets its recorded mtime once its data is written."""
     first_paths: dict[tuple[int, int], bytes] = {}  # (dev, ino) -> first path, for hardlinks
     try:
-        for found in _walk(root):
+        for found in walk(root):
             try:
                 yield from _entries_for(found, first_paths, source_date_epoch)
                 if set_times:
-                    _set_time_as_written(found, source_date_epoch)
+                    set_time_as_written(found, source_date_epoch)
             except OSError as error:
                 raise LayerError(
                     f"cannot read {_shown(root, found)} for the layer: {error}"
@@ -491,15 +424,15 @@ def _layer_entries(
         raise LayerError(f"cannot read the changeset {os.fsdecode(root)}: {error}") from error
 
 
-def _shown(root: bytes, found: _Found) -> str:
+def _shown(root: bytes, found: Found) -> str:
     return os.fsdecode(os.path.join(root, found.relative))
 
 
 def _entries_for(
-    found: _Found,
+    found: Found,
     first_paths: dict[tuple[int, int], bytes],
     source_date_epoch: int | None,
-) -> Iterator[tuple[TarEntry, _Found | None]]:
+) -> Iterator[tuple[TarEntry, Found | None]]:
     relative, info = found.relative, found.info
     mode = info.st_mode
     entry = TarEntry(
@@ -508,7 +441,7 @@ def _entries_for(
         mode=stat.S_IMODE(mode),
         uid=info.st_uid,
         gid=info.st_gid,
-        mtime_ns=_entry_mtime(info, source_date_epoch),
+        mtime_ns=entry_mtime(info, source_date_epoch),
     )
     if stat.S_ISCHR(mode) and info.st_rdev == 0:
         # An overlay whiteout. Overlayfs may hardlink whiteouts to one shared
@@ -573,31 +506,6 @@ def _join(parent: bytes, name: bytes) -> bytes:
     return parent + b"/" + name if parent else name
 
 
-def set_times_as_written(root: Path | str, source_date_epoch: int | None) -> None:
-    """Give every entry below ``root`` the mtime its tar entry records: whole
-    seconds, and no later than ``source_date_epoch``.
-
-    A built layer's changeset is kept as its snapshot; with this it is the
-    tree its blob extracts to, so a later step sees the same times whether
-    its base was built here, pulled or loaded.
-    """
-    for found in _walk(os.fsencode(root)):
-        _set_time_as_written(found, source_date_epoch)
-
-
-def _set_time_as_written(found: _Found, source_date_epoch: int | None) -> None:
-    wanted = _entry_mtime(found.info, source_date_epoch)
-    if found.info.st_mtime_ns != wanted:
-        os.utime(found.name, ns=(wanted, wanted), dir_fd=found.dir_fd, follow_symlinks=False)
-
-
-def _entry_mtime(info: os.stat_result, source_date_epoch: int | None) -> int:
-    seconds = info.st_mtime_ns // _SECOND
-    if source_date_epoch is not None:
-        seconds = min(seconds, source_date_epoch)
-    return seconds * _SECOND
-
-
 def _read_xattrs(path: bytes) -> dict[str, bytes]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
@@ -637,7 +545,7 @@ def _layer_xattrs(xattrs: dict[str, bytes]) -> dict[str, bytes]:
     }
 
 
-def _copy_contents(root: bytes, found: _Found, size: int, tar: _TarStream) -> None:
+def _copy_contents(root: bytes, found: Found, size: int, tar: _TarStream) -> None:
     """Stream exactly ``size`` bytes of the file (the size its header announced).
 
     The file is opened without following a symlink and without blocking (a
