@@ -36,6 +36,7 @@ from imgbuild.builder.layerstep import run_layer_step
 from imgbuild.builder.metadata import apply_metadata
 from imgbuild.builder.options import BuildOptions
 from imgbuild.builder.outputs import only_pushed, write_outputs
+from imgbuild.builder.pending import settle, settle_despite
 from imgbuild.builder.progress import Progress, Step, Summary, make_progress
 from imgbuild.builder.rootfs import image_layers
 from imgbuild.builder.runstep import plan_run
@@ -413,25 +414,33 @@ class Builder:
         stage_label = "" if len(self.plan.stages) == 1 else stage.name or f"stage-{stage.index}"
         step_count = sum(isinstance(i, LAYER_KINDS) for i in instructions)
         step_index = 0
-        for instruction in instructions:
-            if self.cancel.is_set():
-                raise Interrupted("build stopped")
-            self._wait_for_stages_used_by(instruction)
-            step = None
-            if isinstance(instruction, LAYER_KINDS):
-                step_index += 1
-                step = self.progress.new_step(
-                    stage_label, step_index, step_count, instruction.text, instruction.line, instruction.end_line
-                )
-                if self.journal is not None:
-                    self.journal.stepped(stage_label, step_index, step_count, instruction)
-            state.instruction = instruction  # for the record of the step's key (layerstep.py)
-            try:
-                self._step(stage, state, scope, instruction, step)
-            except ImgbuildError as error:
-                if step is not None and step.state != "failed":
-                    self.progress.failed(step, str(error))
-                raise _located(error, self.dockerfile_name, instruction) from None
+        try:
+            for position, instruction in enumerate(instructions):
+                if not isinstance(instruction, Run):
+                    settle(state)  # only a RUN mounts a pending layer (pending.py)
+                if self.cancel.is_set():
+                    raise Interrupted("build stopped")
+                self._wait_for_stages_used_by(instruction)
+                step = None
+                if isinstance(instruction, LAYER_KINDS):
+                    step_index += 1
+                    step = self.progress.new_step(
+                        stage_label, step_index, step_count, instruction.text, instruction.line, instruction.end_line
+                    )
+                    if self.journal is not None:
+                        self.journal.stepped(stage_label, step_index, step_count, instruction)
+                state.instruction = instruction  # for the record of the step's key (layerstep.py)
+                # A step a RUN follows leaves its layer to be written while that RUN runs.
+                following = instructions[position + 1] if position + 1 < len(instructions) else None
+                defer = isinstance(following, Run)
+                try:
+                    self._step(stage, state, scope, instruction, step, defer)
+                except ImgbuildError as error:
+                    raise self.step_failed(step, instruction, error) from None
+            settle(state)
+        except BaseException as error:
+            settle_despite(state, error)
+            raise
         ic.container_config(state.config)["Env"] = scope.image_env()
         return StageResult(
             stage.index,
@@ -472,7 +481,13 @@ class Builder:
 
     # --- one step ----------------------------------------------------------------
 
-    def _step(self, stage, state: StageState, scope, instruction, step: Step | None) -> None:
+    def step_failed(self, step: Step | None, instruction, error: ImgbuildError) -> ImgbuildError:
+        """``error`` as the failure of a step: shown at the step, and located at its instruction."""
+        if step is not None and step.state != "failed":
+            self.progress.failed(step, str(error))
+        return _located(error, self.dockerfile_name, instruction)
+
+    def _step(self, stage, state: StageState, scope, instruction, step: Step | None, defer: bool = False) -> None:
         # None: dated when the image is written, from the layer steps around it
         # (finalimage.fill_created), so a cached rebuild keeps every time.
         epoch = self.options.source_date_epoch
@@ -489,7 +504,8 @@ class Builder:
         # ARG and ENV change the scope; every other instruction is only expanded by it
         expanded = scope.apply(instruction) if isinstance(instruction, Env) else frontend.expanded(instruction, scope)
         if isinstance(expanded, Run):
-            run_layer_step(self, stage, state, step, plan_run(self, stage, state, scope, expanded, step), created)
+            work = plan_run(self, stage, state, scope, expanded, step)
+            run_layer_step(self, stage, state, step, work, created, defer=defer)
         elif isinstance(expanded, (Copy, Add)):
             # Only ADD URLs are downloaded: a COPY makes no directory (nor this
             # process's work directory in the store) that a cache hit would remove again.
@@ -498,8 +514,9 @@ class Builder:
                 self.journal.refuse("ADD downloads a URL")
             try:
                 work = plan_copy(self, state, expanded, downloads_dir, is_add=isinstance(expanded, Add))
-                last = last_copy_of(self, stage, state, expanded, work) if self.journal is not None else None
-                run_layer_step(self, stage, state, step, work, created)
+                # A COPY a RUN follows is not the last one: the RUN's step says so to the journal.
+                last = last_copy_of(self, stage, state, expanded, work) if self.journal is not None and not defer else None
+                run_layer_step(self, stage, state, step, work, created, defer=defer)
                 if last is not None:
                     self.journal.layer_step(stage.index, after(last, state))
             finally:
@@ -511,7 +528,7 @@ class Builder:
                 self.progress.cached(step)
                 ic.add_history(state.config, "WORKDIR /", empty_layer=True, created=created)
             else:
-                run_layer_step(self, stage, state, step, work, created)
+                run_layer_step(self, stage, state, step, work, created, defer=defer)
         else:
             created_by = apply_metadata(state.config, expanded, cmd_set=state.cmd_set)
             state.cmd_set = state.cmd_set or isinstance(expanded, Cmd)

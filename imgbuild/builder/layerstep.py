@@ -3,6 +3,8 @@
 Each kind of step (RUN, COPY/ADD, WORKDIR) describes itself as a ``LayerWork``:
 the document its key is made of, its history line, and what to do in a
 workspace on a miss. This module does the rest the same way for all of them.
+A step that a RUN follows leaves the writing of its layer to that RUN's
+container time (``pending.py``).
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from imgbuild.builder import imageconfig as ic
+from imgbuild.builder.pending import PendingLayer, settle
 from imgbuild.builder.progress import Step
 from imgbuild.builder.rootfs import Workspace, compressed_as, recompress, workspace
 from imgbuild.builder.state import StageState
 from imgbuild.cache.inputs import digests_in, key_inputs, place_of, seen_by_step
 from imgbuild.cache.keys import step_keys
+from imgbuild.store import remove_tree
 
 
 @dataclass
@@ -25,26 +29,40 @@ class LayerWork:
 
     ``execute(space)`` does the step's work in a workspace over the layers
     below; ``independent`` (COPY --link) makes the layer and its lookup key
-    not depend on those layers.
+    not depend on those layers. ``runs_container`` (RUN): the work calls
+    ``space.meanwhile`` while its container runs.
     """
 
     document: dict
     created_by: str
     execute: Callable[[Workspace], None]
     independent: bool = False
+    runs_container: bool = False
 
 
-def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWork, created: str | None) -> None:
+def run_layer_step(
+    builder, stage, state: StageState, step: Step, work: LayerWork, created: str | None, *, defer: bool = False
+) -> None:
     """Reuse the cached layer for the step's key, or do the work and commit it.
 
     ``created`` (SOURCE_DATE_EPOCH) or else the time the step's cache entry
     was first built dates the step's history entry, as in BuildKit: a fully
     cached rebuild gives the same image, however much later it runs.
+
+    With ``defer`` (a RUN comes next), a miss stops once its changeset is
+    final and leaves the rest in ``state.pending``, for that RUN to do while
+    its container runs. A RUN that misses mounts the pending layer it finds
+    there; any other step settles it first.
     """
     lookup_key, key = step_keys(state.key, work.document, independent=work.independent)
     record = None  # what the key was made of: built at most once, and only when needed
     cache_disabled = builder.cache_disabled(stage)
     entry = None if cache_disabled else builder.cache.lookup(lookup_key)
+    below_pending = None
+    if entry is None and work.runs_container:
+        below_pending, state.pending = state.pending, None
+    else:
+        settle(state)
     if entry is not None:
         builder.progress.cached(step)
         builder.count(cached=True)
@@ -58,9 +76,36 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
         if not work.independent:
             builder.cache.fetch_layers(state.layers)  # layers an imported cache stood for
         below, parent_key = ([], "") if work.independent else (state.layers, state.key)
-        layer = make_layer(builder.store, builder.cache, options, work, below, lookup_key, parent_key, replace=cache_disabled)
+        if defer:
+            space = worked_space(builder.store, work, below, below_pending)
+            if _readied(space, options.source_date_epoch):
+                state.pending = _pending_layer(
+                    builder, stage, state, step, work, space, (lookup_key, key, parent_key), created, record,
+                    cache_disabled,
+                )
+                state.key = key
+                state.entry_key = lookup_key
+                return
+            layer = builder.cache.record(lookup_key, parent_key, None, work.created_by, replace=cache_disabled)
+        else:
+            layer = make_layer(
+                builder.store, builder.cache, options, work, below, lookup_key, parent_key,
+                replace=cache_disabled, below_pending=below_pending,
+            )
         builder.progress.done(step)
         builder.count(cached=False)
+    end_step(builder, stage, state, work, lookup_key, key, entry, layer, created, record)
+    state.key = key
+    state.entry_key = lookup_key
+
+
+def end_step(builder, stage, state: StageState, work: LayerWork, lookup_key: str, key: str, entry, layer, created, record):
+    """The step once its layer is known (cached, or made): the stage's
+    layers, the step's history entry and the records of its key. Returns the
+    layer as the stage lists it (recompressed if need be).
+
+    A step that missed gives the ``record`` of its key's inputs: a pending
+    layer's step ends after the state has moved on to the next step."""
     builder.cache.note_used(stage.index, lookup_key)
     entry_layer = layer  # as the cache entry has it (the build's record checks the entry still does)
     if layer is not None:
@@ -77,22 +122,85 @@ def run_layer_step(builder, stage, state: StageState, step: Step, work: LayerWor
     if needs_inputs(builder.cache, lookup_key, entry):
         record = record or _inputs_of(builder, stage, state, work, lookup_key, key)
         builder.cache.keep_inputs(lookup_key, *record)
-    state.key = key
-    state.entry_key = lookup_key
+    return layer
 
 
-def make_layer(store, cache, options, work: LayerWork, below: list, lookup_key: str, parent_key: str, *, replace: bool = False):
-    """Do the step's work in a workspace over the layers ``below``, commit it,
-    and record the layer under ``lookup_key``; the layer the key stands for."""
-    with workspace(store, below) as space:
-        work.execute(space)
+def make_layer(
+    store, cache, options, work: LayerWork, below: list, lookup_key: str, parent_key: str, *,
+    replace: bool = False, below_pending: PendingLayer | None = None,
+):
+    """Do the step's work in a workspace over the layers ``below`` (and a
+    pending layer on them), commit it, and record the layer under
+    ``lookup_key``; the layer the key stands for."""
+    space = worked_space(store, work, below, below_pending)
+    try:
         layer = space.commit(
             compression=options.compression,
             level=options.compression_level,
             source_date_epoch=options.source_date_epoch,
         )
+    finally:
+        remove_tree(space.scratch)
     # Another build may have recorded this key meanwhile: go on with its layer.
     return cache.record(lookup_key, parent_key, layer, work.created_by, replace=replace)
+
+
+def worked_space(store, work: LayerWork, below: list, below_pending: PendingLayer | None) -> Workspace:
+    """A workspace over ``below`` (and a pending layer on them, written by
+    the time this returns) with the step's work done in it and unmounted.
+    The caller removes its scratch space.
+
+    Another build may have recorded the pending layer's key first, with
+    other content: the step then ran on a tree that is not the one below it
+    now, and is done again on the layers there are (as ``BuildCache.record``
+    has every build go on with the first build's layer)."""
+    with workspace(store, below, below=below_pending, keep=True) as space:
+        work.execute(space)
+        space.meanwhile()  # a step that ran no container writes the pending layer now
+    if not space.below_replaced():
+        return space
+    remove_tree(space.scratch)
+    return worked_space(store, work, space.parent_layers(), None)
+
+
+def _readied(space: Workspace, source_date_epoch: int | None) -> bool:
+    """``space.ready``: its scratch space removed when it changed nothing (or failed)."""
+    try:
+        changed = space.ready(source_date_epoch=source_date_epoch)
+    except BaseException:
+        remove_tree(space.scratch)
+        raise
+    if not changed:
+        remove_tree(space.scratch)
+    return changed
+
+
+def _pending_layer(
+    builder, stage, state: StageState, step: Step, work: LayerWork, space: Workspace,
+    keys: tuple[str, str, str], created: str | None, record, cache_disabled: bool,
+) -> PendingLayer:
+    """The rest of a missed step, for later: its layer written from the
+    readied ``space``, recorded under its lookup key, and the step ended.
+    ``keys``: its lookup key, its key and its parent's key."""
+    options = builder.options
+    instruction = state.instruction
+    lookup_key, key, parent_key = keys
+
+    def write():
+        written = space.write(
+            compression=options.compression,
+            level=options.compression_level,
+            source_date_epoch=options.source_date_epoch,
+        )
+        recorded = builder.cache.record(lookup_key, parent_key, written, work.created_by, replace=cache_disabled)
+        builder.progress.done(step)
+        builder.count(cached=False)
+        return written, end_step(builder, stage, state, work, lookup_key, key, None, recorded, created, record)
+
+    def failed(error):
+        return builder.step_failed(step, instruction, error)
+
+    return PendingLayer(space.upper, space.scratch, write, failed)
 
 
 def needs_inputs(cache, lookup_key: str, entry) -> bool:

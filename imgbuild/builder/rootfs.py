@@ -3,7 +3,9 @@
 A ``Workspace`` mounts the stack and gives the merged tree (where RUN and COPY
 work); its upperdir *is* the step's changeset. ``commit`` turns that changeset
 into a layer blob and adopts the upperdir as the new layer's snapshot, so
-nothing is extracted again on the next step.
+nothing is extracted again on the next step. A step that a RUN follows does
+that in two parts: ``ready`` makes the changeset final, the RUN mounts it,
+and ``write`` makes the layer while the RUN's container runs (``pending.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from imgbuild.errors import DigestMismatch
 from imgbuild.image import Descriptor, Image, LayerRef, chain_ids
 from imgbuild.store import Store, remove_tree
 from imgbuild.store.atomic import TreeSync
+
+TYPE_CHECKING = False  # typing's own, without importing typing: 2 ms of every build
+if TYPE_CHECKING:
+    from imgbuild.builder.pending import PendingLayer
 
 # The layer writer, the decompressors and overlayfs are imported where they
 # are used: a fully cached build needs none of them (tests/perf).
@@ -44,13 +50,21 @@ def snapshot_dirs(store: Store, layers: list[LayerRef]) -> list[Path]:
 
 
 class Workspace:
-    """Scratch space of one step: an upperdir over the parent layers, mounted on demand."""
+    """Scratch space of one step: an upperdir over the parent layers, mounted on demand.
 
-    def __init__(self, store: Store, layers: list[LayerRef], scratch: Path):
+    ``below`` is the previous step's layer when that is still to be written
+    (``pending.py``): its changeset is the top lower layer until then, and
+    this step's container runs while it is written (``meanwhile``).
+    """
+
+    def __init__(self, store: Store, layers: list[LayerRef], scratch: Path, below: PendingLayer | None = None):
         self.store = store
         self.scratch = scratch
-        self.parent_chain_id = chain_ids([layer.diff_id for layer in layers])[-1] if layers else None
+        self.layers = list(layers)  # a copy: the stage's own list gains the pending layer once written
+        self.below = below
         self.lowerdirs = snapshot_dirs(store, layers)
+        if below is not None:
+            self.lowerdirs.insert(0, below.changes)
         self.upper = scratch / "upper"
         self.work = scratch / "work"
         self.merged = scratch / "merged"
@@ -67,33 +81,104 @@ class Workspace:
         with mount_overlay(self.lowerdirs, self.upper, self.work, self.merged) as merged:
             yield merged
 
+    def meanwhile(self) -> None:
+        """While the step's container runs: write the layer below, if it is
+        pending (else once the step's work is done, ``layerstep.worked_space``)."""
+        if self.below is not None:
+            self.below.finish()
+
+    def below_replaced(self) -> bool:
+        """Is the pending layer below, now written, another than the one the
+        step ran on? (Another build recorded its key first, ``pending.py``.)"""
+        return self.below is not None and self.below.replaced
+
+    def parent_layers(self) -> list[LayerRef]:
+        """The layers under the upperdir: the pending one below among them once written."""
+        if self.below is None or self.below.layer is None:
+            return self.layers
+        return [*self.layers, self.below.layer]
+
     def commit(self, *, compression: str, level: int | None, source_date_epoch: int | None) -> LayerRef | None:
-        """After unmounting: the upperdir as a layer, or None when nothing changed."""
+        """After unmounting (and ``meanwhile``): the upperdir as a layer, or
+        None when nothing changed."""
         from imgbuild.sandbox.overlay import prune_copied_up_dirs
 
-        prune_copied_up_dirs(self.upper, self.lowerdirs)
+        prune_copied_up_dirs(self.upper, self._lowerdirs_now())
+        return self._write(compression=compression, level=level, source_date_epoch=source_date_epoch, times_set=False)
+
+    def ready(self, *, source_date_epoch: int | None) -> bool:
+        """After unmounting (and ``meanwhile``), for a layer written later
+        (``write``): the upperdir pruned and given the times its tar will
+        record, so that the next step can mount it as it will be; False when
+        the step changed nothing."""
+        from imgbuild.layer.changeset import changeset_is_empty, set_times_as_written
+        from imgbuild.sandbox.overlay import prune_copied_up_dirs
+
+        prune_copied_up_dirs(self.upper, self._lowerdirs_now())
+        if changeset_is_empty(self.upper):
+            return False
+        set_times_as_written(self.upper, source_date_epoch)
+        return True
+
+    def write(self, *, compression: str, level: int | None, source_date_epoch: int | None) -> LayerRef:
+        """The upperdir ``ready`` readied, as a layer (its times are set already)."""
+        return self._write(compression=compression, level=level, source_date_epoch=source_date_epoch, times_set=True)
+
+    def _write(self, *, compression: str, level: int | None, source_date_epoch: int | None, times_set: bool):
         return commit_directory(
             self.store,
             self.upper,
-            parent_chain_id=self.parent_chain_id,
+            parent_chain_id=self._parent_chain_id(),
             compression=compression,
             level=level,
             source_date_epoch=source_date_epoch,
+            times_set=times_set,
         )
+
+    def _parent_chain_id(self) -> str | None:
+        parents = self.parent_layers()
+        return chain_ids([layer.diff_id for layer in parents])[-1] if parents else None
+
+    def _lowerdirs_now(self) -> list[Path]:
+        """The lowerdirs as they are now: a pending changeset mounted below has
+        since become its layer's snapshot (or met the same snapshot another
+        build made first, and stayed in its scratch space)."""
+        if self.below is None or self.below.layer is None:
+            return self.lowerdirs
+        top = self.below.layer
+        snapshot = self.store.ensure_snapshot(top.blob, top.diff_id, self._parent_chain_id(), top.origin)
+        return [snapshot, *self.lowerdirs[1:]]
 
 
 @contextmanager
-def workspace(store: Store, layers: list[LayerRef], prefix: str = "step-") -> Iterator[Workspace]:
-    """A step's workspace, removed (never left mounted) when the block ends.
+def workspace(
+    store: Store, layers: list[LayerRef], prefix: str = "step-", below: PendingLayer | None = None,
+    *, keep: bool = False,
+) -> Iterator[Workspace]:
+    """A step's workspace, removed (never left mounted) when the block ends;
+    with ``keep``, only when it fails (the caller removes it after).
 
     It lives in the store's tmp/ so the upperdir is on the snapshots'
-    filesystem and ``commit`` can rename it into place.
+    filesystem and ``commit`` can rename it into place. A pending layer
+    ``below`` is written by the block's end (when the block fails too,
+    unless the build is interrupted) and what is left of it removed.
     """
     scratch = store.make_temp_dir(prefix)
+    kept = False
     try:
-        yield Workspace(store, layers, scratch)
+        yield Workspace(store, layers, scratch, below)
+        kept = keep
+    except BaseException as error:
+        if below is not None:
+            below.finish_despite(error)
+        raise
     finally:
-        remove_tree(scratch)
+        try:
+            if not kept:
+                remove_tree(scratch)
+        finally:
+            if below is not None:
+                below.release()
 
 
 @contextmanager
@@ -122,10 +207,12 @@ def commit_directory(
     compression: str,
     level: int | None,
     source_date_epoch: int | None,
+    times_set: bool = False,
 ) -> LayerRef | None:
     """Write ``changes`` (an unmounted upperdir) as a layer and adopt it as the
     snapshot of that layer on top of ``parent_chain_id`` (None: at the bottom),
-    with the times its tar records: the tree a pull of the layer would extract."""
+    with the times its tar records (``times_set``: they are already): the tree
+    a pull of the layer would extract."""
     from imgbuild.layer.changeset import changeset_is_empty
     from imgbuild.layer.write import write_layer
 
@@ -144,7 +231,7 @@ def commit_directory(
                 compression=compression,
                 level=level,
                 source_date_epoch=source_date_epoch,
-                set_times=True,
+                set_times=not times_set,
             )
         store.record_layer(digests.digest, digests.diff_id, digests.media_type, digests.size)
         synced.wait()

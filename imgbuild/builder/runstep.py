@@ -59,7 +59,7 @@ def plan_run(builder, stage, state: StageState, scope, instruction, step) -> Lay
             roots = {origin: stack.enter_context(opener()) for origin, opener in sources.items()}
             _run_in(builder, space, merged, instruction, argv, env, user, cwd, roots, step)
 
-    return LayerWork(document, history, execute)
+    return LayerWork(document, history, execute, runs_container=True)
 
 
 def run_network(builder, instruction) -> str:
@@ -154,13 +154,14 @@ def _run_in(builder, space, merged: Path, instruction, argv, env: dict, user: st
                 mounts=ca_mounts + script_mounts + prepared.mounts,
                 extra_hosts=list(builder.options.extra_hosts),
             )
-            status, tail = _run_container(builder, merged, spec, space.scratch, step)
+            status, tail = _run_container(builder, merged, spec, space, step)
     if status != 0:
         _fail(builder, instruction, status, tail, step)
 
 
-def _run_container(builder, merged: Path, spec: RunSpec, scratch: Path, step) -> tuple[int, list[str]]:
-    """Run the step; its exit status and the last lines of its output.
+def _run_container(builder, merged: Path, spec: RunSpec, space, step) -> tuple[int, list[str]]:
+    """Run the step; its exit status and the last lines of its output. The
+    workspace's pending layer below is written while the container runs.
 
     The tail is cut into lines only at the end: a chunk may end inside a
     line (or inside a UTF-8 character).
@@ -178,8 +179,8 @@ def _run_container(builder, merged: Path, spec: RunSpec, scratch: Path, step) ->
     # The container's delete overlaps the unmount and the commit; the build
     # waits for it before it returns (builder.build).
     status = run_container(
-        merged, spec, runtime=builder.options.runtime, workdir=scratch, on_output=on_output,
-        cancel=builder.cancel, defer_delete=True,
+        merged, spec, runtime=builder.options.runtime, workdir=space.scratch, on_output=on_output,
+        cancel=builder.cancel, defer_delete=True, meanwhile=space.meanwhile,
     )
     lines = bytes(tail).decode("utf-8", "replace").splitlines()
     return status, lines[-OUTPUT_TAIL_LINES:]

@@ -22,6 +22,7 @@ class StageState:
     entry_key: str = ""  # the cache entry of the last step that made (or looked up) a layer
     instruction: object = None  # the instruction being built
     scope: object = None  # the stage's StageScope, for the env and args a step sees
+    pending: object = None  # a step's PendingLayer, written while the next step (a RUN) runs
 
 
 @dataclass

@@ -73,6 +73,7 @@ def run_container(
     cancel: threading.Event | None = None,
     stdin_fd: int | None = None,
     defer_delete: bool = False,
+    meanwhile: Callable[[], None] | None = None,
 ) -> int:
     """Run ``spec`` in a container on ``rootfs`` and return its exit status.
 
@@ -101,6 +102,11 @@ def run_container(
     (``RUNTIME delete``, ~10 ms) while the caller goes on, for example to
     unmount and commit the step; ``wait_for_deletes`` waits for those
     deletes and reports a failed one (a build calls it before it returns).
+
+    ``meanwhile`` is called once the container is started, while it runs (a
+    build writes the layer of the step before, ``builder/pending.py``); what
+    it raises stops the container as an interrupt does, and propagates. A
+    build never asks for a terminal, and with one ``meanwhile`` is not called.
     """
     wait_for_deletes()
     _check_spec(spec)
@@ -132,7 +138,7 @@ def run_container(
                 )
                 _raise_launch_or_runtime_error(runtime, run_dir, status)
             else:
-                status = _run(runtime, container_id, run_dir, files, on_output, cancel, stdin_fd)
+                status = _run(runtime, container_id, run_dir, files, on_output, cancel, stdin_fd, meanwhile)
         except BaseException:
             finish_despite_interrupts(
                 lambda: _delete_container(runtime, container_id, report_errors=False)
@@ -318,6 +324,7 @@ def _run(
     on_output: Callable[[bytes], None] | None,
     cancel: threading.Event | None,
     stdin_fd: int | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> int:
     command = _runtime_command(runtime, run_dir) + ["run"]
     reaping = []
@@ -327,7 +334,7 @@ def _run(
         reaping = ["--reap", str(pid_file)]
     command += ["--bundle", str(run_dir / "bundle"), container_id]
     if on_output is not None and stdin_fd is None:  # a build step: the build's launcher service forks it
-        return _run_launched(runtime, container_id, run_dir, files, command, reaping, on_output, cancel)
+        return _run_launched(runtime, container_id, run_dir, files, command, reaping, on_output, cancel, meanwhile)
     output = subprocess.PIPE if on_output is not None else None
     error_output = subprocess.STDOUT if on_output is not None else None
     # The launcher's own stdin carries the bundle: the process's stdin goes
@@ -347,6 +354,8 @@ def _run(
             os.close(passed)
     try:
         _send_bundle(process, files)
+        if meanwhile is not None:
+            meanwhile()
         returncode = _wait(process, on_output, cancel)
     except BaseException:
         finish_despite_interrupts(lambda: _kill_container(runtime, container_id, process))
@@ -367,6 +376,7 @@ def _run_launched(
     reaping: list[str],
     on_output: Callable[[bytes], None],
     cancel: threading.Event | None,
+    meanwhile: Callable[[], None] | None,
 ) -> int:
     """``_run`` through the launcher service (``launcher.py``): no Python start-up per step."""
     from imgbuild.sandbox import launcher
@@ -374,6 +384,8 @@ def _run_launched(
     arguments = _launcher_arguments(run_dir, files, None, reaping)
     process = launcher.launch([*arguments, *command], files.payload())
     try:
+        if meanwhile is not None:
+            meanwhile()
         returncode = _wait(process, on_output, cancel)
     except BaseException:
         finish_despite_interrupts(lambda: _kill_container(runtime, container_id, process))

@@ -110,12 +110,13 @@ def add_snapshot(store: Store, chain_id: str, diff_id: str, directory: Path) -> 
     """Adopt ``directory`` (on the store's filesystem, holding layer ``diff_id``) as
     the snapshot of ``chain_id``.
 
-    If another process got there first, ours is removed and theirs returned.
+    If another process got there first, theirs is returned and ``directory``
+    stays where it is, for the caller to remove with its scratch space: it
+    may be the lower layer of a step still running (``builder/pending.py``).
     """
     with store.lock():
         existing = snapshot_path(store, chain_id)
         if existing is not None:
-            remove_tree(directory)
             return existing
         snapshot_id = store.db.add_snapshot_row(chain_id, diff_id)
         target = store.snapshots_dir / str(snapshot_id)
