@@ -33,7 +33,9 @@ from imgbuild.errors import DiskFull, disk_full
 # schema script adds the table to a version-4 database.
 # 6: ``snapshots.disk_bytes``, each snapshot's size on disk, measured once (a
 # snapshot never changes); an older database gets the column on open.
-SCHEMA_VERSION = 6
+# 7: indexes of ``cache`` by where a step stood and by parent key, which every
+# explained miss queries (``cache/explain.py``); the schema script adds them.
+SCHEMA_VERSION = 7
 
 # Columns version 3 added to ``cache``, with their types, for the migration.
 CACHE_COLUMNS_V3 = (
@@ -87,6 +89,11 @@ CREATE TABLE IF NOT EXISTS cache (
     line        INTEGER,            -- of the instruction in the Dockerfile
     instruction TEXT                -- as written
 );
+-- version 7: a step's earlier entries, most recently used first, without
+-- reading every entry (cache/explain.py, whenever a step misses: a store
+-- keeps thousands); and the entries that chain from a key.
+CREATE INDEX IF NOT EXISTS cache_by_place ON cache(dockerfile, stage_index, parent_entry, last_used);
+CREATE INDEX IF NOT EXISTS cache_by_parent_key ON cache(parent_key);
 
 -- version 3: the files a COPY/ADD/bind-mount source digest covered, stored
 -- once per digest however many entries name it (zlib-compressed JSON).

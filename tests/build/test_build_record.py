@@ -348,7 +348,7 @@ def test_a_store_of_version_4_gets_the_records_table(store_root):
         db.execute("PRAGMA user_version = 4")
     Store(store_root)
     with sqlite3.connect(store_root / "index.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
         assert db.execute("SELECT count(*) FROM build_records").fetchone()[0] == 0
         assert "disk_bytes" in {row[1] for row in db.execute("PRAGMA table_info(snapshots)")}
 
