@@ -156,7 +156,7 @@ def worked_space(store, work: LayerWork, below: list, below_pending: PendingLaye
     has every build go on with the first build's layer)."""
     with workspace(store, below, below=below_pending, keep=True) as space:
         work.execute(space)
-        space.meanwhile()  # a step that ran no container writes the pending layer now
+        space.meanwhile()  # done already if the work ran its container: the layer below comes first
     if not space.below_replaced():
         return space
     remove_tree(space.scratch)
