@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from imgbuild.builder import imageconfig as ic
-from imgbuild.builder.pending import PendingLayer, settle
+from imgbuild.builder.pending import PendingLayer, settle, take
 from imgbuild.builder.progress import Step
 from imgbuild.builder.rootfs import Workspace, compressed_as, recompress, workspace
 from imgbuild.builder.state import StageState
@@ -58,11 +58,8 @@ def run_layer_step(
     record = None  # what the key was made of: built at most once, and only when needed
     cache_disabled = builder.cache_disabled(stage)
     entry = None if cache_disabled else builder.cache.lookup(lookup_key)
-    below_pending = None
-    if entry is None and work.runs_container:
-        below_pending, state.pending = state.pending, None
-    else:
-        settle(state)
+    if entry is not None or not work.runs_container:
+        settle(state)  # else the RUN takes the pending layer as it opens its workspace
     if entry is not None:
         builder.progress.cached(step)
         builder.count(cached=True)
@@ -77,7 +74,7 @@ def run_layer_step(
             builder.cache.fetch_layers(state.layers)  # layers an imported cache stood for
         below, parent_key = ([], "") if work.independent else (state.layers, state.key)
         if defer:
-            space = worked_space(builder.store, work, below, below_pending)
+            space = worked_space(builder.store, work, below, take(state))
             if _readied(space, options.source_date_epoch):
                 state.pending = _pending_layer(
                     builder, stage, state, step, work, space, (lookup_key, key, parent_key), created, record,
@@ -90,7 +87,7 @@ def run_layer_step(
         else:
             layer = make_layer(
                 builder.store, builder.cache, options, work, below, lookup_key, parent_key,
-                replace=cache_disabled, below_pending=below_pending,
+                replace=cache_disabled, below_pending=take(state),
             )
         builder.progress.done(step)
         builder.count(cached=False)

@@ -79,10 +79,17 @@ class PendingLayer:
         remove_tree(self.scratch)
 
 
+def take(state: StageState) -> PendingLayer | None:
+    """The stage's pending layer, if any, now the caller's to finish and
+    release: a RUN takes it as it opens the workspace that mounts it."""
+    pending, state.pending = state.pending, None
+    return pending
+
+
 def settle(state: StageState) -> None:
     """Write the stage's pending layer, if any: before a step that does not
     mount it, and at the end of the stage."""
-    pending, state.pending = state.pending, None
+    pending = take(state)
     if pending is not None:
         try:
             pending.finish()
@@ -93,7 +100,7 @@ def settle(state: StageState) -> None:
 def settle_despite(state: StageState, error: BaseException) -> None:
     """The stage failed with ``error``: its pending layer, if any, as
     ``PendingLayer.finish_despite`` has it, and its scratch space removed."""
-    pending, state.pending = state.pending, None
+    pending = take(state)
     if pending is not None:
         try:
             pending.finish_despite(error)

@@ -163,9 +163,10 @@ def workspace(
     ``below`` is written by the block's end (when the block fails too,
     unless the build is interrupted) and what is left of it removed.
     """
-    scratch = store.make_temp_dir(prefix)
+    scratch = None
     kept = False
     try:
+        scratch = store.make_temp_dir(prefix)
         yield Workspace(store, layers, scratch, below)
         kept = keep
     except BaseException as error:
@@ -174,7 +175,7 @@ def workspace(
         raise
     finally:
         try:
-            if not kept:
+            if scratch is not None and not kept:
                 remove_tree(scratch)
         finally:
             if below is not None:

@@ -24,7 +24,7 @@ from imgbuild.builder.rootfs import image_layers
 from imgbuild.cache.index import BuildCache
 from imgbuild.errors import BuildError, DiskFull, RunError
 from imgbuild.sandbox import launcher
-from imgbuild.store import atomic
+from imgbuild.store import Store, atomic
 
 pytestmark = pytest.mark.root
 
@@ -115,6 +115,27 @@ def test_a_run_that_fails_leaves_the_step_below_cached(build_df, store):
         built = build_df(f"FROM busybox\n{text}\nRUN true\n", files, store=store)
         hits.append(built.result.steps_cached)
     assert hits == [1, 1]  # each COPY came from the cache
+
+
+def test_a_run_whose_workspace_cannot_be_made_leaves_the_step_below_cached(build_df, store, monkeypatch):
+    real_make_temp_dir = Store.make_temp_dir
+    made = []
+
+    def second_step_dir_fails(self, prefix):
+        if prefix == "step-":
+            made.append(prefix)
+            if len(made) == 2:  # the RUN's, with the COPY's layer pending below it
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_make_temp_dir(self, prefix)
+
+    monkeypatch.setattr(Store, "make_temp_dir", second_step_dir_fails)
+    with pytest.raises(OSError, match="No space left"):
+        build_df("FROM busybox\nCOPY f /f\nRUN true\n", {"f": "f\n"}, store=store)
+    monkeypatch.undo()
+    assert temp_leftovers(store) == []
+    assert mounts_under(store.root) == []
+    built = build_df("FROM busybox\nCOPY f /f\nRUN echo again\n", {"f": "f\n"}, store=store)
+    assert built.result.steps_cached == 1  # the COPY's layer was written, and kept
 
 
 def test_a_key_another_build_recorded_first_is_built_on(build_df, store, monkeypatch):
