@@ -17,7 +17,9 @@ cut into 1 MiB blocks at fixed offsets, each block deflated with the 32 KiB
 before it as its dictionary. The output is one standard gzip member, and its
 bytes depend only on the tar bytes (not on the thread count or on how the tar
 was written), so the same tree still gives the same blob. It is 5-10 times
-faster than zlib's level 6 here at about the same size. An explicit
+faster than zlib's level 6 here at about the same size. A tar shorter than
+a block is deflated in the caller's thread (``_OneBlockGzip``), into the
+bytes the threaded writer gives for it. An explicit
 ``--compression-level`` 0-9 keeps zlib's single-threaded gzip at that level.
 
 Overlay whiteouts (character device 0/0) become ``.wh.NAME`` entries and opaque
@@ -29,19 +31,18 @@ Docker's overlay2 driver writes them. Reading ``trusted.*`` xattrs needs root
 from __future__ import annotations
 
 import errno
-import gzip
 import hashlib
 import mmap
 import os
-import queue
 import stat
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from isal import igzip_threaded
+from isal import isal_zlib
 
 from imgbuild.errors import LayerError
 from imgbuild.layer.changeset import Found, entry_mtime, set_time_as_written, walk
@@ -69,12 +70,15 @@ from imgbuild.layer.tarwrite import encode_header
 
 TYPE_CHECKING = False  # typing's own, without importing typing: 2 ms of every build
 if TYPE_CHECKING:
+    from queue import SimpleQueue
     from typing import BinaryIO
 
 # gzip without a level: ISA-L level 1 (of 0-3), in blocks of this size,
 # which is also the size of the pieces the tar is handed on in.
 _FAST_GZIP_LEVEL = 1
 _BLOCK = 1 << 20
+# ISA-L's threaded writer's gzip header at level 1: no name, mtime 0, XFL 0xff, OS 0
+_ISAL_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\xff\x00"
 _BUFFERS = 4  # the tar's buffers: one being filled, the others waiting for their hash
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _ZEROS = bytes(BLOCK_SIZE)
@@ -228,10 +232,10 @@ class _TarStream:
         self._open_sink = open_sink
         self.sink = None
         self._sha256 = hashlib.sha256()
-        # Made on the first full buffer: a layer of a few files needs neither
-        # the thread nor more than one buffer.
-        self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
-        self._to_hash: queue.SimpleQueue[tuple[mmap.mmap, int] | None] = queue.SimpleQueue()
+        # Made on the first full buffer (``_start_hasher``): a layer of a few
+        # files needs neither the thread and its queues nor more than one buffer.
+        self._free: SimpleQueue[mmap.mmap] | None = None
+        self._to_hash: SimpleQueue[tuple[mmap.mmap, int] | None] | None = None
         self._hasher: threading.Thread | None = None
         self._buffers = 1
         self._buffer = _new_buffer()
@@ -302,20 +306,25 @@ class _TarStream:
                 self._sha256.update(view[: self._used])
             return
         if self._hasher is None:
-            self._hasher = threading.Thread(target=self._hash_blocks, name="layer-diff-id", daemon=True)
-            self._hasher.start()
+            self._start_hasher()
         self._to_hash.put((self._buffer, self._used))
         self._used = 0
         if not last:
             self._buffer = self._next_buffer()
             self._view = memoryview(self._buffer)
 
+    def _start_hasher(self) -> None:
+        from queue import SimpleQueue
+
+        self._free = SimpleQueue()
+        self._to_hash = SimpleQueue()
+        self._hasher = threading.Thread(target=self._hash_blocks, name="layer-diff-id", daemon=True)
+        self._hasher.start()
+
     def _next_buffer(self) -> mmap.mmap:
-        try:
-            return self._free.get_nowait()
-        except queue.Empty:
-            if self._buffers == _BUFFERS:
-                return self._free.get()  # wait for the hash of the oldest
+        # Only the hasher puts buffers back: one seen in the queue is there to take.
+        if not self._free.empty() or self._buffers == _BUFFERS:
+            return self._free.get()  # a hashed one, or wait for the hash of the oldest
         self._buffers += 1
         return _new_buffer()
 
@@ -378,17 +387,22 @@ def _blob_hasher(out: BinaryIO) -> _HashingWriter | _HashedByOut:
 
 
 def _open_compressor(compression: str, level: int | None, blob: _HashingWriter | _HashedByOut, *, one_block: bool):
+    if compression == "gzip" and level is None and one_block:
+        return _OneBlockGzip(blob)
     if compression == "gzip" and level is None:
         # Threads compress while the walk goes on; the output does not depend
         # on their number (see the module docstring), so any machine gives
-        # the same blob. ISA-L's header has no name and mtime 0. A tar of one
-        # block has one thread: a second one and its buffer cost ~0.3 ms.
-        threads = 1 if one_block else max(1, len(os.sched_getaffinity(0)))
+        # the same blob. ISA-L's header has no name and mtime 0.
+        from isal import igzip_threaded  # its imports (typing, gzip) cost ~5 ms: not for one block
+
+        threads = max(1, len(os.sched_getaffinity(0)))
         # _TarStream hands it whole blocks of this size, one deflate block each.
         return igzip_threaded.open(
             blob, "wb", compresslevel=_FAST_GZIP_LEVEL, threads=threads, block_size=_BLOCK
         )
     if compression == "gzip":
+        import gzip
+
         # No file name and mtime 0 in the gzip header: the same tar gives the same bytes.
         return gzip.GzipFile(filename="", mode="wb", compresslevel=level, fileobj=blob, mtime=0)
     # zstd: multi-threaded zstd gives the same bytes for any number of workers >= 1
@@ -398,6 +412,32 @@ def _open_compressor(compression: str, level: int | None, blob: _HashingWriter |
 
     compressor = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
     return compressor.stream_writer(blob, closefd=False)
+
+
+class _OneBlockGzip:
+    """The gzip of a tar that fits in one block, byte for byte what ISA-L's
+    threaded writer makes of it (its header, the block deflated with an
+    empty dictionary as its worker does, an empty final block, the trailer),
+    in this thread and without loading that writer: its module imports
+    typing and gzip, some 5 ms of a build whose layers are all small, and
+    it starts a thread per layer."""
+
+    def __init__(self, out):
+        self._out = out
+        self._crc = 0
+        self._size = 0
+        out.write(_ISAL_GZIP_HEADER)
+
+    def write(self, data) -> None:
+        # _TarStream's only piece: the whole tar, less than a block
+        compressor = isal_zlib._ParallelCompress(buffersize=_BLOCK + _BLOCK // 10, level=_FAST_GZIP_LEVEL)
+        compressed, self._crc = compressor.compress_and_crc(data, memoryview(b""))
+        self._size = len(data)
+        self._out.write(compressed)
+
+    def close(self) -> None:
+        self._out.write(isal_zlib.compress(b"", wbits=-15))
+        self._out.write(struct.pack("<II", self._crc, self._size))
 
 
 # ---------------------------------------------------------------------------

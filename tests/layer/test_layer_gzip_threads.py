@@ -61,10 +61,18 @@ def test_same_tar_gives_the_same_gzip_blob_however_it_is_written(tmp_path: Path)
         assert again.getvalue() == blob.getvalue()
 
 
+def threaded_gzip(data: bytes, threads: int) -> bytes:
+    """ISA-L's threaded writer at level 1 in 1 MiB blocks: write_layer's gzip without a level."""
+    out = io.BytesIO()
+    with igzip_threaded.open(out, "wb", compresslevel=1, threads=threads, block_size=1 << 20) as writer:
+        writer.write(data)
+    return out.getvalue()
+
+
 def test_a_layer_of_one_block_gives_the_bytes_of_two_compressing_threads(tmp_path: Path, monkeypatch):
-    # A tar that fits in one block is compressed by one thread: the blob
-    # must be the one ISA-L's writer gives with two (and with the block
-    # size write_layer hands it), or a machine's layer would differ.
+    # A tar that fits in one block is compressed without ISA-L's threaded
+    # writer (write.py's _OneBlockGzip): the blob must still be the one that
+    # writer gives with two threads, or a machine's layer would differ.
     asked = []  # the thread counts write_layer opens ISA-L's writer with
     real_open = igzip_threaded.open
     monkeypatch.setattr(igzip_threaded, "open", lambda *a, **kw: asked.append(kw["threads"]) or real_open(*a, **kw))
@@ -73,17 +81,27 @@ def test_a_layer_of_one_block_gives_the_bytes_of_two_compressing_threads(tmp_pat
     blob = io.BytesIO()
     written = write_layer(tmp_path / "tree", blob, compression="gzip", source_date_epoch=0)
     tar = gzip.decompress(blob.getvalue())
-    assert len(tar) < 1 << 20 and asked == [1]
+    assert len(tar) < 1 << 20 and asked == []
+    assert blob.getvalue() == threaded_gzip(tar, threads=2)
+    assert written.digest == f"sha256:{hashlib.sha256(blob.getvalue()).hexdigest()}"
+    asked.clear()  # threaded_gzip's own
     make_tree(tmp_path / "big")  # several blocks: a thread per core
     write_layer(tmp_path / "big", io.BytesIO(), compression="gzip")
-    assert asked == [1, max(1, len(os.sched_getaffinity(0)))]
+    assert asked == [max(1, len(os.sched_getaffinity(0)))]
 
-    two = io.BytesIO()
-    # ISA-L level 1: write_layer's gzip without an explicit level
-    with igzip_threaded.open(two, "wb", compresslevel=1, threads=2, block_size=1 << 20) as out:
-        out.write(tar)
-    assert two.getvalue() == blob.getvalue()
-    assert written.digest == f"sha256:{hashlib.sha256(two.getvalue()).hexdigest()}"
+
+@pytest.mark.parametrize("size", [1024, 10 * 1024, (1 << 20) - 512])
+@pytest.mark.parametrize("content", ["text", "random"])
+def test_one_block_gzip_matches_the_threaded_writer_up_to_a_block(size: int, content: str):
+    # up to the largest tar below a block (tars grow in 512-byte records),
+    # for data that deflates and for data that does not (stored blocks)
+    rng = random.Random(size)
+    data = rng.randbytes(size) if content == "random" else rng.randbytes(size // 2 + 1).hex().encode()[:size]
+    out = io.BytesIO()
+    digests = compress_tar(io.BytesIO(data), out, "gzip")
+    assert out.getvalue() == threaded_gzip(data, threads=2) == threaded_gzip(data, threads=1)
+    assert digests.diff_id == f"sha256:{hashlib.sha256(data).hexdigest()}"
+    assert gzip.decompress(out.getvalue()) == data
 
 
 def test_threaded_gzip_is_standard_gzip_for_gnu_gzip(tmp_path: Path):

@@ -92,6 +92,9 @@ NEVER_ON_A_HIT = NEVER_ON_A_COPY + (
     "secrets",
 )
 
+# ISA-L's threaded gzip writer and what it loads: a layer of more than one
+# block (1 MiB of tar) only.
+LOADED_BY_THE_THREADED_GZIP = ("isal.igzip_threaded", "isal.igzip", "gzip", "typing")
 
 DOCKERFILE = """\
 FROM busybox:latest
@@ -170,7 +173,9 @@ def test_rebuild_after_one_file_changed_imports_only_what_a_copy_needs(tmp_path,
     assert process.returncode == 0, process.stderr
     assert "3 cached, 1 run" in process.stdout + process.stderr
     assert "imgbuild.layer.write" in changed  # the COPY wrote a layer
-    assert unwanted(changed, NEVER_ON_A_COPY) == []
+    # A layer of one block is gzipped without ISA-L's threaded writer, whose
+    # module loads typing and gzip; the last COPY rerun alone needs no front end.
+    assert unwanted(changed, NEVER_ON_A_COPY + LOADED_BY_THE_THREADED_GZIP) == []
 
 
 def loaded_modules_on_a_terminal(tmp_path: Path, *args: str) -> tuple[set[str], str, int]:
