@@ -86,7 +86,8 @@ NEVER_ON_A_HIT = NEVER_ON_A_COPY + (
     "imgbuild.builder.copy",
     "imgbuild.cache.sharemounts",
     # ~2 ms: names only annotations use are imported under TYPE_CHECKING; the
-    # front end (ClassVar) and ISA-L's gzip writer still load it, on a copy too
+    # front end (ClassVar) still loads it, and ISA-L's threaded gzip writer
+    # for a layer of more than one block
     "typing",
     # its hmac and base64: the store's tokens are os.urandom's hex, as token_hex's
     "secrets",
