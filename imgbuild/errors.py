@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
+
+from imgbuild.dataclass import dataclass
 
 
 @dataclass

@@ -17,7 +17,9 @@ which matters for contexts of tens of thousands of files.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from imgbuild.dataclass import dataclass
 
 # A pattern longer than the longest path Linux accepts cannot be meant; it
 # also bounds the number of states a path has to be walked through.

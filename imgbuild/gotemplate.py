@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import UsageError
 
 

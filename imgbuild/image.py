@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ImgbuildError, UsageError
 
 TYPE_CHECKING = False  # typing's own, without importing typing: 2 ms of every build

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ArchiveError, UsageError
 from imgbuild.image import Descriptor
 from imgbuild.store import normalise_tag

@@ -20,9 +20,9 @@ import tempfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import BinaryIO
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ArchiveError, LayerError
 from imgbuild.layer.decompress import BZIP2_MAGIC, GZIP_MAGIC, XZ_MAGIC
 from imgbuild.layer.tarformat import HARDLINK, REGULAR, SYMLINK, TarEntry

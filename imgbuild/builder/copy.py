@@ -39,11 +39,11 @@ import os
 import posixpath
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from imgbuild.builder.fetch import Fetched
 from imgbuild.context.source import Entry, Selected
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import BuildError, NotADirectory, UntarError, disk_full, is_disk_full
 from imgbuild.gopath import go_clean
 from imgbuild.safeopen import kind_of, resolve_in_root

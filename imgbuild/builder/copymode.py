@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import re
 import stat
-from dataclasses import dataclass
 
 from imgbuild.builder.copy import DEFAULT_DIR_MODE
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import BuildError
 
 _WHO_BITS = {"u": 0o4700, "g": 0o2070, "o": 0o0007}

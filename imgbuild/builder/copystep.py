@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from imgbuild.builder import imageconfig as ic
@@ -23,6 +23,7 @@ from imgbuild.builder.rootfs import layers_opener
 from imgbuild.builder.state import StageState
 from imgbuild.cache.keys import instruction_document
 from imgbuild.context.source import BuildContext
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import BuildError
 
 TYPE_CHECKING = False  # typing's own, without importing typing: 2 ms of every build

@@ -27,10 +27,11 @@ import resource
 import shutil
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from imgbuild import safeopen
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import BuildError
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ import os
 import posixpath
 import tempfile
 import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import BuildError
 
 UNNAMED = "__unnamed__"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.options import BuildOptions
 from imgbuild.builder.state import StageResult
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import BuildError, UsageError
 from imgbuild.image import Image, Platform
 from imgbuild.store import Store, normalise_tag

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import BinaryIO
 
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.metadata import apply_metadata
 from imgbuild.builder.rootfs import commit_directory
+from imgbuild.dataclass import dataclass
 from imgbuild.dockerfile import (
     Cmd,
     Entrypoint,

@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
 
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.copystep import CopyRequest, Downloads, copy_request, run_copy, source_digests
@@ -56,6 +55,7 @@ from imgbuild.builder.state import StageResult
 from imgbuild.cache.index import BuildCache
 from imgbuild.cache.inputs import StepPlace, place_of, seen_by_step
 from imgbuild.cache.keys import step_keys
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ImgbuildError, Interrupted, SourceLocation
 from imgbuild.image import Descriptor, Image, LayerRef
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.pending import PendingLayer, settle, take
@@ -20,6 +19,7 @@ from imgbuild.builder.rootfs import Workspace, compressed_as, recompress, worksp
 from imgbuild.builder.state import StageState
 from imgbuild.cache.inputs import digests_in, key_inputs, place_of, seen_by_step
 from imgbuild.cache.keys import step_keys
+from imgbuild.dataclass import dataclass
 from imgbuild.store import remove_tree
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import UsageError
 from imgbuild.image import Platform
 

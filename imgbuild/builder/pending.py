@@ -24,9 +24,9 @@ stopped as an interrupt stops it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ImgbuildError, Interrupted
 from imgbuild.image import LayerRef
 from imgbuild.store import remove_tree

@@ -16,8 +16,9 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ImgbuildError, UsageError, exit_code_of
 from imgbuild.units import human_size
 

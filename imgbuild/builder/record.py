@@ -49,9 +49,9 @@ import shutil
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ImgbuildError
 
 RECORD_VERSION = 1

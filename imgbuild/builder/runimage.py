@@ -17,12 +17,13 @@ import posixpath
 import signal
 import stat
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from pathlib import Path
 
 from imgbuild.builder import imageconfig as ic
 from imgbuild.builder.rootfs import image_layers, workspace
 from imgbuild.builder.signals import signal_raises, signals_raise_interrupt
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import (
     BuildError,
     CommandNotExecutable,

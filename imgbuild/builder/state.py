@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from imgbuild.dataclass import dataclass
 from imgbuild.image import LayerRef
 
 TYPE_CHECKING = False  # typing's own, without importing typing: 2 ms of every build

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from imgbuild.cache.inputs import INPUTS_FORMAT, StepPlace
+from imgbuild.dataclass import dataclass
 
 # How much of a value and how many names one sentence shows.
 MAX_VALUE_CHARS = 60

@@ -13,8 +13,8 @@ layer is missing; it is recorded, with its inputs, once its blob is here.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ImgbuildError
 from imgbuild.image import Descriptor, LayerRef
 from imgbuild.store import Store

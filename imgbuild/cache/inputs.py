@@ -12,7 +12,8 @@ id and target), so they are never here either.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+
+from imgbuild.dataclass import dataclass
 
 # Inputs documents carry this, so readers can tell their shape.
 INPUTS_FORMAT = 1

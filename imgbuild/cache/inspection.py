@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ImgbuildError, LayerError, StoreError, UsageError
 from imgbuild.layer.decompress import open_tar_stream
 from imgbuild.layer.tarformat import (

@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import UsageError
 
 TYPE_CHECKING = False  # typing's own, without importing typing: 2 ms of every build

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 
 from imgbuild.cache.limits import (  # noqa: F401 (limits_for, parse_limit: here too, as before)
     Limits,
@@ -39,6 +39,7 @@ from imgbuild.cache.limits import (  # noqa: F401 (limits_for, parse_limit: here
     parse_limit,
     within_limits,
 )
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ImgbuildError
 from imgbuild.store import Store
 from imgbuild.store.gc import (

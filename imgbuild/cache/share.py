@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ImgbuildError, UsageError
 from imgbuild.image import (
     LAYER_TYPES,

@@ -14,7 +14,6 @@ as ``images --format json``) or a Go template (``{{.CreatedBy}}``).
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 
 from imgbuild.cli.images import (
     LayerSizes,
@@ -25,6 +24,7 @@ from imgbuild.cli.images import (
     print_table,
     short_id,
 )
+from imgbuild.dataclass import dataclass
 from imgbuild.gotemplate import Struct, Template
 from imgbuild.image import Platform
 from imgbuild.store import Store

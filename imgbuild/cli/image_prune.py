@@ -19,9 +19,10 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 
 from imgbuild.cli.images import parse_created
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ImgbuildError, UsageError
 from imgbuild.image import Descriptor
 from imgbuild.store import Store

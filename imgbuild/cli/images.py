@@ -20,10 +20,10 @@ import argparse
 import fnmatch
 import json
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from imgbuild.archive.names import split_tag
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ImgbuildError, UsageError
 from imgbuild.gotemplate import Struct, Template, to_json
 from imgbuild.image import Image

@@ -18,8 +18,7 @@ file of a build is ``buildfiles.py``'s job.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ContextError
 from imgbuild.globmatch import Glob, Token, check_length, compact
 from imgbuild.gopath import (

@@ -32,13 +32,14 @@ import stat
 from collections import namedtuple
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from imgbuild import safeopen
 from imgbuild.context.digest import ContentHasher, Listing, RememberedSelection, selection_digest
 from imgbuild.context.dockerignore import IgnoreMatcher
 from imgbuild.context.statcache import StatCache
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ContextError
 from imgbuild.gopath import go_clean, go_match, has_wildcards
 

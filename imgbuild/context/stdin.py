@@ -14,11 +14,11 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from imgbuild.context.buildfiles import MAX_BUILD_FILE
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ContextError, UntarError, UsageError, disk_full, is_disk_full
 from imgbuild.layer.untar import archive_compression, untar
 from imgbuild.store import Store, remove_tree

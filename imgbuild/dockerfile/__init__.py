@@ -19,8 +19,9 @@ The entry points are ``parse(text, filename)`` and ``plan(dockerfile, ...)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from imgbuild.dataclass import dataclass
 from imgbuild.dockerfile.directives import Directives
 from imgbuild.dockerfile.heredoc import Heredoc
 from imgbuild.dockerfile.instructions import (

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import TYPE_CHECKING
 
+from imgbuild.dataclass import dataclass
 from imgbuild.dockerfile import parse, parse_onbuild_trigger
 from imgbuild.dockerfile.instructions import (
     Add,

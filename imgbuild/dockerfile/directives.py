@@ -10,8 +10,8 @@ comment. Each directive may appear once. Keys are case-insensitive.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
+from imgbuild.dataclass import dataclass
 from imgbuild.dockerfile.shell import is_space
 
 # After the "#" and leading spaces: key = value. Go's \s is [\t\n\f\r ] only.

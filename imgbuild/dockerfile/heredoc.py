@@ -17,8 +17,8 @@ BuildKit's rules, which we follow:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
+from imgbuild.dataclass import dataclass
 from imgbuild.dockerfile.shell import Lexer
 from imgbuild.errors import ExpansionError
 

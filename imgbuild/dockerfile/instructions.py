@@ -16,9 +16,10 @@ element (empty list for a bare ``CMD``).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import ClassVar
 
+from imgbuild.dataclass import dataclass
 from imgbuild.dockerfile.heredoc import Heredoc, chomp, parse_heredoc_word
 from imgbuild.dockerfile.lines import InstructionLine, go_trim_space
 from imgbuild.dockerfile.mounts import MountError, MountSpec, parse_mount

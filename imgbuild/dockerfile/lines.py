@@ -27,8 +27,9 @@ from __future__ import annotations
 import io
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from imgbuild.dataclass import dataclass
 from imgbuild.dockerfile.directives import DirectiveError, Directives, DirectiveScanner
 from imgbuild.dockerfile.heredoc import Heredoc, heredocs_in_line
 from imgbuild.dockerfile.shell import go_quote, is_space

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from imgbuild.dataclass import dataclass
 from imgbuild.dockerfile.shell import did_you_mean, go_parse_bool, go_quote
 
 MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import io
 import re
-from dataclasses import dataclass
 
 from dockerfile_parse import DockerfileParser
 
+from imgbuild.dataclass import dataclass
 from imgbuild.dockerfile.lines import parse_lines
 from imgbuild.errors import DockerfileError
 

@@ -20,9 +20,10 @@ BuildKit's rules, which we follow:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING
 
+from imgbuild.dataclass import dataclass
 from imgbuild.dockerfile.instructions import (
     Arg,
     Copy,

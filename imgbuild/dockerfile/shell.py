@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ExpansionError
 
 # Go's unicode.IsSpace: the Latin-1 spaces plus the Unicode White_Space set.

@@ -15,9 +15,9 @@ import errno
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import LayerError
 from imgbuild.layer.fdtree import DIR_FLAGS
 

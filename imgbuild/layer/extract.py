@@ -24,10 +24,10 @@ import hashlib
 import logging
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import LayerError, disk_full, is_disk_full
 from imgbuild.layer.decompress import Readable, open_tar_stream
 from imgbuild.layer.fdtree import (

@@ -13,7 +13,9 @@ are bytes, and a layer may carry names that are not valid UTF-8.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from imgbuild.dataclass import dataclass
 
 BLOCK_SIZE = 512
 END_OF_ARCHIVE = bytes(2 * BLOCK_SIZE)

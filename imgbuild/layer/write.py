@@ -39,11 +39,11 @@ import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from isal import isal_zlib
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import LayerError
 from imgbuild.layer.changeset import Found, entry_mtime, set_time_as_written, walk
 

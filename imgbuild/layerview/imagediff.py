@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from imgbuild.cache.inspection import LayerEntry
+from imgbuild.dataclass import dataclass
 from imgbuild.layerview.layers import Options, analyze
 from imgbuild.layerview.tree import MergedTree, Node
 from imgbuild.store import Store

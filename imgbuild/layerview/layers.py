@@ -14,9 +14,10 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from imgbuild.cache.inspection import MAX_LAYER_PATHS, LayerEntry, walk_layer
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ImgbuildError
 from imgbuild.image import Image
 from imgbuild.layerview.tree import MergedTree, Node

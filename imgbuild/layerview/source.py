@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ArchiveError, ImageNotFound, UsageError
 from imgbuild.image import REF_NAME_ANNOTATION, Descriptor, Image, Platform
 from imgbuild.safeopen import (

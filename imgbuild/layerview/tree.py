@@ -4,7 +4,8 @@ with the layer each path comes from."""
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass
+
+from imgbuild.dataclass import dataclass
 
 
 @dataclass

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import UsageError
 from imgbuild.layerview.tree import MergedTree, Node
 

@@ -34,11 +34,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import AuthError, RegistryError
 
 log = logging.getLogger("imgbuild.registry")

@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import urlencode, urljoin, urlsplit
 
@@ -34,6 +33,7 @@ import requests
 import urllib3
 
 from imgbuild import __version__
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import AuthError, DigestMismatch, ManifestNotFound, RegistryError
 from imgbuild.http_session import Session
 from imgbuild.image import (

@@ -18,8 +18,9 @@ with the tag made explicit (``Reference.store_name``): ``busybox`` and
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ImgbuildError, RegistryError
 from imgbuild.image import (
     DOCKER_CONFIG,

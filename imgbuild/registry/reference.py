@@ -15,8 +15,8 @@ so a name means the same registry and repository here as it does to ``docker pul
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import UsageError
 
 DOCKER_HUB = "docker.io"

@@ -20,9 +20,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import BuildError, Interrupted, UsageError
 from imgbuild.safeopen import resolve_in_root
 from imgbuild.sandbox.overlay import mount_overlay

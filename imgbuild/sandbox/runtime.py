@@ -48,9 +48,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import Interrupted, SandboxError
 from imgbuild.safeopen import resolve_in_root
 from imgbuild.sandbox.overlay import finish_despite_interrupts

@@ -21,7 +21,8 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+from imgbuild.dataclass import dataclass
 
 # Allowed for every process, whatever its capabilities.
 ALWAYS_ALLOWED = frozenset(

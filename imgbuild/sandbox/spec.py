@@ -23,9 +23,10 @@ The container gets what a Docker/BuildKit RUN step gets:
 from __future__ import annotations
 
 import resource
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
+from imgbuild.dataclass import dataclass
 from imgbuild.sandbox.seccomp import default_profile
 from imgbuild.sandbox.users import ROOT, ResolvedUser
 

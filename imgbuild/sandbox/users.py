@@ -14,10 +14,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from imgbuild import safeopen
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import BuildError
 
 MAX_ID = 2**31 - 1  # Docker's range for uids and gids

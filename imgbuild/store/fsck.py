@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ImgbuildError, MountedError
 from imgbuild.image import Descriptor, parse_json_document
 from imgbuild.store import Store, remove_tree

@@ -41,8 +41,9 @@ import stat
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import ImgbuildError, MountedError, StoreError
 from imgbuild.image import INDEX_TYPES, MANIFEST_TYPES, Descriptor, media_type_of
 from imgbuild.store import Store

@@ -26,9 +26,9 @@ import os
 import re
 import shutil
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import MountedError, StoreError, disk_full, is_disk_full
 from imgbuild.store.mounts import remove_tree, unmount_all_under
 

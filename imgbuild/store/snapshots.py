@@ -10,9 +10,9 @@ the store through ``add_snapshot``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
+from imgbuild.dataclass import dataclass
 from imgbuild.errors import DigestMismatch, MountedError
 from imgbuild.image import Descriptor
 from imgbuild.store.mounts import remove_tree
