@@ -3,7 +3,7 @@
 
 Python 3.11 writes the source of each generated method and compiles it on
 its own, at import: about 0.1 ms a method. A build imports some 150 of our
-dataclasses; their ``__repr__``, ``__eq__`` and ``__hash__`` were ~20 ms of
+dataclasses; their ``__repr__``, ``__eq__`` and ``__hash__`` were ~10 ms of
 the builder's imports (issue 12), most of them never called. Here the
 standard decorator makes ``__init__`` (and a frozen class's ``__setattr__``
 and ``__delattr__``) and this module adds the other three, written once:
@@ -44,13 +44,14 @@ def _made(cls, options: dict):
     wants_repr = options.get("repr", True)
     wants_eq = options.get("eq", True)
     # What the standard decorator reads from the class body, before it changes it
-    own = dict(cls.__dict__)
-    body_hash = own.get("__hash__", dataclasses.MISSING)
-    explicit_hash = not (body_hash is dataclasses.MISSING or (body_hash is None and "__eq__" in own))
+    own_repr = "__repr__" in cls.__dict__
+    own_eq = "__eq__" in cls.__dict__
+    body_hash = cls.__dict__.get("__hash__", dataclasses.MISSING)
+    explicit_hash = not (body_hash is dataclasses.MISSING or (body_hash is None and own_eq))
     made = dataclasses.dataclass(cls, **{**options, "repr": False, "eq": False})
-    if wants_repr and "__repr__" not in own:
+    if wants_repr and not own_repr:
         made.__repr__ = _repr
-    if wants_eq and "__eq__" not in own:
+    if wants_eq and not own_eq:
         made.__eq__ = _eq
     if wants_eq and not explicit_hash:
         made.__hash__ = _hash if options.get("frozen") else None
